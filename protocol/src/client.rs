@@ -1,0 +1,226 @@
+//! What clients send: JSON objects with a `"type"` field, parsed without copying their content.
+//!
+//! The `content` of chat, room and direct messages is kept as raw JSON (any JSON value, as the
+//! tutorial allowed) and spliced verbatim into the outgoing event, so the server never re-encodes
+//! what a client wrote.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::error::ParseError;
+use crate::ids::{validate_client_id, validate_room};
+
+/// One parsed client message. Borrows from the frame it was parsed from.
+#[derive(Debug)]
+pub enum ClientMessage<'a> {
+    /// `{"type":"chat","content":…}`: to every other client on every node.
+    Chat {
+        /// Raw JSON content.
+        content: &'a RawValue,
+    },
+    /// `{"type":"join_room","room":R}`.
+    JoinRoom {
+        /// Validated room name.
+        room: Cow<'a, str>,
+    },
+    /// `{"type":"leave_room","room":R}`.
+    LeaveRoom {
+        /// Validated room name.
+        room: Cow<'a, str>,
+    },
+    /// `{"type":"room_message","room":R,"content":…}`: to every member of R.
+    RoomMessage {
+        /// Validated room name.
+        room: Cow<'a, str>,
+        /// Raw JSON content.
+        content: &'a RawValue,
+    },
+    /// `{"type":"direct_message","target":T,"content":…}` (`target_user` is an alias).
+    DirectMessage {
+        /// Validated target client id.
+        target: Cow<'a, str>,
+        /// Raw JSON content.
+        content: &'a RawValue,
+    },
+    /// `{"type":"ping"}`: answered with `{"event":"pong"}`.
+    Ping,
+    /// `{"type":"pong"}`: the tutorial's heartbeat reply, accepted and ignored.
+    Pong,
+}
+
+#[derive(Deserialize)]
+struct RawMessage<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    room: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    target: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    target_user: Option<Cow<'a, str>>,
+}
+
+impl<'a> ClientMessage<'a> {
+    /// Parses one text frame. Never panics, whatever the input.
+    pub fn parse(text: &'a str) -> Result<Self, ParseError> {
+        let raw: RawMessage<'a> =
+            serde_json::from_str(text).map_err(|e| ParseError::BadJson(e.to_string()))?;
+        let kind = raw
+            .kind
+            .ok_or_else(|| ParseError::UnknownType(String::new()))?;
+        let need_content = |kind: &'static str| {
+            raw.content.ok_or(ParseError::MissingField {
+                kind,
+                field: "content",
+            })
+        };
+        let need_room = |kind: &'static str, room: Option<Cow<'a, str>>| {
+            let room = room.ok_or(ParseError::MissingField {
+                kind,
+                field: "room",
+            })?;
+            validate_room(&room).map_err(ParseError::InvalidRoom)?;
+            Ok::<_, ParseError>(room)
+        };
+        match kind.as_ref() {
+            "chat" => Ok(ClientMessage::Chat {
+                content: need_content("chat")?,
+            }),
+            "join_room" => Ok(ClientMessage::JoinRoom {
+                room: need_room("join_room", raw.room)?,
+            }),
+            "leave_room" => Ok(ClientMessage::LeaveRoom {
+                room: need_room("leave_room", raw.room)?,
+            }),
+            "room_message" => {
+                let room = need_room("room_message", raw.room)?;
+                Ok(ClientMessage::RoomMessage {
+                    room,
+                    content: need_content("room_message")?,
+                })
+            }
+            "direct_message" => {
+                let target =
+                    raw.target
+                        .or(raw.target_user)
+                        .ok_or(ParseError::MissingField {
+                            kind: "direct_message",
+                            field: "target",
+                        })?;
+                validate_client_id(&target).map_err(ParseError::InvalidTarget)?;
+                Ok(ClientMessage::DirectMessage {
+                    target,
+                    content: need_content("direct_message")?,
+                })
+            }
+            "ping" => Ok(ClientMessage::Ping),
+            "pong" => Ok(ClientMessage::Pong),
+            other => Err(ParseError::UnknownType(other.to_owned())),
+        }
+    }
+
+    /// The message's `type`, for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMessage::Chat { .. } => "chat",
+            ClientMessage::JoinRoom { .. } => "join_room",
+            ClientMessage::LeaveRoom { .. } => "leave_room",
+            ClientMessage::RoomMessage { .. } => "room_message",
+            ClientMessage::DirectMessage { .. } => "direct_message",
+            ClientMessage::Ping => "ping",
+            ClientMessage::Pong => "pong",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ErrorCode;
+    use proptest::prelude::*;
+
+    fn code(text: &str) -> ErrorCode {
+        ClientMessage::parse(text).unwrap_err().code()
+    }
+
+    #[test]
+    fn parses_every_type() {
+        match ClientMessage::parse(r#"{"type":"chat","content":"hi"}"#).unwrap() {
+            ClientMessage::Chat { content } => assert_eq!(content.get(), r#""hi""#),
+            m => panic!("{m:?}"),
+        }
+        match ClientMessage::parse(r#"{"type":"join_room","room":"r1"}"#).unwrap() {
+            ClientMessage::JoinRoom { room } => assert_eq!(room, "r1"),
+            m => panic!("{m:?}"),
+        }
+        match ClientMessage::parse(r#"{"type":"leave_room","room":"r\u00e91"}"#).unwrap() {
+            ClientMessage::LeaveRoom { room } => assert_eq!(room, "ré1"),
+            m => panic!("{m:?}"),
+        }
+        match ClientMessage::parse(r#"{"type":"room_message","room":"r","content":{"a":[1,2]}}"#)
+            .unwrap()
+        {
+            ClientMessage::RoomMessage { room, content } => {
+                assert_eq!(room, "r");
+                assert_eq!(content.get(), r#"{"a":[1,2]}"#);
+            }
+            m => panic!("{m:?}"),
+        }
+        for text in [
+            r#"{"type":"direct_message","target":"bob","content":"x"}"#,
+            r#"{"type":"direct_message","target_user":"bob","content":"x"}"#,
+        ] {
+            match ClientMessage::parse(text).unwrap() {
+                ClientMessage::DirectMessage { target, .. } => assert_eq!(target, "bob"),
+                m => panic!("{m:?}"),
+            }
+        }
+        assert!(matches!(
+            ClientMessage::parse(r#"{"type":"ping"}"#),
+            Ok(ClientMessage::Ping)
+        ));
+        assert!(matches!(
+            ClientMessage::parse(r#"{"type":"pong","extra":1}"#),
+            Ok(ClientMessage::Pong)
+        ));
+    }
+
+    #[test]
+    fn errors_have_stable_codes() {
+        assert_eq!(code("not json"), ErrorCode::BadJson);
+        assert_eq!(code("[1,2]"), ErrorCode::BadJson);
+        assert_eq!(code(r#"{"type":5}"#), ErrorCode::BadJson);
+        assert_eq!(code(r#"{"type":"join_room","room":7}"#), ErrorCode::BadJson);
+        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"room":"r"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":"chat"}"#), ErrorCode::MissingField);
+        assert_eq!(code(r#"{"type":"join_room"}"#), ErrorCode::MissingField);
+        assert_eq!(code(r#"{"type":"room_message","room":"r"}"#), ErrorCode::MissingField);
+        assert_eq!(
+            code(r#"{"type":"direct_message","content":"x"}"#),
+            ErrorCode::MissingField
+        );
+        assert_eq!(code(r#"{"type":"join_room","room":"a b"}"#), ErrorCode::InvalidRoom);
+        assert_eq!(code(r#"{"type":"join_room","room":""}"#), ErrorCode::InvalidRoom);
+        assert_eq!(
+            code(r#"{"type":"direct_message","target":"a/b","content":1}"#),
+            ErrorCode::InvalidTarget
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(s in ".{0,200}") {
+            let _ = ClientMessage::parse(&s);
+        }
+
+        #[test]
+        fn json_like_text_never_panics(s in r#"\{("[a-z_]{0,12}":("[^"]{0,20}"|[0-9]{1,3}|\{\}|null|\[\]),?){0,5}\}"#) {
+            let _ = ClientMessage::parse(&s);
+        }
+    }
+}

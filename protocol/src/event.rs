@@ -1,0 +1,201 @@
+//! What clients receive: JSON events with an `"event"` field, and the stable error codes.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// A server-originated event. Encode it once with [`ServerEvent::encode`] and fan out the bytes.
+#[derive(Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ServerEvent<'a> {
+    /// First frame on every connection.
+    Welcome {
+        /// The id this connection speaks as.
+        client_id: &'a str,
+        /// The node that holds the connection.
+        node: &'a str,
+    },
+    /// A client id got its first connection.
+    UserConnected {
+        /// Who.
+        user_id: &'a str,
+    },
+    /// A client id lost its last connection.
+    UserDisconnected {
+        /// Who.
+        user_id: &'a str,
+    },
+    /// A broadcast chat (no `room`) or a room message (with `room`).
+    Chat {
+        /// The sender.
+        from: &'a str,
+        /// The room, for room messages.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
+        /// The sender's content, verbatim.
+        content: &'a RawValue,
+    },
+    /// Someone joined a room (the joiner receives it too: it is the join's acknowledgement).
+    UserJoined {
+        /// Who.
+        user_id: &'a str,
+        /// Which room.
+        room: &'a str,
+    },
+    /// Someone left a room, or disconnected while in it.
+    UserLeft {
+        /// Who.
+        user_id: &'a str,
+        /// Which room.
+        room: &'a str,
+    },
+    /// A message addressed to one client id.
+    DirectMessage {
+        /// The sender.
+        from: &'a str,
+        /// The sender's content, verbatim.
+        content: &'a RawValue,
+    },
+    /// Reply to `{"type":"ping"}`.
+    Pong,
+    /// Something the client sent could not be served. The connection stays open.
+    Error {
+        /// Stable machine-readable code.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: &'a str,
+    },
+}
+
+impl ServerEvent<'_> {
+    /// Encodes the event as the bytes of one text frame.
+    pub fn encode(&self) -> Bytes {
+        let text = serde_json::to_vec(self)
+            .expect("ServerEvent serialization cannot fail: every field is a string or raw JSON");
+        Bytes::from(text)
+    }
+}
+
+/// Stable error codes sent in `{"event":"error","code":…}`. Never renamed; new ones may be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not a JSON object or a field has the wrong type.
+    BadJson,
+    /// No `type`, or one the server does not know.
+    UnknownType,
+    /// A required field is absent.
+    MissingField,
+    /// The room name breaks the naming rules.
+    InvalidRoom,
+    /// The direct-message target is not a valid client id.
+    InvalidTarget,
+    /// Posting to or leaving a room the connection is not in.
+    NotInRoom,
+    /// The direct-message target is connected nowhere.
+    TargetOffline,
+    /// The connection sends faster than its rate limit; the message was dropped.
+    RateLimited,
+    /// Joining would exceed the rooms-per-connection limit.
+    TooManyRooms,
+    /// Binary frames are not part of the protocol.
+    BinaryUnsupported,
+    /// The message bus (Redis) is unreachable; the message was not delivered to anyone.
+    BusUnavailable,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation and metrics.
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::BadJson,
+        ErrorCode::UnknownType,
+        ErrorCode::MissingField,
+        ErrorCode::InvalidRoom,
+        ErrorCode::InvalidTarget,
+        ErrorCode::NotInRoom,
+        ErrorCode::TargetOffline,
+        ErrorCode::RateLimited,
+        ErrorCode::TooManyRooms,
+        ErrorCode::BinaryUnsupported,
+        ErrorCode::BusUnavailable,
+    ];
+
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::MissingField => "missing_field",
+            ErrorCode::InvalidRoom => "invalid_room",
+            ErrorCode::InvalidTarget => "invalid_target",
+            ErrorCode::NotInRoom => "not_in_room",
+            ErrorCode::TargetOffline => "target_offline",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::BinaryUnsupported => "binary_unsupported",
+            ErrorCode::BusUnavailable => "bus_unavailable",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(e: &ServerEvent) -> String {
+        String::from_utf8(e.encode().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn seed_compatible_shapes() {
+        let content = RawValue::from_string(r#""hi""#.into()).unwrap();
+        assert_eq!(
+            text(&ServerEvent::Welcome {
+                client_id: "a",
+                node: "n1"
+            }),
+            r#"{"event":"welcome","client_id":"a","node":"n1"}"#
+        );
+        assert_eq!(
+            text(&ServerEvent::Chat {
+                from: "a",
+                room: None,
+                content: &content
+            }),
+            r#"{"event":"chat","from":"a","content":"hi"}"#
+        );
+        assert_eq!(
+            text(&ServerEvent::Chat {
+                from: "a",
+                room: Some("r"),
+                content: &content
+            }),
+            r#"{"event":"chat","from":"a","room":"r","content":"hi"}"#
+        );
+        assert_eq!(
+            text(&ServerEvent::UserJoined {
+                user_id: "a",
+                room: "r"
+            }),
+            r#"{"event":"user_joined","user_id":"a","room":"r"}"#
+        );
+        assert_eq!(text(&ServerEvent::Pong), r#"{"event":"pong"}"#);
+        assert_eq!(
+            text(&ServerEvent::Error {
+                code: ErrorCode::NotInRoom,
+                message: "m\"x"
+            }),
+            r#"{"event":"error","code":"not_in_room","message":"m\"x"}"#
+        );
+    }
+
+    #[test]
+    fn codes_serialize_as_their_names() {
+        for code in ErrorCode::ALL {
+            assert_eq!(
+                serde_json::to_string(&code).unwrap(),
+                format!("\"{}\"", code.as_str())
+            );
+        }
+    }
+}
