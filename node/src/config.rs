@@ -1,0 +1,149 @@
+//! Node configuration: every flag also readable from a `RINGCAST_*` environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Configuration of one ringcast node.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ringcast-node",
+    version,
+    about = "A ringcast node: holds WebSocket clients and relays their messages over a bus"
+)]
+pub struct Config {
+    /// Address to listen on for WebSocket upgrades (/ws) and HTTP (/healthz, /stats, /metrics).
+    #[arg(long, env = "RINGCAST_LISTEN", default_value = "127.0.0.1:9001")]
+    pub listen: SocketAddr,
+
+    /// This node's id, sent to clients in `welcome` and used on the bus. Default: the hostname.
+    #[arg(long, env = "RINGCAST_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Redis URL (redis:// or rediss://, with user:password@ if needed). Absent: in-memory bus,
+    /// one process only.
+    #[arg(long, env = "RINGCAST_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis channel name this node uses.
+    #[arg(long, env = "RINGCAST_REDIS_PREFIX", default_value = "ringcast")]
+    pub redis_prefix: String,
+
+    /// Send `user_connected` / `user_disconnected` to every client (O(connections) per event).
+    #[arg(long, env = "RINGCAST_ANNOUNCE_CONNECTIONS", default_value_t = true, action = ArgAction::Set)]
+    pub announce_connections: bool,
+
+    /// Most WebSocket connections this node holds; further upgrades get HTTP 503.
+    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+
+    /// Largest client message (and frame) in bytes; a larger one closes the connection with 1009.
+    #[arg(long, env = "RINGCAST_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Most rooms one connection may be in at once (`too_many_rooms` past it).
+    #[arg(long, env = "RINGCAST_MAX_ROOMS_PER_CONNECTION", default_value_t = 100)]
+    pub max_rooms_per_connection: usize,
+
+    /// Most frames waiting to be written to one client; past it the client is closed with 1013.
+    #[arg(long, env = "RINGCAST_SEND_QUEUE_FRAMES", default_value_t = 1024)]
+    pub send_queue_frames: usize,
+
+    /// Most bytes waiting to be written to one client; past it the client is closed with 1013.
+    #[arg(long, env = "RINGCAST_SEND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    pub send_queue_bytes: usize,
+
+    /// Messages per second one connection may send on average (token bucket refill rate).
+    #[arg(long, env = "RINGCAST_RATE_LIMIT_PER_SEC", default_value_t = 100.0)]
+    pub rate_limit_per_sec: f64,
+
+    /// Messages one connection may send in a burst (token bucket size).
+    #[arg(long, env = "RINGCAST_RATE_LIMIT_BURST", default_value_t = 200.0)]
+    pub rate_limit_burst: f64,
+
+    /// Rate-limited messages tolerated within 10 s before the connection is closed with 1008.
+    #[arg(long, env = "RINGCAST_FLOOD_STRIKES", default_value_t = 50.0)]
+    pub flood_strikes: f64,
+
+    /// Seconds between WebSocket pings to each client.
+    #[arg(long, env = "RINGCAST_PING_INTERVAL_SECS", default_value_t = 25)]
+    pub ping_interval_secs: u64,
+
+    /// Seconds without any frame from a client (pong included) before it is closed with 1001.
+    #[arg(long, env = "RINGCAST_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+
+    /// Seconds a client has to send its complete upgrade request headers.
+    #[arg(long, env = "RINGCAST_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+
+    /// Seconds a subscription (room join, connect) may wait for the bus before giving up.
+    #[arg(long, env = "RINGCAST_BUS_TIMEOUT_SECS", default_value_t = 5)]
+    pub bus_timeout_secs: u64,
+
+    /// Seconds to wait for clients to close after a shutdown signal before exiting.
+    #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+
+    /// Log format.
+    #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The defaults, as `ringcast-node` with no flags and no environment would run.
+    pub fn for_tests() -> Self {
+        Config::parse_from(["ringcast-node"])
+    }
+
+    /// The node id: configured, else the hostname, else "node".
+    pub fn resolved_node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            gethostname::gethostname()
+                .into_string()
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "node".to_owned())
+        })
+    }
+
+    pub(crate) fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs.max(1))
+    }
+
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    pub(crate) fn bus_timeout(&self) -> Duration {
+        Duration::from_secs(self.bus_timeout_secs.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_flags() {
+        let c = Config::for_tests();
+        assert_eq!(c.listen.port(), 9001);
+        assert!(c.announce_connections);
+        assert_eq!(c.max_message_bytes, 65536);
+        let c = Config::parse_from(["ringcast-node", "--announce-connections=false"]);
+        assert!(!c.announce_connections);
+        assert!(!Config::parse_from(["x", "--node-id", "n7"])
+            .resolved_node_id()
+            .is_empty());
+    }
+}

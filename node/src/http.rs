@@ -1,0 +1,172 @@
+//! HTTP on the node's port: `/ws` upgrades, `/healthz`, `/stats` and `/metrics`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use crate::server::Shared;
+use crate::upgrade;
+
+type Body = Full<Bytes>;
+
+/// Serves HTTP/1.1 on one TCP connection, handing upgraded ones to a session.
+pub async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tracker: TaskTracker,
+) {
+    let io = TokioIo::new(stream);
+    let handshake_timeout = Duration::from_secs(shared.config.handshake_timeout_secs.max(1));
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        let tracker = tracker.clone();
+        async move { Ok::<_, Infallible>(route(shared, req, tracker)) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout)
+        .max_buf_size(16 * 1024)
+        .serve_connection(io, svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        debug!(%peer, error = %e, "http connection ended with an error");
+    }
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn route(shared: Arc<Shared>, req: Request<Incoming>, tracker: TaskTracker) -> Response<Body> {
+    match req.uri().path() {
+        "/ws" => upgrade_ws(shared, req, tracker),
+        "/healthz" => health(&shared),
+        "/stats" => {
+            let s = shared.hub.stats();
+            json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "node": &*shared.node_id,
+                    "local_connections": s.connections,
+                    "rooms": s.rooms,
+                    "clients": s.clients,
+                    "draining": shared.is_draining(),
+                    "bus_healthy": *shared.bus_healthy.borrow(),
+                }),
+            )
+        }
+        "/metrics" => {
+            let mut resp = Response::new(Full::new(Bytes::from(shared.metrics.render())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not_found", "message": "try /ws, /healthz, /stats or /metrics"}),
+        ),
+    }
+}
+
+fn health(shared: &Shared) -> Response<Body> {
+    let (status, state) = if shared.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if !*shared.bus_healthy.borrow() {
+        (StatusCode::SERVICE_UNAVAILABLE, "bus_down")
+    } else {
+        (StatusCode::OK, "ok")
+    };
+    json(
+        status,
+        serde_json::json!({"status": state, "node": &*shared.node_id}),
+    )
+}
+
+fn refuse(shared: &Shared, status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    shared
+        .metrics
+        .upgrades_refused
+        .with_label_values(&[code])
+        .inc();
+    json(
+        status,
+        serde_json::json!({"error": code, "message": message}),
+    )
+}
+
+fn upgrade_ws(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+    tracker: TaskTracker,
+) -> Response<Body> {
+    let accepted = match upgrade::check(&req) {
+        Ok(a) => a,
+        Err(r) => return refuse(&shared, r.status, r.code, r.message),
+    };
+    if shared.is_draining() {
+        return refuse(
+            &shared,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "node is shutting down; reconnect",
+        );
+    }
+    if shared.hub.connection_count() >= shared.config.max_connections {
+        return refuse(
+            &shared,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "node is at its connection limit",
+        );
+    }
+    let client_id: Arc<str> = accepted
+        .client_id
+        .unwrap_or_else(|| ringcast_protocol::generate_client_id(rand::random::<u8>))
+        .into();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let ws_config = shared.ws_config;
+    tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let io = TokioIo::new(upgraded);
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+                crate::session::serve(shared, ws, client_id).await;
+            }
+            Err(e) => debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accepted.accept_key) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}

@@ -1,0 +1,573 @@
+//! Who is connected to this node and who is in which room, and fan-out of bus envelopes to them.
+//!
+//! The hub is plain synchronous state behind one `RwLock` that is never held across `.await`.
+//! Besides membership it keeps, for every room and client channel, whether the bus subscription is
+//! active. A join or connect that finds its channel inactive gets a one-shot "ready" receiver and
+//! marks the channel dirty; the subscription manager (`subscriptions.rs`) reconciles dirty
+//! channels with the bus one batch at a time, so racing joins and leaves always converge on
+//! "subscribed exactly while there are local members".
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use prometheus::IntCounter;
+use ringcast_protocol::{Envelope, EnvelopeError, Target};
+use tokio::sync::{oneshot, Notify};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::warn;
+
+use crate::bus::Channel;
+use crate::metrics::Metrics;
+use crate::outbound::{ConnId, Outbound, Push, SLOW_CONSUMER};
+
+/// Local members of one channel and the state of its bus subscription.
+struct Topic<M> {
+    members: M,
+    active: bool,
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl<M: Default> Default for Topic<M> {
+    fn default() -> Self {
+        Topic {
+            members: M::default(),
+            active: false,
+            waiters: Vec::new(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    conns: HashMap<ConnId, Arc<Outbound>>,
+    clients: HashMap<Arc<str>, Topic<Vec<Arc<Outbound>>>>,
+    rooms: HashMap<String, Topic<HashMap<ConnId, Arc<Outbound>>>>,
+}
+
+/// Membership counts for `/stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubStats {
+    /// Open connections.
+    pub connections: usize,
+    /// Distinct client ids with a connection.
+    pub clients: usize,
+    /// Rooms with at least one local member.
+    pub rooms: usize,
+}
+
+/// A subscription to set up: `Some(rx)` resolves when the channel is active on the bus.
+pub type Ready = Option<oneshot::Receiver<()>>;
+
+/// Local membership and fan-out.
+pub struct Hub {
+    state: RwLock<State>,
+    dirty: Mutex<HashSet<Channel>>,
+    dirty_notify: Notify,
+    metrics: Arc<Metrics>,
+    next_conn: AtomicU64,
+    connections: AtomicUsize,
+    rooms_occupied: AtomicUsize,
+    out_broadcast: IntCounter,
+    out_room: IntCounter,
+    out_direct: IntCounter,
+}
+
+fn recover<T>(e: std::sync::PoisonError<T>) -> T {
+    // Every critical section leaves the maps consistent, so a panic elsewhere must not cascade.
+    e.into_inner()
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        let out = |route: &str| metrics.messages_out.with_label_values(&[route]);
+        Hub {
+            state: RwLock::new(State::default()),
+            dirty: Mutex::new(HashSet::new()),
+            dirty_notify: Notify::new(),
+            next_conn: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            rooms_occupied: AtomicUsize::new(0),
+            out_broadcast: out("broadcast"),
+            out_room: out("room"),
+            out_direct: out("direct"),
+            metrics,
+        }
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Open connections.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts for `/stats`.
+    pub fn stats(&self) -> HubStats {
+        let state = self.state.read().unwrap_or_else(recover);
+        HubStats {
+            connections: state.conns.len(),
+            clients: state
+                .clients
+                .values()
+                .filter(|t| !t.members.is_empty())
+                .count(),
+            rooms: state
+                .rooms
+                .values()
+                .filter(|t| !t.members.is_empty())
+                .count(),
+        }
+    }
+
+    /// Adds a connection. Returns whether it is its client id's first one here, and when the
+    /// client's direct channel is ready.
+    pub fn register(&self, out: Arc<Outbound>) -> (bool, Ready) {
+        let mut state = self.state.write().unwrap_or_else(recover);
+        state.conns.insert(out.id, out.clone());
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.metrics.connections.inc();
+        let topic = state.clients.entry(out.client_id.clone()).or_default();
+        let first = topic.members.is_empty();
+        topic.members.push(out.clone());
+        let ready = self.ready_for(topic, Channel::Client(out.client_id.to_string()));
+        (first, ready)
+    }
+
+    /// Removes a connection (after its rooms were left). Returns whether it was its client id's
+    /// last one here.
+    pub fn unregister(&self, out: &Outbound) -> bool {
+        let mut state = self.state.write().unwrap_or_else(recover);
+        if state.conns.remove(&out.id).is_some() {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.connections.dec();
+        }
+        let Some(topic) = state.clients.get_mut(&out.client_id) else {
+            return false;
+        };
+        topic.members.retain(|o| o.id != out.id);
+        let last = topic.members.is_empty();
+        if last {
+            self.mark_dirty(Channel::Client(out.client_id.to_string()));
+        }
+        last
+    }
+
+    /// Adds a connection to a room. The returned receiver resolves once the room's channel is
+    /// active on the bus (`None`: it already is).
+    pub fn join(&self, room: &str, out: &Arc<Outbound>) -> Ready {
+        let mut state = self.state.write().unwrap_or_else(recover);
+        let topic = state.rooms.entry(room.to_owned()).or_default();
+        if topic.members.is_empty() {
+            self.rooms_occupied.fetch_add(1, Ordering::Relaxed);
+            self.metrics.rooms.inc();
+        }
+        topic.members.insert(out.id, out.clone());
+        self.ready_for(topic, Channel::Room(room.to_owned()))
+    }
+
+    /// Removes a connection from a room.
+    pub fn leave(&self, room: &str, id: ConnId) {
+        let mut state = self.state.write().unwrap_or_else(recover);
+        let Some(topic) = state.rooms.get_mut(room) else {
+            return;
+        };
+        if topic.members.remove(&id).is_some() && topic.members.is_empty() {
+            self.rooms_occupied.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.rooms.dec();
+            self.mark_dirty(Channel::Room(room.to_owned()));
+        }
+    }
+
+    fn ready_for<M>(&self, topic: &mut Topic<M>, channel: Channel) -> Ready {
+        if topic.active {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        topic.waiters.push(tx);
+        self.mark_dirty(channel);
+        Some(rx)
+    }
+
+    /// Closes every connection (shutdown).
+    pub fn close_all(&self, closing: crate::outbound::Closing) {
+        let state = self.state.read().unwrap_or_else(recover);
+        for out in state.conns.values() {
+            out.close(closing);
+        }
+    }
+
+    /// Hands one bus payload to its local recipients. Never blocks: a recipient whose queue is
+    /// full is closed as a slow consumer instead.
+    pub fn deliver(&self, payload: Bytes) {
+        self.metrics.bus_received.inc();
+        let envelope = match Envelope::decode(&payload) {
+            Ok(e) => e,
+            Err(e) => {
+                let reason = match e {
+                    EnvelopeError::UnsupportedVersion(_) => "version",
+                    _ => "malformed",
+                };
+                warn!(error = %e, "rejected bus envelope");
+                self.metrics.bus_rejected.with_label_values(&[reason]).inc();
+                return;
+            }
+        };
+        let age = now_micros().saturating_sub(envelope.sent_at_micros);
+        self.metrics
+            .delivery_latency
+            .observe(age as f64 / 1_000_000.0);
+        let Ok(frame) = Utf8Bytes::try_from(Bytes::from(envelope.frame)) else {
+            self.metrics.bus_rejected.with_label_values(&["utf8"]).inc();
+            return;
+        };
+        let state = self.state.read().unwrap_or_else(recover);
+        let (sent, counter) = match &envelope.target {
+            Target::AllExcept(except) => {
+                let except = except.as_deref();
+                let targets = state
+                    .conns
+                    .values()
+                    .filter(|o| Some(&*o.client_id) != except);
+                (self.fan_out(targets, &frame), &self.out_broadcast)
+            }
+            Target::Room(room) => match state.rooms.get(room) {
+                Some(t) => (self.fan_out(t.members.values(), &frame), &self.out_room),
+                None => (0, &self.out_room),
+            },
+            Target::Client(id) => match state.clients.get(id.as_str()) {
+                Some(t) => (self.fan_out(t.members.iter(), &frame), &self.out_direct),
+                None => (0, &self.out_direct),
+            },
+        };
+        drop(state);
+        counter.inc_by(sent);
+    }
+
+    fn fan_out<'a>(
+        &self,
+        targets: impl Iterator<Item = &'a Arc<Outbound>>,
+        frame: &Utf8Bytes,
+    ) -> u64 {
+        let mut sent = 0;
+        for out in targets {
+            match out.push(frame) {
+                Push::Queued => sent += 1,
+                Push::Full => self.slow_consumer(out),
+                Push::Closed => {}
+            }
+        }
+        sent
+    }
+
+    /// Closes a connection whose queue is full and counts it.
+    pub fn slow_consumer(&self, out: &Outbound) {
+        self.metrics.send_queue_drops.inc();
+        if out.close(SLOW_CONSUMER) {
+            self.metrics.slow_consumer_disconnects.inc();
+            warn!(client_id = %out.client_id, conn = out.id, "slow consumer disconnected");
+        }
+    }
+
+    // ---- subscription bookkeeping, driven by the subscription manager ----
+
+    fn mark_dirty(&self, channel: Channel) {
+        self.dirty.lock().unwrap_or_else(recover).insert(channel);
+        self.dirty_notify.notify_one();
+    }
+
+    /// Waits until some channel may need (un)subscribing.
+    pub async fn dirty_changed(&self) {
+        self.dirty_notify.notified().await;
+    }
+
+    /// Marks channels for another reconciliation pass.
+    pub fn requeue(&self, channels: impl IntoIterator<Item = Channel>) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(recover);
+        dirty.extend(channels);
+        drop(dirty);
+        self.dirty_notify.notify_one();
+    }
+
+    /// Takes the dirty channels and decides which to subscribe and which to unsubscribe. Channels
+    /// chosen for unsubscribing are marked inactive right away, so a join racing the unsubscribe
+    /// waits for the resubscription instead of trusting a subscription about to vanish.
+    pub fn plan(&self) -> (Vec<Channel>, Vec<Channel>) {
+        let dirty = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(recover));
+        let mut subscribe = Vec::new();
+        let mut unsubscribe = Vec::new();
+        if dirty.is_empty() {
+            return (subscribe, unsubscribe);
+        }
+        let mut state = self.state.write().unwrap_or_else(recover);
+        for channel in dirty {
+            let decision = match &channel {
+                Channel::Broadcast => None,
+                Channel::Room(room) => {
+                    plan_topic(&mut state.rooms, room.as_str(), |m| !m.is_empty())
+                }
+                Channel::Client(id) => {
+                    plan_topic(&mut state.clients, id.as_str(), |m| !m.is_empty())
+                }
+            };
+            match decision {
+                Some(true) => subscribe.push(channel),
+                Some(false) => unsubscribe.push(channel),
+                None => {}
+            }
+        }
+        (subscribe, unsubscribe)
+    }
+
+    /// Records that the bus subscribed these channels and wakes whoever waited for them.
+    pub fn subscribed(&self, channels: &[Channel]) {
+        let mut state = self.state.write().unwrap_or_else(recover);
+        for channel in channels {
+            let (active, wake) = match channel {
+                Channel::Broadcast => continue,
+                Channel::Room(room) => mark_active(&mut state.rooms, room.as_str()),
+                Channel::Client(id) => mark_active(&mut state.clients, id.as_str()),
+            };
+            for w in wake {
+                let _ = w.send(());
+            }
+            if !active {
+                // Emptied while subscribing: the next pass unsubscribes.
+                self.dirty
+                    .lock()
+                    .unwrap_or_else(recover)
+                    .insert(channel.clone());
+            }
+        }
+        drop(state);
+        self.dirty_notify.notify_one();
+    }
+
+    /// Records that the bus unsubscribed these channels; forgets empty ones.
+    pub fn unsubscribed(&self, channels: &[Channel]) {
+        let mut state = self.state.write().unwrap_or_else(recover);
+        for channel in channels {
+            let refilled = match channel {
+                Channel::Broadcast => continue,
+                Channel::Room(room) => forget_if_empty(&mut state.rooms, room.as_str()),
+                Channel::Client(id) => forget_if_empty(&mut state.clients, id.as_str()),
+            };
+            if refilled {
+                self.dirty
+                    .lock()
+                    .unwrap_or_else(recover)
+                    .insert(channel.clone());
+            }
+        }
+        drop(state);
+        self.dirty_notify.notify_one();
+    }
+
+    /// Every channel that should be subscribed now (after a bus reconnect).
+    pub fn wanted_channels(&self) -> Vec<Channel> {
+        let state = self.state.read().unwrap_or_else(recover);
+        let mut out = vec![Channel::Broadcast];
+        out.extend(
+            state
+                .rooms
+                .iter()
+                .filter(|(_, t)| t.active)
+                .map(|(r, _)| Channel::Room(r.clone())),
+        );
+        out.extend(
+            state
+                .clients
+                .iter()
+                .filter(|(_, t)| t.active)
+                .map(|(c, _)| Channel::Client(c.to_string())),
+        );
+        out
+    }
+}
+
+trait Members {
+    fn is_empty(&self) -> bool;
+}
+impl Members for Vec<Arc<Outbound>> {
+    fn is_empty(&self) -> bool {
+        Vec::is_empty(self)
+    }
+}
+impl Members for HashMap<ConnId, Arc<Outbound>> {
+    fn is_empty(&self) -> bool {
+        HashMap::is_empty(self)
+    }
+}
+
+/// `Some(true)`: subscribe; `Some(false)`: unsubscribe; `None`: nothing to do.
+fn plan_topic<K, M>(
+    map: &mut HashMap<K, Topic<M>>,
+    key: &str,
+    wanted: impl Fn(&M) -> bool,
+) -> Option<bool>
+where
+    K: std::borrow::Borrow<str> + std::hash::Hash + Eq,
+    M: Members,
+{
+    let topic = map.get_mut(key)?;
+    match (wanted(&topic.members), topic.active) {
+        (true, false) => Some(true),
+        (false, true) => {
+            topic.active = false;
+            Some(false)
+        }
+        (false, false) => {
+            map.remove(key);
+            None
+        }
+        (true, true) => None,
+    }
+}
+
+/// Marks a topic active; returns whether it still has members, and the waiters to wake.
+fn mark_active<K, M>(map: &mut HashMap<K, Topic<M>>, key: &str) -> (bool, Vec<oneshot::Sender<()>>)
+where
+    K: std::borrow::Borrow<str> + std::hash::Hash + Eq,
+    M: Members,
+{
+    match map.get_mut(key) {
+        Some(topic) => {
+            topic.active = true;
+            (
+                !topic.members.is_empty(),
+                std::mem::take(&mut topic.waiters),
+            )
+        }
+        // Forgotten meanwhile (cannot happen while the manager is the only one to remove topics,
+        // but an unsubscribe pass will clean up either way).
+        None => (false, Vec::new()),
+    }
+}
+
+/// Drops an unsubscribed topic unless members came back; returns whether they did.
+fn forget_if_empty<K, M>(map: &mut HashMap<K, Topic<M>>, key: &str) -> bool
+where
+    K: std::borrow::Borrow<str> + std::hash::Hash + Eq,
+    M: Members,
+{
+    match map.get(key) {
+        Some(t) if !t.members.is_empty() => true,
+        Some(_) => {
+            map.remove(key);
+            false
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> Hub {
+        Hub::new(Arc::new(Metrics::new()))
+    }
+
+    fn conn(hub: &Hub, client: &str) -> (Arc<Outbound>, crate::outbound::OutboundRx) {
+        Outbound::new(hub.next_conn_id(), client.into(), 8, 1 << 20)
+    }
+
+    fn room(r: &str) -> Channel {
+        Channel::Room(r.into())
+    }
+
+    #[test]
+    fn join_waits_for_subscription_and_leave_unsubscribes() {
+        let hub = hub();
+        let (a, _ra) = conn(&hub, "a");
+        let mut ready = hub.join("r", &a).expect("inactive room must wait");
+        assert_eq!(hub.plan(), (vec![room("r")], vec![]));
+        assert!(ready.try_recv().is_err());
+        hub.subscribed(&[room("r")]);
+        assert!(ready.try_recv().is_ok());
+        let (b, _rb) = conn(&hub, "b");
+        assert!(hub.join("r", &b).is_none(), "active room is ready at once");
+        hub.leave("r", a.id);
+        assert_eq!(hub.plan(), (vec![], vec![]));
+        hub.leave("r", b.id);
+        assert_eq!(hub.plan(), (vec![], vec![room("r")]));
+        hub.unsubscribed(&[room("r")]);
+        assert_eq!(hub.plan(), (vec![], vec![]));
+        assert_eq!(hub.stats().rooms, 0);
+    }
+
+    #[test]
+    fn join_racing_unsubscribe_resubscribes() {
+        let hub = hub();
+        let (a, _ra) = conn(&hub, "a");
+        let _ = hub.join("r", &a);
+        hub.plan();
+        hub.subscribed(&[room("r")]);
+        hub.leave("r", a.id);
+        assert_eq!(hub.plan(), (vec![], vec![room("r")]));
+        // A join lands while the unsubscribe is in flight: it must wait, not trust the old one.
+        let mut ready = hub.join("r", &a).expect("must wait for resubscription");
+        hub.unsubscribed(&[room("r")]);
+        assert_eq!(hub.plan(), (vec![room("r")], vec![]));
+        hub.subscribed(&[room("r")]);
+        assert!(ready.try_recv().is_ok());
+    }
+
+    #[test]
+    fn leave_racing_subscribe_unsubscribes_afterwards() {
+        let hub = hub();
+        let (a, _ra) = conn(&hub, "a");
+        let _ = hub.join("r", &a);
+        assert_eq!(hub.plan(), (vec![room("r")], vec![]));
+        hub.leave("r", a.id);
+        hub.subscribed(&[room("r")]);
+        assert_eq!(hub.plan(), (vec![], vec![room("r")]));
+    }
+
+    #[test]
+    fn deliver_routes_by_target_and_closes_slow_consumers() {
+        let hub = hub();
+        let (a, mut ra) = conn(&hub, "a");
+        let (b, mut rb) = conn(&hub, "b");
+        hub.register(a.clone());
+        hub.register(b.clone());
+        let _ = hub.join("r", &b);
+        let send = |target| {
+            hub.deliver(
+                Envelope::new("n", now_micros(), target, b"{}")
+                    .encode()
+                    .unwrap(),
+            )
+        };
+        send(Target::AllExcept(Some("a".into())));
+        send(Target::Room("r".into()));
+        send(Target::Client("a".into()));
+        send(Target::Client("nobody".into()));
+        assert_eq!(ra.frames.try_recv().unwrap().as_str(), "{}");
+        assert!(ra.frames.try_recv().is_err());
+        assert!(rb.frames.try_recv().is_ok());
+        assert!(rb.frames.try_recv().is_ok());
+        assert!(rb.frames.try_recv().is_err());
+        for _ in 0..9 {
+            send(Target::Client("a".into()));
+        }
+        assert!(a.is_closing(), "9 frames into a queue of 8");
+        assert!(!b.is_closing());
+        hub.deliver(Bytes::from_static(b"\x07garbage"));
+        hub.deliver(Bytes::from_static(b"\x01garbage"));
+    }
+}

@@ -1,0 +1,176 @@
+//! The node's Prometheus metrics, in a registry of its own (tests run several nodes per process).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric a node exports on `/metrics`.
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections.
+    pub connections: IntGauge,
+    /// WebSocket connections accepted since start.
+    pub connections_total: IntCounter,
+    /// Rooms with at least one local member.
+    pub rooms: IntGauge,
+    /// Client messages received, by `type`.
+    pub messages_in: IntCounterVec,
+    /// Frames queued to clients, by what routed them (broadcast, room, direct, reply).
+    pub messages_out: IntCounterVec,
+    /// Error events sent to clients, by code.
+    pub errors: IntCounterVec,
+    /// Connections closed by the server, by reason.
+    pub closes: IntCounterVec,
+    /// Frames dropped because a client's send queue was full.
+    pub send_queue_drops: IntCounter,
+    /// Clients disconnected because they did not read fast enough.
+    pub slow_consumer_disconnects: IntCounter,
+    /// Envelopes published on the bus.
+    pub bus_published: IntCounter,
+    /// Envelopes the bus failed to publish.
+    pub bus_publish_failures: IntCounter,
+    /// Envelopes received from the bus.
+    pub bus_received: IntCounter,
+    /// Envelopes received from the bus and rejected, by reason.
+    pub bus_rejected: IntCounterVec,
+    /// Bus (re)connections after a failure.
+    pub bus_reconnects: IntCounter,
+    /// Bus subscriber connections rebuilt because the probe saw nothing come back.
+    pub bus_probe_failures: IntCounter,
+    /// Seconds from publish to a frame being queued for local recipients.
+    pub delivery_latency: Histogram,
+    /// HTTP upgrades refused, by reason.
+    pub upgrades_refused: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+            r.register(Box::new(m.clone()))
+                .expect("metric names are static and registered once per registry");
+            m
+        }
+        let counter = |name: &str, help: &str| {
+            reg(
+                &registry,
+                IntCounter::new(name, help).expect("static metric options are valid"),
+            )
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), &[label])
+                    .expect("static metric options are valid"),
+            )
+        };
+        let gauge = |name: &str, help: &str| {
+            reg(
+                &registry,
+                IntGauge::new(name, help).expect("static metric options are valid"),
+            )
+        };
+        Metrics {
+            connections: gauge("ringcast_node_connections", "Open WebSocket connections"),
+            connections_total: counter(
+                "ringcast_node_connections_total",
+                "WebSocket connections accepted",
+            ),
+            rooms: gauge(
+                "ringcast_node_rooms",
+                "Rooms with at least one local member",
+            ),
+            messages_in: counter_vec(
+                "ringcast_node_messages_in_total",
+                "Client messages received, by type",
+                "type",
+            ),
+            messages_out: counter_vec(
+                "ringcast_node_messages_out_total",
+                "Frames queued to clients, by route",
+                "route",
+            ),
+            errors: counter_vec(
+                "ringcast_node_errors_total",
+                "Error events sent to clients, by code",
+                "code",
+            ),
+            closes: counter_vec(
+                "ringcast_node_server_closes_total",
+                "Connections closed by the server, by reason",
+                "reason",
+            ),
+            send_queue_drops: counter(
+                "ringcast_node_send_queue_drops_total",
+                "Frames dropped because a client's send queue was full",
+            ),
+            slow_consumer_disconnects: counter(
+                "ringcast_node_slow_consumer_disconnects_total",
+                "Clients disconnected for not reading fast enough",
+            ),
+            bus_published: counter(
+                "ringcast_node_bus_published_total",
+                "Envelopes published on the bus",
+            ),
+            bus_publish_failures: counter(
+                "ringcast_node_bus_publish_failures_total",
+                "Envelopes the bus failed to publish",
+            ),
+            bus_received: counter(
+                "ringcast_node_bus_received_total",
+                "Envelopes received from the bus",
+            ),
+            bus_rejected: counter_vec(
+                "ringcast_node_bus_rejected_total",
+                "Envelopes from the bus rejected, by reason",
+                "reason",
+            ),
+            bus_reconnects: counter(
+                "ringcast_node_bus_reconnects_total",
+                "Bus reconnections after a failure",
+            ),
+            bus_probe_failures: counter(
+                "ringcast_node_bus_probe_failures_total",
+                "Subscriber connections rebuilt after a failed probe",
+            ),
+            delivery_latency: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "ringcast_node_delivery_latency_seconds",
+                        "Seconds from publish to queueing for local recipients",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0, 2.5,
+                    ]),
+                )
+                .expect("static metric options are valid"),
+            ),
+            upgrades_refused: counter_vec(
+                "ringcast_node_upgrades_refused_total",
+                "WebSocket upgrades refused, by reason",
+                "reason",
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail on I/O; a failure would be a bug in a metric name.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

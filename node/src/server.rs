@@ -1,0 +1,153 @@
+//! The node's shared state and its accept loop, from bind to graceful shutdown.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringcast_protocol::{Envelope, Target};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::bus::{Bus, BusError, Channel};
+use crate::config::Config;
+use crate::hub::{now_micros, Hub};
+use crate::metrics::Metrics;
+use crate::outbound::SERVICE_RESTART;
+
+/// Slack above `max_connections` for plain HTTP (health checks, scrapes) while sessions are full.
+const HTTP_HEADROOM: usize = 256;
+
+/// What every connection of a node shares.
+pub struct Shared {
+    /// The configuration the node runs with.
+    pub config: Config,
+    /// This node's id.
+    pub node_id: Arc<str>,
+    /// Local membership.
+    pub hub: Arc<Hub>,
+    /// Transport to the other nodes.
+    pub bus: Arc<dyn Bus>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// WebSocket limits applied to every session.
+    pub ws_config: WebSocketConfig,
+    /// Set once shutdown begins: `/healthz` turns 503 and upgrades are refused.
+    pub draining: AtomicBool,
+    /// Whether the bus is up.
+    pub bus_healthy: watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// Builds the shared state around a bus.
+    pub fn new(config: Config, hub: Arc<Hub>, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Self {
+        let max = config.max_message_bytes.max(128);
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0)
+            .max_write_buffer_size(config.send_queue_bytes.max(64 * 1024) * 2)
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max));
+        Shared {
+            node_id: config.resolved_node_id().into(),
+            bus_healthy: bus.healthy(),
+            config,
+            hub,
+            bus,
+            metrics,
+            ws_config,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Wraps a client frame in an envelope and publishes it: the one place frames enter the bus.
+    pub async fn publish(
+        &self,
+        channel: Channel,
+        target: Target,
+        frame: &Bytes,
+    ) -> Result<usize, BusError> {
+        let envelope = Envelope::new(&self.node_id, now_micros(), target, frame);
+        let payload = envelope
+            .encode()
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        match self.bus.publish(&channel, payload).await {
+            Ok(n) => {
+                self.metrics.bus_published.inc();
+                Ok(n)
+            }
+            Err(e) => {
+                self.metrics.bus_publish_failures.inc();
+                warn!(error = %e, channel = %channel, "publish failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// Accepts connections until `shutdown` turns true, then drains: closes every client with 1012 and
+/// waits for them up to the configured grace period.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(
+        shared.config.max_connections + HTTP_HEADROOM,
+    ));
+    info!(addr = ?listener.local_addr().ok(), node = %shared.node_id, "node listening");
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p,
+            _ = shutdown.changed() => break,
+        };
+        let Ok(permit) = permit else { break };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let conn_tracker = tracker.clone();
+                tracker.spawn(async move {
+                    crate::http::serve_connection(shared, stream, peer, conn_tracker).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    drop(listener);
+    shared.draining.store(true, Ordering::Release);
+    info!(
+        connections = shared.hub.connection_count(),
+        "draining: closing clients with 1012"
+    );
+    shared.hub.close_all(SERVICE_RESTART);
+    tracker.close();
+    let grace = Duration::from_secs(shared.config.shutdown_grace_secs);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(
+            remaining = shared.hub.connection_count(),
+            "grace period over; dropping remaining connections"
+        );
+    }
+}

@@ -1,0 +1,483 @@
+//! One client's connection: a reader that parses and serves its messages, and a writer that
+//! drains its outbound queue in batches.
+//!
+//! The reader never writes to the socket and the writer never parses: the reader answers through
+//! the connection's own [`Outbound`] queue like everyone else does, so a client that stops reading
+//! fills only its own queue and is then closed, without slowing anyone down.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use ringcast_protocol::{ClientMessage, ErrorCode, ServerEvent, Target};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, info};
+
+use crate::bus::Channel;
+use crate::outbound::{
+    Closing, Outbound, OutboundRx, Push, BUS_DOWN, FLOOD, IDLE, PROTOCOL_ERROR, TOO_BIG,
+};
+use crate::ratelimit::{RateLimiter, Verdict};
+use crate::server::Shared;
+
+/// Most frames written per flush.
+const BATCH: usize = 64;
+/// How long a closing connection may take to send its close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves one upgraded connection until it closes.
+pub async fn serve<S>(shared: Arc<Shared>, ws: WebSocketStream<S>, client_id: Arc<str>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = &shared.config;
+    let id = shared.hub.next_conn_id();
+    let (out, out_rx) = Outbound::new(
+        id,
+        client_id.clone(),
+        config.send_queue_frames,
+        config.send_queue_bytes,
+    );
+    // The welcome is queued first, so it is the first frame the client reads.
+    out.push(&text(
+        ServerEvent::Welcome {
+            client_id: &client_id,
+            node: &shared.node_id,
+        }
+        .encode(),
+    ));
+    let (first, ready) = shared.hub.register(out.clone());
+    shared.metrics.connections_total.inc();
+    debug!(client_id = %client_id, conn = id, "connected");
+
+    let (sink, stream) = ws.split();
+    // Direct messages must reach the client from its first frame on: start writing only once
+    // its channel is subscribed.
+    if let Some(ready) = ready {
+        if !matches!(timeout(config.bus_timeout(), ready).await, Ok(Ok(()))) {
+            reply_error(
+                &shared,
+                &out,
+                ErrorCode::BusUnavailable,
+                "could not subscribe",
+            );
+            out.close(BUS_DOWN);
+        }
+    }
+    let writer = tokio::spawn(write_loop(sink, out_rx, config.ping_interval()));
+
+    if first && config.announce_connections && !out.is_closing() {
+        let frame = ServerEvent::UserConnected {
+            user_id: &client_id,
+        }
+        .encode();
+        let _ = shared
+            .publish(
+                Channel::Broadcast,
+                Target::AllExcept(Some(client_id.to_string())),
+                &frame,
+            )
+            .await;
+    }
+
+    let mut session = Session {
+        shared: shared.clone(),
+        out: out.clone(),
+        rooms: HashSet::new(),
+        limiter: RateLimiter::new(
+            config.rate_limit_per_sec,
+            config.rate_limit_burst,
+            config.flood_strikes,
+            Instant::now(),
+        ),
+    };
+    session.read_loop(stream).await;
+    session.cleanup().await;
+
+    // Make sure the writer ends (client-initiated close: flush the close reply and stop).
+    out.close(Closing::Peer);
+    let abort = writer.abort_handle();
+    if timeout(CLOSE_TIMEOUT * 2, writer).await.is_err() {
+        abort.abort();
+    }
+    debug!(client_id = %client_id, conn = id, "disconnected");
+}
+
+fn text(frame: Bytes) -> Utf8Bytes {
+    // Frames come from serde_json, which only writes UTF-8.
+    Utf8Bytes::try_from(frame).unwrap_or_else(|_| Utf8Bytes::from_static("{}"))
+}
+
+fn reply(shared: &Shared, out: &Outbound, frame: Bytes) {
+    if out.push(&text(frame)) == Push::Full {
+        shared.hub.slow_consumer(out);
+    }
+}
+
+fn reply_error(shared: &Shared, out: &Outbound, code: ErrorCode, message: &str) {
+    shared
+        .metrics
+        .errors
+        .with_label_values(&[code.as_str()])
+        .inc();
+    reply(shared, out, ServerEvent::Error { code, message }.encode());
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    out: Arc<Outbound>,
+    rooms: HashSet<String>,
+    limiter: RateLimiter,
+}
+
+impl Session {
+    async fn read_loop<S>(&mut self, mut stream: SplitStream<WebSocketStream<S>>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let idle = self.shared.config.idle_timeout();
+        let mut deadline = Instant::now() + idle;
+        let mut close = self.out.close_signal();
+        loop {
+            if close.borrow().is_some() {
+                return;
+            }
+            let next = tokio::select! {
+                next = stream.next() => next,
+                _ = close.changed() => return,
+                _ = sleep_until(deadline) => {
+                    self.server_close(IDLE, "idle");
+                    return;
+                }
+            };
+            let now = Instant::now();
+            deadline = now + idle;
+            match next {
+                None | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(Message::Text(frame))) => {
+                    if self.admit(now) {
+                        self.handle(frame.as_str()).await;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    if self.admit(now) {
+                        self.error(
+                            ErrorCode::BinaryUnsupported,
+                            "only JSON text frames are accepted",
+                        );
+                    }
+                }
+                Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                    self.server_close(TOO_BIG, "too_big");
+                    return;
+                }
+                Some(Err(WsError::Protocol(_) | WsError::Utf8(_))) => {
+                    self.server_close(PROTOCOL_ERROR, "protocol");
+                    return;
+                }
+                Some(Err(e)) => {
+                    debug!(error = %e, "read failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn server_close(&self, closing: Closing, reason: &str) {
+        if self.out.close(closing) {
+            self.shared
+                .metrics
+                .closes
+                .with_label_values(&[reason])
+                .inc();
+        }
+    }
+
+    /// Applies the rate limit; returns whether to serve the message.
+    fn admit(&mut self, now: Instant) -> bool {
+        match self.limiter.check(now) {
+            Verdict::Allow => true,
+            Verdict::Limited { notify } => {
+                if notify {
+                    self.error(ErrorCode::RateLimited, "too many messages; slow down");
+                } else {
+                    self.shared
+                        .metrics
+                        .errors
+                        .with_label_values(&[ErrorCode::RateLimited.as_str()])
+                        .inc();
+                }
+                false
+            }
+            Verdict::Flood => {
+                info!(client_id = %self.out.client_id, "closing flooding client");
+                self.server_close(FLOOD, "flood");
+                false
+            }
+        }
+    }
+
+    fn error(&self, code: ErrorCode, message: &str) {
+        reply_error(&self.shared, &self.out, code, message);
+    }
+
+    async fn publish(&self, channel: Channel, target: Target, frame: &Bytes) -> Option<usize> {
+        match self.shared.publish(channel, target, frame).await {
+            Ok(n) => Some(n),
+            Err(_) => {
+                self.error(
+                    ErrorCode::BusUnavailable,
+                    "message bus unavailable; not delivered",
+                );
+                None
+            }
+        }
+    }
+
+    async fn handle(&mut self, frame: &str) {
+        let msg = match ClientMessage::parse(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                self.shared
+                    .metrics
+                    .messages_in
+                    .with_label_values(&["invalid"])
+                    .inc();
+                return self.error(e.code(), &e.to_string());
+            }
+        };
+        self.shared
+            .metrics
+            .messages_in
+            .with_label_values(&[msg.kind()])
+            .inc();
+        let me = self.out.client_id.clone();
+        match msg {
+            ClientMessage::Chat { content } => {
+                let frame = ServerEvent::Chat {
+                    from: &me,
+                    room: None,
+                    content,
+                }
+                .encode();
+                self.publish(
+                    Channel::Broadcast,
+                    Target::AllExcept(Some(me.to_string())),
+                    &frame,
+                )
+                .await;
+            }
+            ClientMessage::JoinRoom { room } => self.join(&room).await,
+            ClientMessage::LeaveRoom { room } => self.leave(&room).await,
+            ClientMessage::RoomMessage { room, content } => {
+                if !self.rooms.contains(room.as_ref()) {
+                    return self.error(ErrorCode::NotInRoom, "join the room before posting to it");
+                }
+                let frame = ServerEvent::Chat {
+                    from: &me,
+                    room: Some(&room),
+                    content,
+                }
+                .encode();
+                self.publish(
+                    Channel::Room(room.to_string()),
+                    Target::Room(room.into_owned()),
+                    &frame,
+                )
+                .await;
+            }
+            ClientMessage::DirectMessage { target, content } => {
+                let frame = ServerEvent::DirectMessage { from: &me, content }.encode();
+                let channel = Channel::Client(target.to_string());
+                let receivers = self
+                    .publish(channel, Target::Client(target.into_owned()), &frame)
+                    .await;
+                if receivers == Some(0) {
+                    self.error(ErrorCode::TargetOffline, "the target is not connected");
+                }
+            }
+            ClientMessage::Ping => reply(&self.shared, &self.out, ServerEvent::Pong.encode()),
+            ClientMessage::Pong => {}
+        }
+    }
+
+    async fn join(&mut self, room: &str) {
+        let me = self.out.client_id.clone();
+        let joined = ServerEvent::UserJoined { user_id: &me, room }.encode();
+        if self.rooms.contains(room) {
+            // Already a member: acknowledge again, to this connection only.
+            return reply(&self.shared, &self.out, joined);
+        }
+        if self.rooms.len() >= self.shared.config.max_rooms_per_connection {
+            return self.error(
+                ErrorCode::TooManyRooms,
+                "rooms-per-connection limit reached",
+            );
+        }
+        let hub = &self.shared.hub;
+        if let Some(ready) = hub.join(room, &self.out) {
+            if !matches!(
+                timeout(self.shared.config.bus_timeout(), ready).await,
+                Ok(Ok(()))
+            ) {
+                hub.leave(room, self.out.id);
+                return self.error(ErrorCode::BusUnavailable, "could not join: bus unavailable");
+            }
+        }
+        // The room's channel is active: everything published from now on reaches this client,
+        // so its own user_joined doubles as "ready".
+        self.rooms.insert(room.to_owned());
+        let target = Target::Room(room.to_owned());
+        if self
+            .publish(Channel::Room(room.to_owned()), target, &joined)
+            .await
+            .is_none()
+        {
+            self.rooms.remove(room);
+            hub.leave(room, self.out.id);
+        }
+    }
+
+    async fn leave(&mut self, room: &str) {
+        if !self.rooms.remove(room) {
+            return self.error(ErrorCode::NotInRoom, "not a member of that room");
+        }
+        self.shared.hub.leave(room, self.out.id);
+        let me = self.out.client_id.clone();
+        let left = ServerEvent::UserLeft { user_id: &me, room }.encode();
+        // The leaver is no longer routed to: tell it directly, and the remaining members via the bus.
+        reply(&self.shared, &self.out, left.clone());
+        let _ = self
+            .shared
+            .publish(
+                Channel::Room(room.to_owned()),
+                Target::Room(room.to_owned()),
+                &left,
+            )
+            .await;
+    }
+
+    /// Leaves every room (telling their members) and unregisters the connection.
+    async fn cleanup(&mut self) {
+        let me = self.out.client_id.clone();
+        for room in std::mem::take(&mut self.rooms) {
+            self.shared.hub.leave(&room, self.out.id);
+            let left = ServerEvent::UserLeft {
+                user_id: &me,
+                room: &room,
+            }
+            .encode();
+            let _ = self
+                .shared
+                .publish(Channel::Room(room.clone()), Target::Room(room), &left)
+                .await;
+        }
+        let last = self.shared.hub.unregister(&self.out);
+        if last && self.shared.config.announce_connections {
+            let frame = ServerEvent::UserDisconnected { user_id: &me }.encode();
+            let _ = self
+                .shared
+                .publish(
+                    Channel::Broadcast,
+                    Target::AllExcept(Some(me.to_string())),
+                    &frame,
+                )
+                .await;
+        }
+    }
+}
+
+type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
+
+/// Writes queued frames, several per flush, plus pings; closes the connection when asked.
+async fn write_loop<S>(mut sink: Sink<S>, mut rx: OutboundRx, ping_every: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    let closing = loop {
+        let OutboundRx { frames, close, .. } = &mut rx;
+        tokio::select! {
+            biased;
+            _ = close.changed() => break *close.borrow(),
+            first = frames.recv() => {
+                let Some(first) = first else { break None };
+                let write = write_batch(&mut sink, first, frames);
+                let written = tokio::select! {
+                    w = write => w,
+                    // The client stopped reading while we wait on the socket: give up on it.
+                    _ = close.changed() => return,
+                };
+                match written {
+                    Ok(bytes) => rx.written(bytes),
+                    Err(_) => return,
+                }
+            }
+            _ = ping.tick() => {
+                let send = sink.send(Message::Ping(Bytes::new()));
+                if !matches!(timeout(ping_every, send).await, Ok(Ok(()))) {
+                    return;
+                }
+            }
+        }
+    };
+    match closing {
+        Some(Closing::Server {
+            code,
+            reason,
+            drain,
+        }) => {
+            let close_frame = async {
+                if drain {
+                    while let Ok(frame) = rx.frames.try_recv() {
+                        sink.feed(Message::Text(frame)).await?;
+                    }
+                }
+                sink.send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                })))
+                .await
+            };
+            let _ = timeout(CLOSE_TIMEOUT, close_frame).await;
+        }
+        Some(Closing::Peer) | None => {
+            // Sends tungstenite's pending close reply, if the client started the close.
+            let _ = timeout(CLOSE_TIMEOUT, sink.flush()).await;
+        }
+    }
+    let _ = timeout(CLOSE_TIMEOUT, sink.close()).await;
+}
+
+async fn write_batch<S>(
+    sink: &mut Sink<S>,
+    first: Utf8Bytes,
+    frames: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>,
+) -> Result<usize, WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut bytes = first.len();
+    sink.feed(Message::Text(first)).await?;
+    for _ in 1..BATCH {
+        match frames.try_recv() {
+            Ok(frame) => {
+                bytes += frame.len();
+                sink.feed(Message::Text(frame)).await?;
+            }
+            Err(_) => break,
+        }
+    }
+    sink.flush().await?;
+    Ok(bytes)
+}

@@ -1,0 +1,57 @@
+//! The subscription manager: keeps the bus subscribed to exactly the channels the hub needs.
+//!
+//! One task per node applies the hub's plan in batches (one SUBSCRIBE for many rooms), which both
+//! serializes changes per channel, so racing joins and leaves cannot reorder a subscribe and an
+//! unsubscribe, and keeps the number of bus round trips low under churn.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::bus::Bus;
+use crate::hub::Hub;
+
+/// Pause before retrying subscriptions after a bus error.
+const RETRY_AFTER: Duration = Duration::from_millis(250);
+
+/// Runs until `shutdown` turns true.
+pub async fn run(hub: Arc<Hub>, bus: Arc<dyn Bus>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (subscribe, unsubscribe) = hub.plan();
+        if !unsubscribe.is_empty() {
+            debug!(count = unsubscribe.len(), "unsubscribing");
+            // The bus forgets a channel even when the unsubscribe itself fails (its connection is
+            // gone and will not restore it), so the hub forgets it too.
+            if let Err(e) = bus.unsubscribe(&unsubscribe).await {
+                warn!(error = %e, "unsubscribe failed; channels dropped with the connection");
+            }
+            hub.unsubscribed(&unsubscribe);
+        }
+        if !subscribe.is_empty() {
+            debug!(count = subscribe.len(), "subscribing");
+            match bus.subscribe(&subscribe).await {
+                Ok(()) => hub.subscribed(&subscribe),
+                Err(e) => {
+                    warn!(error = %e, count = subscribe.len(), "subscribe failed; will retry");
+                    hub.requeue(subscribe);
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY_AFTER) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+            continue;
+        }
+        if unsubscribe.is_empty() {
+            tokio::select! {
+                _ = hub.dirty_changed() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
