@@ -91,7 +91,12 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_BUS_TIMEOUT_SECS", default_value_t = 5)]
     pub bus_timeout_secs: u64,
 
-    /// Seconds to wait for clients to close after a shutdown signal before exiting.
+    /// Seconds between a shutdown signal and closing clients, while `/healthz` already answers 503
+    /// and new upgrades are refused, so load balancers stop routing here first.
+    #[arg(long, env = "RINGCAST_DRAIN_DELAY_SECS", default_value_t = 0)]
+    pub drain_delay_secs: u64,
+
+    /// Seconds to wait for clients to close after they were sent 1012, before exiting.
     #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
 

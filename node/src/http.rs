@@ -113,10 +113,14 @@ fn refuse(shared: &Shared, status: StatusCode, code: &str, message: &str) -> Res
         .upgrades_refused
         .with_label_values(&[code])
         .inc();
-    json(
+    let mut resp = json(
         status,
         serde_json::json!({"error": code, "message": message}),
-    )
+    );
+    // A client whose upgrade failed has nothing more to say on this connection.
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 fn upgrade_ws(

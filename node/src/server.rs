@@ -93,8 +93,9 @@ impl Shared {
     }
 }
 
-/// Accepts connections until `shutdown` turns true, then drains: closes every client with 1012 and
-/// waits for them up to the configured grace period.
+/// Accepts connections until `shutdown` turns true, then drains: `/healthz` turns 503 and upgrades
+/// are refused, clients are closed with 1012 after the drain delay, and the node waits for them up
+/// to the grace period. HTTP keeps being answered during the drain.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -105,17 +106,54 @@ pub async fn serve(
         shared.config.max_connections + HTTP_HEADROOM,
     ));
     info!(addr = ?listener.local_addr().ok(), node = %shared.node_id, "node listening");
+    let accept = accept_loop(&listener, &shared, &permits, &tracker);
+    tokio::select! {
+        _ = accept => {}
+        _ = shutdown.wait_for(|stop| *stop) => {}
+    }
+    shared.draining.store(true, Ordering::Release);
+    info!(
+        connections = shared.hub.connection_count(),
+        delay_secs = shared.config.drain_delay_secs,
+        "draining"
+    );
+    let drain = async {
+        tokio::time::sleep(Duration::from_secs(shared.config.drain_delay_secs)).await;
+        shared.hub.close_all(SERVICE_RESTART);
+        let grace = Duration::from_secs(shared.config.shutdown_grace_secs);
+        let sessions_closed = async {
+            while shared.hub.connection_count() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(grace, sessions_closed).await.is_err() {
+            warn!(
+                remaining = shared.hub.connection_count(),
+                "grace period over; dropping remaining connections"
+            );
+        }
+    };
+    // Keep answering HTTP (503 on /healthz and /ws) while draining.
+    tokio::select! {
+        _ = drain => {}
+        _ = accept_loop(&listener, &shared, &permits, &tracker) => {}
+    }
+    drop(listener);
+    tracker.close();
+    info!("drained");
+}
+
+async fn accept_loop(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    permits: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+) {
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p,
-            _ = shutdown.changed() => break,
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
         };
-        let Ok(permit) = permit else { break };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => break,
-        };
-        match accepted {
+        match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
@@ -131,23 +169,5 @@ pub async fn serve(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        if *shutdown.borrow() {
-            break;
-        }
-    }
-    drop(listener);
-    shared.draining.store(true, Ordering::Release);
-    info!(
-        connections = shared.hub.connection_count(),
-        "draining: closing clients with 1012"
-    );
-    shared.hub.close_all(SERVICE_RESTART);
-    tracker.close();
-    let grace = Duration::from_secs(shared.config.shutdown_grace_secs);
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        warn!(
-            remaining = shared.hub.connection_count(),
-            "grace period over; dropping remaining connections"
-        );
     }
 }

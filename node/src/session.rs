@@ -100,7 +100,10 @@ where
             Instant::now(),
         ),
     };
-    session.read_loop(stream).await;
+    let mut stream = stream;
+    if session.read_loop(&mut stream).await == ReadEnd::ServerClose {
+        linger(&mut stream).await;
+    }
     session.cleanup().await;
 
     // Make sure the writer ends (client-initiated close: flush the close reply and stop).
@@ -132,6 +135,32 @@ fn reply_error(shared: &Shared, out: &Outbound, code: ErrorCode, message: &str) 
     reply(shared, out, ServerEvent::Error { code, message }.encode());
 }
 
+/// Why the read loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadEnd {
+    /// The client closed or vanished.
+    Peer,
+    /// The server asked to close (a close frame is on its way to the client).
+    ServerClose,
+}
+
+/// After a server-initiated close, keeps reading (and discarding) until the client answers the
+/// close frame or a short timeout passes. Closing the socket with unread input would make the
+/// kernel send a reset, and the client would lose the close frame and the last events before it.
+async fn linger<S>(stream: &mut SplitStream<WebSocketStream<S>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _ = timeout(CLOSE_TIMEOUT, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if msg.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 struct Session {
     shared: Arc<Shared>,
     out: Arc<Outbound>,
@@ -140,7 +169,7 @@ struct Session {
 }
 
 impl Session {
-    async fn read_loop<S>(&mut self, mut stream: SplitStream<WebSocketStream<S>>)
+    async fn read_loop<S>(&mut self, stream: &mut SplitStream<WebSocketStream<S>>) -> ReadEnd
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -149,20 +178,21 @@ impl Session {
         let mut close = self.out.close_signal();
         loop {
             if close.borrow().is_some() {
-                return;
+                return ReadEnd::ServerClose;
             }
             let next = tokio::select! {
                 next = stream.next() => next,
-                _ = close.changed() => return,
+                _ = close.changed() => return ReadEnd::ServerClose,
                 _ = sleep_until(deadline) => {
+                    // The client is unresponsive: no point waiting for its close reply.
                     self.server_close(IDLE, "idle");
-                    return;
+                    return ReadEnd::Peer;
                 }
             };
             let now = Instant::now();
             deadline = now + idle;
             match next {
-                None | Some(Ok(Message::Close(_))) => return,
+                None | Some(Ok(Message::Close(_))) => return ReadEnd::Peer,
                 Some(Ok(Message::Text(frame))) => {
                     if self.admit(now) {
                         self.handle(frame.as_str()).await;
@@ -179,15 +209,15 @@ impl Session {
                 Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
                 Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                     self.server_close(TOO_BIG, "too_big");
-                    return;
+                    return ReadEnd::ServerClose;
                 }
                 Some(Err(WsError::Protocol(_) | WsError::Utf8(_))) => {
                     self.server_close(PROTOCOL_ERROR, "protocol");
-                    return;
+                    return ReadEnd::Peer;
                 }
                 Some(Err(e)) => {
                     debug!(error = %e, "read failed");
-                    return;
+                    return ReadEnd::Peer;
                 }
             }
         }

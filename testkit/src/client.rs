@@ -72,8 +72,9 @@ impl Client {
 
     /// The next text frame within `limit`, or a description of what came instead.
     pub async fn next_json(&mut self, limit: Duration) -> Result<Value, String> {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let next = tokio::time::timeout(limit, self.ws.next())
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .map_err(|_| format!("nothing within {limit:?}"))?;
             match next {

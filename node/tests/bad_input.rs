@@ -1,0 +1,244 @@
+//! Bad input gets the documented error or close, and a bystander keeps receiving room traffic.
+
+use std::time::Duration;
+
+use ringcast_node::Config;
+use ringcast_testkit::{http_raw, Client, TestNode};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Two clients in room "watch": `speaker` posts numbered messages, `listener` must get each one.
+struct Bystanders {
+    speaker: Client,
+    listener: Client,
+    next: u64,
+}
+
+impl Bystanders {
+    async fn new(node: &TestNode) -> Self {
+        let (mut speaker, _) = Client::connect_welcomed(&node.ws_url("speaker")).await;
+        let (mut listener, _) = Client::connect_welcomed(&node.ws_url("listener")).await;
+        for c in [&mut speaker, &mut listener] {
+            c.send_json(json!({"type":"join_room","room":"watch"}))
+                .await;
+        }
+        speaker.recv_event("user_joined").await;
+        // The listener sees its own ack and possibly the speaker's.
+        let _ = listener.recv_event("user_joined").await;
+        Bystanders {
+            speaker,
+            listener,
+            next: 0,
+        }
+    }
+
+    /// Posts one message and checks the listener receives exactly it next (room chat only).
+    async fn still_served(&mut self) {
+        self.next += 1;
+        self.speaker
+            .send_json(json!({"type":"room_message","room":"watch","content":self.next}))
+            .await;
+        loop {
+            let v = self.listener.recv().await;
+            if v["event"] == "chat" {
+                assert_eq!(
+                    v["content"], self.next,
+                    "bystander lost or reordered a message"
+                );
+                return;
+            }
+            assert!(
+                ["user_joined", "user_connected", "user_disconnected"]
+                    .contains(&v["event"].as_str().unwrap_or_default()),
+                "unexpected frame for the bystander: {v}"
+            );
+        }
+    }
+}
+
+fn config() -> Config {
+    let mut c = Config::for_tests();
+    c.announce_connections = false;
+    c
+}
+
+#[tokio::test]
+async fn malformed_messages_get_error_events_and_keep_the_connection() {
+    let node = TestNode::start(config()).await;
+    let mut by = Bystanders::new(&node).await;
+    let (mut bad, _) = Client::connect_welcomed(&node.ws_url("mallory")).await;
+    let cases: Vec<(Message, &str)> = vec![
+        (Message::text("{not json"), "bad_json"),
+        (Message::text("[1,2,3]"), "bad_json"),
+        (Message::text(r#"{"type":42}"#), "bad_json"),
+        (Message::text(r#"{"type":"teleport"}"#), "unknown_type"),
+        (Message::text(r#"{"content":"no type"}"#), "unknown_type"),
+        (Message::text(r#"{"type":"chat"}"#), "missing_field"),
+        (Message::text(r#"{"type":"join_room"}"#), "missing_field"),
+        (
+            Message::text(r#"{"type":"room_message","room":"watch"}"#),
+            "missing_field",
+        ),
+        (
+            Message::text(r#"{"type":"direct_message","content":"x"}"#),
+            "missing_field",
+        ),
+        (
+            Message::text(r#"{"type":"join_room","room":"has space"}"#),
+            "invalid_room",
+        ),
+        (
+            Message::text(r#"{"type":"join_room","room":""}"#),
+            "invalid_room",
+        ),
+        (
+            Message::text(format!(
+                r#"{{"type":"join_room","room":"{}"}}"#,
+                "r".repeat(129)
+            )),
+            "invalid_room",
+        ),
+        (
+            Message::text(r#"{"type":"leave_room","room":"never-joined"}"#),
+            "not_in_room",
+        ),
+        (
+            Message::text(r#"{"type":"direct_message","target":"bad/id","content":1}"#),
+            "invalid_target",
+        ),
+        (Message::binary(vec![1u8, 2, 3]), "binary_unsupported"),
+    ];
+    for (frame, code) in cases {
+        let shown = format!("{frame:?}");
+        bad.send(frame).await;
+        assert_eq!(bad.recv_error_code().await, code, "for {shown}");
+        by.still_served().await;
+    }
+    // Still connected and served after all of it.
+    bad.send_json(json!({"type":"ping"})).await;
+    assert_eq!(bad.recv().await["event"], "pong");
+}
+
+#[tokio::test]
+async fn too_many_rooms_is_refused_per_connection() {
+    let mut c = config();
+    c.max_rooms_per_connection = 3;
+    let node = TestNode::start(c).await;
+    let (mut a, _) = Client::connect_welcomed(&node.ws_url("a")).await;
+    for i in 0..3 {
+        a.send_json(json!({"type":"join_room","room":format!("r{i}")}))
+            .await;
+        a.recv_event("user_joined").await;
+    }
+    a.send_json(json!({"type":"join_room","room":"r3"})).await;
+    assert_eq!(a.recv_error_code().await, "too_many_rooms");
+    a.send_json(json!({"type":"leave_room","room":"r0"})).await;
+    a.recv_event("user_left").await;
+    a.send_json(json!({"type":"join_room","room":"r3"})).await;
+    assert_eq!(a.recv_event("user_joined").await["room"], "r3");
+}
+
+#[tokio::test]
+async fn a_one_mib_frame_closes_with_1009() {
+    let node = TestNode::start(config()).await;
+    let mut by = Bystanders::new(&node).await;
+    let (mut big, _) = Client::connect_welcomed(&node.ws_url("big")).await;
+    let payload = format!(r#"{{"type":"chat","content":"{}"}}"#, "x".repeat(1 << 20));
+    let _ = big.feed(Message::text(payload)).await;
+    let _ = big.flush().await;
+    assert_eq!(big.expect_close(Duration::from_secs(5)).await, Some(1009));
+    by.still_served().await;
+    // A message just under the limit is fine.
+    let (mut ok, _) = Client::connect_welcomed(&node.ws_url("ok")).await;
+    ok.send_json(json!({"type":"ping","pad":"y".repeat(60_000)}))
+        .await;
+    assert_eq!(ok.recv().await["event"], "pong");
+}
+
+#[tokio::test]
+async fn a_flood_gets_rate_limited_then_closed_with_1008() {
+    let node = TestNode::start(config()).await;
+    let mut by = Bystanders::new(&node).await;
+    let (mut flooder, _) = Client::connect_welcomed(&node.ws_url("flooder")).await;
+    for _ in 0..10_000 {
+        if !flooder.feed(Message::text(r#"{"type":"ping"}"#)).await {
+            break;
+        }
+    }
+    let _ = flooder.flush().await;
+    let mut saw_rate_limited = false;
+    let code = loop {
+        match flooder.next_json(Duration::from_secs(5)).await {
+            Ok(v) if v["event"] == "error" => {
+                assert_eq!(v["code"], "rate_limited");
+                saw_rate_limited = true;
+            }
+            Ok(v) => assert_eq!(v["event"], "pong"),
+            Err(e) => break e,
+        }
+    };
+    assert!(saw_rate_limited, "no rate_limited error before the close");
+    assert!(code.contains("Policy"), "expected close 1008, got {code}");
+    for _ in 0..5 {
+        by.still_served().await;
+    }
+}
+
+#[tokio::test]
+async fn bad_upgrades_get_http_errors() {
+    let node = TestNode::start(config()).await;
+    let mut by = Bystanders::new(&node).await;
+    let upgrade = |path: &str, version: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: {version}\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+    for (req, status, code) in [
+        (
+            upgrade("/ws?client_id=a%20b", "13"),
+            400,
+            "invalid_client_id",
+        ),
+        (upgrade("/ws?client_id=%ZZ", "13"), 400, "invalid_client_id"),
+        (
+            upgrade(&format!("/ws?client_id={}", "x".repeat(65)), "13"),
+            400,
+            "invalid_client_id",
+        ),
+        (
+            upgrade("/ws?client_id=ok", "8"),
+            400,
+            "bad_websocket_version",
+        ),
+        (
+            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_owned(),
+            426,
+            "upgrade_required",
+        ),
+    ] {
+        let (got, body) = http_raw(node.addr, &req).await;
+        assert_eq!(got, status, "{req:?} -> {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).expect("JSON error body");
+        assert_eq!(body["error"], code);
+        by.still_served().await;
+    }
+    let (status, _) = node.get("/nope").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn connection_limit_refuses_with_503() {
+    let mut c = config();
+    c.max_connections = 2;
+    let node = TestNode::start(c).await;
+    let (_a, _) = Client::connect_welcomed(&node.ws_url("a")).await;
+    let (_b, _) = Client::connect_welcomed(&node.ws_url("b")).await;
+    let err = Client::try_connect(&node.ws_url("c"))
+        .await
+        .err()
+        .expect("third connection must be refused");
+    assert!(err.to_string().contains("503"), "{err}");
+    let (status, _) = node.get("/healthz").await;
+    assert_eq!(status, 200, "HTTP keeps working at the session limit");
+}

@@ -1,0 +1,130 @@
+//! Connection lifecycle against a real `ringcast-node` process: graceful shutdown on SIGTERM
+//! (1012, /healthz 503, exit 0) and the idle timeout for clients that stop answering pings.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ringcast_testkit::{free_port, http_get, Client};
+use serde_json::json;
+
+struct NodeProcess {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl NodeProcess {
+    fn spawn(extra: &[&str]) -> Self {
+        let port = free_port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let child = Command::new(env!("CARGO_BIN_EXE_ringcast-node"))
+            .args(["--listen", &addr.to_string(), "--node-id", "life"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ringcast-node");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "node did not listen within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NodeProcess { child, addr }
+    }
+
+    fn url(&self, id: &str) -> String {
+        format!("ws://{}/ws?client_id={id}", self.addr)
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_with_1012_and_exits_zero() {
+    let mut node = NodeProcess::spawn(&["--drain-delay-secs", "1", "--shutdown-grace-secs", "5"]);
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let (mut c, _) = Client::connect_welcomed(&node.url(&format!("c{i}"))).await;
+        c.send_json(json!({"type":"join_room","room":"r"})).await;
+        c.recv_event("user_joined").await;
+        clients.push(c);
+    }
+    assert_eq!(http_get(node.addr, "/healthz").await.0, 200);
+    let signalled = Instant::now();
+    node.signal("-TERM");
+    // During the drain delay: unhealthy, no new sessions, existing ones still served.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = http_get(node.addr, "/healthz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    let refused = Client::try_connect(&node.url("late")).await.err();
+    assert!(
+        refused.is_some_and(|e| e.to_string().contains("503")),
+        "upgrade during drain must get 503"
+    );
+    clients[0]
+        .send_json(json!({"type":"room_message","room":"r","content":"still here"}))
+        .await;
+    assert_eq!(clients[1].recv_event("chat").await["content"], "still here");
+    for c in &mut clients {
+        assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(1012));
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = node.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "node did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .expect("join");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(1 + 5 + 2),
+        "exited within drain delay + grace"
+    );
+}
+
+#[tokio::test]
+async fn silent_clients_are_closed_after_the_idle_timeout() {
+    let node = NodeProcess::spawn(&["--ping-interval-secs", "1", "--idle-timeout-secs", "2"]);
+    // `silent` never reads, so its client library never answers the server's pings.
+    let (mut silent, _) = Client::connect_welcomed(&node.url("silent")).await;
+    let (mut lively, _) = Client::connect_welcomed(&node.url("lively")).await;
+    // `lively` keeps reading (auto-answering pings) for 3.5 s, past the timeout, while `silent`
+    // is not polled at all.
+    let until = tokio::time::Instant::now() + Duration::from_millis(3500);
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match lively.next_json(left).await {
+            Ok(_) => continue,
+            Err(e) => assert!(e.contains("nothing"), "lively client was disconnected: {e}"),
+        }
+    }
+    let code = silent.expect_close(Duration::from_secs(5)).await;
+    assert!(
+        code.is_none() || code == Some(1001),
+        "silent client: expected close 1001 or a dropped connection, got {code:?}"
+    );
+    lively.send_json(json!({"type":"ping"})).await;
+    assert_eq!(lively.recv().await["event"], "pong");
+}

@@ -1,0 +1,50 @@
+//! The whole client protocol table, driven by an independent client: python `websockets`
+//! running `tests/e2e/protocol_scenario.py` against a real `ringcast-node` process.
+//! Fails loudly when python3 or the `websockets` package is missing (the README's test command
+//! installs both).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn python_client_runs_the_protocol_scenario_against_a_node_process() {
+    let port = ringcast_testkit::free_port();
+    let node = Killed(
+        Command::new(env!("CARGO_BIN_EXE_ringcast-node"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--node-id", "e2e"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ringcast-node"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "node did not listen within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/e2e/protocol_scenario.py"
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(format!("ws://127.0.0.1:{port}/ws"))
+        .output()
+        .expect("python3 is required for the independent-client test (see README)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "protocol scenario failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("all steps passed"), "{stdout}");
+    drop(node);
+}
