@@ -100,6 +100,10 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
 
+    /// Authentication (JWT) settings.
+    #[command(flatten)]
+    pub auth: crate::auth::AuthArgs,
+
     /// Log format.
     #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

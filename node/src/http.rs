@@ -148,10 +148,24 @@ fn upgrade_ws(
             "node is at its connection limit",
         );
     }
-    let client_id: Arc<str> = accepted
-        .client_id
-        .unwrap_or_else(|| ringcast_protocol::generate_client_id(rand::random::<u8>))
-        .into();
+    let identity = match &shared.auth {
+        None => None,
+        Some(auth) => match auth.authenticate(req.headers(), req.uri().query()) {
+            Ok(identity) => Some(identity),
+            Err(e) => {
+                let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+                debug!(reason = e.code(), "upgrade refused by authentication");
+                return refuse(&shared, status, e.code(), &e.to_string());
+            }
+        },
+    };
+    let client_id: Arc<str> = match (&identity, accepted.client_id) {
+        (Some(identity), _) => identity.sub.as_str().into(),
+        (None, Some(id)) => id.into(),
+        (None, None) => ringcast_protocol::generate_client_id(rand::random::<u8>).into(),
+    };
+    let subprotocol =
+        crate::auth::offered_subprotocols(req.headers()).any(|p| p == crate::auth::SUBPROTOCOL);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ws_config = shared.ws_config;
     tracker.spawn(async move {
@@ -159,7 +173,7 @@ fn upgrade_ws(
             Ok(upgraded) => {
                 let io = TokioIo::new(upgraded);
                 let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-                crate::session::serve(shared, ws, client_id).await;
+                crate::session::serve(shared, ws, client_id, identity).await;
             }
             Err(e) => debug!(error = %e, "upgrade failed"),
         }
@@ -171,6 +185,13 @@ fn upgrade_ws(
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     if let Ok(v) = HeaderValue::from_str(&accepted.accept_key) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if subprotocol {
+        // Never echo the bearer entry: it is the token.
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(crate::auth::SUBPROTOCOL),
+        );
     }
     resp
 }

@@ -3,6 +3,7 @@
 //!
 //! The binary is a thin wrapper over [`run`]; tests call the same function on port 0.
 
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod http;
@@ -82,8 +83,9 @@ async fn run_on_bus(
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
+    let auth = auth::Authenticator::from_args(&config.auth).map_err(NodeError::Config)?;
     bus.subscribe(&[Channel::Broadcast]).await?;
-    let shared = Arc::new(Shared::new(config, hub.clone(), bus.clone(), metrics));
+    let shared = Arc::new(Shared::new(config, auth, hub.clone(), bus.clone(), metrics));
     let (manager_stop_tx, manager_stop_rx) = watch::channel(false);
     let manager = tokio::spawn(subscriptions::run(hub, bus, manager_stop_rx));
     server::serve(listener, shared, shutdown).await;

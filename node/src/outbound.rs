@@ -66,6 +66,12 @@ pub const PROTOCOL_ERROR: Closing = Closing::Server {
     reason: "protocol error",
     drain: false,
 };
+/// The connection's token expired without a `refresh`.
+pub const TOKEN_EXPIRED: Closing = Closing::Server {
+    code: 4001,
+    reason: "token expired",
+    drain: true,
+};
 /// The bus could not set up this connection's subscriptions.
 pub const BUS_DOWN: Closing = Closing::Server {
     code: 1011,

@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::auth::Authenticator;
 use crate::bus::{Bus, BusError, Channel};
 use crate::config::Config;
 use crate::hub::{now_micros, Hub};
@@ -39,15 +40,23 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Whether the bus is up.
     pub bus_healthy: watch::Receiver<bool>,
+    /// Token validation; `None` when authentication is off.
+    pub auth: Option<Authenticator>,
 }
 
 impl Shared {
     /// Builds the shared state around a bus.
-    pub fn new(config: Config, hub: Arc<Hub>, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: Config,
+        auth: Option<Authenticator>,
+        hub: Arc<Hub>,
+        bus: Arc<dyn Bus>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let max = config.max_message_bytes.max(128);
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(4 * 1024)
-            .write_buffer_size(0)
+            .write_buffer_size(16 * 1024)
             .max_write_buffer_size(config.send_queue_bytes.max(64 * 1024) * 2)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
@@ -60,6 +69,7 @@ impl Shared {
             metrics,
             ws_config,
             draining: AtomicBool::new(false),
+            auth,
         }
     }
 

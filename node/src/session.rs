@@ -22,9 +22,11 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
+use crate::auth::{now_secs, Identity};
 use crate::bus::Channel;
 use crate::outbound::{
-    Closing, Outbound, OutboundRx, Push, BUS_DOWN, FLOOD, IDLE, PROTOCOL_ERROR, TOO_BIG,
+    Closing, Outbound, OutboundRx, Push, BUS_DOWN, FLOOD, IDLE, PROTOCOL_ERROR, TOKEN_EXPIRED,
+    TOO_BIG,
 };
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::server::Shared;
@@ -35,8 +37,12 @@ const BATCH: usize = 64;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves one upgraded connection until it closes.
-pub async fn serve<S>(shared: Arc<Shared>, ws: WebSocketStream<S>, client_id: Arc<str>)
-where
+pub async fn serve<S>(
+    shared: Arc<Shared>,
+    ws: WebSocketStream<S>,
+    client_id: Arc<str>,
+    identity: Option<Identity>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = &shared.config;
@@ -92,6 +98,7 @@ where
     let mut session = Session {
         shared: shared.clone(),
         out: out.clone(),
+        identity,
         rooms: HashSet::new(),
         limiter: RateLimiter::new(
             config.rate_limit_per_sec,
@@ -164,6 +171,8 @@ where
 struct Session {
     shared: Arc<Shared>,
     out: Arc<Outbound>,
+    /// What the connection's token grants; `None` when authentication is off.
+    identity: Option<Identity>,
     rooms: HashSet<String>,
     limiter: RateLimiter,
 }
@@ -180,9 +189,20 @@ impl Session {
             if close.borrow().is_some() {
                 return ReadEnd::ServerClose;
             }
+            let expiry = self.token_deadline();
+            let token_expired = async move {
+                match expiry {
+                    Some(at) => sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let next = tokio::select! {
                 next = stream.next() => next,
                 _ = close.changed() => return ReadEnd::ServerClose,
+                _ = token_expired => {
+                    self.server_close(TOKEN_EXPIRED, "token_expired");
+                    return ReadEnd::ServerClose;
+                }
                 _ = sleep_until(deadline) => {
                     // The client is unresponsive: no point waiting for its close reply.
                     self.server_close(IDLE, "idle");
@@ -221,6 +241,14 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// When the connection's token runs out (plus the configured leeway).
+    fn token_deadline(&self) -> Option<Instant> {
+        let identity = self.identity.as_ref()?;
+        let leeway = self.shared.auth.as_ref().map_or(0, |a| a.leeway_secs());
+        let left = (identity.expires_at + leeway).saturating_sub(now_secs());
+        Some(Instant::now() + Duration::from_secs(left))
     }
 
     fn server_close(&self, closing: Closing, reason: &str) {
@@ -294,6 +322,9 @@ impl Session {
         let me = self.out.client_id.clone();
         match msg {
             ClientMessage::Chat { content } => {
+                if self.identity.as_ref().is_some_and(|i| !i.may_chat()) {
+                    return self.error(ErrorCode::Forbidden, "your token does not allow chat");
+                }
                 let frame = ServerEvent::Chat {
                     from: &me,
                     room: None,
@@ -310,6 +341,9 @@ impl Session {
             ClientMessage::JoinRoom { room } => self.join(&room).await,
             ClientMessage::LeaveRoom { room } => self.leave(&room).await,
             ClientMessage::RoomMessage { room, content } => {
+                if !self.may_use_room(&room) {
+                    return self.error(ErrorCode::Forbidden, "your token does not allow this room");
+                }
                 if !self.rooms.contains(room.as_ref()) {
                     return self.error(ErrorCode::NotInRoom, "join the room before posting to it");
                 }
@@ -338,6 +372,37 @@ impl Session {
             }
             ClientMessage::Ping => reply(&self.shared, &self.out, ServerEvent::Pong.encode()),
             ClientMessage::Pong => {}
+            ClientMessage::Refresh { token } => self.refresh(&token),
+        }
+    }
+
+    fn may_use_room(&self, room: &str) -> bool {
+        self.identity.as_ref().is_none_or(|i| i.may_use_room(room))
+    }
+
+    /// Replaces the connection's token with a fresh one for the same subject.
+    fn refresh(&mut self, token: &str) {
+        let Some(auth) = &self.shared.auth else {
+            return self.error(
+                ErrorCode::InvalidToken,
+                "authentication is not enabled here",
+            );
+        };
+        match auth.validate(token) {
+            Ok(identity) if identity.sub == *self.out.client_id => {
+                let expires_at = identity.expires_at;
+                self.identity = Some(identity);
+                reply(
+                    &self.shared,
+                    &self.out,
+                    ServerEvent::TokenRefreshed { expires_at }.encode(),
+                );
+            }
+            Ok(_) => self.error(
+                ErrorCode::Forbidden,
+                "a refreshed token must have the same subject",
+            ),
+            Err(e) => self.error(ErrorCode::InvalidToken, &e.to_string()),
         }
     }
 
@@ -347,6 +412,9 @@ impl Session {
         if self.rooms.contains(room) {
             // Already a member: acknowledge again, to this connection only.
             return reply(&self.shared, &self.out, joined);
+        }
+        if !self.may_use_room(room) {
+            return self.error(ErrorCode::Forbidden, "your token does not allow this room");
         }
         if self.rooms.len() >= self.shared.config.max_rooms_per_connection {
             return self.error(

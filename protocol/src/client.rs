@@ -48,6 +48,11 @@ pub enum ClientMessage<'a> {
     Ping,
     /// `{"type":"pong"}`: the tutorial's heartbeat reply, accepted and ignored.
     Pong,
+    /// `{"type":"refresh","token":T}`: replaces the connection's token before it expires.
+    Refresh {
+        /// The new token (never logged).
+        token: Cow<'a, str>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -62,6 +67,8 @@ struct RawMessage<'a> {
     target: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     target_user: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    token: Option<Cow<'a, str>>,
 }
 
 impl<'a> ClientMessage<'a> {
@@ -119,6 +126,12 @@ impl<'a> ClientMessage<'a> {
             }
             "ping" => Ok(ClientMessage::Ping),
             "pong" => Ok(ClientMessage::Pong),
+            "refresh" => Ok(ClientMessage::Refresh {
+                token: raw.token.ok_or(ParseError::MissingField {
+                    kind: "refresh",
+                    field: "token",
+                })?,
+            }),
             other => Err(ParseError::UnknownType(other.to_owned())),
         }
     }
@@ -133,6 +146,7 @@ impl<'a> ClientMessage<'a> {
             ClientMessage::DirectMessage { .. } => "direct_message",
             ClientMessage::Ping => "ping",
             ClientMessage::Pong => "pong",
+            ClientMessage::Refresh { .. } => "refresh",
         }
     }
 }
@@ -198,6 +212,7 @@ mod tests {
         assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
         assert_eq!(code(r#"{"room":"r"}"#), ErrorCode::UnknownType);
         assert_eq!(code(r#"{"type":"chat"}"#), ErrorCode::MissingField);
+        assert_eq!(code(r#"{"type":"refresh"}"#), ErrorCode::MissingField);
         assert_eq!(code(r#"{"type":"join_room"}"#), ErrorCode::MissingField);
         assert_eq!(
             code(r#"{"type":"room_message","room":"r"}"#),

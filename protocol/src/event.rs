@@ -58,6 +58,11 @@ pub enum ServerEvent<'a> {
     },
     /// Reply to `{"type":"ping"}`.
     Pong,
+    /// A `refresh` was accepted: the connection now lives until `expires_at`.
+    TokenRefreshed {
+        /// New expiry, seconds since the Unix epoch.
+        expires_at: u64,
+    },
     /// Something the client sent could not be served. The connection stays open.
     Error {
         /// Stable machine-readable code.
@@ -102,11 +107,15 @@ pub enum ErrorCode {
     BinaryUnsupported,
     /// The message bus (Redis) is unreachable; the message was not delivered to anyone.
     BusUnavailable,
+    /// The connection's token does not allow this (room, chat, or a refresh for another subject).
+    Forbidden,
+    /// A `refresh` token is invalid or expired (or authentication is off).
+    InvalidToken,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and metrics.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::MissingField,
@@ -118,6 +127,8 @@ impl ErrorCode {
         ErrorCode::TooManyRooms,
         ErrorCode::BinaryUnsupported,
         ErrorCode::BusUnavailable,
+        ErrorCode::Forbidden,
+        ErrorCode::InvalidToken,
     ];
 
     /// The code as it appears on the wire.
@@ -134,6 +145,8 @@ impl ErrorCode {
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::BinaryUnsupported => "binary_unsupported",
             ErrorCode::BusUnavailable => "bus_unavailable",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::InvalidToken => "invalid_token",
         }
     }
 }

@@ -31,6 +31,27 @@ impl Client {
         Ok(Client { ws })
     }
 
+    /// Connects with extra request headers (e.g. `Authorization`, `Sec-WebSocket-Protocol`);
+    /// returns the client and the response headers.
+    pub async fn try_connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<
+        (Self, tokio_tungstenite::tungstenite::http::HeaderMap),
+        tokio_tungstenite::tungstenite::Error,
+    > {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+        let mut req = url.into_client_request()?;
+        for (name, value) in headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).expect("header name");
+            let value = HeaderValue::from_str(value).expect("header value");
+            req.headers_mut().append(name, value);
+        }
+        let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
+        Ok((Client { ws }, resp.headers().clone()))
+    }
+
     /// Connects and reads the `welcome` event; returns the client and its client id.
     pub async fn connect_welcomed(url: &str) -> (Self, String) {
         let mut c = Self::connect(url).await;
