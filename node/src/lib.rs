@@ -20,10 +20,12 @@ use std::sync::Arc;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tracing::warn;
 
 pub use bus::memory::MemoryBroker;
 pub use config::{Config, LogFormat};
 
+use bus::redis::{RedisBus, RedisBusConfig};
 use bus::{Bus, Channel, Inbox};
 use hub::Hub;
 use metrics::Metrics;
@@ -47,12 +49,18 @@ pub async fn run(
     config: Config,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
-    if config.redis_url.is_some() {
-        return Err(NodeError::Config(
-            "the Redis bus is not available in this build".into(),
-        ));
+    let Some(settings) = RedisBusConfig::from_config(&config) else {
+        return run_with_broker(listener, config, MemoryBroker::new(), shutdown).await;
+    };
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let bus = RedisBus::start(settings, inbox(&hub), metrics.clone())?;
+    // Redis down at startup is not fatal: the node serves (unhealthy, /healthz 503) while the bus
+    // keeps reconnecting in the background.
+    if !bus.wait_healthy(config.bus_timeout()).await {
+        warn!("Redis unreachable at startup; serving unhealthy and retrying");
     }
-    run_with_broker(listener, config, MemoryBroker::new(), shutdown).await
+    run_on_bus(listener, config, hub, Arc::new(bus), metrics, shutdown).await
 }
 
 /// Runs a node on an in-memory bus shared with the other nodes of `broker` (same process).
@@ -82,7 +90,13 @@ async fn run_on_bus(
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
-    bus.subscribe(&[Channel::Broadcast]).await?;
+    // Bounded: a bus that is down must not keep the node from serving. A bus that can fail keeps
+    // the broadcast channel wanted and follows it once it is back.
+    match tokio::time::timeout(config.bus_timeout(), bus.subscribe(&[Channel::Broadcast])).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "broadcast channel not subscribed yet"),
+        Err(_) => warn!("broadcast subscription timed out"),
+    }
     let shared = Arc::new(Shared::new(config, hub.clone(), bus.clone(), metrics));
     let (manager_stop_tx, manager_stop_rx) = watch::channel(false);
     let manager = tokio::spawn(subscriptions::run(hub, bus, manager_stop_rx));

@@ -15,6 +15,8 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 pub mod memory;
+pub mod probe;
+pub mod redis;
 
 /// A bus channel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
