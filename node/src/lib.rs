@@ -55,9 +55,10 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::new(metrics.clone()));
     let bus = RedisBus::start(settings, inbox(&hub), metrics.clone())?;
-    // Redis down at startup is not fatal: the node serves (unhealthy, /healthz 503) while the bus
-    // keeps reconnecting in the background.
-    if !bus.wait_healthy(config.bus_timeout()).await {
+    // Redis down at startup is not fatal: after a short wait (enough for a reachable Redis) the
+    // node serves, unhealthy (/healthz 503), while the bus keeps reconnecting in the background.
+    let startup_wait = config.bus_timeout().min(std::time::Duration::from_secs(1));
+    if !bus.wait_healthy(startup_wait).await {
         warn!("Redis unreachable at startup; serving unhealthy and retrying");
     }
     run_on_bus(listener, config, hub, Arc::new(bus), metrics, shutdown).await
@@ -94,7 +95,9 @@ async fn run_on_bus(
     // the broadcast channel wanted and follows it once it is back.
     match tokio::time::timeout(config.bus_timeout(), bus.subscribe(&[Channel::Broadcast])).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(error = %e, "broadcast channel not subscribed yet"),
+        Ok(Err(e)) => {
+            warn!(error = %e, "broadcast channel not subscribed yet; followed once the bus is up")
+        }
         Err(_) => warn!("broadcast subscription timed out"),
     }
     let shared = Arc::new(Shared::new(config, hub.clone(), bus.clone(), metrics));
