@@ -17,6 +17,7 @@ use tokio::sync::watch;
 pub mod memory;
 pub mod probe;
 pub mod redis;
+mod redis_conn;
 
 /// A bus channel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
