@@ -146,3 +146,42 @@ async fn fifty_concurrent_joiners_and_leavers_leave_numsub_equal_to_nodes_with_m
     settle_numsub(&mut con, ROOM_CHANNEL, 0).await;
     assert!(channels(&mut con, "ringcast:room:*").await.is_empty());
 }
+
+#[tokio::test]
+async fn a_storm_of_pipelined_joins_and_leaves_converges_on_the_right_subscription() {
+    let redis = RedisServer::start();
+    let nodes = quiet_nodes(&redis, 2).await;
+    let mut con = inspector(&redis).await;
+    let (mut a, _) = Client::connect_welcomed(&nodes[0].ws_url("a")).await;
+    let (mut b, _) = Client::connect_welcomed(&nodes[1].ws_url("b")).await;
+    join(&mut b, "b", "r").await;
+    // 201 frames without waiting for any answer: join, leave, join, …, join.
+    for i in 0..=200 {
+        let kind = if i % 2 == 0 {
+            "join_room"
+        } else {
+            "leave_room"
+        };
+        let frame = serde_json::json!({"type":kind,"room":"r"}).to_string();
+        assert!(
+            a.feed(tokio_tungstenite::tungstenite::Message::text(frame))
+                .await
+        );
+    }
+    assert!(a.flush().await);
+    // a ends as a member: its node must follow the room, and b's messages must reach it.
+    settle_numsub(&mut con, ROOM_CHANNEL, 2).await;
+    b.send_json(serde_json::json!({"type":"room_message","room":"r","content":"after the storm"}))
+        .await;
+    loop {
+        let v = a.recv().await;
+        assert_ne!(v["event"], "error", "{v}");
+        if v["content"] == "after the storm" {
+            break;
+        }
+    }
+    leave(&mut a, "a", "r").await;
+    settle_numsub(&mut con, ROOM_CHANNEL, 1).await;
+    leave(&mut b, "b", "r").await;
+    settle_numsub(&mut con, ROOM_CHANNEL, 0).await;
+}
