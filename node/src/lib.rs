@@ -54,7 +54,8 @@ pub async fn run(
     };
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::new(metrics.clone()));
-    let bus = RedisBus::start(settings, inbox(&hub), metrics.clone())?;
+    let bus = RedisBus::start(settings, inbox(&hub), metrics.clone())
+        .map_err(|e| NodeError::Config(e.to_string()))?;
     // Redis down at startup is not fatal: after a short wait (enough for a reachable Redis) the
     // node serves, unhealthy (/healthz 503), while the bus keeps reconnecting in the background.
     let startup_wait = config.bus_timeout().min(std::time::Duration::from_secs(1));

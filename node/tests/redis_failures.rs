@@ -238,3 +238,21 @@ async fn node_started_while_redis_is_down_serves_once_redis_appears() {
     a.send_json(json!({"type":"chat","content":"hi"})).await;
     assert_eq!(recv_content(&mut b, "hi").await["from"], "a");
 }
+
+#[tokio::test]
+async fn an_unusable_redis_url_is_a_configuration_error() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let mut c = config("bad-url", "http://127.0.0.1:1");
+    c.bus_timeout_secs = 1;
+    let result = tokio::time::timeout(Duration::from_secs(5), ringcast_node::run(listener, c, rx))
+        .await
+        .expect("run returns at once");
+    let err = result.expect_err("http:// is not a Redis URL");
+    assert!(
+        matches!(err, ringcast_node::NodeError::Config(ref m) if m.contains("invalid Redis URL")),
+        "{err}"
+    );
+}

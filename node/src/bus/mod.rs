@@ -15,7 +15,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 pub mod memory;
-pub mod probe;
+mod probe;
 pub mod redis;
 mod redis_conn;
 
