@@ -39,6 +39,27 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_REDIS_PREFIX", default_value = "ringcast")]
     pub redis_prefix: String,
 
+    /// Milliseconds between Redis bus probes (a token published to this node's own probe
+    /// channel, which must come back; catches a subscriber that is open but starved).
+    #[arg(long, env = "RINGCAST_REDIS_PROBE_INTERVAL_MS", default_value_t = 2000)]
+    pub redis_probe_interval_ms: u64,
+
+    /// Milliseconds a Redis bus probe may take to come back before the subscriber is rebuilt.
+    #[arg(long, env = "RINGCAST_REDIS_PROBE_TIMEOUT_MS", default_value_t = 3000)]
+    pub redis_probe_timeout_ms: u64,
+
+    /// Longest pause in milliseconds between Redis reconnection attempts (backoff starts at 50).
+    #[arg(long, env = "RINGCAST_REDIS_RECONNECT_MAX_MS", default_value_t = 1000)]
+    pub redis_reconnect_max_ms: u64,
+
+    /// Milliseconds one Redis command (or connection attempt) may take before it counts as failed.
+    #[arg(
+        long,
+        env = "RINGCAST_REDIS_COMMAND_TIMEOUT_MS",
+        default_value_t = 2000
+    )]
+    pub redis_command_timeout_ms: u64,
+
     /// Send `user_connected` / `user_disconnected` to every client (O(connections) per event).
     #[arg(long, env = "RINGCAST_ANNOUNCE_CONNECTIONS", default_value_t = true, action = ArgAction::Set)]
     pub announce_connections: bool,

@@ -63,6 +63,7 @@ pub type Ready = Option<oneshot::Receiver<()>>;
 
 /// Local membership and fan-out.
 pub struct Hub {
+    node_id: Arc<str>,
     state: RwLock<State>,
     dirty: Mutex<HashSet<Channel>>,
     dirty_notify: Notify,
@@ -89,10 +90,11 @@ pub fn now_micros() -> u64 {
 }
 
 impl Hub {
-    /// An empty hub.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    /// An empty hub for the node `node_id`.
+    pub fn new(node_id: &str, metrics: Arc<Metrics>) -> Self {
         let out = |route: &str| metrics.messages_out.with_label_values(&[route]);
         Hub {
+            node_id: node_id.into(),
             state: RwLock::new(State::default()),
             dirty: Mutex::new(HashSet::new()),
             dirty_notify: Notify::new(),
@@ -247,6 +249,14 @@ impl Hub {
             }
             Target::Room(room) => match state.rooms.get(room) {
                 Some(t) => (self.fan_out(t.members.values(), &frame), &self.out_room),
+                None => (0, &self.out_room),
+            },
+            Target::RoomExcept { room, conn } => match state.rooms.get(room) {
+                Some(t) => {
+                    let skip = (*envelope.origin == *self.node_id).then_some(*conn);
+                    let targets = t.members.values().filter(|o| Some(o.id) != skip);
+                    (self.fan_out(targets, &frame), &self.out_room)
+                }
                 None => (0, &self.out_room),
             },
             Target::Client(id) => match state.clients.get(id.as_str()) {
@@ -479,7 +489,7 @@ mod tests {
     use super::*;
 
     fn hub() -> Hub {
-        Hub::new(Arc::new(Metrics::new()))
+        Hub::new("n", Arc::new(Metrics::new()))
     }
 
     fn conn(hub: &Hub, client: &str) -> (Arc<Outbound>, crate::outbound::OutboundRx) {

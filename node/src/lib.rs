@@ -21,10 +21,12 @@ use std::sync::Arc;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tracing::warn;
 
 pub use bus::memory::MemoryBroker;
 pub use config::{Config, LogFormat};
 
+use bus::redis::{RedisBus, RedisBusConfig};
 use bus::{Bus, Channel, Inbox};
 use hub::Hub;
 use metrics::Metrics;
@@ -48,12 +50,20 @@ pub async fn run(
     config: Config,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
-    if config.redis_url.is_some() {
-        return Err(NodeError::Config(
-            "the Redis bus is not available in this build".into(),
-        ));
+    let Some(settings) = RedisBusConfig::from_config(&config) else {
+        return run_with_broker(listener, config, MemoryBroker::new(), shutdown).await;
+    };
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::new(&config.resolved_node_id(), metrics.clone()));
+    let bus = RedisBus::start(settings, inbox(&hub), metrics.clone())
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+    // Redis down at startup is not fatal: after a short wait (enough for a reachable Redis) the
+    // node serves, unhealthy (/healthz 503), while the bus keeps reconnecting in the background.
+    let startup_wait = config.bus_timeout().min(std::time::Duration::from_secs(1));
+    if !bus.wait_healthy(startup_wait).await {
+        warn!("Redis unreachable at startup; serving unhealthy and retrying");
     }
-    run_with_broker(listener, config, MemoryBroker::new(), shutdown).await
+    run_on_bus(listener, config, hub, Arc::new(bus), metrics, shutdown).await
 }
 
 /// Runs a node on an in-memory bus shared with the other nodes of `broker` (same process).
@@ -64,7 +74,7 @@ pub async fn run_with_broker(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
     let metrics = Arc::new(Metrics::new());
-    let hub = Arc::new(Hub::new(metrics.clone()));
+    let hub = Arc::new(Hub::new(&config.resolved_node_id(), metrics.clone()));
     let bus: Arc<dyn Bus> = Arc::new(broker.attach(inbox(&hub)));
     run_on_bus(listener, config, hub, bus, metrics, shutdown).await
 }
@@ -84,7 +94,15 @@ async fn run_on_bus(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
     let auth = auth::Authenticator::from_args(&config.auth).map_err(NodeError::Config)?;
-    bus.subscribe(&[Channel::Broadcast]).await?;
+    // Bounded: a bus that is down must not keep the node from serving. A bus that can fail keeps
+    // the broadcast channel wanted and follows it once it is back.
+    match tokio::time::timeout(config.bus_timeout(), bus.subscribe(&[Channel::Broadcast])).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            warn!(error = %e, "broadcast channel not subscribed yet; followed once the bus is up")
+        }
+        Err(_) => warn!("broadcast subscription timed out"),
+    }
     let shared = Arc::new(Shared::new(config, auth, hub.clone(), bus.clone(), metrics));
     let (manager_stop_tx, manager_stop_rx) = watch::channel(false);
     let manager = tokio::spawn(subscriptions::run(hub, bus, manager_stop_rx));

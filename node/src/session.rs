@@ -433,16 +433,22 @@ impl Session {
             }
         }
         // The room's channel is active: everything published from now on reaches this client,
-        // so its own user_joined doubles as "ready".
+        // so its own user_joined doubles as "ready". The joiner gets it queued directly; the bus
+        // echo skips it, since a pipelined leave may have removed it before the echo arrives.
         self.rooms.insert(room.to_owned());
-        let target = Target::Room(room.to_owned());
-        if self
+        let target = Target::RoomExcept {
+            room: room.to_owned(),
+            conn: self.out.id,
+        };
+        match self
             .publish(Channel::Room(room.to_owned()), target, &joined)
             .await
-            .is_none()
         {
-            self.rooms.remove(room);
-            hub.leave(room, self.out.id);
+            Some(_) => reply(&self.shared, &self.out, joined),
+            None => {
+                self.rooms.remove(room);
+                hub.leave(room, self.out.id);
+            }
         }
     }
 

@@ -46,3 +46,35 @@ async fn room_traffic_reaches_members_only_across_nodes() {
     }
     assert_eq!(n2.stats().await["rooms"], 1);
 }
+
+#[tokio::test]
+async fn pipelined_join_leave_storm_acks_every_join() {
+    let broker = MemoryBroker::new();
+    let mut cfg = config("n1");
+    cfg.rate_limit_burst = 1000.0;
+    let n1 = TestNode::start_on(cfg, broker.clone()).await;
+    let (mut a, _) = Client::connect_welcomed(&n1.ws_url("a")).await;
+    for i in 0..=200 {
+        let kind = if i % 2 == 0 {
+            "join_room"
+        } else {
+            "leave_room"
+        };
+        assert!(
+            a.feed(tokio_tungstenite::tungstenite::Message::text(
+                json!({"type":kind,"room":"r"}).to_string()
+            ))
+            .await
+        );
+    }
+    assert!(a.flush().await);
+    let (mut joins, mut lefts) = (0, 0);
+    while joins < 101 || lefts < 100 {
+        let v = a.recv().await;
+        match v["event"].as_str() {
+            Some("user_joined") => joins += 1,
+            Some("user_left") => lefts += 1,
+            _ => panic!("unexpected {v}"),
+        }
+    }
+}

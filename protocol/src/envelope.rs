@@ -22,6 +22,14 @@ pub enum Target {
     AllExcept(Option<String>),
     /// Every local member of a room.
     Room(String),
+    /// Every local member of a room except one connection of the origin node (a joiner, whose
+    /// own acknowledgement was already queued locally: the echo could arrive after it left).
+    RoomExcept {
+        /// The room.
+        room: String,
+        /// A connection id, meaningful only on the node named by `origin`.
+        conn: u64,
+    },
     /// Every local connection of one client id.
     Client(String),
 }
@@ -106,6 +114,10 @@ mod tests {
             Target::AllExcept(None),
             Target::AllExcept(Some("alice".into())),
             Target::Room("lobby".into()),
+            Target::RoomExcept {
+                room: "lobby".into(),
+                conn: u64::MAX,
+            },
             Target::Client("bob".into()),
         ] {
             let env = sample(target);

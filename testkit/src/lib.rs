@@ -1,15 +1,18 @@
 //! Fixtures for ringcast's integration tests.
 //!
 //! Real parts only: [`RedisServer`] runs a real `redis-server` on a free port and kills it by PID;
-//! [`Client`] is a real WebSocket client; [`TestNode`] runs `ringcast_node::run` on port 0.
+//! [`Client`] is a real WebSocket client; [`TestNode`] runs `ringcast_node::run` on port 0;
+//! [`FreezableProxy`] stands between a node and Redis to starve a connection without closing it.
 //! Helpers panic with a clear message on failure: they are for tests.
 
 mod client;
 mod node;
+mod proxy;
 mod redis;
 
 pub use client::Client;
 pub use node::TestNode;
+pub use proxy::FreezableProxy;
 pub use redis::RedisServer;
 
 use std::time::Duration;

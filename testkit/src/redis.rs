@@ -10,12 +10,19 @@ pub struct RedisServer {
     /// The port it listens on (kept across [`RedisServer::restart`]).
     pub port: u16,
     dir: PathBuf,
+    extra_args: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts redis-server on a free port and waits until it answers PING.
     /// Panics (failing the test loudly) when `redis-server` is not installed.
     pub fn start() -> Self {
+        Self::start_with_args(&[])
+    }
+
+    /// Like [`RedisServer::start`], with extra `redis-server` arguments (kept across restarts),
+    /// e.g. a TLS port or ACL users. The plain port stays open for readiness checks and `cli`.
+    pub fn start_with_args(extra_args: &[&str]) -> Self {
         let port = crate::free_port();
         let dir =
             std::env::temp_dir().join(format!("ringcast-redis-{}-{port}", std::process::id()));
@@ -24,6 +31,7 @@ impl RedisServer {
             child: None,
             port,
             dir,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
         server
@@ -45,6 +53,7 @@ impl RedisServer {
                 "--dir",
             ])
             .arg(&self.dir)
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -15,6 +15,9 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 pub mod memory;
+mod probe;
+pub mod redis;
+mod redis_conn;
 
 /// A bus channel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,0 +1,232 @@
+//! The Redis bus: nodes exchange envelopes over Redis pub/sub.
+//!
+//! Two RESP3 connections per node: a multiplexed one that pipelines every PUBLISH, and a
+//! dedicated subscriber whose push messages go straight from the connection's reader to the
+//! [`Inbox`] (no queue in between, so a node that cannot keep up shows as a slow subscriber in
+//! Redis, which drops it, instead of growing a buffer here). A supervisor task per connection
+//! rebuilds it with capped backoff whenever it fails; the subscriber is rebuilt too when Redis
+//! drops it or when the probe (`probe.rs`) finds it starved. The bus keeps its own set of wanted
+//! channels and subscribes all of them on every new subscriber connection, so subscriptions
+//! survive Redis restarts without the hub noticing. `healthy()` is false while either connection
+//! is down.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::{Client, IntoConnectionInfo, ProtocolVersion};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::redis_conn::{supervise_publisher, supervise_subscriber, unavailable, Inner};
+use super::{Bus, BusError, Channel, Inbox};
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Settings of a [`RedisBus`]. Its `Debug` output hides the URL's credentials.
+#[derive(Clone)]
+pub struct RedisBusConfig {
+    /// `redis://` or `rediss://` URL, with credentials if needed.
+    pub url: String,
+    /// Prefix of every channel name.
+    pub prefix: String,
+    /// This node's id (part of its probe channel's name).
+    pub node_id: String,
+    /// Pause between starvation probes.
+    pub probe_interval: Duration,
+    /// How long a probe may take to come back before the subscriber is rebuilt.
+    pub probe_timeout: Duration,
+    /// Longest pause between reconnection attempts.
+    pub reconnect_max: Duration,
+    /// Time limit of one Redis command (and of connecting).
+    pub command_timeout: Duration,
+}
+
+impl RedisBusConfig {
+    /// The Redis settings of a node configuration; `None` without `--redis-url`.
+    pub fn from_config(config: &Config) -> Option<Self> {
+        Some(RedisBusConfig {
+            url: config.redis_url.clone()?,
+            prefix: config.redis_prefix.clone(),
+            node_id: config.resolved_node_id(),
+            probe_interval: Duration::from_millis(config.redis_probe_interval_ms.max(10)),
+            probe_timeout: Duration::from_millis(config.redis_probe_timeout_ms.max(10)),
+            reconnect_max: Duration::from_millis(config.redis_reconnect_max_ms.max(50)),
+            command_timeout: Duration::from_millis(config.redis_command_timeout_ms.max(10)),
+        })
+    }
+}
+
+impl std::fmt::Debug for RedisBusConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBusConfig")
+            .field("url", &redacted(&self.url))
+            .field("prefix", &self.prefix)
+            .field("node_id", &self.node_id)
+            .field("probe_interval", &self.probe_interval)
+            .field("probe_timeout", &self.probe_timeout)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("command_timeout", &self.command_timeout)
+            .finish()
+    }
+}
+
+/// The URL with any `user:password@` replaced by `***@`.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A [`Bus`] over Redis pub/sub.
+pub struct RedisBus {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RedisBus {
+    /// Starts the bus: parses the URL and spawns the connection supervisors, which connect in the
+    /// background and keep retrying. Fails only on an unusable URL.
+    pub fn start(
+        settings: RedisBusConfig,
+        inbox: Inbox,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, BusError> {
+        // rediss:// needs a rustls crypto provider; ignore "already installed".
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let info = settings
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| unavailable("invalid Redis URL", e))?;
+        let redis_settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(redis_settings))
+            .map_err(|e| unavailable("invalid Redis URL", e))?;
+        let probe_channel = format!(
+            "{}:probe:{}:{:016x}",
+            settings.prefix,
+            settings.node_id,
+            rand::random::<u64>()
+        );
+        let broadcast = format!("{}:{}", settings.prefix, Channel::Broadcast);
+        let inner = Arc::new(Inner::new(
+            client,
+            settings,
+            probe_channel,
+            BTreeSet::from([broadcast]),
+            inbox,
+            metrics,
+        ));
+        let tasks = vec![
+            tokio::spawn(supervise_publisher(inner.clone())),
+            tokio::spawn(supervise_subscriber(inner.clone())),
+        ];
+        Ok(RedisBus { inner, tasks })
+    }
+
+    /// Waits up to `limit` for both connections; returns whether the bus is healthy.
+    pub async fn wait_healthy(&self, limit: Duration) -> bool {
+        let mut rx = self.inner.healthy_rx();
+        let up = tokio::time::timeout(limit, rx.wait_for(|up| *up)).await;
+        up.is_ok()
+    }
+
+    fn name(&self, channel: &Channel) -> String {
+        format!("{}:{channel}", self.inner.prefix())
+    }
+}
+
+impl Drop for RedisBus {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn publish(&self, channel: &Channel, payload: Bytes) -> Result<usize, BusError> {
+        self.inner
+            .publish_raw(self.name(channel).as_bytes(), &payload)
+            .await
+    }
+
+    async fn subscribe(&self, channels: &[Channel]) -> Result<(), BusError> {
+        let names: Vec<String> = channels.iter().map(|c| self.name(c)).collect();
+        self.inner.subscriber_command(&names, true).await
+    }
+
+    async fn unsubscribe(&self, channels: &[Channel]) -> Result<(), BusError> {
+        let names: Vec<String> = channels
+            .iter()
+            .filter(|c| **c != Channel::Broadcast)
+            .map(|c| self.name(c))
+            .collect();
+        self.inner.subscriber_command(&names, false).await
+    }
+
+    fn healthy(&self) -> watch::Receiver<bool> {
+        self.inner.healthy_rx()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &str) -> RedisBusConfig {
+        let mut c = Config::for_tests();
+        c.redis_url = Some(url.into());
+        c.node_id = Some("n1".into());
+        RedisBusConfig::from_config(&c).expect("url set")
+    }
+
+    #[test]
+    fn debug_output_hides_credentials() {
+        let shown = format!(
+            "{:?}",
+            settings("rediss://user:s3cret@redis.example:6380/0")
+        );
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("user"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("rediss://***@redis.example:6380/0"),
+            "{shown}"
+        );
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[tokio::test]
+    async fn urls_parse_or_fail_clearly() {
+        let inbox: Inbox = Arc::new(|_| {});
+        let metrics = Arc::new(Metrics::new());
+        for ok in [
+            "redis://127.0.0.1:1",
+            "redis://user:secret@127.0.0.1:1/0",
+            "rediss://127.0.0.1:1",
+        ] {
+            let bus = RedisBus::start(settings(ok), inbox.clone(), metrics.clone());
+            assert!(bus.is_ok(), "{ok}");
+            assert!(
+                !*bus.unwrap().healthy().borrow(),
+                "nothing listens on port 1"
+            );
+        }
+        let Err(BusError::Unavailable(msg)) = RedisBus::start(settings("http://x"), inbox, metrics)
+        else {
+            panic!("http:// must be refused");
+        };
+        assert!(msg.contains("invalid Redis URL"), "{msg}");
+    }
+}
