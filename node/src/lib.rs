@@ -10,6 +10,7 @@ pub mod hub;
 pub mod metrics;
 pub mod outbound;
 pub mod ratelimit;
+pub mod registration;
 pub mod server;
 pub mod session;
 pub mod subscriptions;
@@ -83,11 +84,18 @@ async fn run_on_bus(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
     bus.subscribe(&[Channel::Broadcast]).await?;
+    let registration = config.registration();
     let shared = Arc::new(Shared::new(config, hub.clone(), bus.clone(), metrics));
     let (manager_stop_tx, manager_stop_rx) = watch::channel(false);
     let manager = tokio::spawn(subscriptions::run(hub, bus, manager_stop_rx));
+    // Deregisters as soon as `shutdown` fires, before the drain, so gateways stop routing here.
+    let registration =
+        registration.map(|reg| tokio::spawn(registration::run(reg, shutdown.clone())));
     server::serve(listener, shared, shutdown).await;
     let _ = manager_stop_tx.send(true);
     let _ = manager.await;
+    if let Some(task) = registration {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
     Ok(())
 }

@@ -1,0 +1,134 @@
+//! HTTP on the gateway's port: `/ws` goes to the proxy; `/healthz`, `/metrics`, `/nodes` are
+//! answered here.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::proxy::{PermitSlot, Proxy};
+
+/// The response body type of every gateway answer.
+pub type Body = Full<Bytes>;
+
+/// What the HTTP layer needs.
+pub struct Http {
+    /// The upgrade proxy (and through it membership and metrics).
+    pub proxy: Arc<Proxy>,
+    /// Set once shutdown begins: `/healthz` turns 503 and upgrades are refused.
+    pub draining: AtomicBool,
+    /// Seconds a client has to send its request head.
+    pub handshake_timeout: std::time::Duration,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+}
+
+/// Serves HTTP/1.1 on one client connection until it closes, upgrades, or `force_close` fires.
+pub async fn serve_connection(
+    http: Arc<Http>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: PermitSlot,
+    force_close: CancellationToken,
+) {
+    let io = TokioIo::new(stream);
+    let svc_http = http.clone();
+    let svc = service_fn(move |req| {
+        let http = svc_http.clone();
+        let permit = permit.clone();
+        async move { Ok::<_, Infallible>(route(&http, req, peer, permit).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(http.handshake_timeout)
+        .max_buf_size(http.max_header_bytes.max(8192))
+        .serve_connection(io, svc)
+        .with_upgrades();
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            debug!(%peer, error = %e, "client connection ended with an error");
+        },
+        _ = force_close.cancelled() => {}
+    }
+}
+
+async fn route(
+    http: &Arc<Http>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    permit: PermitSlot,
+) -> Response<Body> {
+    let draining = http.draining.load(Ordering::Acquire);
+    let proxy = &http.proxy;
+    match req.uri().path() {
+        "/ws" if draining => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the gateway is shutting down",
+        ),
+        "/ws" => proxy.upgrade(req, peer, permit).await,
+        "/healthz" => {
+            let ring = proxy.membership.ring().len();
+            let status = if draining || ring == 0 {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            json(
+                status,
+                serde_json::json!({
+                    "status": if status == StatusCode::OK { "ok" } else { "unavailable" },
+                    "draining": draining,
+                    "ring_size": ring,
+                }),
+            )
+        }
+        "/nodes" => json(
+            StatusCode::OK,
+            serde_json::json!({
+                "ring_size": proxy.membership.ring().len(),
+                "nodes": proxy.membership.view(),
+            }),
+        ),
+        "/metrics" => {
+            let mut resp = Response::new(Full::new(Bytes::from(proxy.metrics.render())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
+        _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such path"),
+    }
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// `{"error": code, "message": message}` with `status`.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json(
+        status,
+        serde_json::json!({ "error": code, "message": message }),
+    )
+}
