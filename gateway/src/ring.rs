@@ -4,10 +4,15 @@
 //! one on every change and publishes it through a `watch` channel, so the upgrade path only
 //! reads. Down nodes stay on the hash ring but are skipped: a client_id then routes to the first
 //! healthy node in the ring's replica order — the same node a failed connect fails over to — and
-//! returns to its owner once that is healthy again. Only ids of the down node move. FNV hashing (the crate's default) is deterministic, so every gateway with the same
-//! members routes a client_id to the same node.
+//! returns to its owner once that is healthy again. Only ids of the down node move.
+//!
+//! The hash is FNV-1a plus a 64-bit finalizer ([`MixHasher`]), deterministic so every gateway
+//! with the same members routes an id to the same node. Plain FNV (the crate's default) placed
+//! similar ids (`user-1`, `user-2`, …) next to each other, so runs of sequential ids all landed
+//! on one node.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use consistent_hash_ring::RingBuilder;
@@ -25,9 +30,46 @@ pub struct RingNode {
     pub healthy: bool,
 }
 
+/// FNV-1a with the murmur3 64-bit finalizer: cheap, deterministic across processes and
+/// versions, and well mixed for short similar keys.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MixHasher(u64);
+
+impl Hasher for MixHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+/// Builds [`MixHasher`]s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MixBuildHasher;
+
+impl BuildHasher for MixBuildHasher {
+    type Hasher = MixHasher;
+
+    fn build_hasher(&self) -> MixHasher {
+        MixHasher::default()
+    }
+}
+
 /// An immutable snapshot of the ring.
 pub struct Ring {
-    ring: consistent_hash_ring::Ring<Arc<str>>,
+    ring: consistent_hash_ring::Ring<Arc<str>, MixBuildHasher>,
     nodes: HashMap<Arc<str>, RingNode>,
 }
 
@@ -35,7 +77,7 @@ impl Ring {
     /// A ring over `nodes`, each with `vnodes × weight` virtual nodes.
     pub fn new(nodes: impl IntoIterator<Item = RingNode>, vnodes: usize) -> Self {
         let vnodes = vnodes.clamp(1, 4096);
-        let mut ring = RingBuilder::default().vnodes(vnodes).build();
+        let mut ring = RingBuilder::new(MixBuildHasher).vnodes(vnodes).build();
         let mut by_id = HashMap::new();
         for node in nodes {
             ring.insert_weight(node.id.clone(), vnodes * node.weight.clamp(1, 100));
@@ -121,6 +163,15 @@ mod tests {
             let off = (*n as f64 - even).abs() / even;
             assert!(off <= 0.25, "{node} has {n} of 10000 ids ({counts:?})");
         }
+    }
+
+    #[test]
+    fn sequential_ids_do_not_cluster() {
+        let ring = Ring::new(nodes(3), 256);
+        let owners: std::collections::HashSet<Arc<str>> = (0..12)
+            .filter_map(|i| ring.owner(&format!("user-{i}")).map(|n| n.id.clone()))
+            .collect();
+        assert_eq!(owners.len(), 3, "12 sequential ids should touch all 3 nodes");
     }
 
     #[test]

@@ -88,14 +88,18 @@ async fn run_on_bus(
     let shared = Arc::new(Shared::new(config, hub.clone(), bus.clone(), metrics));
     let (manager_stop_tx, manager_stop_rx) = watch::channel(false);
     let manager = tokio::spawn(subscriptions::run(hub, bus, manager_stop_rx));
-    // Deregisters as soon as `shutdown` fires, before the drain, so gateways stop routing here.
-    let registration =
-        registration.map(|reg| tokio::spawn(registration::run(reg, shutdown.clone())));
-    server::serve(listener, shared, shutdown).await;
-    let _ = manager_stop_tx.send(true);
-    let _ = manager.await;
-    if let Some(task) = registration {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
-    }
+    // Runs beside the server in this same future (not spawned), so a node that stops or is
+    // dropped stops heartbeating; on `shutdown` it deregisters before the drain.
+    let register = async {
+        if let Some(reg) = registration {
+            registration::run(reg, shutdown.clone()).await;
+        }
+    };
+    let serve = async {
+        server::serve(listener, shared, shutdown.clone()).await;
+        let _ = manager_stop_tx.send(true);
+        let _ = manager.await;
+    };
+    tokio::join!(serve, register);
     Ok(())
 }
