@@ -43,6 +43,26 @@ pub async fn serve_connection(
     permit: PermitSlot,
     force_close: CancellationToken,
 ) {
+    let mut stream = stream;
+    match tokio::time::timeout(http.handshake_timeout, is_h2_preface(&stream)).await {
+        Ok(Some(false)) => {}
+        Ok(Some(true)) => {
+            // hyper's HTTP/1 server drops a prior-knowledge HTTP/2 connection without a word;
+            // tell the client why instead.
+            let body = r#"{"error":"bad_upgrade","message":"HTTP/2 is not supported; WebSocket upgrades need HTTP/1.1"}"#;
+            let resp = format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tokio::time::timeout(
+                http.handshake_timeout,
+                tokio::io::AsyncWriteExt::write_all(&mut stream, resp.as_bytes()),
+            )
+            .await;
+            return;
+        }
+        Ok(None) | Err(_) => return, // closed or silent through the handshake timeout
+    }
     let io = TokioIo::new(stream);
     let svc_http = http.clone();
     let svc = service_fn(move |req| {
@@ -61,6 +81,27 @@ pub async fn serve_connection(
             debug!(%peer, error = %e, "client connection ended with an error");
         },
         _ = force_close.cancelled() => {}
+    }
+}
+
+/// Whether the connection opens with the HTTP/2 preface (`None`: it closed or failed first).
+/// Only peeks, so hyper still reads every byte.
+async fn is_h2_preface(stream: &TcpStream) -> Option<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+    let mut buf = [0u8; 14];
+    loop {
+        let n = stream.peek(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if !PREFACE.starts_with(&buf[..n.min(PREFACE.len())]) {
+            return Some(false);
+        }
+        if n >= PREFACE.len() {
+            return Some(true);
+        }
+        // A prefix of the preface arrived; wait for more (bounded by the caller's timeout).
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 

@@ -241,6 +241,8 @@ impl Proxy {
             .inc();
         let mut out = Response::new(Full::new(body));
         *out.status_mut() = parts.status;
+        out.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
         if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
             out.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
         }
@@ -252,7 +254,11 @@ impl Proxy {
             .rejected
             .with_label_values(&[status.as_str()])
             .inc();
-        json_error(status, code, message)
+        let mut resp = json_error(status, code, message);
+        // A refused upgrade ends the connection: the client reconnects from scratch anyway.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
     }
 }
 

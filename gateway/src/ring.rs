@@ -37,7 +37,11 @@ pub struct MixHasher(u64);
 
 impl Hasher for MixHasher {
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
         for b in bytes {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
@@ -171,7 +175,11 @@ mod tests {
         let owners: std::collections::HashSet<Arc<str>> = (0..12)
             .filter_map(|i| ring.owner(&format!("user-{i}")).map(|n| n.id.clone()))
             .collect();
-        assert_eq!(owners.len(), 3, "12 sequential ids should touch all 3 nodes");
+        assert_eq!(
+            owners.len(),
+            3,
+            "12 sequential ids should touch all 3 nodes"
+        );
     }
 
     #[test]

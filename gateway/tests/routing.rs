@@ -57,7 +57,11 @@ async fn protocol_scenario_through_the_gateway_spreads_clients_over_three_nodes(
             break;
         }
     }
-    eprintln!("{} clients: {:?}", clients.len(), clients.iter().map(|c| c.2.as_str()).collect::<Vec<_>>());
+    eprintln!(
+        "{} clients: {:?}",
+        clients.len(),
+        clients.iter().map(|c| c.2.as_str()).collect::<Vec<_>>()
+    );
     for node in &nodes {
         let stats = node.stats().await;
         assert!(
@@ -113,7 +117,9 @@ async fn protocol_scenario_through_the_gateway_spreads_clients_over_three_nodes(
         assert_eq!(e["room"], "lobby");
         assert_eq!(e["from"], b_id.as_str());
     }
-    let outsider = (0..clients.len()).find(|i| *i != a && *i != b).expect("outsider");
+    let outsider = (0..clients.len())
+        .find(|i| *i != a && *i != b)
+        .expect("outsider");
     clients[outsider]
         .1
         .expect_silence(Duration::from_millis(300))
@@ -146,7 +152,11 @@ async fn protocol_scenario_through_the_gateway_spreads_clients_over_three_nodes(
     assert_eq!(e["user_id"], gone_id.as_str());
 
     assert!(gw.metric("ringcast_gateway_connections_total").await >= 6.0);
-    assert!(gw.metric("ringcast_gateway_bytes_node_to_client_total").await > 0.0);
+    assert!(
+        gw.metric("ringcast_gateway_bytes_node_to_client_total")
+            .await
+            > 0.0
+    );
     assert_eq!(gw.metric("ringcast_gateway_ring_size").await, 3.0);
 }
 
