@@ -122,7 +122,9 @@ async fn oversized_headers_are_refused() {
 async fn dead_backends_get_502_then_503_and_come_back() {
     let port = free_port();
     let spec = format!("dead=127.0.0.1:{port}");
-    let gw = TestGateway::start(&["--node", &spec]).await;
+    // Checks every second: the first (at start) alone stays below the down threshold of 2, so
+    // the first upgrade below is what discovers the dead node.
+    let gw = TestGateway::start(&["--node", &spec, "--health-interval-ms", "1000"]).await;
     // The node is believed up until a connect fails: every candidate failed → 502.
     let (status, body) = http_raw(gw.addr, &upgrade_request(gw.addr, "/ws?client_id=a")).await;
     assert_eq!(status, 502, "{body}");
@@ -152,6 +154,36 @@ async fn dead_backends_get_502_then_503_and_come_back() {
     c.recv_event("pong").await;
     let _ = tx.send(true);
     let _ = node.await;
+}
+
+#[tokio::test]
+async fn a_connect_failure_fails_over_to_the_next_replica_and_is_counted() {
+    let mut c = NodeConfig::for_tests();
+    c.node_id = Some("live".into());
+    let live = TestNode::start(c).await;
+    let dead = format!("dead=127.0.0.1:{}", free_port());
+    let live_spec = format!("live={}", live.addr);
+    let gw = TestGateway::start(&[
+        "--node",
+        &dead,
+        "--node",
+        &live_spec,
+        "--health-interval-ms",
+        "60000",
+    ])
+    .await;
+    // Until some id owned by `dead` comes along, every client lands on `live` directly; that
+    // one fails over. Every client gets in.
+    for i in 0..50 {
+        let (mut c, _) = Client::connect_welcomed(&gw.ws_url(&format!("f-{i}"))).await;
+        c.send_json(json!({"type":"ping"})).await;
+        c.recv_event("pong").await;
+        if gw.metric("ringcast_gateway_failovers_total").await >= 1.0 {
+            break;
+        }
+    }
+    assert_eq!(gw.metric("ringcast_gateway_failovers_total").await, 1.0);
+    assert_eq!(gw.healthy_ids().await, ["live"], "passively marked down");
 }
 
 #[tokio::test]

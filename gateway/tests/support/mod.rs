@@ -21,17 +21,19 @@ pub struct TestGateway {
 }
 
 impl TestGateway {
-    /// Starts a gateway with `args` (flags after the program name) and fast health checks.
+    /// Starts a gateway with `args` (flags after the program name); health checks every
+    /// 100 ms and 500 ms timeouts unless `args` says otherwise.
     pub async fn start(args: &[&str]) -> Self {
-        let mut argv = vec![
-            "ringcast-gateway",
-            "--health-interval-ms",
-            "100",
-            "--health-timeout-ms",
-            "500",
-            "--connect-timeout-ms",
-            "500",
-        ];
+        let mut argv = vec!["ringcast-gateway"];
+        for (flag, value) in [
+            ("--health-interval-ms", "100"),
+            ("--health-timeout-ms", "500"),
+            ("--connect-timeout-ms", "500"),
+        ] {
+            if !args.contains(&flag) {
+                argv.extend([flag, value]);
+            }
+        }
         argv.extend_from_slice(args);
         Self::start_with(Config::parse_from(argv)).await
     }
