@@ -15,7 +15,7 @@ use support::{NodeProcess, TestGateway};
 
 #[tokio::test]
 async fn a_killed_node_fails_over_and_rejoins_when_restarted() {
-    let mut nodes = vec![
+    let mut nodes = [
         NodeProcess::start("k1", 0).await,
         NodeProcess::start("k2", 0).await,
         NodeProcess::start("k3", 0).await,
