@@ -239,3 +239,41 @@ async fn graceful_shutdown_keeps_tunnels_for_the_grace_period_then_closes_them()
     let _ = client.expect_close(Duration::from_secs(10)).await;
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn past_the_connection_limit_clients_get_503_until_a_slot_frees() {
+    let mut c = NodeConfig::for_tests();
+    c.node_id = Some("n1".into());
+    let node = TestNode::start(c).await;
+    let spec = format!("n1={}", node.addr);
+    let gw = TestGateway::start(&["--node", &spec, "--max-connections", "2"]).await;
+    let (first, _) = Client::connect_welcomed(&gw.ws_url("limit-1")).await;
+    let (mut second, _) = Client::connect_welcomed(&gw.ws_url("limit-2")).await;
+    match Client::try_connect(&gw.ws_url("limit-3")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503)
+        }
+        Err(e) => panic!("expected a 503, got {e}"),
+        Ok(_) => panic!("a third connection got past a limit of 2"),
+    }
+    // The open tunnels are unaffected, and a freed slot lets the next client in.
+    second.send_json(json!({"type":"ping"})).await;
+    second.recv_event("pong").await;
+    first.close().await;
+    wait_until_connects(&gw.ws_url("limit-3")).await;
+}
+
+async fn wait_until_connects(url: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(mut c) = Client::try_connect(url).await {
+            c.recv_event("welcome").await;
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no slot freed within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
