@@ -135,6 +135,11 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_COPY_BUFFER_BYTES", default_value_t = 4 * 1024)]
     pub copy_buffer_bytes: usize,
 
+    /// Seconds one direction of a tunnel may stay open after the other closed (time for the
+    /// WebSocket close handshake); then the tunnel ends even if that peer vanished silently.
+    #[arg(long, env = "RINGCAST_TUNNEL_LINGER_SECS", default_value_t = 10)]
+    pub tunnel_linger_secs: u64,
+
     /// Seconds open tunnels may stay up after a shutdown signal before they are closed.
     #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,

@@ -98,6 +98,7 @@ pub async fn run(
         handshake_timeout: config.handshake_timeout(),
         max_attempts: config.max_attempts,
         copy_buffer_bytes: config.copy_buffer_bytes,
+        tunnel_linger: Duration::from_secs(config.tunnel_linger_secs),
     });
     let http = Arc::new(http::Http {
         proxy,

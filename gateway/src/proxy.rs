@@ -46,6 +46,8 @@ pub struct Proxy {
     pub max_attempts: usize,
     /// Copy buffer size of a tunnel while data flows.
     pub copy_buffer_bytes: usize,
+    /// How long a tunnel's second direction may outlive the first.
+    pub tunnel_linger: Duration,
 }
 
 /// The connection-limit permit of one client connection; an upgrade moves it into its tunnel.
@@ -132,6 +134,7 @@ impl Proxy {
                 client_io,
                 node_io,
                 this.copy_buffer_bytes,
+                this.tunnel_linger,
                 &this.metrics,
                 &this.force_close,
             )
@@ -209,6 +212,9 @@ impl Proxy {
             .parse()
             .map_err(|_| Attempt::Unreachable("unrepresentable query".into()))?;
         *out.headers_mut() = req.headers().clone();
+        // The forwarded upgrade has no body, whatever the client claimed.
+        out.headers_mut().remove(header::CONTENT_LENGTH);
+        out.headers_mut().remove(header::TRANSFER_ENCODING);
         out.headers_mut().insert(
             header::HeaderName::from_static("x-forwarded-for"),
             forwarded.clone(),

@@ -18,12 +18,13 @@ use tracing::debug;
 
 use crate::metrics::Metrics;
 
-/// Copies bytes between `client` and `node` until both directions end, one fails, or
-/// `force_close` fires.
+/// Copies bytes between `client` and `node` until both directions end (the second within
+/// `linger` of the first), one fails, or `force_close` fires.
 pub async fn run(
     client: Upgraded,
     node: Upgraded,
     buf_size: usize,
+    linger: std::time::Duration,
     metrics: &Metrics,
     force_close: &CancellationToken,
 ) {
@@ -68,13 +69,30 @@ pub async fn run(
         buf_size,
         &metrics.bytes_node_to_client,
     );
-    tokio::select! {
-        r = async { tokio::try_join!(up, down) } => {
-            if let Err(e) = r {
-                debug!(error = %e, "tunnel ended with an error");
+    tokio::pin!(up, down);
+    // When one direction ends cleanly (a half-close), the other gets `linger` to finish the
+    // WebSocket close handshake; then the tunnel ends even if that peer vanished silently.
+    let (first, other) = tokio::select! {
+        r = &mut up => (r, Some(down.as_mut())),
+        r = &mut down => (r, Some(up.as_mut())),
+        _ = force_close.cancelled() => {
+            debug!("tunnel closed at the end of the shutdown grace");
+            (Ok(()), None)
+        }
+    };
+    match (first, other) {
+        (Ok(()), Some(other)) => {
+            tokio::select! {
+                r = tokio::time::timeout(linger, other) => {
+                    if let Ok(Err(e)) = r {
+                        debug!(error = %e, "tunnel ended with an error");
+                    }
+                }
+                _ = force_close.cancelled() => {}
             }
         }
-        _ = force_close.cancelled() => debug!("tunnel closed at the end of the shutdown grace"),
+        (Err(e), _) => debug!(error = %e, "tunnel ended with an error"),
+        (Ok(()), None) => {}
     }
 }
 

@@ -277,3 +277,29 @@ async fn wait_until_connects(url: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_tunnel_ends_when_the_node_closes_even_if_the_client_went_silent() {
+    // The node closes clients that stay silent for 1 s; the raw client below never answers,
+    // never closes, never sends a FIN.
+    let mut c = NodeConfig::for_tests();
+    c.node_id = Some("n1".into());
+    c.idle_timeout_secs = 1;
+    c.ping_interval_secs = 1;
+    let node = TestNode::start(c).await;
+    let spec = format!("n1={}", node.addr);
+    let gw = TestGateway::start(&["--node", &spec, "--tunnel-linger-secs", "1"]).await;
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    s.write_all(upgrade_request(gw.addr, "/ws?client_id=silent").as_bytes())
+        .await
+        .expect("write");
+    let got = read_until(&mut s, b"welcome").await;
+    assert!(got.starts_with(b"HTTP/1.1 101"));
+    assert_eq!(gw.metric("ringcast_gateway_open_connections").await, 1.0);
+    // Keep the socket open but unread; the gateway must still let the tunnel go.
+    ringcast_testkit::wait_until(Duration::from_secs(8), "tunnel released", || async {
+        gw.metric("ringcast_gateway_open_connections").await == 0.0
+    })
+    .await;
+    drop(s);
+}
