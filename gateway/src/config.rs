@@ -109,8 +109,9 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_HEALTHY_THRESHOLD", default_value_t = 1)]
     pub healthy_threshold: u32,
 
-    /// Milliseconds a TCP connect to a node may take before the next candidate is tried.
-    #[arg(long, env = "RINGCAST_CONNECT_TIMEOUT_MS", default_value_t = 1000)]
+    /// Milliseconds a TCP connect to a node may take before the next candidate is tried
+    /// (above 1 s, so one lost SYN is retransmitted before giving up).
+    #[arg(long, env = "RINGCAST_CONNECT_TIMEOUT_MS", default_value_t = 3000)]
     pub connect_timeout_ms: u64,
 
     /// Most nodes tried for one upgrade (the owner, then the ring's replica order).

@@ -180,8 +180,8 @@ impl Membership {
         }
     }
 
-    /// Passive marking: a connect to the node failed, so take it out now; the active checks
-    /// bring it back.
+    /// Passive marking: nothing listens at the node's address, so take it out now; the active
+    /// checks bring it back.
     pub fn mark_down(&self, id: &str) {
         let mut members = self.lock();
         let Some(m) = members.get_mut(id) else { return };

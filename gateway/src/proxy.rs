@@ -55,10 +55,13 @@ pub type PermitSlot = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
 
 /// Why one attempt on one node failed.
 enum Attempt {
-    /// The node could not be reached (connect refused or timed out, reset before answering).
+    /// Nothing listens there (connection refused): the node is down, take it out now.
+    Refused(String),
+    /// The node did not answer in time or broke off: counts as one failed health check, since
+    /// a loaded node or host can be slow without being down.
     Unreachable(String),
-    /// The node answered but refused with a 5xx (draining, full): try the next one.
-    Refused(StatusCode),
+    /// The node answered with a 5xx (draining, full): try the next one.
+    Declined(StatusCode),
 }
 
 impl Proxy {
@@ -167,11 +170,15 @@ impl Proxy {
                     return Ok((node.clone(), resp))
                 }
                 Ok(resp) => return Err(self.relay_refusal(resp).await),
-                Err(Attempt::Unreachable(e)) => {
-                    warn!(node = %node.id, addr = %node.addr, error = %e, "node unreachable");
+                Err(Attempt::Refused(e)) => {
+                    warn!(node = %node.id, addr = %node.addr, error = %e, "node refused the connection");
                     self.membership.mark_down(&node.id);
                 }
-                Err(Attempt::Refused(status)) => {
+                Err(Attempt::Unreachable(e)) => {
+                    warn!(node = %node.id, addr = %node.addr, error = %e, "node unreachable");
+                    self.membership.report_check(&node.id, &node.addr, false);
+                }
+                Err(Attempt::Declined(status)) => {
                     info!(node = %node.id, %status, "node refused the upgrade");
                 }
             }
@@ -194,7 +201,10 @@ impl Proxy {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*node.addr))
             .await
             .map_err(|_| Attempt::Unreachable("connect timed out".into()))?
-            .map_err(|e| Attempt::Unreachable(e.to_string()))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => Attempt::Refused(e.to_string()),
+                _ => Attempt::Unreachable(e.to_string()),
+            })?;
         let _ = stream.set_nodelay(true);
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
@@ -224,7 +234,7 @@ impl Proxy {
             .await
             .map_err(|e| Attempt::Unreachable(e.to_string()))?;
         if resp.status().is_server_error() {
-            return Err(Attempt::Refused(resp.status()));
+            return Err(Attempt::Declined(resp.status()));
         }
         Ok(resp)
     }
