@@ -114,6 +114,11 @@ impl Membership {
     /// Members of other sources are left alone (a static node is never replaced by Redis).
     pub fn sync_source(&self, source: Source, wanted: &[(String, String, usize)]) {
         let mut members = self.lock();
+        // Entries shadowed by a member of another source are ignored outright.
+        let wanted: Vec<&(String, String, usize)> = wanted
+            .iter()
+            .filter(|(id, _, _)| members.get(id.as_str()).is_none_or(|m| m.source == source))
+            .collect();
         let before: Vec<(Arc<str>, Arc<str>)> = members
             .iter()
             .filter(|(_, m)| m.source == source)
