@@ -210,6 +210,18 @@ mod tests {
     }
 
     #[test]
+    fn a_double_weight_node_owns_about_twice_the_ids() {
+        let mut ns = nodes(3);
+        ns[0].weight = 2;
+        let ring = Ring::new(ns, 256);
+        let heavy = (0..20_000)
+            .filter(|i| ring.owner(&format!("w-{i}")).map(|n| &*n.id) == Some("node-0"))
+            .count();
+        // Expected share 2/4 = 10 000 of 20 000.
+        assert!((8_000..=12_000).contains(&heavy), "heavy node owns {heavy}");
+    }
+
+    #[test]
     fn candidates_start_with_owner_and_are_distinct() {
         let ring = Ring::new(nodes(3), 64);
         let c = ring.candidates("bob", 5);

@@ -97,7 +97,8 @@ pub struct Config {
 
     /// `HOST:PORT` gateways should use to reach this node. With `--redis-url`, the node
     /// registers itself there (TTL heartbeat) so gateways with the same Redis route to it.
-    #[arg(long, env = "RINGCAST_ADVERTISE")]
+    #[arg(long, env = "RINGCAST_ADVERTISE", requires = "redis_url",
+          value_parser = crate::registration::parse_advertise)]
     pub advertise: Option<String>,
 
     /// Milliseconds between registration heartbeats (with `--advertise`).

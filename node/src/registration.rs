@@ -23,6 +23,20 @@ pub fn registry_pattern(prefix: &str) -> String {
     format!("{prefix}:node:*")
 }
 
+/// Checks an `--advertise` value: `HOST:PORT` with a non-empty host and a valid port.
+pub fn parse_advertise(s: &str) -> Result<String, String> {
+    match s.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty()
+                && !host.contains(char::is_whitespace)
+                && port.parse::<u16>().is_ok_and(|p| p != 0) =>
+        {
+            Ok(s.to_owned())
+        }
+        _ => Err(format!("{s:?}: expected HOST:PORT")),
+    }
+}
+
 /// What a node registers, and how often.
 #[derive(Debug, Clone)]
 pub struct Registration {
@@ -121,5 +135,34 @@ async fn deregister(
     match del {
         Ok(()) => info!(key, "deregistered"),
         Err(e) => warn!(error = %e, key, "deregister failed (the key expires by its TTL)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn advertise_needs_redis_and_a_host_port() {
+        assert!(parse_advertise("10.0.0.7:9001").is_ok());
+        assert!(parse_advertise("node-a.internal:9001").is_ok());
+        assert!(parse_advertise("node-a").is_err());
+        assert!(parse_advertise(":9001").is_err());
+        assert!(parse_advertise("h:0").is_err());
+        assert!(crate::Config::try_parse_from(["n", "--advertise", "h:1"]).is_err());
+        let c = crate::Config::try_parse_from([
+            "n",
+            "--advertise",
+            "h:1",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "--node-id",
+            "x",
+        ])
+        .expect("valid");
+        let reg = c.registration().expect("registration");
+        assert_eq!(reg.advertise, "h:1");
+        assert_eq!(registry_key(&reg.prefix, &reg.node_id), "ringcast:node:x");
     }
 }
