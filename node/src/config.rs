@@ -124,6 +124,19 @@ pub struct Config {
     /// Authentication (JWT) settings.
     #[command(flatten)]
     pub auth: crate::auth::AuthArgs,
+    /// `HOST:PORT` gateways should use to reach this node. With `--redis-url`, the node
+    /// registers itself there (TTL heartbeat) so gateways with the same Redis route to it.
+    #[arg(long, env = "RINGCAST_ADVERTISE", requires = "redis_url",
+          value_parser = crate::registration::parse_advertise)]
+    pub advertise: Option<String>,
+
+    /// Milliseconds between registration heartbeats (with `--advertise`).
+    #[arg(long, env = "RINGCAST_REGISTER_INTERVAL_MS", default_value_t = 1000)]
+    pub register_interval_ms: u64,
+
+    /// Milliseconds a registration lives without a heartbeat; gateways drop the node after it.
+    #[arg(long, env = "RINGCAST_REGISTER_TTL_MS", default_value_t = 3000)]
+    pub register_ttl_ms: u64,
 
     /// Log format.
     #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -153,6 +166,18 @@ impl Config {
 
     pub(crate) fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    /// The Redis registration this node keeps, when `--redis-url` and `--advertise` are set.
+    pub fn registration(&self) -> Option<crate::registration::Registration> {
+        Some(crate::registration::Registration {
+            redis_url: self.redis_url.clone()?,
+            prefix: self.redis_prefix.clone(),
+            node_id: self.resolved_node_id(),
+            advertise: self.advertise.clone()?,
+            interval: Duration::from_millis(self.register_interval_ms.max(50)),
+            ttl: Duration::from_millis(self.register_ttl_ms.max(100)),
+        })
     }
 
     pub(crate) fn bus_timeout(&self) -> Duration {

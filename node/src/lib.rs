@@ -11,6 +11,7 @@ pub mod hub;
 pub mod metrics;
 pub mod outbound;
 pub mod ratelimit;
+pub mod registration;
 pub mod server;
 pub mod session;
 pub mod subscriptions;
@@ -103,11 +104,22 @@ async fn run_on_bus(
         }
         Err(_) => warn!("broadcast subscription timed out"),
     }
+    let registration = config.registration();
     let shared = Arc::new(Shared::new(config, auth, hub.clone(), bus.clone(), metrics));
     let (manager_stop_tx, manager_stop_rx) = watch::channel(false);
     let manager = tokio::spawn(subscriptions::run(hub, bus, manager_stop_rx));
-    server::serve(listener, shared, shutdown).await;
-    let _ = manager_stop_tx.send(true);
-    let _ = manager.await;
+    // Runs beside the server in this same future (not spawned), so a node that stops or is
+    // dropped stops heartbeating; on `shutdown` it deregisters before the drain.
+    let register = async {
+        if let Some(reg) = registration {
+            registration::run(reg, shutdown.clone()).await;
+        }
+    };
+    let serve = async {
+        server::serve(listener, shared, shutdown.clone()).await;
+        let _ = manager_stop_tx.send(true);
+        let _ = manager.await;
+    };
+    tokio::join!(serve, register);
     Ok(())
 }

@@ -1,0 +1,210 @@
+//! Gateway configuration: every flag also readable from a `RINGCAST_*` environment variable.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One statically configured node: `ID=HOST:PORT`, optionally `ID=HOST:PORT*WEIGHT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// The node's id (as it reports in `welcome`).
+    pub id: String,
+    /// Where the gateway reaches it (`host:port`; the host may be a name).
+    pub addr: String,
+    /// Relative share of the ring (1 = normal).
+    pub weight: usize,
+}
+
+impl FromStr for NodeSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (id, rest) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected ID=HOST:PORT"))?;
+        let (addr, weight) = match rest.split_once('*') {
+            Some((a, w)) => (
+                a,
+                w.parse::<usize>()
+                    .ok()
+                    .filter(|w| (1..=100).contains(w))
+                    .ok_or_else(|| format!("{s:?}: weight must be 1..=100"))?,
+            ),
+            None => (rest, 1),
+        };
+        let id = id.trim();
+        if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_whitespace()) {
+            return Err(format!("{s:?}: node id must be 1-128 non-space characters"));
+        }
+        let addr = addr.trim();
+        match addr.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+            _ => return Err(format!("{s:?}: expected HOST:PORT after '='")),
+        }
+        Ok(NodeSpec {
+            id: id.to_owned(),
+            addr: addr.to_owned(),
+            weight,
+        })
+    }
+}
+
+/// Configuration of one ringcast gateway.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ringcast-gateway",
+    version,
+    about = "The ringcast gateway: routes each client_id to its node on a consistent-hash ring"
+)]
+pub struct Config {
+    /// Address to listen on for WebSocket upgrades (/ws) and HTTP (/healthz, /metrics, /nodes).
+    #[arg(long, env = "RINGCAST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// A static node, `ID=HOST:PORT` (optionally `*WEIGHT`); repeatable. With no nodes and no
+    /// Redis, the gateway runs an embedded node in-process.
+    #[arg(long = "node", env = "RINGCAST_NODES", value_delimiter = ',')]
+    pub nodes: Vec<NodeSpec>,
+
+    /// Redis URL for dynamic membership: nodes started with `--advertise` register there.
+    #[arg(long, env = "RINGCAST_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of the Redis keys nodes register under (must match the nodes' `--redis-prefix`).
+    #[arg(long, env = "RINGCAST_REDIS_PREFIX", default_value = "ringcast")]
+    pub redis_prefix: String,
+
+    /// Milliseconds between reads of the Redis node registry.
+    #[arg(long, env = "RINGCAST_MEMBERSHIP_POLL_MS", default_value_t = 500)]
+    pub membership_poll_ms: u64,
+
+    /// Virtual nodes per node (times its weight) on the hash ring.
+    #[arg(long, env = "RINGCAST_VNODES", default_value_t = 256)]
+    pub vnodes: usize,
+
+    /// Milliseconds between active `/healthz` checks of each node.
+    #[arg(long, env = "RINGCAST_HEALTH_INTERVAL_MS", default_value_t = 1000)]
+    pub health_interval_ms: u64,
+
+    /// Milliseconds one health check may take before it counts as failed.
+    #[arg(long, env = "RINGCAST_HEALTH_TIMEOUT_MS", default_value_t = 1000)]
+    pub health_timeout_ms: u64,
+
+    /// Consecutive failed checks before a node leaves the ring.
+    #[arg(long, env = "RINGCAST_UNHEALTHY_THRESHOLD", default_value_t = 2)]
+    pub unhealthy_threshold: u32,
+
+    /// Consecutive passed checks before a down node rejoins the ring.
+    #[arg(long, env = "RINGCAST_HEALTHY_THRESHOLD", default_value_t = 1)]
+    pub healthy_threshold: u32,
+
+    /// Milliseconds a TCP connect to a node may take before the next candidate is tried
+    /// (above 1 s, so one lost SYN is retransmitted before giving up).
+    #[arg(long, env = "RINGCAST_CONNECT_TIMEOUT_MS", default_value_t = 3000)]
+    pub connect_timeout_ms: u64,
+
+    /// Most nodes tried for one upgrade (the owner, then the ring's replica order).
+    #[arg(long, env = "RINGCAST_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: usize,
+
+    /// Seconds a client has to send complete request headers (slowloris guard); also bounds
+    /// the whole upgrade including the node's answer.
+    #[arg(long, env = "RINGCAST_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+
+    /// Largest request head in bytes (at least 8192); larger requests are refused.
+    #[arg(long, env = "RINGCAST_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Most client connections held at once (tunnels and plain HTTP); past it new TCP
+    /// connections wait in the kernel backlog.
+    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Bytes of the copy buffer a tunnel allocates while data flows (none while idle).
+    #[arg(long, env = "RINGCAST_COPY_BUFFER_BYTES", default_value_t = 4 * 1024)]
+    pub copy_buffer_bytes: usize,
+
+    /// Seconds one direction of a tunnel may stay open after the other closed (time for the
+    /// WebSocket close handshake); then the tunnel ends even if that peer vanished silently.
+    #[arg(long, env = "RINGCAST_TUNNEL_LINGER_SECS", default_value_t = 10)]
+    pub tunnel_linger_secs: u64,
+
+    /// Seconds open tunnels may stay up after a shutdown signal before they are closed.
+    #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+
+    /// Log format.
+    #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The defaults, as `ringcast-gateway` with no flags and no environment would run.
+    pub fn for_tests() -> Self {
+        Config::parse_from(["ringcast-gateway"])
+    }
+
+    /// Whether the gateway must run its own node (nothing else to route to).
+    pub fn embedded(&self) -> bool {
+        self.nodes.is_empty() && self.redis_url.is_none()
+    }
+
+    pub(crate) fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.health_interval_ms.max(10))
+    }
+
+    pub(crate) fn health_timeout(&self) -> Duration {
+        Duration::from_millis(self.health_timeout_ms.max(10))
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms.max(10))
+    }
+
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs.max(1))
+    }
+
+    pub(crate) fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.membership_poll_ms.clamp(50, 1000))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_node_specs() {
+        let c = Config::for_tests();
+        assert_eq!(c.listen.port(), 8080);
+        assert!(c.embedded());
+        let c = Config::parse_from([
+            "g",
+            "--node",
+            "a=127.0.0.1:9001",
+            "--node",
+            "b=node-b.internal:9002*3",
+        ]);
+        assert!(!c.embedded());
+        assert_eq!(c.nodes[1].addr, "node-b.internal:9002");
+        assert_eq!(c.nodes[1].weight, 3);
+        assert!("nohost".parse::<NodeSpec>().is_err());
+        assert!("a=host".parse::<NodeSpec>().is_err());
+        assert!("a=host:99999".parse::<NodeSpec>().is_err());
+        assert!("=host:1".parse::<NodeSpec>().is_err());
+        assert!("a=host:1*0".parse::<NodeSpec>().is_err());
+    }
+}

@@ -1,0 +1,83 @@
+//! Active health checks: GET every member's `/healthz` on an interval and feed the results to
+//! membership, which moves nodes out of and back into the ring past the configured thresholds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::debug;
+
+use crate::membership::Membership;
+use crate::metrics::Metrics;
+
+/// Checks every member every `interval` until `shutdown` turns true.
+pub async fn run(
+    membership: Arc<Membership>,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let mut checks = JoinSet::new();
+        for (id, addr) in membership.targets() {
+            checks.spawn(async move {
+                let ok = check(&addr, timeout).await;
+                (id, addr, ok)
+            });
+        }
+        while let Some(done) = checks.join_next().await {
+            let Ok((id, addr, ok)) = done else { continue };
+            metrics
+                .health_checks
+                .with_label_values(&[&*id, if ok { "ok" } else { "fail" }])
+                .inc();
+            if !ok {
+                debug!(node = %id, %addr, "health check failed");
+            }
+            membership.report_check(&id, &addr, ok);
+        }
+    }
+}
+
+/// One `GET /healthz`: healthy when the node answers 200 within `timeout`.
+pub async fn check(addr: &str, timeout: Duration) -> bool {
+    tokio::time::timeout(timeout, get_status(addr))
+        .await
+        .ok()
+        .flatten()
+        == Some(200)
+}
+
+async fn get_status(addr: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let request =
+        format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: ringcast-gateway\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    // The status line is all we need; read at most 512 bytes of it.
+    let mut buf = [0u8; 512];
+    let mut len = 0;
+    while len < buf.len() {
+        let n = stream.read(&mut buf[len..]).await.ok()?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if buf[..len].contains(&b'\n') {
+            break;
+        }
+    }
+    let line = std::str::from_utf8(&buf[..len]).ok()?;
+    let mut parts = line.split_whitespace();
+    parts.next().filter(|v| v.starts_with("HTTP/1."))?;
+    parts.next()?.parse().ok()
+}

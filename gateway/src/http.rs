@@ -1,0 +1,175 @@
+//! HTTP on the gateway's port: `/ws` goes to the proxy; `/healthz`, `/metrics`, `/nodes` are
+//! answered here.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::proxy::{PermitSlot, Proxy};
+
+/// The response body type of every gateway answer.
+pub type Body = Full<Bytes>;
+
+/// What the HTTP layer needs.
+pub struct Http {
+    /// The upgrade proxy (and through it membership and metrics).
+    pub proxy: Arc<Proxy>,
+    /// Set once shutdown begins: `/healthz` turns 503 and upgrades are refused.
+    pub draining: AtomicBool,
+    /// Seconds a client has to send its request head.
+    pub handshake_timeout: std::time::Duration,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+}
+
+/// Serves HTTP/1.1 on one client connection until it closes, upgrades, or `force_close` fires.
+pub async fn serve_connection(
+    http: Arc<Http>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: PermitSlot,
+    force_close: CancellationToken,
+) {
+    let mut stream = stream;
+    match tokio::time::timeout(http.handshake_timeout, is_h2_preface(&stream)).await {
+        Ok(Some(false)) => {}
+        Ok(Some(true)) => {
+            // hyper's HTTP/1 server drops a prior-knowledge HTTP/2 connection without a word;
+            // tell the client why instead.
+            let body = r#"{"error":"bad_upgrade","message":"HTTP/2 is not supported; WebSocket upgrades need HTTP/1.1"}"#;
+            let resp = format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tokio::time::timeout(
+                http.handshake_timeout,
+                tokio::io::AsyncWriteExt::write_all(&mut stream, resp.as_bytes()),
+            )
+            .await;
+            return;
+        }
+        Ok(None) | Err(_) => return, // closed or silent through the handshake timeout
+    }
+    let io = TokioIo::new(stream);
+    let svc_http = http.clone();
+    let svc = service_fn(move |req| {
+        let http = svc_http.clone();
+        let permit = permit.clone();
+        async move { Ok::<_, Infallible>(route(&http, req, peer, permit).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(http.handshake_timeout)
+        .max_buf_size(http.max_header_bytes.max(8192))
+        .serve_connection(io, svc)
+        .with_upgrades();
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            debug!(%peer, error = %e, "client connection ended with an error");
+        },
+        _ = force_close.cancelled() => {}
+    }
+}
+
+/// Whether the connection opens with the HTTP/2 preface (`None`: it closed or failed first).
+/// Only peeks, so hyper still reads every byte.
+async fn is_h2_preface(stream: &TcpStream) -> Option<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+    let mut buf = [0u8; 14];
+    loop {
+        let n = stream.peek(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if !PREFACE.starts_with(&buf[..n.min(PREFACE.len())]) {
+            return Some(false);
+        }
+        if n >= PREFACE.len() {
+            return Some(true);
+        }
+        // A prefix of the preface arrived; wait for more (bounded by the caller's timeout).
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+async fn route(
+    http: &Arc<Http>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    permit: PermitSlot,
+) -> Response<Body> {
+    let draining = http.draining.load(Ordering::Acquire);
+    let proxy = &http.proxy;
+    match req.uri().path() {
+        "/ws" if draining => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the gateway is shutting down",
+        ),
+        "/ws" => proxy.upgrade(req, peer, permit).await,
+        "/healthz" => {
+            let ring = proxy.membership.ring().len();
+            let status = if draining || ring == 0 {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            json(
+                status,
+                serde_json::json!({
+                    "status": if status == StatusCode::OK { "ok" } else { "unavailable" },
+                    "draining": draining,
+                    "ring_size": ring,
+                }),
+            )
+        }
+        "/nodes" => json(
+            StatusCode::OK,
+            serde_json::json!({
+                "ring_size": proxy.membership.ring().len(),
+                "nodes": proxy.membership.view(),
+            }),
+        ),
+        "/metrics" => {
+            let mut resp = Response::new(Full::new(Bytes::from(proxy.metrics.render())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
+        _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such path"),
+    }
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// `{"error": code, "message": message}` with `status`.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json(
+        status,
+        serde_json::json!({ "error": code, "message": message }),
+    )
+}

@@ -1,0 +1,134 @@
+//! The ringcast gateway: the one public URL. It routes each WebSocket upgrade to the node that
+//! owns its client_id on a consistent-hash ring, fails over along the ring when a node is down,
+//! and then only copies bytes.
+//!
+//! The binary is a thin wrapper over [`run`]; tests call the same function on port 0.
+
+pub mod config;
+pub mod embedded;
+pub mod health;
+pub mod http;
+pub mod membership;
+pub mod metrics;
+pub mod proxy;
+pub mod registry;
+pub mod ring;
+pub mod server;
+pub mod tunnel;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, LogFormat, NodeSpec};
+
+use embedded::{EmbeddedNode, EMBEDDED_NODE_ID};
+use membership::{Membership, Source, Thresholds};
+use metrics::Metrics;
+use proxy::Proxy;
+
+/// Why a gateway could not start.
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    /// The embedded node could not start.
+    #[error("embedded node: {0}")]
+    Embedded(String),
+}
+
+/// Runs a gateway on `listener` until `shutdown` turns true, then drains and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), GatewayError> {
+    let metrics = Arc::new(Metrics::new());
+    let membership = Arc::new(Membership::new(
+        config.vnodes,
+        Thresholds {
+            unhealthy: config.unhealthy_threshold,
+            healthy: config.healthy_threshold,
+        },
+        metrics.clone(),
+    ));
+    for node in &config.nodes {
+        membership.upsert(&node.id, &node.addr, node.weight, Source::Static);
+    }
+    let embedded = if config.embedded() {
+        let node = EmbeddedNode::start()
+            .await
+            .map_err(GatewayError::Embedded)?;
+        membership.upsert(EMBEDDED_NODE_ID, &node.addr, 1, Source::Embedded);
+        Some(node)
+    } else {
+        None
+    };
+
+    let (tasks_stop_tx, tasks_stop_rx) = watch::channel(false);
+    let mut background = Vec::new();
+    background.push(tokio::spawn(health::run(
+        membership.clone(),
+        metrics.clone(),
+        config.health_interval(),
+        config.health_timeout(),
+        tasks_stop_rx.clone(),
+    )));
+    if let Some(url) = config.redis_url.clone() {
+        background.push(tokio::spawn(registry::run(
+            url,
+            config.redis_prefix.clone(),
+            config.poll_interval(),
+            membership.clone(),
+            metrics.clone(),
+            tasks_stop_rx.clone(),
+        )));
+    }
+
+    let proxy = Arc::new(Proxy {
+        membership,
+        metrics,
+        tunnels: TaskTracker::new(),
+        force_close: CancellationToken::new(),
+        connect_timeout: config.connect_timeout(),
+        handshake_timeout: config.handshake_timeout(),
+        max_attempts: config.max_attempts,
+        copy_buffer_bytes: config.copy_buffer_bytes,
+        tunnel_linger: Duration::from_secs(config.tunnel_linger_secs),
+    });
+    let http = Arc::new(http::Http {
+        proxy,
+        draining: AtomicBool::new(false),
+        handshake_timeout: config.handshake_timeout(),
+        max_header_bytes: config.max_header_bytes,
+    });
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    // The embedded node drains together with the gateway: its clients get 1012 through their
+    // tunnels and reconnect once the process is back.
+    let embedded_stop = async {
+        if let Some(node) = embedded {
+            let mut shutdown = shutdown.clone();
+            let _ = shutdown.wait_for(|s| *s).await;
+            node.stop().await;
+        }
+    };
+    tokio::join!(
+        server::serve(
+            listener,
+            http,
+            config.max_connections,
+            grace,
+            shutdown.clone()
+        ),
+        embedded_stop
+    );
+    let _ = tasks_stop_tx.send(true);
+    for task in background {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! The gateway's Prometheus metrics: tunnels per node, upgrade latency, bytes, failovers,
+//! ring size and health-check results.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports, registered on its own registry.
+pub struct Metrics {
+    registry: Registry,
+    /// Open tunnels per node.
+    pub open_connections: IntGaugeVec,
+    /// Tunnels ever established per node.
+    pub connections_total: IntCounterVec,
+    /// Seconds from receiving an upgrade to sending the node's 101.
+    pub upgrade_seconds: Histogram,
+    /// Bytes copied from clients to nodes.
+    pub bytes_client_to_node: IntCounter,
+    /// Bytes copied from nodes to clients.
+    pub bytes_node_to_client: IntCounter,
+    /// Upgrades that moved on to another node after a failed attempt.
+    pub failovers: IntCounter,
+    /// Healthy nodes on the ring.
+    pub ring_size: IntGauge,
+    /// Members known (healthy or not).
+    pub members: IntGauge,
+    /// Health-check results per node (`result` = ok | fail).
+    pub health_checks: IntCounterVec,
+    /// 1 while a node is healthy, 0 while down.
+    pub node_up: IntGaugeVec,
+    /// Upgrades refused, by HTTP status.
+    pub rejected: IntCounterVec,
+    /// Failures to read the Redis registry.
+    pub membership_errors: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("ringcast_gateway".into()), None)
+            .unwrap_or_else(|_| Registry::new());
+        let m = Metrics {
+            open_connections: IntGaugeVec::new(
+                Opts::new("open_connections", "Open tunnels per node"),
+                &["node"],
+            )
+            .expect("static metric definition"),
+            connections_total: IntCounterVec::new(
+                Opts::new("connections_total", "Tunnels established per node"),
+                &["node"],
+            )
+            .expect("static metric definition"),
+            upgrade_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "upgrade_seconds",
+                    "Time from receiving an upgrade to relaying the node's 101",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+            )
+            .expect("static metric definition"),
+            bytes_client_to_node: IntCounter::new(
+                "bytes_client_to_node_total",
+                "Bytes copied from clients to nodes",
+            )
+            .expect("static metric definition"),
+            bytes_node_to_client: IntCounter::new(
+                "bytes_node_to_client_total",
+                "Bytes copied from nodes to clients",
+            )
+            .expect("static metric definition"),
+            failovers: IntCounter::new(
+                "failovers_total",
+                "Upgrades retried on the next node after a failed attempt",
+            )
+            .expect("static metric definition"),
+            ring_size: IntGauge::new("ring_size", "Healthy nodes on the ring")
+                .expect("static metric definition"),
+            members: IntGauge::new("members", "Known nodes, healthy or not")
+                .expect("static metric definition"),
+            health_checks: IntCounterVec::new(
+                Opts::new(
+                    "health_checks_total",
+                    "Active /healthz checks by node and result",
+                ),
+                &["node", "result"],
+            )
+            .expect("static metric definition"),
+            node_up: IntGaugeVec::new(Opts::new("node_up", "1 while a node is healthy"), &["node"])
+                .expect("static metric definition"),
+            rejected: IntCounterVec::new(
+                Opts::new("rejected_upgrades_total", "Upgrades refused, by status"),
+                &["status"],
+            )
+            .expect("static metric definition"),
+            membership_errors: IntCounter::new(
+                "membership_errors_total",
+                "Failed reads of the Redis node registry",
+            )
+            .expect("static metric definition"),
+            registry,
+        };
+        let r = &m.registry;
+        let _ = r.register(Box::new(m.open_connections.clone()));
+        let _ = r.register(Box::new(m.connections_total.clone()));
+        let _ = r.register(Box::new(m.upgrade_seconds.clone()));
+        let _ = r.register(Box::new(m.bytes_client_to_node.clone()));
+        let _ = r.register(Box::new(m.bytes_node_to_client.clone()));
+        let _ = r.register(Box::new(m.failovers.clone()));
+        let _ = r.register(Box::new(m.ring_size.clone()));
+        let _ = r.register(Box::new(m.members.clone()));
+        let _ = r.register(Box::new(m.health_checks.clone()));
+        let _ = r.register(Box::new(m.node_up.clone()));
+        let _ = r.register(Box::new(m.rejected.clone()));
+        let _ = r.register(Box::new(m.membership_errors.clone()));
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,368 @@
+//! The `/ws` upgrade proxy: pick the client_id's node on the ring, forward the HTTP/1.1 upgrade
+//! there (failing over along the ring's replica order), relay the node's 101, then hand both
+//! upgraded sockets to [`crate::tunnel`]. After the 101 the gateway never parses a frame.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+use ringcast_protocol::{generate_client_id, query_param, validate_client_id};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::http::{json_error, Body};
+use crate::membership::Membership;
+use crate::metrics::Metrics;
+use crate::ring::RingNode;
+use crate::tunnel;
+
+/// Largest error body relayed from a node that refused an upgrade.
+const MAX_RELAYED_BODY: usize = 4 * 1024;
+
+/// What every upgrade shares.
+pub struct Proxy {
+    /// Members and the ring.
+    pub membership: Arc<Membership>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Tunnels, so shutdown can wait for them.
+    pub tunnels: TaskTracker,
+    /// Fires when the shutdown grace period is over: every tunnel closes.
+    pub force_close: CancellationToken,
+    /// TCP connect timeout per candidate.
+    pub connect_timeout: Duration,
+    /// Bound on the whole upgrade, node answer included.
+    pub handshake_timeout: Duration,
+    /// Most candidates tried.
+    pub max_attempts: usize,
+    /// Copy buffer size of a tunnel while data flows.
+    pub copy_buffer_bytes: usize,
+    /// How long a tunnel's second direction may outlive the first.
+    pub tunnel_linger: Duration,
+}
+
+/// The connection-limit permit of one client connection; an upgrade moves it into its tunnel.
+pub type PermitSlot = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
+
+/// Why one attempt on one node failed.
+enum Attempt {
+    /// Nothing listens there (connection refused): the node is down, take it out now.
+    Refused(String),
+    /// The node did not answer in time or broke off: counts as one failed health check, since
+    /// a loaded node or host can be slow without being down.
+    Unreachable(String),
+    /// The node answered with a 5xx (draining, full): try the next one.
+    Declined(StatusCode),
+}
+
+impl Proxy {
+    /// Handles one `/ws` request from `peer`.
+    pub async fn upgrade(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        permit: PermitSlot,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        if let Err(why) = check_upgrade(&req) {
+            return self.reject(StatusCode::BAD_REQUEST, "bad_upgrade", why);
+        }
+        let (client_id, query) = match client_id_and_query(req.uri().query()) {
+            Ok(v) => v,
+            Err(why) => return self.reject(StatusCode::BAD_REQUEST, "invalid_client_id", why),
+        };
+        let candidates = self
+            .membership
+            .ring()
+            .candidates(&client_id, self.max_attempts.max(1));
+        if candidates.is_empty() {
+            return self.reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_healthy_node",
+                "no healthy node is available; retry shortly",
+            );
+        }
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let forwarded = forwarded_for(&req, peer);
+        let attempts = tokio::time::timeout(
+            self.handshake_timeout,
+            self.try_candidates(&req, &query, &forwarded, &candidates, &client_id),
+        )
+        .await;
+        let (node, mut resp) = match attempts {
+            Ok(Ok(found)) => found,
+            Ok(Err(relay)) => return relay,
+            Err(_) => {
+                return self.reject(
+                    StatusCode::BAD_GATEWAY,
+                    "node_timeout",
+                    "the node did not answer the upgrade in time",
+                )
+            }
+        };
+        let node_upgrade = hyper::upgrade::on(&mut resp);
+        self.metrics
+            .upgrade_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .connections_total
+            .with_label_values(&[&*node.id])
+            .inc();
+        debug!(%client_id, node = %node.id, "tunnel opening");
+        let permit = permit.lock().ok().and_then(|mut p| p.take());
+        let this = self.clone();
+        self.tunnels.spawn(async move {
+            let (client_io, node_io) = match tokio::join!(client_upgrade, node_upgrade) {
+                (Ok(c), Ok(n)) => (c, n),
+                (c, n) => {
+                    debug!(client = ?c.err(), node = ?n.err(), "upgrade did not complete");
+                    return;
+                }
+            };
+            let gauge = this
+                .metrics
+                .open_connections
+                .with_label_values(&[&*node.id]);
+            gauge.inc();
+            tunnel::run(
+                client_io,
+                node_io,
+                this.copy_buffer_bytes,
+                this.tunnel_linger,
+                &this.metrics,
+                &this.force_close,
+            )
+            .await;
+            gauge.dec();
+            drop(permit);
+        });
+        let mut out = Response::new(Full::new(Bytes::new()));
+        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *out.headers_mut() = std::mem::take(resp.headers_mut());
+        out
+    }
+
+    /// Tries each candidate in order; returns the node and its 101, or the response to send.
+    async fn try_candidates(
+        &self,
+        req: &Request<Incoming>,
+        query: &str,
+        forwarded: &HeaderValue,
+        candidates: &[RingNode],
+        client_id: &str,
+    ) -> Result<(RingNode, Response<Incoming>), Response<Body>> {
+        for (i, node) in candidates.iter().enumerate() {
+            if i > 0 {
+                self.metrics.failovers.inc();
+                info!(%client_id, node = %node.id, attempt = i + 1, "failing over");
+            }
+            match self.attempt(req, query, forwarded, node).await {
+                Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    return Ok((node.clone(), resp))
+                }
+                Ok(resp) => return Err(self.relay_refusal(resp).await),
+                Err(Attempt::Refused(e)) => {
+                    warn!(node = %node.id, addr = %node.addr, error = %e, "node refused the connection");
+                    self.membership.mark_down(&node.id);
+                }
+                Err(Attempt::Unreachable(e)) => {
+                    warn!(node = %node.id, addr = %node.addr, error = %e, "node unreachable");
+                    self.membership.report_check(&node.id, &node.addr, false);
+                }
+                Err(Attempt::Declined(status)) => {
+                    info!(node = %node.id, %status, "node refused the upgrade");
+                }
+            }
+        }
+        Err(self.reject(
+            StatusCode::BAD_GATEWAY,
+            "nodes_failed",
+            "every candidate node failed; retry shortly",
+        ))
+    }
+
+    /// One forwarded upgrade to one node: its answer, or why there was none worth relaying.
+    async fn attempt(
+        &self,
+        req: &Request<Incoming>,
+        query: &str,
+        forwarded: &HeaderValue,
+        node: &RingNode,
+    ) -> Result<Response<Incoming>, Attempt> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*node.addr))
+            .await
+            .map_err(|_| Attempt::Unreachable("connect timed out".into()))?
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => Attempt::Refused(e.to_string()),
+                _ => Attempt::Unreachable(e.to_string()),
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| Attempt::Unreachable(e.to_string()))?;
+        // Resolves once the response is read and the socket handed to `upgrade::on`.
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(error = %e, "node connection ended with an error");
+            }
+        });
+        let mut out = Request::new(Empty::<Bytes>::new());
+        *out.method_mut() = Method::GET;
+        *out.uri_mut() = format!("/ws?{query}")
+            .parse()
+            .map_err(|_| Attempt::Unreachable("unrepresentable query".into()))?;
+        *out.headers_mut() = req.headers().clone();
+        // The forwarded upgrade has no body, whatever the client claimed.
+        out.headers_mut().remove(header::CONTENT_LENGTH);
+        out.headers_mut().remove(header::TRANSFER_ENCODING);
+        out.headers_mut().insert(
+            header::HeaderName::from_static("x-forwarded-for"),
+            forwarded.clone(),
+        );
+        let resp = sender
+            .send_request(out)
+            .await
+            .map_err(|e| Attempt::Unreachable(e.to_string()))?;
+        if resp.status().is_server_error() {
+            return Err(Attempt::Declined(resp.status()));
+        }
+        Ok(resp)
+    }
+
+    /// A node refused with a 4xx (say, it rejects the client_id): the client sees that answer.
+    async fn relay_refusal(&self, resp: Response<Incoming>) -> Response<Body> {
+        let (parts, body) = resp.into_parts();
+        let body = tokio::time::timeout(
+            Duration::from_secs(2),
+            Limited::new(body, MAX_RELAYED_BODY).collect(),
+        )
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+        self.metrics
+            .rejected
+            .with_label_values(&[parts.status.as_str()])
+            .inc();
+        let mut out = Response::new(Full::new(body));
+        *out.status_mut() = parts.status;
+        out.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+            out.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+        }
+        out
+    }
+
+    fn reject(&self, status: StatusCode, code: &str, message: &str) -> Response<Body> {
+        self.metrics
+            .rejected
+            .with_label_values(&[status.as_str()])
+            .inc();
+        let mut resp = json_error(status, code, message);
+        // A refused upgrade ends the connection: the client reconnects from scratch anyway.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    }
+}
+
+/// Checks that the request is a WebSocket upgrade we can forward.
+fn check_upgrade(req: &Request<Incoming>) -> Result<(), &'static str> {
+    if req.version() != Version::HTTP_11 {
+        return Err("WebSocket upgrades need HTTP/1.1");
+    }
+    if req.method() != Method::GET {
+        return Err("a WebSocket upgrade is a GET");
+    }
+    let h = req.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        h.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(header::UPGRADE, "websocket") {
+        return Err("missing `Upgrade: websocket`");
+    }
+    if !has_token(header::CONNECTION, "upgrade") {
+        return Err("missing `Connection: Upgrade`");
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err("unsupported or missing Sec-WebSocket-Version (need 13)");
+    }
+    let key_ok = h.get(header::SEC_WEBSOCKET_KEY).is_some_and(|k| {
+        let k = k.as_bytes();
+        k.len() == 24
+            && k.ends_with(b"==")
+            && k[..22]
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+    });
+    if !key_ok {
+        return Err("missing or malformed Sec-WebSocket-Key");
+    }
+    Ok(())
+}
+
+/// The client_id (validated, or generated when absent) and the query to forward, which carries
+/// the generated id so the node and the gateway agree on it.
+fn client_id_and_query(query: Option<&str>) -> Result<(String, String), &'static str> {
+    match query_param(query, "client_id") {
+        Some(Ok(id)) => {
+            validate_client_id(&id).map_err(|_| "client_id must be 1-64 of [A-Za-z0-9_.:@-]")?;
+            Ok((id.into_owned(), query.unwrap_or_default().to_owned()))
+        }
+        Some(Err(())) => Err("client_id is not valid percent-encoded UTF-8"),
+        None => {
+            let id = generate_client_id(rand::random::<u8>);
+            let query = match query.filter(|q| !q.is_empty()) {
+                Some(q) => format!("{q}&client_id={id}"),
+                None => format!("client_id={id}"),
+            };
+            Ok((id, query))
+        }
+    }
+}
+
+/// `X-Forwarded-For`: the incoming chain plus this peer.
+fn forwarded_for<B>(req: &Request<B>, peer: SocketAddr) -> HeaderValue {
+    let ip = peer.ip().to_string();
+    let chain = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() < 1024)
+        .map(|v| format!("{v}, {ip}"))
+        .unwrap_or(ip);
+    HeaderValue::from_str(&chain).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_forwarded() {
+        let (id, q) = client_id_and_query(None).expect("generated");
+        assert_eq!(q, format!("client_id={id}"));
+        let (id, q) = client_id_and_query(Some("token=x")).expect("generated");
+        assert_eq!(q, format!("token=x&client_id={id}"));
+        let (id, q) = client_id_and_query(Some("client_id=a%40b")).expect("given");
+        assert_eq!((id.as_str(), q.as_str()), ("a@b", "client_id=a%40b"));
+        assert!(client_id_and_query(Some("client_id=a b")).is_err());
+        assert!(client_id_and_query(Some("client_id=")).is_err());
+        assert!(client_id_and_query(Some("client_id=%zz")).is_err());
+    }
+}

@@ -1,0 +1,305 @@
+//! What clients see at the edges: a pipelined first frame, malformed upgrades, dead backends,
+//! a slowloris client, oversized headers — while a normal client keeps working throughout.
+
+mod support;
+
+use std::time::Duration;
+
+use ringcast_node::Config as NodeConfig;
+use ringcast_testkit::{free_port, http_raw, Client, TestNode};
+use serde_json::json;
+use support::{masked_text_frame, upgrade_request, TestGateway};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn one_node() -> (TestNode, TestGateway) {
+    let mut c = NodeConfig::for_tests();
+    c.node_id = Some("n1".into());
+    let node = TestNode::start(c).await;
+    let spec = format!("n1={}", node.addr);
+    let gw = TestGateway::start(&["--node", &spec, "--handshake-timeout-secs", "1"]).await;
+    (node, gw)
+}
+
+/// Reads from `s` until `needle` shows up in what was received (or 5 s pass); returns it all.
+async fn read_until(s: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_frame_pipelined_behind_the_upgrade_reaches_the_node_intact() {
+    let (_node, gw) = one_node().await;
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    let mut bytes = upgrade_request(gw.addr, "/ws?client_id=pipeliner").into_bytes();
+    bytes.extend(masked_text_frame(br#"{"type":"ping"}"#));
+    // One write: the frame sits right behind the request head, before any 101 is read.
+    s.write_all(&bytes).await.expect("write");
+    let got = read_until(&mut s, br#"{"event":"pong"}"#).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(text.contains(r#""event":"welcome""#), "{text}");
+    assert!(
+        text.contains(r#"{"event":"pong"}"#),
+        "the pipelined ping was lost: {text}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_upgrades_get_400_and_a_normal_client_keeps_working() {
+    let (_node, gw) = one_node().await;
+    let (mut normal, _) = Client::connect_welcomed(&gw.ws_url("steady")).await;
+    let addr = gw.addr;
+    let good = upgrade_request(addr, "/ws?client_id=x");
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "missing key",
+            good.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
+        ),
+        ("bad key", good.replace("dGhlIHNhbXBsZSBub25jZQ==", "short")),
+        ("wrong version", good.replace("Version: 13", "Version: 8")),
+        (
+            "no upgrade header",
+            good.replace("Upgrade: websocket\r\n", ""),
+        ),
+        (
+            "h2c upgrade",
+            good.replace("Upgrade: websocket", "Upgrade: h2c"),
+        ),
+        (
+            "no connection upgrade",
+            good.replace("Connection: Upgrade", "Connection: keep-alive"),
+        ),
+        ("HTTP/1.0", good.replace("HTTP/1.1", "HTTP/1.0")),
+        ("POST", good.replace("GET ", "POST ")),
+        ("HTTP/2 request line", good.replace("HTTP/1.1", "HTTP/2")),
+        (
+            "invalid client_id",
+            upgrade_request(addr, "/ws?client_id=has%20space"),
+        ),
+        (
+            "too long client_id",
+            upgrade_request(addr, &format!("/ws?client_id={}", "a".repeat(65))),
+        ),
+        ("bad escape", upgrade_request(addr, "/ws?client_id=%zz")),
+        ("empty client_id", upgrade_request(addr, "/ws?client_id=")),
+    ];
+    for (what, req) in cases {
+        let (status, body) = http_raw(addr, &req).await;
+        assert_eq!(status, 400, "{what}: {body}");
+    }
+    // The HTTP/2 connection preface is not HTTP/1.1 at all: refused, never forwarded.
+    let (status, _) = http_raw(addr, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    assert_eq!(status, 400);
+    let (status, body) = http_raw(addr, &upgrade_request(addr, "/ws?client_id=has%20space")).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("invalid_client_id"), "{body}");
+    normal.send_json(json!({"type":"ping"})).await;
+    normal.recv_event("pong").await;
+    assert!(gw.metric("ringcast_gateway_rejected_upgrades_total").await >= 13.0);
+}
+
+#[tokio::test]
+async fn oversized_headers_are_refused() {
+    let (_node, gw) = one_node().await;
+    let big = format!("X-Filler: {}\r\n", "a".repeat(20 * 1024));
+    let req = upgrade_request(gw.addr, "/ws?client_id=big")
+        .replace("\r\n\r\n", &format!("\r\n{big}\r\n"));
+    let (status, _) = http_raw(gw.addr, &req).await;
+    assert_eq!(status, 431);
+}
+
+#[tokio::test]
+async fn dead_backends_get_502_then_503_and_come_back() {
+    let port = free_port();
+    let spec = format!("dead=127.0.0.1:{port}");
+    // Checks every second: the first (at start) alone stays below the down threshold of 2, so
+    // the first upgrade below is what discovers the dead node.
+    let gw = TestGateway::start(&["--node", &spec, "--health-interval-ms", "1000"]).await;
+    // The node is believed up until a connect fails: every candidate failed → 502.
+    let (status, body) = http_raw(gw.addr, &upgrade_request(gw.addr, "/ws?client_id=a")).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("nodes_failed"), "{body}");
+    // Now marked down: no healthy node → 503 with a JSON body.
+    let (status, body) = http_raw(gw.addr, &upgrade_request(gw.addr, "/ws?client_id=a")).await;
+    assert_eq!(status, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(v["error"], "no_healthy_node");
+    let (status, _) = gw.get("/healthz").await;
+    assert_eq!(status, 503);
+
+    // A node appears on that port: health checks put it back, and upgrades succeed.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("rebind the dead port");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut cfg = NodeConfig::for_tests();
+    cfg.node_id = Some("dead".into());
+    let node = tokio::spawn(ringcast_node::run(listener, cfg, rx));
+    ringcast_testkit::wait_until(Duration::from_secs(5), "node back in the ring", || async {
+        gw.healthy_ids().await == ["dead"]
+    })
+    .await;
+    let (mut c, _) = Client::connect_welcomed(&gw.ws_url("a")).await;
+    c.send_json(json!({"type":"ping"})).await;
+    c.recv_event("pong").await;
+    let _ = tx.send(true);
+    let _ = node.await;
+}
+
+#[tokio::test]
+async fn a_connect_failure_fails_over_to_the_next_replica_and_is_counted() {
+    let mut c = NodeConfig::for_tests();
+    c.node_id = Some("live".into());
+    let live = TestNode::start(c).await;
+    let dead = format!("dead=127.0.0.1:{}", free_port());
+    let live_spec = format!("live={}", live.addr);
+    let gw = TestGateway::start(&[
+        "--node",
+        &dead,
+        "--node",
+        &live_spec,
+        "--health-interval-ms",
+        "60000",
+    ])
+    .await;
+    // Until some id owned by `dead` comes along, every client lands on `live` directly; that
+    // one fails over. Every client gets in.
+    for i in 0..50 {
+        let (mut c, _) = Client::connect_welcomed(&gw.ws_url(&format!("f-{i}"))).await;
+        c.send_json(json!({"type":"ping"})).await;
+        c.recv_event("pong").await;
+        if gw.metric("ringcast_gateway_failovers_total").await >= 1.0 {
+            break;
+        }
+    }
+    assert_eq!(gw.metric("ringcast_gateway_failovers_total").await, 1.0);
+    assert_eq!(gw.healthy_ids().await, ["live"], "passively marked down");
+}
+
+#[tokio::test]
+async fn a_slowloris_client_is_closed_by_the_handshake_timeout() {
+    let (_node, gw) = one_node().await;
+    let mut slow = TcpStream::connect(gw.addr).await.expect("connect");
+    slow.write_all(b"GET /ws?client_id=slow HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    // Meanwhile a normal client connects and works.
+    let (mut normal, _) = Client::connect_welcomed(&gw.ws_url("normal")).await;
+    // Trickle a header byte now and then; the handshake timeout (1 s) still ends it.
+    let closed = async {
+        let mut buf = [0u8; 1024];
+        loop {
+            let _ = slow.write_all(b"X").await;
+            match tokio::time::timeout(Duration::from_millis(300), slow.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {} // a 408 before the close is fine
+                Err(_) => {}
+            }
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(8), closed)
+            .await
+            .unwrap_or(false),
+        "slowloris connection still open"
+    );
+    normal.send_json(json!({"type":"ping"})).await;
+    normal.recv_event("pong").await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_keeps_tunnels_for_the_grace_period_then_closes_them() {
+    let mut c = NodeConfig::for_tests();
+    c.node_id = Some("n1".into());
+    let node = TestNode::start(c).await;
+    let spec = format!("n1={}", node.addr);
+    let gw = TestGateway::start(&["--node", &spec, "--shutdown-grace-secs", "2"]).await;
+    let (mut client, _) = Client::connect_welcomed(&gw.ws_url("lingering")).await;
+    let addr = gw.addr;
+    gw.signal_stop();
+    // No new connections once draining...
+    ringcast_testkit::wait_until(Duration::from_secs(5), "listener closed", || async {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    // ...but the open tunnel still carries traffic during the grace period...
+    client.send_json(json!({"type":"ping"})).await;
+    client.recv_event("pong").await;
+    // ...and is closed when it ends.
+    let _ = client.expect_close(Duration::from_secs(10)).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn past_the_connection_limit_clients_get_503_until_a_slot_frees() {
+    let mut c = NodeConfig::for_tests();
+    c.node_id = Some("n1".into());
+    let node = TestNode::start(c).await;
+    let spec = format!("n1={}", node.addr);
+    let gw = TestGateway::start(&["--node", &spec, "--max-connections", "2"]).await;
+    let (first, _) = Client::connect_welcomed(&gw.ws_url("limit-1")).await;
+    let (mut second, _) = Client::connect_welcomed(&gw.ws_url("limit-2")).await;
+    match Client::try_connect(&gw.ws_url("limit-3")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503)
+        }
+        Err(e) => panic!("expected a 503, got {e}"),
+        Ok(_) => panic!("a third connection got past a limit of 2"),
+    }
+    // The open tunnels are unaffected, and a freed slot lets the next client in.
+    second.send_json(json!({"type":"ping"})).await;
+    second.recv_event("pong").await;
+    first.close().await;
+    wait_until_connects(&gw.ws_url("limit-3")).await;
+}
+
+async fn wait_until_connects(url: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(mut c) = Client::try_connect(url).await {
+            c.recv_event("welcome").await;
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no slot freed within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_tunnel_ends_when_the_node_closes_even_if_the_client_went_silent() {
+    // The node closes clients that stay silent for 1 s; the raw client below never answers,
+    // never closes, never sends a FIN.
+    let mut c = NodeConfig::for_tests();
+    c.node_id = Some("n1".into());
+    c.idle_timeout_secs = 1;
+    c.ping_interval_secs = 1;
+    let node = TestNode::start(c).await;
+    let spec = format!("n1={}", node.addr);
+    let gw = TestGateway::start(&["--node", &spec, "--tunnel-linger-secs", "1"]).await;
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    s.write_all(upgrade_request(gw.addr, "/ws?client_id=silent").as_bytes())
+        .await
+        .expect("write");
+    let got = read_until(&mut s, b"welcome").await;
+    assert!(got.starts_with(b"HTTP/1.1 101"));
+    assert_eq!(gw.metric("ringcast_gateway_open_connections").await, 1.0);
+    // Keep the socket open but unread; the gateway must still let the tunnel go.
+    ringcast_testkit::wait_until(Duration::from_secs(8), "tunnel released", || async {
+        gw.metric("ringcast_gateway_open_connections").await == 0.0
+    })
+    .await;
+    drop(s);
+}

@@ -1,0 +1,165 @@
+//! Dynamic membership through a real Redis: nodes started with `--redis-url` and `--advertise`
+//! register with a TTL heartbeat; the gateway adds them within 2 s, drops them within 5 s of
+//! their last heartbeat, and at once when a draining node deregisters.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use ringcast_node::{Config as NodeConfig, MemoryBroker, NodeError};
+use ringcast_testkit::{http_raw, wait_until, Client, RedisServer};
+use serde_json::json;
+use support::{upgrade_request, TestGateway};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A node registering itself in `redis` (in-process, memory bus). Dropping the handle without
+/// sending shutdown aborts it: heartbeats stop and nothing deregisters, as in a crash.
+struct RegisteredNode {
+    addr: SocketAddr,
+    shutdown_tx: watch::Sender<bool>,
+    task: JoinHandle<Result<(), NodeError>>,
+}
+
+async fn start_registered(id: &str, redis: &RedisServer, extra: &[&str]) -> RegisteredNode {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let advertise = addr.to_string();
+    let url = redis.url();
+    let mut argv = vec![
+        "ringcast-node",
+        "--node-id",
+        id,
+        "--redis-url",
+        &url,
+        "--advertise",
+        &advertise,
+        "--shutdown-grace-secs",
+        "1",
+    ];
+    argv.extend_from_slice(extra);
+    let config = NodeConfig::parse_from(argv);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // The registration runs beside any bus; the memory bus keeps this test about membership.
+    let task = tokio::spawn(ringcast_node::run_with_broker(
+        listener,
+        config,
+        MemoryBroker::new(),
+        shutdown_rx,
+    ));
+    RegisteredNode {
+        addr,
+        shutdown_tx,
+        task,
+    }
+}
+
+async fn member_ids(gw: &TestGateway) -> Vec<String> {
+    let v = gw.nodes().await;
+    let mut ids: Vec<String> = v["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn a_node_joins_within_2s_and_leaves_at_once_when_it_deregisters() {
+    let redis = RedisServer::start();
+    let gw = TestGateway::start(&["--redis-url", &redis.url()]).await;
+    // Nothing registered yet: no node to route to.
+    let (status, body) = http_raw(gw.addr, &upgrade_request(gw.addr, "/ws?client_id=early")).await;
+    assert_eq!(status, 503, "{body}");
+
+    // A TTL of 60 s: only the explicit deregistration can explain a prompt removal below.
+    let node = start_registered("dyn-1", &redis, &["--register-ttl-ms", "60000"]).await;
+    let started = Instant::now();
+    wait_until(Duration::from_secs(2), "dyn-1 added within 2 s", || async {
+        gw.healthy_ids().await == ["dyn-1"]
+    })
+    .await;
+    eprintln!("joined after {:?}", started.elapsed());
+    let (mut c, _) = Client::connect_welcomed(&gw.ws_url("dynamic-client")).await;
+    c.send_json(json!({"type":"ping"})).await;
+    c.recv_event("pong").await;
+    let nodes = gw.nodes().await;
+    assert_eq!(nodes["nodes"][0]["source"], "redis");
+    assert_eq!(nodes["nodes"][0]["addr"], node.addr.to_string());
+
+    // Graceful shutdown: the node deletes its key first thing, the gateway drops it at once.
+    let _ = node.shutdown_tx.send(true);
+    wait_until(
+        Duration::from_secs(1),
+        "dyn-1 removed after deregistering",
+        || async { member_ids(&gw).await.is_empty() },
+    )
+    .await;
+    assert_eq!(
+        redis
+            .cli(&["KEYS", "ringcast:node:*"])
+            .map(|s| s.trim().to_owned()),
+        Some(String::new())
+    );
+    let _ = node.task.await;
+}
+
+#[tokio::test]
+async fn a_node_that_stops_heartbeating_is_dropped_within_5s() {
+    let redis = RedisServer::start();
+    let gw = TestGateway::start(&["--redis-url", &redis.url()]).await;
+    // Default heartbeat (1 s) and TTL (3 s).
+    let crashed = start_registered("dyn-crash", &redis, &[]).await;
+    let steady = start_registered("dyn-steady", &redis, &[]).await;
+    wait_until(Duration::from_secs(2), "both nodes added", || async {
+        member_ids(&gw).await == ["dyn-crash", "dyn-steady"]
+    })
+    .await;
+    // Abort without shutdown: no deregistration, heartbeats just stop (at most 1 s ago).
+    crashed.task.abort();
+    let _ = crashed.task.await;
+    wait_until(Duration::from_secs(4), "dyn-crash dropped", || async {
+        member_ids(&gw).await == ["dyn-steady"]
+    })
+    .await;
+    // The other node stays, heartbeat after heartbeat.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(member_ids(&gw).await, ["dyn-steady"]);
+    let _ = steady.shutdown_tx.send(true);
+    let _ = steady.task.await;
+}
+
+#[tokio::test]
+async fn losing_redis_keeps_the_known_nodes_and_both_sides_recover() {
+    let mut redis = RedisServer::start();
+    let gw = TestGateway::start(&["--redis-url", &redis.url()]).await;
+    let node = start_registered("dyn-r", &redis, &["--register-interval-ms", "200"]).await;
+    wait_until(Duration::from_secs(2), "dyn-r added", || async {
+        member_ids(&gw).await == ["dyn-r"]
+    })
+    .await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The registry is unreadable, not empty: the node keeps serving through the gateway.
+    assert_eq!(member_ids(&gw).await, ["dyn-r"]);
+    let (mut c, _) = Client::connect_welcomed(&gw.ws_url("through-outage")).await;
+    c.send_json(json!({"type":"ping"})).await;
+    c.recv_event("pong").await;
+    assert!(gw.metric("ringcast_gateway_membership_errors_total").await >= 1.0);
+    // A fresh (empty) Redis on the same port: the node re-registers on its next heartbeat.
+    redis.restart();
+    wait_until(Duration::from_secs(3), "dyn-r registered again", || async {
+        redis
+            .cli(&["GET", "ringcast:node:dyn-r"])
+            .is_some_and(|v| v.trim() == node.addr.to_string())
+    })
+    .await;
+    assert_eq!(member_ids(&gw).await, ["dyn-r"]);
+    let _ = node.shutdown_tx.send(true);
+    let _ = node.task.await;
+}

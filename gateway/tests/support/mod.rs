@@ -1,0 +1,251 @@
+//! Helpers for the gateway's integration tests: a gateway on port 0, node processes, raw HTTP.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clap::Parser;
+use ringcast_gateway::Config;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A gateway running `ringcast_gateway::run` in the test's process on a port-0 listener.
+pub struct TestGateway {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shutdown_tx: watch::Sender<bool>,
+    task: Option<JoinHandle<Result<(), ringcast_gateway::GatewayError>>>,
+}
+
+impl TestGateway {
+    /// Starts a gateway with `args` (flags after the program name); health checks every
+    /// 100 ms and 500 ms timeouts unless `args` says otherwise.
+    pub async fn start(args: &[&str]) -> Self {
+        let mut argv = vec!["ringcast-gateway"];
+        for (flag, value) in [
+            ("--health-interval-ms", "100"),
+            ("--health-timeout-ms", "500"),
+            ("--connect-timeout-ms", "500"),
+        ] {
+            if !args.contains(&flag) {
+                argv.extend([flag, value]);
+            }
+        }
+        argv.extend_from_slice(args);
+        Self::start_with(Config::parse_from(argv)).await
+    }
+
+    /// Starts a gateway with `config`.
+    pub async fn start_with(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().expect("local addr");
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(ringcast_gateway::run(listener, config, shutdown_rx));
+        TestGateway {
+            addr,
+            shutdown_tx,
+            task: Some(task),
+        }
+    }
+
+    /// `ws://ADDR/ws?client_id=ID` (no query when `id` is empty).
+    pub fn ws_url(&self, id: &str) -> String {
+        if id.is_empty() {
+            format!("ws://{}/ws", self.addr)
+        } else {
+            format!("ws://{}/ws?client_id={id}", self.addr)
+        }
+    }
+
+    /// GET a path on the gateway.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        ringcast_testkit::http_get(self.addr, path).await
+    }
+
+    /// `/nodes` as JSON.
+    pub async fn nodes(&self) -> serde_json::Value {
+        let (status, body) = self.get("/nodes").await;
+        assert_eq!(status, 200, "/nodes: {body}");
+        serde_json::from_str(&body).expect("/nodes is JSON")
+    }
+
+    /// Ids of the healthy members, sorted.
+    pub async fn healthy_ids(&self) -> Vec<String> {
+        let v = self.nodes().await;
+        let mut ids: Vec<String> = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["healthy"] == true)
+            .filter_map(|n| n["id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The sum of a metric's samples (all label sets) from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn signal_stop(&self) {
+        let _ = self.shutdown_tx.send(true);
+    }
+
+    /// Signals shutdown and waits (up to 30 s) for `run` to return.
+    pub async fn stop(mut self) {
+        self.signal_stop();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("gateway did not stop within 30 s")
+                .expect("gateway task panicked")
+                .expect("gateway returned an error");
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        let _ = self.shutdown_tx.send(true);
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The `ringcast-node` binary. `CARGO_BIN_EXE_*` only exists for a package's own binaries, so
+/// it is found next to this test executable (`target/<profile>/deps/..` → `target/<profile>/`),
+/// where `cargo test --workspace` has built it; when it is missing (e.g. `cargo test -p
+/// ringcast-gateway` on a clean tree) it is built with `cargo build -p ringcast-node --bin
+/// ringcast-node`. `RINGCAST_NODE_BIN` overrides the path.
+pub fn node_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("RINGCAST_NODE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join("ringcast-node");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let workspace = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let status = Command::new(cargo)
+            .args(["build", "-p", "ringcast-node", "--bin", "ringcast-node"])
+            .current_dir(workspace)
+            .status()
+            .expect("run cargo build for ringcast-node");
+        assert!(status.success(), "building ringcast-node failed");
+    }
+    assert!(bin.exists(), "ringcast-node not found at {}", bin.display());
+    bin
+}
+
+/// A `ringcast-node` child process, SIGKILLed by PID when dropped.
+pub struct NodeProcess {
+    /// Its node id.
+    pub id: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    /// Starts `ringcast-node --listen 127.0.0.1:PORT --node-id ID` (port 0 → a free one) and
+    /// waits until its `/healthz` answers 200.
+    pub async fn start(id: &str, port: u16) -> Self {
+        let port = if port == 0 {
+            ringcast_testkit::free_port()
+        } else {
+            port
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let mut cmd = Command::new(node_binary());
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("RINGCAST_")) {
+            cmd.env_remove(k);
+        }
+        let child = cmd
+            .args(["--listen", &addr.to_string(), "--node-id", id])
+            .args(["--shutdown-grace-secs", "1"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ringcast-node");
+        let node = NodeProcess {
+            id: id.to_owned(),
+            addr,
+            child: Some(child),
+        };
+        ringcast_testkit::wait_until(Duration::from_secs(10), "node process /healthz", || {
+            healthz_ok(addr)
+        })
+        .await;
+        node
+    }
+
+    /// `ID=127.0.0.1:PORT`, as `--node` takes it.
+    pub fn spec(&self) -> String {
+        format!("{}={}", self.id, self.addr)
+    }
+
+    /// SIGKILLs the process and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Whether `GET /healthz` on `addr` answers 200 (false when nothing listens).
+pub async fn healthz_ok(addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
+    buf.starts_with(b"HTTP/1.1 200")
+}
+
+/// A valid upgrade request head for `path_and_query` (ends with the blank line).
+pub fn upgrade_request(addr: SocketAddr, path_and_query: &str) -> String {
+    format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// A masked client text frame carrying `payload` (< 126 bytes).
+pub fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
