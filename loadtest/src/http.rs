@@ -1,0 +1,1 @@
+//! Minimal HTTP GET for /stats checks.
