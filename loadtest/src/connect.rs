@@ -148,27 +148,55 @@ impl Connector {
         room: &str,
         my_id: &str,
     ) -> Result<(), ConnectError> {
-        let frame = serde_json::json!({"type": "join_room", "room": room}).to_string();
+        self.room_request(ws, addr, "join_room", "user_joined", room, my_id)
+            .await
+    }
+
+    /// Sends `leave_room` and waits for this client's own `user_left`.
+    pub async fn leave(
+        &self,
+        ws: &mut Ws,
+        addr: SocketAddr,
+        room: &str,
+        my_id: &str,
+    ) -> Result<(), ConnectError> {
+        self.room_request(ws, addr, "leave_room", "user_left", room, my_id)
+            .await
+    }
+
+    async fn room_request(
+        &self,
+        ws: &mut Ws,
+        addr: SocketAddr,
+        request: &str,
+        answer: &str,
+        room: &str,
+        my_id: &str,
+    ) -> Result<(), ConnectError> {
+        let frame = serde_json::json!({"type": request, "room": room}).to_string();
         ws.send(Message::text(frame))
             .await
             .map_err(|e| ConnectError::Protocol {
                 addr,
-                detail: format!("sending join_room failed: {e}"),
+                detail: format!("sending {request} failed: {e}"),
             })?;
+        let what = format!("`{answer}`");
         let wait = async {
             loop {
-                let v = next_json(ws, addr, "`user_joined`").await?;
+                let v = next_json(ws, addr, &what).await?;
                 match v["event"].as_str() {
-                    Some("user_joined") if v["user_id"] == my_id && v["room"] == room => {
+                    Some(event)
+                        if event == answer && v["user_id"] == my_id && v["room"] == room =>
+                    {
                         return Ok(());
                     }
                     Some("error") => {
                         return Err(ConnectError::Protocol {
                             addr,
                             detail: format!(
-                                "joining room {room} answered error {} ({}); raise the server's limits?",
-                                v["code"], v["message"]
-                            ),
+                            "{request} {room} answered error {} ({}); raise the server's limits?",
+                            v["code"], v["message"]
+                        ),
                         })
                     }
                     _ => {}
@@ -180,7 +208,7 @@ impl Connector {
             .await
             .map_err(|_| ConnectError::Protocol {
                 addr,
-                detail: format!("no `user_joined` for {my_id} in room {room} within {secs:.1} s"),
+                detail: format!("no `{answer}` for {my_id} in room {room} within {secs:.1} s"),
             })?
     }
 }
@@ -213,12 +241,14 @@ async fn next_json(ws: &mut Ws, addr: SocketAddr, what: &str) -> Result<Value, C
     loop {
         let protocol = |detail: String| ConnectError::Protocol { addr, detail };
         match ws.next().await {
-            Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).map_err(|_| {
-                protocol(format!(
+            Some(Ok(Message::Text(t))) => {
+                return serde_json::from_str(t.as_str()).map_err(|_| {
+                    protocol(format!(
                     "waiting for {what}, got a non-JSON text frame {}: not a seed-protocol server?",
                     abbreviate(t.as_str())
                 ))
-            }),
+                })
+            }
             Some(Ok(Message::Close(frame))) => {
                 return Err(protocol(format!(
                     "server closed the connection while we waited for {what}: {}",

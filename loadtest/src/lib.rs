@@ -64,7 +64,12 @@ async fn probe(connector: &Connector) -> Result<(), RunError> {
     for i in 0..connector.targets().len() {
         let id = connector.client_id("probe", i);
         let (mut ws, _) = connector.connect(i, &id).await?;
-        let _ = tokio::time::timeout(connector.timeout(), ws.close(None)).await;
+        // Wait for the server's answer so the probe no longer counts against its limits.
+        let _ = tokio::time::timeout(connector.timeout(), async {
+            let _ = ws.close(None).await;
+            while let Some(Ok(_)) = futures_util::StreamExt::next(&mut ws).await {}
+        })
+        .await;
     }
     Ok(())
 }

@@ -132,7 +132,12 @@ mod tests {
         assert_eq!(t.stats_url(), "http://127.0.0.1:9001/stats");
         let t = Target::resolve("ws://127.0.0.1:9001/ws?x=1").await.unwrap();
         assert_eq!(t.client_url("b"), "ws://127.0.0.1:9001/ws?x=1&client_id=b");
-        assert_eq!(source_addrs("auto", std::slice::from_ref(&t)).unwrap().len(), 8);
+        assert_eq!(
+            source_addrs("auto", std::slice::from_ref(&t))
+                .unwrap()
+                .len(),
+            8
+        );
         assert!(source_addrs("none", &[t]).unwrap().is_empty());
     }
 
