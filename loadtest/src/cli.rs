@@ -88,12 +88,13 @@ pub struct Common {
     )]
     pub threads: usize,
 
-    /// WebSocket read buffer per connection, in bytes.
+    /// WebSocket read buffer per connection, in bytes (tungstenite zeroes it on every read, so
+    /// bigger is not faster for small frames).
     #[arg(
         long,
         env = "RINGCAST_LOADTEST_READ_BUFFER_BYTES",
         global = true,
-        default_value_t = 16 * 1024
+        default_value_t = 4096
     )]
     pub read_buffer_bytes: usize,
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use memchr::memmem;
+use memchr::memmem::Finder;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -58,6 +58,7 @@ impl Counters {
 pub struct Receiver {
     index: usize,
     finder: StampFinder,
+    error_finder: Finder<'static>,
     /// One tracker per sender index.
     pub trackers: Vec<SeqTracker>,
     latency: Option<Recorder>,
@@ -83,6 +84,7 @@ impl Receiver {
         Receiver {
             index,
             finder: StampFinder::default(),
+            error_finder: Finder::new(b"\"error\""),
             trackers: vec![SeqTracker::default(); senders],
             latency,
             counter,
@@ -109,12 +111,15 @@ impl Receiver {
             if let Some(latency) = &mut self.latency {
                 latency.record(now_micros().saturating_sub(stamp.sent_micros));
             }
-        } else if memmem::find(frame, b"rate_limited").is_some() {
-            self.rate_limited += 1;
-        } else if memmem::find(frame, b"target_offline").is_some() {
-            self.target_offline += 1;
-        } else if memmem::find(frame, b"\"error\"").is_some() {
-            self.other_errors += 1;
+        } else if self.error_finder.find(frame).is_some() {
+            // Rare: classify the error code the slow way.
+            if memchr::memmem::find(frame, b"rate_limited").is_some() {
+                self.rate_limited += 1;
+            } else if memchr::memmem::find(frame, b"target_offline").is_some() {
+                self.target_offline += 1;
+            } else {
+                self.other_errors += 1;
+            }
         }
     }
 
