@@ -51,12 +51,17 @@ pub async fn run(cli: &Cli) -> Result<Outcome, RunError> {
     probe(&connector).await?;
     let progress = !common.no_progress;
     let concurrency = common.connect_concurrency.max(1);
-    match &cli.scenario {
+    let urls: Vec<String> = connector.targets().iter().map(|t| t.url.clone()).collect();
+    let mut outcome = match &cli.scenario {
         Scenario::Fanout(a) => fanout::run(a, connector, concurrency, progress).await,
         Scenario::Connections(a) => connections::run(a, connector, concurrency, progress).await,
         Scenario::Direct(a) => direct::run(a, connector, concurrency, progress).await,
         Scenario::Churn(a) => churn::run(a, connector, concurrency, progress).await,
+    }?;
+    if let Some(obj) = outcome.json.as_object_mut() {
+        obj.insert("urls".into(), urls.into());
     }
+    Ok(outcome)
 }
 
 /// Connects once to every target and closes again.

@@ -49,6 +49,7 @@ async fn quick_fanout_loses_nothing_with_announcements_on() {
     let v = run.json();
     assert_clean(&v);
     assert_eq!(v["subscribers"], 20);
+    assert_eq!(v["urls"], serde_json::json!([url]));
     assert_eq!(v["rooms"], 2);
     assert_eq!(v["publishers"], 2);
     // Each publisher's messages reach the 10 subscribers of its room.

@@ -52,6 +52,10 @@ async fn connections_reports_a_full_server_as_failures() {
         "--url",
         &url,
         "--json",
+        // One attempt at a time: the node counts a connection only once its session runs, so
+        // concurrent upgrades can overshoot --max-connections (reported to the lead).
+        "--connect-concurrency",
+        "1",
         "connections",
         "--connections",
         "15",
