@@ -65,6 +65,17 @@ pub struct Common {
     )]
     pub welcome_timeout_secs: f64,
 
+    /// Require a `welcome` event after the upgrade (ringcast sends one). Set to false for the
+    /// original tutorial server, which sends none: the requested client_id is then used as is.
+    #[arg(
+        long,
+        env = "RINGCAST_LOADTEST_REQUIRE_WELCOME",
+        global = true,
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub require_welcome: bool,
+
     /// Most connection attempts in flight at once.
     #[arg(
         long,

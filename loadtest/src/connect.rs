@@ -28,16 +28,19 @@ pub struct Connector {
     config: WebSocketConfig,
     timeout: Duration,
     id_prefix: String,
+    require_welcome: bool,
 }
 
 impl Connector {
-    /// A connector; `timeout` bounds connect + upgrade + welcome, and each wait for an event.
+    /// A connector; `timeout` bounds connect + upgrade, the wait for `welcome` (when
+    /// `require_welcome`), and each wait for an event.
     pub fn new(
         targets: Vec<Target>,
         sources: Vec<IpAddr>,
         read_buffer_bytes: usize,
         timeout: Duration,
         id_prefix: String,
+        require_welcome: bool,
     ) -> Self {
         let config = WebSocketConfig::default()
             .read_buffer_size(read_buffer_bytes.max(1024))
@@ -49,6 +52,7 @@ impl Connector {
             config,
             timeout,
             id_prefix,
+            require_welcome,
         }
     }
 
@@ -85,6 +89,9 @@ impl Connector {
         let mut ws = tokio::time::timeout(self.timeout, self.upgrade(index, target, client_id))
             .await
             .map_err(|_| ConnectError::Timeout { addr, secs })??;
+        if !self.require_welcome {
+            return Ok((ws, client_id.to_owned()));
+        }
         let welcome = tokio::time::timeout(self.timeout, next_json(&mut ws, addr, "the `welcome` event"))
             .await
             .map_err(|_| ConnectError::Protocol {

@@ -47,6 +47,7 @@ pub async fn run(cli: &Cli) -> Result<Outcome, RunError> {
         common.read_buffer_bytes,
         timeout,
         prefix,
+        common.require_welcome,
     ));
     probe(&connector).await?;
     let progress = !common.no_progress;

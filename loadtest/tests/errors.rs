@@ -80,6 +80,34 @@ async fn websocket_server_without_welcome() {
     assert!(run.stderr.contains("no `welcome` event"), "{}", run.stderr);
 }
 
+#[tokio::test]
+async fn without_require_welcome_a_silent_server_fails_at_the_join() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            if let Ok(ws) = tokio_tungstenite::accept_async(s).await {
+                held.push(ws);
+            }
+        }
+    });
+    let url = format!("ws://{addr}/ws");
+    let run = loadtest(&[
+        "--url",
+        &url,
+        "--welcome-timeout-secs",
+        "1",
+        "--require-welcome=false",
+        "fanout",
+        "--quick",
+    ])
+    .await;
+    server.abort();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("no `user_joined`"), "{}", run.stderr);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_connections_than_file_descriptors() {
     let node = TestNode::start(Config::for_tests()).await;
