@@ -97,7 +97,7 @@ impl Connector {
             .map_err(|_| ConnectError::Protocol {
                 addr,
                 detail: format!(
-                    "upgraded to WebSocket but no `welcome` event within {secs:.1} s: not a seed-protocol server?"
+                    "upgraded to WebSocket but no `welcome` event within {secs:.1} s: not a ringcast server? (for the tutorial server, which sends none, pass --require-welcome=false)"
                 ),
             })??;
         if welcome["event"] != "welcome" {
