@@ -121,7 +121,8 @@ pub async fn run(
     }
     bar.finish_and_clear();
 
-    let bar = crate::progress::bar(progress, duration.as_millis() as u64, "sending");
+    let duration_ms = duration.as_millis() as u64;
+    let bar = crate::progress::bar(progress, duration_ms, "sending");
     let started = Instant::now();
     let _ = start_tx.send(true);
     let mut expected = 0u64;
@@ -135,7 +136,7 @@ pub async fn run(
             },
             _ = tick.tick() => {
                 let secs = started.elapsed().as_secs_f64().max(1e-3);
-                bar.set_position(started.elapsed().as_millis() as u64);
+                bar.set_position((started.elapsed().as_millis() as u64).min(duration_ms));
                 bar.set_message(format!("{} messages/s", per_sec(received.total() as f64 / secs)));
             }
         }

@@ -223,7 +223,8 @@ pub async fn run(
     let setup_secs = setup_started.elapsed().as_secs_f64();
 
     // Run.
-    let bar = crate::progress::bar(progress, plan.duration.as_millis() as u64, "publishing");
+    let duration_ms = plan.duration.as_millis() as u64;
+    let bar = crate::progress::bar(progress, duration_ms, "publishing");
     let started = Instant::now();
     let _ = start_tx.send(true);
     let mut in_room = vec![0u64; plan.rooms];
@@ -244,7 +245,7 @@ pub async fn run(
             },
             _ = tick.tick() => {
                 let secs = started.elapsed().as_secs_f64().max(1e-3);
-                bar.set_position(started.elapsed().as_millis() as u64);
+                bar.set_position((started.elapsed().as_millis() as u64).min(duration_ms));
                 bar.set_message(format!(
                     "{} deliveries/s, {} sent",
                     per_sec(received.total() as f64 / secs),
