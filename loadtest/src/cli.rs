@@ -1,0 +1,269 @@
+//! Command line: global flags shared by every scenario, and one subcommand per scenario.
+//!
+//! Every flag can also come from a `RINGCAST_LOADTEST_*` environment variable, so a benchmark
+//! script can set the target once and run several scenarios.
+
+use clap::{Args, Parser, Subcommand};
+
+/// ringcast-loadtest: drives any server of the seed protocol (JSON over WebSocket).
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ringcast-loadtest",
+    version,
+    about = "Load generator for ringcast (or any seed-protocol server): fanout, connections, direct, churn"
+)]
+pub struct Cli {
+    /// Flags every scenario understands.
+    #[command(flatten)]
+    pub common: Common,
+
+    /// The scenario to run.
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// Flags shared by every scenario.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// WebSocket URL(s) of the server, e.g. ws://127.0.0.1:9001/ws. Repeat (or comma-separate) to
+    /// spread connections round-robin over several nodes or gateways.
+    #[arg(
+        long = "url",
+        env = "RINGCAST_LOADTEST_URL",
+        global = true,
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:9001/ws"
+    )]
+    pub urls: Vec<String>,
+
+    /// Print one JSON object with the results on stdout instead of the human summary.
+    #[arg(long, env = "RINGCAST_LOADTEST_JSON", global = true)]
+    pub json: bool,
+
+    /// Do not draw a progress bar (it is drawn on stderr, only when stderr is a terminal).
+    #[arg(long, env = "RINGCAST_LOADTEST_NO_PROGRESS", global = true)]
+    pub no_progress: bool,
+
+    /// Local source addresses to spread connections over (each gives ~28 000 ports per server
+    /// address): `auto` (127.0.0.1-127.0.0.8 when every server is on IPv4 loopback, else the OS
+    /// choice), `none`, or a comma-separated list of IPs.
+    #[arg(
+        long,
+        env = "RINGCAST_LOADTEST_SOURCE_ADDRS",
+        global = true,
+        default_value = "auto"
+    )]
+    pub source_addrs: String,
+
+    /// Seconds to wait for the server's `welcome` (and for a join's `user_joined`) before calling
+    /// the server unresponsive or not a seed-protocol server.
+    #[arg(
+        long,
+        env = "RINGCAST_LOADTEST_WELCOME_TIMEOUT_SECS",
+        global = true,
+        default_value_t = 5.0
+    )]
+    pub welcome_timeout_secs: f64,
+
+    /// Require a `welcome` event after the upgrade (ringcast sends one). Set to false for the
+    /// original tutorial server, which sends none: the requested client_id is then used as is.
+    #[arg(
+        long,
+        env = "RINGCAST_LOADTEST_REQUIRE_WELCOME",
+        global = true,
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub require_welcome: bool,
+
+    /// Most connection attempts in flight at once.
+    #[arg(
+        long,
+        env = "RINGCAST_LOADTEST_CONNECT_CONCURRENCY",
+        global = true,
+        default_value_t = 256
+    )]
+    pub connect_concurrency: usize,
+
+    /// Prefix of every client_id this process uses (make it differ between concurrent processes).
+    /// Default: `lt` followed by this process's id.
+    #[arg(long, env = "RINGCAST_LOADTEST_ID_PREFIX", global = true)]
+    pub id_prefix: Option<String>,
+
+    /// Runtime worker threads (0: one per CPU).
+    #[arg(
+        long,
+        env = "RINGCAST_LOADTEST_THREADS",
+        global = true,
+        default_value_t = 0
+    )]
+    pub threads: usize,
+
+    /// WebSocket read buffer per connection, in bytes (tungstenite zeroes it on every read, so
+    /// bigger is not faster for small frames).
+    #[arg(
+        long,
+        env = "RINGCAST_LOADTEST_READ_BUFFER_BYTES",
+        global = true,
+        default_value_t = 4096
+    )]
+    pub read_buffer_bytes: usize,
+}
+
+/// The scenarios.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Scenario {
+    /// S subscribers over R rooms, P publishers sending room messages; deliveries/s, loss, latency.
+    Fanout(FanoutArgs),
+    /// Open N idle connections at a target rate and hold them; connect rate, failures, memory.
+    Connections(ConnectionsArgs),
+    /// Pairs of clients exchanging direct messages (across nodes with several --url); rate, latency.
+    Direct(DirectArgs),
+    /// Connect/join/leave/disconnect cycles; then checks /stats returns to zero.
+    Churn(ChurnArgs),
+}
+
+/// Flags of `fanout`.
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    /// Subscribers (connections that only receive).
+    #[arg(long, env = "RINGCAST_LOADTEST_SUBSCRIBERS", default_value_t = 1000)]
+    pub subscribers: usize,
+
+    /// Rooms; subscriber i and publisher j join room i mod R and j mod R.
+    #[arg(long, env = "RINGCAST_LOADTEST_ROOMS", default_value_t = 1)]
+    pub rooms: usize,
+
+    /// Publishers (connections that join a room and send room messages to it).
+    #[arg(long, env = "RINGCAST_LOADTEST_PUBLISHERS", default_value_t = 4)]
+    pub publishers: usize,
+
+    /// Messages per second per publisher; 0 means open loop (as fast as the connection takes).
+    #[arg(long, env = "RINGCAST_LOADTEST_RATE", default_value_t = 100.0)]
+    pub rate: f64,
+
+    /// Seconds the publishers send.
+    #[arg(long, env = "RINGCAST_LOADTEST_DURATION_SECS", default_value_t = 10.0)]
+    pub duration_secs: f64,
+
+    /// Extra bytes of padding in each message's content.
+    #[arg(long, env = "RINGCAST_LOADTEST_PAYLOAD_BYTES", default_value_t = 0)]
+    pub payload_bytes: usize,
+
+    /// Seconds without any new delivery, after the publishers stop, before giving up on the rest.
+    #[arg(
+        long,
+        env = "RINGCAST_LOADTEST_DRAIN_TIMEOUT_SECS",
+        default_value_t = 3.0
+    )]
+    pub drain_timeout_secs: f64,
+
+    /// A tiny smoke run: 20 subscribers, 2 rooms, 2 publishers at 20 msg/s for 1 s.
+    #[arg(long, env = "RINGCAST_LOADTEST_QUICK")]
+    pub quick: bool,
+}
+
+/// Flags of `connections`.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionsArgs {
+    /// Connections to open.
+    #[arg(long, env = "RINGCAST_LOADTEST_CONNECTIONS", default_value_t = 1000)]
+    pub connections: usize,
+
+    /// Target connection attempts per second; 0 means as fast as --connect-concurrency allows.
+    #[arg(long, env = "RINGCAST_LOADTEST_CONNECT_RATE", default_value_t = 1000.0)]
+    pub connect_rate: f64,
+
+    /// Seconds to hold the connections open (idle) before measuring memory and closing them.
+    #[arg(long, env = "RINGCAST_LOADTEST_HOLD_SECS", default_value_t = 5.0)]
+    pub hold_secs: f64,
+
+    /// PID of a server process whose VmRSS (/proc/PID/status) is read before and while holding.
+    /// Repeat for a gateway plus nodes.
+    #[arg(
+        long = "server-pid",
+        env = "RINGCAST_LOADTEST_SERVER_PIDS",
+        value_delimiter = ','
+    )]
+    pub server_pids: Vec<u32>,
+}
+
+/// Flags of `direct`.
+#[derive(Debug, Clone, Args)]
+pub struct DirectArgs {
+    /// Pairs of clients; the two of a pair connect to consecutive --url entries.
+    #[arg(long, env = "RINGCAST_LOADTEST_PAIRS", default_value_t = 100)]
+    pub pairs: usize,
+
+    /// Direct messages per second each client sends to its partner; 0 means open loop.
+    #[arg(long, env = "RINGCAST_LOADTEST_RATE", default_value_t = 10.0)]
+    pub rate: f64,
+
+    /// Seconds the clients send.
+    #[arg(long, env = "RINGCAST_LOADTEST_DURATION_SECS", default_value_t = 10.0)]
+    pub duration_secs: f64,
+
+    /// Seconds without any new delivery, after sending stops, before giving up on the rest.
+    #[arg(
+        long,
+        env = "RINGCAST_LOADTEST_DRAIN_TIMEOUT_SECS",
+        default_value_t = 3.0
+    )]
+    pub drain_timeout_secs: f64,
+}
+
+/// Flags of `churn`.
+#[derive(Debug, Clone, Args)]
+pub struct ChurnArgs {
+    /// Concurrent workers, each running connect/join/leave/disconnect cycles.
+    #[arg(long, env = "RINGCAST_LOADTEST_WORKERS", default_value_t = 50)]
+    pub workers: usize,
+
+    /// Cycles per worker.
+    #[arg(long, env = "RINGCAST_LOADTEST_CYCLES", default_value_t = 20)]
+    pub cycles: usize,
+
+    /// Distinct rooms the workers join (worker w uses room w mod N).
+    #[arg(long, env = "RINGCAST_LOADTEST_ROOMS", default_value_t = 10)]
+    pub rooms: usize,
+
+    /// `/stats` URL(s) that must report zero connections and rooms afterwards. Default: the
+    /// /stats of each --url's host:port.
+    #[arg(
+        long = "stats-url",
+        env = "RINGCAST_LOADTEST_STATS_URLS",
+        value_delimiter = ','
+    )]
+    pub stats_urls: Vec<String>,
+
+    /// Seconds to wait for /stats to return to zero after the last cycle.
+    #[arg(
+        long,
+        env = "RINGCAST_LOADTEST_SETTLE_TIMEOUT_SECS",
+        default_value_t = 10.0
+    )]
+    pub settle_timeout_secs: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_flags_after_the_subcommand() {
+        let cli = Cli::parse_from([
+            "x",
+            "fanout",
+            "--quick",
+            "--url",
+            "ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws",
+            "--json",
+        ]);
+        assert_eq!(cli.common.urls.len(), 2);
+        assert!(cli.common.json);
+        assert!(matches!(
+            cli.scenario,
+            Scenario::Fanout(FanoutArgs { quick: true, .. })
+        ));
+    }
+}

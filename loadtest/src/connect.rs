@@ -1,0 +1,290 @@
+//! Opening seed-protocol connections: bind a source address, TCP connect, WebSocket upgrade,
+//! wait for `welcome`; and joining a room until the client's own `user_joined` arrives.
+//!
+//! Every failure is classified ([`ConnectError`]) so the user learns whether the server is down,
+//! answers plain HTTP, or speaks another protocol.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::error::ConnectError;
+use crate::target::Target;
+
+/// A connected client.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Opens connections to the targets, spread over the source addresses.
+#[derive(Debug)]
+pub struct Connector {
+    targets: Vec<Target>,
+    sources: Vec<IpAddr>,
+    config: WebSocketConfig,
+    timeout: Duration,
+    id_prefix: String,
+    require_welcome: bool,
+}
+
+impl Connector {
+    /// A connector; `timeout` bounds connect + upgrade, the wait for `welcome` (when
+    /// `require_welcome`), and each wait for an event.
+    pub fn new(
+        targets: Vec<Target>,
+        sources: Vec<IpAddr>,
+        read_buffer_bytes: usize,
+        timeout: Duration,
+        id_prefix: String,
+        require_welcome: bool,
+    ) -> Self {
+        let config = WebSocketConfig::default()
+            .read_buffer_size(read_buffer_bytes.max(1024))
+            .max_message_size(Some(16 << 20))
+            .max_frame_size(Some(16 << 20));
+        Connector {
+            targets,
+            sources,
+            config,
+            timeout,
+            id_prefix,
+            require_welcome,
+        }
+    }
+
+    /// The target used by connection number `index`.
+    pub fn target(&self, index: usize) -> &Target {
+        &self.targets[index % self.targets.len()]
+    }
+
+    /// All targets.
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// How long to wait for an expected event.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The client id of connection `index` in role `role` (e.g. "s", "p").
+    pub fn client_id(&self, role: &str, index: usize) -> String {
+        format!("{}-{role}{index}", self.id_prefix)
+    }
+
+    /// Connects connection number `index` as `client_id` and waits for `welcome`; returns the
+    /// stream and the client id the server confirmed.
+    pub async fn connect(
+        &self,
+        index: usize,
+        client_id: &str,
+    ) -> Result<(Ws, String), ConnectError> {
+        let target = self.target(index);
+        let addr = target.addr;
+        let secs = self.timeout.as_secs_f64();
+        let mut ws = tokio::time::timeout(self.timeout, self.upgrade(index, target, client_id))
+            .await
+            .map_err(|_| ConnectError::Timeout { addr, secs })??;
+        if !self.require_welcome {
+            return Ok((ws, client_id.to_owned()));
+        }
+        let welcome = tokio::time::timeout(self.timeout, next_json(&mut ws, addr, "the `welcome` event"))
+            .await
+            .map_err(|_| ConnectError::Protocol {
+                addr,
+                detail: format!(
+                    "upgraded to WebSocket but no `welcome` event within {secs:.1} s: not a ringcast server? (for the tutorial server, which sends none, pass --require-welcome=false)"
+                ),
+            })??;
+        if welcome["event"] != "welcome" {
+            return Err(ConnectError::Protocol {
+                addr,
+                detail: format!(
+                    "expected a `welcome` event first, got {}: not a seed-protocol server?",
+                    abbreviate(&welcome.to_string())
+                ),
+            });
+        }
+        let id = welcome["client_id"]
+            .as_str()
+            .unwrap_or(client_id)
+            .to_owned();
+        Ok((ws, id))
+    }
+
+    async fn upgrade(
+        &self,
+        index: usize,
+        target: &Target,
+        client_id: &str,
+    ) -> Result<Ws, ConnectError> {
+        let addr = target.addr;
+        let source = if self.sources.is_empty() {
+            None
+        } else {
+            let spread = index / self.targets.len();
+            Some(self.sources[spread % self.sources.len()])
+        };
+        let stream = tcp_connect(addr, source).await?;
+        let url = target.client_url(client_id);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(self.config))
+            .await
+            .map_err(|e| match e {
+                WsError::Http(resp) => ConnectError::NotUpgraded {
+                    addr,
+                    status: resp.status().as_u16(),
+                },
+                other => ConnectError::Handshake {
+                    addr,
+                    detail: other.to_string(),
+                },
+            })?;
+        Ok(ws)
+    }
+
+    /// Sends `join_room` and waits (skipping unrelated events) for this client's own
+    /// `user_joined`; an `error` event or a close fails the join.
+    pub async fn join(
+        &self,
+        ws: &mut Ws,
+        addr: SocketAddr,
+        room: &str,
+        my_id: &str,
+    ) -> Result<(), ConnectError> {
+        self.room_request(ws, addr, "join_room", "user_joined", room, my_id)
+            .await
+    }
+
+    /// Sends `leave_room` and waits for this client's own `user_left`.
+    pub async fn leave(
+        &self,
+        ws: &mut Ws,
+        addr: SocketAddr,
+        room: &str,
+        my_id: &str,
+    ) -> Result<(), ConnectError> {
+        self.room_request(ws, addr, "leave_room", "user_left", room, my_id)
+            .await
+    }
+
+    async fn room_request(
+        &self,
+        ws: &mut Ws,
+        addr: SocketAddr,
+        request: &str,
+        answer: &str,
+        room: &str,
+        my_id: &str,
+    ) -> Result<(), ConnectError> {
+        let frame = serde_json::json!({"type": request, "room": room}).to_string();
+        ws.send(Message::text(frame))
+            .await
+            .map_err(|e| ConnectError::Protocol {
+                addr,
+                detail: format!("sending {request} failed: {e}"),
+            })?;
+        let what = format!("`{answer}`");
+        let wait = async {
+            loop {
+                let v = next_json(ws, addr, &what).await?;
+                match v["event"].as_str() {
+                    Some(event)
+                        if event == answer && v["user_id"] == my_id && v["room"] == room =>
+                    {
+                        return Ok(());
+                    }
+                    Some("error") => {
+                        return Err(ConnectError::Protocol {
+                            addr,
+                            detail: format!(
+                            "{request} {room} answered error {} ({}); raise the server's limits?",
+                            v["code"], v["message"]
+                        ),
+                        })
+                    }
+                    _ => {}
+                }
+            }
+        };
+        let secs = self.timeout.as_secs_f64();
+        tokio::time::timeout(self.timeout, wait)
+            .await
+            .map_err(|_| ConnectError::Protocol {
+                addr,
+                detail: format!("no `{answer}` for {my_id} in room {room} within {secs:.1} s"),
+            })?
+    }
+}
+
+/// TCP connect, optionally from `source` (bound before connecting), with TCP_NODELAY.
+async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, ConnectError> {
+    let map_io = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::ConnectionRefused => ConnectError::Refused { addr },
+        _ if source.raw_os_error() == Some(24) => ConnectError::NoFds { addr },
+        _ => ConnectError::Io { addr, source },
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(map_io)?;
+    if let Some(ip) = source {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|source| ConnectError::Bind { ip, source })?;
+    }
+    let stream = socket.connect(addr).await.map_err(map_io)?;
+    stream.set_nodelay(true).map_err(map_io)?;
+    Ok(stream)
+}
+
+/// The next text frame as JSON (pings are answered by tungstenite; other frames are skipped).
+async fn next_json(ws: &mut Ws, addr: SocketAddr, what: &str) -> Result<Value, ConnectError> {
+    loop {
+        let protocol = |detail: String| ConnectError::Protocol { addr, detail };
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                return serde_json::from_str(t.as_str()).map_err(|_| {
+                    protocol(format!(
+                    "waiting for {what}, got a non-JSON text frame {}: not a seed-protocol server?",
+                    abbreviate(t.as_str())
+                ))
+                })
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return Err(protocol(format!(
+                    "server closed the connection while we waited for {what}: {}",
+                    frame
+                        .map(|f| format!("{} {}", u16::from(f.code), f.reason))
+                        .unwrap_or_else(|| "no close frame".into())
+                )))
+            }
+            Some(Ok(Message::Binary(_))) => {
+                return Err(protocol(format!(
+                    "waiting for {what}, got a binary frame: not a seed-protocol server?"
+                )))
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(protocol(format!("waiting for {what}: {e}"))),
+            None => {
+                return Err(protocol(format!(
+                    "connection ended while we waited for {what}"
+                )))
+            }
+        }
+    }
+}
+
+fn abbreviate(s: &str) -> String {
+    let cut: String = s.chars().take(120).collect();
+    if cut.len() < s.len() {
+        format!("{cut:?}…")
+    } else {
+        format!("{cut:?}")
+    }
+}

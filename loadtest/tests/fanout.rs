@@ -1,0 +1,113 @@
+//! `fanout` against a real node (memory bus) in this process: counts add up, nothing is lost,
+//! and the JSON result has the documented shape. Never asserts speed.
+
+mod support;
+
+use ringcast_node::Config;
+use ringcast_testkit::TestNode;
+use support::loadtest;
+
+fn assert_clean(v: &serde_json::Value) {
+    assert_eq!(v["scenario"], "fanout");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["problems"], serde_json::json!([]));
+    assert!(v["sent"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["expected"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["received"], v["expected"], "{v}");
+    assert_eq!(v["distinct"], v["expected"], "{v}");
+    for zero in [
+        "lost",
+        "duplicates",
+        "reordered",
+        "subscribers_with_loss",
+        "disconnected_subscribers",
+        "rate_limited",
+    ] {
+        assert_eq!(v[zero], 0, "{zero} in {v}");
+    }
+    let lat = &v["latency"];
+    assert_eq!(lat["count"], v["received"], "{v}");
+    for k in ["p50_us", "p99_us", "p999_us", "max_us", "mean_us"] {
+        assert!(lat[k].is_number(), "latency.{k} in {v}");
+    }
+    assert!(lat["p50_us"].as_u64() <= lat["p99_us"].as_u64());
+    assert!(lat["p99_us"].as_u64() <= lat["max_us"].as_u64());
+    assert!(v["deliveries_per_sec"].as_f64().unwrap() > 0.0, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_fanout_loses_nothing_with_announcements_on() {
+    // Default config: every connect is announced to everyone, which the loadtest must ignore.
+    let node = TestNode::start(Config::for_tests()).await;
+    let url = node.ws_url("");
+    let run = loadtest(&["--url", &url, "--json", "fanout", "--quick"]).await;
+    assert_eq!(
+        run.code, 0,
+        "stderr: {}\nstdout: {}",
+        run.stderr, run.stdout
+    );
+    let v = run.json();
+    assert_clean(&v);
+    assert_eq!(v["subscribers"], 20);
+    assert_eq!(v["urls"], serde_json::json!([url]));
+    assert_eq!(v["rooms"], 2);
+    assert_eq!(v["publishers"], 2);
+    // Each publisher's messages reach the 10 subscribers of its room.
+    assert_eq!(
+        v["expected"].as_u64().unwrap(),
+        v["sent"].as_u64().unwrap() * 10,
+        "{v}"
+    );
+    // Publishers receive their own room's messages too: one each per message sent.
+    assert_eq!(v["publisher_echoes"], v["sent"], "{v}");
+    node.stop().await.expect("node stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uneven_rooms_count_each_subscribers_own_publishers() {
+    let mut config = Config::for_tests();
+    config.announce_connections = false;
+    let node = TestNode::start(config).await;
+    let url = node.ws_url("");
+    let run = loadtest(&[
+        "--url",
+        &url,
+        "--json",
+        "--source-addrs",
+        "none",
+        "fanout",
+        "--subscribers",
+        "7",
+        "--rooms",
+        "3",
+        "--publishers",
+        "4",
+        "--rate",
+        "30",
+        "--duration-secs",
+        "0.5",
+    ])
+    .await;
+    assert_eq!(
+        run.code, 0,
+        "stderr: {}\nstdout: {}",
+        run.stderr, run.stdout
+    );
+    let v = run.json();
+    assert_clean(&v);
+    // Rooms hold 3, 2, 2 subscribers; publishers 0 and 3 share room 0.
+    let sent = v["sent"].as_u64().unwrap();
+    let expected = v["expected"].as_u64().unwrap();
+    assert!(expected >= sent * 2 && expected <= sent * 3, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn human_summary_by_default() {
+    let node = TestNode::start(Config::for_tests()).await;
+    let url = node.ws_url("");
+    let run = loadtest(&["--url", &url, "fanout", "--quick"]).await;
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert!(run.stdout.contains("deliveries/s"), "{}", run.stdout);
+    assert!(run.stdout.contains("lost 0"), "{}", run.stdout);
+    assert!(run.stdout.contains("p99"), "{}", run.stdout);
+}

@@ -1,0 +1,44 @@
+//! Helpers for the loadtest's integration tests: run the real binary with a time limit.
+#![allow(dead_code)] // each test file uses a different part of the helpers
+
+use std::time::Duration;
+
+/// What the binary did.
+pub struct Run {
+    /// Exit status code (-1 when killed by a signal).
+    pub code: i32,
+    /// Everything it printed on stdout.
+    pub stdout: String,
+    /// Everything it printed on stderr.
+    pub stderr: String,
+}
+
+impl Run {
+    /// stdout parsed as the `--json` result object.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON object ({e}): {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// Runs `ringcast-loadtest ARGS` (no progress bar) and waits at most 20 s.
+pub async fn loadtest(args: &[&str]) -> Run {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ringcast-loadtest"));
+    cmd.arg("--no-progress")
+        .args(args)
+        .kill_on_drop(true)
+        .env_remove("RINGCAST_LOADTEST_URL");
+    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+        .await
+        .expect("ringcast-loadtest did not finish within 20 s")
+        .expect("ringcast-loadtest could not be started");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
