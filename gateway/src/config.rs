@@ -4,16 +4,10 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+/// Log output format (shared with the node).
+pub use ringcast_node::LogFormat;
 
 /// One statically configured node: `ID=HOST:PORT`, optionally `ID=HOST:PORT*WEIGHT`.
 #[derive(Debug, Clone, PartialEq, Eq)]

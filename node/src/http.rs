@@ -140,14 +140,14 @@ fn upgrade_ws(
             "node is shutting down; reconnect",
         );
     }
-    if shared.hub.connection_count() >= shared.config.max_connections {
+    let Some(slot) = shared.reserve_session() else {
         return refuse(
             &shared,
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_connections",
             "node is at its connection limit",
         );
-    }
+    };
     let identity = match &shared.auth {
         None => None,
         Some(auth) => match auth.authenticate(req.headers(), req.uri().query()) {
@@ -169,6 +169,7 @@ fn upgrade_ws(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ws_config = shared.ws_config;
     tracker.spawn(async move {
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let io = TokioIo::new(upgraded);

@@ -10,6 +10,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod outbound;
+pub mod process;
 pub mod ratelimit;
 pub mod registration;
 pub mod server;

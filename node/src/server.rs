@@ -1,6 +1,6 @@
 //! The node's shared state and its accept loop, from bind to graceful shutdown.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +42,18 @@ pub struct Shared {
     pub bus_healthy: watch::Receiver<bool>,
     /// Token validation; `None` when authentication is off.
     pub auth: Option<Authenticator>,
+    /// Session slots taken, counted from the upgrade on (before the session registers), so
+    /// concurrent upgrades cannot overshoot `max_connections`.
+    sessions: Arc<AtomicUsize>,
+}
+
+/// One reserved session slot; released when dropped.
+pub struct SessionSlot(Arc<AtomicUsize>);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Shared {
@@ -56,7 +68,9 @@ impl Shared {
         let max = config.max_message_bytes.max(128);
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(4 * 1024)
-            .write_buffer_size(16 * 1024)
+            // Frames are fed in batches and flushed once: buffer up to 64 KiB per write(2).
+            // (0 would write every frame with its own syscall; measured 3.5x slower fan-out.)
+            .write_buffer_size(64 * 1024)
             .max_write_buffer_size(config.send_queue_bytes.max(64 * 1024) * 2)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
@@ -70,6 +84,7 @@ impl Shared {
             ws_config,
             draining: AtomicBool::new(false),
             auth,
+            sessions: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -95,6 +110,13 @@ impl Shared {
                 Err(e)
             }
         }
+    }
+
+    /// Takes a session slot, or `None` at `max_connections`.
+    pub fn reserve_session(&self) -> Option<SessionSlot> {
+        let taken = self.sessions.fetch_add(1, Ordering::AcqRel);
+        let slot = SessionSlot(self.sessions.clone());
+        (taken < self.config.max_connections).then_some(slot)
     }
 
     /// Whether the node is draining.

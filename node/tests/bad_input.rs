@@ -242,3 +242,25 @@ async fn connection_limit_refuses_with_503() {
     let (status, _) = node.get("/healthz").await;
     assert_eq!(status, 200, "HTTP keeps working at the session limit");
 }
+
+#[tokio::test]
+async fn concurrent_upgrades_cannot_overshoot_the_connection_limit() {
+    let mut c = config();
+    c.max_connections = 10;
+    let node = TestNode::start(c).await;
+    let attempts = (0..30).map(|i| {
+        let url = node.ws_url(&format!("c{i}"));
+        tokio::spawn(async move { Client::try_connect(&url).await })
+    });
+    let mut open = Vec::new();
+    for a in attempts {
+        if let Ok(client) = a.await.expect("join") {
+            open.push(client);
+        }
+    }
+    assert_eq!(open.len(), 10, "exactly max_connections upgrades succeed");
+    for c in &mut open {
+        c.recv_event("welcome").await;
+    }
+    assert_eq!(node.stats().await["local_connections"], 10);
+}
