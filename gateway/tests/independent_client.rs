@@ -1,25 +1,26 @@
 //! The protocol scenario driven by an independent client — python `websockets`, not this
-//! project's code (`tests/scenario.py`) — through the gateway in front of three nodes that share
-//! a bus. The README's test command installs `websockets`.
+//! project's code (`tests/scenario.py`) — through the gateway in front of three nodes on a real
+//! redis-server. The README's test command installs `websockets` and `redis-server`.
 
 mod support;
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use ringcast_node::{Config as NodeConfig, MemoryBroker};
-use ringcast_testkit::TestNode;
+use ringcast_node::Config as NodeConfig;
+use ringcast_testkit::{RedisServer, TestNode};
 use support::TestGateway;
 
 #[tokio::test]
 async fn python_websockets_client_runs_the_scenario_through_the_gateway() {
-    let broker = MemoryBroker::new();
+    let redis = RedisServer::start();
     let mut nodes = Vec::new();
     let mut specs = Vec::new();
     for id in ["p1", "p2", "p3"] {
         let mut c = NodeConfig::for_tests();
         c.node_id = Some(id.into());
-        let node = TestNode::start_on(c, broker.clone()).await;
+        c.redis_url = Some(redis.url());
+        let node = TestNode::start(c).await;
         specs.push(format!("{id}={}", node.addr));
         nodes.push(node);
     }
@@ -29,6 +30,7 @@ async fn python_websockets_client_runs_the_scenario_through_the_gateway() {
     let child = tokio::process::Command::new("python3")
         .arg(script)
         .arg(format!("ws://{}/ws", gw.addr))
+        .args(nodes.iter().map(|n| format!("http://{}/stats", n.addr)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

@@ -1,5 +1,6 @@
 """The protocol scenario, driven by an independent client (python `websockets`) through a
-ringcast gateway. Usage: python3 scenario.py ws://HOST:PORT/ws. Exit 0 = every check held.
+ringcast gateway. Usage: python3 scenario.py ws://HOST:PORT/ws [http://NODE/stats ...].
+Exit 0 = every check held. With node /stats URLs, checks each node holds one of the clients.
 
 Clients are chosen so that they land on different nodes (each `welcome` says which), so every
 delivery below crosses nodes through the bus as well as the gateway.
@@ -7,10 +8,12 @@ delivery below crosses nodes through the bus as well as the gateway.
 import asyncio
 import json
 import sys
+import urllib.request
 
 import websockets
 
 URL = sys.argv[1]
+STATS = sys.argv[2:]
 TIMEOUT = 5
 
 
@@ -55,6 +58,10 @@ async def main():
             break
     assert len(picked) == 3, f"clients landed on only {nodes}"
     (a_id, a), (b_id, b), (c_id, c) = picked
+    for stats_url in STATS:
+        with urllib.request.urlopen(stats_url, timeout=TIMEOUT) as resp:
+            stats = json.load(resp)
+        assert stats["local_connections"] >= 1, ("a node holds no client", stats_url, stats)
 
     # chat: everyone else, never echoed
     await a.send(json.dumps({"type": "chat", "content": "hi all"}))
