@@ -177,3 +177,23 @@ async fn the_token_subject_is_the_routing_key() {
     assert_eq!(nodes_used.len(), 2, "the subjects spread over both nodes");
     still_served(&mut ok).await;
 }
+
+#[tokio::test]
+async fn the_embedded_node_validates_with_the_gateways_settings() {
+    let flags = support::auth::gateway_auth_flags();
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let gw = support::TestGateway::start(&args).await;
+    let t = token_for("alice");
+    let (mut c, id) = Client::connect_welcomed(&format!("ws://{}/ws?token={t}", gw.addr)).await;
+    assert_eq!(id, "alice");
+    // The embedded node, reached around the gateway, lets nobody in without a token.
+    let nodes = gw.nodes().await;
+    let addr = nodes["nodes"][0]["addr"]
+        .as_str()
+        .expect("embedded node addr");
+    let (status, body) = support::auth::refused(&format!("ws://{addr}/ws"), &[]).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = support::auth::refused(&format!("ws://{addr}/ws?client_id=alice"), &[]).await;
+    assert_eq!(status, 401);
+    still_served(&mut c).await;
+}
