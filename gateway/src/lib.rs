@@ -1,6 +1,7 @@
-//! The ringcast gateway: the one public URL. It routes each WebSocket upgrade to the node that
-//! owns its client_id on a consistent-hash ring, fails over along the ring when a node is down,
-//! and then only copies bytes.
+//! The ringcast gateway: the one public URL. It admits each WebSocket upgrade (Origin list,
+//! token, per-address cap) before contacting any node, routes it to the node that owns its
+//! client_id (the token's `sub` with authentication on) on a consistent-hash ring, fails over
+//! along the ring when a node is down, and then only copies bytes.
 //!
 //! The binary is a thin wrapper over [`run`]; tests call the same function on port 0.
 

@@ -22,6 +22,10 @@ pub struct IpLimiter {
     counts: Mutex<HashMap<IpAddr, usize>>,
 }
 
+/// The address already holds its allowed number of connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AtLimit;
+
 /// One connection's share of its address's limit; released on drop.
 #[derive(Debug)]
 pub struct IpSlot {
@@ -38,10 +42,9 @@ impl IpLimiter {
         })
     }
 
-    /// Takes a slot for `ip`: `Ok(None)` when there is no per-address limit, `Err(())` when the
-    /// address is at its limit.
-    #[allow(clippy::result_unit_err)]
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Option<IpSlot>, ()> {
+    /// Takes a slot for `ip`: `Ok(None)` when there is no per-address limit, [`AtLimit`] when
+    /// the address is at its limit.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Option<IpSlot>, AtLimit> {
         if self.max == 0 {
             return Ok(None);
         }
@@ -54,7 +57,7 @@ impl IpLimiter {
         };
         let count = counts.entry(ip).or_insert(0);
         if *count >= self.max {
-            return Err(());
+            return Err(AtLimit);
         }
         *count += 1;
         Ok(Some(IpSlot {
