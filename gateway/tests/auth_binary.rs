@@ -291,3 +291,23 @@ async fn debug_logs_and_metrics_never_contain_tokens_secrets_or_bodies() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_unusable_key_stops_the_gateway_with_a_clear_error() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (code, out, err) = run_cli(
+        &[],
+        &[
+            ("RINGCAST_LISTEN", listen.as_str()),
+            ("RINGCAST_JWT_SECRET", "tiny-secret"),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    let said = format!("{out}{err}");
+    assert!(said.contains("at least 16 bytes"), "{said}");
+    assert!(
+        !said.contains("short\""),
+        "the secret itself is not logged: {said}"
+    );
+}
