@@ -4,10 +4,22 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
+/// Authentication flags (shared with the node: same flags, same environment variables).
+pub use ringcast_node::auth::AuthArgs;
 /// Log output format (shared with the node).
 pub use ringcast_node::LogFormat;
+
+use crate::origin::OriginPattern;
+use crate::token::TokenArgs;
+
+/// What the binary does besides serving (the default with no subcommand).
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Print a signed HS256 development token (uses --jwt-secret / RINGCAST_JWT_SECRET) and exit.
+    Token(TokenArgs),
+}
 
 /// One statically configured node: `ID=HOST:PORT`, optionally `ID=HOST:PORT*WEIGHT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +74,10 @@ impl FromStr for NodeSpec {
     about = "The ringcast gateway: routes each client_id to its node on a consistent-hash ring"
 )]
 pub struct Config {
+    /// With no subcommand the gateway serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on for WebSocket upgrades (/ws) and HTTP (/healthz, /metrics, /nodes).
     #[arg(long, env = "RINGCAST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -139,6 +155,27 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
 
+    /// Most client connections from one IP address at once (0: no per-address limit). Counted
+    /// by the TCP peer address, so leave it at 0 behind a load balancer or NAT that makes
+    /// every client share one address.
+    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// A browser origin allowed to connect, exact (`https://app.example.com`) or every
+    /// subdomain (`https://*.example.com`); repeatable, or comma-separated in the environment.
+    /// None: every origin is allowed. Requests without `Origin` (non-browser clients) are
+    /// always allowed; the token is what keeps them out.
+    #[arg(
+        long = "allowed-origin",
+        env = "RINGCAST_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<OriginPattern>,
+
+    /// Authentication (JWT) settings, the same as the nodes'.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
     /// Log format.
     #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -200,5 +237,45 @@ mod tests {
         assert!("a=host:99999".parse::<NodeSpec>().is_err());
         assert!("=host:1".parse::<NodeSpec>().is_err());
         assert!("a=host:1*0".parse::<NodeSpec>().is_err());
+    }
+
+    #[test]
+    fn auth_origins_and_the_token_subcommand() {
+        let c = Config::parse_from([
+            "g",
+            "--jwt-secret",
+            "0123456789abcdef",
+            "--allowed-origin",
+            "https://a.io",
+            "--allowed-origin",
+            "https://*.b.io",
+            "--max-connections-per-ip",
+            "5",
+        ]);
+        assert!(c.command.is_none(), "no subcommand: serve");
+        assert_eq!(c.auth.jwt_secret.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(c.allowed_origins.len(), 2);
+        assert_eq!(c.max_connections_per_ip, 5);
+        assert!(Config::try_parse_from(["g", "--allowed-origin", "a.io"]).is_err());
+        let c = Config::parse_from([
+            "g",
+            "--jwt-secret",
+            "0123456789abcdef",
+            "token",
+            "--sub",
+            "alice",
+            "--rooms",
+            "support-*,team-42",
+            "--ttl",
+            "2h",
+            "--chat",
+            "true",
+        ]);
+        let Some(Command::Token(t)) = c.command else {
+            panic!("token subcommand not parsed")
+        };
+        assert_eq!(t.sub, "alice");
+        assert_eq!(t.rooms.as_deref().map(<[String]>::len), Some(2));
+        assert_eq!((t.ttl, t.chat), (7200, Some(true)));
     }
 }

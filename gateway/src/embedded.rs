@@ -21,14 +21,15 @@ pub struct EmbeddedNode {
 impl EmbeddedNode {
     /// Starts the node. Its settings come from the same `RINGCAST_*` environment as the node
     /// binary's (limits, heartbeat, announce); its id is `embedded` unless `RINGCAST_NODE_ID`
-    /// says otherwise.
-    pub async fn start() -> Result<Self, String> {
+    /// says otherwise; its authentication is the gateway's (`auth`), flags included.
+    pub async fn start(auth: &ringcast_node::auth::AuthArgs) -> Result<Self, String> {
         let mut config = <ringcast_node::Config as clap::Parser>::try_parse_from(["ringcast-node"])
             .map_err(|e| format!("embedded node configuration: {e}"))?;
         if config.node_id.is_none() {
             config.node_id = Some(EMBEDDED_NODE_ID.to_owned());
         }
         config.redis_url = None;
+        config.auth = auth.clone();
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("cannot bind the embedded node: {e}"))?;

@@ -1,19 +1,24 @@
-//! The ringcast gateway: the one public URL. It routes each WebSocket upgrade to the node that
-//! owns its client_id on a consistent-hash ring, fails over along the ring when a node is down,
-//! and then only copies bytes.
+//! The ringcast gateway: the one public URL. It admits each WebSocket upgrade (Origin list,
+//! token, per-address cap) before contacting any node, routes it to the node that owns its
+//! client_id (the token's `sub` with authentication on) on a consistent-hash ring, fails over
+//! along the ring when a node is down, and then only copies bytes.
 //!
 //! The binary is a thin wrapper over [`run`]; tests call the same function on port 0.
 
+pub mod admission;
 pub mod config;
 pub mod embedded;
 pub mod health;
 pub mod http;
+pub mod limits;
 pub mod membership;
 pub mod metrics;
+pub mod origin;
 pub mod proxy;
 pub mod registry;
 pub mod ring;
 pub mod server;
+pub mod token;
 pub mod tunnel;
 
 use std::sync::atomic::AtomicBool;
@@ -28,10 +33,14 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{Config, LogFormat, NodeSpec};
 
+use admission::Admission;
 use embedded::{EmbeddedNode, EMBEDDED_NODE_ID};
 use membership::{Membership, Source, Thresholds};
 use metrics::Metrics;
+use origin::OriginPolicy;
 use proxy::Proxy;
+use ringcast_node::auth::Authenticator;
+use tracing::info;
 
 /// Why a gateway could not start.
 #[derive(Debug, Error)]
@@ -39,6 +48,9 @@ pub enum GatewayError {
     /// The embedded node could not start.
     #[error("embedded node: {0}")]
     Embedded(String),
+    /// The configuration cannot work (say, an unreadable JWT key).
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// Runs a gateway on `listener` until `shutdown` turns true, then drains and returns.
@@ -47,6 +59,11 @@ pub async fn run(
     config: Config,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), GatewayError> {
+    let auth = Authenticator::from_args(&config.auth).map_err(GatewayError::Config)?;
+    if auth.is_some() {
+        info!("authentication on: every upgrade needs a valid token");
+    }
+    let origins = OriginPolicy::new(config.allowed_origins.clone());
     let metrics = Arc::new(Metrics::new());
     let membership = Arc::new(Membership::new(
         config.vnodes,
@@ -60,7 +77,7 @@ pub async fn run(
         membership.upsert(&node.id, &node.addr, node.weight, Source::Static);
     }
     let embedded = if config.embedded() {
-        let node = EmbeddedNode::start()
+        let node = EmbeddedNode::start(&config.auth)
             .await
             .map_err(GatewayError::Embedded)?;
         membership.upsert(EMBEDDED_NODE_ID, &node.addr, 1, Source::Embedded);
@@ -92,6 +109,7 @@ pub async fn run(
     let proxy = Arc::new(Proxy {
         membership,
         metrics,
+        admission: Admission { auth, origins },
         tunnels: TaskTracker::new(),
         force_close: CancellationToken::new(),
         connect_timeout: config.connect_timeout(),
@@ -120,7 +138,10 @@ pub async fn run(
         server::serve(
             listener,
             http,
-            config.max_connections,
+            server::Limits {
+                max_connections: config.max_connections,
+                max_connections_per_ip: config.max_connections_per_ip,
+            },
             grace,
             shutdown.clone()
         ),

@@ -1,5 +1,5 @@
 //! The gateway's Prometheus metrics: tunnels per node, upgrade latency, bytes, failovers,
-//! ring size and health-check results.
+//! ring size, health-check results and refusals at the edge.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -33,6 +33,9 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// Failures to read the Redis registry.
     pub membership_errors: IntCounter,
+    /// Requests refused before any node was contacted (origin, token, client id, per-address
+    /// limit), by reason code.
+    pub edge_refusals: IntCounterVec,
 }
 
 impl Metrics {
@@ -100,6 +103,14 @@ impl Metrics {
                 "Failed reads of the Redis node registry",
             )
             .expect("static metric definition"),
+            edge_refusals: IntCounterVec::new(
+                Opts::new(
+                    "edge_refusals_total",
+                    "Requests refused before any node was contacted, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("static metric definition"),
             registry,
         };
         let r = &m.registry;
@@ -115,6 +126,7 @@ impl Metrics {
         let _ = r.register(Box::new(m.node_up.clone()));
         let _ = r.register(Box::new(m.rejected.clone()));
         let _ = r.register(Box::new(m.membership_errors.clone()));
+        let _ = r.register(Box::new(m.edge_refusals.clone()));
         m
     }
 

@@ -12,14 +12,14 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
-use ringcast_protocol::{generate_client_id, query_param, validate_client_id};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, Refusal};
 use crate::http::{json_error, Body};
+use crate::limits::ConnectionPermit;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::ring::RingNode;
@@ -34,6 +34,8 @@ pub struct Proxy {
     pub membership: Arc<Membership>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Origin and token checks, done before any node is contacted.
+    pub admission: Admission,
     /// Tunnels, so shutdown can wait for them.
     pub tunnels: TaskTracker,
     /// Fires when the shutdown grace period is over: every tunnel closes.
@@ -51,7 +53,7 @@ pub struct Proxy {
 }
 
 /// The connection-limit permit of one client connection; an upgrade moves it into its tunnel.
-pub type PermitSlot = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
+pub type PermitSlot = Arc<Mutex<Option<ConnectionPermit>>>;
 
 /// Why one attempt on one node failed.
 enum Attempt {
@@ -76,9 +78,9 @@ impl Proxy {
         if let Err(why) = check_upgrade(&req) {
             return self.reject(StatusCode::BAD_REQUEST, "bad_upgrade", why);
         }
-        let (client_id, query) = match client_id_and_query(req.uri().query()) {
-            Ok(v) => v,
-            Err(why) => return self.reject(StatusCode::BAD_REQUEST, "invalid_client_id", why),
+        let (client_id, query) = match self.admission.admit(req.headers(), req.uri().query()) {
+            Ok(admitted) => (admitted.client_id, admitted.query),
+            Err(refusal) => return self.refuse_at_edge(refusal, peer),
         };
         let candidates = self
             .membership
@@ -265,6 +267,24 @@ impl Proxy {
         out
     }
 
+    /// Refuses an upgrade that failed admission; no node was contacted. Logs and counts only
+    /// the reason code, never the token.
+    fn refuse_at_edge(&self, refusal: Refusal, peer: SocketAddr) -> Response<Body> {
+        debug!(reason = refusal.code, peer = %peer.ip(), "upgrade refused at the edge");
+        self.metrics
+            .edge_refusals
+            .with_label_values(&[refusal.code])
+            .inc();
+        let mut resp = self.reject(refusal.status, refusal.code, &refusal.message);
+        if refusal.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ringcast\""),
+            );
+        }
+        resp
+    }
+
     fn reject(&self, status: StatusCode, code: &str, message: &str) -> Response<Body> {
         self.metrics
             .rejected
@@ -316,26 +336,6 @@ fn check_upgrade(req: &Request<Incoming>) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The client_id (validated, or generated when absent) and the query to forward, which carries
-/// the generated id so the node and the gateway agree on it.
-fn client_id_and_query(query: Option<&str>) -> Result<(String, String), &'static str> {
-    match query_param(query, "client_id") {
-        Some(Ok(id)) => {
-            validate_client_id(&id).map_err(|_| "client_id must be 1-64 of [A-Za-z0-9_.:@-]")?;
-            Ok((id.into_owned(), query.unwrap_or_default().to_owned()))
-        }
-        Some(Err(())) => Err("client_id is not valid percent-encoded UTF-8"),
-        None => {
-            let id = generate_client_id(rand::random::<u8>);
-            let query = match query.filter(|q| !q.is_empty()) {
-                Some(q) => format!("{q}&client_id={id}"),
-                None => format!("client_id={id}"),
-            };
-            Ok((id, query))
-        }
-    }
-}
-
 /// `X-Forwarded-For`: the incoming chain plus this peer.
 fn forwarded_for<B>(req: &Request<B>, peer: SocketAddr) -> HeaderValue {
     let ip = peer.ip().to_string();
@@ -347,22 +347,4 @@ fn forwarded_for<B>(req: &Request<B>, peer: SocketAddr) -> HeaderValue {
         .map(|v| format!("{v}, {ip}"))
         .unwrap_or(ip);
     HeaderValue::from_str(&chain).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generated_ids_are_forwarded() {
-        let (id, q) = client_id_and_query(None).expect("generated");
-        assert_eq!(q, format!("client_id={id}"));
-        let (id, q) = client_id_and_query(Some("token=x")).expect("generated");
-        assert_eq!(q, format!("token=x&client_id={id}"));
-        let (id, q) = client_id_and_query(Some("client_id=a%40b")).expect("given");
-        assert_eq!((id.as_str(), q.as_str()), ("a@b", "client_id=a%40b"));
-        assert!(client_id_and_query(Some("client_id=a b")).is_err());
-        assert!(client_id_and_query(Some("client_id=")).is_err());
-        assert!(client_id_and_query(Some("client_id=%zz")).is_err());
-    }
 }

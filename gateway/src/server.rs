@@ -3,7 +3,8 @@
 //!
 //! At the connection limit a new connection is still accepted (up to [`OVERFLOW`] at a time)
 //! but only to tell the client "503 gateway_full" and close, so clients learn to back off
-//! instead of hanging in the kernel's backlog.
+//! instead of hanging in the kernel's backlog. A client address at its own limit
+//! (`--max-connections-per-ip`) is told "429 too_many_connections_from_ip" the same way.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -12,27 +13,46 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::http::Http;
+use crate::limits::{ConnectionPermit, IpLimiter};
 
 /// Connections accepted past the limit at once, each only to be refused with a 503.
 pub const OVERFLOW: usize = 256;
 
-fn full_response() -> String {
-    let body = r#"{"error":"gateway_full","message":"too many connections; retry later"}"#;
+/// Why a connection is refused right after accept.
+#[derive(Debug, Clone, Copy)]
+enum Full {
+    /// The gateway holds `--max-connections`.
+    Gateway,
+    /// This client address holds `--max-connections-per-ip`.
+    Address,
+}
+
+fn full_response(full: Full) -> String {
+    let (status, body) = match full {
+        Full::Gateway => (
+            "503 Service Unavailable",
+            r#"{"error":"gateway_full","message":"too many connections; retry later"}"#,
+        ),
+        Full::Address => (
+            "429 Too Many Requests",
+            r#"{"error":"too_many_connections_from_ip","message":"too many connections from your address; close one or retry later"}"#,
+        ),
+    };
     format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
 }
 
-/// Answers 503 and closes; drains what the client sent first (bounded: 1 s, 16 KiB) so the
-/// close does not turn into a reset that loses the answer.
-async fn refuse(stream: &mut tokio::net::TcpStream) {
+/// Answers 503 or 429 and closes; drains what the client sent first (bounded: 1 s, 16 KiB) so
+/// the close does not turn into a reset that loses the answer.
+async fn refuse(stream: &mut tokio::net::TcpStream, full: Full) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        stream.write_all(full_response().as_bytes()).await?;
+        stream.write_all(full_response(full).as_bytes()).await?;
         stream.shutdown().await?;
         let mut buf = [0u8; 1024];
         let mut total = 0;
@@ -47,16 +67,27 @@ async fn refuse(stream: &mut tokio::net::TcpStream) {
     .await;
 }
 
+/// How many client connections the gateway holds, in total and per client address (`0`: no
+/// per-address limit).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most client connections at once.
+    pub max_connections: usize,
+    /// Most client connections from one address at once (`0`: unlimited).
+    pub max_connections_per_ip: usize,
+}
+
 /// Accepts until `shutdown` turns true, then drains for up to `grace`.
 pub async fn serve(
     listener: TcpListener,
     http: Arc<Http>,
-    max_connections: usize,
+    limits: Limits,
     grace: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let connections = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(max_connections.max(1)));
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_ip = IpLimiter::new(limits.max_connections_per_ip);
     let overflow = Arc::new(Semaphore::new(OVERFLOW));
     let force_close = http.proxy.force_close.clone();
     info!(addr = ?listener.local_addr().ok(), "gateway listening");
@@ -80,11 +111,27 @@ pub async fn serve(
                         .with_label_values(&["503"])
                         .inc();
                     tokio::spawn(async move {
-                        refuse(&mut stream).await;
+                        refuse(&mut stream, Full::Gateway).await;
                         drop(spare);
                     });
                     continue;
                 };
+                let Ok(ip_slot) = per_ip.acquire(peer.ip()) else {
+                    drop(permit);
+                    let metrics = &http.proxy.metrics;
+                    metrics.rejected.with_label_values(&["429"]).inc();
+                    metrics
+                        .edge_refusals
+                        .with_label_values(&["too_many_connections_from_ip"])
+                        .inc();
+                    debug!(peer = %peer.ip(), "connection refused: per-address limit");
+                    tokio::spawn(async move {
+                        refuse(&mut stream, Full::Address).await;
+                        drop(spare);
+                    });
+                    continue;
+                };
+                let permit = ConnectionPermit::new(permit, ip_slot);
                 drop(spare);
                 let _ = stream.set_nodelay(true);
                 let http = http.clone();

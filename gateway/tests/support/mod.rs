@@ -1,6 +1,8 @@
 //! Helpers for the gateway's integration tests: a gateway on port 0, node processes, raw HTTP.
 #![allow(dead_code)]
 
+pub mod auth;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -167,6 +169,17 @@ impl NodeProcess {
     /// Starts `ringcast-node --listen 127.0.0.1:PORT --node-id ID` (port 0 → a free one) and
     /// waits until its `/healthz` answers 200.
     pub async fn start(id: &str, port: u16) -> Self {
+        Self::start_with(id, port, &[], None).await
+    }
+
+    /// Like [`NodeProcess::start`], with extra flags; with `log`, the process runs with
+    /// `RUST_LOG=debug` and its stdout and stderr both go to that file.
+    pub async fn start_with(
+        id: &str,
+        port: u16,
+        extra_args: &[&str],
+        log: Option<&std::path::Path>,
+    ) -> Self {
         let port = if port == 0 {
             ringcast_testkit::free_port()
         } else {
@@ -177,14 +190,21 @@ impl NodeProcess {
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("RINGCAST_")) {
             cmd.env_remove(k);
         }
-        let child = cmd
-            .args(["--listen", &addr.to_string(), "--node-id", id])
+        cmd.args(["--listen", &addr.to_string(), "--node-id", id])
             .args(["--shutdown-grace-secs", "1"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn ringcast-node");
+            .args(extra_args);
+        match log {
+            Some(path) => {
+                let out = std::fs::File::create(path).expect("create the node log file");
+                let err = out.try_clone().expect("clone the log file handle");
+                cmd.env("RUST_LOG", "debug").stdout(out).stderr(err)
+            }
+            None => cmd
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        };
+        let child = cmd.spawn().expect("spawn ringcast-node");
         let node = NodeProcess {
             id: id.to_owned(),
             addr,

@@ -1,0 +1,129 @@
+//! Connection permits: one slot of the total connection limit plus, when configured, one slot of
+//! the client address's own limit. A permit lives as long as the client connection (it moves
+//! into the tunnel on upgrade), and dropping it frees both slots.
+//!
+//! The per-address count is keyed by the TCP peer address, never by `X-Forwarded-For`, which a
+//! client can write itself. Behind a load balancer every client shares its address, so the
+//! per-address limit belongs on gateways that face clients directly.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OwnedSemaphorePermit;
+
+/// Open client connections per address, bounded by `max`.
+///
+/// The map holds one entry per address with at least one open connection, so it is bounded by
+/// the total connection limit.
+#[derive(Debug)]
+pub struct IpLimiter {
+    max: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// The address already holds its allowed number of connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AtLimit;
+
+/// One connection's share of its address's limit; released on drop.
+#[derive(Debug)]
+pub struct IpSlot {
+    limiter: Arc<IpLimiter>,
+    ip: IpAddr,
+}
+
+impl IpLimiter {
+    /// A limiter allowing `max` connections per address (`0`: no per-address limit).
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(IpLimiter {
+            max,
+            counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Takes a slot for `ip`: `Ok(None)` when there is no per-address limit, [`AtLimit`] when
+    /// the address is at its limit.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Option<IpSlot>, AtLimit> {
+        if self.max == 0 {
+            return Ok(None);
+        }
+        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let ip = ip.to_canonical();
+        let Ok(mut counts) = self.counts.lock() else {
+            // Poisoned only if a holder panicked mid-update; fail open rather than lock
+            // everyone out (the total limit still holds).
+            return Ok(None);
+        };
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return Err(AtLimit);
+        }
+        *count += 1;
+        Ok(Some(IpSlot {
+            limiter: self.clone(),
+            ip,
+        }))
+    }
+
+    /// Open connections counted for `ip`.
+    pub fn open(&self, ip: IpAddr) -> usize {
+        self.counts
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&ip.to_canonical()).copied())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.limiter.counts.lock() {
+            if let Some(count) = counts.get_mut(&self.ip) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    counts.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+/// What one client connection holds against the gateway's limits.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    _total: OwnedSemaphorePermit,
+    _ip: Option<IpSlot>,
+}
+
+impl ConnectionPermit {
+    /// Bundles a slot of the total limit with the address's slot.
+    pub fn new(total: OwnedSemaphorePermit, ip: Option<IpSlot>) -> Self {
+        ConnectionPermit {
+            _total: total,
+            _ip: ip,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_address_slots_are_counted_and_released() {
+        let limiter = IpLimiter::new(2);
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        let first = limiter.acquire(a).unwrap();
+        let _second = limiter.acquire(a).unwrap();
+        assert!(limiter.acquire(a).is_err());
+        let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        assert!(limiter.acquire(mapped).is_err(), "same client via IPv6");
+        assert!(limiter.acquire(b).unwrap().is_some());
+        drop(first);
+        assert_eq!(limiter.open(a), 1);
+        assert!(limiter.acquire(a).unwrap().is_some());
+        assert!(IpLimiter::new(0).acquire(a).unwrap().is_none());
+    }
+}
