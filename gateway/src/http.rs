@@ -6,10 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -21,7 +18,7 @@ use tracing::debug;
 use crate::proxy::{PermitSlot, Proxy};
 
 /// The response body type of every gateway answer.
-pub type Body = Full<Bytes>;
+pub use ringcast_node::http::{json, json_error, metrics_text, Body};
 
 /// What the HTTP layer needs.
 pub struct Http {
@@ -143,33 +140,7 @@ async fn route(
                 "nodes": proxy.membership.view(),
             }),
         ),
-        "/metrics" => {
-            let mut resp = Response::new(Full::new(Bytes::from(proxy.metrics.render())));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            resp
-        }
+        "/metrics" => metrics_text(proxy.metrics.render()),
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such path"),
     }
-}
-
-/// A JSON response.
-pub fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-/// `{"error": code, "message": message}` with `status`.
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    json(
-        status,
-        serde_json::json!({ "error": code, "message": message }),
-    )
 }

@@ -22,7 +22,8 @@ use tracing::debug;
 use crate::server::Shared;
 use crate::upgrade;
 
-type Body = Full<Bytes>;
+/// The body of every response the node (and the gateway) writes itself.
+pub type Body = Full<Bytes>;
 
 /// Serves HTTP/1.1 on one TCP connection, handing upgraded ones to a session.
 pub async fn serve_connection(
@@ -60,6 +61,24 @@ pub fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
     resp
 }
 
+/// `{"error": code, "message": message}` with `status`.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json(
+        status,
+        serde_json::json!({ "error": code, "message": message }),
+    )
+}
+
+/// A Prometheus text exposition.
+pub fn metrics_text(text: String) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}
+
 fn route(shared: Arc<Shared>, req: Request<Incoming>, tracker: TaskTracker) -> Response<Body> {
     match req.uri().path() {
         "/ws" => upgrade_ws(shared, req, tracker),
@@ -78,17 +97,11 @@ fn route(shared: Arc<Shared>, req: Request<Incoming>, tracker: TaskTracker) -> R
                 }),
             )
         }
-        "/metrics" => {
-            let mut resp = Response::new(Full::new(Bytes::from(shared.metrics.render())));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            resp
-        }
-        _ => json(
+        "/metrics" => metrics_text(shared.metrics.render()),
+        _ => json_error(
             StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "not_found", "message": "try /ws, /healthz, /stats or /metrics"}),
+            "not_found",
+            "try /ws, /healthz, /stats or /metrics",
         ),
     }
 }
@@ -113,10 +126,7 @@ fn refuse(shared: &Shared, status: StatusCode, code: &str, message: &str) -> Res
         .upgrades_refused
         .with_label_values(&[code])
         .inc();
-    let mut resp = json(
-        status,
-        serde_json::json!({"error": code, "message": message}),
-    );
+    let mut resp = json_error(status, code, message);
     // A client whose upgrade failed has nothing more to say on this connection.
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -43,6 +43,27 @@ where
     }
 }
 
+/// The sum of a metric's samples (all label sets) in a Prometheus text exposition.
+pub fn metric_sum(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `ws://ADDR/ws?client_id=ID` (no query when `id` is empty).
+pub fn ws_url(addr: std::net::SocketAddr, id: &str) -> String {
+    if id.is_empty() {
+        format!("ws://{addr}/ws")
+    } else {
+        format!("ws://{addr}/ws?client_id={id}")
+    }
+}
+
 /// GETs `http://{addr}{path}`; returns (status, body). A minimal HTTP/1.1 client over a raw
 /// socket, so tests see exactly what the server sent.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {

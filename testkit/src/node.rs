@@ -50,11 +50,7 @@ impl TestNode {
 
     /// `ws://ADDR/ws?client_id=ID` (no query when `id` is empty).
     pub fn ws_url(&self, id: &str) -> String {
-        if id.is_empty() {
-            format!("ws://{}/ws", self.addr)
-        } else {
-            format!("ws://{}/ws?client_id={id}", self.addr)
-        }
+        crate::ws_url(self.addr, id)
     }
 
     /// GET a path on the node.
@@ -72,13 +68,7 @@ impl TestNode {
     /// The value of one un-labelled metric (or the sum over its label sets) from `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
         let (_, body) = self.get("/metrics").await;
-        body.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        crate::metric_sum(&body, name)
     }
 
     /// Signals shutdown and waits (up to 30 s) for `run` to return.

@@ -55,11 +55,7 @@ impl TestGateway {
 
     /// `ws://ADDR/ws?client_id=ID` (no query when `id` is empty).
     pub fn ws_url(&self, id: &str) -> String {
-        if id.is_empty() {
-            format!("ws://{}/ws", self.addr)
-        } else {
-            format!("ws://{}/ws?client_id={id}", self.addr)
-        }
+        ringcast_testkit::ws_url(self.addr, id)
     }
 
     /// GET a path on the gateway.
@@ -91,13 +87,7 @@ impl TestGateway {
     /// The sum of a metric's samples (all label sets) from `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
         let (_, body) = self.get("/metrics").await;
-        body.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        ringcast_testkit::metric_sum(&body, name)
     }
 
     /// Signals shutdown without waiting.
