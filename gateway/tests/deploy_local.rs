@@ -52,13 +52,20 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run deploy/local/cluster.sh");
-        wait_bounded(child, Duration::from_secs(60), &format!("cluster.sh {args:?}"))
+        wait_bounded(
+            child,
+            Duration::from_secs(60),
+            &format!("cluster.sh {args:?}"),
+        )
     }
 
     /// PIDs recorded under the state folder (`NAME.pid` holds `PID TICKS EXE`).
     fn pids(&self) -> Vec<(String, u32)> {
         let mut pids = Vec::new();
-        for entry in std::fs::read_dir(&self.state).expect("state folder").flatten() {
+        for entry in std::fs::read_dir(&self.state)
+            .expect("state folder")
+            .flatten()
+        {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "pid") {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -127,7 +134,12 @@ fn local_cluster_up_drain_one_node_and_down_leaves_nothing_running() {
     let out = cluster.run(&["up", "--nodes", "3", "--gateway-port", &gateway_port]);
     assert!(out.status.success(), "up failed: {}", text(&out));
     let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert_eq!(url, format!("ws://127.0.0.1:{gateway_port}/ws"), "{}", text(&out));
+    assert_eq!(
+        url,
+        format!("ws://127.0.0.1:{gateway_port}/ws"),
+        "{}",
+        text(&out)
+    );
 
     let pids = cluster.pids();
     let names: Vec<&str> = pids.iter().map(|(n, _)| n.as_str()).collect();
@@ -140,7 +152,10 @@ fn local_cluster_up_drain_one_node_and_down_leaves_nothing_running() {
 
     let status = cluster.run(&["status"]);
     let status_text = String::from_utf8_lossy(&status.stdout);
-    for name in names.iter().filter(|n| n.starts_with("node-") || **n == "gateway") {
+    for name in names
+        .iter()
+        .filter(|n| n.starts_with("node-") || **n == "gateway")
+    {
         let line = status_text
             .lines()
             .find(|l| l.starts_with(name))

@@ -1,6 +1,8 @@
 //! Helpers for the gateway's integration tests: a gateway on port 0, node processes, raw HTTP.
 #![allow(dead_code)]
 
+pub mod manifests;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
