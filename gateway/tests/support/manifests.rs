@@ -82,11 +82,7 @@ impl Bin {
         let help = String::from_utf8_lossy(&out.stdout);
         help.split("[env: ")
             .skip(1)
-            .filter_map(|rest| {
-                rest.split(|c| c == '=' || c == ']')
-                    .next()
-                    .map(str::to_owned)
-            })
+            .filter_map(|rest| rest.split(['=', ']']).next().map(str::to_owned))
             .collect()
     }
 }
