@@ -115,7 +115,7 @@ fn the_image_environment_is_read_by_both_binaries() {
         }
     }
     for needle in [
-        "--locked",
+        "cargo build --locked --release -p ringcast-node -p ringcast-gateway",
         "USER 10001",
         "EXPOSE 9001 8080",
         "/usr/local/bin/",
