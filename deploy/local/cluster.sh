@@ -11,8 +11,8 @@
 # register themselves), and one gateway reading that registry. Logs, PIDs and the ports in use
 # live under the state folder: $RINGCAST_LOCAL_STATE, default <repo>/.state/local (gitignored).
 #
-# Binaries: $RINGCAST_BIN_DIR if set; else target/release when both binaries are there, else
-# target/debug; when neither has them (or with --build) they are built with `cargo build --locked`
+# Binaries: $RINGCAST_BIN_DIR if set; else the newer of target/release and target/debug that
+# holds both; when neither does (or with --build) they are built with `cargo build --locked`
 # (add --release for an optimized build). The script says which it uses.
 set -euo pipefail
 

@@ -1,7 +1,7 @@
 //! `deploy/local/cluster.sh` as an operator runs it: `up --nodes 3` (real redis-server, node and
 //! gateway processes), an independent client (python `websockets`, `deploy_drain.py`) drives the
-//! protocol through its gateway and drains one node (SIGTERM → 1012 → reconnect elsewhere), then
-//! `down` leaves none of the recorded PIDs alive.
+//! protocol through its gateway and drains one node (SIGTERM → 1012 → reconnect elsewhere), `add`
+//! puts a new node on the gateway's ring, then `down` leaves none of the recorded PIDs alive.
 
 mod support;
 
@@ -127,8 +127,8 @@ fn exe(pid: u32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/exe")).ok()
 }
 
-#[test]
-fn local_cluster_up_drain_one_node_and_down_leaves_nothing_running() {
+#[tokio::test]
+async fn local_cluster_up_drain_one_node_add_one_and_down_leaves_nothing_running() {
     let cluster = Cluster::new();
     let gateway_port = ringcast_testkit::free_port().to_string();
     let out = cluster.run(&["up", "--nodes", "3", "--gateway-port", &gateway_port]);
@@ -186,6 +186,40 @@ fn local_cluster_up_drain_one_node_and_down_leaves_nothing_running() {
     );
     // The drained node (node-2: the scenario drains the middle of the sorted node names) is gone.
     assert!(!alive(pids[2].1), "node-2 still runs after its drain");
+
+    // Adding a node: it registers through Redis and the gateway puts it on the ring.
+    let added = cluster.run(&["add"]);
+    assert!(added.status.success(), "add failed: {}", text(&added));
+    assert_eq!(String::from_utf8_lossy(&added.stdout).trim(), "node-4");
+    let gateway_addr: std::net::SocketAddr =
+        format!("127.0.0.1:{gateway_port}").parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = ringcast_testkit::http_get(gateway_addr, "/nodes").await;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("/nodes JSON");
+        let mut healthy: Vec<&str> = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["healthy"] == true)
+            .filter_map(|n| n["id"].as_str())
+            .collect();
+        healthy.sort();
+        if healthy == ["node-1", "node-3", "node-4"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ring after add: {healthy:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let now = cluster.pids();
+    let names_now: Vec<&str> = now.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names_now,
+        ["gateway", "node-1", "node-3", "node-4", "redis"]
+    );
+    // Every process this cluster ever ran: the first five (node-2 included) and node-4.
+    let mut pids = pids;
+    pids.extend(now.into_iter().filter(|(n, _)| n == "node-4"));
 
     let down = cluster.run(&["down"]);
     assert!(down.status.success(), "down failed: {}", text(&down));
