@@ -179,6 +179,11 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Parse the configuration (flags and `RINGCAST_*` environment), print `config ok` and exit
+    /// 0 without listening; a bad flag or value exits 2 with clap's error (deploy manifest checks).
+    #[arg(long, env = "RINGCAST_CHECK_CONFIG")]
+    pub check_config: bool,
 }
 
 impl Config {

@@ -27,6 +27,10 @@ async fn main() -> std::process::ExitCode {
             }
         };
     }
+    if config.check_config {
+        println!("config ok");
+        return std::process::ExitCode::SUCCESS;
+    }
     process::init_tracing(config.log_format);
     let listener = match process::bind(config.listen) {
         Ok(l) => l,

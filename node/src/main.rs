@@ -6,6 +6,10 @@ use ringcast_node::{process, Config};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
+    if config.check_config {
+        println!("config ok");
+        return std::process::ExitCode::SUCCESS;
+    }
     process::init_tracing(config.log_format);
     let listener = match process::bind(config.listen) {
         Ok(l) => l,

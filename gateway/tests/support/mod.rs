@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod auth;
+pub mod manifests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

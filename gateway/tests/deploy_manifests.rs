@@ -1,0 +1,272 @@
+//! Static checks of the deploy manifests against the real binaries: every YAML parses; every
+//! flag and `RINGCAST_*` variable compose and Kubernetes pass is one the binary reads and accepts
+//! (`--check-config`); drain timings fit the grace periods; ports agree across files.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use serde_norway::Value;
+use support::manifests::{self, Bin, Launch};
+
+fn num(v: &Value) -> u64 {
+    v.as_u64()
+        .or_else(|| {
+            v.as_str()
+                .and_then(|s| s.trim_end_matches('s').parse().ok())
+        })
+        .unwrap_or_else(|| panic!("not a number: {v:?}"))
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {addr:?}"))
+}
+
+#[test]
+fn every_yaml_file_and_the_dashboard_parse() {
+    let files = manifests::yaml_files();
+    assert!(
+        files.len() >= 10,
+        "expected the deploy YAML files, found {files:?}"
+    );
+    for f in &files {
+        let docs = manifests::load_docs(f).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!docs.is_empty(), "{} has no document", f.display());
+    }
+    let dashboard = manifests::deploy_dir().join("compose/grafana/dashboards/ringcast.json");
+    let text = std::fs::read_to_string(&dashboard).expect("dashboard");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    assert!(v["panels"].as_array().is_some_and(|p| p.len() >= 7));
+}
+
+fn assert_launch_accepted(l: &Launch, known: &BTreeSet<String>) {
+    for (k, _) in &l.env {
+        if k.starts_with("RINGCAST_") {
+            assert!(
+                known.contains(k),
+                "{}: {k} is not read by {:?}",
+                l.origin,
+                l.bin
+            );
+        }
+    }
+    let (ok, out) = l.check_config();
+    assert!(
+        ok,
+        "{}: {:?} refused its configuration:\n{out}",
+        l.origin, l.bin
+    );
+}
+
+#[test]
+fn compose_and_k8s_configure_the_binaries_with_flags_and_variables_they_accept() {
+    let node_envs = Bin::Node.known_envs();
+    let gateway_envs = Bin::Gateway.known_envs();
+    assert!(node_envs.contains("RINGCAST_ADVERTISE") && gateway_envs.contains("RINGCAST_NODES"));
+    let compose = manifests::compose_launches();
+    let k8s = manifests::k8s_launches();
+    let count = |ls: &[Launch], b: Bin| ls.iter().filter(|l| l.bin == b).count();
+    assert_eq!(
+        (count(&compose, Bin::Node), count(&compose, Bin::Gateway)),
+        (3, 1)
+    );
+    assert_eq!((count(&k8s, Bin::Node), count(&k8s, Bin::Gateway)), (1, 1));
+    for l in compose.iter().chain(&k8s) {
+        let known = match l.bin {
+            Bin::Node => &node_envs,
+            Bin::Gateway => &gateway_envs,
+        };
+        assert_launch_accepted(l, known);
+        // Both must reach each other through Redis; nodes must register where gateways look.
+        assert!(l.var("RINGCAST_REDIS_URL").is_some(), "{}", l.origin);
+        if l.bin == Bin::Node {
+            let advertise = l.var("RINGCAST_ADVERTISE").expect("nodes advertise");
+            let listen = l.var("RINGCAST_LISTEN").expect("nodes listen");
+            assert_eq!(port_of(advertise), port_of(listen), "{}", l.origin);
+            assert!(listen.starts_with("0.0.0.0:"), "{}: {listen}", l.origin);
+        }
+    }
+    // The check is real: a misspelt value is refused.
+    let mut bad = k8s[0].clone();
+    bad.env
+        .push(("RINGCAST_DRAIN_DELAY_SECS".into(), "five".into()));
+    bad.env
+        .push(("RINGCAST_SHUTDOWN_GRACE_SECS".into(), "five".into()));
+    assert!(!bad.check_config().0, "a bad value passed --check-config");
+}
+
+#[test]
+fn the_image_environment_is_read_by_both_binaries() {
+    let dockerfile =
+        std::fs::read_to_string(manifests::deploy_dir().join("docker/Dockerfile")).expect("read");
+    let envs: Vec<&str> = dockerfile
+        .split(|c: char| c.is_whitespace() || c == '\\')
+        .filter_map(|w| w.split_once('=').map(|(k, _)| k))
+        .filter(|k| k.starts_with("RINGCAST_"))
+        .collect();
+    assert!(envs.contains(&"RINGCAST_LISTEN"), "{envs:?}");
+    for bin in [Bin::Node, Bin::Gateway] {
+        let known = bin.known_envs();
+        for e in &envs {
+            assert!(known.contains(*e), "{bin:?} does not read {e}");
+        }
+    }
+    for needle in [
+        "cargo build --locked --release -p ringcast-node -p ringcast-gateway",
+        "USER 10001",
+        "EXPOSE 9001 8080",
+        "/usr/local/bin/",
+    ] {
+        assert!(dockerfile.contains(needle), "Dockerfile lacks {needle}");
+    }
+}
+
+#[test]
+fn grace_periods_cover_the_drain() {
+    for (name, w) in manifests::k8s_workloads() {
+        let pod = &w["spec"]["template"]["spec"];
+        let Some(c) = pod["containers"]
+            .as_sequence()
+            .and_then(|cs| cs.iter().find(|c| c["image"].as_str() == Some("ringcast")))
+        else {
+            continue;
+        };
+        let env = |k: &str| {
+            c["env"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .find(|e| e["name"].as_str() == Some(k))
+                .map(|e| num(&e["value"]))
+        };
+        let pre_stop: u64 = c["lifecycle"]["preStop"]["exec"]["command"]
+            .as_sequence()
+            .and_then(|cmd| cmd.get(1))
+            .map(num)
+            .unwrap_or(0);
+        let drain = env("RINGCAST_DRAIN_DELAY_SECS").unwrap_or(0);
+        let grace = env("RINGCAST_SHUTDOWN_GRACE_SECS").expect("grace set explicitly");
+        let budget = num(&pod["terminationGracePeriodSeconds"]);
+        assert!(
+            pre_stop + drain + grace < budget,
+            "{name}: preStop {pre_stop} + drain {drain} + grace {grace} >= {budget}"
+        );
+        if w["kind"].as_str() == Some("StatefulSet") {
+            assert!(drain >= 2, "{name}: nodes need a drain delay before 1012");
+        }
+    }
+    let compose = manifests::compose();
+    for l in manifests::compose_launches() {
+        let service = l.origin.rsplit(' ').next().expect("service name");
+        let stop = num(&compose["services"][service]["stop_grace_period"]);
+        let drain = l
+            .var("RINGCAST_DRAIN_DELAY_SECS")
+            .map_or(0, |v| num(&v.into()));
+        let grace = l
+            .var("RINGCAST_SHUTDOWN_GRACE_SECS")
+            .map_or(10, |v| num(&v.into()));
+        assert!(
+            drain + grace < stop,
+            "{}: {drain} + {grace} >= {stop}",
+            l.origin
+        );
+    }
+}
+
+#[test]
+fn ports_agree_across_services_scrape_configs_and_annotations() {
+    // Compose: Prometheus scrapes each ringcast service on the port it listens on.
+    let prom = manifests::load_docs(&manifests::deploy_dir().join("compose/prometheus.yml"))
+        .expect("prometheus.yml")
+        .remove(0);
+    let targets: BTreeSet<String> = prom["scrape_configs"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .inspect(|j| assert_eq!(j["metrics_path"].as_str(), Some("/metrics")))
+        .flat_map(|j| {
+            j["static_configs"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .flat_map(|s| s["targets"].as_sequence().cloned().unwrap_or_default())
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect();
+    let mut expected = BTreeSet::new();
+    for l in manifests::compose_launches() {
+        let service = l.origin.rsplit(' ').next().expect("service name");
+        let port = port_of(l.var("RINGCAST_LISTEN").expect("listen"));
+        expected.insert(format!("{service}:{port}"));
+        if l.bin == Bin::Gateway {
+            assert_eq!(port, 8080);
+            let published = manifests::compose()["services"][service]["ports"][0].clone();
+            assert_eq!(published.as_str(), Some("8080:8080"));
+        }
+    }
+    assert_eq!(targets, expected);
+
+    // Kubernetes: probes, annotations and Services point at the port the container listens on.
+    for (name, w) in manifests::k8s_workloads() {
+        let template = &w["spec"]["template"];
+        let Some(c) = template["spec"]["containers"]
+            .as_sequence()
+            .and_then(|cs| cs.iter().find(|c| c["image"].as_str() == Some("ringcast")))
+        else {
+            continue;
+        };
+        let listen = c["env"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"].as_str() == Some("RINGCAST_LISTEN"))
+            .and_then(|e| e["value"].as_str())
+            .expect("RINGCAST_LISTEN");
+        let port = u64::from(port_of(listen));
+        let named = &c["ports"][0];
+        assert_eq!(num(&named["containerPort"]), port, "{name}");
+        let port_name = named["name"].as_str().expect("named port");
+        for probe in ["readinessProbe", "livenessProbe"] {
+            let p = &c[probe]["httpGet"];
+            assert_eq!(p["port"].as_str(), Some(port_name), "{name} {probe}");
+            assert!(p["path"].as_str().is_some(), "{name} {probe} path");
+        }
+        let ann = &template["metadata"]["annotations"];
+        assert_eq!(ann["prometheus.io/scrape"].as_str(), Some("true"), "{name}");
+        assert_eq!(num(&ann["prometheus.io/port"]), port, "{name}");
+        assert_eq!(
+            ann["prometheus.io/path"].as_str(),
+            Some("/metrics"),
+            "{name}"
+        );
+        let service = manifests::k8s_base_docs().into_iter().find(|d| {
+            d["kind"].as_str() == Some("Service")
+                && d["spec"]["selector"] == template["metadata"]["labels"]
+        });
+        let service = service.unwrap_or_else(|| panic!("no Service selects {name}"));
+        assert_eq!(
+            service["spec"]["ports"][0]["targetPort"].as_str(),
+            Some(port_name)
+        );
+    }
+
+    // The overlay scales workloads that exist in the base.
+    let overlay = manifests::load_docs(
+        &manifests::deploy_dir().join("k8s/overlays/scaled/kustomization.yaml"),
+    )
+    .expect("overlay")
+    .remove(0);
+    let names: Vec<String> = manifests::k8s_workloads()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let replicas = overlay["replicas"].as_sequence().expect("replicas");
+    assert!(!replicas.is_empty());
+    for r in replicas {
+        let n = r["name"].as_str().expect("name");
+        assert!(names.iter().any(|x| x == n), "overlay scales unknown {n}");
+    }
+}

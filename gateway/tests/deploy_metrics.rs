@@ -1,0 +1,167 @@
+//! The manifests against running binaries: a node and a gateway started with the Kubernetes
+//! base's own environment (addresses moved to loopback) and a real redis-server; every probe
+//! path and the image's HEALTHCHECK answer 200, and every metric the Grafana dashboard queries is
+//! exported by the node or the gateway once a little traffic has flowed.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ringcast_testkit::{free_port, http_get, wait_until, Client, RedisServer};
+use support::healthz_ok;
+use support::manifests::{self, Bin, Launch};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A child process killed (SIGKILL, by PID) and reaped on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the launch's binary with its manifest environment plus `overrides`.
+fn spawn(launch: &Launch, overrides: &[(&str, String)]) -> Proc {
+    let mut cmd = Command::new(launch.bin.path());
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .args(&launch.args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in &launch.env {
+        cmd.env(k, v);
+    }
+    for (k, v) in overrides {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().expect("spawn binary"))
+}
+
+fn metric_names(exposition: &str) -> BTreeSet<String> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next().map(str::to_owned))
+        .collect()
+}
+
+fn dashboard_metrics() -> BTreeSet<String> {
+    let path = manifests::deploy_dir().join("compose/grafana/dashboards/ringcast.json");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    let mut names = BTreeSet::new();
+    for panel in v["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("every target has an expr");
+            let found: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("ringcast_"))
+                .collect();
+            assert!(!found.is_empty(), "{expr} queries no ringcast metric");
+            names.extend(found.into_iter().map(str::to_owned));
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn probes_healthcheck_and_dashboard_metrics_match_the_running_binaries() {
+    let redis = RedisServer::start();
+    let launches = manifests::k8s_launches();
+    let of = |b: Bin| {
+        launches
+            .iter()
+            .find(|l| l.bin == b)
+            .expect("k8s runs both binaries")
+            .clone()
+    };
+    let node_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let gateway_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let _node = spawn(
+        &of(Bin::Node),
+        &[
+            ("RINGCAST_LISTEN", node_addr.to_string()),
+            ("RINGCAST_ADVERTISE", node_addr.to_string()),
+            ("RINGCAST_REDIS_URL", redis.url()),
+        ],
+    );
+    let _gateway = spawn(
+        &of(Bin::Gateway),
+        &[
+            ("RINGCAST_LISTEN", gateway_addr.to_string()),
+            ("RINGCAST_REDIS_URL", redis.url()),
+            ("RINGCAST_HEALTH_INTERVAL_MS", "100".into()),
+        ],
+    );
+    wait_until(Duration::from_secs(15), "node /healthz", || {
+        healthz_ok(node_addr)
+    })
+    .await;
+    // The gateway is healthy once the node registered through Redis is on its ring.
+    wait_until(Duration::from_secs(15), "gateway /healthz", || {
+        healthz_ok(gateway_addr)
+    })
+    .await;
+
+    // Every Kubernetes probe path, and the image's HEALTHCHECK path, answer 200.
+    for (name, w) in manifests::k8s_workloads() {
+        for c in w["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+        {
+            let addr = match c["command"][0].as_str() {
+                Some("ringcast-node") => node_addr,
+                Some("ringcast-gateway") => gateway_addr,
+                _ => continue,
+            };
+            for probe in ["readinessProbe", "livenessProbe"] {
+                let path = c[probe]["httpGet"]["path"].as_str().expect("httpGet path");
+                let (status, body) = http_get(addr, path).await;
+                assert_eq!(status, 200, "{name} {probe} {path}: {body}");
+            }
+        }
+    }
+    let dockerfile =
+        std::fs::read_to_string(manifests::deploy_dir().join("docker/Dockerfile")).expect("read");
+    assert!(
+        dockerfile.contains("HEALTHCHECK") && dockerfile.contains("/healthz\""),
+        "the image checks /healthz"
+    );
+    for addr in [node_addr, gateway_addr] {
+        assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    }
+
+    // A little traffic through the gateway, so labelled metrics have samples.
+    let url = |id: &str| format!("ws://{gateway_addr}/ws?client_id={id}");
+    let (mut a, _) = Client::connect_welcomed(&url("dash-a")).await;
+    let (mut b, _) = Client::connect_welcomed(&url("dash-b")).await;
+    a.send_json(serde_json::json!({"type": "chat", "content": "hello"}))
+        .await;
+    b.recv_event("chat").await;
+    a.send(Message::Text("not json".into())).await;
+    let code = a.recv_error_code().await;
+    assert!(!code.is_empty());
+
+    let (_, node_metrics) = http_get(node_addr, "/metrics").await;
+    let (_, gateway_metrics) = http_get(gateway_addr, "/metrics").await;
+    let exported: BTreeSet<String> = metric_names(&node_metrics)
+        .into_iter()
+        .chain(metric_names(&gateway_metrics))
+        .collect();
+    let wanted = dashboard_metrics();
+    assert!(wanted.len() >= 10, "{wanted:?}");
+    let missing: Vec<&String> = wanted.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "dashboard queries metrics nobody exports: {missing:?}\nexported: {exported:?}"
+    );
+    a.close().await;
+    b.close().await;
+}

@@ -1,0 +1,266 @@
+//! Reading the deploy manifests (`deploy/compose`, `deploy/k8s`) the way their runtimes would:
+//! every YAML document, and how each one launches `ringcast-node` / `ringcast-gateway` (command
+//! arguments plus the environment it ends up with).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_norway::Value;
+
+/// The repository's `deploy/` folder.
+pub fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// Every `.yml` / `.yaml` file under `deploy/`, sorted.
+pub fn yaml_files() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read deploy dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&deploy_dir(), &mut out);
+    out.sort();
+    out
+}
+
+/// Every document of a YAML file, with `<<` merge keys applied (as docker compose does).
+pub fn load_docs(path: &Path) -> Result<Vec<Value>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut docs = Vec::new();
+    for de in serde_norway::Deserializer::from_str(&text) {
+        let mut v: Value =
+            serde::Deserialize::deserialize(de).map_err(|e| format!("{}: {e}", path.display()))?;
+        v.apply_merge()
+            .map_err(|e| format!("{}: merge: {e}", path.display()))?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    Ok(docs)
+}
+
+/// Which binary a container runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bin {
+    /// `ringcast-node`.
+    Node,
+    /// `ringcast-gateway`.
+    Gateway,
+}
+
+impl Bin {
+    /// The binary built by this test run.
+    pub fn path(self) -> PathBuf {
+        match self {
+            Bin::Node => super::node_binary(),
+            Bin::Gateway => PathBuf::from(env!("CARGO_BIN_EXE_ringcast-gateway")),
+        }
+    }
+
+    fn from_command(cmd: &str) -> Option<Bin> {
+        match cmd {
+            "ringcast-node" => Some(Bin::Node),
+            "ringcast-gateway" => Some(Bin::Gateway),
+            _ => None,
+        }
+    }
+
+    /// Every `RINGCAST_*` variable the binary reads, from its `--help` (`[env: NAME=…]`).
+    pub fn known_envs(self) -> BTreeSet<String> {
+        let out = Command::new(self.path())
+            .arg("--help")
+            .output()
+            .expect("run --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        help.split("[env: ")
+            .skip(1)
+            .filter_map(|rest| rest.split(['=', ']']).next().map(str::to_owned))
+            .collect()
+    }
+}
+
+/// One way a manifest starts a binary.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// Where it comes from (file and service/workload name).
+    pub origin: String,
+    /// The binary.
+    pub bin: Bin,
+    /// Arguments after the program name.
+    pub args: Vec<String>,
+    /// The environment the manifest gives it.
+    pub env: Vec<(String, String)>,
+}
+
+impl Launch {
+    /// Value of one variable of the launch's environment.
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Runs the binary with the launch's arguments and environment (nothing else of ours) plus
+    /// `--check-config`; returns (success, stdout + stderr).
+    pub fn check_config(&self) -> (bool, String) {
+        let mut cmd = Command::new(self.bin.path());
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .args(&self.args)
+            .arg("--check-config");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run binary with --check-config");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success() && text.contains("config ok"), text)
+    }
+}
+
+fn str_list(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_sequence)
+        .map(|s| {
+            s.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// The compose file's parsed document.
+pub fn compose() -> Value {
+    let path = deploy_dir().join("compose/docker-compose.yml");
+    load_docs(&path).expect("compose parses").remove(0)
+}
+
+/// Services of the compose file that run a ringcast binary.
+pub fn compose_launches() -> Vec<Launch> {
+    let doc = compose();
+    let services = doc["services"].as_mapping().expect("services");
+    let mut launches = Vec::new();
+    for (name, svc) in services {
+        let command = str_list(svc.get("command"));
+        let Some(bin) = command.first().and_then(|c| Bin::from_command(c)) else {
+            continue;
+        };
+        let env = svc
+            .get("environment")
+            .and_then(Value::as_mapping)
+            .map(|m| m.iter().map(|(k, v)| (scalar(k), scalar(v))).collect())
+            .unwrap_or_default();
+        launches.push(Launch {
+            origin: format!("compose service {}", scalar(name)),
+            bin,
+            args: command[1..].to_vec(),
+            env,
+        });
+    }
+    launches
+}
+
+/// Every document of every file the k8s base's kustomization lists.
+pub fn k8s_base_docs() -> Vec<Value> {
+    let base = deploy_dir().join("k8s/base");
+    let kustomization = load_docs(&base.join("kustomization.yaml"))
+        .expect("kustomization parses")
+        .remove(0);
+    str_list(kustomization.get("resources"))
+        .iter()
+        .flat_map(|r| load_docs(&base.join(r)).expect("resource parses"))
+        .collect()
+}
+
+/// Workloads (Deployment / StatefulSet) of the k8s base, by name.
+pub fn k8s_workloads() -> Vec<(String, Value)> {
+    k8s_base_docs()
+        .into_iter()
+        .filter(|d| matches!(d["kind"].as_str(), Some("Deployment" | "StatefulSet")))
+        .map(|d| (scalar(&d["metadata"]["name"]), d))
+        .collect()
+}
+
+/// Containers of the k8s base that run a ringcast binary, with the environment Kubernetes would
+/// give them: ConfigMap `envFrom`, then `env` (downward-API fields filled with sample values,
+/// `$(VAR)` references expanded as the kubelet does).
+pub fn k8s_launches() -> Vec<Launch> {
+    let docs = k8s_base_docs();
+    let config_maps: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"].as_str() == Some("ConfigMap"))
+        .collect();
+    let mut launches = Vec::new();
+    for (name, workload) in k8s_workloads() {
+        let containers = workload["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .cloned()
+            .unwrap_or_default();
+        for c in containers {
+            let command = str_list(c.get("command"));
+            let Some(bin) = command.first().and_then(|x| Bin::from_command(x)) else {
+                continue;
+            };
+            let mut env: Vec<(String, String)> = Vec::new();
+            for from in c["envFrom"].as_sequence().into_iter().flatten() {
+                let cm_name = from["configMapRef"]["name"].as_str().expect("configMapRef");
+                let cm = config_maps
+                    .iter()
+                    .find(|cm| cm["metadata"]["name"].as_str() == Some(cm_name))
+                    .unwrap_or_else(|| panic!("{name}: ConfigMap {cm_name} not in the base"));
+                for (k, v) in cm["data"].as_mapping().into_iter().flatten() {
+                    env.push((scalar(k), scalar(v)));
+                }
+            }
+            for e in c["env"].as_sequence().into_iter().flatten() {
+                let key = scalar(&e["name"]);
+                let value = match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                    Some("status.podIP") => "10.1.2.3".to_owned(),
+                    Some("metadata.name") => format!("{name}-0"),
+                    Some(other) => panic!("{name}: unexpected fieldRef {other}"),
+                    None => expand(&scalar(&e["value"]), &env),
+                };
+                env.push((key, value));
+            }
+            let mut args = command[1..].to_vec();
+            args.extend(str_list(c.get("args")));
+            launches.push(Launch {
+                origin: format!("k8s {name}/{}", scalar(&c["name"])),
+                bin,
+                args,
+                env,
+            });
+        }
+    }
+    launches
+}
+
+/// Expands `$(VAR)` from the variables defined before, as Kubernetes does.
+fn expand(value: &str, env: &[(String, String)]) -> String {
+    let mut out = value.to_owned();
+    for (k, v) in env.iter().rev() {
+        out = out.replace(&format!("$({k})"), v);
+    }
+    out
+}
