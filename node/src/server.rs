@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ringcast_protocol::{Envelope, Target};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::hub::{now_micros, Hub};
 use crate::metrics::Metrics;
 use crate::outbound::SERVICE_RESTART;
+use crate::publisher;
 
 /// Slack above `max_connections` for plain HTTP (health checks, scrapes) while sessions are full.
 const HTTP_HEADROOM: usize = 256;
@@ -42,6 +43,8 @@ pub struct Shared {
     pub bus_healthy: watch::Receiver<bool>,
     /// Token validation; `None` when authentication is off.
     pub auth: Option<Authenticator>,
+    /// The node's publishing queue (see `publisher.rs`).
+    publish_tx: mpsc::Sender<publisher::Job>,
     /// Session slots taken, counted from the upgrade on (before the session registers), so
     /// concurrent upgrades cannot overshoot `max_connections`.
     sessions: Arc<AtomicUsize>,
@@ -57,7 +60,8 @@ impl Drop for SessionSlot {
 }
 
 impl Shared {
-    /// Builds the shared state around a bus.
+    /// Builds the shared state around a bus and starts its publishing task (which ends once this
+    /// state is dropped). Must be called within a Tokio runtime.
     pub fn new(
         config: Config,
         auth: Option<Authenticator>,
@@ -74,7 +78,10 @@ impl Shared {
             .max_write_buffer_size(config.send_queue_bytes.max(64 * 1024) * 2)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
+        let (publish_tx, publish_rx) = mpsc::channel(publisher::QUEUE);
+        tokio::spawn(publisher::run(bus.clone(), metrics.clone(), publish_rx));
         Shared {
+            publish_tx,
             node_id: config.resolved_node_id().into(),
             bus_healthy: bus.healthy(),
             config,
@@ -88,8 +95,47 @@ impl Shared {
         }
     }
 
-    /// Wraps a client frame in an envelope and publishes it: the one place frames enter the bus.
+    /// Wraps a client frame in an envelope and publishes it, after everything queued before it:
+    /// the one place frames enter the bus. Returns how many nodes were subscribed.
     pub async fn publish(
+        &self,
+        channel: Channel,
+        target: Target,
+        frame: &Bytes,
+    ) -> Result<usize, BusError> {
+        if !self.bus.batches_publishes() {
+            return self.publish_now(channel, target, frame).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(channel, target, frame, publisher::Done::Reply(tx))
+            .await?;
+        rx.await
+            .unwrap_or_else(|_| Err(BusError::Unavailable("node is shutting down".into())))
+    }
+
+    /// Like [`Shared::publish`] but returns once the envelope is queued (waiting only while the
+    /// queue is full); `on_error` runs if publishing it fails later.
+    pub async fn publish_queued(
+        &self,
+        channel: Channel,
+        target: Target,
+        frame: &Bytes,
+        on_error: publisher::OnError,
+    ) {
+        if !self.bus.batches_publishes() {
+            if let Err(e) = self.publish_now(channel, target, frame).await {
+                on_error(&e);
+            }
+            return;
+        }
+        let done = publisher::Done::OnError(on_error);
+        if let Err(e) = self.enqueue(channel, target, frame, done).await {
+            warn!(error = %e, "publish not queued");
+        }
+    }
+
+    /// Publishes right away, on the caller's task (for a bus without round trips).
+    async fn publish_now(
         &self,
         channel: Channel,
         target: Target,
@@ -110,6 +156,39 @@ impl Shared {
                 Err(e)
             }
         }
+    }
+
+    async fn enqueue(
+        &self,
+        channel: Channel,
+        target: Target,
+        frame: &Bytes,
+        done: publisher::Done,
+    ) -> Result<(), BusError> {
+        let envelope = Envelope::new(&self.node_id, now_micros(), target, frame);
+        let payload = match envelope.encode() {
+            Ok(p) => p,
+            Err(e) => {
+                let e = BusError::Unavailable(e.to_string());
+                if let publisher::Done::OnError(f) = done {
+                    f(&e);
+                }
+                return Err(e);
+            }
+        };
+        let job = publisher::Job {
+            channel,
+            payload,
+            done,
+        };
+        if let Err(mpsc::error::SendError(job)) = self.publish_tx.send(job).await {
+            let e = BusError::Unavailable("node is shutting down".into());
+            if let publisher::Done::OnError(f) = job.done {
+                f(&e);
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Takes a session slot, or `None` at `max_connections`.

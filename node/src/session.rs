@@ -302,6 +302,23 @@ impl Session {
         }
     }
 
+    /// Queues a room or broadcast message and returns at once (no bus round trip per message);
+    /// the client gets `bus_unavailable` if publishing it fails later.
+    async fn publish_queued(&self, channel: Channel, target: Target, frame: &Bytes) {
+        let (shared, out) = (self.shared.clone(), self.out.clone());
+        let on_error = Box::new(move |_: &crate::bus::BusError| {
+            reply_error(
+                &shared,
+                &out,
+                ErrorCode::BusUnavailable,
+                "message bus unavailable; not delivered",
+            )
+        });
+        self.shared
+            .publish_queued(channel, target, frame, on_error)
+            .await;
+    }
+
     async fn handle(&mut self, frame: &str) {
         let msg = match ClientMessage::parse(frame) {
             Ok(m) => m,
@@ -331,7 +348,7 @@ impl Session {
                     content,
                 }
                 .encode();
-                self.publish(
+                self.publish_queued(
                     Channel::Broadcast,
                     Target::AllExcept(Some(me.to_string())),
                     &frame,
@@ -353,7 +370,7 @@ impl Session {
                     content,
                 }
                 .encode();
-                self.publish(
+                self.publish_queued(
                     Channel::Room(room.to_string()),
                     Target::Room(room.into_owned()),
                     &frame,
