@@ -5,8 +5,9 @@
 //! which bounded fan-out through Redis at ~450 messages/s for 4 publishers on a loaded machine.
 //! The queue is bounded (a full queue makes the senders wait, i.e. stop reading their sockets)
 //! and FIFO, and batches are published one after another, so per-sender order still holds.
-//! A publish whose sender needs the answer (direct messages, joins) waits on its own reply; a
-//! room message only asks to be told when it failed.
+//! A publish whose sender needs the answer before going on (joins, leaves) waits on its own
+//! reply; room and direct messages leave a callback that reports failures (and an offline
+//! target) to their sender.
 
 use std::sync::Arc;
 
@@ -22,15 +23,15 @@ const BATCH: usize = 256;
 /// Most publishes waiting in the queue; senders wait beyond it.
 pub const QUEUE: usize = 4096;
 
-/// Called with the error when a fire-and-forget publish fails.
-pub type OnError = Box<dyn FnOnce(&BusError) + Send>;
+/// Called with the outcome of a publish nobody waits for.
+pub type Then = Box<dyn FnOnce(&Result<usize, BusError>) + Send>;
 
 /// What to do with a publish's outcome.
 pub enum Done {
     /// Hand the outcome back to a waiting sender.
     Reply(oneshot::Sender<Result<usize, BusError>>),
-    /// Nobody waits; tell the sender only when it failed.
-    OnError(OnError),
+    /// Nobody waits; run this with the outcome (it tells the sender about failures).
+    Then(Then),
 }
 
 /// One envelope to publish.
@@ -64,11 +65,7 @@ pub async fn run(bus: Arc<dyn Bus>, metrics: Arc<Metrics>, mut rx: mpsc::Receive
                 Done::Reply(tx) => {
                     let _ = tx.send(result);
                 }
-                Done::OnError(f) => {
-                    if let Err(e) = &result {
-                        f(e);
-                    }
-                }
+                Done::Then(f) => f(&result),
             }
         }
     }

@@ -116,21 +116,20 @@ impl Shared {
     }
 
     /// Like [`Shared::publish`] but returns once the envelope is queued (waiting only while the
-    /// queue is full); `on_error` runs if publishing it fails later.
+    /// queue is full); `then` runs with the outcome once it is published.
     pub async fn publish_queued(
         &self,
         channel: Channel,
         target: Target,
         frame: &Bytes,
-        on_error: publisher::OnError,
+        then: publisher::Then,
     ) {
         if !self.bus.batches_publishes() {
-            if let Err(e) = self.publish_now(channel, target, frame).await {
-                on_error(&e);
-            }
+            let result = self.publish_now(channel, target, frame).await;
+            then(&result);
             return;
         }
-        let done = publisher::Done::OnError(on_error);
+        let done = publisher::Done::Then(then);
         if let Err(e) = self.enqueue(channel, target, frame, done).await {
             warn!(error = %e, "publish not queued");
         }
@@ -172,8 +171,8 @@ impl Shared {
             Ok(p) => p,
             Err(e) => {
                 let e = BusError::Unavailable(e.to_string());
-                if let publisher::Done::OnError(f) = done {
-                    f(&e);
+                if let publisher::Done::Then(f) = done {
+                    f(&Err(e.clone()));
                 }
                 return Err(e);
             }
@@ -185,8 +184,8 @@ impl Shared {
         };
         if let Err(mpsc::error::SendError(job)) = self.publish_tx.send(job).await {
             let e = BusError::Unavailable("node is shutting down".into());
-            if let publisher::Done::OnError(f) = job.done {
-                f(&e);
+            if let publisher::Done::Then(f) = job.done {
+                f(&Err(e.clone()));
             }
             return Err(e);
         }
