@@ -181,15 +181,22 @@ if [ "$QUICK" = 1 ]; then
         churn --workers 10 --cycles 5 --rooms 3 --stats-url "$STATS_URLS"
 else
     R="$FANOUT_RATE"
+    # First, while the servers are fresh: memory growth per connection would read low on heaps
+    # already grown by the fan-out runs.
+    run connections_gateway "9 500 idle connections" "gateway → 2 nodes" --url "$GW_URL" \
+        --connect-concurrency 64 connections --connections 9500 --connect-rate 0 --hold-secs 5 \
+        --server-pid "$GW_PID,${NODE_PIDS[0]},${NODE_PIDS[1]}"
     F=(fanout --subscribers 1000 --rooms 1 --publishers 4 --rate "$R" --duration-secs 10)
     run fanout_gateway "fan-out 1 000 members, 4 pub × $R/s" "gateway → 2 nodes + Redis" --url "$GW_URL" "${F[@]}"
     run fanout_nginx "fan-out 1 000 members, 4 pub × $R/s" "nginx → 2 nodes + Redis" --url "$NGINX_URL" "${F[@]}"
     run fanout_nodes "fan-out 1 000 members, 4 pub × $R/s (issue 7)" "2 nodes + Redis, no proxy" --url "$BOTH_NODES" "${F[@]}"
     run fanout_node "fan-out 1 000 members, 4 pub × $R/s" "node1 directly (Redis bus)" --url "${NODE_URLS[0]}" "${F[@]}"
     run fanout_solo "fan-out 1 000 members, 4 pub × $R/s (issue 2)" "one node, memory bus" --url "$SOLO_URL" "${F[@]}"
-    run connections_gateway "9 500 idle connections" "gateway → 2 nodes" --url "$GW_URL" \
-        --connect-concurrency 64 connections --connections 9500 --connect-rate 0 --hold-secs 5 \
-        --server-pid "$GW_PID,${NODE_PIDS[0]},${NODE_PIDS[1]}"
+    # The same at a fifth of the rate: latency added by each proxy when the machine is not saturated.
+    L=(fanout --subscribers 1000 --rooms 1 --publishers 4 --rate 50 --duration-secs 10)
+    run light_gateway "fan-out 1 000 members, 4 pub × 50/s" "gateway → 2 nodes + Redis" --url "$GW_URL" "${L[@]}"
+    run light_nginx "fan-out 1 000 members, 4 pub × 50/s" "nginx → 2 nodes + Redis" --url "$NGINX_URL" "${L[@]}"
+    run light_nodes "fan-out 1 000 members, 4 pub × 50/s" "2 nodes + Redis, no proxy" --url "$BOTH_NODES" "${L[@]}"
     run direct_nodes "direct, 500 pairs × 100/s" "node1 ↔ node2 via Redis" --url "$BOTH_NODES" \
         direct --pairs 500 --rate 100 --duration-secs 10
     run churn_gateway "churn, 100×50 cycles" "gateway → 2 nodes" --url "$GW_URL" \
