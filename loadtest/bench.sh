@@ -211,6 +211,7 @@ export MACHINE_CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed '
 export MACHINE_NPROC="$(nproc)" MACHINE_MEM="$(free -g | awk '/^Mem:/ {print $2}')"
 export V_RUSTC="$(rustc --version)" V_REDIS="$(redis-server --version | cut -d' ' -f3)"
 export V_NGINX="$("$NGINX" -v 2>&1 | sed 's/.*version: //')" V_KERNEL="$(uname -r)"
+export V_COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- node gateway loadtest protocol 2>/dev/null || echo +changes)"
 export NODES_N="$NODES" FANOUT_RATE
 python3 "$ROOT/loadtest/bench_report.py"
 log "table written to $OUT"

@@ -75,7 +75,7 @@ def main():
         f"- **Machine:** {env['MACHINE_NPROC']} vCPU {env['MACHINE_CPU']}, {env['MACHINE_MEM']} GiB RAM, "
         f"Linux {env['V_KERNEL']}. Load generator, Redis, nodes, gateway and nginx all share these "
         f"{env['MACHINE_NPROC']} cores on 127.0.0.0/8. Load average (1/5/15 min) before: {env['LOAD_BEFORE']}, after: {env['LOAD_AFTER']}.",
-        f"- **Versions:** {env['V_RUSTC']} ({env['PROFILE']} build), redis-server {env['V_REDIS']}, nginx {env['V_NGINX']}.",
+        f"- **Versions:** ringcast {env['V_COMMIT']}, {env['V_RUSTC']} ({env['PROFILE']} build), redis-server {env['V_REDIS']}, nginx {env['V_NGINX']}.",
         f"- **Servers:** redis-server; {env['NODES_N']} × `ringcast-node --redis-url … --announce-connections=false "
         "--rate-limit-per-sec 1000000 --rate-limit-burst 1000000`; `ringcast-gateway --node node1=… --node node2=…`; "
         "nginx with `loadtest/nginx.conf` (`hash $arg_client_id consistent`, `worker_processes auto`) in front of the "
