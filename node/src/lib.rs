@@ -11,6 +11,7 @@ pub mod hub;
 pub mod metrics;
 pub mod outbound;
 pub mod process;
+pub mod publisher;
 pub mod ratelimit;
 pub mod registration;
 pub mod server;

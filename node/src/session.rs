@@ -302,6 +302,33 @@ impl Session {
         }
     }
 
+    /// Queues a message and returns at once (no bus round trip per message); the client gets
+    /// `bus_unavailable` if publishing it fails later and, for a direct message (`direct`),
+    /// `target_offline` when no node had the target.
+    async fn publish_queued(&self, channel: Channel, target: Target, frame: &Bytes, direct: bool) {
+        let (shared, out) = (self.shared.clone(), self.out.clone());
+        let then = Box::new(
+            move |result: &Result<usize, crate::bus::BusError>| match result {
+                Err(_) => reply_error(
+                    &shared,
+                    &out,
+                    ErrorCode::BusUnavailable,
+                    "message bus unavailable; not delivered",
+                ),
+                Ok(0) if direct => reply_error(
+                    &shared,
+                    &out,
+                    ErrorCode::TargetOffline,
+                    "the target is not connected",
+                ),
+                Ok(_) => {}
+            },
+        );
+        self.shared
+            .publish_queued(channel, target, frame, then)
+            .await;
+    }
+
     async fn handle(&mut self, frame: &str) {
         let msg = match ClientMessage::parse(frame) {
             Ok(m) => m,
@@ -331,10 +358,11 @@ impl Session {
                     content,
                 }
                 .encode();
-                self.publish(
+                self.publish_queued(
                     Channel::Broadcast,
                     Target::AllExcept(Some(me.to_string())),
                     &frame,
+                    false,
                 )
                 .await;
             }
@@ -353,22 +381,19 @@ impl Session {
                     content,
                 }
                 .encode();
-                self.publish(
+                self.publish_queued(
                     Channel::Room(room.to_string()),
                     Target::Room(room.into_owned()),
                     &frame,
+                    false,
                 )
                 .await;
             }
             ClientMessage::DirectMessage { target, content } => {
                 let frame = ServerEvent::DirectMessage { from: &me, content }.encode();
                 let channel = Channel::Client(target.to_string());
-                let receivers = self
-                    .publish(channel, Target::Client(target.into_owned()), &frame)
+                self.publish_queued(channel, Target::Client(target.into_owned()), &frame, true)
                     .await;
-                if receivers == Some(0) {
-                    self.error(ErrorCode::TargetOffline, "the target is not connected");
-                }
             }
             ClientMessage::Ping => reply(&self.shared, &self.out, ServerEvent::Pong.encode()),
             ClientMessage::Pong => {}

@@ -58,6 +58,23 @@ pub trait Bus: Send + Sync + 'static {
     /// Publishes a payload; returns how many nodes were subscribed to the channel.
     async fn publish(&self, channel: &Channel, payload: Bytes) -> Result<usize, BusError>;
 
+    /// Publishes several payloads in this order; one result per payload. The default publishes
+    /// them one by one; a bus with a round trip per command should send them as one batch.
+    async fn publish_batch(&self, batch: &[(Channel, Bytes)]) -> Vec<Result<usize, BusError>> {
+        let mut results = Vec::with_capacity(batch.len());
+        for (channel, payload) in batch {
+            results.push(self.publish(channel, payload.clone()).await);
+        }
+        results
+    }
+
+    /// Whether publishing costs a round trip, so senders should queue their publishes for
+    /// batching (`publisher.rs`) instead of awaiting each one. An in-process bus delivers within
+    /// `publish` itself, which keeps fan-out on the senders' tasks and paces them; it says no.
+    fn batches_publishes(&self) -> bool {
+        false
+    }
+
     /// Subscribes to channels; returns once every subscription is active, so anything published
     /// after it returns reaches this node's inbox.
     async fn subscribe(&self, channels: &[Channel]) -> Result<(), BusError>;

@@ -160,6 +160,29 @@ impl Bus for RedisBus {
             .await
     }
 
+    fn batches_publishes(&self) -> bool {
+        true
+    }
+
+    async fn publish_batch(&self, batch: &[(Channel, Bytes)]) -> Vec<Result<usize, BusError>> {
+        let named: Vec<(String, &[u8])> = batch
+            .iter()
+            .map(|(c, p)| (self.name(c), p.as_ref()))
+            .collect();
+        let err = match self.inner.publish_pipeline(&named).await {
+            Ok(counts) if counts.len() == batch.len() => {
+                return counts.into_iter().map(Ok).collect()
+            }
+            Ok(counts) => BusError::Unavailable(format!(
+                "Redis answered {} publishes with {} replies",
+                batch.len(),
+                counts.len()
+            )),
+            Err(e) => e,
+        };
+        batch.iter().map(|_| Err(err.clone())).collect()
+    }
+
     async fn subscribe(&self, channels: &[Channel]) -> Result<(), BusError> {
         let names: Vec<String> = channels.iter().map(|c| self.name(c)).collect();
         self.inner.subscriber_command(&names, true).await

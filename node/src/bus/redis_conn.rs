@@ -182,6 +182,29 @@ impl Inner {
         })
     }
 
+    /// Publishes several payloads as one pipeline (one write, one round trip), in order.
+    pub(super) async fn publish_pipeline(
+        &self,
+        items: &[(String, &[u8])],
+    ) -> Result<Vec<usize>, BusError> {
+        let Some(mut link) = self.publisher() else {
+            return Err(BusError::Unavailable(
+                "Redis publisher is reconnecting".into(),
+            ));
+        };
+        let mut pipe = redis::pipe();
+        for (channel, payload) in items {
+            pipe.cmd("PUBLISH").arg(channel.as_bytes()).arg(*payload);
+        }
+        let result: Result<Vec<usize>, RedisError> = pipe.query_async(&mut link.conn).await;
+        result.map_err(|e| {
+            if !matches!(e.kind(), ErrorKind::Server(_)) {
+                report_failure(&self.publisher_failed_tx, link.generation);
+            }
+            unavailable("Redis publish failed", e)
+        })
+    }
+
     fn probe_echoed(&self, payload: &[u8]) {
         let token = std::str::from_utf8(payload)
             .ok()
