@@ -18,6 +18,7 @@ pub mod server;
 pub mod session;
 pub mod subscriptions;
 pub mod upgrade;
+pub mod writer;
 
 use std::sync::Arc;
 

@@ -20,8 +20,10 @@ use crate::metrics::Metrics;
 
 /// Most publishes sent to the bus as one batch.
 const BATCH: usize = 256;
-/// Most publishes waiting in the queue; senders wait beyond it.
-pub const QUEUE: usize = 4096;
+/// Most publishes waiting in the queue; senders wait beyond it. Four batches: enough to keep
+/// one pipeline in flight while the next fills, and at most 64 MiB of envelopes even if every
+/// one carried a maximal (64 KiB) message.
+pub const QUEUE: usize = 1024;
 
 /// Called with the outcome of a publish nobody waits for.
 pub type Then = Box<dyn FnOnce(&Result<usize, BusError>) + Send>;

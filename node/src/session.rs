@@ -10,14 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::SplitStream;
+use futures_util::StreamExt;
 use ringcast_protocol::{ClientMessage, ErrorCode, ServerEvent, Target};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
@@ -25,16 +23,11 @@ use tracing::{debug, info};
 use crate::auth::{now_secs, Identity};
 use crate::bus::Channel;
 use crate::outbound::{
-    Closing, Outbound, OutboundRx, Push, BUS_DOWN, FLOOD, IDLE, PROTOCOL_ERROR, TOKEN_EXPIRED,
-    TOO_BIG,
+    Closing, Outbound, Push, BUS_DOWN, FLOOD, IDLE, PROTOCOL_ERROR, TOKEN_EXPIRED, TOO_BIG,
 };
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::server::Shared;
-
-/// Most frames written per flush.
-const BATCH: usize = 64;
-/// How long a closing connection may take to send its close frame.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::writer::{write_loop, CLOSE_TIMEOUT};
 
 /// Serves one upgraded connection until it closes.
 pub async fn serve<S>(
@@ -524,89 +517,4 @@ impl Session {
                 .await;
         }
     }
-}
-
-type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
-
-/// Writes queued frames, several per flush, plus pings; closes the connection when asked.
-async fn write_loop<S>(mut sink: Sink<S>, mut rx: OutboundRx, ping_every: Duration)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    let closing = loop {
-        let OutboundRx { frames, close, .. } = &mut rx;
-        tokio::select! {
-            biased;
-            _ = close.changed() => break *close.borrow(),
-            first = frames.recv() => {
-                let Some(first) = first else { break None };
-                let write = write_batch(&mut sink, first, frames);
-                let written = tokio::select! {
-                    w = write => w,
-                    // The client stopped reading while we wait on the socket: give up on it.
-                    _ = close.changed() => return,
-                };
-                match written {
-                    Ok(bytes) => rx.written(bytes),
-                    Err(_) => return,
-                }
-            }
-            _ = ping.tick() => {
-                let send = sink.send(Message::Ping(Bytes::new()));
-                if !matches!(timeout(ping_every, send).await, Ok(Ok(()))) {
-                    return;
-                }
-            }
-        }
-    };
-    match closing {
-        Some(Closing::Server {
-            code,
-            reason,
-            drain,
-        }) => {
-            let close_frame = async {
-                if drain {
-                    while let Ok(frame) = rx.frames.try_recv() {
-                        sink.feed(Message::Text(frame)).await?;
-                    }
-                }
-                sink.send(Message::Close(Some(CloseFrame {
-                    code: CloseCode::from(code),
-                    reason: reason.into(),
-                })))
-                .await
-            };
-            let _ = timeout(CLOSE_TIMEOUT, close_frame).await;
-        }
-        Some(Closing::Peer) | None => {
-            // Sends tungstenite's pending close reply, if the client started the close.
-            let _ = timeout(CLOSE_TIMEOUT, sink.flush()).await;
-        }
-    }
-    let _ = timeout(CLOSE_TIMEOUT, sink.close()).await;
-}
-
-async fn write_batch<S>(
-    sink: &mut Sink<S>,
-    first: Utf8Bytes,
-    frames: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>,
-) -> Result<usize, WsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut bytes = first.len();
-    sink.feed(Message::Text(first)).await?;
-    for _ in 1..BATCH {
-        match frames.try_recv() {
-            Ok(frame) => {
-                bytes += frame.len();
-                sink.feed(Message::Text(frame)).await?;
-            }
-            Err(_) => break,
-        }
-    }
-    sink.flush().await?;
-    Ok(bytes)
 }
