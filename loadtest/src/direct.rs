@@ -103,23 +103,14 @@ pub async fn run(
     drop(ready_tx);
     drop(done_tx);
 
-    let bar = crate::progress::bar(progress, clients as u64, "connecting");
-    let mut ready = 0u64;
-    while ready < clients as u64 {
-        match ready_rx.recv().await {
-            Some(Ok(())) => {
-                ready += 1;
-                bar.set_position(ready);
-            }
-            Some(Err(e)) => {
-                bar.finish_and_clear();
-                let _ = stop_tx.send(true);
-                return Err(e.into());
-            }
-            None => break,
-        }
-    }
-    bar.finish_and_clear();
+    crate::progress::await_ready(
+        progress,
+        "connecting",
+        clients as u64,
+        &mut ready_rx,
+        &stop_tx,
+    )
+    .await?;
 
     let duration_ms = duration.as_millis() as u64;
     let bar = crate::progress::bar(progress, duration_ms, "sending");

@@ -202,24 +202,8 @@ pub async fn run(
 
     // Wait until every connection has joined (or the first fails).
     let total = (plan.subscribers + plan.publishers) as u64;
-    let bar = crate::progress::bar(progress, total, "joining");
     let setup_started = Instant::now();
-    let mut ready = 0u64;
-    while ready < total {
-        match ready_rx.recv().await {
-            Some(Ok(())) => {
-                ready += 1;
-                bar.set_position(ready);
-            }
-            Some(Err(e)) => {
-                bar.finish_and_clear();
-                let _ = stop_tx.send(true);
-                return Err(e.into());
-            }
-            None => break,
-        }
-    }
-    bar.finish_and_clear();
+    crate::progress::await_ready(progress, "joining", total, &mut ready_rx, &stop_tx).await?;
     let setup_secs = setup_started.elapsed().as_secs_f64();
 
     // Run.

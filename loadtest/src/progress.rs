@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::{mpsc, watch};
 
 /// A bar counting `len` steps of `phase`; hidden when `enabled` is false.
 pub fn bar(enabled: bool, len: u64, phase: &str) -> ProgressBar {
@@ -18,4 +19,33 @@ pub fn bar(enabled: bool, len: u64, phase: &str) -> ProgressBar {
     bar.set_prefix(phase.to_owned());
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
+}
+
+/// Counts readiness reports from `total` clients on a bar labelled `phase`. On the first error it
+/// tells every client to stop and returns the error; a closed channel ends the wait early.
+pub async fn await_ready<E>(
+    enabled: bool,
+    phase: &str,
+    total: u64,
+    ready_rx: &mut mpsc::Receiver<Result<(), E>>,
+    stop_tx: &watch::Sender<bool>,
+) -> Result<(), E> {
+    let bar = bar(enabled, total, phase);
+    let mut ready = 0u64;
+    while ready < total {
+        match ready_rx.recv().await {
+            Some(Ok(())) => {
+                ready += 1;
+                bar.set_position(ready);
+            }
+            Some(Err(e)) => {
+                bar.finish_and_clear();
+                let _ = stop_tx.send(true);
+                return Err(e);
+            }
+            None => break,
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
 }

@@ -41,12 +41,7 @@ async fn quick_fanout_loses_nothing_with_announcements_on() {
     let node = TestNode::start(Config::for_tests()).await;
     let url = node.ws_url("");
     let run = loadtest(&["--url", &url, "--json", "fanout", "--quick"]).await;
-    assert_eq!(
-        run.code, 0,
-        "stderr: {}\nstdout: {}",
-        run.stderr, run.stdout
-    );
-    let v = run.json();
+    let v = run.ok_json();
     assert_clean(&v);
     assert_eq!(v["subscribers"], 20);
     assert_eq!(v["urls"], serde_json::json!([url]));
@@ -88,12 +83,7 @@ async fn uneven_rooms_count_each_subscribers_own_publishers() {
         "0.5",
     ])
     .await;
-    assert_eq!(
-        run.code, 0,
-        "stderr: {}\nstdout: {}",
-        run.stderr, run.stdout
-    );
-    let v = run.json();
+    let v = run.ok_json();
     assert_clean(&v);
     // Rooms hold 3, 2, 2 subscribers; publishers 0 and 3 share room 0.
     let sent = v["sent"].as_u64().unwrap();

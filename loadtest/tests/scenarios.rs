@@ -27,12 +27,7 @@ async fn connections_opens_holds_and_measures_memory() {
         &pid,
     ])
     .await;
-    assert_eq!(
-        run.code, 0,
-        "stderr: {}\nstdout: {}",
-        run.stderr, run.stdout
-    );
-    let v = run.json();
+    let v = run.ok_json();
     assert_eq!(v["scenario"], "connections");
     assert_eq!(v["opened"], 40, "{v}");
     assert_eq!(v["failed"], 0, "{v}");
@@ -97,12 +92,7 @@ async fn direct_pairs_across_two_nodes_lose_nothing() {
         "0.5",
     ])
     .await;
-    assert_eq!(
-        run.code, 0,
-        "stderr: {}\nstdout: {}",
-        run.stderr, run.stdout
-    );
-    let v = run.json();
+    let v = run.ok_json();
     assert_eq!(v["scenario"], "direct");
     assert!(v["sent"].as_u64().unwrap() >= 12, "{v}");
     assert_eq!(v["received"], v["sent"], "{v}");
@@ -128,12 +118,7 @@ async fn churn_leaves_no_connections_or_rooms_behind() {
         "2",
     ])
     .await;
-    assert_eq!(
-        run.code, 0,
-        "stderr: {}\nstdout: {}",
-        run.stderr, run.stdout
-    );
-    let v = run.json();
+    let v = run.ok_json();
     assert_eq!(v["completed"], 24, "{v}");
     assert_eq!(v["failed"], 0, "{v}");
     assert_eq!(v["leak_free"], true, "{v}");

@@ -14,6 +14,16 @@ pub struct Run {
 }
 
 impl Run {
+    /// Asserts the run exited 0 and returns its `--json` result object.
+    pub fn ok_json(&self) -> serde_json::Value {
+        assert_eq!(
+            self.code, 0,
+            "stderr: {}\nstdout: {}",
+            self.stderr, self.stdout
+        );
+        self.json()
+    }
+
     /// stdout parsed as the `--json` result object.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
