@@ -357,14 +357,9 @@ impl Hub {
             }
             if !active {
                 // Emptied while subscribing: the next pass unsubscribes.
-                self.dirty
-                    .lock()
-                    .unwrap_or_else(recover)
-                    .insert(channel.clone());
+                self.mark_dirty(channel.clone());
             }
         }
-        drop(state);
-        self.dirty_notify.notify_one();
     }
 
     /// Records that the bus unsubscribed these channels; forgets empty ones.
@@ -377,35 +372,9 @@ impl Hub {
                 Channel::Client(id) => forget_if_empty(&mut state.clients, id.as_str()),
             };
             if refilled {
-                self.dirty
-                    .lock()
-                    .unwrap_or_else(recover)
-                    .insert(channel.clone());
+                self.mark_dirty(channel.clone());
             }
         }
-        drop(state);
-        self.dirty_notify.notify_one();
-    }
-
-    /// Every channel that should be subscribed now (after a bus reconnect).
-    pub fn wanted_channels(&self) -> Vec<Channel> {
-        let state = self.state.read().unwrap_or_else(recover);
-        let mut out = vec![Channel::Broadcast];
-        out.extend(
-            state
-                .rooms
-                .iter()
-                .filter(|(_, t)| t.active)
-                .map(|(r, _)| Channel::Room(r.clone())),
-        );
-        out.extend(
-            state
-                .clients
-                .iter()
-                .filter(|(_, t)| t.active)
-                .map(|(c, _)| Channel::Client(c.to_string())),
-        );
-        out
     }
 }
 
