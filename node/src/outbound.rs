@@ -5,10 +5,11 @@
 //! that the queue is full, and the caller then closes the slow client. The queue is bounded both in
 //! frames and in bytes, so one stalled client holds at most `send_queue_bytes` of memory.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{watch, Notify};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Process-unique id of one WebSocket connection.
@@ -96,20 +97,68 @@ pub struct Outbound {
     pub id: ConnId,
     /// The client id the connection speaks as.
     pub client_id: Arc<str>,
-    tx: mpsc::Sender<Utf8Bytes>,
+    /// Frames waiting for the writer. A `VecDeque` allocates nothing until the first frame and
+    /// little for an idle connection (a channel would pre-allocate a block of slots for each).
+    queue: Mutex<VecDeque<Utf8Bytes>>,
+    /// Wakes the writer; a notification sent while it is busy is kept as a permit.
+    ready: Notify,
+    max_frames: usize,
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     closing: AtomicBool,
+    /// The writer is gone: further frames have nowhere to go.
+    writer_gone: AtomicBool,
     close_tx: watch::Sender<Option<Closing>>,
 }
 
 /// The receiving half, owned by the connection's writer.
 pub struct OutboundRx {
     /// Frames to write.
-    pub frames: mpsc::Receiver<Utf8Bytes>,
+    pub frames: Frames,
     /// Set once when the connection must close.
     pub close: watch::Receiver<Option<Closing>>,
+}
+
+/// The writer's end of the frame queue.
+pub struct Frames {
     handle: Arc<Outbound>,
+}
+
+/// A capacity above which an emptied queue gives its memory back (a burst passed).
+const SHRINK_ABOVE: usize = 256;
+
+impl Frames {
+    /// The next frame, waiting for one.
+    pub async fn recv(&mut self) -> Utf8Bytes {
+        loop {
+            if let Ok(frame) = self.try_recv() {
+                return frame;
+            }
+            self.handle.ready.notified().await;
+        }
+    }
+
+    /// The next frame if one is queued.
+    pub fn try_recv(&mut self) -> Result<Utf8Bytes, Empty> {
+        let mut queue = self.handle.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let frame = queue.pop_front().ok_or(Empty)?;
+        if queue.is_empty() && queue.capacity() > SHRINK_ABOVE {
+            queue.shrink_to(8);
+        }
+        Ok(frame)
+    }
+}
+
+/// No frame is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Empty;
+
+impl Drop for Frames {
+    fn drop(&mut self) {
+        self.handle.writer_gone.store(true, Ordering::Release);
+        let mut queue = self.handle.queue.lock().unwrap_or_else(|e| e.into_inner());
+        *queue = VecDeque::new();
+    }
 }
 
 impl Outbound {
@@ -120,21 +169,24 @@ impl Outbound {
         max_frames: usize,
         max_bytes: usize,
     ) -> (Arc<Self>, OutboundRx) {
-        let (tx, frames) = mpsc::channel(max_frames.max(1));
         let (close_tx, close) = watch::channel(None);
         let handle = Arc::new(Outbound {
             id,
             client_id,
-            tx,
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            max_frames: max_frames.max(1),
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
             closing: AtomicBool::new(false),
+            writer_gone: AtomicBool::new(false),
             close_tx,
         });
         let rx = OutboundRx {
-            frames,
+            frames: Frames {
+                handle: handle.clone(),
+            },
             close,
-            handle: handle.clone(),
         };
         (handle, rx)
     }
@@ -150,16 +202,22 @@ impl Outbound {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             return Push::Full;
         }
-        match self.tx.try_send(frame.clone()) {
-            Ok(()) => Push::Queued,
-            Err(e) => {
-                self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-                match e {
-                    mpsc::error::TrySendError::Full(_) => Push::Full,
-                    mpsc::error::TrySendError::Closed(_) => Push::Closed,
-                }
-            }
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = if self.writer_gone.load(Ordering::Acquire) {
+            Push::Closed
+        } else if queue.len() >= self.max_frames {
+            Push::Full
+        } else {
+            queue.push_back(frame.clone());
+            Push::Queued
+        };
+        drop(queue);
+        if outcome == Push::Queued {
+            self.ready.notify_one();
+        } else {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
         }
+        outcome
     }
 
     /// Asks the writer to close the connection. The first call wins; returns whether it was it.
@@ -185,7 +243,10 @@ impl Outbound {
 impl OutboundRx {
     /// Records that `len` queued bytes were written to the socket.
     pub fn written(&self, len: usize) {
-        self.handle.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        self.frames
+            .handle
+            .queued_bytes
+            .fetch_sub(len, Ordering::Relaxed);
     }
 }
 

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::outbound::{Closing, OutboundRx};
+use crate::outbound::{Closing, Frames, OutboundRx};
 
 /// Most frames written per flush.
 const BATCH: usize = 64;
@@ -38,7 +38,6 @@ where
             biased;
             _ = close.changed() => break *close.borrow(),
             first = frames.recv() => {
-                let Some(first) = first else { break None };
                 let write = write_batch(&mut sink, first, frames);
                 let written = tokio::select! {
                     w = write => w,
@@ -89,7 +88,7 @@ where
 async fn write_batch<S>(
     sink: &mut Sink<S>,
     first: Utf8Bytes,
-    frames: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>,
+    frames: &mut Frames,
 ) -> Result<usize, WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
