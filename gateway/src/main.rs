@@ -31,20 +31,9 @@ async fn main() -> std::process::ExitCode {
         println!("config ok");
         return std::process::ExitCode::SUCCESS;
     }
-    process::init_tracing(config.log_format);
-    let listener = match process::bind(config.listen) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(addr = %config.listen, error = %e, "cannot listen");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let shutdown = process::shutdown_on_signal();
-    match ringcast_gateway::run(listener, config, shutdown).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "gateway failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let (listen, log_format) = (config.listen, config.log_format);
+    process::serve(listen, log_format, "gateway", |listener, shutdown| {
+        ringcast_gateway::run(listener, config, shutdown)
+    })
+    .await
 }

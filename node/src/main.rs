@@ -10,20 +10,9 @@ async fn main() -> std::process::ExitCode {
         println!("config ok");
         return std::process::ExitCode::SUCCESS;
     }
-    process::init_tracing(config.log_format);
-    let listener = match process::bind(config.listen) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(addr = %config.listen, error = %e, "cannot listen");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let shutdown = process::shutdown_on_signal();
-    match ringcast_node::run(listener, config, shutdown).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "node failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let (listen, log_format) = (config.listen, config.log_format);
+    process::serve(listen, log_format, "node", |listener, shutdown| {
+        ringcast_node::run(listener, config, shutdown)
+    })
+    .await
 }

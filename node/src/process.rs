@@ -37,6 +37,36 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// The body of both binaries' `main`: installs logging, binds `listen`, runs `run` until
+/// SIGTERM/SIGINT, and maps the outcome to an exit code (`what` names the process in logs).
+pub async fn serve<F, Fut, E>(
+    listen: SocketAddr,
+    log_format: LogFormat,
+    what: &str,
+    run: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(TcpListener, watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    init_tracing(log_format);
+    let listener = match bind(listen) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(addr = %listen, error = %e, "cannot listen");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match run(listener, shutdown_on_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{what} failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// A shutdown receiver that turns true on the first SIGTERM or SIGINT.
 pub fn shutdown_on_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
