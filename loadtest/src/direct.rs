@@ -73,14 +73,7 @@ pub async fn run(
                 let _slot = slots.acquire().await;
                 connector.connect(c, &connector.client_id("d", c)).await
             };
-            let ws = match connected {
-                Ok((ws, _)) => ws,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e)).await;
-                    return None;
-                }
-            };
-            let _ = ready_tx.send(Ok(())).await;
+            let (ws, _) = crate::progress::report_ready(connected, &ready_tx).await?;
             if start_rx.wait_for(|s| *s).await.is_err() {
                 return None;
             }

@@ -132,14 +132,8 @@ pub async fn run(
         );
         let room = i % plan.rooms;
         subs.push(tokio::spawn(async move {
-            let ws = match join_as(&shared, i, "s", room).await {
-                Ok(ws) => ws,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e)).await;
-                    return None;
-                }
-            };
-            let _ = ready_tx.send(Ok(())).await;
+            let ws = crate::progress::report_ready(join_as(&shared, i, "s", room).await, &ready_tx)
+                .await?;
             let receiver = receive_until(ws, receiver, stop_rx).await;
             Some(SubscriberEnd { room, receiver })
         }));
@@ -163,14 +157,11 @@ pub async fn run(
         let plan = plan.clone();
         pubs.push(tokio::spawn(async move {
             let room = j % plan.rooms;
-            let ws = match join_as(&shared, plan.subscribers + j, "p", room).await {
-                Ok(ws) => ws,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e)).await;
-                    return None;
-                }
-            };
-            let _ = ready_tx.send(Ok(())).await;
+            let ws = crate::progress::report_ready(
+                join_as(&shared, plan.subscribers + j, "p", room).await,
+                &ready_tx,
+            )
+            .await?;
             if start_rx.wait_for(|s| *s).await.is_err() {
                 return None;
             }

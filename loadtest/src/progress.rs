@@ -21,6 +21,24 @@ pub fn bar(enabled: bool, len: u64, phase: &str) -> ProgressBar {
     bar
 }
 
+/// A client's side of [`await_ready`]: reports its connection outcome and hands back the
+/// connection, or `None` when it failed (the run then stops).
+pub async fn report_ready<T, E>(
+    connected: Result<T, E>,
+    ready_tx: &mpsc::Sender<Result<(), E>>,
+) -> Option<T> {
+    match connected {
+        Ok(conn) => {
+            let _ = ready_tx.send(Ok(())).await;
+            Some(conn)
+        }
+        Err(e) => {
+            let _ = ready_tx.send(Err(e)).await;
+            None
+        }
+    }
+}
+
 /// Counts readiness reports from `total` clients on a bar labelled `phase`. On the first error it
 /// tells every client to stop and returns the error; a closed channel ends the wait early.
 pub async fn await_ready<E>(
