@@ -13,25 +13,15 @@ import sys
 
 import websockets
 
+import wsclient
+
 URL, CLUSTER = sys.argv[1], sys.argv[2]
-TIMEOUT = 5
+TIMEOUT = wsclient.TIMEOUT
+expect = wsclient.expect
 
 
 async def connect(client_id):
-    ws = await websockets.connect(f"{URL}?client_id={client_id}")
-    welcome = await expect(ws, "welcome")
-    assert welcome["client_id"] == client_id, welcome
-    return ws, welcome["node"]
-
-
-async def expect(ws, event, **fields):
-    """Reads until `event` arrives (skipping others); checks `fields`."""
-    while True:
-        msg = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
-        if msg.get("event") == event:
-            for k, v in fields.items():
-                assert msg.get(k) == v, (event, k, msg)
-            return msg
+    return await wsclient.connect(URL, client_id)
 
 
 async def close_code(ws, seconds):
