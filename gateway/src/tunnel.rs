@@ -1,17 +1,29 @@
 //! The byte pipe behind an upgraded connection: client ↔ node, both ways, until either closes.
 //!
-//! Memory per idle tunnel is the point here: instead of two permanently allocated copy buffers
-//! (`copy_bidirectional`'s 2 × 8 KiB), each direction waits for readiness with no buffer and
-//! allocates one only while bytes flow, dropping it once the socket is drained. Bytes hyper
-//! had already read past the HTTP head on either side (a pipelined frame, a node's first frame)
-//! are written first, so nothing is lost.
+//! Memory per idle tunnel is the point here. A tunnel is one small future that owns both
+//! sockets and, per direction, a buffer that exists only while bytes are in flight: a direction
+//! waits for readiness with no buffer, takes one to move what arrived, and gives it back as soon
+//! as its source has nothing more. No task per direction, no split halves, no copy buffers held
+//! by idle connections.
+//!
+//! Reads go through `poll_read`, which (unlike `try_read`) treats a short read as "drained", so a
+//! burst costs one read, not a read plus one that fails with `WouldBlock`. Polling both sockets
+//! from this task also replaces the wakers hyper's connection tasks left on them; until then
+//! those wakers keep the finished tasks' memory alive.
+//!
+//! Bytes hyper had already read past the HTTP head on either side (a pipelined frame, a node's
+//! first frame) are written first, so nothing is lost.
 
-use bytes::Bytes;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -30,83 +42,224 @@ pub async fn run(
 ) {
     let buf_size = buf_size.clamp(512, 1024 * 1024);
     // Our listeners and node connections are plain TCP, so both downcasts succeed; the generic
-    // fallbacks keep this correct should that ever change.
-    let client = match client.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => parts,
-        Err(client) => {
-            let (c, n) = (TokioIo::new(client), TokioIo::new(node));
-            return generic(c, n, buf_size, metrics, force_close).await;
+    // fallback (boxed, so it does not enlarge every tunnel) keeps this correct should that change.
+    let (client, node) = match (
+        client.downcast::<TokioIo<TcpStream>>(),
+        node.downcast::<TokioIo<TcpStream>>(),
+    ) {
+        (Ok(client), Ok(node)) => (client, node),
+        (client, node) => {
+            let client = client.map_or_else(Rewound::upgraded, Rewound::tcp);
+            let node = node.map_or_else(Rewound::upgraded, Rewound::tcp);
+            Box::pin(generic(client, node, buf_size, metrics, force_close)).await;
+            return;
         }
     };
-    let node = match node.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => parts,
-        Err(node) => {
-            let mut n = TokioIo::new(node);
-            if n.write_all(&client.read_buf).await.is_err() {
-                return;
-            }
-            let c = client.io.into_inner();
-            return generic(c, n, buf_size, metrics, force_close).await;
-        }
+    let mut tunnel = Tunnel {
+        client: client.io.into_inner(),
+        node: node.io.into_inner(),
+        up: Pipe::new(client.read_buf, &metrics.bytes_client_to_node),
+        down: Pipe::new(node.read_buf, &metrics.bytes_node_to_client),
+        buf_size,
     };
-    let ((client_tcp, client_early), (node_tcp, node_early)) = (
-        (client.io.into_inner(), client.read_buf),
-        (node.io.into_inner(), node.read_buf),
-    );
-    let (client_rx, client_tx) = client_tcp.into_split();
-    let (node_rx, node_tx) = node_tcp.into_split();
-    let up = pump(
-        client_rx,
-        node_tx,
-        client_early,
-        buf_size,
-        &metrics.bytes_client_to_node,
-    );
-    let down = pump(
-        node_rx,
-        client_tx,
-        node_early,
-        buf_size,
-        &metrics.bytes_node_to_client,
-    );
-    tokio::pin!(up, down);
     // When one direction ends cleanly (a half-close), the other gets `linger` to finish the
     // WebSocket close handshake; then the tunnel ends even if that peer vanished silently.
-    let (first, other) = tokio::select! {
-        r = &mut up => (r, Some(down.as_mut())),
-        r = &mut down => (r, Some(up.as_mut())),
+    let first = tokio::select! {
+        r = poll_fn(|cx| tunnel.poll_ended(cx, 1)) => r,
         _ = force_close.cancelled() => {
             debug!("tunnel closed at the end of the shutdown grace");
-            (Ok(()), None)
+            return;
         }
     };
-    match (first, other) {
-        (Ok(()), Some(other)) => {
-            tokio::select! {
-                r = tokio::time::timeout(linger, other) => {
-                    if let Ok(Err(e)) = r {
-                        debug!(error = %e, "tunnel ended with an error");
-                    }
-                }
-                _ = force_close.cancelled() => {}
+    if let Err(e) = first {
+        debug!(error = %e, "tunnel ended with an error");
+        return;
+    }
+    tokio::select! {
+        r = tokio::time::timeout(linger, poll_fn(|cx| tunnel.poll_ended(cx, 2))) => {
+            if let Ok(Err(e)) = r {
+                debug!(error = %e, "tunnel ended with an error");
             }
         }
-        (Err(e), _) => debug!(error = %e, "tunnel ended with an error"),
-        (Ok(()), None) => {}
+        _ = force_close.cancelled() => {}
+    }
+}
+
+/// Both sockets and both directions of one tunnel.
+struct Tunnel<'m> {
+    client: TcpStream,
+    node: TcpStream,
+    /// Client → node.
+    up: Pipe<'m>,
+    /// Node → client.
+    down: Pipe<'m>,
+    buf_size: usize,
+}
+
+impl Tunnel<'_> {
+    /// Moves bytes both ways until at least `ended` directions have ended, or one fails.
+    fn poll_ended(&mut self, cx: &mut Context<'_>, ended: usize) -> Poll<io::Result<()>> {
+        let size = self.buf_size;
+        if !self.up.ended {
+            if let Poll::Ready(r) = self
+                .up
+                .poll_copy(cx, &mut self.client, &mut self.node, size)
+            {
+                r?;
+                self.up.ended = true;
+            }
+        }
+        if !self.down.ended {
+            if let Poll::Ready(r) = self
+                .down
+                .poll_copy(cx, &mut self.node, &mut self.client, size)
+            {
+                r?;
+                self.down.ended = true;
+            }
+        }
+        if usize::from(self.up.ended) + usize::from(self.down.ended) >= ended {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// One direction: the bytes read but not yet written, if any.
+struct Pipe<'m> {
+    /// Unwritten bytes; no capacity while the direction is idle.
+    buf: BytesMut,
+    /// The source reached EOF (passed on as a write shutdown once `buf` is written).
+    eof: bool,
+    /// EOF was passed on: this direction is finished.
+    ended: bool,
+    counter: &'m IntCounter,
+}
+
+impl<'m> Pipe<'m> {
+    fn new(early: Bytes, counter: &'m IntCounter) -> Self {
+        Pipe {
+            // A copy, so hyper's whole read buffer is not kept alive by a few early bytes.
+            buf: BytesMut::from(&early[..]),
+            eof: false,
+            ended: false,
+            counter,
+        }
+    }
+
+    /// Copies from `from` to `to` until `from` has nothing more for now (`Pending`, holding no
+    /// buffer unless `to` is the one that is full), its EOF was passed on (`Ready(Ok)`), or an
+    /// error.
+    fn poll_copy(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut TcpStream,
+        to: &mut TcpStream,
+        buf_size: usize,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            while !self.buf.is_empty() {
+                let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.buf))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.counter.inc_by(n as u64);
+                self.buf.advance(n);
+            }
+            if self.eof {
+                ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
+                return Poll::Ready(Ok(()));
+            }
+            if self.buf.capacity() == 0 {
+                // Wait for bytes before taking a buffer for them.
+                ready!(from.poll_read_ready(cx))?;
+            }
+            // Reuses the drained buffer whole, or takes a new one.
+            self.buf.reserve(buf_size);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *from), cx, &mut self.buf) {
+                Poll::Ready(Ok(0)) => self.eof = true,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Drained: give the buffer back until the next bytes arrive.
+                    self.buf = BytesMut::new();
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+/// A stream that is not plain TCP, with the bytes hyper read ahead of it.
+enum Rewound {
+    Tcp(Bytes, TcpStream),
+    Upgraded(TokioIo<Upgraded>),
+}
+
+impl Rewound {
+    fn tcp(parts: hyper::upgrade::Parts<TokioIo<TcpStream>>) -> Self {
+        Rewound::Tcp(parts.read_buf, parts.io.into_inner())
+    }
+
+    fn upgraded(io: Upgraded) -> Self {
+        Rewound::Upgraded(TokioIo::new(io))
+    }
+}
+
+impl AsyncRead for Rewound {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Rewound::Tcp(early, _) if !early.is_empty() => {
+                let n = early.len().min(buf.remaining());
+                buf.put_slice(&early.split_to(n));
+                Poll::Ready(Ok(()))
+            }
+            Rewound::Tcp(_, tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Rewound::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Rewound {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Rewound::Tcp(_, tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Rewound::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Rewound::Tcp(_, tcp) => Pin::new(tcp).poll_flush(cx),
+            Rewound::Upgraded(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Rewound::Tcp(_, tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Rewound::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
+        }
     }
 }
 
 /// A buffered copy both ways, for streams that are not plain TCP.
-async fn generic<A, B>(
-    mut client: A,
-    mut node: B,
+async fn generic(
+    mut client: Rewound,
+    mut node: Rewound,
     buf_size: usize,
     metrics: &Metrics,
     force_close: &CancellationToken,
-) where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
+) {
     tokio::select! {
         r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut node, buf_size, buf_size) => {
             if let Ok((up, down)) = r {
@@ -115,40 +268,5 @@ async fn generic<A, B>(
             }
         }
         _ = force_close.cancelled() => {}
-    }
-}
-
-/// One direction: `early` bytes first, then whatever `from` yields, until EOF (which is passed
-/// on as a write shutdown, keeping half-closes intact) or an error.
-async fn pump(
-    from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-    early: Bytes,
-    buf_size: usize,
-    counter: &IntCounter,
-) -> std::io::Result<()> {
-    if !early.is_empty() {
-        to.write_all(&early).await?;
-        counter.inc_by(early.len() as u64);
-    }
-    drop(early);
-    loop {
-        from.readable().await?;
-        // Allocated only while this direction has bytes to move; idle tunnels hold none.
-        let mut buf = vec![0u8; buf_size];
-        loop {
-            match from.try_read(&mut buf) {
-                Ok(0) => {
-                    let _ = to.shutdown().await;
-                    return Ok(());
-                }
-                Ok(n) => {
-                    to.write_all(&buf[..n]).await?;
-                    counter.inc_by(n as u64);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
     }
 }
