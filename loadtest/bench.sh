@@ -192,6 +192,12 @@ else
     run fanout_nodes "fan-out 1 000 members, 4 pub × $R/s (issue 7)" "2 nodes + Redis, no proxy" --url "$BOTH_NODES" "${F[@]}"
     run fanout_node "fan-out 1 000 members, 4 pub × $R/s" "node1 directly (Redis bus)" --url "${NODE_URLS[0]}" "${F[@]}"
     run fanout_solo "fan-out 1 000 members, 4 pub × $R/s (issue 2)" "one node, memory bus" --url "$SOLO_URL" "${F[@]}"
+    # The same million deliveries/s to 100 members at 10 000 messages/s each: how latency depends
+    # on the number of sockets a message reaches, at the same delivery rate.
+    S=(fanout --subscribers 100 --rooms 1 --publishers 4 --rate 2500 --duration-secs 10)
+    run small_gateway "fan-out 100 members, 4 pub × 2 500/s" "gateway → 2 nodes + Redis" --url "$GW_URL" "${S[@]}"
+    run small_nginx "fan-out 100 members, 4 pub × 2 500/s" "nginx → 2 nodes + Redis" --url "$NGINX_URL" "${S[@]}"
+    run small_nodes "fan-out 100 members, 4 pub × 2 500/s" "2 nodes + Redis, no proxy" --url "$BOTH_NODES" "${S[@]}"
     # The same at a fifth of the rate: latency added by each proxy when the machine is not saturated.
     L=(fanout --subscribers 1000 --rooms 1 --publishers 4 --rate 50 --duration-secs 10)
     run light_gateway "fan-out 1 000 members, 4 pub × 50/s" "gateway → 2 nodes + Redis" --url "$GW_URL" "${L[@]}"
