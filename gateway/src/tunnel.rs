@@ -270,3 +270,68 @@ async fn generic(
         _ = force_close.cancelled() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Two connected loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap());
+        let (a, b) = tokio::join!(a, listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    /// Polls `pipe` once; `None` while it waits.
+    async fn step(
+        pipe: &mut Pipe<'_>,
+        from: &mut TcpStream,
+        to: &mut TcpStream,
+    ) -> Option<io::Result<()>> {
+        poll_fn(|cx| match pipe.poll_copy(cx, from, to, 4096) {
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn early_bytes_first_no_buffer_while_idle_and_eof_passed_on() {
+        let (mut sender, mut from) = pair().await;
+        let (mut to, mut receiver) = pair().await;
+        let counter = IntCounter::new("bytes", "bytes").unwrap();
+        let mut pipe = Pipe::new(Bytes::from_static(b"early;"), &counter);
+
+        sender.write_all(b"hello").await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 11 {
+            assert!(step(&mut pipe, &mut from, &mut to).await.is_none());
+            let mut buf = [0u8; 64];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(20), receiver.read(&mut buf)).await
+            {
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        assert_eq!(got, b"early;hello");
+        assert_eq!(counter.get(), 11);
+        assert!(step(&mut pipe, &mut from, &mut to).await.is_none());
+        assert_eq!(pipe.buf.capacity(), 0, "an idle direction holds no buffer");
+
+        drop(sender);
+        let ended = loop {
+            if let Some(r) = step(&mut pipe, &mut from, &mut to).await {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert!(ended.is_ok());
+        let mut rest = Vec::new();
+        receiver.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "EOF is passed on as a write shutdown");
+    }
+}
