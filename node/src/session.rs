@@ -6,14 +6,18 @@
 //! fills only its own queue and is then closed, without slowing anyone down.
 
 use std::collections::HashSet;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::SplitStream;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::StreamExt;
 use ringcast_protocol::{ClientMessage, ErrorCode, ServerEvent, Target};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -30,12 +34,38 @@ use crate::server::Shared;
 use crate::writer::{write_loop, CLOSE_TIMEOUT};
 
 /// Serves one upgraded connection until it closes.
-pub async fn serve<S>(
+///
+/// The returned future lives as long as the connection, mostly waiting in [`Session::read_loop`],
+/// so it is kept small: the socket is split before it starts (its halves are pointers), and the
+/// steps that run once (setting up, finishing) or now and then (serving a message) are boxed, so
+/// their state exists only while they run.
+pub fn serve<S>(
     shared: Arc<Shared>,
     ws: WebSocketStream<S>,
     client_id: Arc<str>,
     identity: Option<Identity>,
-) where
+) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sink, stream) = ws.split();
+    let identity = identity.map(Box::new);
+    async move {
+        let (mut session, writer) = Box::pin(start(shared, sink, client_id, identity)).await;
+        let mut stream = stream;
+        let end = session.read_loop(&mut stream).await;
+        Box::pin(session.finish(stream, end, writer)).await;
+    }
+}
+
+/// Registers the connection, queues the welcome and starts its writer.
+async fn start<S>(
+    shared: Arc<Shared>,
+    sink: SplitSink<WebSocketStream<S>, Message>,
+    client_id: Arc<str>,
+    identity: Option<Box<Identity>>,
+) -> (Session, JoinHandle<()>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = &shared.config;
@@ -58,7 +88,6 @@ pub async fn serve<S>(
     shared.metrics.connections_total.inc();
     debug!(client_id = %client_id, conn = id, "connected");
 
-    let (sink, stream) = ws.split();
     // Direct messages must reach the client from its first frame on: start writing only once
     // its channel is subscribed.
     if let Some(ready) = ready {
@@ -88,31 +117,20 @@ pub async fn serve<S>(
             .await;
     }
 
-    let mut session = Session {
+    let limiter = RateLimiter::new(
+        config.rate_limit_per_sec,
+        config.rate_limit_burst,
+        config.flood_strikes,
+        Instant::now(),
+    );
+    let session = Session {
         shared: shared.clone(),
-        out: out.clone(),
+        out,
         identity,
         rooms: HashSet::new(),
-        limiter: RateLimiter::new(
-            config.rate_limit_per_sec,
-            config.rate_limit_burst,
-            config.flood_strikes,
-            Instant::now(),
-        ),
+        limiter,
     };
-    let mut stream = stream;
-    if session.read_loop(&mut stream).await == ReadEnd::ServerClose {
-        linger(&mut stream).await;
-    }
-    session.cleanup().await;
-
-    // Make sure the writer ends (client-initiated close: flush the close reply and stop).
-    out.close(Closing::Peer);
-    let abort = writer.abort_handle();
-    if timeout(CLOSE_TIMEOUT * 2, writer).await.is_err() {
-        abort.abort();
-    }
-    debug!(client_id = %client_id, conn = id, "disconnected");
+    (session, writer)
 }
 
 fn text(frame: Bytes) -> Utf8Bytes {
@@ -161,56 +179,90 @@ where
     .await;
 }
 
+/// What woke the read loop.
+enum Wake {
+    Close,
+    Read(Option<Result<Message, WsError>>),
+    Timer,
+}
+
 struct Session {
     shared: Arc<Shared>,
     out: Arc<Outbound>,
-    /// What the connection's token grants; `None` when authentication is off.
-    identity: Option<Identity>,
+    /// What the connection's token grants; `None` when authentication is off (boxed: it is
+    /// held for the connection's whole life and is mostly absent).
+    identity: Option<Box<Identity>>,
     rooms: HashSet<String>,
     limiter: RateLimiter,
 }
 
 impl Session {
+    /// Lingers if the server closed, leaves the rooms and waits for the writer to end.
+    async fn finish<S>(
+        mut self,
+        mut stream: SplitStream<WebSocketStream<S>>,
+        end: ReadEnd,
+        writer: JoinHandle<()>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if end == ReadEnd::ServerClose {
+            linger(&mut stream).await;
+        }
+        self.cleanup().await;
+
+        // Make sure the writer ends (client-initiated close: flush the close reply and stop).
+        self.out.close(Closing::Peer);
+        let abort = writer.abort_handle();
+        if timeout(CLOSE_TIMEOUT * 2, writer).await.is_err() {
+            abort.abort();
+        }
+        debug!(client_id = %self.out.client_id, conn = self.out.id, "disconnected");
+    }
+
     async fn read_loop<S>(&mut self, stream: &mut SplitStream<WebSocketStream<S>>) -> ReadEnd
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let idle = self.shared.config.idle_timeout();
-        let mut deadline = Instant::now() + idle;
-        let mut close = self.out.close_signal();
+        let mut idle_at = Instant::now() + idle;
+        // One timer for whichever comes first, the idle timeout or the token's expiry.
+        let mut timer = pin!(sleep_until(idle_at));
         loop {
-            if close.borrow().is_some() {
-                return ReadEnd::ServerClose;
-            }
             let expiry = self.token_deadline();
-            let token_expired = async move {
-                match expiry {
-                    Some(at) => sleep_until(at).await,
-                    None => std::future::pending().await,
+            let wake_at = expiry.map_or(idle_at, |at| at.min(idle_at));
+            if timer.deadline() != wake_at {
+                timer.as_mut().reset(wake_at);
+            }
+            let wake = poll_fn(|cx| {
+                if self.out.poll_close(cx).is_ready() {
+                    return Poll::Ready(Wake::Close);
                 }
-            };
-            let next = tokio::select! {
-                next = stream.next() => next,
-                _ = close.changed() => return ReadEnd::ServerClose,
-                _ = token_expired => {
+                if let Poll::Ready(next) = stream.poll_next_unpin(cx) {
+                    return Poll::Ready(Wake::Read(next));
+                }
+                timer.as_mut().poll(cx).map(|()| Wake::Timer)
+            })
+            .await;
+            let next = match wake {
+                Wake::Read(next) => next,
+                Wake::Close => return ReadEnd::ServerClose,
+                Wake::Timer if expiry.is_some_and(|at| at <= idle_at) => {
                     self.server_close(TOKEN_EXPIRED, "token_expired");
                     return ReadEnd::ServerClose;
                 }
-                _ = sleep_until(deadline) => {
+                Wake::Timer => {
                     // The client is unresponsive: no point waiting for its close reply.
                     self.server_close(IDLE, "idle");
                     return ReadEnd::Peer;
                 }
             };
             let now = Instant::now();
-            deadline = now + idle;
-            match next {
+            idle_at = now + idle;
+            // Only the frame is kept across the await below, not the whole read result.
+            let frame = match next {
                 None | Some(Ok(Message::Close(_))) => return ReadEnd::Peer,
-                Some(Ok(Message::Text(frame))) => {
-                    if self.admit(now) {
-                        self.handle(frame.as_str()).await;
-                    }
-                }
+                Some(Ok(Message::Text(frame))) => frame,
                 Some(Ok(Message::Binary(_))) => {
                     if self.admit(now) {
                         self.error(
@@ -218,8 +270,9 @@ impl Session {
                             "only JSON text frames are accepted",
                         );
                     }
+                    continue;
                 }
-                Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
+                Some(Ok(_)) => continue, // ping (answered by tungstenite), pong, raw frame
                 Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                     self.server_close(TOO_BIG, "too_big");
                     return ReadEnd::ServerClose;
@@ -232,6 +285,11 @@ impl Session {
                     debug!(error = %e, "read failed");
                     return ReadEnd::Peer;
                 }
+            };
+            if self.admit(now) {
+                // Boxed: serving a message may wait on the bus, and that state is needed only
+                // meanwhile, not for the connection's whole life.
+                Box::pin(self.handle(frame.as_str())).await;
             }
         }
     }
@@ -409,7 +467,7 @@ impl Session {
         match auth.validate(token) {
             Ok(identity) if identity.sub == *self.out.client_id => {
                 let expires_at = identity.expires_at;
-                self.identity = Some(identity);
+                self.identity = Some(Box::new(identity));
                 reply(
                     &self.shared,
                     &self.out,
