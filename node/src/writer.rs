@@ -6,7 +6,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
-use std::task::Poll;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,66 +29,134 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
-/// What woke the writer.
-enum Wake {
-    Next(Next),
-    Ping,
-}
-
 /// Writes queued frames, several per flush, plus pings; closes the connection when asked.
 ///
-/// An idle writer waits here, so this future is kept small (it lives as long as the
-/// connection): one timer for the ping and its send timeout, and the closing handshake boxed,
-/// since it runs once.
-pub async fn write_loop<S>(mut sink: Sink<S>, rx: OutboundRx, ping_every: Duration)
+/// An idle writer waits here for the connection's whole life, so its state is kept small: the
+/// writing is a hand-written state machine ([`Batch`]) holding at most one unsent message, one
+/// timer serves the ping and its send timeout, and the closing handshake (run once) is boxed.
+/// (A plain function returning an `async move` block: an `async fn` would keep a second copy of
+/// its arguments for the connection's life.)
+pub fn write_loop<S>(
+    mut sink: Sink<S>,
+    rx: OutboundRx,
+    ping_every: Duration,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut ping = pin!(sleep(ping_every));
-    let closing = loop {
-        let wake = poll_fn(|cx| {
-            if let Poll::Ready(next) = rx.poll_next(cx) {
-                return Poll::Ready(Wake::Next(next));
-            }
-            ping.as_mut().poll(cx).map(|()| Wake::Ping)
-        })
-        .await;
-        match wake {
-            Wake::Next(Next::Close(closing)) => break closing,
-            Wake::Next(Next::Frame(first)) => {
-                let mut write = pin!(write_batch(&mut sink, first, &rx));
-                let written = poll_fn(|cx| {
-                    if let Poll::Ready(written) = write.as_mut().poll(cx) {
-                        return Poll::Ready(Some(written));
+    async move {
+        let mut ping = pin!(sleep(ping_every));
+        let mut batch: Option<Batch> = None;
+        let closing = poll_fn(|cx| loop {
+            if let Some(writing) = &mut batch {
+                match writing.poll(&mut sink, &rx, cx) {
+                    Poll::Ready(Ok(bytes)) => {
+                        rx.written(bytes);
+                        if writing.ping {
+                            ping.as_mut().reset(Instant::now() + ping_every);
+                        }
+                        batch = None;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Pending if writing.ping => {
+                        // The ping must be taken within one interval; the same timer is the limit.
+                        return ping.as_mut().poll(cx).map(|()| None);
                     }
                     // The client stopped reading while we wait on the socket: give up on it.
-                    rx.poll_close(cx).map(|_| None)
-                })
-                .await;
-                match written {
-                    Some(Ok(bytes)) => rx.written(bytes),
-                    _ => return,
+                    Poll::Pending => return rx.poll_close(cx).map(|_| None),
                 }
             }
-            Wake::Ping => {
-                // The ping must be taken within one interval; the same timer is the limit.
-                ping.as_mut().reset(Instant::now() + ping_every);
-                let mut send = pin!(sink.send(Message::Ping(Bytes::new())));
-                let sent = poll_fn(|cx| {
-                    if let Poll::Ready(sent) = send.as_mut().poll(cx) {
-                        return Poll::Ready(sent.is_ok());
-                    }
-                    ping.as_mut().poll(cx).map(|()| false)
-                })
-                .await;
-                if !sent {
-                    return;
+            match rx.poll_next(cx) {
+                Poll::Ready(Next::Close(closing)) => return Poll::Ready(Some(closing)),
+                Poll::Ready(Next::Frame(first)) => {
+                    batch = Some(Batch::frames(first));
+                    continue;
                 }
+                Poll::Pending => {}
+            }
+            if ping.as_mut().poll(cx).is_ready() {
                 ping.as_mut().reset(Instant::now() + ping_every);
+                batch = Some(Batch::ping());
+                continue;
+            }
+            return Poll::Pending;
+        })
+        .await;
+        if let Some(closing) = closing {
+            Box::pin(close(sink, rx, closing)).await;
+        }
+    }
+}
+
+/// One flush in progress: frames fed to the sink (up to [`BATCH`]), or a ping.
+struct Batch {
+    /// Waiting for the sink to take it (a text frame, or the ping).
+    next: Option<Utf8Bytes>,
+    /// Messages handed to the sink so far.
+    fed: usize,
+    /// Frame bytes taken from the queue so far.
+    bytes: usize,
+    /// A ping, not frames: take nothing from the queue.
+    ping: bool,
+}
+
+impl Batch {
+    fn frames(first: Utf8Bytes) -> Self {
+        Batch {
+            bytes: first.len(),
+            next: Some(first),
+            fed: 0,
+            ping: false,
+        }
+    }
+
+    fn ping() -> Self {
+        Batch {
+            next: Some(Utf8Bytes::default()),
+            fed: 0,
+            bytes: 0,
+            ping: true,
+        }
+    }
+
+    /// Feeds the pending message and whatever else is queued, then flushes; ready with the
+    /// frame bytes written.
+    fn poll<S>(
+        &mut self,
+        sink: &mut Sink<S>,
+        rx: &OutboundRx,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<usize, WsError>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        loop {
+            if self.next.is_some() {
+                ready!(sink.poll_ready_unpin(cx))?;
+                if let Some(frame) = self.next.take() {
+                    let message = if self.ping {
+                        Message::Ping(Bytes::new())
+                    } else {
+                        Message::Text(frame)
+                    };
+                    sink.start_send_unpin(message)?;
+                    self.fed += 1;
+                }
+            }
+            if self.ping || self.fed >= BATCH {
+                break;
+            }
+            match rx.frames.try_recv() {
+                Ok(frame) => {
+                    self.bytes += frame.len();
+                    self.next = Some(frame);
+                }
+                Err(_) => break,
             }
         }
-    };
-    Box::pin(close(sink, rx, closing)).await;
+        ready!(sink.poll_flush_unpin(cx))?;
+        Poll::Ready(Ok(self.bytes))
+    }
 }
 
 /// The server side of the closing handshake.
@@ -122,27 +190,4 @@ where
         }
     }
     let _ = timeout(CLOSE_TIMEOUT, sink.close()).await;
-}
-
-async fn write_batch<S>(
-    sink: &mut Sink<S>,
-    first: Utf8Bytes,
-    rx: &OutboundRx,
-) -> Result<usize, WsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut bytes = first.len();
-    sink.feed(Message::Text(first)).await?;
-    for _ in 1..BATCH {
-        match rx.frames.try_recv() {
-            Ok(frame) => {
-                bytes += frame.len();
-                sink.feed(Message::Text(frame)).await?;
-            }
-            Err(_) => break,
-        }
-    }
-    sink.flush().await?;
-    Ok(bytes)
 }
