@@ -11,10 +11,11 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -133,6 +134,23 @@ fn refuse(shared: &Shared, status: StatusCode, code: &str, message: &str) -> Res
     resp
 }
 
+/// Waits for hyper to hand over the upgraded connection and wraps it as a WebSocket.
+async fn accept(
+    on_upgrade: OnUpgrade,
+    ws_config: WebSocketConfig,
+) -> Option<WebSocketStream<TokioIo<Upgraded>>> {
+    match on_upgrade.await {
+        Ok(upgraded) => {
+            let io = TokioIo::new(upgraded);
+            Some(WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await)
+        }
+        Err(e) => {
+            debug!(error = %e, "upgrade failed");
+            None
+        }
+    }
+}
+
 fn upgrade_ws(
     shared: Arc<Shared>,
     mut req: Request<Incoming>,
@@ -177,17 +195,23 @@ fn upgrade_ws(
     let subprotocol =
         crate::auth::offered_subprotocols(req.headers()).any(|p| p == crate::auth::SUBPROTOCOL);
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let ws_config = shared.ws_config;
+    // This task lives as long as the connection and keeps whatever it captures: what the
+    // session needs is boxed until it starts, and the upgrade runs boxed.
+    let upgrade = Box::new((on_upgrade, slot, shared, client_id, identity));
     tracker.spawn(async move {
-        let _slot = slot;
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let io = TokioIo::new(upgraded);
-                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-                crate::session::serve(shared, ws, client_id, identity).await;
-            }
-            Err(e) => debug!(error = %e, "upgrade failed"),
-        }
+        // The inner block's locals are gone before the session runs.
+        let (_slot, session) = {
+            // Moved out of the capture first, so the box is freed now, not with the task.
+            let (on_upgrade, slot, shared, client_id, identity) = {
+                let upgrade = upgrade;
+                *upgrade
+            };
+            let Some(ws) = Box::pin(accept(on_upgrade, shared.ws_config)).await else {
+                return;
+            };
+            (slot, crate::session::serve(shared, ws, client_id, identity))
+        };
+        session.await;
     });
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

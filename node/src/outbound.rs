@@ -317,7 +317,7 @@ mod tests {
 
     #[test]
     fn bounded_in_frames_and_bytes() {
-        let (out, mut rx) = Outbound::new(1, "a".into(), 3, 10);
+        let (out, rx) = Outbound::new(1, "a".into(), 3, 10);
         let f = Utf8Bytes::from_static("1234");
         assert_eq!(out.push(&f), Push::Queued);
         assert_eq!(out.push(&f), Push::Queued);

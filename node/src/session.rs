@@ -26,8 +26,10 @@ use tracing::{debug, info};
 
 use crate::auth::{now_secs, Identity};
 use crate::bus::Channel;
+use crate::hub::Ready;
 use crate::outbound::{
-    Closing, Outbound, Push, BUS_DOWN, FLOOD, IDLE, PROTOCOL_ERROR, TOKEN_EXPIRED, TOO_BIG,
+    Closing, Outbound, OutboundRx, Push, BUS_DOWN, FLOOD, IDLE, PROTOCOL_ERROR, TOKEN_EXPIRED,
+    TOO_BIG,
 };
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::server::Shared;
@@ -36,9 +38,11 @@ use crate::writer::{write_loop, CLOSE_TIMEOUT};
 /// Serves one upgraded connection until it closes.
 ///
 /// The returned future lives as long as the connection, mostly waiting in [`Session::read_loop`],
-/// so it is kept small: the socket is split before it starts (its halves are pointers), and the
-/// steps that run once (setting up, finishing) or now and then (serving a message) are boxed, so
-/// their state exists only while they run.
+/// so it is kept small. It is a plain function returning an `async move` block because
+/// everything an async body captures stays in it for good (and an `async fn` keeps a second copy
+/// of its arguments): the socket is split and the session built before the block starts, and
+/// the steps that run once (starting, finishing) or now and then (serving a message) are boxed,
+/// so their state exists only while they run.
 pub fn serve<S>(
     shared: Arc<Shared>,
     ws: WebSocketStream<S>,
@@ -48,46 +52,34 @@ pub fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sink, stream) = ws.split();
-    let identity = identity.map(Box::new);
+    let (sink, mut stream) = ws.split();
+    let (mut session, out_rx, subscribed) = Session::new(shared, identity.map(Box::new), client_id);
+    let start = Box::pin(start(
+        session.shared.clone(),
+        session.out.clone(),
+        sink,
+        out_rx,
+        subscribed,
+    ));
     async move {
-        let (mut session, writer) = Box::pin(start(shared, sink, client_id, identity)).await;
-        let mut stream = stream;
+        let writer = start.await;
         let end = session.read_loop(&mut stream).await;
         Box::pin(session.finish(stream, end, writer)).await;
     }
 }
 
-/// Registers the connection, queues the welcome and starts its writer.
+/// Waits until the connection's channel is subscribed, starts its writer and announces it.
 async fn start<S>(
     shared: Arc<Shared>,
+    out: Arc<Outbound>,
     sink: SplitSink<WebSocketStream<S>, Message>,
-    client_id: Arc<str>,
-    identity: Option<Box<Identity>>,
-) -> (Session, JoinHandle<()>)
+    out_rx: OutboundRx,
+    (first, ready): (bool, Ready),
+) -> JoinHandle<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = &shared.config;
-    let id = shared.hub.next_conn_id();
-    let (out, out_rx) = Outbound::new(
-        id,
-        client_id.clone(),
-        config.send_queue_frames,
-        config.send_queue_bytes,
-    );
-    // The welcome is queued first, so it is the first frame the client reads.
-    out.push(&text(
-        ServerEvent::Welcome {
-            client_id: &client_id,
-            node: &shared.node_id,
-        }
-        .encode(),
-    ));
-    let (first, ready) = shared.hub.register(out.clone());
-    shared.metrics.connections_total.inc();
-    debug!(client_id = %client_id, conn = id, "connected");
-
     // Direct messages must reach the client from its first frame on: start writing only once
     // its channel is subscribed.
     if let Some(ready) = ready {
@@ -105,32 +97,18 @@ where
 
     if first && config.announce_connections && !out.is_closing() {
         let frame = ServerEvent::UserConnected {
-            user_id: &client_id,
+            user_id: &out.client_id,
         }
         .encode();
         let _ = shared
             .publish(
                 Channel::Broadcast,
-                Target::AllExcept(Some(client_id.to_string())),
+                Target::AllExcept(Some(out.client_id.to_string())),
                 &frame,
             )
             .await;
     }
-
-    let limiter = RateLimiter::new(
-        config.rate_limit_per_sec,
-        config.rate_limit_burst,
-        config.flood_strikes,
-        Instant::now(),
-    );
-    let session = Session {
-        shared: shared.clone(),
-        out,
-        identity,
-        rooms: HashSet::new(),
-        limiter,
-    };
-    (session, writer)
+    writer
 }
 
 fn text(frame: Bytes) -> Utf8Bytes {
@@ -186,6 +164,16 @@ enum Wake {
     Timer,
 }
 
+/// What the read loop does next.
+enum Step {
+    /// Serve this message.
+    Serve(Utf8Bytes),
+    /// Read on.
+    Next,
+    /// Stop reading.
+    End(ReadEnd),
+}
+
 struct Session {
     shared: Arc<Shared>,
     out: Arc<Outbound>,
@@ -197,99 +185,173 @@ struct Session {
 }
 
 impl Session {
+    /// Registers a new connection with its welcome queued; returns the session, the writer's end
+    /// of its queue, and whether it is the client's first connection here and when its channel
+    /// is subscribed.
+    fn new(
+        shared: Arc<Shared>,
+        identity: Option<Box<Identity>>,
+        client_id: Arc<str>,
+    ) -> (Self, OutboundRx, (bool, Ready)) {
+        let config = &shared.config;
+        let id = shared.hub.next_conn_id();
+        let (out, out_rx) = Outbound::new(
+            id,
+            client_id.clone(),
+            config.send_queue_frames,
+            config.send_queue_bytes,
+        );
+        // The welcome is queued first, so it is the first frame the client reads.
+        out.push(&text(
+            ServerEvent::Welcome {
+                client_id: &client_id,
+                node: &shared.node_id,
+            }
+            .encode(),
+        ));
+        let subscribed = shared.hub.register(out.clone());
+        shared.metrics.connections_total.inc();
+        debug!(client_id = %client_id, conn = id, "connected");
+        let limiter = RateLimiter::new(
+            config.rate_limit_per_sec,
+            config.rate_limit_burst,
+            config.flood_strikes,
+            Instant::now(),
+        );
+        let session = Session {
+            shared,
+            out,
+            identity,
+            rooms: HashSet::new(),
+            limiter,
+        };
+        (session, out_rx, subscribed)
+    }
+
     /// Lingers if the server closed, leaves the rooms and waits for the writer to end.
-    async fn finish<S>(
+    ///
+    /// Its state is kept small too: every connection allocates it when it ends, and a peak of
+    /// clients leaving at once should not cost more than holding them.
+    fn finish<S>(
         mut self,
         mut stream: SplitStream<WebSocketStream<S>>,
         end: ReadEnd,
         writer: JoinHandle<()>,
-    ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        if end == ReadEnd::ServerClose {
-            linger(&mut stream).await;
-        }
-        self.cleanup().await;
-
-        // Make sure the writer ends (client-initiated close: flush the close reply and stop).
-        self.out.close(Closing::Peer);
-        let abort = writer.abort_handle();
-        if timeout(CLOSE_TIMEOUT * 2, writer).await.is_err() {
-            abort.abort();
-        }
-        debug!(client_id = %self.out.client_id, conn = self.out.id, "disconnected");
-    }
-
-    async fn read_loop<S>(&mut self, stream: &mut SplitStream<WebSocketStream<S>>) -> ReadEnd
+    ) -> impl Future<Output = ()> + Send
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let idle = self.shared.config.idle_timeout();
-        let mut idle_at = Instant::now() + idle;
-        // One timer for whichever comes first, the idle timeout or the token's expiry.
-        let mut timer = pin!(sleep_until(idle_at));
-        loop {
-            let expiry = self.token_deadline();
-            let wake_at = expiry.map_or(idle_at, |at| at.min(idle_at));
-            if timer.deadline() != wake_at {
-                timer.as_mut().reset(wake_at);
+        async move {
+            if end == ReadEnd::ServerClose {
+                Box::pin(linger(&mut stream)).await;
             }
-            let wake = poll_fn(|cx| {
-                if self.out.poll_close(cx).is_ready() {
-                    return Poll::Ready(Wake::Close);
-                }
-                if let Poll::Ready(next) = stream.poll_next_unpin(cx) {
-                    return Poll::Ready(Wake::Read(next));
-                }
-                timer.as_mut().poll(cx).map(|()| Wake::Timer)
-            })
-            .await;
-            let next = match wake {
-                Wake::Read(next) => next,
-                Wake::Close => return ReadEnd::ServerClose,
-                Wake::Timer if expiry.is_some_and(|at| at <= idle_at) => {
-                    self.server_close(TOKEN_EXPIRED, "token_expired");
-                    return ReadEnd::ServerClose;
-                }
-                Wake::Timer => {
-                    // The client is unresponsive: no point waiting for its close reply.
-                    self.server_close(IDLE, "idle");
-                    return ReadEnd::Peer;
-                }
-            };
-            let now = Instant::now();
-            idle_at = now + idle;
-            // Only the frame is kept across the await below, not the whole read result.
-            let frame = match next {
-                None | Some(Ok(Message::Close(_))) => return ReadEnd::Peer,
-                Some(Ok(Message::Text(frame))) => frame,
-                Some(Ok(Message::Binary(_))) => {
-                    if self.admit(now) {
-                        self.error(
-                            ErrorCode::BinaryUnsupported,
-                            "only JSON text frames are accepted",
-                        );
+            self.cleanup().await;
+
+            // Make sure the writer ends (client-initiated close: flush the close reply and stop).
+            self.out.close(Closing::Peer);
+            let abort = writer.abort_handle();
+            if timeout(CLOSE_TIMEOUT * 2, writer).await.is_err() {
+                abort.abort();
+            }
+            debug!(client_id = %self.out.client_id, conn = self.out.id, "disconnected");
+        }
+    }
+
+    /// Reads and serves the client's messages until it leaves or the connection must close.
+    /// (It returns an `async move` block rather than being an `async fn`, which would keep a
+    /// second copy of its arguments.)
+    fn read_loop<'a, S>(
+        &'a mut self,
+        stream: &'a mut SplitStream<WebSocketStream<S>>,
+    ) -> impl Future<Output = ReadEnd> + Send + 'a
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        async move {
+            let mut idle_at = Instant::now() + self.shared.config.idle_timeout();
+            // One timer for whichever comes first, the idle timeout or the token's expiry.
+            let mut timer = pin!(sleep_until(idle_at));
+            loop {
+                let token_first = {
+                    let expiry = self.token_deadline();
+                    let wake_at = expiry.map_or(idle_at, |at| at.min(idle_at));
+                    if timer.deadline() != wake_at {
+                        timer.as_mut().reset(wake_at);
                     }
-                    continue;
+                    expiry.is_some_and(|at| at <= idle_at)
+                };
+                let wake = poll_fn(|cx| {
+                    if self.out.poll_close(cx).is_ready() {
+                        return Poll::Ready(Wake::Close);
+                    }
+                    if let Poll::Ready(next) = stream.poll_next_unpin(cx) {
+                        return Poll::Ready(Wake::Read(next));
+                    }
+                    timer.as_mut().poll(cx).map(|()| Wake::Timer)
+                })
+                .await;
+                let now = Instant::now();
+                if let Wake::Read(_) = wake {
+                    idle_at = now + self.shared.config.idle_timeout();
                 }
-                Some(Ok(_)) => continue, // ping (answered by tungstenite), pong, raw frame
-                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
-                    self.server_close(TOO_BIG, "too_big");
-                    return ReadEnd::ServerClose;
-                }
-                Some(Err(WsError::Protocol(_) | WsError::Utf8(_))) => {
-                    self.server_close(PROTOCOL_ERROR, "protocol");
-                    return ReadEnd::Peer;
-                }
-                Some(Err(e)) => {
-                    debug!(error = %e, "read failed");
-                    return ReadEnd::Peer;
-                }
-            };
-            if self.admit(now) {
+                let frame = match self.on_wake(wake, token_first, now) {
+                    Step::Serve(frame) => frame,
+                    Step::Next => continue,
+                    Step::End(end) => return end,
+                };
                 // Boxed: serving a message may wait on the bus, and that state is needed only
                 // meanwhile, not for the connection's whole life.
-                Box::pin(self.handle(frame.as_str())).await;
+                Box::pin(self.handle(frame)).await;
+            }
+        }
+    }
+
+    /// What to do about what woke the read loop. (A plain function, so the read result is not
+    /// kept in the read loop's state.)
+    fn on_wake(&mut self, wake: Wake, token_first: bool, now: Instant) -> Step {
+        let next = match wake {
+            Wake::Read(next) => next,
+            Wake::Close => return Step::End(ReadEnd::ServerClose),
+            Wake::Timer if token_first => {
+                self.server_close(TOKEN_EXPIRED, "token_expired");
+                return Step::End(ReadEnd::ServerClose);
+            }
+            Wake::Timer => {
+                // The client is unresponsive: no point waiting for its close reply.
+                self.server_close(IDLE, "idle");
+                return Step::End(ReadEnd::Peer);
+            }
+        };
+        match next {
+            None | Some(Ok(Message::Close(_))) => Step::End(ReadEnd::Peer),
+            Some(Ok(Message::Text(frame))) => {
+                if self.admit(now) {
+                    Step::Serve(frame)
+                } else {
+                    Step::Next
+                }
+            }
+            Some(Ok(Message::Binary(_))) => {
+                if self.admit(now) {
+                    self.error(
+                        ErrorCode::BinaryUnsupported,
+                        "only JSON text frames are accepted",
+                    );
+                }
+                Step::Next
+            }
+            Some(Ok(_)) => Step::Next, // ping (answered by tungstenite), pong, raw frame
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                self.server_close(TOO_BIG, "too_big");
+                Step::End(ReadEnd::ServerClose)
+            }
+            Some(Err(WsError::Protocol(_) | WsError::Utf8(_))) => {
+                self.server_close(PROTOCOL_ERROR, "protocol");
+                Step::End(ReadEnd::Peer)
+            }
+            Some(Err(e)) => {
+                debug!(error = %e, "read failed");
+                Step::End(ReadEnd::Peer)
             }
         }
     }
@@ -380,8 +442,8 @@ impl Session {
             .await;
     }
 
-    async fn handle(&mut self, frame: &str) {
-        let msg = match ClientMessage::parse(frame) {
+    async fn handle(&mut self, frame: Utf8Bytes) {
+        let msg = match ClientMessage::parse(frame.as_str()) {
             Ok(m) => m,
             Err(e) => {
                 self.shared
@@ -557,22 +619,23 @@ impl Session {
                 room: &room,
             }
             .encode();
-            let _ = self
-                .shared
-                .publish(Channel::Room(room.clone()), Target::Room(room), &left)
-                .await;
+            // Publishes are boxed: most connections end without any (see `finish`).
+            let _ = Box::pin(self.shared.publish(
+                Channel::Room(room.clone()),
+                Target::Room(room),
+                &left,
+            ))
+            .await;
         }
         let last = self.shared.hub.unregister(&self.out);
         if last && self.shared.config.announce_connections {
             let frame = ServerEvent::UserDisconnected { user_id: &me }.encode();
-            let _ = self
-                .shared
-                .publish(
-                    Channel::Broadcast,
-                    Target::AllExcept(Some(me.to_string())),
-                    &frame,
-                )
-                .await;
+            let _ = Box::pin(self.shared.publish(
+                Channel::Broadcast,
+                Target::AllExcept(Some(me.to_string())),
+                &frame,
+            ))
+            .await;
         }
     }
 }
