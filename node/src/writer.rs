@@ -5,7 +5,7 @@
 //! bytes, the queue fills and the fan-out side closes the connection instead of waiting.
 
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, timeout, Instant, Sleep};
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -37,25 +37,53 @@ type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 /// (A plain function returning an `async move` block: an `async fn` would keep a second copy of
 /// its arguments for the connection's life.)
 pub fn write_loop<S>(
-    mut sink: Sink<S>,
+    sink: Sink<S>,
     rx: OutboundRx,
     ping_every: Duration,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let mut writer = Writer {
+        sink,
+        rx,
+        ping_every,
+        batch: None,
+    };
     async move {
-        let mut ping = pin!(sleep(ping_every));
-        let mut batch: Option<Batch> = None;
-        let closing = poll_fn(|cx| loop {
-            if let Some(writing) = &mut batch {
-                match writing.poll(&mut sink, &rx, cx) {
+        let mut ping = pin!(sleep(writer.ping_every));
+        let closing = poll_fn(|cx| writer.poll(ping.as_mut(), cx)).await;
+        if let Some(closing) = closing {
+            Box::pin(close(writer.sink, writer.rx, closing)).await;
+        }
+    }
+}
+
+/// The writer's state between wake-ups (one struct, so the future polling it holds one pointer).
+struct Writer<S> {
+    sink: Sink<S>,
+    rx: OutboundRx,
+    ping_every: Duration,
+    /// The flush in progress, if any.
+    batch: Option<Batch>,
+}
+
+impl<S> Writer<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Writes until asked to close (ready with the request) or until writing fails or stalls
+    /// (ready with `None`).
+    fn poll(&mut self, mut ping: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<Option<Closing>> {
+        loop {
+            if let Some(writing) = &mut self.batch {
+                match writing.poll(&mut self.sink, &self.rx, cx) {
                     Poll::Ready(Ok(bytes)) => {
-                        rx.written(bytes);
+                        self.rx.written(bytes);
                         if writing.ping {
-                            ping.as_mut().reset(Instant::now() + ping_every);
+                            ping.as_mut().reset(Instant::now() + self.ping_every);
                         }
-                        batch = None;
+                        self.batch = None;
                     }
                     Poll::Ready(Err(_)) => return Poll::Ready(None),
                     Poll::Pending if writing.ping => {
@@ -63,27 +91,23 @@ where
                         return ping.as_mut().poll(cx).map(|()| None);
                     }
                     // The client stopped reading while we wait on the socket: give up on it.
-                    Poll::Pending => return rx.poll_close(cx).map(|_| None),
+                    Poll::Pending => return self.rx.poll_close(cx).map(|_| None),
                 }
             }
-            match rx.poll_next(cx) {
+            match self.rx.poll_next(cx) {
                 Poll::Ready(Next::Close(closing)) => return Poll::Ready(Some(closing)),
                 Poll::Ready(Next::Frame(first)) => {
-                    batch = Some(Batch::frames(first));
+                    self.batch = Some(Batch::frames(first));
                     continue;
                 }
                 Poll::Pending => {}
             }
             if ping.as_mut().poll(cx).is_ready() {
-                ping.as_mut().reset(Instant::now() + ping_every);
-                batch = Some(Batch::ping());
+                ping.as_mut().reset(Instant::now() + self.ping_every);
+                self.batch = Some(Batch::ping());
                 continue;
             }
             return Poll::Pending;
-        })
-        .await;
-        if let Some(closing) = closing {
-            Box::pin(close(sink, rx, closing)).await;
         }
     }
 }
@@ -92,8 +116,8 @@ where
 struct Batch {
     /// Waiting for the sink to take it (a text frame, or the ping).
     next: Option<Utf8Bytes>,
-    /// Messages handed to the sink so far.
-    fed: usize,
+    /// Messages handed to the sink so far (at most [`BATCH`]).
+    fed: u8,
     /// Frame bytes taken from the queue so far.
     bytes: usize,
     /// A ping, not frames: take nothing from the queue.
@@ -143,7 +167,7 @@ impl Batch {
                     self.fed += 1;
                 }
             }
-            if self.ping || self.fed >= BATCH {
+            if self.ping || usize::from(self.fed) >= BATCH {
                 break;
             }
             match rx.frames.try_recv() {
