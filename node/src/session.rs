@@ -232,6 +232,10 @@ impl Session {
     ///
     /// Its state is kept small too: every connection allocates it when it ends, and a peak of
     /// clients leaving at once should not cost more than holding them.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps a second copy of its arguments"
+    )]
     fn finish<S>(
         mut self,
         mut stream: SplitStream<WebSocketStream<S>>,
@@ -260,6 +264,10 @@ impl Session {
     /// Reads and serves the client's messages until it leaves or the connection must close.
     /// (It returns an `async move` block rather than being an `async fn`, which would keep a
     /// second copy of its arguments.)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps a second copy of its arguments"
+    )]
     fn read_loop<'a, S>(
         &'a mut self,
         stream: &'a mut SplitStream<WebSocketStream<S>>,
