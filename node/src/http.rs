@@ -6,20 +6,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::server::Shared;
+use crate::session::serve;
 use crate::upgrade;
 
 /// The body of every response the node (and the gateway) writes itself.
@@ -133,6 +136,40 @@ fn refuse(shared: &Shared, status: StatusCode, code: &str, message: &str) -> Res
     resp
 }
 
+/// An upgraded connection as a WebSocket: over the TCP stream itself when hyper hands that back
+/// (always, for our listener), else over hyper's boxed IO.
+type Accepted = Either<WebSocketStream<TcpStream>, WebSocketStream<TokioIo<Upgraded>>>;
+
+/// Waits for hyper to hand over the upgraded connection and wraps it as a WebSocket.
+///
+/// Taking the `TcpStream` back out of hyper's `Upgraded` saves a boxed `dyn` IO and an
+/// indirection on every read and write; bytes hyper read past the request go first.
+async fn accept(on_upgrade: OnUpgrade, ws_config: WebSocketConfig) -> Option<Accepted> {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            debug!(error = %e, "upgrade failed");
+            return None;
+        }
+    };
+    let ws = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => Either::Left(
+            WebSocketStream::from_partially_read(
+                parts.io.into_inner(),
+                parts.read_buf.to_vec(),
+                Role::Server,
+                Some(ws_config),
+            )
+            .await,
+        ),
+        Err(upgraded) => Either::Right(
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await,
+        ),
+    };
+    Some(ws)
+}
+
 fn upgrade_ws(
     shared: Arc<Shared>,
     mut req: Request<Incoming>,
@@ -177,17 +214,41 @@ fn upgrade_ws(
     let subprotocol =
         crate::auth::offered_subprotocols(req.headers()).any(|p| p == crate::auth::SUBPROTOCOL);
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let ws_config = shared.ws_config;
+    // This task lives as long as the connection and keeps whatever it captures: what the
+    // session needs is boxed until it starts, and the upgrade runs boxed.
+    let upgrade = Box::new((
+        on_upgrade,
+        slot,
+        shared,
+        client_id,
+        identity,
+        tracker.clone(),
+    ));
     tracker.spawn(async move {
-        let _slot = slot;
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let io = TokioIo::new(upgraded);
-                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-                crate::session::serve(shared, ws, client_id, identity).await;
-            }
-            Err(e) => debug!(error = %e, "upgrade failed"),
-        }
+        // The inner block's locals are gone before the session runs.
+        let (_slot, session) = {
+            // Moved out of the capture first, so the box is freed now, not with the task.
+            let (on_upgrade, slot, shared, client_id, identity, tracker) = {
+                let upgrade = upgrade;
+                *upgrade
+            };
+            let Some(ws) = Box::pin(accept(on_upgrade, shared.ws_config)).await else {
+                return;
+            };
+            let ws = match ws {
+                Either::Left(ws) => ws,
+                Either::Right(ws) => {
+                    // Not expected: a task of its own, so it does not widen every connection's.
+                    tracker.spawn(async move {
+                        let _slot = slot;
+                        serve(shared, ws, client_id, identity).await;
+                    });
+                    return;
+                }
+            };
+            (slot, serve(shared, ws, client_id, identity))
+        };
+        session.await;
     });
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

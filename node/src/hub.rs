@@ -520,8 +520,8 @@ mod tests {
     #[test]
     fn deliver_routes_by_target_and_closes_slow_consumers() {
         let hub = hub();
-        let (a, mut ra) = conn(&hub, "a");
-        let (b, mut rb) = conn(&hub, "b");
+        let (a, ra) = conn(&hub, "a");
+        let (b, rb) = conn(&hub, "b");
         hub.register(a.clone());
         hub.register(b.clone());
         let _ = hub.join("r", &b);

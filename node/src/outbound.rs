@@ -4,12 +4,17 @@
 //! Fan-out never waits on a client: [`Outbound::push`] either queues the frame at once or reports
 //! that the queue is full, and the caller then closes the slow client. The queue is bounded both in
 //! frames and in bytes, so one stalled client holds at most `send_queue_bytes` of memory.
+//!
+//! An idle connection costs little here: the queue allocates nothing while empty, and the close
+//! signal is a field under the queue's lock plus one waker each for the reader and the writer
+//! (a `watch` channel would allocate its shared state for every connection).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
-use tokio::sync::{watch, Notify};
+use futures_util::task::AtomicWaker;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Process-unique id of one WebSocket connection.
@@ -97,26 +102,35 @@ pub struct Outbound {
     pub id: ConnId,
     /// The client id the connection speaks as.
     pub client_id: Arc<str>,
-    /// Frames waiting for the writer. A `VecDeque` allocates nothing until the first frame and
-    /// little for an idle connection (a channel would pre-allocate a block of slots for each).
-    queue: Mutex<VecDeque<Utf8Bytes>>,
-    /// Wakes the writer; a notification sent while it is busy is kept as a permit.
-    ready: Notify,
+    state: Mutex<State>,
+    /// Wakes the writer when a frame is queued or a close is requested. The writer checks the
+    /// queue after registering, so a wake-up while it is busy is never lost.
+    writer_waker: AtomicWaker,
+    /// Wakes the reader when a close is requested.
+    reader_waker: AtomicWaker,
     max_frames: usize,
     queued_bytes: AtomicUsize,
     max_bytes: usize,
+    /// A close was requested (the fast check; the reason is in `state`).
     closing: AtomicBool,
     /// The writer is gone: further frames have nowhere to go.
     writer_gone: AtomicBool,
-    close_tx: watch::Sender<Option<Closing>>,
+}
+
+/// What sits under the [`Outbound`] lock.
+struct State {
+    /// Frames waiting for the writer. A `VecDeque` allocates nothing until the first frame (a
+    /// channel would pre-allocate a block of slots for each connection), and gives its buffer
+    /// back whenever it empties.
+    frames: VecDeque<Utf8Bytes>,
+    /// Set once, by the first close request.
+    closing: Option<Closing>,
 }
 
 /// The receiving half, owned by the connection's writer.
 pub struct OutboundRx {
     /// Frames to write.
     pub frames: Frames,
-    /// Set once when the connection must close.
-    pub close: watch::Receiver<Option<Closing>>,
 }
 
 /// The writer's end of the frame queue.
@@ -124,26 +138,15 @@ pub struct Frames {
     handle: Arc<Outbound>,
 }
 
-/// A capacity above which an emptied queue gives its memory back (a burst passed).
-const SHRINK_ABOVE: usize = 256;
-
 impl Frames {
-    /// The next frame, waiting for one.
-    pub async fn recv(&mut self) -> Utf8Bytes {
-        loop {
-            if let Ok(frame) = self.try_recv() {
-                return frame;
-            }
-            self.handle.ready.notified().await;
-        }
-    }
-
     /// The next frame if one is queued.
-    pub fn try_recv(&mut self) -> Result<Utf8Bytes, Empty> {
-        let mut queue = self.handle.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let frame = queue.pop_front().ok_or(Empty)?;
-        if queue.is_empty() && queue.capacity() > SHRINK_ABOVE {
-            queue.shrink_to(8);
+    pub fn try_recv(&self) -> Result<Utf8Bytes, Empty> {
+        let mut state = self.handle.lock();
+        let frame = state.frames.pop_front().ok_or(Empty)?;
+        if state.frames.is_empty() {
+            // Most connections are idle most of the time: keep no buffer while there is nothing
+            // to hold. A busy writer pays one small allocation per batch for it.
+            state.frames = VecDeque::new();
         }
         Ok(frame)
     }
@@ -156,8 +159,7 @@ pub struct Empty;
 impl Drop for Frames {
     fn drop(&mut self) {
         self.handle.writer_gone.store(true, Ordering::Release);
-        let mut queue = self.handle.queue.lock().unwrap_or_else(|e| e.into_inner());
-        *queue = VecDeque::new();
+        self.handle.lock().frames = VecDeque::new();
     }
 }
 
@@ -169,26 +171,31 @@ impl Outbound {
         max_frames: usize,
         max_bytes: usize,
     ) -> (Arc<Self>, OutboundRx) {
-        let (close_tx, close) = watch::channel(None);
         let handle = Arc::new(Outbound {
             id,
             client_id,
-            queue: Mutex::new(VecDeque::new()),
-            ready: Notify::new(),
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                closing: None,
+            }),
+            writer_waker: AtomicWaker::new(),
+            reader_waker: AtomicWaker::new(),
             max_frames: max_frames.max(1),
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
             closing: AtomicBool::new(false),
             writer_gone: AtomicBool::new(false),
-            close_tx,
         });
         let rx = OutboundRx {
             frames: Frames {
                 handle: handle.clone(),
             },
-            close,
         };
         (handle, rx)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues a frame without waiting. The frame's bytes are shared, not copied.
@@ -202,18 +209,18 @@ impl Outbound {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             return Push::Full;
         }
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
         let outcome = if self.writer_gone.load(Ordering::Acquire) {
             Push::Closed
-        } else if queue.len() >= self.max_frames {
+        } else if state.frames.len() >= self.max_frames {
             Push::Full
         } else {
-            queue.push_back(frame.clone());
+            state.frames.push_back(frame.clone());
             Push::Queued
         };
-        drop(queue);
+        drop(state);
         if outcome == Push::Queued {
-            self.ready.notify_one();
+            self.writer_waker.wake();
         } else {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
         }
@@ -222,10 +229,15 @@ impl Outbound {
 
     /// Asks the writer to close the connection. The first call wins; returns whether it was it.
     pub fn close(&self, closing: Closing) -> bool {
-        if self.closing.swap(true, Ordering::AcqRel) {
+        let mut state = self.lock();
+        if state.closing.is_some() {
             return false;
         }
-        self.close_tx.send_replace(Some(closing));
+        state.closing = Some(closing);
+        self.closing.store(true, Ordering::Release);
+        drop(state);
+        self.writer_waker.wake();
+        self.reader_waker.wake();
         true
     }
 
@@ -234,10 +246,32 @@ impl Outbound {
         self.closing.load(Ordering::Acquire)
     }
 
-    /// A receiver that sees the close request (for the connection's reader).
-    pub fn close_signal(&self) -> watch::Receiver<Option<Closing>> {
-        self.close_tx.subscribe()
+    /// The close request, if there is one.
+    pub fn closing(&self) -> Option<Closing> {
+        if !self.is_closing() {
+            return None;
+        }
+        self.lock().closing
     }
+
+    /// For the connection's reader: ready once a close has been requested.
+    pub fn poll_close(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.reader_waker.register(cx.waker());
+        if self.is_closing() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// What the writer is to do next.
+#[derive(Debug)]
+pub enum Next {
+    /// Close the connection.
+    Close(Closing),
+    /// Write this frame (and whatever else is queued).
+    Frame(Utf8Bytes),
 }
 
 impl OutboundRx {
@@ -248,6 +282,33 @@ impl OutboundRx {
             .queued_bytes
             .fetch_sub(len, Ordering::Relaxed);
     }
+
+    /// The close request, if there is one.
+    pub fn closing(&self) -> Option<Closing> {
+        self.frames.handle.closing()
+    }
+
+    /// A close request first, else the next frame; pending (with the task woken when either
+    /// comes) when there is neither.
+    pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Next> {
+        self.frames.handle.writer_waker.register(cx.waker());
+        if let Some(closing) = self.closing() {
+            return Poll::Ready(Next::Close(closing));
+        }
+        match self.frames.try_recv() {
+            Ok(frame) => Poll::Ready(Next::Frame(frame)),
+            Err(Empty) => Poll::Pending,
+        }
+    }
+
+    /// Ready once a close has been requested (to give up on a write that does not finish).
+    pub fn poll_close(&self, cx: &mut Context<'_>) -> Poll<Closing> {
+        self.frames.handle.writer_waker.register(cx.waker());
+        match self.closing() {
+            Some(closing) => Poll::Ready(closing),
+            None => Poll::Pending,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -256,7 +317,7 @@ mod tests {
 
     #[test]
     fn bounded_in_frames_and_bytes() {
-        let (out, mut rx) = Outbound::new(1, "a".into(), 3, 10);
+        let (out, rx) = Outbound::new(1, "a".into(), 3, 10);
         let f = Utf8Bytes::from_static("1234");
         assert_eq!(out.push(&f), Push::Queued);
         assert_eq!(out.push(&f), Push::Queued);
@@ -272,7 +333,7 @@ mod tests {
         );
         assert!(out.close(SLOW_CONSUMER));
         assert!(!out.close(FLOOD), "first close wins");
-        assert_eq!(*rx.close.borrow(), Some(SLOW_CONSUMER));
+        assert_eq!(rx.closing(), Some(SLOW_CONSUMER));
         assert_eq!(out.push(&f), Push::Closed);
     }
 

@@ -6,14 +6,18 @@
 //! fills only its own queue and is then closed, without slowing anyone down.
 
 use std::collections::HashSet;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::SplitStream;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::StreamExt;
 use ringcast_protocol::{ClientMessage, ErrorCode, ServerEvent, Target};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -22,43 +26,60 @@ use tracing::{debug, info};
 
 use crate::auth::{now_secs, Identity};
 use crate::bus::Channel;
+use crate::hub::Ready;
 use crate::outbound::{
-    Closing, Outbound, Push, BUS_DOWN, FLOOD, IDLE, PROTOCOL_ERROR, TOKEN_EXPIRED, TOO_BIG,
+    Closing, Outbound, OutboundRx, Push, BUS_DOWN, FLOOD, IDLE, PROTOCOL_ERROR, TOKEN_EXPIRED,
+    TOO_BIG,
 };
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::server::Shared;
 use crate::writer::{write_loop, CLOSE_TIMEOUT};
 
 /// Serves one upgraded connection until it closes.
-pub async fn serve<S>(
+///
+/// The returned future lives as long as the connection, mostly waiting in [`Session::read_loop`],
+/// so it is kept small. It is a plain function returning an `async move` block because
+/// everything an async body captures stays in it for good (and an `async fn` keeps a second copy
+/// of its arguments): the socket is split and the session built before the block starts, and
+/// the steps that run once (starting, finishing) or now and then (serving a message) are boxed,
+/// so their state exists only while they run.
+pub fn serve<S>(
     shared: Arc<Shared>,
     ws: WebSocketStream<S>,
     client_id: Arc<str>,
     identity: Option<Identity>,
-) where
+) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sink, mut stream) = ws.split();
+    let (mut session, out_rx, subscribed) = Session::new(shared, identity.map(Box::new), client_id);
+    let start = Box::pin(start(
+        session.shared.clone(),
+        session.out.clone(),
+        sink,
+        out_rx,
+        subscribed,
+    ));
+    async move {
+        let writer = start.await;
+        let end = session.read_loop(&mut stream).await;
+        Box::pin(session.finish(stream, end, writer)).await;
+    }
+}
+
+/// Waits until the connection's channel is subscribed, starts its writer and announces it.
+async fn start<S>(
+    shared: Arc<Shared>,
+    out: Arc<Outbound>,
+    sink: SplitSink<WebSocketStream<S>, Message>,
+    out_rx: OutboundRx,
+    (first, ready): (bool, Ready),
+) -> JoinHandle<()>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = &shared.config;
-    let id = shared.hub.next_conn_id();
-    let (out, out_rx) = Outbound::new(
-        id,
-        client_id.clone(),
-        config.send_queue_frames,
-        config.send_queue_bytes,
-    );
-    // The welcome is queued first, so it is the first frame the client reads.
-    out.push(&text(
-        ServerEvent::Welcome {
-            client_id: &client_id,
-            node: &shared.node_id,
-        }
-        .encode(),
-    ));
-    let (first, ready) = shared.hub.register(out.clone());
-    shared.metrics.connections_total.inc();
-    debug!(client_id = %client_id, conn = id, "connected");
-
-    let (sink, stream) = ws.split();
     // Direct messages must reach the client from its first frame on: start writing only once
     // its channel is subscribed.
     if let Some(ready) = ready {
@@ -76,43 +97,18 @@ pub async fn serve<S>(
 
     if first && config.announce_connections && !out.is_closing() {
         let frame = ServerEvent::UserConnected {
-            user_id: &client_id,
+            user_id: &out.client_id,
         }
         .encode();
         let _ = shared
             .publish(
                 Channel::Broadcast,
-                Target::AllExcept(Some(client_id.to_string())),
+                Target::AllExcept(Some(out.client_id.to_string())),
                 &frame,
             )
             .await;
     }
-
-    let mut session = Session {
-        shared: shared.clone(),
-        out: out.clone(),
-        identity,
-        rooms: HashSet::new(),
-        limiter: RateLimiter::new(
-            config.rate_limit_per_sec,
-            config.rate_limit_burst,
-            config.flood_strikes,
-            Instant::now(),
-        ),
-    };
-    let mut stream = stream;
-    if session.read_loop(&mut stream).await == ReadEnd::ServerClose {
-        linger(&mut stream).await;
-    }
-    session.cleanup().await;
-
-    // Make sure the writer ends (client-initiated close: flush the close reply and stop).
-    out.close(Closing::Peer);
-    let abort = writer.abort_handle();
-    if timeout(CLOSE_TIMEOUT * 2, writer).await.is_err() {
-        abort.abort();
-    }
-    debug!(client_id = %client_id, conn = id, "disconnected");
+    writer
 }
 
 fn text(frame: Bytes) -> Utf8Bytes {
@@ -161,77 +157,209 @@ where
     .await;
 }
 
+/// What woke the read loop.
+enum Wake {
+    Close,
+    Read(Option<Result<Message, WsError>>),
+    Timer,
+}
+
+/// What the read loop does next.
+enum Step {
+    /// Serve this message.
+    Serve(Utf8Bytes),
+    /// Read on.
+    Next,
+    /// Stop reading.
+    End(ReadEnd),
+}
+
 struct Session {
     shared: Arc<Shared>,
     out: Arc<Outbound>,
-    /// What the connection's token grants; `None` when authentication is off.
-    identity: Option<Identity>,
+    /// What the connection's token grants; `None` when authentication is off (boxed: it is
+    /// held for the connection's whole life and is mostly absent).
+    identity: Option<Box<Identity>>,
     rooms: HashSet<String>,
     limiter: RateLimiter,
 }
 
 impl Session {
-    async fn read_loop<S>(&mut self, stream: &mut SplitStream<WebSocketStream<S>>) -> ReadEnd
+    /// Registers a new connection with its welcome queued; returns the session, the writer's end
+    /// of its queue, and whether it is the client's first connection here and when its channel
+    /// is subscribed.
+    fn new(
+        shared: Arc<Shared>,
+        identity: Option<Box<Identity>>,
+        client_id: Arc<str>,
+    ) -> (Self, OutboundRx, (bool, Ready)) {
+        let config = &shared.config;
+        let id = shared.hub.next_conn_id();
+        let (out, out_rx) = Outbound::new(
+            id,
+            client_id.clone(),
+            config.send_queue_frames,
+            config.send_queue_bytes,
+        );
+        // The welcome is queued first, so it is the first frame the client reads.
+        out.push(&text(
+            ServerEvent::Welcome {
+                client_id: &client_id,
+                node: &shared.node_id,
+            }
+            .encode(),
+        ));
+        let subscribed = shared.hub.register(out.clone());
+        shared.metrics.connections_total.inc();
+        debug!(client_id = %client_id, conn = id, "connected");
+        let limiter = RateLimiter::new(
+            config.rate_limit_per_sec,
+            config.rate_limit_burst,
+            config.flood_strikes,
+            Instant::now(),
+        );
+        let session = Session {
+            shared,
+            out,
+            identity,
+            rooms: HashSet::new(),
+            limiter,
+        };
+        (session, out_rx, subscribed)
+    }
+
+    /// Lingers if the server closed, leaves the rooms and waits for the writer to end.
+    ///
+    /// Its state is kept small too: every connection allocates it when it ends, and a peak of
+    /// clients leaving at once should not cost more than holding them.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps a second copy of its arguments"
+    )]
+    fn finish<S>(
+        mut self,
+        mut stream: SplitStream<WebSocketStream<S>>,
+        end: ReadEnd,
+        writer: JoinHandle<()>,
+    ) -> impl Future<Output = ()> + Send
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let idle = self.shared.config.idle_timeout();
-        let mut deadline = Instant::now() + idle;
-        let mut close = self.out.close_signal();
-        loop {
-            if close.borrow().is_some() {
-                return ReadEnd::ServerClose;
+        async move {
+            if end == ReadEnd::ServerClose {
+                Box::pin(linger(&mut stream)).await;
             }
-            let expiry = self.token_deadline();
-            let token_expired = async move {
-                match expiry {
-                    Some(at) => sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let next = tokio::select! {
-                next = stream.next() => next,
-                _ = close.changed() => return ReadEnd::ServerClose,
-                _ = token_expired => {
-                    self.server_close(TOKEN_EXPIRED, "token_expired");
-                    return ReadEnd::ServerClose;
-                }
-                _ = sleep_until(deadline) => {
-                    // The client is unresponsive: no point waiting for its close reply.
-                    self.server_close(IDLE, "idle");
-                    return ReadEnd::Peer;
-                }
-            };
-            let now = Instant::now();
-            deadline = now + idle;
-            match next {
-                None | Some(Ok(Message::Close(_))) => return ReadEnd::Peer,
-                Some(Ok(Message::Text(frame))) => {
-                    if self.admit(now) {
-                        self.handle(frame.as_str()).await;
+            self.cleanup().await;
+
+            // Make sure the writer ends (client-initiated close: flush the close reply and stop).
+            self.out.close(Closing::Peer);
+            let abort = writer.abort_handle();
+            if timeout(CLOSE_TIMEOUT * 2, writer).await.is_err() {
+                abort.abort();
+            }
+            debug!(client_id = %self.out.client_id, conn = self.out.id, "disconnected");
+        }
+    }
+
+    /// Reads and serves the client's messages until it leaves or the connection must close.
+    /// (It returns an `async move` block rather than being an `async fn`, which would keep a
+    /// second copy of its arguments.)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps a second copy of its arguments"
+    )]
+    fn read_loop<'a, S>(
+        &'a mut self,
+        stream: &'a mut SplitStream<WebSocketStream<S>>,
+    ) -> impl Future<Output = ReadEnd> + Send + 'a
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        async move {
+            let mut idle_at = Instant::now() + self.shared.config.idle_timeout();
+            // One timer for whichever comes first, the idle timeout or the token's expiry.
+            let mut timer = pin!(sleep_until(idle_at));
+            loop {
+                let token_first = {
+                    let expiry = self.token_deadline();
+                    let wake_at = expiry.map_or(idle_at, |at| at.min(idle_at));
+                    if timer.deadline() != wake_at {
+                        timer.as_mut().reset(wake_at);
                     }
-                }
-                Some(Ok(Message::Binary(_))) => {
-                    if self.admit(now) {
-                        self.error(
-                            ErrorCode::BinaryUnsupported,
-                            "only JSON text frames are accepted",
-                        );
+                    expiry.is_some_and(|at| at <= idle_at)
+                };
+                let wake = poll_fn(|cx| {
+                    if self.out.poll_close(cx).is_ready() {
+                        return Poll::Ready(Wake::Close);
                     }
+                    if let Poll::Ready(next) = stream.poll_next_unpin(cx) {
+                        return Poll::Ready(Wake::Read(next));
+                    }
+                    timer.as_mut().poll(cx).map(|()| Wake::Timer)
+                })
+                .await;
+                let now = Instant::now();
+                if let Wake::Read(_) = wake {
+                    idle_at = now + self.shared.config.idle_timeout();
                 }
-                Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
-                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
-                    self.server_close(TOO_BIG, "too_big");
-                    return ReadEnd::ServerClose;
+                let frame = match self.on_wake(wake, token_first, now) {
+                    Step::Serve(frame) => frame,
+                    Step::Next => continue,
+                    Step::End(end) => return end,
+                };
+                // Boxed: serving a message may wait on the bus, and that state is needed only
+                // meanwhile, not for the connection's whole life.
+                Box::pin(self.handle(frame)).await;
+            }
+        }
+    }
+
+    /// What to do about what woke the read loop. (A plain function, so the read result is not
+    /// kept in the read loop's state.)
+    fn on_wake(&mut self, wake: Wake, token_first: bool, now: Instant) -> Step {
+        let next = match wake {
+            Wake::Read(next) => next,
+            Wake::Close => return Step::End(ReadEnd::ServerClose),
+            Wake::Timer if token_first => {
+                self.server_close(TOKEN_EXPIRED, "token_expired");
+                return Step::End(ReadEnd::ServerClose);
+            }
+            Wake::Timer => {
+                // The client is unresponsive: no point waiting for its close reply.
+                self.server_close(IDLE, "idle");
+                return Step::End(ReadEnd::Peer);
+            }
+        };
+        match next {
+            None | Some(Ok(Message::Close(_))) => Step::End(ReadEnd::Peer),
+            Some(Ok(Message::Text(frame))) => {
+                if self.admit(now) {
+                    Step::Serve(frame)
+                } else {
+                    Step::Next
                 }
-                Some(Err(WsError::Protocol(_) | WsError::Utf8(_))) => {
-                    self.server_close(PROTOCOL_ERROR, "protocol");
-                    return ReadEnd::Peer;
+            }
+            Some(Ok(Message::Binary(_))) => {
+                if self.admit(now) {
+                    self.error(
+                        ErrorCode::BinaryUnsupported,
+                        "only JSON text frames are accepted",
+                    );
                 }
-                Some(Err(e)) => {
-                    debug!(error = %e, "read failed");
-                    return ReadEnd::Peer;
-                }
+                Step::Next
+            }
+            Some(Ok(_)) => Step::Next, // ping (answered by tungstenite), pong, raw frame
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                self.server_close(TOO_BIG, "too_big");
+                Step::End(ReadEnd::ServerClose)
+            }
+            Some(Err(WsError::Protocol(_) | WsError::Utf8(_))) => {
+                self.server_close(PROTOCOL_ERROR, "protocol");
+                Step::End(ReadEnd::Peer)
+            }
+            Some(Err(e)) => {
+                debug!(error = %e, "read failed");
+                Step::End(ReadEnd::Peer)
             }
         }
     }
@@ -322,8 +450,8 @@ impl Session {
             .await;
     }
 
-    async fn handle(&mut self, frame: &str) {
-        let msg = match ClientMessage::parse(frame) {
+    async fn handle(&mut self, frame: Utf8Bytes) {
+        let msg = match ClientMessage::parse(frame.as_str()) {
             Ok(m) => m,
             Err(e) => {
                 self.shared
@@ -409,7 +537,7 @@ impl Session {
         match auth.validate(token) {
             Ok(identity) if identity.sub == *self.out.client_id => {
                 let expires_at = identity.expires_at;
-                self.identity = Some(identity);
+                self.identity = Some(Box::new(identity));
                 reply(
                     &self.shared,
                     &self.out,
@@ -499,22 +627,23 @@ impl Session {
                 room: &room,
             }
             .encode();
-            let _ = self
-                .shared
-                .publish(Channel::Room(room.clone()), Target::Room(room), &left)
-                .await;
+            // Publishes are boxed: most connections end without any (see `finish`).
+            let _ = Box::pin(self.shared.publish(
+                Channel::Room(room.clone()),
+                Target::Room(room),
+                &left,
+            ))
+            .await;
         }
         let last = self.shared.hub.unregister(&self.out);
         if last && self.shared.config.announce_connections {
             let frame = ServerEvent::UserDisconnected { user_id: &me }.encode();
-            let _ = self
-                .shared
-                .publish(
-                    Channel::Broadcast,
-                    Target::AllExcept(Some(me.to_string())),
-                    &frame,
-                )
-                .await;
+            let _ = Box::pin(self.shared.publish(
+                Channel::Broadcast,
+                Target::AllExcept(Some(me.to_string())),
+                &frame,
+            ))
+            .await;
         }
     }
 }

@@ -4,20 +4,23 @@
 //! It never parses and never waits on anyone but its own client: when the socket stops taking
 //! bytes, the queue fills and the fan-out side closes the connection instead of waiting.
 
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{timeout, Instant};
+use tokio::time::{sleep, timeout, Instant, Sleep};
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::outbound::{Closing, Frames, OutboundRx};
+use crate::outbound::{Closing, Next, OutboundRx};
 
 /// Most frames written per flush.
 const BATCH: usize = 64;
@@ -27,42 +30,170 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
 /// Writes queued frames, several per flush, plus pings; closes the connection when asked.
-pub async fn write_loop<S>(mut sink: Sink<S>, mut rx: OutboundRx, ping_every: Duration)
+///
+/// An idle writer waits here for the connection's whole life, so its state is kept small: the
+/// writing is a hand-written state machine ([`Batch`]) holding at most one unsent message, one
+/// timer serves the ping and its send timeout, and the closing handshake (run once) is boxed.
+/// (A plain function returning an `async move` block: an `async fn` would keep a second copy of
+/// its arguments for the connection's life.)
+pub fn write_loop<S>(
+    sink: Sink<S>,
+    rx: OutboundRx,
+    ping_every: Duration,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    let closing = loop {
-        let OutboundRx { frames, close, .. } = &mut rx;
-        tokio::select! {
-            biased;
-            _ = close.changed() => break *close.borrow(),
-            first = frames.recv() => {
-                let write = write_batch(&mut sink, first, frames);
-                let written = tokio::select! {
-                    w = write => w,
+    let mut writer = Writer {
+        sink,
+        rx,
+        ping_every,
+        batch: None,
+    };
+    async move {
+        let mut ping = pin!(sleep(writer.ping_every));
+        let closing = poll_fn(|cx| writer.poll(ping.as_mut(), cx)).await;
+        if let Some(closing) = closing {
+            Box::pin(close(writer.sink, writer.rx, closing)).await;
+        }
+    }
+}
+
+/// The writer's state between wake-ups (one struct, so the future polling it holds one pointer).
+struct Writer<S> {
+    sink: Sink<S>,
+    rx: OutboundRx,
+    ping_every: Duration,
+    /// The flush in progress, if any.
+    batch: Option<Batch>,
+}
+
+impl<S> Writer<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Writes until asked to close (ready with the request) or until writing fails or stalls
+    /// (ready with `None`).
+    fn poll(&mut self, mut ping: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<Option<Closing>> {
+        loop {
+            if let Some(writing) = &mut self.batch {
+                match writing.poll(&mut self.sink, &self.rx, cx) {
+                    Poll::Ready(Ok(bytes)) => {
+                        self.rx.written(bytes);
+                        if writing.ping {
+                            ping.as_mut().reset(Instant::now() + self.ping_every);
+                        }
+                        self.batch = None;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Pending if writing.ping => {
+                        // The ping must be taken within one interval; the same timer is the limit.
+                        return ping.as_mut().poll(cx).map(|()| None);
+                    }
                     // The client stopped reading while we wait on the socket: give up on it.
-                    _ = close.changed() => return,
-                };
-                match written {
-                    Ok(bytes) => rx.written(bytes),
-                    Err(_) => return,
+                    Poll::Pending => return self.rx.poll_close(cx).map(|_| None),
                 }
             }
-            _ = ping.tick() => {
-                let send = sink.send(Message::Ping(Bytes::new()));
-                if !matches!(timeout(ping_every, send).await, Ok(Ok(()))) {
-                    return;
+            match self.rx.poll_next(cx) {
+                Poll::Ready(Next::Close(closing)) => return Poll::Ready(Some(closing)),
+                Poll::Ready(Next::Frame(first)) => {
+                    self.batch = Some(Batch::frames(first));
+                    continue;
                 }
+                Poll::Pending => {}
+            }
+            if ping.as_mut().poll(cx).is_ready() {
+                ping.as_mut().reset(Instant::now() + self.ping_every);
+                self.batch = Some(Batch::ping());
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+}
+
+/// One flush in progress: frames fed to the sink (up to [`BATCH`]), or a ping.
+struct Batch {
+    /// Waiting for the sink to take it (a text frame, or the ping).
+    next: Option<Utf8Bytes>,
+    /// Messages handed to the sink so far (at most [`BATCH`]).
+    fed: u8,
+    /// Frame bytes taken from the queue so far.
+    bytes: usize,
+    /// A ping, not frames: take nothing from the queue.
+    ping: bool,
+}
+
+impl Batch {
+    fn frames(first: Utf8Bytes) -> Self {
+        Batch {
+            bytes: first.len(),
+            next: Some(first),
+            fed: 0,
+            ping: false,
+        }
+    }
+
+    fn ping() -> Self {
+        Batch {
+            next: Some(Utf8Bytes::default()),
+            fed: 0,
+            bytes: 0,
+            ping: true,
+        }
+    }
+
+    /// Feeds the pending message and whatever else is queued, then flushes; ready with the
+    /// frame bytes written.
+    fn poll<S>(
+        &mut self,
+        sink: &mut Sink<S>,
+        rx: &OutboundRx,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<usize, WsError>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        loop {
+            if self.next.is_some() {
+                ready!(sink.poll_ready_unpin(cx))?;
+                if let Some(frame) = self.next.take() {
+                    let message = if self.ping {
+                        Message::Ping(Bytes::new())
+                    } else {
+                        Message::Text(frame)
+                    };
+                    sink.start_send_unpin(message)?;
+                    self.fed += 1;
+                }
+            }
+            if self.ping || usize::from(self.fed) >= BATCH {
+                break;
+            }
+            match rx.frames.try_recv() {
+                Ok(frame) => {
+                    self.bytes += frame.len();
+                    self.next = Some(frame);
+                }
+                Err(_) => break,
             }
         }
-    };
+        ready!(sink.poll_flush_unpin(cx))?;
+        Poll::Ready(Ok(self.bytes))
+    }
+}
+
+/// The server side of the closing handshake.
+async fn close<S>(mut sink: Sink<S>, rx: OutboundRx, closing: Closing)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     match closing {
-        Some(Closing::Server {
+        Closing::Server {
             code,
             reason,
             drain,
-        }) => {
+        } => {
             let close_frame = async {
                 if drain {
                     while let Ok(frame) = rx.frames.try_recv() {
@@ -77,33 +208,10 @@ where
             };
             let _ = timeout(CLOSE_TIMEOUT, close_frame).await;
         }
-        Some(Closing::Peer) | None => {
+        Closing::Peer => {
             // Sends tungstenite's pending close reply, if the client started the close.
             let _ = timeout(CLOSE_TIMEOUT, sink.flush()).await;
         }
     }
     let _ = timeout(CLOSE_TIMEOUT, sink.close()).await;
-}
-
-async fn write_batch<S>(
-    sink: &mut Sink<S>,
-    first: Utf8Bytes,
-    frames: &mut Frames,
-) -> Result<usize, WsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut bytes = first.len();
-    sink.feed(Message::Text(first)).await?;
-    for _ in 1..BATCH {
-        match frames.try_recv() {
-            Ok(frame) => {
-                bytes += frame.len();
-                sink.feed(Message::Text(frame)).await?;
-            }
-            Err(_) => break,
-        }
-    }
-    sink.flush().await?;
-    Ok(bytes)
 }
