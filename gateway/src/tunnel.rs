@@ -61,6 +61,7 @@ pub async fn run(
         up: Pipe::new(client.read_buf, &metrics.bytes_client_to_node),
         down: Pipe::new(node.read_buf, &metrics.bytes_node_to_client),
         buf_size,
+        down_first: false,
     };
     // When one direction ends cleanly (a half-close), the other gets `linger` to finish the
     // WebSocket close handshake; then the tunnel ends even if that peer vanished silently.
@@ -94,35 +95,57 @@ struct Tunnel<'m> {
     /// Node → client.
     down: Pipe<'m>,
     buf_size: usize,
+    /// Which direction the next poll starts with (alternates).
+    down_first: bool,
 }
 
 impl Tunnel<'_> {
     /// Moves bytes both ways until at least `ended` directions have ended, or one fails.
     fn poll_ended(&mut self, cx: &mut Context<'_>, ended: usize) -> Poll<io::Result<()>> {
-        let size = self.buf_size;
-        if !self.up.ended {
-            if let Poll::Ready(r) = self
-                .up
-                .poll_copy(cx, &mut self.client, &mut self.node, size)
-            {
-                r?;
-                self.up.ended = true;
-            }
-        }
-        if !self.down.ended {
-            if let Poll::Ready(r) = self
-                .down
-                .poll_copy(cx, &mut self.node, &mut self.client, size)
-            {
-                r?;
-                self.down.ended = true;
-            }
+        // Each poll starts with the other direction: both draw on the task's tokio budget, and a
+        // direction polled first every time could use it all during a sustained upload, leaving
+        // the node's answers (a rate-limit error, a close frame) waiting.
+        self.down_first = !self.down_first;
+        if self.down_first {
+            self.poll_down(cx)?;
+            self.poll_up(cx)?;
+        } else {
+            self.poll_up(cx)?;
+            self.poll_down(cx)?;
         }
         if usize::from(self.up.ended) + usize::from(self.down.ended) >= ended {
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending
         }
+    }
+
+    /// Client → node, unless it has ended.
+    fn poll_up(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if !self.up.ended {
+            let copied = self
+                .up
+                .poll_copy(cx, &mut self.client, &mut self.node, self.buf_size);
+            if let Poll::Ready(r) = copied {
+                r?;
+                self.up.ended = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Node → client, unless it has ended.
+    fn poll_down(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if !self.down.ended {
+            let copied = self
+                .down
+                .poll_copy(cx, &mut self.node, &mut self.client, self.buf_size);
+            if let Poll::Ready(r) = copied {
+                r?;
+                self.down.ended = true;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -168,7 +191,9 @@ impl<'m> Pipe<'m> {
                 self.buf.advance(n);
             }
             if self.eof {
-                ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
+                // A peer that is already gone cannot take the half-close; the other direction
+                // still gets its linger.
+                let _ = ready!(Pin::new(&mut *to).poll_shutdown(cx));
                 return Poll::Ready(Ok(()));
             }
             if self.buf.capacity() == 0 {
@@ -178,7 +203,10 @@ impl<'m> Pipe<'m> {
             // Reuses the drained buffer whole, or takes a new one.
             self.buf.reserve(buf_size);
             match tokio_util::io::poll_read_buf(Pin::new(&mut *from), cx, &mut self.buf) {
-                Poll::Ready(Ok(0)) => self.eof = true,
+                Poll::Ready(Ok(0)) => {
+                    self.eof = true;
+                    self.buf = BytesMut::new();
+                }
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {

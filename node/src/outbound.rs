@@ -104,7 +104,9 @@ pub struct Outbound {
     pub client_id: Arc<str>,
     state: Mutex<State>,
     /// Wakes the writer when a frame is queued or a close is requested. The writer checks the
-    /// queue after registering, so a wake-up while it is busy is never lost.
+    /// queue after registering, so a frame queued while it writes is not missed. (While a ping is
+    /// being sent the writer does not watch for a close; it sees it once the ping is taken or its
+    /// interval runs out.)
     writer_waker: AtomicWaker,
     /// Wakes the reader when a close is requested.
     reader_waker: AtomicWaker,

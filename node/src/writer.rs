@@ -72,8 +72,9 @@ impl<S> Writer<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    /// Writes until asked to close (ready with the request) or until writing fails or stalls
-    /// (ready with `None`).
+    /// Writes until asked to close (ready with the request), or until writing fails, stalls, or
+    /// is abandoned because a close arrived while the socket would not take bytes (ready with
+    /// `None`: no close frame can be sent then).
     fn poll(&mut self, mut ping: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<Option<Closing>> {
         loop {
             if let Some(writing) = &mut self.batch {
