@@ -23,7 +23,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -43,16 +43,22 @@ pub async fn run(
     let buf_size = buf_size.clamp(512, 1024 * 1024);
     // Our listeners and node connections are plain TCP, so both downcasts succeed; the generic
     // fallback (boxed, so it does not enlarge every tunnel) keeps this correct should that change.
-    let (client, node) = match (
-        client.downcast::<TokioIo<TcpStream>>(),
-        node.downcast::<TokioIo<TcpStream>>(),
-    ) {
-        (Ok(client), Ok(node)) => (client, node),
-        (client, node) => {
-            let client = client.map_or_else(Rewound::upgraded, Rewound::tcp);
-            let node = node.map_or_else(Rewound::upgraded, Rewound::tcp);
-            Box::pin(generic(client, node, buf_size, metrics, force_close)).await;
-            return;
+    let client = match client.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => parts,
+        Err(client) => {
+            let (c, n) = (TokioIo::new(client), TokioIo::new(node));
+            return Box::pin(generic(c, n, buf_size, metrics, force_close)).await;
+        }
+    };
+    let node = match node.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => parts,
+        Err(node) => {
+            let mut n = TokioIo::new(node);
+            if n.write_all(&client.read_buf).await.is_err() {
+                return;
+            }
+            let c = client.io.into_inner();
+            return Box::pin(generic(c, n, buf_size, metrics, force_close)).await;
         }
     };
     let mut tunnel = Tunnel {
@@ -219,75 +225,17 @@ impl<'m> Pipe<'m> {
     }
 }
 
-/// A stream that is not plain TCP, with the bytes hyper read ahead of it.
-enum Rewound {
-    Tcp(Bytes, TcpStream),
-    Upgraded(TokioIo<Upgraded>),
-}
-
-impl Rewound {
-    fn tcp(parts: hyper::upgrade::Parts<TokioIo<TcpStream>>) -> Self {
-        Rewound::Tcp(parts.read_buf, parts.io.into_inner())
-    }
-
-    fn upgraded(io: Upgraded) -> Self {
-        Rewound::Upgraded(TokioIo::new(io))
-    }
-}
-
-impl AsyncRead for Rewound {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Rewound::Tcp(early, _) if !early.is_empty() => {
-                let n = early.len().min(buf.remaining());
-                buf.put_slice(&early.split_to(n));
-                Poll::Ready(Ok(()))
-            }
-            Rewound::Tcp(_, tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Rewound::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Rewound {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Rewound::Tcp(_, tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Rewound::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Rewound::Tcp(_, tcp) => Pin::new(tcp).poll_flush(cx),
-            Rewound::Upgraded(io) => Pin::new(io).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Rewound::Tcp(_, tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Rewound::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
-        }
-    }
-}
-
 /// A buffered copy both ways, for streams that are not plain TCP.
-async fn generic(
-    mut client: Rewound,
-    mut node: Rewound,
+async fn generic<A, B>(
+    mut client: A,
+    mut node: B,
     buf_size: usize,
     metrics: &Metrics,
     force_close: &CancellationToken,
-) {
+) where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     tokio::select! {
         r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut node, buf_size, buf_size) => {
             if let Ok((up, down)) = r {
