@@ -112,46 +112,29 @@ impl Tunnel<'_> {
         // direction polled first every time could use it all during a sustained upload, leaving
         // the node's answers (a rate-limit error, a close frame) waiting.
         self.down_first = !self.down_first;
-        if self.down_first {
-            self.poll_down(cx)?;
-            self.poll_up(cx)?;
-        } else {
-            self.poll_up(cx)?;
-            self.poll_down(cx)?;
+        let Tunnel {
+            client,
+            node,
+            up,
+            down,
+            buf_size,
+            down_first,
+        } = self;
+        for polling_down in [*down_first, !*down_first] {
+            let copied = if polling_down {
+                down.poll_copy(cx, node, client, *buf_size)
+            } else {
+                up.poll_copy(cx, client, node, *buf_size)
+            };
+            if let Poll::Ready(Err(e)) = copied {
+                return Poll::Ready(Err(e));
+            }
         }
-        if usize::from(self.up.ended) + usize::from(self.down.ended) >= ended {
+        if usize::from(up.ended) + usize::from(down.ended) >= ended {
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending
         }
-    }
-
-    /// Client → node, unless it has ended.
-    fn poll_up(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if !self.up.ended {
-            let copied = self
-                .up
-                .poll_copy(cx, &mut self.client, &mut self.node, self.buf_size);
-            if let Poll::Ready(r) = copied {
-                r?;
-                self.up.ended = true;
-            }
-        }
-        Ok(())
-    }
-
-    /// Node → client, unless it has ended.
-    fn poll_down(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if !self.down.ended {
-            let copied = self
-                .down
-                .poll_copy(cx, &mut self.node, &mut self.client, self.buf_size);
-            if let Poll::Ready(r) = copied {
-                r?;
-                self.down.ended = true;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -161,7 +144,7 @@ struct Pipe<'m> {
     buf: BytesMut,
     /// The source reached EOF (passed on as a write shutdown once `buf` is written).
     eof: bool,
-    /// EOF was passed on: this direction is finished.
+    /// EOF was passed on: this direction is finished (and polling it does nothing).
     ended: bool,
     counter: &'m IntCounter,
 }
@@ -187,6 +170,9 @@ impl<'m> Pipe<'m> {
         to: &mut TcpStream,
         buf_size: usize,
     ) -> Poll<io::Result<()>> {
+        if self.ended {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             while !self.buf.is_empty() {
                 let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.buf))?;
@@ -200,6 +186,7 @@ impl<'m> Pipe<'m> {
                 // A peer that is already gone cannot take the half-close; the other direction
                 // still gets its linger.
                 let _ = ready!(Pin::new(&mut *to).poll_shutdown(cx));
+                self.ended = true;
                 return Poll::Ready(Ok(()));
             }
             if self.buf.capacity() == 0 {
