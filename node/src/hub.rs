@@ -536,11 +536,11 @@ mod tests {
         send(Target::Room("r".into()));
         send(Target::Client("a".into()));
         send(Target::Client("nobody".into()));
-        assert_eq!(ra.frames.try_recv().unwrap().as_str(), "{}");
-        assert!(ra.frames.try_recv().is_err());
-        assert!(rb.frames.try_recv().is_ok());
-        assert!(rb.frames.try_recv().is_ok());
-        assert!(rb.frames.try_recv().is_err());
+        assert_eq!(ra.try_recv().unwrap().as_str(), "{}");
+        assert!(ra.try_recv().is_err());
+        assert!(rb.try_recv().is_ok());
+        assert!(rb.try_recv().is_ok());
+        assert!(rb.try_recv().is_err());
         for _ in 0..9 {
             send(Target::Client("a".into()));
         }

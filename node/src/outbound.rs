@@ -131,34 +131,14 @@ struct State {
 
 /// The receiving half, owned by the connection's writer.
 pub struct OutboundRx {
-    /// Frames to write.
-    pub frames: Frames,
-}
-
-/// The writer's end of the frame queue.
-pub struct Frames {
     handle: Arc<Outbound>,
-}
-
-impl Frames {
-    /// The next frame if one is queued.
-    pub fn try_recv(&self) -> Result<Utf8Bytes, Empty> {
-        let mut state = self.handle.lock();
-        let frame = state.frames.pop_front().ok_or(Empty)?;
-        if state.frames.is_empty() {
-            // Most connections are idle most of the time: keep no buffer while there is nothing
-            // to hold. A busy writer pays one small allocation per batch for it.
-            state.frames = VecDeque::new();
-        }
-        Ok(frame)
-    }
 }
 
 /// No frame is queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Empty;
 
-impl Drop for Frames {
+impl Drop for OutboundRx {
     fn drop(&mut self) {
         self.handle.writer_gone.store(true, Ordering::Release);
         self.handle.lock().frames = VecDeque::new();
@@ -189,9 +169,7 @@ impl Outbound {
             writer_gone: AtomicBool::new(false),
         });
         let rx = OutboundRx {
-            frames: Frames {
-                handle: handle.clone(),
-            },
+            handle: handle.clone(),
         };
         (handle, rx)
     }
@@ -277,27 +255,36 @@ pub enum Next {
 }
 
 impl OutboundRx {
+    /// The next frame if one is queued.
+    pub fn try_recv(&self) -> Result<Utf8Bytes, Empty> {
+        let mut state = self.handle.lock();
+        let frame = state.frames.pop_front().ok_or(Empty)?;
+        if state.frames.is_empty() {
+            // Most connections are idle most of the time: keep no buffer while there is nothing
+            // to hold. A busy writer pays one small allocation per batch for it.
+            state.frames = VecDeque::new();
+        }
+        Ok(frame)
+    }
+
     /// Records that `len` queued bytes were written to the socket.
     pub fn written(&self, len: usize) {
-        self.frames
-            .handle
-            .queued_bytes
-            .fetch_sub(len, Ordering::Relaxed);
+        self.handle.queued_bytes.fetch_sub(len, Ordering::Relaxed);
     }
 
     /// The close request, if there is one.
     pub fn closing(&self) -> Option<Closing> {
-        self.frames.handle.closing()
+        self.handle.closing()
     }
 
     /// A close request first, else the next frame; pending (with the task woken when either
     /// comes) when there is neither.
     pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Next> {
-        self.frames.handle.writer_waker.register(cx.waker());
+        self.handle.writer_waker.register(cx.waker());
         if let Some(closing) = self.closing() {
             return Poll::Ready(Next::Close(closing));
         }
-        match self.frames.try_recv() {
+        match self.try_recv() {
             Ok(frame) => Poll::Ready(Next::Frame(frame)),
             Err(Empty) => Poll::Pending,
         }
@@ -305,7 +292,7 @@ impl OutboundRx {
 
     /// Ready once a close has been requested (to give up on a write that does not finish).
     pub fn poll_close(&self, cx: &mut Context<'_>) -> Poll<Closing> {
-        self.frames.handle.writer_waker.register(cx.waker());
+        self.handle.writer_waker.register(cx.waker());
         match self.closing() {
             Some(closing) => Poll::Ready(closing),
             None => Poll::Pending,
@@ -324,7 +311,7 @@ mod tests {
         assert_eq!(out.push(&f), Push::Queued);
         assert_eq!(out.push(&f), Push::Queued);
         assert_eq!(out.push(&f), Push::Full, "12 bytes > 10");
-        let got = rx.frames.try_recv().unwrap();
+        let got = rx.try_recv().unwrap();
         rx.written(got.len());
         assert_eq!(out.push(&Utf8Bytes::from_static("12")), Push::Queued);
         assert_eq!(out.push(&Utf8Bytes::from_static("1")), Push::Queued);

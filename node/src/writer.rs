@@ -171,7 +171,7 @@ impl Batch {
             if self.ping || usize::from(self.fed) >= BATCH {
                 break;
             }
-            match rx.frames.try_recv() {
+            match rx.try_recv() {
                 Ok(frame) => {
                     self.bytes += frame.len();
                     self.next = Some(frame);
@@ -197,7 +197,7 @@ where
         } => {
             let close_frame = async {
                 if drain {
-                    while let Ok(frame) = rx.frames.try_recv() {
+                    while let Ok(frame) = rx.try_recv() {
                         sink.feed(Message::Text(frame)).await?;
                     }
                 }
