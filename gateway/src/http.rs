@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::proxy::{PermitSlot, Proxy};
+use ringcast_node::cork::{cork, peek_opening, Opening};
 
 /// The response body type of every gateway answer.
 pub use ringcast_node::http::{json, json_error, metrics_text, Body};
@@ -41,9 +42,12 @@ pub async fn serve_connection(
     force_close: CancellationToken,
 ) {
     let mut stream = stream;
-    match tokio::time::timeout(http.handshake_timeout, is_h2_preface(&stream)).await {
-        Ok(Some(false)) => {}
-        Ok(Some(true)) => {
+    match tokio::time::timeout(http.handshake_timeout, peek_opening(&stream)).await {
+        // The 101 waits for the node's first frames (see `ringcast_node::cork`); the tunnel
+        // uncorks.
+        Ok(Some(Opening::WsUpgrade)) => cork(&stream),
+        Ok(Some(Opening::Other)) => {}
+        Ok(Some(Opening::Http2Preface)) => {
             // hyper's HTTP/1 server drops a prior-knowledge HTTP/2 connection without a word;
             // tell the client why instead.
             let body = r#"{"error":"bad_upgrade","message":"HTTP/2 is not supported; WebSocket upgrades need HTTP/1.1"}"#;
@@ -81,27 +85,6 @@ pub async fn serve_connection(
     }
 }
 
-/// Whether the connection opens with the HTTP/2 preface (`None`: it closed or failed first).
-/// Only peeks, so hyper still reads every byte.
-async fn is_h2_preface(stream: &TcpStream) -> Option<bool> {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
-    let mut buf = [0u8; 14];
-    loop {
-        let n = stream.peek(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        if !PREFACE.starts_with(&buf[..n.min(PREFACE.len())]) {
-            return Some(false);
-        }
-        if n >= PREFACE.len() {
-            return Some(true);
-        }
-        // A prefix of the preface arrived; wait for more (bounded by the caller's timeout).
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-}
-
 async fn route(
     http: &Arc<Http>,
     req: Request<Incoming>,
@@ -111,11 +94,19 @@ async fn route(
     let draining = http.draining.load(Ordering::Acquire);
     let proxy = &http.proxy;
     match req.uri().path() {
-        "/ws" if draining => json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "the gateway is shutting down",
-        ),
+        "/ws" if draining => {
+            let mut resp = json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "the gateway is shutting down",
+            );
+            // Every answer to `/ws` but a 101 ends the connection (and sends what `cork` held).
+            resp.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            resp
+        }
         "/ws" => proxy.upgrade(req, peer, permit).await,
         "/healthz" => {
             let ring = proxy.membership.ring().len();

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::metrics::Metrics;
+use ringcast_node::cork::Uncork;
 
 /// Copies bytes between `client` and `node` until both directions end (the second within
 /// `linger` of the first), one fails, or `force_close` fires.
@@ -53,19 +54,31 @@ pub async fn run(
     let node = match node.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => parts,
         Err(node) => {
+            let c = client.io.into_inner();
+            c.uncork();
             let mut n = TokioIo::new(node);
             if n.write_all(&client.read_buf).await.is_err() {
                 return;
             }
-            let c = client.io.into_inner();
             return Box::pin(generic(c, n, buf_size, metrics, force_close)).await;
         }
     };
+    let client_tcp = client.io.into_inner();
+    // The client's 101 is still held back (see `ringcast_node::cork`): the node's first
+    // frames, read with its 101, leave with it in one segment.
+    let mut early = node.read_buf;
+    if !early.is_empty() {
+        if let Ok(n) = client_tcp.try_write(&early) {
+            metrics.bytes_node_to_client.inc_by(n as u64);
+            early.advance(n);
+        }
+    }
+    client_tcp.uncork();
     let mut tunnel = Tunnel {
-        client: client.io.into_inner(),
+        client: client_tcp,
         node: node.io.into_inner(),
         up: Pipe::new(client.read_buf, &metrics.bytes_client_to_node),
-        down: Pipe::new(node.read_buf, &metrics.bytes_node_to_client),
+        down: Pipe::new(early, &metrics.bytes_node_to_client),
         buf_size,
         down_first: false,
     };

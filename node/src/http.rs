@@ -21,6 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use crate::cork::{self, peek_opening, Opening};
 use crate::server::Shared;
 use crate::session::serve;
 use crate::upgrade;
@@ -35,8 +36,14 @@ pub async fn serve_connection(
     peer: SocketAddr,
     tracker: TaskTracker,
 ) {
-    let io = TokioIo::new(stream);
     let handshake_timeout = Duration::from_secs(shared.config.handshake_timeout_secs.max(1));
+    match tokio::time::timeout(handshake_timeout, peek_opening(&stream)).await {
+        // The 101 waits for the welcome (see `cork`); the session uncorks.
+        Ok(Some(Opening::WsUpgrade)) => cork::cork(&stream),
+        Ok(Some(_)) => {}
+        Ok(None) | Err(_) => return, // closed, or silent through the handshake timeout
+    }
+    let io = TokioIo::new(stream);
     let svc = service_fn(move |req| {
         let shared = shared.clone();
         let tracker = tracker.clone();

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod cork;
 pub mod http;
 pub mod hub;
 pub mod metrics;

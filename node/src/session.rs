@@ -13,7 +13,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use ringcast_protocol::{ErrorCode, ServerEvent, Target};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -26,6 +26,7 @@ use tracing::{debug, info};
 
 use crate::auth::{now_secs, Identity};
 use crate::bus::Channel;
+use crate::cork::Uncork;
 use crate::hub::Ready;
 use crate::outbound::{
     Closing, Outbound, OutboundRx, Push, BUS_DOWN, FLOOD, IDLE, PROTOCOL_ERROR, TOKEN_EXPIRED,
@@ -33,7 +34,7 @@ use crate::outbound::{
 };
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::server::Shared;
-use crate::writer::{write_loop, CLOSE_TIMEOUT};
+use crate::writer::{write_loop, write_queued, CLOSE_TIMEOUT};
 
 mod handlers;
 
@@ -52,34 +53,34 @@ pub fn serve<S>(
     identity: Option<Identity>,
 ) -> impl Future<Output = ()> + Send
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Uncork + Unpin + Send + 'static,
 {
-    let (sink, mut stream) = ws.split();
     let (mut session, out_rx, subscribed) = Session::new(shared, identity.map(Box::new), client_id);
     let start = Box::pin(start(
         session.shared.clone(),
         session.out.clone(),
-        sink,
+        ws,
         out_rx,
         subscribed,
     ));
     async move {
-        let writer = start.await;
+        let (writer, mut stream) = start.await;
         let end = session.read_loop(&mut stream).await;
         Box::pin(session.finish(stream, end, writer)).await;
     }
 }
 
-/// Waits until the connection's channel is subscribed, starts its writer and announces it.
+/// Waits until the connection's channel is subscribed, writes the welcome, starts the writer
+/// and announces the connection; returns the writer and the reading half.
 async fn start<S>(
     shared: Arc<Shared>,
     out: Arc<Outbound>,
-    sink: SplitSink<WebSocketStream<S>, Message>,
+    mut ws: WebSocketStream<S>,
     out_rx: OutboundRx,
     (first, ready): (bool, Ready),
-) -> JoinHandle<()>
+) -> (JoinHandle<()>, SplitStream<WebSocketStream<S>>)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Uncork + Unpin + Send + 'static,
 {
     let config = &shared.config;
     // Direct messages must reach the client from its first frame on: start writing only once
@@ -95,6 +96,11 @@ where
             out.close(BUS_DOWN);
         }
     }
+    // The 101 is still held back (see `cork`): what is queued now, the welcome or why the
+    // connection closes, leaves with it in one segment.
+    let _ = timeout(CLOSE_TIMEOUT, write_queued(&mut ws, &out_rx)).await;
+    ws.get_ref().uncork();
+    let (sink, stream) = ws.split();
     let writer = tokio::spawn(write_loop(sink, out_rx, config.ping_interval()));
 
     if first && config.announce_connections && !out.is_closing() {
@@ -110,7 +116,7 @@ where
             )
             .await;
     }
-    writer
+    (writer, stream)
 }
 
 fn text(frame: Bytes) -> Utf8Bytes {

@@ -59,6 +59,28 @@ where
     }
 }
 
+/// Writes what is queued now (up to [`BATCH`] frames) in one flush: the session's first write,
+/// made before the writer starts.
+pub async fn write_queued<S>(ws: &mut WebSocketStream<S>, rx: &OutboundRx) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut bytes = 0;
+    let mut fed = 0;
+    let result = async {
+        while fed < BATCH {
+            let Ok(frame) = rx.try_recv() else { break };
+            bytes += frame.len();
+            fed += 1;
+            ws.feed(Message::Text(frame)).await?;
+        }
+        ws.flush().await
+    }
+    .await;
+    rx.written(bytes);
+    result
+}
+
 /// The writer's state between wake-ups (one struct, so the future polling it holds one pointer).
 struct Writer<S> {
     sink: Sink<S>,
