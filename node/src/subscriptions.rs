@@ -3,11 +3,18 @@
 //! One task per node applies the hub's plan in batches (one SUBSCRIBE for many rooms), which both
 //! serializes changes per channel, so racing joins and leaves cannot reorder a subscribe and an
 //! unsubscribe, and keeps the number of bus round trips low under churn.
+//!
+//! On a bus with a round trip per command, commands are also spaced [`WINDOW`] apart: a node
+//! taking thousands of connections a second would otherwise send one SUBSCRIBE per client (the
+//! previous one is usually answered before the next client arrives), and each costs Redis and
+//! the node a read, a write and a wake-up. A change after a quiet spell goes out at once; under
+//! churn, what changes within a window goes out as one command, a millisecond later at most.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::bus::Bus;
@@ -16,10 +23,30 @@ use crate::hub::Hub;
 /// Pause before retrying subscriptions after a bus error.
 const RETRY_AFTER: Duration = Duration::from_millis(250);
 
+/// Least time between two commands on a bus with a round trip per command.
+pub const WINDOW: Duration = Duration::from_millis(1);
+
 /// Runs until `shutdown` turns true.
 pub async fn run(hub: Arc<Hub>, bus: Arc<dyn Bus>, mut shutdown: watch::Receiver<bool>) {
+    let window = if bus.batches_publishes() {
+        WINDOW
+    } else {
+        Duration::ZERO
+    };
+    let mut last_command: Option<Instant> = None;
     loop {
+        if let Some(next) = last_command.map(|t| t + window) {
+            if next > Instant::now() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
         let (subscribe, unsubscribe) = hub.plan();
+        if !(subscribe.is_empty() && unsubscribe.is_empty()) {
+            last_command = Some(Instant::now());
+        }
         if !unsubscribe.is_empty() {
             debug!(count = unsubscribe.len(), "unsubscribing");
             // The bus forgets a channel even when the unsubscribe itself fails (its connection is
