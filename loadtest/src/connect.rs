@@ -1,5 +1,6 @@
-//! Opening seed-protocol connections: bind a source address, TCP connect, WebSocket upgrade,
-//! wait for `welcome`; and joining a room until the client's own `user_joined` arrives.
+//! Opening seed-protocol connections: bind a source address, TCP connect, WebSocket upgrade
+//! ([`crate::handshake`]), wait for `welcome`; and joining a room until the client's own
+//! `user_joined` arrives.
 //!
 //! Every failure is classified ([`ConnectError`]) so the user learns whether the server is down,
 //! answers plain HTTP, or speaks another protocol.
@@ -11,10 +12,11 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::error::ConnectError;
+use crate::handshake::client_handshake;
 use crate::target::Target;
 
 /// A connected client.
@@ -130,20 +132,8 @@ impl Connector {
             Some(self.sources[spread % self.sources.len()])
         };
         let stream = tcp_connect(addr, source).await?;
-        let url = target.client_url(client_id);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(self.config))
-            .await
-            .map_err(|e| match e {
-                WsError::Http(resp) => ConnectError::NotUpgraded {
-                    addr,
-                    status: resp.status().as_u16(),
-                },
-                other => ConnectError::Handshake {
-                    addr,
-                    detail: other.to_string(),
-                },
-            })?;
-        Ok(ws)
+        let path = target.client_path(client_id);
+        client_handshake(stream, addr, &target.authority, &path, self.config).await
     }
 
     /// Sends `join_room` and waits (skipping unrelated events) for this client's own

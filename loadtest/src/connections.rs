@@ -6,18 +6,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::json;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::ConnectionsArgs;
-use crate::connect::Connector;
+use crate::connect::{Connector, Ws};
 use crate::error::{ConnectError, RunError};
 use crate::fanout::secs;
 use crate::latency::LatencySummary;
 use crate::report::{per_sec, Outcome};
-use crate::traffic::{receive_until, Counters, Receiver};
+use crate::traffic::close_reason;
 
 /// Resident memory of a process in bytes (VmRSS in /proc/PID/status).
 pub fn vm_rss_bytes(pid: u32) -> Result<u64, RunError> {
@@ -32,6 +34,70 @@ pub fn vm_rss_bytes(pid: u32) -> Result<u64, RunError> {
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .ok_or_else(|| RunError::Other(format!("no VmRSS line in {path}")))
+}
+
+/// Connection `index` for the whole run: opens it, then holds it until `stop_rx` fires.
+/// `None` when it could not be opened, else why it ended while held, if it did.
+async fn connect_and_hold(
+    connector: Arc<Connector>,
+    index: usize,
+    slot: OwnedSemaphorePermit,
+    result_tx: mpsc::Sender<Result<Duration, ConnectError>>,
+    stop_rx: watch::Receiver<bool>,
+) -> Option<Option<String>> {
+    // Boxed: connecting runs once, and inline its state machine would size this task's
+    // allocation for as long as the connection is held.
+    let mut ws = Box::pin(open(&connector, index, slot, result_tx)).await?;
+    Some(hold_open(&mut ws, stop_rx).await)
+}
+
+/// Opens connection `index`, frees its connect `slot`, and reports how long that took (or why
+/// it failed) on `result_tx`.
+async fn open(
+    connector: &Connector,
+    index: usize,
+    slot: OwnedSemaphorePermit,
+    result_tx: mpsc::Sender<Result<Duration, ConnectError>>,
+) -> Option<Ws> {
+    let started = Instant::now();
+    let id = connector.client_id("c", index);
+    let connected = connector.connect(index, &id).await;
+    drop(slot);
+    match connected {
+        Ok((ws, _)) => {
+            let _ = result_tx.send(Ok(started.elapsed())).await;
+            Some(ws)
+        }
+        Err(e) => {
+            let _ = result_tx.send(Err(e)).await;
+            None
+        }
+    }
+}
+
+/// Holds `ws` open, reading (and so answering pings), until `stop_rx` turns true; returns why
+/// the connection ended if it ended first.
+///
+/// Not [`crate::traffic::receive_until`]: its `Receiver` (stamp and error finders) would make
+/// every held connection's task ~1.8 KiB bigger, for stamped frames this scenario never gets.
+/// `ws` is borrowed so the stream is stored once, in the caller's state, not moved again.
+async fn hold_open(ws: &mut Ws, mut stop_rx: watch::Receiver<bool>) -> Option<String> {
+    loop {
+        tokio::select! {
+            biased;
+            next = ws.next() => match next {
+                Some(Ok(Message::Close(frame))) => return Some(close_reason(frame)),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Some(format!("connection error: {e}")),
+                None => return Some("connection ended".into()),
+            },
+            changed = stop_rx.changed() => {
+                if changed.is_err() || *stop_rx.borrow() {
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 /// Runs the scenario.
@@ -61,7 +127,6 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(connect_concurrency));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (result_tx, mut result_rx) = mpsc::channel::<Result<Duration, ConnectError>>(1024);
-    let counters = Counters::default();
     let bar = crate::progress::bar(progress, n as u64, "connecting");
     let started = Instant::now();
     let pacer = {
@@ -79,25 +144,10 @@ pub async fn run(
                     break;
                 };
                 let connector = connector.clone();
-                let result_tx = result_tx.clone();
-                let stop_rx = stop_rx.clone();
-                let counters = counters.clone();
-                holders.push(tokio::spawn(async move {
-                    let t = Instant::now();
-                    let id = connector.client_id("c", i);
-                    let ws = match connector.connect(i, &id).await {
-                        Ok((ws, _)) => ws,
-                        Err(e) => {
-                            drop(slot);
-                            let _ = result_tx.send(Err(e)).await;
-                            return None;
-                        }
-                    };
-                    drop(slot);
-                    let _ = result_tx.send(Ok(t.elapsed())).await;
-                    let rx = receive_until(ws, Receiver::new(i, 0, None, counters), stop_rx).await;
-                    Some(rx.closed)
-                }));
+                let (result_tx, stop_rx) = (result_tx.clone(), stop_rx.clone());
+                holders.push(tokio::spawn(connect_and_hold(
+                    connector, i, slot, result_tx, stop_rx,
+                )));
             }
             holders
         })

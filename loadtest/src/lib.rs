@@ -11,6 +11,7 @@ pub mod connections;
 pub mod direct;
 pub mod error;
 pub mod fanout;
+pub mod handshake;
 pub mod http;
 pub mod latency;
 pub mod limits;
@@ -44,7 +45,9 @@ pub async fn run(cli: &Cli) -> Result<Outcome, RunError> {
     let connector = Arc::new(Connector::new(
         targets,
         sources,
-        common.read_buffer_bytes,
+        common
+            .read_buffer_bytes
+            .unwrap_or_else(|| cli.scenario.default_read_buffer_bytes()),
         timeout,
         prefix,
         common.require_welcome,

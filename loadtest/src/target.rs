@@ -45,10 +45,12 @@ impl Target {
             .map_err(|e| bad(&format!("cannot resolve host {host}: {e}")))?
             .next()
             .ok_or_else(|| bad(&format!("host {host} resolves to no address")))?;
+        // Without any user:password@, which belongs in no Host header.
         let authority = uri
             .authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_else(|| host.to_owned());
+            .map(|a| a.as_str().rsplit_once('@').map_or(a.as_str(), |(_, h)| h))
+            .unwrap_or(host)
+            .to_owned();
         let path_and_query = uri
             .path_and_query()
             .map(|p| p.as_str().to_owned())
@@ -64,15 +66,17 @@ impl Target {
 
     /// The URL a client with `client_id` connects to.
     pub fn client_url(&self, client_id: &str) -> String {
+        format!("ws://{}{}", self.authority, self.client_path(client_id))
+    }
+
+    /// Path and query of the upgrade request of a client with `client_id`.
+    pub fn client_path(&self, client_id: &str) -> String {
         let sep = if self.path_and_query.contains('?') {
             '&'
         } else {
             '?'
         };
-        format!(
-            "ws://{}{}{sep}client_id={client_id}",
-            self.authority, self.path_and_query
-        )
+        format!("{}{sep}client_id={client_id}", self.path_and_query)
     }
 
     /// `http://host:port/stats` of the same server.
@@ -129,7 +133,10 @@ mod tests {
         let t = Target::resolve("ws://127.0.0.1:9001/ws").await.unwrap();
         assert_eq!(t.addr, "127.0.0.1:9001".parse().unwrap());
         assert_eq!(t.client_url("a"), "ws://127.0.0.1:9001/ws?client_id=a");
+        assert_eq!(t.client_path("a"), "/ws?client_id=a");
         assert_eq!(t.stats_url(), "http://127.0.0.1:9001/stats");
+        let t = Target::resolve("ws://u:p@127.0.0.1:9001/").await.unwrap();
+        assert_eq!(t.authority, "127.0.0.1:9001");
         let t = Target::resolve("ws://127.0.0.1:9001/ws?x=1").await.unwrap();
         assert_eq!(t.client_url("b"), "ws://127.0.0.1:9001/ws?x=1&client_id=b");
         assert_eq!(

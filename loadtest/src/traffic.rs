@@ -12,6 +12,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use memchr::memmem::Finder;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::latency::Recorder;
@@ -129,6 +130,14 @@ impl Receiver {
     }
 }
 
+/// How a connection the server closed is reported.
+pub fn close_reason(frame: Option<CloseFrame>) -> String {
+    match frame {
+        Some(f) => format!("closed by server: {} {}", u16::from(f.code), f.reason),
+        None => "closed by server".into(),
+    }
+}
+
 /// Reads `stream` into `rx` until `stop` turns true or the connection ends.
 pub async fn receive_until<S>(
     mut stream: S,
@@ -144,10 +153,7 @@ where
             next = stream.next() => match next {
                 Some(Ok(Message::Text(t))) => rx.on_text(t.as_bytes()),
                 Some(Ok(Message::Close(frame))) => {
-                    rx.closed = Some(match frame {
-                        Some(f) => format!("closed by server: {} {}", u16::from(f.code), f.reason),
-                        None => "closed by server".into(),
-                    });
+                    rx.closed = Some(close_reason(frame));
                     break;
                 }
                 Some(Ok(_)) => {}

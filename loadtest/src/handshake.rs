@@ -1,0 +1,338 @@
+//! The client side of the WebSocket opening handshake (RFC 6455 §4.1), done by hand.
+//!
+//! tungstenite's client handshake builds an `http::Request`, parses the URL again, collects the
+//! reply into an `http::Response`, and reads it into a 4 KiB buffer that then stays the
+//! connection's read buffer whatever `WebSocketConfig::read_buffer_size` says. In a connection
+//! storm that is a good part of the load generator's CPU and memory per connection. Here the
+//! request is formatted once and sent in one write, the reply is read into a buffer of the
+//! configured read-buffer size and parsed in place with `httparse`, and whatever arrived after
+//! the head (often the server's first frame) is handed to the WebSocket, so nothing is lost and
+//! the buffer is reused as the connection's read buffer.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::error::ConnectError;
+
+/// The longest response head accepted; a longer one is not a WebSocket server's answer.
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+
+/// Response headers parsed at most; a WebSocket server sends a handful.
+const MAX_HEADERS: usize = 32;
+
+/// Sends the upgrade request for `path` (path and query) with `Host: host` on `stream`, checks
+/// the server's answer, and returns the WebSocket, with any bytes the server sent after the
+/// response head already in its read buffer. `addr` only labels errors.
+pub async fn client_handshake<S>(
+    mut stream: S,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    config: WebSocketConfig,
+) -> Result<WebSocketStream<S>, ConnectError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let failed = |detail: String| ConnectError::Handshake { addr, detail };
+    let key = generate_key();
+    stream
+        .write_all(request(host, path, &key).as_bytes())
+        .await
+        .map_err(|e| failed(format!("sending the upgrade request: {e}")))?;
+    // Sized as the read buffer it becomes, so handing it over does not reallocate.
+    let mut buf = Vec::with_capacity(config.read_buffer_size.max(256));
+    let head_len = loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve_exact(buf.len().min(MAX_HEAD_BYTES));
+        }
+        let read = stream
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| failed(format!("reading the response: {e}")))?;
+        match check_head(&buf, &key) {
+            Ok(Some(len)) => break len,
+            Ok(None) if read == 0 => {
+                return Err(failed(format!(
+                    "the server closed the connection after {} bytes of the response head",
+                    buf.len()
+                )))
+            }
+            Ok(None) if buf.len() >= MAX_HEAD_BYTES => {
+                return Err(failed(format!(
+                    "no end of the response head within {MAX_HEAD_BYTES} bytes"
+                )))
+            }
+            Ok(None) => {}
+            Err(HeadError::Status(status)) => {
+                return Err(ConnectError::NotUpgraded { addr, status })
+            }
+            Err(HeadError::Invalid(detail)) => return Err(failed(detail)),
+        }
+    };
+    buf.drain(..head_len);
+    Ok(WebSocketStream::from_partially_read(stream, buf, Role::Client, Some(config)).await)
+}
+
+/// The GET request that asks for the upgrade.
+fn request(host: &str, path: &str, key: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\n\
+         Host: {host}\r\n\
+         Connection: Upgrade\r\n\
+         Upgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: {key}\r\n\
+         \r\n"
+    )
+}
+
+/// Why a response head does not accept the upgrade.
+#[derive(Debug, PartialEq)]
+enum HeadError {
+    /// A complete HTTP response with a status other than 101.
+    Status(u16),
+    /// Not HTTP, or a 101 that breaks the WebSocket rules.
+    Invalid(String),
+}
+
+/// Parses the response head at the start of `buf`: `Ok(None)` while it is incomplete, its
+/// length once it is complete and accepts the upgrade requested with `key`.
+fn check_head(buf: &[u8], key: &str) -> Result<Option<usize>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let head_len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => {
+            return Err(HeadError::Invalid(format!(
+                "unreadable HTTP response ({e}), starting {}",
+                printable(buf)
+            )))
+        }
+    };
+    if head_len > MAX_HEAD_BYTES {
+        return Err(HeadError::Invalid(format!(
+            "response head of {head_len} bytes, more than {MAX_HEAD_BYTES}"
+        )));
+    }
+    let status = response.code.unwrap_or_default();
+    if status != 101 {
+        return Err(HeadError::Status(status));
+    }
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+    };
+    let invalid = |what: &str, got: Option<String>| {
+        HeadError::Invalid(format!(
+            "101 response with {what}: got {}",
+            got.map_or_else(|| "none".to_owned(), |v| format!("{v:?}"))
+        ))
+    };
+    let upgrade = header("upgrade");
+    if !upgrade
+        .as_deref()
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+    {
+        return Err(invalid("no `Upgrade: websocket`", upgrade));
+    }
+    let connection = header("connection");
+    if !connection.as_deref().is_some_and(|v| {
+        v.split(',')
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+    }) {
+        return Err(invalid("no `Connection: Upgrade`", connection));
+    }
+    let accept = header("sec-websocket-accept");
+    if accept.as_deref().map(str::trim) != Some(derive_accept_key(key.as_bytes()).as_str()) {
+        return Err(invalid(
+            "a Sec-WebSocket-Accept that does not match our Sec-WebSocket-Key",
+            accept,
+        ));
+    }
+    Ok(Some(head_len))
+}
+
+/// The first bytes of `buf` for an error message.
+fn printable(buf: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(&buf[..buf.len().min(60)]))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::tungstenite::Message;
+
+    use super::*;
+
+    /// A server that reads one upgrade request, then writes `reply(accept key)` in the given
+    /// pieces, pausing between them so each arrives in its own read. Returns the address and
+    /// the request the server received.
+    async fn canned_server(
+        reply: impl FnOnce(String) -> Vec<Vec<u8>> + Send + 'static,
+    ) -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            while !request.ends_with(b"\r\n\r\n") {
+                assert!(s.read_buf(&mut request).await.unwrap() > 0, "request cut");
+            }
+            let request = String::from_utf8(request).unwrap();
+            let key = request
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap()
+                .to_owned();
+            for piece in reply(derive_accept_key(key.as_bytes())) {
+                s.write_all(&piece).await.unwrap();
+                s.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            // Keep the socket open a little so the client reads before it sees an end.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            request
+        });
+        (addr, server)
+    }
+
+    async fn handshake(addr: SocketAddr) -> Result<WebSocketStream<TcpStream>, ConnectError> {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let config = WebSocketConfig::default().read_buffer_size(1024);
+        client_handshake(stream, addr, "example:1", "/ws?client_id=a", config).await
+    }
+
+    fn switching(accept: &str) -> String {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
+        )
+    }
+
+    /// An unmasked server text frame.
+    fn text_frame(text: &str) -> Vec<u8> {
+        let mut frame = vec![0x81, text.len() as u8];
+        frame.extend_from_slice(text.as_bytes());
+        frame
+    }
+
+    #[tokio::test]
+    async fn head_split_over_reads_and_bytes_after_it_are_kept() {
+        let (addr, server) = canned_server(|accept| {
+            let head = switching(&accept).into_bytes();
+            let (first, rest) = head.split_at(20);
+            let mut rest = rest.to_vec();
+            rest.extend(text_frame("welcome"));
+            vec![first.to_vec(), rest, text_frame("second")]
+        })
+        .await;
+        let mut ws = handshake(addr).await.expect("handshake");
+        let request = server.await.unwrap();
+        assert!(
+            request.starts_with("GET /ws?client_id=a HTTP/1.1\r\nHost: example:1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("Sec-WebSocket-Version: 13\r\n"),
+            "{request}"
+        );
+        assert!(request.contains("Upgrade: websocket\r\n"), "{request}");
+        for expected in ["welcome", "second"] {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), expected),
+                other => panic!("expected text {expected:?}, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn wrong_accept_key_is_a_handshake_error() {
+        let (addr, _server) =
+            canned_server(|_| vec![switching("dGhlIHNhbXBsZSBub25jZQ==").into_bytes()]).await;
+        match handshake(addr).await {
+            Err(ConnectError::Handshake { detail, .. }) => {
+                assert!(detail.contains("Sec-WebSocket-Accept"), "{detail}")
+            }
+            other => panic!("expected a handshake error, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[tokio::test]
+    async fn refusal_reports_the_status() {
+        let (addr, _server) = canned_server(|_| {
+            vec![b"HTTP/1.1 403 Forbidden\r\ncontent-length: 3\r\n\r\nno\n".to_vec()]
+        })
+        .await;
+        match handshake(addr).await {
+            Err(ConnectError::NotUpgraded { status, .. }) => assert_eq!(status, 403),
+            other => panic!("expected NotUpgraded 403, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_upgrade_header_is_a_handshake_error() {
+        let (addr, _server) = canned_server(|accept| {
+            vec![format!(
+                "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
+            )
+            .into_bytes()]
+        })
+        .await;
+        match handshake(addr).await {
+            Err(ConnectError::Handshake { detail, .. }) => {
+                assert!(detail.contains("Upgrade: websocket"), "{detail}")
+            }
+            other => panic!("expected a handshake error, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[tokio::test]
+    async fn not_http_and_cut_and_endless_heads_are_handshake_errors() {
+        let garbage = canned_server(|_| vec![b"SSH-2.0-OpenSSH_9.6\r\n".to_vec()]).await;
+        // The server ends the connection after part of a head.
+        let cut = canned_server(|_| vec![b"HTTP/1.1 101 Switching".to_vec()]).await;
+        let endless = canned_server(|_| {
+            let mut head = b"HTTP/1.1 101 Switching Protocols\r\nx-filler: ".to_vec();
+            head.resize(MAX_HEAD_BYTES + 100, b'a');
+            vec![head]
+        })
+        .await;
+        for (what, (addr, _server), expected) in [
+            ("garbage", garbage, "unreadable HTTP response"),
+            ("cut", cut, "closed the connection"),
+            ("endless", endless, "no end of the response head"),
+        ] {
+            match handshake(addr).await {
+                Err(ConnectError::Handshake { detail, .. }) => {
+                    assert!(detail.contains(expected), "{what}: {detail}")
+                }
+                other => panic!(
+                    "{what}: expected a handshake error, got {:?}",
+                    other.map(|_| ())
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn a_complete_101_is_accepted_whatever_the_case_of_its_headers() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let head = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUPGRADE: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            derive_accept_key(key.as_bytes())
+        );
+        assert_eq!(check_head(head.as_bytes(), key), Ok(Some(head.len())));
+        assert_eq!(check_head(&head.as_bytes()[..30], key), Ok(None));
+    }
+}
