@@ -20,6 +20,7 @@ pub mod ring;
 pub mod server;
 pub mod token;
 pub mod tunnel;
+pub mod upstream;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

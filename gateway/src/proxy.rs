@@ -1,17 +1,17 @@
 //! The `/ws` upgrade proxy: pick the client_id's node on the ring, forward the HTTP/1.1 upgrade
-//! there (failing over along the ring's replica order), relay the node's 101, then hand both
-//! upgraded sockets to [`crate::tunnel`]. After the 101 the gateway never parses a frame.
+//! there (failing over along the ring's replica order; [`crate::upstream`] speaks to the node),
+//! relay the node's 101, then hand both sockets to [`crate::tunnel`]. After the 101 the gateway
+//! never parses a frame.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,9 +24,7 @@ use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::ring::RingNode;
 use crate::tunnel;
-
-/// Largest error body relayed from a node that refused an upgrade.
-const MAX_RELAYED_BODY: usize = 4 * 1024;
+use crate::upstream::{self, Answer, Rejection, Switched};
 
 /// What every upgrade shares.
 pub struct Proxy {
@@ -95,12 +93,19 @@ impl Proxy {
         }
         let client_upgrade = hyper::upgrade::on(&mut req);
         let forwarded = forwarded_for(&req, peer);
+        let Some(head) = upstream::request_head(&query, req.headers(), &forwarded) else {
+            return self.reject(
+                StatusCode::BAD_REQUEST,
+                "bad_upgrade",
+                "the query cannot be forwarded",
+            );
+        };
         let attempts = tokio::time::timeout(
             self.handshake_timeout,
-            self.try_candidates(&req, &query, &forwarded, &candidates, &client_id),
+            self.try_candidates(&head, &candidates, &client_id),
         )
         .await;
-        let (node, mut resp) = match attempts {
+        let (node, switched) = match attempts {
             Ok(Ok(found)) => found,
             Ok(Err(relay)) => return relay,
             Err(_) => {
@@ -111,7 +116,11 @@ impl Proxy {
                 )
             }
         };
-        let node_upgrade = hyper::upgrade::on(&mut resp);
+        let Switched {
+            stream: node_io,
+            headers,
+            early,
+        } = switched;
         self.metrics
             .upgrade_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -123,10 +132,10 @@ impl Proxy {
         let permit = permit.lock().ok().and_then(|mut p| p.take());
         let this = self.clone();
         self.tunnels.spawn(async move {
-            let (client_io, node_io) = match tokio::join!(client_upgrade, node_upgrade) {
-                (Ok(c), Ok(n)) => (c, n),
-                (c, n) => {
-                    debug!(client = ?c.err(), node = ?n.err(), "upgrade did not complete");
+            let client_io = match client_upgrade.await {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(error = %e, "upgrade did not complete");
                     return;
                 }
             };
@@ -138,6 +147,7 @@ impl Proxy {
             tunnel::run(
                 client_io,
                 node_io,
+                early,
                 this.copy_buffer_bytes,
                 this.tunnel_linger,
                 &this.metrics,
@@ -149,29 +159,26 @@ impl Proxy {
         });
         let mut out = Response::new(Full::new(Bytes::new()));
         *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        *out.headers_mut() = std::mem::take(resp.headers_mut());
+        *out.headers_mut() = headers;
         out
     }
 
-    /// Tries each candidate in order; returns the node and its 101, or the response to send.
+    /// Sends `head` to each candidate in order; returns the node and its 101, or the response
+    /// to send.
     async fn try_candidates(
         &self,
-        req: &Request<Incoming>,
-        query: &str,
-        forwarded: &HeaderValue,
+        head: &[u8],
         candidates: &[RingNode],
         client_id: &str,
-    ) -> Result<(RingNode, Response<Incoming>), Response<Body>> {
+    ) -> Result<(RingNode, Switched), Response<Body>> {
         for (i, node) in candidates.iter().enumerate() {
             if i > 0 {
                 self.metrics.failovers.inc();
                 info!(%client_id, node = %node.id, attempt = i + 1, "failing over");
             }
-            match self.attempt(req, query, forwarded, node).await {
-                Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                    return Ok((node.clone(), resp))
-                }
-                Ok(resp) => return Err(self.relay_refusal(resp).await),
+            match self.attempt(head, node).await {
+                Ok(Answer::Switched(switched)) => return Ok((node.clone(), switched)),
+                Ok(Answer::Other(refusal)) => return Err(self.relay_refusal(refusal)),
                 Err(Attempt::Refused(e)) => {
                     warn!(node = %node.id, addr = %node.addr, error = %e, "node refused the connection");
                     self.membership.mark_down(&node.id);
@@ -193,13 +200,7 @@ impl Proxy {
     }
 
     /// One forwarded upgrade to one node: its answer, or why there was none worth relaying.
-    async fn attempt(
-        &self,
-        req: &Request<Incoming>,
-        query: &str,
-        forwarded: &HeaderValue,
-        node: &RingNode,
-    ) -> Result<Response<Incoming>, Attempt> {
+    async fn attempt(&self, head: &[u8], node: &RingNode) -> Result<Answer, Attempt> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*node.addr))
             .await
             .map_err(|_| Attempt::Unreachable("connect timed out".into()))?
@@ -208,61 +209,30 @@ impl Proxy {
                 _ => Attempt::Unreachable(e.to_string()),
             })?;
         let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .map_err(|e| Attempt::Unreachable(e.to_string()))?;
-        // Resolves once the response is read and the socket handed to `upgrade::on`.
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                debug!(error = %e, "node connection ended with an error");
-            }
-        });
-        let mut out = Request::new(Empty::<Bytes>::new());
-        *out.method_mut() = Method::GET;
-        *out.uri_mut() = format!("/ws?{query}")
-            .parse()
-            .map_err(|_| Attempt::Unreachable("unrepresentable query".into()))?;
-        *out.headers_mut() = req.headers().clone();
-        // The forwarded upgrade has no body, whatever the client claimed.
-        out.headers_mut().remove(header::CONTENT_LENGTH);
-        out.headers_mut().remove(header::TRANSFER_ENCODING);
-        out.headers_mut().insert(
-            header::HeaderName::from_static("x-forwarded-for"),
-            forwarded.clone(),
-        );
-        let resp = sender
-            .send_request(out)
-            .await
-            .map_err(|e| Attempt::Unreachable(e.to_string()))?;
-        if resp.status().is_server_error() {
-            return Err(Attempt::Declined(resp.status()));
+        match upstream::exchange(stream, head).await {
+            Ok(Answer::Other(r)) if r.status.is_server_error() => Err(Attempt::Declined(r.status)),
+            Ok(answer) => Ok(answer),
+            Err(e) => Err(Attempt::Unreachable(e)),
         }
-        Ok(resp)
     }
 
     /// A node refused with a 4xx (say, it rejects the client_id): the client sees that answer.
-    async fn relay_refusal(&self, resp: Response<Incoming>) -> Response<Body> {
-        let (parts, body) = resp.into_parts();
-        let body = tokio::time::timeout(
-            Duration::from_secs(2),
-            Limited::new(body, MAX_RELAYED_BODY).collect(),
-        )
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    fn relay_refusal(&self, refusal: Rejection) -> Response<Body> {
+        let Rejection {
+            status,
+            content_type,
+            body,
+        } = refusal;
         self.metrics
             .rejected
-            .with_label_values(&[parts.status.as_str()])
+            .with_label_values(&[status.as_str()])
             .inc();
         let mut out = Response::new(Full::new(body));
-        *out.status_mut() = parts.status;
+        *out.status_mut() = status;
         out.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-            out.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+        if let Some(ct) = content_type {
+            out.headers_mut().insert(header::CONTENT_TYPE, ct);
         }
         out
     }

@@ -32,41 +32,34 @@ use crate::metrics::Metrics;
 use ringcast_node::cork::Uncork;
 
 /// Copies bytes between `client` and `node` until both directions end (the second within
-/// `linger` of the first), one fails, or `force_close` fires.
+/// `linger` of the first), one fails, or `force_close` fires. `early` is what the node sent
+/// behind its 101; it goes to the client first.
 pub async fn run(
     client: Upgraded,
-    node: Upgraded,
+    node: TcpStream,
+    early: Bytes,
     buf_size: usize,
     linger: std::time::Duration,
     metrics: &Metrics,
     force_close: &CancellationToken,
 ) {
     let buf_size = buf_size.clamp(512, 1024 * 1024);
-    // Our listeners and node connections are plain TCP, so both downcasts succeed; the generic
-    // fallback (boxed, so it does not enlarge every tunnel) keeps this correct should that change.
+    // Our listener is plain TCP, so the downcast succeeds; the generic fallback (boxed, so it
+    // does not enlarge every tunnel) keeps this correct should that change.
     let client = match client.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => parts,
         Err(client) => {
-            let (c, n) = (TokioIo::new(client), TokioIo::new(node));
-            return Box::pin(generic(c, n, buf_size, metrics, force_close)).await;
-        }
-    };
-    let node = match node.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => parts,
-        Err(node) => {
-            let c = client.io.into_inner();
-            c.uncork();
-            let mut n = TokioIo::new(node);
-            if n.write_all(&client.read_buf).await.is_err() {
+            let mut c = TokioIo::new(client);
+            if c.write_all(&early).await.is_err() {
                 return;
             }
-            return Box::pin(generic(c, n, buf_size, metrics, force_close)).await;
+            return Box::pin(generic(c, node, buf_size, metrics, force_close)).await;
         }
     };
     let client_tcp = client.io.into_inner();
     // The client's 101 is still held back (see `ringcast_node::cork`): the node's first
     // frames, read with its 101, leave with it in one segment.
-    let mut early = node.read_buf;
+    let mut early = early;
     if !early.is_empty() {
         if let Ok(n) = client_tcp.try_write(&early) {
             metrics.bytes_node_to_client.inc_by(n as u64);
@@ -76,7 +69,7 @@ pub async fn run(
     client_tcp.uncork();
     let mut tunnel = Tunnel {
         client: client_tcp,
-        node: node.io.into_inner(),
+        node,
         up: Pipe::new(client.read_buf, &metrics.bytes_client_to_node),
         down: Pipe::new(early, &metrics.bytes_node_to_client),
         buf_size,

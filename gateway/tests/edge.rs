@@ -303,3 +303,27 @@ async fn a_tunnel_ends_when_the_node_closes_even_if_the_client_went_silent() {
     .await;
     drop(s);
 }
+
+#[tokio::test]
+async fn a_node_refusal_reaches_the_client_with_its_body() {
+    // A node that requires a token behind a gateway that checks none: the node's 401 and its
+    // JSON reason come back through the gateway, and the connection ends.
+    let node = TestNode::start(support::auth::node_config("n1")).await;
+    let spec = format!("n1={}", node.addr);
+    let gw = TestGateway::start(&["--node", &spec]).await;
+    let (status, body) = support::auth::refused(&gw.ws_url("tokenless"), &[]).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "missing_token", "{body}");
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    s.write_all(upgrade_request(gw.addr, "/ws?client_id=raw").as_bytes())
+        .await
+        .expect("write");
+    let got = read_until(&mut s, b"}").await;
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 401"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    assert!(text.contains("content-type: application/json"), "{text}");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(_))), "the refused connection stayed open");
+}

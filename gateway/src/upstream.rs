@@ -1,0 +1,297 @@
+//! One upgrade forwarded to a node, spoken directly on the TCP stream: the request head in one
+//! write, the answer head parsed with `httparse`, and the bytes read past it kept for the tunnel.
+//!
+//! An upgrade is one request and one answer on a fresh connection whose socket then belongs to
+//! the tunnel. hyper's client spends a connection task, a dispatch channel, an upgrade hand-over
+//! and a header map on that; in a connection storm this was an eighth of the gateway's CPU.
+
+use bytes::{Bytes, BytesMut};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::PathAndQuery;
+use hyper::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest answer head accepted from a node.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Most headers parsed in a node's answer.
+const MAX_HEADERS: usize = 32;
+
+/// Largest error body relayed from a node that refused an upgrade.
+pub const MAX_RELAYED_BODY: usize = 4 * 1024;
+
+/// The request head forwarded to every candidate node: `GET /ws?query`, the client's headers
+/// (without any body framing, whatever the client claimed, and with `X-Forwarded-For` replaced
+/// by `forwarded`). `None` if the query cannot stand in a request line.
+pub fn request_head(query: &str, headers: &HeaderMap, forwarded: &HeaderValue) -> Option<Vec<u8>> {
+    let target = PathAndQuery::try_from(format!("/ws?{query}")).ok()?;
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(b"GET ");
+    head.extend_from_slice(target.as_str().as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name.as_str() == "x-forwarded-for"
+        {
+            continue;
+        }
+        push_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
+    }
+    push_header(&mut head, b"x-forwarded-for", forwarded.as_bytes());
+    head.extend_from_slice(b"\r\n");
+    Some(head)
+}
+
+fn push_header(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    head.extend_from_slice(name);
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
+
+/// A node's answer to a forwarded upgrade.
+#[derive(Debug)]
+pub enum Answer {
+    /// `101 Switching Protocols`.
+    Switched(Switched),
+    /// Any other answer.
+    Other(Rejection),
+}
+
+/// A node's `101`: the socket is the node's end of the tunnel.
+#[derive(Debug)]
+pub struct Switched {
+    /// The node's end.
+    pub stream: TcpStream,
+    /// The 101's headers, relayed to the client.
+    pub headers: HeaderMap,
+    /// What the node sent after the 101 (usually its `welcome`), for the client.
+    pub early: Bytes,
+}
+
+/// Any other answer, with up to [`MAX_RELAYED_BODY`] bytes of its body.
+#[derive(Debug)]
+pub struct Rejection {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its `Content-Type`, if any.
+    pub content_type: Option<HeaderValue>,
+    /// Its body (cut at [`MAX_RELAYED_BODY`]).
+    pub body: Bytes,
+}
+
+/// Sends `head` on `stream` and reads the node's answer; an error says what went wrong on the
+/// way (the caller bounds the whole exchange in time).
+pub async fn exchange(mut stream: TcpStream, head: &[u8]) -> Result<Answer, String> {
+    stream
+        .write_all(head)
+        .await
+        .map_err(|e| format!("sending the upgrade: {e}"))?;
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        let read = stream
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?;
+        if let Some(head) = parse_head(&buf)? {
+            return Ok(answer(stream, buf, head).await);
+        }
+        if read == 0 {
+            return Err("the node closed the connection before answering".into());
+        }
+        if buf.len() >= MAX_HEAD_BYTES {
+            return Err(format!("answer head longer than {MAX_HEAD_BYTES} bytes"));
+        }
+    }
+}
+
+/// A complete answer head.
+struct Head {
+    len: usize,
+    status: StatusCode,
+    headers: HeaderMap,
+}
+
+/// The answer head at the start of `buf`, `None` while it is incomplete.
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut slots);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("unreadable answer from the node: {e}")),
+    };
+    if response.version != Some(1) {
+        return Err("the node did not answer in HTTP/1.1".into());
+    }
+    let status = response
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or("the node answered with an invalid status")?;
+    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    for h in response.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes());
+        let value = HeaderValue::from_bytes(h.value);
+        if let (Ok(name), Ok(value)) = (name, value) {
+            headers.append(name, value);
+        }
+    }
+    Ok(Some(Head {
+        len,
+        status,
+        headers,
+    }))
+}
+
+async fn answer(mut stream: TcpStream, mut buf: BytesMut, head: Head) -> Answer {
+    let rest = buf.split_off(head.len);
+    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+        return Answer::Switched(Switched {
+            stream,
+            headers: head.headers,
+            early: rest.freeze(),
+        });
+    }
+    // A refusal: its body, as far as it is announced and no further than the relay limit.
+    let announced = head
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    let want = announced.min(MAX_RELAYED_BODY);
+    let mut body = rest;
+    while body.len() < want {
+        match stream.read_buf(&mut body).await {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    body.truncate(want);
+    Answer::Other(Rejection {
+        status: head.status,
+        content_type: head.headers.get(header::CONTENT_TYPE).cloned(),
+        body: body.freeze(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A node stand-in: answers the first request on one connection with `chunks`, written
+    /// apart, and returns what it received.
+    async fn node_answering(
+        chunks: Vec<&'static [u8]>,
+    ) -> (TcpStream, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let node = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.ends_with(b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "request cut short");
+                got.extend_from_slice(&buf[..n]);
+            }
+            for chunk in chunks {
+                s.write_all(chunk).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            got
+        });
+        (TcpStream::connect(addr).await.unwrap(), node)
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(*n, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn the_request_drops_body_framing_and_replaces_the_forwarded_chain() {
+        let h = headers(&[
+            ("host", "gw"),
+            ("upgrade", "websocket"),
+            ("content-length", "5"),
+            ("x-forwarded-for", "10.0.0.1"),
+        ]);
+        let head = request_head(
+            "client_id=a",
+            &h,
+            &HeaderValue::from_static("10.0.0.1, 1.2.3.4"),
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "GET /ws?client_id=a HTTP/1.1\r\nhost: gw\r\nupgrade: websocket\r\n\
+             x-forwarded-for: 10.0.0.1, 1.2.3.4\r\n\r\n"
+        );
+        assert!(request_head("a b", &h, &HeaderValue::from_static("x")).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_101_split_over_reads_keeps_what_follows_it() {
+        let (stream, node) = node_answering(vec![
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n",
+            b"sec-websocket-accept: abc\r\n\r\n\x81\x02hi",
+        ])
+        .await;
+        let head = request_head(
+            "client_id=a",
+            &HeaderMap::new(),
+            &HeaderValue::from_static("x"),
+        )
+        .unwrap();
+        match exchange(stream, &head).await.unwrap() {
+            Answer::Switched(Switched { headers, early, .. }) => {
+                assert_eq!(headers["sec-websocket-accept"], "abc");
+                assert_eq!(&early[..], b"\x81\x02hi");
+            }
+            other => panic!("{other:?}"),
+        }
+        let sent = node.await.unwrap();
+        assert!(sent.starts_with(b"GET /ws?client_id=a HTTP/1.1\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_refusal_comes_back_with_its_body() {
+        let (stream, _node) = node_answering(vec![
+            b"HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: 13\r\n\r\n{\"error\":",
+            b"\"x\"}",
+        ])
+        .await;
+        match exchange(stream, b"GET /ws HTTP/1.1\r\n\r\n").await.unwrap() {
+            Answer::Other(Rejection {
+                status,
+                content_type,
+                body,
+            }) => {
+                assert_eq!(status, StatusCode::FORBIDDEN);
+                assert_eq!(content_type.unwrap(), "application/json");
+                assert_eq!(&body[..], b"{\"error\":\"x\"}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn garbage_and_silence_are_errors() {
+        let (stream, _node) = node_answering(vec![b"SSH-2.0-OpenSSH\r\n\r\n"]).await;
+        let e = exchange(stream, b"GET /ws HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap_err();
+        assert!(e.contains("unreadable"), "{e}");
+        let (stream, _node) = node_answering(vec![b"HTTP/1.1 101 Switching"]).await;
+        let e = exchange(stream, b"GET /ws HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap_err();
+        assert!(e.contains("closed"), "{e}");
+    }
+}
