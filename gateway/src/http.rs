@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::proxy::{PermitSlot, Proxy};
-use ringcast_node::cork::{cork, peek_opening, Opening};
+use ringcast_node::cork::{peek_opening, Opening};
 
 /// The response body type of every gateway answer.
 pub use ringcast_node::http::{json, json_error, metrics_text, Body};
@@ -33,6 +33,13 @@ pub struct Http {
     pub max_header_bytes: usize,
 }
 
+impl Http {
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
 /// Serves HTTP/1.1 on one client connection until it closes, upgrades, or `force_close` fires.
 pub async fn serve_connection(
     http: Arc<Http>,
@@ -43,9 +50,10 @@ pub async fn serve_connection(
 ) {
     let mut stream = stream;
     match tokio::time::timeout(http.handshake_timeout, peek_opening(&stream)).await {
-        // The 101 waits for the node's first frames (see `ringcast_node::cork`); the tunnel
-        // uncorks.
-        Ok(Some(Opening::WsUpgrade)) => cork(&stream),
+        Ok(Some(Opening::WsUpgrade)) => {
+            let permit = permit.lock().ok().and_then(|mut p| p.take());
+            return crate::direct::serve(http, stream, peer, permit).await;
+        }
         Ok(Some(Opening::Other)) => {}
         Ok(Some(Opening::Http2Preface)) => {
             // hyper's HTTP/1 server drops a prior-knowledge HTTP/2 connection without a word;
@@ -91,22 +99,14 @@ async fn route(
     peer: SocketAddr,
     permit: PermitSlot,
 ) -> Response<Body> {
-    let draining = http.draining.load(Ordering::Acquire);
+    let draining = http.is_draining();
     let proxy = &http.proxy;
     match req.uri().path() {
-        "/ws" if draining => {
-            let mut resp = json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "draining",
-                "the gateway is shutting down",
-            );
-            // Every answer to `/ws` but a 101 ends the connection (and sends what `cork` held).
-            resp.headers_mut().insert(
-                hyper::header::CONNECTION,
-                hyper::header::HeaderValue::from_static("close"),
-            );
-            resp
-        }
+        "/ws" if draining => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the gateway is shutting down",
+        ),
         "/ws" => proxy.upgrade(req, peer, permit).await,
         "/healthz" => {
             let ring = proxy.membership.ring().len();

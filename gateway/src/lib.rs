@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod direct;
 pub mod embedded;
 pub mod health;
 pub mod http;

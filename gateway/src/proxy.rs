@@ -12,6 +12,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -65,40 +66,91 @@ enum Attempt {
 }
 
 impl Proxy {
-    /// Handles one `/ws` request from `peer`.
+    /// Handles one `/ws` request from `peer` that reached hyper (see [`crate::direct`] for the
+    /// usual way in): on a 101, the tunnel starts once hyper hands the connection over.
     pub async fn upgrade(
         self: &Arc<Self>,
         mut req: Request<Incoming>,
         peer: SocketAddr,
         permit: PermitSlot,
     ) -> Response<Body> {
+        let (node, switched) = match self.open(&req, peer).await {
+            Ok(opened) => opened,
+            Err(resp) => return resp,
+        };
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let Switched {
+            stream,
+            headers,
+            early,
+        } = switched;
+        let permit = permit.lock().ok().and_then(|mut p| p.take());
+        let this = self.clone();
+        self.tunnels.spawn(async move {
+            let upgraded = match client_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(e) => {
+                    debug!(error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            // Our listener is plain TCP, so the downcast succeeds; the generic fallback (boxed,
+            // so it does not enlarge every tunnel) keeps this correct should that change.
+            match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => {
+                    let client = tunnel::Client {
+                        stream: parts.io.into_inner(),
+                        early: parts.read_buf,
+                    };
+                    this.tunnel(node, client, stream, early, permit).await;
+                }
+                Err(upgraded) => {
+                    let (c, buf) = (TokioIo::new(upgraded), this.copy_buffer_bytes);
+                    let fallback =
+                        tunnel::generic(c, stream, early, buf, &this.metrics, &this.force_close);
+                    Box::pin(fallback).await;
+                }
+            }
+        });
+        let mut out = Response::new(Full::new(Bytes::new()));
+        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *out.headers_mut() = headers;
+        out
+    }
+
+    /// Checks an upgrade request from `peer`, admits it and forwards it along its node's
+    /// candidates: the node and its 101, or the response the client gets instead.
+    pub async fn open<B>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+    ) -> Result<(RingNode, Switched), Response<Body>> {
         let started = Instant::now();
-        if let Err(why) = check_upgrade(&req) {
-            return self.reject(StatusCode::BAD_REQUEST, "bad_upgrade", why);
+        if let Err(why) = check_upgrade(req) {
+            return Err(self.reject(StatusCode::BAD_REQUEST, "bad_upgrade", why));
         }
         let (client_id, query) = match self.admission.admit(req.headers(), req.uri().query()) {
             Ok(admitted) => (admitted.client_id, admitted.query),
-            Err(refusal) => return self.refuse_at_edge(refusal, peer),
+            Err(refusal) => return Err(self.refuse_at_edge(refusal, peer)),
         };
         let candidates = self
             .membership
             .ring()
             .candidates(&client_id, self.max_attempts.max(1));
         if candidates.is_empty() {
-            return self.reject(
+            return Err(self.reject(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_healthy_node",
                 "no healthy node is available; retry shortly",
-            );
+            ));
         }
-        let client_upgrade = hyper::upgrade::on(&mut req);
-        let forwarded = forwarded_for(&req, peer);
+        let forwarded = forwarded_for(req, peer);
         let Some(head) = upstream::request_head(&query, req.headers(), &forwarded) else {
-            return self.reject(
+            return Err(self.reject(
                 StatusCode::BAD_REQUEST,
                 "bad_upgrade",
                 "the query cannot be forwarded",
-            );
+            ));
         };
         let attempts = tokio::time::timeout(
             self.handshake_timeout,
@@ -106,21 +158,15 @@ impl Proxy {
         )
         .await;
         let (node, switched) = match attempts {
-            Ok(Ok(found)) => found,
-            Ok(Err(relay)) => return relay,
+            Ok(found) => found?,
             Err(_) => {
-                return self.reject(
+                return Err(self.reject(
                     StatusCode::BAD_GATEWAY,
                     "node_timeout",
                     "the node did not answer the upgrade in time",
-                )
+                ))
             }
         };
-        let Switched {
-            stream: node_io,
-            headers,
-            early,
-        } = switched;
         self.metrics
             .upgrade_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -129,38 +175,36 @@ impl Proxy {
             .with_label_values(&[&*node.id])
             .inc();
         debug!(%client_id, node = %node.id, "tunnel opening");
-        let permit = permit.lock().ok().and_then(|mut p| p.take());
-        let this = self.clone();
-        self.tunnels.spawn(async move {
-            let client_io = match client_upgrade.await {
-                Ok(c) => c,
-                Err(e) => {
-                    debug!(error = %e, "upgrade did not complete");
-                    return;
-                }
-            };
-            let gauge = this
-                .metrics
-                .open_connections
-                .with_label_values(&[&*node.id]);
-            gauge.inc();
-            tunnel::run(
-                client_io,
-                node_io,
-                early,
-                this.copy_buffer_bytes,
-                this.tunnel_linger,
-                &this.metrics,
-                &this.force_close,
-            )
-            .await;
-            gauge.dec();
-            drop(permit);
-        });
-        let mut out = Response::new(Full::new(Bytes::new()));
-        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        *out.headers_mut() = headers;
-        out
+        Ok((node, switched))
+    }
+
+    /// Runs one tunnel to its end, counted in the node's open connections; the connection
+    /// permit is released when it ends.
+    pub async fn tunnel(
+        &self,
+        node: RingNode,
+        client: tunnel::Client,
+        node_stream: TcpStream,
+        node_early: Bytes,
+        permit: Option<ConnectionPermit>,
+    ) {
+        let gauge = self
+            .metrics
+            .open_connections
+            .with_label_values(&[&*node.id]);
+        gauge.inc();
+        tunnel::run(
+            client,
+            node_stream,
+            node_early,
+            self.copy_buffer_bytes,
+            self.tunnel_linger,
+            &self.metrics,
+            &self.force_close,
+        )
+        .await;
+        gauge.dec();
+        drop(permit);
     }
 
     /// Sends `head` to each candidate in order; returns the node and its 101, or the response
@@ -255,7 +299,8 @@ impl Proxy {
         resp
     }
 
-    fn reject(&self, status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    /// A JSON refusal that ends the connection, counted by status.
+    pub fn reject(&self, status: StatusCode, code: &str, message: &str) -> Response<Body> {
         self.metrics
             .rejected
             .with_label_values(&[status.as_str()])
@@ -269,7 +314,7 @@ impl Proxy {
 }
 
 /// Checks that the request is a WebSocket upgrade we can forward.
-fn check_upgrade(req: &Request<Incoming>) -> Result<(), &'static str> {
+fn check_upgrade<B>(req: &Request<B>) -> Result<(), &'static str> {
     if req.version() != Version::HTTP_11 {
         return Err("WebSocket upgrades need HTTP/1.1");
     }

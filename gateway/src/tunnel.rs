@@ -11,8 +11,8 @@
 //! from this task also replaces the wakers hyper's connection tasks left on them; until then
 //! those wakers keep the finished tasks' memory alive.
 //!
-//! Bytes hyper had already read past the HTTP head on either side (a pipelined frame, a node's
-//! first frame) are written first, so nothing is lost.
+//! Bytes already read past the HTTP head on either side (a pipelined frame, a node's first
+//! frame) are written first, so nothing is lost.
 
 use std::future::poll_fn;
 use std::io;
@@ -20,8 +20,6 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -29,49 +27,33 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::metrics::Metrics;
-use ringcast_node::cork::Uncork;
+
+/// The client's end of a tunnel: its socket, and what it sent behind its request head.
+pub struct Client {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read past the request head (a frame sent right behind the upgrade), for the node.
+    pub early: Bytes,
+}
 
 /// Copies bytes between `client` and `node` until both directions end (the second within
-/// `linger` of the first), one fails, or `force_close` fires. `early` is what the node sent
-/// behind its 101; it goes to the client first.
+/// `linger` of the first), one fails, or `force_close` fires. `node_early` is what the node
+/// sent behind its 101 and has not reached the client yet; it goes first.
 pub async fn run(
-    client: Upgraded,
+    client: Client,
     node: TcpStream,
-    early: Bytes,
+    node_early: Bytes,
     buf_size: usize,
     linger: std::time::Duration,
     metrics: &Metrics,
     force_close: &CancellationToken,
 ) {
     let buf_size = buf_size.clamp(512, 1024 * 1024);
-    // Our listener is plain TCP, so the downcast succeeds; the generic fallback (boxed, so it
-    // does not enlarge every tunnel) keeps this correct should that change.
-    let client = match client.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => parts,
-        Err(client) => {
-            let mut c = TokioIo::new(client);
-            if c.write_all(&early).await.is_err() {
-                return;
-            }
-            return Box::pin(generic(c, node, buf_size, metrics, force_close)).await;
-        }
-    };
-    let client_tcp = client.io.into_inner();
-    // The client's 101 is still held back (see `ringcast_node::cork`): the node's first
-    // frames, read with its 101, leave with it in one segment.
-    let mut early = early;
-    if !early.is_empty() {
-        if let Ok(n) = client_tcp.try_write(&early) {
-            metrics.bytes_node_to_client.inc_by(n as u64);
-            early.advance(n);
-        }
-    }
-    client_tcp.uncork();
     let mut tunnel = Tunnel {
-        client: client_tcp,
+        client: client.stream,
         node,
-        up: Pipe::new(client.read_buf, &metrics.bytes_client_to_node),
-        down: Pipe::new(early, &metrics.bytes_node_to_client),
+        up: Pipe::new(client.early, &metrics.bytes_client_to_node),
+        down: Pipe::new(node_early, &metrics.bytes_node_to_client),
         buf_size,
         down_first: false,
     };
@@ -218,17 +200,23 @@ impl<'m> Pipe<'m> {
     }
 }
 
-/// A buffered copy both ways, for streams that are not plain TCP.
-async fn generic<A, B>(
+/// A buffered copy both ways, for a client connection that is not plain TCP; `node_early`
+/// goes to the client first.
+pub async fn generic<A>(
     mut client: A,
-    mut node: B,
+    mut node: TcpStream,
+    node_early: Bytes,
     buf_size: usize,
     metrics: &Metrics,
     force_close: &CancellationToken,
 ) where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    if client.write_all(&node_early).await.is_err() {
+        return;
+    }
+    metrics.bytes_node_to_client.inc_by(node_early.len() as u64);
+    let buf_size = buf_size.clamp(512, 1024 * 1024);
     tokio::select! {
         r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut node, buf_size, buf_size) => {
             if let Ok((up, down)) = r {

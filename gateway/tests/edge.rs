@@ -325,5 +325,8 @@ async fn a_node_refusal_reaches_the_client_with_its_body() {
     assert!(text.contains("content-type: application/json"), "{text}");
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
-    assert!(matches!(closed, Ok(Ok(_))), "the refused connection stayed open");
+    assert!(
+        matches!(closed, Ok(Ok(_))),
+        "the refused connection stayed open"
+    );
 }
