@@ -330,3 +330,21 @@ async fn a_node_refusal_reaches_the_client_with_its_body() {
         "the refused connection stayed open"
     );
 }
+
+#[tokio::test]
+async fn an_upgrade_sent_in_pieces_still_opens() {
+    // A first segment too short to tell `GET /ws` from anything else takes the general HTTP
+    // path; the upgrade works there too, welcome and pipelined frame included.
+    let (_node, gw) = one_node().await;
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    let mut bytes = upgrade_request(gw.addr, "/ws?client_id=trickle").into_bytes();
+    bytes.extend(masked_text_frame(br#"{"type":"ping"}"#));
+    s.write_all(&bytes[..3]).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(&bytes[3..]).await.expect("write");
+    let got = read_until(&mut s, br#"{"event":"pong"}"#).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(text.contains(r#""event":"welcome""#), "{text}");
+    assert!(text.contains(r#"{"event":"pong"}"#), "{text}");
+}
