@@ -5,19 +5,18 @@
 //! Why: this connection makes exactly one request, and its socket belongs to the tunnel right
 //! after. hyper's server would spend a connection task, a dispatcher, request and response
 //! objects and an upgrade hand-over on it, and would write the 101 apart from the frames behind
-//! it. The request head is parsed with `httparse` (hyper's own parser) under the same limits
-//! hyper had here: the handshake timeout, and the header size limit (431 past it). Every answer
+//! it. The request head is read by `ringcast_node::head` under the limits hyper had here (the
+//! handshake timeout; the header size limit, with 431 past it). Every answer
 //! but a 101 ends the connection. Connections that open otherwise (`/healthz`, `/metrics`,
 //! `/nodes`, or a head too short to tell) go to hyper as before.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode, Version};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use hyper::{Response, StatusCode};
+use ringcast_node::head::{self, push_headers, read_head, HeadError};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -25,9 +24,6 @@ use crate::http::{Body, Http};
 use crate::limits::ConnectionPermit;
 use crate::tunnel;
 use crate::upstream::Switched;
-
-/// Most request headers parsed (hyper's limit was 100).
-const MAX_HEADERS: usize = 100;
 
 /// Serves one connection that opened with `GET /ws`.
 pub async fn serve(
@@ -102,133 +98,7 @@ pub async fn serve(
     });
 }
 
-/// Why no request head came.
-#[derive(Debug, PartialEq)]
-enum HeadError {
-    /// The client closed (or the connection failed) first.
-    Closed,
-    /// Past the header size limit.
-    TooLarge,
-    /// Not an HTTP/1.x request head.
-    Invalid(&'static str),
-}
-
-/// Reads the request head; returns it and the bytes read past it.
-async fn read_head(
-    stream: &mut TcpStream,
-    limit: usize,
-) -> Result<(Request<()>, Bytes), HeadError> {
-    let mut buf = BytesMut::with_capacity(1024);
-    loop {
-        match stream.read_buf(&mut buf).await {
-            Ok(n) if n > 0 => {}
-            _ => return Err(HeadError::Closed),
-        }
-        if let Some((req, len)) = parse_head(&buf, limit)? {
-            let rest = buf.split_off(len);
-            return Ok((req, rest.freeze()));
-        }
-        if buf.len() >= limit {
-            return Err(HeadError::TooLarge);
-        }
-    }
-}
-
-/// The request head at the start of `buf`, with its length; `None` while it is incomplete.
-fn parse_head(buf: &[u8], limit: usize) -> Result<Option<(Request<()>, usize)>, HeadError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut slots);
-    let len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => return Err(HeadError::Invalid("malformed request head")),
-    };
-    if len > limit {
-        return Err(HeadError::TooLarge);
-    }
-    let mut req = Request::new(());
-    *req.method_mut() = parsed
-        .method
-        .and_then(|m| m.parse().ok())
-        .ok_or(HeadError::Invalid("malformed method"))?;
-    *req.uri_mut() = parsed
-        .path
-        .and_then(|p| p.parse().ok())
-        .ok_or(HeadError::Invalid("malformed request target"))?;
-    *req.version_mut() = match parsed.version {
-        Some(1) => Version::HTTP_11,
-        _ => Version::HTTP_10,
-    };
-    let headers = req.headers_mut();
-    headers.reserve(parsed.headers.len());
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| HeadError::Invalid("malformed header name"))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| HeadError::Invalid("malformed header value"))?;
-        headers.append(name, value);
-    }
-    Ok(Some((req, len)))
-}
-
-fn push_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
 /// Writes a refusal and ends the connection.
 async fn answer(http: &Http, stream: &mut TcpStream, resp: Response<Body>) {
-    let (parts, body) = resp.into_parts();
-    let body = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(never) => match never {},
-    };
-    let mut out = Vec::with_capacity(256 + body.len());
-    let reason = parts.status.canonical_reason().unwrap_or("");
-    out.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", parts.status.as_u16()).as_bytes());
-    let mut headers = parts.headers;
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    push_headers(&mut out, &headers);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
-    let _ = tokio::time::timeout(http.handshake_timeout, async {
-        stream.write_all(&out).await?;
-        stream.shutdown().await
-    })
-    .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_head_parses_into_a_request_and_keeps_its_length() {
-        let raw = b"GET /ws?client_id=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n\x81\x00";
-        let (req, len) = parse_head(raw, 8192).unwrap().unwrap();
-        assert_eq!(req.uri().query(), Some("client_id=a"));
-        assert_eq!(req.version(), Version::HTTP_11);
-        assert_eq!(req.headers()["upgrade"], "websocket");
-        assert_eq!(&raw[len..], b"\x81\x00");
-        assert!(parse_head(&raw[..20], 8192).unwrap().is_none());
-    }
-
-    #[test]
-    fn garbage_and_oversized_heads_are_refused() {
-        assert_eq!(
-            parse_head(b"GET /ws HTTP/9\r\n\r\n", 8192).unwrap_err(),
-            HeadError::Invalid("malformed request head")
-        );
-        let long = format!("GET /ws HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(100));
-        assert_eq!(
-            parse_head(long.as_bytes(), 64).unwrap_err(),
-            HeadError::TooLarge
-        );
-    }
+    head::answer(stream, resp, http.handshake_timeout).await;
 }

@@ -7,22 +7,26 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::Either;
+use futures_util::FutureExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use crate::auth::Identity;
 use crate::cork::{self, peek_opening, Opening};
-use crate::server::Shared;
+use crate::head::{self, push_headers, read_head, HeadError};
+use crate::server::{SessionSlot, Shared};
 use crate::session::serve;
 use crate::upgrade;
 
@@ -38,8 +42,11 @@ pub async fn serve_connection(
 ) {
     let handshake_timeout = Duration::from_secs(shared.config.handshake_timeout_secs.max(1));
     match tokio::time::timeout(handshake_timeout, peek_opening(&stream)).await {
-        // The 101 waits for the welcome (see `cork`); the session uncorks.
-        Ok(Some(Opening::WsUpgrade)) => cork::cork(&stream),
+        Ok(Some(Opening::WsUpgrade)) => {
+            // The 101 waits for the welcome (see `cork`); the session uncorks.
+            cork::cork(&stream);
+            return serve_upgrade(shared, stream, tracker, handshake_timeout).await;
+        }
         Ok(Some(_)) => {}
         Ok(None) | Err(_) => return, // closed, or silent through the handshake timeout
     }
@@ -177,30 +184,55 @@ async fn accept(on_upgrade: OnUpgrade, ws_config: WebSocketConfig) -> Option<Acc
     Some(ws)
 }
 
-fn upgrade_ws(
-    shared: Arc<Shared>,
-    mut req: Request<Incoming>,
-    tracker: TaskTracker,
-) -> Response<Body> {
-    let accepted = match upgrade::check(&req) {
-        Ok(a) => a,
-        Err(r) => return refuse(&shared, r.status, r.code, r.message),
-    };
+/// An upgrade that passed every check: what its session needs and what its 101 says.
+struct Admitted {
+    slot: SessionSlot,
+    client_id: Arc<str>,
+    identity: Option<Identity>,
+    accept_key: String,
+    /// Whether to confirm the `ringcast.v1` subprotocol.
+    subprotocol: bool,
+}
+
+impl Admitted {
+    /// The headers of the 101.
+    fn switching_headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::with_capacity(4);
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Ok(v) = HeaderValue::from_str(&self.accept_key) {
+            h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+        }
+        if self.subprotocol {
+            // Never echo the bearer entry: it is the token.
+            h.insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(crate::auth::SUBPROTOCOL),
+            );
+        }
+        h
+    }
+}
+
+/// Checks an upgrade request: the handshake, draining, the connection limit, the token; names
+/// the client. `Err` is the refusal to send.
+fn admit<B>(shared: &Shared, req: &Request<B>) -> Result<Admitted, Box<Response<Body>>> {
+    let refused =
+        |status, code: &str, message: &str| Box::new(refuse(shared, status, code, message));
+    let accepted = upgrade::check(req).map_err(|r| refused(r.status, r.code, r.message))?;
     if shared.is_draining() {
-        return refuse(
-            &shared,
+        return Err(refused(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
             "node is shutting down; reconnect",
-        );
+        ));
     }
     let Some(slot) = shared.reserve_session() else {
-        return refuse(
-            &shared,
+        return Err(refused(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_connections",
             "node is at its connection limit",
-        );
+        ));
     };
     let identity = match &shared.auth {
         None => None,
@@ -209,7 +241,7 @@ fn upgrade_ws(
             Err(e) => {
                 let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
                 debug!(reason = e.code(), "upgrade refused by authentication");
-                return refuse(&shared, status, e.code(), &e.to_string());
+                return Err(refused(status, e.code(), &e.to_string()));
             }
         },
     };
@@ -220,6 +252,94 @@ fn upgrade_ws(
     };
     let subprotocol =
         crate::auth::offered_subprotocols(req.headers()).any(|p| p == crate::auth::SUBPROTOCOL);
+    Ok(Admitted {
+        slot,
+        client_id,
+        identity,
+        accept_key: accepted.accept_key,
+        subprotocol,
+    })
+}
+
+/// A connection that opened with `GET /ws`, served without hyper (see [`crate::head`]): the
+/// head is read, the 101 written (held back by the cork until the welcome follows), and the
+/// session spawned on the stream.
+async fn serve_upgrade(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    tracker: TaskTracker,
+    timeout: Duration,
+) {
+    let limit = 16 * 1024;
+    let (req, early) = match tokio::time::timeout(timeout, read_head(&mut stream, limit)).await {
+        Ok(Ok(parsed)) => parsed,
+        Ok(Err(HeadError::TooLarge)) => {
+            let resp = json_error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "the request head is too large",
+            );
+            return head::answer(&mut stream, resp, timeout).await;
+        }
+        Ok(Err(HeadError::Invalid(why))) => {
+            let resp = refuse(&shared, StatusCode::BAD_REQUEST, "bad_request", why);
+            return head::answer(&mut stream, resp, timeout).await;
+        }
+        Ok(Err(HeadError::Closed)) | Err(_) => return,
+    };
+    let admitted = match admit(&shared, &req) {
+        Ok(admitted) => admitted,
+        Err(resp) => return head::answer(&mut stream, *resp, timeout).await,
+    };
+    drop(req);
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    push_headers(&mut out, &admitted.switching_headers());
+    out.extend_from_slice(b"\r\n");
+    if !matches!(
+        tokio::time::timeout(timeout, stream.write_all(&out)).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    let Admitted {
+        slot,
+        client_id,
+        identity,
+        ..
+    } = admitted;
+    let ws = WebSocketStream::from_partially_read(
+        stream,
+        early.to_vec(),
+        Role::Server,
+        Some(shared.ws_config),
+    )
+    .await;
+    // The task is the session's own (small) future; an `async` block awaiting it would hold a
+    // second copy of it for the connection's life.
+    let session = serve(shared, ws, client_id, identity);
+    tracker.spawn(session.map(move |()| drop(slot)));
+}
+
+/// A `/ws` request that reached hyper (its first segment was too short to recognise).
+fn upgrade_ws(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+    tracker: TaskTracker,
+) -> Response<Body> {
+    let admitted = match admit(&shared, &req) {
+        Ok(admitted) => admitted,
+        Err(resp) => return *resp,
+    };
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *resp.headers_mut() = admitted.switching_headers();
+    let Admitted {
+        slot,
+        client_id,
+        identity,
+        ..
+    } = admitted;
     let on_upgrade = hyper::upgrade::on(&mut req);
     // This task lives as long as the connection and keeps whatever it captures: what the
     // session needs is boxed until it starts, and the upgrade runs boxed.
@@ -257,20 +377,5 @@ fn upgrade_ws(
         };
         session.await;
     });
-    let mut resp = Response::new(Full::new(Bytes::new()));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accepted.accept_key) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    if subprotocol {
-        // Never echo the bearer entry: it is the token.
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(crate::auth::SUBPROTOCOL),
-        );
-    }
     resp
 }

@@ -264,3 +264,42 @@ async fn concurrent_upgrades_cannot_overshoot_the_connection_limit() {
     }
     assert_eq!(node.stats().await["local_connections"], 10);
 }
+
+#[tokio::test]
+async fn odd_upgrade_heads_are_answered_and_a_split_one_still_opens() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = TestNode::start(config()).await;
+    let mut by = Bystanders::new(&node).await;
+    let big = format!(
+        "GET /ws?client_id=big HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    assert_eq!(http_raw(node.addr, &big).await.0, 431);
+    let (status, body) = http_raw(node.addr, "GET /ws?client_id=a HTTP/9.9\r\n\r\n").await;
+    assert_eq!(status, 400, "{body}");
+    by.still_served().await;
+    // A first segment too short to recognise `GET /ws` goes through hyper; it opens all the same.
+    let request = "GET /ws?client_id=split HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+                   Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    s.write_all(&request.as_bytes()[..3]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(&request.as_bytes()[3..]).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains(r#""event":"welcome""#) {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the welcome within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    by.still_served().await;
+}
