@@ -91,11 +91,8 @@ pub async fn serve(
         early: client_early,
     };
     // A task of its own, so this one's state (the head, the answer) is gone while it runs.
-    let this = proxy.clone();
-    proxy.tunnels.spawn(async move {
-        this.tunnel(node, client, node_stream, Bytes::new(), permit)
-            .await;
-    });
+    let tunnel = proxy.tunnel(&node, client, node_stream, Bytes::new(), permit);
+    proxy.tunnels.spawn(tunnel);
 }
 
 /// Writes a refusal and ends the connection.

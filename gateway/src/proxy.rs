@@ -3,11 +3,13 @@
 //! relay the node's 101, then hand both sockets to [`crate::tunnel`]. After the 101 the gateway
 //! never parses a frame.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -102,7 +104,9 @@ impl Proxy {
                         stream: parts.io.into_inner(),
                         early: parts.read_buf,
                     };
-                    this.tunnel(node, client, stream, early, permit).await;
+                    // A task of its own, so this one's state is gone while the tunnel runs.
+                    this.tunnels
+                        .spawn(this.tunnel(&node, client, stream, early, permit));
                 }
                 Err(upgraded) => {
                     let (c, buf) = (TokioIo::new(upgraded), this.copy_buffer_bytes);
@@ -178,16 +182,17 @@ impl Proxy {
         Ok((node, switched))
     }
 
-    /// Runs one tunnel to its end, counted in the node's open connections; the connection
-    /// permit is released when it ends.
-    pub async fn tunnel(
+    /// One tunnel, counted in the node's open connections while it runs; the connection permit
+    /// is released when it ends. Spawn it: it lives as long as the connection, so it is built
+    /// from combinators that hold each part once.
+    pub fn tunnel(
         &self,
-        node: RingNode,
+        node: &RingNode,
         client: tunnel::Client,
         node_stream: TcpStream,
         node_early: Bytes,
         permit: Option<ConnectionPermit>,
-    ) {
+    ) -> impl Future<Output = ()> + Send + 'static {
         let gauge = self
             .metrics
             .open_connections
@@ -200,11 +205,12 @@ impl Proxy {
             self.copy_buffer_bytes,
             self.tunnel_linger,
             &self.metrics,
-            &self.force_close,
+            self.force_close.clone(),
         )
-        .await;
-        gauge.dec();
-        drop(permit);
+        .map(move |()| {
+            gauge.dec();
+            drop(permit);
+        })
     }
 
     /// Sends `head` to each candidate in order; returns the node and its 101, or the response

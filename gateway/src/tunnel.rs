@@ -14,7 +14,7 @@
 //! Bytes already read past the HTTP head on either side (a pipelined frame, a node's first
 //! frame) are written first, so nothing is lost.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -39,61 +39,65 @@ pub struct Client {
 /// Copies bytes between `client` and `node` until both directions end (the second within
 /// `linger` of the first), one fails, or `force_close` fires. `node_early` is what the node
 /// sent behind its 101 and has not reached the client yet; it goes first.
-pub async fn run(
+///
+/// A plain function returning an `async move` block: the returned future lives as long as the
+/// connection, and an `async fn` would keep its arguments beside the tunnel built from them.
+pub fn run(
     client: Client,
     node: TcpStream,
     node_early: Bytes,
     buf_size: usize,
     linger: std::time::Duration,
     metrics: &Metrics,
-    force_close: &CancellationToken,
-) {
-    let buf_size = buf_size.clamp(512, 1024 * 1024);
+    force_close: CancellationToken,
+) -> impl Future<Output = ()> + Send + 'static {
     let mut tunnel = Tunnel {
         client: client.stream,
         node,
-        up: Pipe::new(client.early, &metrics.bytes_client_to_node),
-        down: Pipe::new(node_early, &metrics.bytes_node_to_client),
-        buf_size,
+        up: Pipe::new(client.early, metrics.bytes_client_to_node.clone()),
+        down: Pipe::new(node_early, metrics.bytes_node_to_client.clone()),
+        buf_size: buf_size.clamp(512, 1024 * 1024),
         down_first: false,
     };
-    // When one direction ends cleanly (a half-close), the other gets `linger` to finish the
-    // WebSocket close handshake; then the tunnel ends even if that peer vanished silently.
-    let first = tokio::select! {
-        r = poll_fn(|cx| tunnel.poll_ended(cx, 1)) => r,
-        _ = force_close.cancelled() => {
-            debug!("tunnel closed at the end of the shutdown grace");
+    async move {
+        // When one direction ends cleanly (a half-close), the other gets `linger` to finish the
+        // WebSocket close handshake; then the tunnel ends even if that peer vanished silently.
+        let first = tokio::select! {
+            r = poll_fn(|cx| tunnel.poll_ended(cx, 1)) => r,
+            _ = force_close.cancelled() => {
+                debug!("tunnel closed at the end of the shutdown grace");
+                return;
+            }
+        };
+        if let Err(e) = first {
+            debug!(error = %e, "tunnel ended with an error");
             return;
         }
-    };
-    if let Err(e) = first {
-        debug!(error = %e, "tunnel ended with an error");
-        return;
-    }
-    tokio::select! {
-        r = tokio::time::timeout(linger, poll_fn(|cx| tunnel.poll_ended(cx, 2))) => {
-            if let Ok(Err(e)) = r {
-                debug!(error = %e, "tunnel ended with an error");
+        tokio::select! {
+            r = tokio::time::timeout(linger, poll_fn(|cx| tunnel.poll_ended(cx, 2))) => {
+                if let Ok(Err(e)) = r {
+                    debug!(error = %e, "tunnel ended with an error");
+                }
             }
+            _ = force_close.cancelled() => {}
         }
-        _ = force_close.cancelled() => {}
     }
 }
 
 /// Both sockets and both directions of one tunnel.
-struct Tunnel<'m> {
+struct Tunnel {
     client: TcpStream,
     node: TcpStream,
     /// Client → node.
-    up: Pipe<'m>,
+    up: Pipe,
     /// Node → client.
-    down: Pipe<'m>,
+    down: Pipe,
     buf_size: usize,
     /// Which direction the next poll starts with (alternates).
     down_first: bool,
 }
 
-impl Tunnel<'_> {
+impl Tunnel {
     /// Moves bytes both ways until at least `ended` directions have ended, or one fails.
     fn poll_ended(&mut self, cx: &mut Context<'_>, ended: usize) -> Poll<io::Result<()>> {
         // Each poll starts with the other direction: both draw on the task's tokio budget, and a
@@ -127,18 +131,18 @@ impl Tunnel<'_> {
 }
 
 /// One direction: the bytes read but not yet written, if any.
-struct Pipe<'m> {
+struct Pipe {
     /// Unwritten bytes; no capacity while the direction is idle.
     buf: BytesMut,
     /// The source reached EOF (passed on as a write shutdown once `buf` is written).
     eof: bool,
     /// EOF was passed on: this direction is finished (and polling it does nothing).
     ended: bool,
-    counter: &'m IntCounter,
+    counter: IntCounter,
 }
 
-impl<'m> Pipe<'m> {
-    fn new(early: Bytes, counter: &'m IntCounter) -> Self {
+impl Pipe {
+    fn new(early: Bytes, counter: IntCounter) -> Self {
         Pipe {
             // A copy, so hyper's whole read buffer is not kept alive by a few early bytes.
             buf: BytesMut::from(&early[..]),
@@ -245,7 +249,7 @@ mod tests {
 
     /// Polls `pipe` once; `None` while it waits.
     async fn step(
-        pipe: &mut Pipe<'_>,
+        pipe: &mut Pipe,
         from: &mut TcpStream,
         to: &mut TcpStream,
     ) -> Option<io::Result<()>> {
@@ -261,7 +265,7 @@ mod tests {
         let (mut sender, mut from) = pair().await;
         let (mut to, mut receiver) = pair().await;
         let counter = IntCounter::new("bytes", "bytes").unwrap();
-        let mut pipe = Pipe::new(Bytes::from_static(b"early;"), &counter);
+        let mut pipe = Pipe::new(Bytes::from_static(b"early;"), counter.clone());
 
         sender.write_all(b"hello").await.unwrap();
         let mut got = Vec::new();
