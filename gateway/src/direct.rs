@@ -25,16 +25,17 @@ use crate::limits::ConnectionPermit;
 use crate::tunnel;
 use crate::upstream::Switched;
 
-/// Serves one connection that opened with `GET /ws`.
+/// Serves one connection that opened with `GET /ws`; its head must be in by `deadline`.
 pub async fn serve(
     http: Arc<Http>,
     mut stream: TcpStream,
     peer: SocketAddr,
     permit: Option<ConnectionPermit>,
+    deadline: tokio::time::Instant,
 ) {
     let proxy = &http.proxy;
     let limit = http.max_header_bytes.max(8192);
-    let head = tokio::time::timeout(http.handshake_timeout, read_head(&mut stream, limit)).await;
+    let head = tokio::time::timeout_at(deadline, read_head(&mut stream, limit)).await;
     let (req, client_early) = match head {
         Ok(Ok(parsed)) => parsed,
         Ok(Err(HeadError::TooLarge)) => {

@@ -49,10 +49,12 @@ pub async fn serve_connection(
     force_close: CancellationToken,
 ) {
     let mut stream = stream;
-    match tokio::time::timeout(http.handshake_timeout, peek_opening(&stream)).await {
+    // One deadline for the first bytes and the whole head, as hyper had.
+    let deadline = tokio::time::Instant::now() + http.handshake_timeout;
+    match tokio::time::timeout_at(deadline, peek_opening(&stream)).await {
         Ok(Some(Opening::WsUpgrade)) => {
             let permit = permit.lock().ok().and_then(|mut p| p.take());
-            return crate::direct::serve(http, stream, peer, permit).await;
+            return crate::direct::serve(http, stream, peer, permit, deadline).await;
         }
         Ok(Some(Opening::Other)) => {}
         Ok(Some(Opening::Http2Preface)) => {

@@ -21,6 +21,9 @@ const MAX_HEADERS: usize = 32;
 /// Largest error body relayed from a node that refused an upgrade.
 pub const MAX_RELAYED_BODY: usize = 4 * 1024;
 
+/// How long a refusal's body may take to arrive once its head has.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The request head forwarded to every candidate node: `GET /ws?query`, the client's headers
 /// (without any body framing, whatever the client claimed, and with `X-Forwarded-For` replaced
 /// by `forwarded`). `None` if the query cannot stand in a request line.
@@ -31,9 +34,15 @@ pub fn request_head(query: &str, headers: &HeaderMap, forwarded: &HeaderValue) -
     head.extend_from_slice(target.as_str().as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
+        // Body framing (the upgrade has none), what only this hop means, and the chain we
+        // replace.
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
-            || name.as_str() == "x-forwarded-for"
+            || name == header::EXPECT
+            || matches!(
+                name.as_str(),
+                "keep-alive" | "proxy-connection" | "x-forwarded-for"
+            )
         {
             continue;
         }
@@ -130,6 +139,9 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or("the node answered with an invalid status")?;
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(format!("the node answered {status} to an upgrade"));
+    }
     let mut headers = HeaderMap::with_capacity(response.headers.len());
     for h in response.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes());
@@ -154,21 +166,29 @@ async fn answer(mut stream: TcpStream, mut buf: BytesMut, head: Head) -> Answer 
             early: rest.freeze(),
         });
     }
-    // A refusal: its body, as far as it is announced and no further than the relay limit.
+    // A refusal. A 5xx only sends the client on to the next node, so its body is not read; a
+    // 4xx body is relayed whole (up to the limit, within `BODY_TIMEOUT`) or not at all, never
+    // cut short.
     let announced = head
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .unwrap_or(0);
-    let want = announced.min(MAX_RELAYED_BODY);
     let mut body = rest;
-    while body.len() < want {
-        match stream.read_buf(&mut body).await {
-            Ok(n) if n > 0 => {}
-            _ => break,
-        }
-    }
-    body.truncate(want);
+    let relay = !head.status.is_server_error() && announced <= MAX_RELAYED_BODY;
+    let complete = relay
+        && tokio::time::timeout(BODY_TIMEOUT, async {
+            while body.len() < announced {
+                match stream.read_buf(&mut body).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return false,
+                }
+            }
+            true
+        })
+        .await
+        .unwrap_or(false);
+    body.truncate(if complete { announced } else { 0 });
     Answer::Other(Rejection {
         status: head.status,
         content_type: head.headers.get(header::CONTENT_TYPE).cloned(),
@@ -279,6 +299,26 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_refusal_body_is_dropped_and_a_100_is_an_error() {
+        let (stream, _node) = node_answering(vec![
+            b"HTTP/1.1 403 Forbidden\r\ncontent-length: 5000\r\n\r\n{\"error\":",
+        ])
+        .await;
+        match exchange(stream, b"GET /ws HTTP/1.1\r\n\r\n").await.unwrap() {
+            Answer::Other(r) => {
+                assert_eq!(r.status, StatusCode::FORBIDDEN);
+                assert!(r.body.is_empty(), "a cut body: {:?}", r.body);
+            }
+            other => panic!("{other:?}"),
+        }
+        let (stream, _node) = node_answering(vec![b"HTTP/1.1 100 Continue\r\n\r\n"]).await;
+        let e = exchange(stream, b"GET /ws HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap_err();
+        assert!(e.contains("100"), "{e}");
     }
 
     #[tokio::test]

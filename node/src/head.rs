@@ -89,6 +89,12 @@ fn parse_head(buf: &[u8], limit: usize) -> Result<Option<(Request<()>, usize)>, 
     Ok(Some((req, len)))
 }
 
+/// Now, as an HTTP `Date` value (hyper added one to every answer; RFC 9110 asks for it).
+pub fn date() -> HeaderValue {
+    HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
+        .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
+}
+
 /// Appends `name: value` lines.
 pub fn push_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
     for (name, value) in headers {
@@ -110,6 +116,7 @@ pub async fn answer(stream: &mut TcpStream, resp: Response<Body>, timeout: Durat
     let reason = parts.status.canonical_reason().unwrap_or("");
     out.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", parts.status.as_u16()).as_bytes());
     let mut headers = parts.headers;
+    headers.insert(header::DATE, date());
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     push_headers(&mut out, &headers);

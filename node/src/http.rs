@@ -41,11 +41,13 @@ pub async fn serve_connection(
     tracker: TaskTracker,
 ) {
     let handshake_timeout = Duration::from_secs(shared.config.handshake_timeout_secs.max(1));
-    match tokio::time::timeout(handshake_timeout, peek_opening(&stream)).await {
+    // One deadline for the first bytes and the whole head, as hyper had.
+    let deadline = tokio::time::Instant::now() + handshake_timeout;
+    match tokio::time::timeout_at(deadline, peek_opening(&stream)).await {
         Ok(Some(Opening::WsUpgrade)) => {
             // The 101 waits for the welcome (see `cork`); the session uncorks.
             cork::cork(&stream);
-            return serve_upgrade(shared, stream, tracker, handshake_timeout).await;
+            return serve_upgrade(shared, stream, tracker, deadline, handshake_timeout).await;
         }
         Ok(Some(_)) => {}
         Ok(None) | Err(_) => return, // closed, or silent through the handshake timeout
@@ -268,10 +270,12 @@ async fn serve_upgrade(
     shared: Arc<Shared>,
     mut stream: TcpStream,
     tracker: TaskTracker,
+    deadline: tokio::time::Instant,
     timeout: Duration,
 ) {
     let limit = 16 * 1024;
-    let (req, early) = match tokio::time::timeout(timeout, read_head(&mut stream, limit)).await {
+    let (req, early) = match tokio::time::timeout_at(deadline, read_head(&mut stream, limit)).await
+    {
         Ok(Ok(parsed)) => parsed,
         Ok(Err(HeadError::TooLarge)) => {
             let resp = json_error(
@@ -294,7 +298,9 @@ async fn serve_upgrade(
     drop(req);
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
-    push_headers(&mut out, &admitted.switching_headers());
+    let mut headers = admitted.switching_headers();
+    headers.insert(header::DATE, head::date());
+    push_headers(&mut out, &headers);
     out.extend_from_slice(b"\r\n");
     if !matches!(
         tokio::time::timeout(timeout, stream.write_all(&out)).await,

@@ -4,7 +4,7 @@
 //! WebSocket exists, so a bad handshake never costs a session.
 
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, Request, StatusCode, Version};
 use ringcast_protocol::{query_param, validate_client_id};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -48,6 +48,13 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 
 /// Validates the handshake and the `client_id` query parameter.
 pub fn check<B>(req: &Request<B>) -> Result<Accepted, Refusal> {
+    if req.version() != Version::HTTP_11 {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "bad_http_version",
+            "WebSocket upgrades need HTTP/1.1",
+        ));
+    }
     if req.method() != Method::GET {
         return Err(Refusal::new(
             StatusCode::METHOD_NOT_ALLOWED,

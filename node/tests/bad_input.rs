@@ -277,6 +277,12 @@ async fn odd_upgrade_heads_are_answered_and_a_split_one_still_opens() {
     assert_eq!(http_raw(node.addr, &big).await.0, 431);
     let (status, body) = http_raw(node.addr, "GET /ws?client_id=a HTTP/9.9\r\n\r\n").await;
     assert_eq!(status, 400, "{body}");
+    let http10 = "GET /ws?client_id=old HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\n\
+                  Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let (status, body) = http_raw(node.addr, http10).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("bad_http_version"), "{body}");
     by.still_served().await;
     // A first segment too short to recognise `GET /ws` goes through hyper; it opens all the same.
     let request = "GET /ws?client_id=split HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
@@ -302,4 +308,37 @@ async fn odd_upgrade_heads_are_answered_and_a_split_one_still_opens() {
         String::from_utf8_lossy(&got)
     );
     by.still_served().await;
+}
+
+#[tokio::test]
+async fn a_frame_sent_right_behind_the_upgrade_is_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = TestNode::start(config()).await;
+    let mut bytes = b"GET /ws?client_id=eager HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+                      Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                      Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    // A masked text frame, as a client sends it, in the same write as the request.
+    let payload = br#"{"type":"ping"}"#;
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    bytes.extend([0x81, 0x80 | payload.len() as u8]);
+    bytes.extend(mask);
+    bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut s = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    s.write_all(&bytes).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains(r#"{"event":"pong"}"#) {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("a pong within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
 }
