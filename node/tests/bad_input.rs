@@ -267,7 +267,7 @@ async fn concurrent_upgrades_cannot_overshoot_the_connection_limit() {
 
 #[tokio::test]
 async fn odd_upgrade_heads_are_answered_and_a_split_one_still_opens() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let node = TestNode::start(config()).await;
     let mut by = Bystanders::new(&node).await;
     let big = format!(
@@ -292,27 +292,13 @@ async fn odd_upgrade_heads_are_answered_and_a_split_one_still_opens() {
     s.write_all(&request.as_bytes()[..3]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     s.write_all(&request.as_bytes()[3..]).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&got).contains(r#""event":"welcome""#) {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("the welcome within 5 s")
-            .unwrap();
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
-    assert!(
-        got.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&got)
-    );
+    upgraded_until(&mut s, r#""event":"welcome""#).await;
     by.still_served().await;
 }
 
 #[tokio::test]
 async fn a_frame_sent_right_behind_the_upgrade_is_served() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let node = TestNode::start(config()).await;
     let mut bytes = b"GET /ws?client_id=eager HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
                       Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
@@ -326,12 +312,19 @@ async fn a_frame_sent_right_behind_the_upgrade_is_served() {
     bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     let mut s = tokio::net::TcpStream::connect(node.addr).await.unwrap();
     s.write_all(&bytes).await.unwrap();
+    upgraded_until(&mut s, r#"{"event":"pong"}"#).await;
+}
+
+/// Reads a raw upgraded connection until `needle` arrives (5 s at most); checks it opened
+/// with a 101.
+async fn upgraded_until(s: &mut tokio::net::TcpStream, needle: &str) {
+    use tokio::io::AsyncReadExt;
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&got).contains(r#"{"event":"pong"}"#) {
+    while !String::from_utf8_lossy(&got).contains(needle) {
         let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
             .await
-            .expect("a pong within 5 s")
+            .unwrap_or_else(|_| panic!("no {needle} within 5 s"))
             .unwrap();
         assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
         got.extend_from_slice(&buf[..n]);
