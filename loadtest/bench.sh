@@ -183,9 +183,19 @@ else
     R="$FANOUT_RATE"
     # First, while the servers are fresh: memory growth per connection would read low on heaps
     # already grown by the fan-out runs.
-    run connections_gateway "9 500 idle connections" "gateway → 2 nodes" --url "$GW_URL" \
+    run connections_gateway "9 500 idle connections, 64 in flight" "gateway → 2 nodes" --url "$GW_URL" \
         --connect-concurrency 64 connections --connections 9500 --connect-rate 0 --hold-secs 5 \
         --server-pid "$GW_PID,${NODE_PIDS[0]},${NODE_PIDS[1]}"
+    # The same storm through nginx, then both with 512 connects in flight (a reconnect storm
+    # after a deploy has thousands in flight). These meet nodes already holding the first
+    # storm's heap, so only the first row measures memory.
+    C=(connections --connections 9500 --connect-rate 0 --hold-secs 1)
+    run connections_nginx "9 500 idle connections, 64 in flight" "nginx → 2 nodes" --url "$NGINX_URL" \
+        --connect-concurrency 64 "${C[@]}"
+    run connections_gateway_512 "9 500 connections, 512 in flight" "gateway → 2 nodes" \
+        --url "$GW_URL" --connect-concurrency 512 "${C[@]}"
+    run connections_nginx_512 "9 500 connections, 512 in flight" "nginx → 2 nodes" \
+        --url "$NGINX_URL" --connect-concurrency 512 "${C[@]}"
     F=(fanout --subscribers 1000 --rooms 1 --publishers 4 --rate "$R" --duration-secs 10)
     run fanout_gateway "fan-out 1 000 members, 4 pub × $R/s" "gateway → 2 nodes + Redis" --url "$GW_URL" "${F[@]}"
     run fanout_nginx "fan-out 1 000 members, 4 pub × $R/s" "nginx → 2 nodes + Redis" --url "$NGINX_URL" "${F[@]}"
