@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
-use ringcast_node::head::{self, push_headers, read_head, HeadError};
+use ringcast_node::head::{self, push_response_head, read_head, HeadError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -73,9 +73,7 @@ pub async fn serve(
     } = switched;
     // The 101 and whatever the node sent behind it (its welcome) in one write.
     let mut out = Vec::with_capacity(256 + early.len());
-    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
-    push_headers(&mut out, &headers);
-    out.extend_from_slice(b"\r\n");
+    push_response_head(&mut out, StatusCode::SWITCHING_PROTOCOLS, &headers);
     out.extend_from_slice(&early);
     let written = tokio::time::timeout(http.handshake_timeout, stream.write_all(&out)).await;
     if !matches!(written, Ok(Ok(()))) {

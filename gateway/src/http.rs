@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::proxy::{PermitSlot, Proxy};
-use ringcast_node::cork::{peek_opening, Opening};
+use ringcast_node::head::{peek_opening, Opening};
 
 /// The response body type of every gateway answer.
 pub use ringcast_node::http::{json, json_error, metrics_text, Body};

@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::StatusCode;
+use ringcast_node::head::push_header;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -51,13 +52,6 @@ pub fn request_head(query: &str, headers: &HeaderMap, forwarded: &HeaderValue) -
     push_header(&mut head, b"x-forwarded-for", forwarded.as_bytes());
     head.extend_from_slice(b"\r\n");
     Some(head)
-}
-
-fn push_header(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    head.extend_from_slice(name);
-    head.extend_from_slice(b": ");
-    head.extend_from_slice(value);
-    head.extend_from_slice(b"\r\n");
 }
 
 /// A node's answer to a forwarded upgrade.

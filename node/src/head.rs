@@ -1,5 +1,6 @@
 //! Reading an HTTP/1.1 request head and writing an answer without hyper, for connections that
-//! open with `GET /ws` and so make exactly one request (node: `http.rs`; gateway: `direct.rs`).
+//! open with `GET /ws` and so make exactly one request (node: `http.rs`; gateway: `direct.rs`),
+//! and telling those connections apart by their first bytes ([`peek_opening`]).
 //!
 //! The head is parsed with `httparse`, hyper's own parser, under the limits hyper applies: the
 //! caller's timeout, a size limit (431 past it) and at most [`MAX_HEADERS`] headers. Every
@@ -10,7 +11,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, Version};
+use hyper::{Request, Response, StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -18,6 +19,49 @@ use crate::http::Body;
 
 /// Most request headers parsed (hyper's limit).
 pub const MAX_HEADERS: usize = 100;
+
+/// What a new connection opens with, judged from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// The HTTP/2 prior-knowledge preface, which an HTTP/1.1 server cannot serve.
+    Http2Preface,
+    /// `GET /ws`: most likely a WebSocket upgrade.
+    WsUpgrade,
+    /// Anything else.
+    Other,
+}
+
+/// Peeks at the first bytes of `stream` (hyper still reads every one of them) and says what
+/// the connection opens with; `None` if it closed or failed first. Waits while only a prefix
+/// of the HTTP/2 preface has arrived, so callers bound it with a timeout.
+pub async fn peek_opening(stream: &TcpStream) -> Option<Opening> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+    let mut buf = [0u8; 14];
+    loop {
+        let n = stream.peek(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        let seen = &buf[..n];
+        if !PREFACE.starts_with(&seen[..n.min(PREFACE.len())]) {
+            return Some(opening_of(seen));
+        }
+        if n >= PREFACE.len() {
+            return Some(Opening::Http2Preface);
+        }
+        // A prefix of the preface arrived; wait for more (bounded by the caller's timeout).
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What bytes that are not the HTTP/2 preface open: `GET /ws` followed by `?` or a space is an
+/// upgrade attempt; fewer bytes than that, or anything else, is not.
+fn opening_of(seen: &[u8]) -> Opening {
+    match seen.get(..8) {
+        Some(b"GET /ws?") | Some(b"GET /ws ") => Opening::WsUpgrade,
+        _ => Opening::Other,
+    }
+}
 
 /// Why no request head came.
 #[derive(Debug, PartialEq)]
@@ -95,14 +139,22 @@ pub fn date() -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
 }
 
-/// Appends `name: value` lines.
-pub fn push_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+/// Appends one `name: value` line.
+pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends an answer head: the status line, `headers` and the blank line that ends it.
+pub fn push_response_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap) {
+    let reason = status.canonical_reason().unwrap_or("");
+    out.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", status.as_u16()).as_bytes());
     for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes `resp` (a refusal) and ends the connection, within `timeout`.
@@ -112,15 +164,12 @@ pub async fn answer(stream: &mut TcpStream, resp: Response<Body>, timeout: Durat
         Ok(collected) => collected.to_bytes(),
         Err(never) => match never {},
     };
-    let mut out = Vec::with_capacity(256 + body.len());
-    let reason = parts.status.canonical_reason().unwrap_or("");
-    out.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", parts.status.as_u16()).as_bytes());
     let mut headers = parts.headers;
     headers.insert(header::DATE, date());
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    push_headers(&mut out, &headers);
-    out.extend_from_slice(b"\r\n");
+    let mut out = Vec::with_capacity(256 + body.len());
+    push_response_head(&mut out, parts.status, &headers);
     out.extend_from_slice(&body);
     let _ = tokio::time::timeout(timeout, async {
         stream.write_all(&out).await?;
@@ -132,6 +181,40 @@ pub async fn answer(stream: &mut TcpStream, resp: Response<Body>, timeout: Durat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpListener;
+
+    #[test]
+    fn only_get_ws_is_an_upgrade_attempt() {
+        assert_eq!(opening_of(b"GET /ws?client_id=a"), Opening::WsUpgrade);
+        assert_eq!(opening_of(b"GET /ws HTTP/1.1\r\n"), Opening::WsUpgrade);
+        assert_eq!(opening_of(b"GET /wsx HTTP/1.1"), Opening::Other);
+        assert_eq!(opening_of(b"GET /stats HTTP"), Opening::Other);
+        assert_eq!(opening_of(b"POST /ws HTTP"), Opening::Other);
+        assert_eq!(opening_of(b"GET /w"), Opening::Other);
+    }
+
+    #[tokio::test]
+    async fn peek_leaves_the_bytes_and_spots_the_preface() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for (sent, want) in [
+            (&b"GET /ws?client_id=a HTTP/1.1\r\n"[..], Opening::WsUpgrade),
+            (b"GET /metrics HTTP/1.1\r\n", Opening::Other),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Opening::Http2Preface),
+        ] {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            client.write_all(sent).await.unwrap();
+            let (mut server, _) = listener.accept().await.unwrap();
+            assert_eq!(peek_opening(&server).await, Some(want));
+            let mut got = vec![0u8; sent.len()];
+            server.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, sent, "peeking consumed nothing");
+        }
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        drop(client);
+        assert_eq!(peek_opening(&server).await, None);
+    }
 
     #[test]
     fn a_head_parses_into_a_request_and_keeps_its_length() {

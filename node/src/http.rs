@@ -24,14 +24,17 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::auth::Identity;
-use crate::cork::{self, peek_opening, Opening};
-use crate::head::{self, push_headers, read_head, HeadError};
+use crate::cork;
+use crate::head::{self, peek_opening, push_response_head, read_head, HeadError, Opening};
 use crate::server::{SessionSlot, Shared};
 use crate::session::serve;
 use crate::upgrade;
 
 /// The body of every response the node (and the gateway) writes itself.
 pub type Body = Full<Bytes>;
+
+/// Largest request head accepted, on the direct path and through hyper alike (431 past it).
+const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Serves HTTP/1.1 on one TCP connection, handing upgraded ones to a session.
 pub async fn serve_connection(
@@ -61,7 +64,7 @@ pub async fn serve_connection(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(handshake_timeout)
-        .max_buf_size(16 * 1024)
+        .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(io, svc)
         .with_upgrades();
     if let Err(e) = conn.await {
@@ -273,35 +276,32 @@ async fn serve_upgrade(
     deadline: tokio::time::Instant,
     timeout: Duration,
 ) {
-    let limit = 16 * 1024;
-    let (req, early) = match tokio::time::timeout_at(deadline, read_head(&mut stream, limit)).await
-    {
-        Ok(Ok(parsed)) => parsed,
-        Ok(Err(HeadError::TooLarge)) => {
-            let resp = json_error(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
-                "the request head is too large",
-            );
-            return head::answer(&mut stream, resp, timeout).await;
-        }
-        Ok(Err(HeadError::Invalid(why))) => {
-            let resp = refuse(&shared, StatusCode::BAD_REQUEST, "bad_request", why);
-            return head::answer(&mut stream, resp, timeout).await;
-        }
-        Ok(Err(HeadError::Closed)) | Err(_) => return,
-    };
+    let (req, early) =
+        match tokio::time::timeout_at(deadline, read_head(&mut stream, MAX_HEAD_BYTES)).await {
+            Ok(Ok(parsed)) => parsed,
+            Ok(Err(HeadError::TooLarge)) => {
+                let resp = json_error(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "headers_too_large",
+                    "the request head is too large",
+                );
+                return head::answer(&mut stream, resp, timeout).await;
+            }
+            Ok(Err(HeadError::Invalid(why))) => {
+                let resp = refuse(&shared, StatusCode::BAD_REQUEST, "bad_request", why);
+                return head::answer(&mut stream, resp, timeout).await;
+            }
+            Ok(Err(HeadError::Closed)) | Err(_) => return,
+        };
     let admitted = match admit(&shared, &req) {
         Ok(admitted) => admitted,
         Err(resp) => return head::answer(&mut stream, *resp, timeout).await,
     };
     drop(req);
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
     let mut headers = admitted.switching_headers();
     headers.insert(header::DATE, head::date());
-    push_headers(&mut out, &headers);
-    out.extend_from_slice(b"\r\n");
+    let mut out = Vec::with_capacity(256);
+    push_response_head(&mut out, StatusCode::SWITCHING_PROTOCOLS, &headers);
     if !matches!(
         tokio::time::timeout(timeout, stream.write_all(&out)).await,
         Ok(Ok(()))
