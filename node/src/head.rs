@@ -149,8 +149,11 @@ pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Appends an answer head: the status line, `headers` and the blank line that ends it.
 pub fn push_response_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap) {
-    let reason = status.canonical_reason().unwrap_or("");
-    out.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", status.as_u16()).as_bytes());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
     for (name, value) in headers {
         push_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
@@ -225,6 +228,18 @@ mod tests {
         assert_eq!(req.headers()["upgrade"], "websocket");
         assert_eq!(&raw[len..], b"\x81\x00");
         assert!(parse_head(&raw[..20], 8192).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_answer_head_is_status_line_headers_and_blank_line() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let mut out = Vec::new();
+        push_response_head(&mut out, StatusCode::SWITCHING_PROTOCOLS, &headers);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n"
+        );
     }
 
     #[test]
