@@ -14,6 +14,15 @@ pub use ringcast_node::LogFormat;
 use crate::origin::OriginPattern;
 use crate::token::TokenArgs;
 
+/// How clients reach their node (see [`Config::node_transport`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NodeTransport {
+    /// Every client routed to a node shares one TCP connection to it.
+    Link,
+    /// One TCP connection to the node per client.
+    Tcp,
+}
+
 /// What the binary does besides serving (the default with no subcommand).
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
@@ -123,6 +132,12 @@ pub struct Config {
     /// (above 1 s, so one lost SYN is retransmitted before giving up).
     #[arg(long, env = "RINGCAST_CONNECT_TIMEOUT_MS", default_value_t = 3000)]
     pub connect_timeout_ms: u64,
+
+    /// How clients reach their node: `link` carries every client routed to a node over one
+    /// TCP connection to it (a node without links is reached the other way); `tcp` opens one
+    /// TCP connection to the node per client.
+    #[arg(long, env = "RINGCAST_NODE_TRANSPORT", value_enum, default_value_t = NodeTransport::Link)]
+    pub node_transport: NodeTransport,
 
     /// Most nodes tried for one upgrade (the owner, then the ring's replica order).
     #[arg(long, env = "RINGCAST_MAX_ATTEMPTS", default_value_t = 3)]

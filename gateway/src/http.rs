@@ -56,7 +56,8 @@ pub async fn serve_connection(
             let permit = permit.lock().ok().and_then(|mut p| p.take());
             return crate::direct::serve(http, stream, peer, permit, deadline).await;
         }
-        Ok(Some(Opening::Other)) => {}
+        // A link is for nodes; hyper answers the gateway's 404.
+        Ok(Some(Opening::Other | Opening::Link)) => {}
         Ok(Some(Opening::Http2Preface)) => {
             // hyper's HTTP/1 server drops a prior-knowledge HTTP/2 connection without a word;
             // tell the client why instead.

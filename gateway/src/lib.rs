@@ -12,8 +12,10 @@ pub mod embedded;
 pub mod health;
 pub mod http;
 pub mod limits;
+pub mod links;
 pub mod membership;
 pub mod metrics;
+pub mod node_io;
 pub mod origin;
 pub mod proxy;
 pub mod registry;
@@ -33,10 +35,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{Config, LogFormat, NodeSpec};
+pub use config::{Config, LogFormat, NodeSpec, NodeTransport};
 
 use admission::Admission;
 use embedded::{EmbeddedNode, EMBEDDED_NODE_ID};
+use links::Links;
 use membership::{Membership, Source, Thresholds};
 use metrics::Metrics;
 use origin::OriginPolicy;
@@ -119,7 +122,10 @@ pub async fn run(
         max_attempts: config.max_attempts,
         copy_buffer_bytes: config.copy_buffer_bytes,
         tunnel_linger: Duration::from_secs(config.tunnel_linger_secs),
+        links: (config.node_transport == NodeTransport::Link)
+            .then(|| Links::new(config.connect_timeout(), config.handshake_timeout())),
     });
+    let proxy_after = proxy.clone();
     let http = Arc::new(http::Http {
         proxy,
         draining: AtomicBool::new(false),
@@ -149,6 +155,9 @@ pub async fn run(
         ),
         embedded_stop
     );
+    if let Some(links) = &proxy_after.links {
+        links.close_all();
+    }
     let _ = tasks_stop_tx.send(true);
     for task in background {
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;

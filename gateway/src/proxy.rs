@@ -23,8 +23,10 @@ use tracing::{debug, info, warn};
 use crate::admission::{Admission, Refusal};
 use crate::http::{json_error, Body};
 use crate::limits::ConnectionPermit;
+use crate::links::{LinkError, Links, Route};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
+use crate::node_io::NodeIo;
 use crate::ring::RingNode;
 use crate::tunnel;
 use crate::upstream::{self, Answer, Rejection, Switched};
@@ -51,6 +53,8 @@ pub struct Proxy {
     pub copy_buffer_bytes: usize,
     /// How long a tunnel's second direction may outlive the first.
     pub tunnel_linger: Duration,
+    /// The nodes' links, when clients reach nodes over links (else one TCP connection each).
+    pub links: Option<Links>,
 }
 
 /// The connection-limit permit of one client connection; an upgrade moves it into its tunnel.
@@ -189,7 +193,7 @@ impl Proxy {
         &self,
         node: &RingNode,
         client: tunnel::Client,
-        node_stream: TcpStream,
+        node_stream: NodeIo,
         node_early: Bytes,
         permit: Option<ConnectionPermit>,
     ) -> impl Future<Output = ()> + Send + 'static {
@@ -251,6 +255,26 @@ impl Proxy {
 
     /// One forwarded upgrade to one node: its answer, or why there was none worth relaying.
     async fn attempt(&self, head: &[u8], node: &RingNode) -> Result<Answer, Attempt> {
+        let route = match &self.links {
+            Some(links) => links.route(&node.addr).await.map_err(|e| match e {
+                LinkError::Refused(e) => Attempt::Refused(e),
+                LinkError::Unreachable(e) => Attempt::Unreachable(e),
+            })?,
+            None => Route::Direct,
+        };
+        let stream = match route {
+            Route::Stream(stream) => NodeIo::Link(stream),
+            Route::Direct => NodeIo::Tcp(self.connect(node).await?),
+        };
+        match upstream::exchange(stream, head).await {
+            Ok(Answer::Other(r)) if r.status.is_server_error() => Err(Attempt::Declined(r.status)),
+            Ok(answer) => Ok(answer),
+            Err(e) => Err(Attempt::Unreachable(e)),
+        }
+    }
+
+    /// A TCP connection of its own to `node`.
+    async fn connect(&self, node: &RingNode) -> Result<TcpStream, Attempt> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*node.addr))
             .await
             .map_err(|_| Attempt::Unreachable("connect timed out".into()))?
@@ -259,11 +283,7 @@ impl Proxy {
                 _ => Attempt::Unreachable(e.to_string()),
             })?;
         let _ = stream.set_nodelay(true);
-        match upstream::exchange(stream, head).await {
-            Ok(Answer::Other(r)) if r.status.is_server_error() => Err(Attempt::Declined(r.status)),
-            Ok(answer) => Ok(answer),
-            Err(e) => Err(Attempt::Unreachable(e)),
-        }
+        Ok(stream)
     }
 
     /// A node refused with a 4xx (say, it rejects the client_id): the client sees that answer.

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::metrics::Metrics;
+use crate::node_io::{NodeIo, ReadReady};
 
 /// The client's end of a tunnel: its socket, and what it sent behind its request head.
 pub struct Client {
@@ -44,7 +45,7 @@ pub struct Client {
 /// connection, and an `async fn` would keep its arguments beside the tunnel built from them.
 pub fn run(
     client: Client,
-    node: TcpStream,
+    node: NodeIo,
     node_early: Bytes,
     buf_size: usize,
     linger: std::time::Duration,
@@ -87,7 +88,7 @@ pub fn run(
 /// Both sockets and both directions of one tunnel.
 struct Tunnel {
     client: TcpStream,
-    node: TcpStream,
+    node: NodeIo,
     /// Client → node.
     up: Pipe,
     /// Node → client.
@@ -155,11 +156,11 @@ impl Pipe {
     /// Copies from `from` to `to` until `from` has nothing more for now (`Pending`, holding no
     /// buffer unless `to` is the one that is full), its EOF was passed on (`Ready(Ok)`), or an
     /// error.
-    fn poll_copy(
+    fn poll_copy<F: ReadReady, T: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
-        from: &mut TcpStream,
-        to: &mut TcpStream,
+        from: &mut F,
+        to: &mut T,
         buf_size: usize,
     ) -> Poll<io::Result<()>> {
         if self.ended {
@@ -208,7 +209,7 @@ impl Pipe {
 /// goes to the client first.
 pub async fn generic<A>(
     mut client: A,
-    mut node: TcpStream,
+    mut node: NodeIo,
     node_early: Bytes,
     buf_size: usize,
     metrics: &Metrics,

@@ -11,7 +11,8 @@ use hyper::http::uri::PathAndQuery;
 use hyper::StatusCode;
 use ringcast_node::head::push_header;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::node_io::NodeIo;
 
 /// Largest answer head accepted from a node.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -67,7 +68,7 @@ pub enum Answer {
 #[derive(Debug)]
 pub struct Switched {
     /// The node's end.
-    pub stream: TcpStream,
+    pub stream: NodeIo,
     /// The 101's headers, relayed to the client.
     pub headers: HeaderMap,
     /// What the node sent after the 101 (usually its `welcome`), for the client.
@@ -87,7 +88,7 @@ pub struct Rejection {
 
 /// Sends `head` on `stream` and reads the node's answer; an error says what went wrong on the
 /// way (the caller bounds the whole exchange in time).
-pub async fn exchange(mut stream: TcpStream, head: &[u8]) -> Result<Answer, String> {
+pub async fn exchange(mut stream: NodeIo, head: &[u8]) -> Result<Answer, String> {
     stream
         .write_all(head)
         .await
@@ -151,7 +152,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     }))
 }
 
-async fn answer(mut stream: TcpStream, mut buf: BytesMut, head: Head) -> Answer {
+async fn answer(mut stream: NodeIo, mut buf: BytesMut, head: Head) -> Answer {
     let rest = buf.split_off(head.len);
     if head.status == StatusCode::SWITCHING_PROTOCOLS {
         return Answer::Switched(Switched {
@@ -193,7 +194,7 @@ async fn answer(mut stream: TcpStream, mut buf: BytesMut, head: Head) -> Answer 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     /// A node stand-in: answers the first request on one connection with `chunks`, written
     /// apart, and returns what it received.
@@ -263,7 +264,7 @@ mod tests {
             &HeaderValue::from_static("x"),
         )
         .unwrap();
-        match exchange(stream, &head).await.unwrap() {
+        match exchange(NodeIo::Tcp(stream), &head).await.unwrap() {
             Answer::Switched(Switched { headers, early, .. }) => {
                 assert_eq!(headers["sec-websocket-accept"], "abc");
                 assert_eq!(&early[..], b"\x81\x02hi");
@@ -281,7 +282,7 @@ mod tests {
             b"\"x\"}",
         ])
         .await;
-        match exchange(stream, b"GET /ws HTTP/1.1\r\n\r\n").await.unwrap() {
+        match exchange(NodeIo::Tcp(stream), b"GET /ws HTTP/1.1\r\n\r\n").await.unwrap() {
             Answer::Other(Rejection {
                 status,
                 content_type,
@@ -301,7 +302,7 @@ mod tests {
             b"HTTP/1.1 403 Forbidden\r\ncontent-length: 5000\r\n\r\n{\"error\":",
         ])
         .await;
-        match exchange(stream, b"GET /ws HTTP/1.1\r\n\r\n").await.unwrap() {
+        match exchange(NodeIo::Tcp(stream), b"GET /ws HTTP/1.1\r\n\r\n").await.unwrap() {
             Answer::Other(r) => {
                 assert_eq!(r.status, StatusCode::FORBIDDEN);
                 assert!(r.body.is_empty(), "a cut body: {:?}", r.body);
@@ -309,7 +310,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let (stream, _node) = node_answering(vec![b"HTTP/1.1 100 Continue\r\n\r\n"]).await;
-        let e = exchange(stream, b"GET /ws HTTP/1.1\r\n\r\n")
+        let e = exchange(NodeIo::Tcp(stream), b"GET /ws HTTP/1.1\r\n\r\n")
             .await
             .unwrap_err();
         assert!(e.contains("100"), "{e}");
@@ -318,12 +319,12 @@ mod tests {
     #[tokio::test]
     async fn garbage_and_silence_are_errors() {
         let (stream, _node) = node_answering(vec![b"SSH-2.0-OpenSSH\r\n\r\n"]).await;
-        let e = exchange(stream, b"GET /ws HTTP/1.1\r\n\r\n")
+        let e = exchange(NodeIo::Tcp(stream), b"GET /ws HTTP/1.1\r\n\r\n")
             .await
             .unwrap_err();
         assert!(e.contains("unreadable"), "{e}");
         let (stream, _node) = node_answering(vec![b"HTTP/1.1 101 Switching"]).await;
-        let e = exchange(stream, b"GET /ws HTTP/1.1\r\n\r\n")
+        let e = exchange(NodeIo::Tcp(stream), b"GET /ws HTTP/1.1\r\n\r\n")
             .await
             .unwrap_err();
         assert!(e.contains("closed"), "{e}");

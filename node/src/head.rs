@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::http::Body;
@@ -27,6 +27,8 @@ pub enum Opening {
     Http2Preface,
     /// `GET /ws`: most likely a WebSocket upgrade.
     WsUpgrade,
+    /// `GET /link`: a gateway asking for a link (see `crate::link`).
+    Link,
     /// Anything else.
     Other,
 }
@@ -59,6 +61,7 @@ pub async fn peek_opening(stream: &TcpStream) -> Option<Opening> {
 fn opening_of(seen: &[u8]) -> Opening {
     match seen.get(..8) {
         Some(b"GET /ws?") | Some(b"GET /ws ") => Opening::WsUpgrade,
+        _ if seen.starts_with(b"GET /link ") => Opening::Link,
         _ => Opening::Other,
     }
 }
@@ -75,8 +78,8 @@ pub enum HeadError {
 }
 
 /// Reads the request head; returns it and the bytes read past it.
-pub async fn read_head(
-    stream: &mut TcpStream,
+pub async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
     limit: usize,
 ) -> Result<(Request<()>, Bytes), HeadError> {
     let mut buf = BytesMut::with_capacity(1024);
@@ -161,7 +164,11 @@ pub fn push_response_head(out: &mut Vec<u8>, status: StatusCode, headers: &Heade
 }
 
 /// Writes `resp` (a refusal) and ends the connection, within `timeout`.
-pub async fn answer(stream: &mut TcpStream, resp: Response<Body>, timeout: Duration) {
+pub async fn answer<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    resp: Response<Body>,
+    timeout: Duration,
+) {
     let (parts, body) = resp.into_parts();
     let body = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -194,6 +201,8 @@ mod tests {
         assert_eq!(opening_of(b"GET /stats HTTP"), Opening::Other);
         assert_eq!(opening_of(b"POST /ws HTTP"), Opening::Other);
         assert_eq!(opening_of(b"GET /w"), Opening::Other);
+        assert_eq!(opening_of(b"GET /link HTTP/1.1"), Opening::Link);
+        assert_eq!(opening_of(b"GET /linkage HTTP"), Opening::Other);
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -24,7 +24,8 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::auth::Identity;
-use crate::cork;
+use crate::cork::{self, Uncork};
+use crate::link::{self, Link, LinkStream};
 use crate::head::{self, peek_opening, push_response_head, read_head, HeadError, Opening};
 use crate::server::{SessionSlot, Shared};
 use crate::session::serve;
@@ -51,6 +52,9 @@ pub async fn serve_connection(
             // The 101 waits for the welcome (see `cork`); the session uncorks.
             cork::cork(&stream);
             return serve_upgrade(shared, stream, tracker, deadline, handshake_timeout).await;
+        }
+        Ok(Some(Opening::Link)) => {
+            return serve_link(shared, stream, tracker, deadline, handshake_timeout).await;
         }
         Ok(Some(_)) => {}
         Ok(None) | Err(_) => return, // closed, or silent through the handshake timeout
@@ -269,13 +273,15 @@ fn admit<B>(shared: &Shared, req: &Request<B>) -> Result<Admitted, Box<Response<
 /// A connection that opened with `GET /ws`, served without hyper (see [`crate::head`]): the
 /// head is read, the 101 written (held back by the cork until the welcome follows), and the
 /// session spawned on the stream.
-async fn serve_upgrade(
+async fn serve_upgrade<S>(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    mut stream: S,
     tracker: TaskTracker,
     deadline: tokio::time::Instant,
     timeout: Duration,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Uncork + Unpin + Send + 'static,
+{
     let (req, early) =
         match tokio::time::timeout_at(deadline, read_head(&mut stream, MAX_HEAD_BYTES)).await {
             Ok(Ok(parsed)) => parsed,
@@ -325,6 +331,86 @@ async fn serve_upgrade(
     // second copy of it for the connection's life.
     let session = serve(shared, ws, client_id, identity);
     tracker.spawn(session.map(move |()| drop(slot)));
+}
+
+/// A connection that opened with `GET /link`: a gateway carrying its clients over this one
+/// connection (see [`crate::link`]). Each stream it opens is served like a connection that
+/// opened with `GET /ws`, under the same handshake timeout, limits and checks. The link ends
+/// when the gateway closes it or the node has drained.
+async fn serve_link(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    tracker: TaskTracker,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) {
+    let (req, early) =
+        match tokio::time::timeout_at(deadline, read_head(&mut stream, MAX_HEAD_BYTES)).await {
+            Ok(Ok(parsed)) => parsed,
+            Ok(Err(HeadError::TooLarge)) => {
+                let resp = json_error(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "headers_too_large",
+                    "the request head is too large",
+                );
+                return head::answer(&mut stream, resp, timeout).await;
+            }
+            Ok(Err(HeadError::Invalid(why))) => {
+                let resp = json_error(StatusCode::BAD_REQUEST, "bad_request", why);
+                return head::answer(&mut stream, resp, timeout).await;
+            }
+            Ok(Err(HeadError::Closed)) | Err(_) => return,
+        };
+    let asks_for_link = req.method() == hyper::Method::GET
+        && req.version() == hyper::Version::HTTP_11
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case(link::PROTOCOL));
+    if !asks_for_link {
+        let resp = json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a link is GET /link HTTP/1.1 with Upgrade: ringcast-link",
+        );
+        return head::answer(&mut stream, resp, timeout).await;
+    }
+    if shared.is_draining() {
+        let resp = json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "node is shutting down; reconnect",
+        );
+        return head::answer(&mut stream, resp, timeout).await;
+    }
+    let mut headers = HeaderMap::with_capacity(3);
+    headers.insert(header::UPGRADE, HeaderValue::from_static(link::PROTOCOL));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::DATE, head::date());
+    let mut out = Vec::with_capacity(128);
+    push_response_head(&mut out, StatusCode::SWITCHING_PROTOCOLS, &headers);
+    if !matches!(
+        tokio::time::timeout(timeout, stream.write_all(&out)).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    debug!("link opened");
+    let stopped = shared.stopped.clone();
+    let on_open = {
+        let tracker = tracker.clone();
+        move |s: LinkStream| {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let serve = serve_upgrade(shared.clone(), s, tracker.clone(), deadline, timeout);
+            tracker.spawn(serve);
+        }
+    };
+    let (link, driver) = Link::new(stream, early, link::Role::Acceptor, on_open);
+    tokio::select! {
+        r = driver => debug!(result = ?r, "link ended"),
+        _ = stopped.cancelled() => link.close(),
+    }
 }
 
 /// A `/ws` request that reached hyper (its first segment was too short to recognise).

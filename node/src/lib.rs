@@ -10,6 +10,7 @@ pub mod cork;
 pub mod head;
 pub mod http;
 pub mod hub;
+pub mod link;
 pub mod metrics;
 pub mod outbound;
 pub mod process;

@@ -45,6 +45,8 @@ pub struct Shared {
     pub auth: Option<Authenticator>,
     /// The node's publishing queue (see `publisher.rs`).
     publish_tx: mpsc::Sender<publisher::Job>,
+    /// Cancelled when the node has drained: its links (see `link.rs`) close.
+    pub stopped: tokio_util::sync::CancellationToken,
     /// Session slots taken, counted from the upgrade on (before the session registers), so
     /// concurrent upgrades cannot overshoot `max_connections`.
     sessions: Arc<AtomicUsize>,
@@ -93,6 +95,7 @@ impl Shared {
             ws_config,
             draining: AtomicBool::new(false),
             auth,
+            stopped: tokio_util::sync::CancellationToken::new(),
             sessions: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -251,6 +254,7 @@ pub async fn serve(
         _ = accept_loop(&listener, &shared, &permits, &tracker) => {}
     }
     drop(listener);
+    shared.stopped.cancel();
     tracker.close();
     info!("drained");
 }

@@ -1,0 +1,167 @@
+//! The gateway's links: one TCP connection per node, carrying every client routed there (see
+//! `ringcast_node::link`).
+//!
+//! A link is made on the first upgrade routed to a node and reused until it dies; concurrent
+//! upgrades to the same node wait for the one being made instead of each making their own. A
+//! node that answers the link request with anything but a 101 (a version without links) is
+//! reached with one TCP connection per client, as before, and asked again after
+//! [`RETRY_UNSUPPORTED`].
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringcast_node::link::{self, Link, LinkStream, Role};
+use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::node_io::NodeIo;
+use crate::upstream::{self, Answer};
+
+/// How long a node that refused a link is reached without one before it is asked again.
+pub const RETRY_UNSUPPORTED: Duration = Duration::from_secs(60);
+
+/// How an upgrade reaches a node.
+pub enum Route {
+    /// A stream on the node's link.
+    Stream(LinkStream),
+    /// The node has no links: a TCP connection of the upgrade's own.
+    Direct,
+}
+
+/// Why no link could be had.
+#[derive(Debug)]
+pub enum LinkError {
+    /// Nothing listens at the node's address.
+    Refused(String),
+    /// The node did not answer in time, broke off or answered nonsense.
+    Unreachable(String),
+}
+
+/// Links by node address.
+pub struct Links {
+    nodes: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<State>>>>,
+    /// Every link made, for [`Links::close_all`]; dead ones are pruned as new ones come.
+    made: Mutex<Vec<Link>>,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+    drivers: TaskTracker,
+}
+
+/// One node's link, as far as it got.
+enum State {
+    None,
+    Up(Link),
+    Unsupported(Instant),
+}
+
+impl Links {
+    /// No links yet; each is made within `connect_timeout` (TCP) plus `handshake_timeout` (its
+    /// 101).
+    pub fn new(connect_timeout: Duration, handshake_timeout: Duration) -> Self {
+        Links {
+            nodes: Mutex::new(HashMap::new()),
+            made: Mutex::new(Vec::new()),
+            connect_timeout,
+            handshake_timeout,
+            drivers: TaskTracker::new(),
+        }
+    }
+
+    /// A new stream to the node at `addr`, making its link first if need be.
+    pub async fn route(&self, addr: &Arc<str>) -> Result<Route, LinkError> {
+        let state = {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            nodes
+                .entry(addr.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(State::None)))
+                .clone()
+        };
+        let mut state = state.lock().await;
+        match &*state {
+            State::Up(link) => match link.open() {
+                Ok(stream) => return Ok(Route::Stream(stream)),
+                Err(e) => debug!(%addr, error = %e, "link unusable; making a new one"),
+            },
+            State::Unsupported(since) if since.elapsed() < RETRY_UNSUPPORTED => {
+                return Ok(Route::Direct)
+            }
+            _ => {}
+        }
+        match self.connect(addr).await? {
+            Some(link) => {
+                let stream = link
+                    .open()
+                    .map_err(|e| LinkError::Unreachable(e.to_string()))?;
+                *state = State::Up(link);
+                Ok(Route::Stream(stream))
+            }
+            None => {
+                *state = State::Unsupported(Instant::now());
+                Ok(Route::Direct)
+            }
+        }
+    }
+
+    /// Makes a link to `addr`; `None` if the node answered without switching.
+    async fn connect(&self, addr: &str) -> Result<Option<Link>, LinkError> {
+        let socket = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| LinkError::Unreachable("connect timed out".into()))?
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::ConnectionRefused => LinkError::Refused(e.to_string()),
+                _ => LinkError::Unreachable(e.to_string()),
+            })?;
+        let _ = socket.set_nodelay(true);
+        let head = format!(
+            "GET {} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: {}\r\nConnection: Upgrade\r\n\r\n",
+            link::PATH,
+            link::PROTOCOL
+        );
+        let answer = tokio::time::timeout(
+            self.handshake_timeout,
+            upstream::exchange(NodeIo::Tcp(socket), head.as_bytes()),
+        )
+        .await
+        .map_err(|_| LinkError::Unreachable("no answer to the link request in time".into()))?
+        .map_err(LinkError::Unreachable)?;
+        let switched = match answer {
+            Answer::Switched(switched) => switched,
+            Answer::Other(refusal) if refusal.status.is_server_error() => {
+                // Draining or full: not a node without links.
+                return Err(LinkError::Unreachable(format!(
+                    "the node answered the link request with {}",
+                    refusal.status
+                )));
+            }
+            Answer::Other(refusal) => {
+                warn!(%addr, status = %refusal.status, "node does not take links; one connection per client");
+                return Ok(None);
+            }
+        };
+        let NodeIo::Tcp(socket) = switched.stream else {
+            return Err(LinkError::Unreachable("a link inside a link".into()));
+        };
+        let (link, driver) = Link::new(socket, switched.early, Role::Opener, |_| {});
+        let addr_owned = addr.to_string();
+        self.drivers.spawn(async move {
+            match driver.await {
+                Ok(()) => info!(addr = %addr_owned, "link closed"),
+                Err(e) => warn!(addr = %addr_owned, error = %e, "link failed"),
+            }
+        });
+        info!(%addr, "link opened");
+        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+        made.retain(Link::is_alive);
+        made.push(link.clone());
+        Ok(Some(link))
+    }
+
+    /// Closes every link (their tunnels end with them).
+    pub fn close_all(&self) {
+        let made = std::mem::take(&mut *self.made.lock().unwrap_or_else(|e| e.into_inner()));
+        made.iter().for_each(Link::close);
+    }
+}

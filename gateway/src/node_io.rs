@@ -1,0 +1,77 @@
+//! The node's end of a tunnel: its own TCP connection, or a stream on the node's link (see
+//! `ringcast_node::link`).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use ringcast_node::link::LinkStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A connection to a node, as a tunnel uses it.
+#[derive(Debug)]
+pub enum NodeIo {
+    /// A TCP connection of its own.
+    Tcp(TcpStream),
+    /// A stream on the node's link.
+    Link(LinkStream),
+}
+
+/// Something a tunnel reads from: it can say when a read would not wait, so the tunnel takes a
+/// buffer only then.
+pub trait ReadReady: AsyncRead + AsyncWrite + Unpin {
+    /// Ready once a read would not wait.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl ReadReady for NodeIo {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            NodeIo::Tcp(s) => s.poll_read_ready(cx),
+            NodeIo::Link(s) => s.poll_read_ready(cx),
+        }
+    }
+}
+
+impl AsyncRead for NodeIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NodeIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            NodeIo::Link(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for NodeIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            NodeIo::Tcp(s) => Pin::new(s).poll_write(cx, data),
+            NodeIo::Link(s) => Pin::new(s).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NodeIo::Tcp(s) => Pin::new(s).poll_flush(cx),
+            NodeIo::Link(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NodeIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            NodeIo::Link(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! Many client connections over one TCP connection between the gateway and a node: a link.
+//!
+//! Proxied one TCP connection per client, every connect costs the gateway a `connect()` (on
+//! loopback the whole handshake runs in its softirq), the node an `accept()`, a socket and an
+//! epoll registration on both sides, and every message to a room costs the node one write and the
+//! gateway one read per member. Over a link a client is a *stream*: its bytes travel in frames
+//! on the link's one socket, a read there picks up frames for many clients at once, and a write
+//! carries whatever every stream queued since the last one.
+//!
+//! The streams still carry exactly the bytes a client connection would (the upgrade head, the
+//! 101, WebSocket frames), so the node serves a stream like an accepted socket and the gateway
+//! copies it like one.
+//!
+//! Wire format: a 9-byte header, `kind: u8`, `stream: u32` and `len: u32` (big-endian), then
+//! `len` payload bytes for `OPEN` and `DATA`. `CREDIT` grants `len` more bytes; `FIN` says the
+//! sender will write no more on the stream; `CLOSE` that it dropped the stream altogether.
+//!
+//! Flow control keeps one slow client from holding up the others: each side may have at most
+//! [`WINDOW`] unread bytes in flight per stream and direction, and the reader grants them back
+//! as the stream's owner reads. The link's reader therefore never waits for a stream, every
+//! stream's unread bytes are bounded, and a stream nobody reads only stalls its own writer (on
+//! the node, that is the slow-client path: its queue fills and the node closes it). Writes that
+//! find [`OUT_CAP`] bytes already waiting for the socket wait for it to drain.
+
+mod stream;
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+pub use stream::LinkStream;
+
+/// The request path that turns a connection into a link.
+pub const PATH: &str = "/link";
+
+/// The `Upgrade` token of a link.
+pub const PROTOCOL: &str = "ringcast-link";
+
+/// Unread bytes a stream may have in flight in one direction.
+pub const WINDOW: usize = 64 * 1024;
+
+/// Pending outgoing bytes past which stream writes wait for the socket.
+pub const OUT_CAP: usize = 1024 * 1024;
+
+/// Most streams open at once on one link.
+pub const MAX_STREAMS: usize = 1 << 16;
+
+/// Largest payload of one frame.
+const MAX_PAYLOAD: usize = 16 * 1024;
+
+/// Bytes read since the last grant, past which the reader grants them back.
+const GRANT_AT: usize = WINDOW / 4;
+
+const HEADER_LEN: usize = 9;
+
+const OPEN: u8 = 1;
+const DATA: u8 = 2;
+const FIN: u8 = 3;
+const CLOSE: u8 = 4;
+const CREDIT: u8 = 5;
+
+/// Which end of the link this is: the gateway opens streams, the node accepts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Opens streams (the gateway).
+    Opener,
+    /// Accepts streams (the node).
+    Acceptor,
+}
+
+/// One end of a link. Clones share it; the link lives until its socket fails or closes, or
+/// [`Link::close`].
+#[derive(Clone)]
+pub struct Link {
+    shared: Arc<Shared>,
+}
+
+/// The link's state, behind one lock that is never held across an `.await`.
+struct Shared {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Frames waiting for the socket.
+    out: Vec<u8>,
+    /// The writer task, when it waits for frames.
+    writer: Option<Waker>,
+    /// Stream writers waiting for `out` to drain below [`OUT_CAP`].
+    waiting: Vec<Waker>,
+    streams: HashMap<u32, Slot>,
+    next_id: u32,
+    /// The socket failed or closed, or [`Link::close`]: nothing more moves.
+    dead: bool,
+}
+
+/// One stream's state on this end.
+#[derive(Default)]
+struct Slot {
+    /// Received, not yet read.
+    rx: BytesMut,
+    rx_waker: Option<Waker>,
+    /// The peer will send nothing more.
+    rx_fin: bool,
+    /// Read since the last grant.
+    unacked: usize,
+    /// Bytes this end may still send.
+    credit: usize,
+    tx_waker: Option<Waker>,
+    /// The peer dropped the stream: writes fail.
+    peer_closed: bool,
+    /// This end sent its `FIN`.
+    fin_sent: bool,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            credit: WINDOW,
+            ..Slot::default()
+        }
+    }
+}
+
+impl Inner {
+    fn push_frame(&mut self, kind: u8, id: u32, len: u32, payload: &[u8]) {
+        push_frame(&mut self.out, &mut self.writer, kind, id, len, payload);
+    }
+
+    /// Marks the link dead and collects every waker, to be woken once the lock is released.
+    fn kill(&mut self, wake: &mut Vec<Waker>) {
+        self.dead = true;
+        wake.extend(self.writer.take());
+        wake.append(&mut self.waiting);
+        for slot in self.streams.values_mut() {
+            wake.extend(slot.rx_waker.take());
+            wake.extend(slot.tx_waker.take());
+        }
+    }
+
+    /// Applies one received frame; a stream the peer opened is returned.
+    fn receive(
+        &mut self,
+        role: Role,
+        kind: u8,
+        id: u32,
+        len: u32,
+        payload: &[u8],
+        wake: &mut Vec<Waker>,
+    ) -> io::Result<Option<u32>> {
+        match kind {
+            OPEN => {
+                if role != Role::Acceptor {
+                    return Err(invalid("OPEN from the accepting end"));
+                }
+                if self.streams.contains_key(&id) {
+                    return Err(invalid("OPEN of an open stream"));
+                }
+                if self.streams.len() >= MAX_STREAMS {
+                    // Refused; its opener sees the stream close.
+                    self.push_frame(CLOSE, id, 0, &[]);
+                    return Ok(None);
+                }
+                let mut slot = Slot::new();
+                slot.rx.extend_from_slice(payload);
+                self.streams.insert(id, slot);
+                Ok(Some(id))
+            }
+            DATA => {
+                // Frames for a stream this end already dropped are let go.
+                if let Some(slot) = self.streams.get_mut(&id) {
+                    if slot.rx.len() + payload.len() > WINDOW {
+                        return Err(invalid("DATA beyond the stream's window"));
+                    }
+                    slot.rx.extend_from_slice(payload);
+                    wake.extend(slot.rx_waker.take());
+                }
+                Ok(None)
+            }
+            FIN | CLOSE => {
+                if let Some(slot) = self.streams.get_mut(&id) {
+                    slot.rx_fin = true;
+                    wake.extend(slot.rx_waker.take());
+                    if kind == CLOSE {
+                        slot.peer_closed = true;
+                        wake.extend(slot.tx_waker.take());
+                    }
+                }
+                Ok(None)
+            }
+            CREDIT => {
+                if let Some(slot) = self.streams.get_mut(&id) {
+                    slot.credit = slot.credit.saturating_add(len as usize);
+                    if slot.credit > WINDOW {
+                        return Err(invalid("CREDIT beyond the window"));
+                    }
+                    wake.extend(slot.tx_waker.take());
+                }
+                Ok(None)
+            }
+            _ => Err(invalid("unknown frame kind")),
+        }
+    }
+}
+
+/// Queues one frame, waking the writer if it waits.
+fn push_frame(
+    out: &mut Vec<u8>,
+    writer: &mut Option<Waker>,
+    kind: u8,
+    id: u32,
+    len: u32,
+    payload: &[u8],
+) {
+    if out.is_empty() {
+        if let Some(w) = writer.take() {
+            w.wake();
+        }
+    }
+    out.push(kind);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+fn invalid(why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+impl Link {
+    /// A link over `socket`, and the future that moves its bytes: spawn it (it ends when the
+    /// link dies). `early` holds bytes already read from the socket. On the accepting end,
+    /// `on_open` gets each stream the peer opens, from the link's reader: it must not block.
+    pub fn new<F>(
+        socket: TcpStream,
+        early: Bytes,
+        role: Role,
+        on_open: F,
+    ) -> (Link, impl std::future::Future<Output = io::Result<()>> + Send)
+    where
+        F: FnMut(LinkStream) + Send + 'static,
+    {
+        let link = Link {
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner {
+                    next_id: 1,
+                    ..Inner::default()
+                }),
+            }),
+        };
+        let (rd, wr) = socket.into_split();
+        let shared = link.shared.clone();
+        let driver = async move {
+            let result = tokio::select! {
+                r = read_loop(&shared, rd, early, role, on_open) => r,
+                r = write_loop(&shared, wr) => r,
+            };
+            let mut wake = Vec::new();
+            shared.lock().kill(&mut wake);
+            wake.into_iter().for_each(Waker::wake);
+            result
+        };
+        (link, driver)
+    }
+
+    /// Opens a stream (opening end only).
+    pub fn open(&self) -> io::Result<LinkStream> {
+        let mut inner = self.shared.lock();
+        if inner.dead {
+            return Err(io::ErrorKind::NotConnected.into());
+        }
+        if inner.streams.len() >= MAX_STREAMS || inner.next_id == u32::MAX {
+            return Err(io::Error::other("the link has no stream left"));
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.streams.insert(id, Slot::new());
+        inner.push_frame(OPEN, id, 0, &[]);
+        drop(inner);
+        Ok(LinkStream::new(self.shared.clone(), id))
+    }
+
+    /// Whether a stream can still be opened: the link is alive and has ids left.
+    pub fn is_usable(&self) -> bool {
+        let inner = self.shared.lock();
+        !inner.dead && inner.next_id < u32::MAX && inner.streams.len() < MAX_STREAMS
+    }
+
+    /// Whether the link still moves bytes.
+    pub fn is_alive(&self) -> bool {
+        !self.shared.lock().dead
+    }
+
+    /// Streams open on this end.
+    pub fn streams(&self) -> usize {
+        self.shared.lock().streams.len()
+    }
+
+    /// Ends the link: its driver returns and every stream fails.
+    pub fn close(&self) {
+        let mut wake = Vec::new();
+        self.shared.lock().kill(&mut wake);
+        wake.into_iter().for_each(Waker::wake);
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic under this lock leaves no half-made change worth refusing to read.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Reads frames and hands them to their streams until EOF, an error or a protocol violation.
+async fn read_loop<F>(
+    shared: &Arc<Shared>,
+    mut rd: OwnedReadHalf,
+    early: Bytes,
+    role: Role,
+    mut on_open: F,
+) -> io::Result<()>
+where
+    F: FnMut(LinkStream),
+{
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    buf.extend_from_slice(&early);
+    let mut wake = Vec::new();
+    let mut opened = Vec::new();
+    loop {
+        {
+            let mut inner = shared.lock();
+            if inner.dead {
+                return Ok(());
+            }
+            while buf.len() >= HEADER_LEN {
+                let kind = buf[0];
+                let id = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+                let len = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]);
+                let payload_len = match kind {
+                    OPEN | DATA => len as usize,
+                    _ => 0,
+                };
+                if payload_len > MAX_PAYLOAD {
+                    return Err(invalid("frame larger than the payload limit"));
+                }
+                if buf.len() < HEADER_LEN + payload_len {
+                    break;
+                }
+                let payload = &buf[HEADER_LEN..HEADER_LEN + payload_len];
+                if let Some(id) = inner.receive(role, kind, id, len, payload, &mut wake)? {
+                    opened.push(id);
+                }
+                buf.advance(HEADER_LEN + payload_len);
+            }
+        }
+        wake.drain(..).for_each(Waker::wake);
+        for id in opened.drain(..) {
+            on_open(LinkStream::new(shared.clone(), id));
+        }
+        if buf.capacity() - buf.len() < MAX_PAYLOAD + HEADER_LEN {
+            buf.reserve(64 * 1024);
+        }
+        if rd.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Writes whatever frames are waiting, in one write per batch, until the link dies.
+async fn write_loop(shared: &Arc<Shared>, mut wr: OwnedWriteHalf) -> io::Result<()> {
+    let mut batch = Vec::new();
+    loop {
+        let more = poll_fn(|cx| {
+            let mut inner = shared.lock();
+            if inner.dead {
+                return Poll::Ready(false);
+            }
+            if inner.out.is_empty() {
+                inner.writer = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            std::mem::swap(&mut inner.out, &mut batch);
+            let waiting = std::mem::take(&mut inner.waiting);
+            drop(inner);
+            waiting.into_iter().for_each(Waker::wake);
+            Poll::Ready(true)
+        })
+        .await;
+        if !more {
+            let _ = wr.shutdown().await;
+            return Ok(());
+        }
+        wr.write_all(&batch).await?;
+        batch.clear();
+        if batch.capacity() > 2 * OUT_CAP {
+            batch = Vec::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

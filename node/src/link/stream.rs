@@ -1,0 +1,174 @@
+//! One client connection carried on a link: reads and writes like a socket.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{push_frame, Shared, CLOSE, CREDIT, DATA, FIN, GRANT_AT, MAX_PAYLOAD, OUT_CAP};
+use crate::cork::Uncork;
+
+/// A stream on a [`super::Link`]. Dropping it closes the stream at both ends.
+pub struct LinkStream {
+    shared: Arc<Shared>,
+    id: u32,
+}
+
+impl std::fmt::Debug for LinkStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkStream").field("id", &self.id).finish()
+    }
+}
+
+/// Replaces `slot` with `cx`'s waker unless it already holds one that wakes the same task.
+fn park(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+impl LinkStream {
+    pub(super) fn new(shared: Arc<Shared>, id: u32) -> Self {
+        LinkStream { shared, id }
+    }
+
+    /// Ready once a read would not wait: bytes arrived, the peer finished, or the link died.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut inner = self.shared.lock();
+        let dead = inner.dead;
+        let Some(slot) = inner.streams.get_mut(&self.id) else {
+            return Poll::Ready(Ok(()));
+        };
+        if !slot.rx.is_empty() || slot.rx_fin || dead {
+            return Poll::Ready(Ok(()));
+        }
+        park(&mut slot.rx_waker, cx);
+        Poll::Pending
+    }
+}
+
+impl AsyncRead for LinkStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let id = self.id;
+        let mut guard = self.shared.lock();
+        let inner = &mut *guard;
+        let Some(slot) = inner.streams.get_mut(&id) else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        if !slot.rx.is_empty() {
+            let n = buf.remaining().min(slot.rx.len());
+            buf.put_slice(&slot.rx[..n]);
+            slot.rx.advance(n);
+            if slot.rx.is_empty() {
+                // An idle stream holds no buffer.
+                slot.rx = BytesMut::new();
+            }
+            slot.unacked += n;
+            if slot.unacked >= GRANT_AT && !slot.rx_fin && !inner.dead {
+                let grant = std::mem::take(&mut slot.unacked);
+                push_frame(&mut inner.out, &mut inner.writer, CREDIT, id, grant as u32, &[]);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let dead = inner.dead;
+        if slot.rx_fin {
+            return Poll::Ready(Ok(()));
+        }
+        if dead {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+        }
+        park(&mut slot.rx_waker, cx);
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for LinkStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let id = self.id;
+        let mut guard = self.shared.lock();
+        let inner = &mut *guard;
+        if inner.dead {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let Some(slot) = inner.streams.get_mut(&id) else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        if slot.peer_closed || slot.fin_sent {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if slot.credit == 0 {
+            park(&mut slot.tx_waker, cx);
+            return Poll::Pending;
+        }
+        if inner.out.len() >= OUT_CAP {
+            inner.waiting.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let n = data.len().min(slot.credit).min(MAX_PAYLOAD);
+        slot.credit -= n;
+        push_frame(&mut inner.out, &mut inner.writer, DATA, id, n as u32, &data[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // One frame per call, as a socket would take the first non-empty slice.
+        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+        self.poll_write(cx, first)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Frames leave with the link's next write; there is nothing to push here.
+        if self.shared.lock().dead {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let id = self.id;
+        let mut inner = self.shared.lock();
+        let dead = inner.dead;
+        if let Some(slot) = inner.streams.get_mut(&id) {
+            if !slot.fin_sent && !slot.peer_closed && !dead {
+                slot.fin_sent = true;
+                inner.push_frame(FIN, id, 0, &[]);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for LinkStream {
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock();
+        if let Some(slot) = inner.streams.remove(&self.id) {
+            if !slot.peer_closed && !inner.dead {
+                inner.push_frame(CLOSE, self.id, 0, &[]);
+            }
+        }
+    }
+}
+
+/// A stream was never corked: its bytes leave with the link's next write.
+impl Uncork for LinkStream {
+    fn uncork(&self) {}
+}

@@ -1,0 +1,200 @@
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use super::*;
+
+/// A link over a real loopback connection: the opening end, and the streams the accepting end
+/// receives.
+async fn pair() -> (Link, Link, mpsc::UnboundedReceiver<LinkStream>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let connect = TcpStream::connect(listener.local_addr().unwrap());
+    let (opener_sock, accepted) = tokio::join!(connect, listener.accept());
+    let (opened_tx, opened_rx) = mpsc::unbounded_channel();
+    let (acceptor, driver) = Link::new(
+        accepted.unwrap().0,
+        Bytes::new(),
+        Role::Acceptor,
+        move |s| {
+            let _ = opened_tx.send(s);
+        },
+    );
+    tokio::spawn(driver);
+    let (opener, driver) = Link::new(opener_sock.unwrap(), Bytes::new(), Role::Opener, |_| {});
+    tokio::spawn(driver);
+    (opener, acceptor, opened_rx)
+}
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), f)
+        .await
+        .expect("timed out")
+}
+
+#[tokio::test]
+async fn bytes_cross_both_ways_and_a_half_close_reads_as_eof() {
+    let (opener, _acceptor, mut opened) = pair().await;
+    let mut a = opener.open().unwrap();
+    a.write_all(b"GET /ws HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut b = within(opened.recv()).await.unwrap();
+    let mut got = [0u8; 20];
+    within(b.read_exact(&mut got)).await.unwrap();
+    assert_eq!(&got, b"GET /ws HTTP/1.1\r\n\r\n");
+
+    b.write_all(b"HTTP/1.1 101\r\n\r\n").await.unwrap();
+    b.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    within(a.read_to_end(&mut back)).await.unwrap();
+    assert_eq!(back, b"HTTP/1.1 101\r\n\r\n");
+    // Half-closed: the other direction still works.
+    a.write_all(b"more").await.unwrap();
+    let mut more = [0u8; 4];
+    within(b.read_exact(&mut more)).await.unwrap();
+    assert_eq!(&more, b"more");
+}
+
+#[tokio::test]
+async fn a_dropped_stream_ends_at_the_peer_and_its_writes_fail() {
+    let (opener, acceptor, mut opened) = pair().await;
+    let mut a = opener.open().unwrap();
+    a.write_all(b"x").await.unwrap();
+    let b = within(opened.recv()).await.unwrap();
+    drop(b);
+    let mut rest = Vec::new();
+    within(a.read_to_end(&mut rest)).await.unwrap();
+    assert!(rest.is_empty());
+    let write = within(async {
+        loop {
+            if let Err(e) = a.write_all(b"after").await {
+                return e;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(write.kind(), io::ErrorKind::BrokenPipe);
+    drop(a);
+    within(async {
+        while acceptor.streams() > 0 || opener.streams() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stream_nobody_reads_stalls_only_its_own_writer() {
+    let (opener, _acceptor, mut opened) = pair().await;
+    let mut slow = opener.open().unwrap();
+    let mut fast = opener.open().unwrap();
+    let _slow_peer = within(opened.recv()).await.unwrap();
+    let mut fast_peer = within(opened.recv()).await.unwrap();
+
+    // The slow stream takes exactly its window, then its writer waits.
+    let chunk = vec![7u8; 4096];
+    let mut sent = 0;
+    while let Ok(Ok(())) =
+        tokio::time::timeout(Duration::from_millis(200), slow.write_all(&chunk)).await
+    {
+        sent += chunk.len();
+        assert!(sent <= WINDOW, "wrote past the window");
+    }
+    assert_eq!(sent, WINDOW);
+
+    // Meanwhile the other stream moves many windows' worth.
+    let total = 4 * WINDOW;
+    let writer = tokio::spawn(async move {
+        let data = vec![1u8; total];
+        fast.write_all(&data).await.unwrap();
+        fast
+    });
+    let mut got = vec![0u8; total];
+    within(fast_peer.read_exact(&mut got)).await.unwrap();
+    assert!(got.iter().all(|&b| b == 1));
+    within(writer).await.unwrap();
+}
+
+#[tokio::test]
+async fn reading_grants_the_window_back() {
+    let (opener, _acceptor, mut opened) = pair().await;
+    let mut a = opener.open().unwrap();
+    a.write_all(b"hi").await.unwrap();
+    let mut b = within(opened.recv()).await.unwrap();
+    let total = 10 * WINDOW;
+    let reader = tokio::spawn(async move {
+        let mut got = vec![0u8; 2 + total];
+        b.read_exact(&mut got).await.unwrap();
+        got
+    });
+    within(a.write_all(&vec![3u8; total])).await.unwrap();
+    let got = within(reader).await.unwrap();
+    assert_eq!(&got[..2], b"hi");
+    assert!(got[2..].iter().all(|&b| b == 3));
+}
+
+#[tokio::test]
+async fn a_dead_socket_fails_every_stream() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let connect = TcpStream::connect(listener.local_addr().unwrap());
+    let (sock, accepted) = tokio::join!(connect, listener.accept());
+    let (opener, driver) = Link::new(sock.unwrap(), Bytes::new(), Role::Opener, |_| {});
+    let driver = tokio::spawn(driver);
+    let mut a = opener.open().unwrap();
+    let mut b = opener.open().unwrap();
+    drop(accepted.unwrap().0);
+    let mut buf = [0u8; 8];
+    let err = within(a.read(&mut buf)).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    assert!(within(b.write_all(b"x")).await.is_err());
+    within(driver).await.unwrap().ok();
+    assert!(!opener.is_usable());
+    assert!(opener.open().is_err());
+}
+
+#[tokio::test]
+async fn garbage_on_the_socket_ends_the_link() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let connect = TcpStream::connect(listener.local_addr().unwrap());
+    let (sock, accepted) = tokio::join!(connect, listener.accept());
+    let (acceptor, driver) =
+        Link::new(accepted.unwrap().0, Bytes::new(), Role::Acceptor, |_| {});
+    let driver = tokio::spawn(driver);
+    let mut sock = sock.unwrap();
+    sock.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let err = within(driver).await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    assert!(!acceptor.is_usable());
+    // The peer sees the link close.
+    let mut rest = Vec::new();
+    within(sock.read_to_end(&mut rest)).await.ok();
+}
+
+#[tokio::test]
+async fn data_beyond_the_window_ends_the_link() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let connect = TcpStream::connect(listener.local_addr().unwrap());
+    let (sock, accepted) = tokio::join!(connect, listener.accept());
+    // The accepted stream is kept, unread, so its window fills.
+    let (kept_tx, _kept_rx) = mpsc::unbounded_channel();
+    let (_acceptor, driver) = Link::new(
+        accepted.unwrap().0,
+        Bytes::new(),
+        Role::Acceptor,
+        move |s| {
+            let _ = kept_tx.send(s);
+        },
+    );
+    let driver = tokio::spawn(driver);
+    let mut sock = sock.unwrap();
+    let mut frames = Vec::new();
+    push_frame(&mut frames, &mut None, OPEN, 1, 0, &[]);
+    let chunk = vec![0u8; MAX_PAYLOAD];
+    for _ in 0..=WINDOW / MAX_PAYLOAD {
+        push_frame(&mut frames, &mut None, DATA, 1, MAX_PAYLOAD as u32, &chunk);
+    }
+    sock.write_all(&frames).await.unwrap();
+    let err = within(driver).await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+}
