@@ -111,6 +111,13 @@ pub async fn run(
         )));
     }
 
+    let links = (config.node_transport == NodeTransport::Link).then(|| {
+        Links::new(
+            config.connect_timeout(),
+            config.handshake_timeout(),
+            metrics.node_links.clone(),
+        )
+    });
     let proxy = Arc::new(Proxy {
         membership,
         metrics,
@@ -122,8 +129,7 @@ pub async fn run(
         max_attempts: config.max_attempts,
         copy_buffer_bytes: config.copy_buffer_bytes,
         tunnel_linger: Duration::from_secs(config.tunnel_linger_secs),
-        links: (config.node_transport == NodeTransport::Link)
-            .then(|| Links::new(config.connect_timeout(), config.handshake_timeout())),
+        links,
     });
     let proxy_after = proxy.clone();
     let http = Arc::new(http::Http {

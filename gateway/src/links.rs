@@ -12,6 +12,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus::IntGauge;
 use ringcast_node::link::{self, Link, LinkStream, Role};
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
@@ -48,6 +49,8 @@ pub struct Links {
     connect_timeout: Duration,
     handshake_timeout: Duration,
     drivers: TaskTracker,
+    /// Links open.
+    gauge: IntGauge,
 }
 
 /// One node's link, as far as it got.
@@ -60,8 +63,9 @@ enum State {
 impl Links {
     /// No links yet; each is made within `connect_timeout` (TCP) plus `handshake_timeout` (its
     /// 101).
-    pub fn new(connect_timeout: Duration, handshake_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, handshake_timeout: Duration, gauge: IntGauge) -> Self {
         Links {
+            gauge,
             nodes: Mutex::new(HashMap::new()),
             made: Mutex::new(Vec::new()),
             connect_timeout,
@@ -146,11 +150,14 @@ impl Links {
         };
         let (link, driver) = Link::new(socket, switched.early, Role::Opener, |_| {});
         let addr_owned = addr.to_string();
+        let gauge = self.gauge.clone();
+        gauge.inc();
         self.drivers.spawn(async move {
             match driver.await {
                 Ok(()) => info!(addr = %addr_owned, "link closed"),
                 Err(e) => warn!(addr = %addr_owned, error = %e, "link failed"),
             }
+            gauge.dec();
         });
         info!(%addr, "link opened");
         let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub bytes_node_to_client: IntCounter,
     /// Upgrades that moved on to another node after a failed attempt.
     pub failovers: IntCounter,
+    /// Links open to nodes (each carries every client routed to its node).
+    pub node_links: IntGauge,
     /// Healthy nodes on the ring.
     pub ring_size: IntGauge,
     /// Members known (healthy or not).
@@ -79,6 +81,11 @@ impl Metrics {
                 "Upgrades retried on the next node after a failed attempt",
             )
             .expect("static metric definition"),
+            node_links: IntGauge::new(
+                "node_links",
+                "Links open to nodes, each carrying every client routed to its node",
+            )
+            .expect("static metric definition"),
             ring_size: IntGauge::new("ring_size", "Healthy nodes on the ring")
                 .expect("static metric definition"),
             members: IntGauge::new("members", "Known nodes, healthy or not")
@@ -120,6 +127,7 @@ impl Metrics {
         let _ = r.register(Box::new(m.bytes_client_to_node.clone()));
         let _ = r.register(Box::new(m.bytes_node_to_client.clone()));
         let _ = r.register(Box::new(m.failovers.clone()));
+        let _ = r.register(Box::new(m.node_links.clone()));
         let _ = r.register(Box::new(m.ring_size.clone()));
         let _ = r.register(Box::new(m.members.clone()));
         let _ = r.register(Box::new(m.health_checks.clone()));

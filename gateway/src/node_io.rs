@@ -54,7 +54,11 @@ impl AsyncRead for NodeIo {
 }
 
 impl AsyncWrite for NodeIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             NodeIo::Tcp(s) => Pin::new(s).poll_write(cx, data),
             NodeIo::Link(s) => Pin::new(s).poll_write(cx, data),

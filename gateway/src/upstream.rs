@@ -282,7 +282,10 @@ mod tests {
             b"\"x\"}",
         ])
         .await;
-        match exchange(NodeIo::Tcp(stream), b"GET /ws HTTP/1.1\r\n\r\n").await.unwrap() {
+        match exchange(NodeIo::Tcp(stream), b"GET /ws HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap()
+        {
             Answer::Other(Rejection {
                 status,
                 content_type,
@@ -302,7 +305,10 @@ mod tests {
             b"HTTP/1.1 403 Forbidden\r\ncontent-length: 5000\r\n\r\n{\"error\":",
         ])
         .await;
-        match exchange(NodeIo::Tcp(stream), b"GET /ws HTTP/1.1\r\n\r\n").await.unwrap() {
+        match exchange(NodeIo::Tcp(stream), b"GET /ws HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap()
+        {
             Answer::Other(r) => {
                 assert_eq!(r.status, StatusCode::FORBIDDEN);
                 assert!(r.body.is_empty(), "a cut body: {:?}", r.body);

@@ -25,8 +25,8 @@ use tracing::debug;
 
 use crate::auth::Identity;
 use crate::cork::{self, Uncork};
-use crate::link::{self, Link, LinkStream};
 use crate::head::{self, peek_opening, push_response_head, read_head, HeadError, Opening};
+use crate::link::{self, Link, LinkStream};
 use crate::server::{SessionSlot, Shared};
 use crate::session::serve;
 use crate::upgrade;
@@ -397,6 +397,8 @@ async fn serve_link(
         return;
     }
     debug!("link opened");
+    let gauge = shared.metrics.links.clone();
+    gauge.inc();
     let stopped = shared.stopped.clone();
     let on_open = {
         let tracker = tracker.clone();
@@ -411,6 +413,7 @@ async fn serve_link(
         r = driver => debug!(result = ?r, "link ended"),
         _ = stopped.cancelled() => link.close(),
     }
+    gauge.dec();
 }
 
 /// A `/ws` request that reached hyper (its first segment was too short to recognise).

@@ -15,6 +15,10 @@
 //! `len` payload bytes for `OPEN` and `DATA`. `CREDIT` grants `len` more bytes; `FIN` says the
 //! sender will write no more on the stream; `CLOSE` that it dropped the stream altogether.
 //!
+//! A link that has been silent for [`KEEPALIVE`] gets a `PING` (answered with a `PONG`); one
+//! silent for three times that is dead, even if TCP never says so (a peer host that vanished
+//! leaves its connection "open" for many minutes).
+//!
 //! Flow control keeps one slow client from holding up the others: each side may have at most
 //! [`WINDOW`] unread bytes in flight per stream and direction, and the reader grants them back
 //! as the stream's owner reads. The link's reader therefore never waits for a stream, every
@@ -29,11 +33,13 @@ use std::future::poll_fn;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 pub use stream::LinkStream;
 
@@ -52,6 +58,9 @@ pub const OUT_CAP: usize = 1024 * 1024;
 /// Most streams open at once on one link.
 pub const MAX_STREAMS: usize = 1 << 16;
 
+/// Silence after which a link is pinged; three times it and the link is dead.
+pub const KEEPALIVE: Duration = Duration::from_secs(5);
+
 /// Largest payload of one frame.
 const MAX_PAYLOAD: usize = 16 * 1024;
 
@@ -65,6 +74,8 @@ const DATA: u8 = 2;
 const FIN: u8 = 3;
 const CLOSE: u8 = 4;
 const CREDIT: u8 = 5;
+const PING: u8 = 6;
+const PONG: u8 = 7;
 
 /// Which end of the link this is: the gateway opens streams, the node accepts them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +110,8 @@ struct Inner {
     next_id: u32,
     /// The socket failed or closed, or [`Link::close`]: nothing more moves.
     dead: bool,
+    /// When bytes last arrived.
+    last_rx: Option<Instant>,
 }
 
 /// One stream's state on this end.
@@ -205,6 +218,11 @@ impl Inner {
                 }
                 Ok(None)
             }
+            PING => {
+                self.push_frame(PONG, 0, 0, &[]);
+                Ok(None)
+            }
+            PONG => Ok(None),
             _ => Err(invalid("unknown frame kind")),
         }
     }
@@ -243,7 +261,10 @@ impl Link {
         early: Bytes,
         role: Role,
         on_open: F,
-    ) -> (Link, impl std::future::Future<Output = io::Result<()>> + Send)
+    ) -> (
+        Link,
+        impl std::future::Future<Output = io::Result<()>> + Send,
+    )
     where
         F: FnMut(LinkStream) + Send + 'static,
     {
@@ -251,6 +272,7 @@ impl Link {
             shared: Arc::new(Shared {
                 inner: Mutex::new(Inner {
                     next_id: 1,
+                    last_rx: Some(Instant::now()),
                     ..Inner::default()
                 }),
             }),
@@ -261,6 +283,7 @@ impl Link {
             let result = tokio::select! {
                 r = read_loop(&shared, rd, early, role, on_open) => r,
                 r = write_loop(&shared, wr) => r,
+                r = keepalive(&shared) => r,
             };
             let mut wake = Vec::new();
             shared.lock().kill(&mut wake);
@@ -339,6 +362,7 @@ where
             if inner.dead {
                 return Ok(());
             }
+            inner.last_rx = Some(Instant::now());
             while buf.len() >= HEADER_LEN {
                 let kind = buf[0];
                 let id = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
@@ -369,6 +393,26 @@ where
         }
         if rd.read_buf(&mut buf).await? == 0 {
             return Ok(());
+        }
+    }
+}
+
+/// Pings a quiet link; fails once it has been silent for three [`KEEPALIVE`]s.
+async fn keepalive(shared: &Arc<Shared>) -> io::Result<()> {
+    let mut tick = tokio::time::interval(KEEPALIVE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut inner = shared.lock();
+        let quiet = inner.last_rx.map_or(Duration::ZERO, |t| t.elapsed());
+        if quiet >= 3 * KEEPALIVE {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the link went silent",
+            ));
+        }
+        if quiet >= KEEPALIVE {
+            inner.push_frame(PING, 0, 0, &[]);
         }
     }
 }

@@ -12,6 +12,8 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// WebSocket connections accepted since start.
     pub connections_total: IntCounter,
+    /// Gateway links open (each carries many of the connections; see `link.rs`).
+    pub links: IntGauge,
     /// Rooms with at least one local member.
     pub rooms: IntGauge,
     /// Client messages received, by `type`.
@@ -74,6 +76,10 @@ impl Metrics {
         };
         Metrics {
             connections: gauge("ringcast_node_connections", "Open WebSocket connections"),
+            links: gauge(
+                "ringcast_node_links",
+                "Gateway links open, each carrying many connections",
+            ),
             connections_total: counter(
                 "ringcast_node_connections_total",
                 "WebSocket connections accepted",

@@ -74,7 +74,14 @@ impl AsyncRead for LinkStream {
             slot.unacked += n;
             if slot.unacked >= GRANT_AT && !slot.rx_fin && !inner.dead {
                 let grant = std::mem::take(&mut slot.unacked);
-                push_frame(&mut inner.out, &mut inner.writer, CREDIT, id, grant as u32, &[]);
+                push_frame(
+                    &mut inner.out,
+                    &mut inner.writer,
+                    CREDIT,
+                    id,
+                    grant as u32,
+                    &[],
+                );
             }
             return Poll::Ready(Ok(()));
         }
@@ -121,7 +128,14 @@ impl AsyncWrite for LinkStream {
         }
         let n = data.len().min(slot.credit).min(MAX_PAYLOAD);
         slot.credit -= n;
-        push_frame(&mut inner.out, &mut inner.writer, DATA, id, n as u32, &data[..n]);
+        push_frame(
+            &mut inner.out,
+            &mut inner.writer,
+            DATA,
+            id,
+            n as u32,
+            &data[..n],
+        );
         Poll::Ready(Ok(n))
     }
 
@@ -131,7 +145,10 @@ impl AsyncWrite for LinkStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         // One frame per call, as a socket would take the first non-empty slice.
-        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &**b);
         self.poll_write(cx, first)
     }
 

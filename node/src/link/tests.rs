@@ -158,8 +158,7 @@ async fn garbage_on_the_socket_ends_the_link() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let connect = TcpStream::connect(listener.local_addr().unwrap());
     let (sock, accepted) = tokio::join!(connect, listener.accept());
-    let (acceptor, driver) =
-        Link::new(accepted.unwrap().0, Bytes::new(), Role::Acceptor, |_| {});
+    let (acceptor, driver) = Link::new(accepted.unwrap().0, Bytes::new(), Role::Acceptor, |_| {});
     let driver = tokio::spawn(driver);
     let mut sock = sock.unwrap();
     sock.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
@@ -197,4 +196,35 @@ async fn data_beyond_the_window_ends_the_link() {
     sock.write_all(&frames).await.unwrap();
     let err = within(driver).await.unwrap().unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_peer_is_dead_after_three_keepalives() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let connect = TcpStream::connect(listener.local_addr().unwrap());
+    let (sock, accepted) = tokio::join!(connect, listener.accept());
+    // The peer reads nothing and answers nothing, but keeps its socket open.
+    let _silent = accepted.unwrap().0;
+    let (opener, driver) = Link::new(sock.unwrap(), Bytes::new(), Role::Opener, |_| {});
+    let started = Instant::now();
+    let err = driver.await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert!(started.elapsed() >= 3 * KEEPALIVE);
+    assert!(!opener.is_usable());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_link_with_a_live_peer_stays_up() {
+    let (opener, acceptor, mut opened) = pair().await;
+    let mut a = opener.open().unwrap();
+    a.write_all(b"x").await.unwrap();
+    let mut b = within(opened.recv()).await.unwrap();
+    // Nothing moves for ten keepalive periods, apart from the links' own pings.
+    tokio::time::sleep(10 * KEEPALIVE).await;
+    assert!(opener.is_alive() && acceptor.is_alive());
+    b.write_all(b"y").await.unwrap();
+    let mut got = [0u8; 2];
+    b.read_exact(&mut got[..1]).await.unwrap();
+    a.read_exact(&mut got[1..]).await.unwrap();
+    assert_eq!(&got, b"xy");
 }

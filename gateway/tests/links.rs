@@ -1,0 +1,231 @@
+//! Clients reach their node over the gateway's link to it (one TCP connection per node), a
+//! stalled client on a link holds up nobody else, `--node-transport tcp` gives every client a
+//! connection of its own, and a node without links is still reached.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use ringcast_node::Config as NodeConfig;
+use ringcast_testkit::{Client, TestNode};
+use serde_json::json;
+use support::TestGateway;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_tungstenite::tungstenite::Message;
+
+fn node_config() -> NodeConfig {
+    let mut c = NodeConfig::for_tests();
+    c.announce_connections = false;
+    c
+}
+
+/// Joins `room` and waits for the acknowledgement.
+async fn join(c: &mut Client, room: &str) {
+    c.send_json(json!({"type":"join_room","room":room})).await;
+    c.recv_event("user_joined").await;
+}
+
+#[tokio::test]
+async fn clients_share_one_link_per_node_and_room_traffic_flows() {
+    let node = TestNode::start(node_config()).await;
+    let spec = format!("n1={}", node.addr);
+    let gw = TestGateway::start(&["--node", &spec]).await;
+
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let (mut c, _) = Client::connect_welcomed(&gw.ws_url(&format!("user-{i}"))).await;
+        join(&mut c, "lobby").await;
+        clients.push(c);
+    }
+    assert_eq!(node.metric("ringcast_node_links").await, 1.0);
+    assert_eq!(node.metric("ringcast_node_connections").await, 20.0);
+    assert_eq!(gw.metric("ringcast_gateway_node_links").await, 1.0);
+
+    clients[0]
+        .send_json(json!({"type":"room_message","room":"lobby","content":"hi all"}))
+        .await;
+    for c in &mut clients {
+        assert_eq!(c.recv_event("chat").await["content"], "hi all");
+    }
+
+    // Clients that leave are gone from the node; the link stays for the next ones.
+    for c in clients.drain(10..) {
+        c.close().await;
+    }
+    ringcast_testkit::wait_until(Duration::from_secs(5), "10 connections left", || async {
+        node.metric("ringcast_node_connections").await == 10.0
+    })
+    .await;
+    let (mut late, _) = Client::connect_welcomed(&gw.ws_url("late")).await;
+    join(&mut late, "lobby").await;
+    assert_eq!(node.metric("ringcast_node_links").await, 1.0);
+}
+
+#[tokio::test]
+async fn with_tcp_transport_every_client_has_its_own_connection() {
+    let node = TestNode::start(node_config()).await;
+    let spec = format!("n1={}", node.addr);
+    let gw = TestGateway::start(&["--node", &spec, "--node-transport", "tcp"]).await;
+    let (mut a, _) = Client::connect_welcomed(&gw.ws_url("a")).await;
+    let (mut b, _) = Client::connect_welcomed(&gw.ws_url("b")).await;
+    join(&mut a, "r").await;
+    join(&mut b, "r").await;
+    a.send_json(json!({"type":"room_message","room":"r","content":"x"}))
+        .await;
+    assert_eq!(b.recv_event("chat").await["content"], "x");
+    assert_eq!(node.metric("ringcast_node_links").await, 0.0);
+    assert_eq!(gw.metric("ringcast_gateway_node_links").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_stalled_client_on_a_link_is_cut_off_and_its_link_mates_keep_receiving() {
+    const MESSAGES: usize = 600;
+    const BATCH: usize = 10;
+    let mut config = node_config();
+    config.send_queue_bytes = 1024 * 1024;
+    config.send_queue_frames = 1024;
+    config.rate_limit_per_sec = 100_000.0;
+    config.rate_limit_burst = 100_000.0;
+    let node = TestNode::start(config).await;
+    let spec = format!("n1={}", node.addr);
+    let gw = TestGateway::start(&["--node", &spec]).await;
+
+    // The stalled client: a tiny receive buffer; it joins, then never reads again.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(gw.addr).await.unwrap();
+    let (mut stalled, _) = tokio_tungstenite::client_async(gw.ws_url("stalled"), stream)
+        .await
+        .expect("stalled handshake");
+    stalled
+        .send(Message::text(
+            json!({"type":"join_room","room":"busy"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        stalled.next().await.expect("frame").expect("frame ok");
+    }
+
+    let (mut publisher, _) = Client::connect_welcomed(&gw.ws_url("publisher")).await;
+    let (mut member, _) = Client::connect_welcomed(&gw.ws_url("member")).await;
+    join(&mut publisher, "busy").await;
+    join(&mut member, "busy").await;
+
+    let reader = tokio::spawn(async move {
+        let mut next = 0usize;
+        while next < MESSAGES {
+            let v = member.recv().await;
+            if v["event"] != "chat" {
+                continue;
+            }
+            assert_eq!(
+                v["content"]["n"], next,
+                "member lost or reordered a message"
+            );
+            next += 1;
+        }
+        member
+    });
+    let pad = "p".repeat(32 * 1024);
+    for chunk in 0..MESSAGES / BATCH {
+        for i in 0..BATCH {
+            let n = chunk * BATCH + i;
+            publisher
+                .send_json(json!({"type":"room_message","room":"busy","content":{"n":n,"pad":pad}}))
+                .await;
+        }
+        for _ in 0..BATCH {
+            publisher.recv_event("chat").await;
+        }
+    }
+    let mut member = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("the member received everything in time")
+        .expect("member task");
+    ringcast_testkit::wait_until(
+        Duration::from_secs(10),
+        "the stalled client cut off",
+        || async {
+            node.metric("ringcast_node_slow_consumer_disconnects_total")
+                .await
+                >= 1.0
+        },
+    )
+    .await;
+    assert_eq!(node.metric("ringcast_node_links").await, 1.0);
+    publisher
+        .send_json(json!({"type":"room_message","room":"busy","content":"after"}))
+        .await;
+    assert_eq!(member.recv_event("chat").await["content"], "after");
+    drop(stalled);
+}
+
+/// A node stand-in from before links: `GET /link` gets a 404, a `/ws` upgrade a WebSocket that
+/// sends `hello`. Counts both.
+async fn node_without_links() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (links, upgrades) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (l, u) = (links.clone(), upgrades.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (l, u) = (l.clone(), u.clone());
+            tokio::spawn(async move {
+                let mut first = [0u8; 9];
+                if stream.peek(&mut first).await.is_err() {
+                    return;
+                }
+                if &first == b"GET /link" {
+                    l.fetch_add(1, Ordering::SeqCst);
+                    let mut head = [0u8; 1024];
+                    let _ = stream.read(&mut head).await;
+                    let _ = tokio::io::AsyncWriteExt::write_all(
+                        &mut stream,
+                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    )
+                    .await;
+                    return;
+                }
+                if first.starts_with(b"GET /ws") {
+                    u.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await {
+                        let _ = ws.send(Message::text("hello")).await;
+                        while let Some(Ok(_)) = ws.next().await {}
+                    }
+                }
+            });
+        }
+    });
+    (addr, links, upgrades)
+}
+
+#[tokio::test]
+async fn a_node_without_links_is_reached_with_a_connection_per_client() {
+    let (addr, links, upgrades) = node_without_links().await;
+    let spec = format!("old={addr}");
+    // The stand-in has no /healthz: keep it on the ring regardless.
+    let gw = TestGateway::start(&["--node", &spec, "--unhealthy-threshold", "1000000"]).await;
+    for id in ["a", "b", "c"] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url(id))
+            .await
+            .expect("upgrade through the gateway");
+        let first = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("a frame")
+            .expect("a good frame");
+        assert_eq!(first, Message::text("hello"));
+    }
+    assert_eq!(upgrades.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        links.load(Ordering::SeqCst),
+        1,
+        "the node's refusal is remembered"
+    );
+    assert_eq!(gw.metric("ringcast_gateway_node_links").await, 0.0);
+}

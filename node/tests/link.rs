@@ -1,0 +1,113 @@
+//! The node's end of a gateway link: a bad link request gets a clear 400, a bad upgrade on one
+//! stream gets its own 400 while the link keeps serving the others, and the link closes once
+//! the node has drained.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringcast_node::link::{Link, Role};
+use ringcast_node::Config;
+use ringcast_testkit::{http_raw, TestNode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Opens a link to `node` the way the gateway does; returns it and its driver.
+async fn link_to(node: &TestNode) -> (Link, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let mut sock = TcpStream::connect(node.addr).await.unwrap();
+    sock.write_all(
+        b"GET /link HTTP/1.1\r\nHost: n\r\nUpgrade: ringcast-link\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            sock.read(&mut byte).await.unwrap(),
+            1,
+            "link answer cut short"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let (link, driver) = Link::new(sock, Bytes::new(), Role::Opener, |_| {});
+    (link, tokio::spawn(driver))
+}
+
+/// Reads from `s` until `pattern` has arrived (within 5 s); returns everything read.
+async fn read_until(s: &mut (impl AsyncReadExt + Unpin), pattern: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !got.windows(pattern.len()).any(|w| w == pattern) {
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "ended before {:?}: {:?}",
+                pattern,
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("in time");
+    got
+}
+
+#[tokio::test]
+async fn a_link_request_without_the_upgrade_gets_a_400() {
+    let node = TestNode::start(Config::for_tests()).await;
+    let (status, body) = http_raw(node.addr, "GET /link HTTP/1.1\r\nHost: n\r\n\r\n").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("ringcast-link"), "{body}");
+    // The node still serves.
+    let (status, _) = node.get("/healthz").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_bad_upgrade_on_one_stream_leaves_the_link_serving_the_others() {
+    let node = TestNode::start(Config::for_tests()).await;
+    let (link, _driver) = link_to(&node).await;
+
+    let mut bad = link.open().unwrap();
+    bad.write_all(b"GET /ws?client_id=a HTTP/1.1\r\nno colon here\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), bad.read_to_end(&mut answer))
+        .await
+        .expect("in time")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+
+    let mut good = link.open().unwrap();
+    good.write_all(
+        b"GET /ws?client_id=b HTTP/1.1\r\nHost: n\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = read_until(&mut good, b"welcome").await;
+    assert!(got.starts_with(b"HTTP/1.1 101 "));
+    assert!(link.is_usable());
+}
+
+#[tokio::test]
+async fn the_link_closes_once_the_node_has_drained() {
+    let mut config = Config::for_tests();
+    config.drain_delay_secs = 0;
+    config.shutdown_grace_secs = 1;
+    let node = TestNode::start(config).await;
+    let (link, driver) = link_to(&node).await;
+    node.stop().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), driver)
+        .await
+        .expect("the link ended in time")
+        .unwrap()
+        .ok();
+    assert!(!link.is_usable());
+}
