@@ -77,7 +77,8 @@ def main():
         f"{env['MACHINE_NPROC']} cores on 127.0.0.0/8. Load average (1/5/15 min) before: {env['LOAD_BEFORE']}, after: {env['LOAD_AFTER']}.",
         f"- **Versions:** ringcast {env['V_COMMIT']}, {env['V_RUSTC']} ({env['PROFILE']} build), redis-server {env['V_REDIS']}, nginx {env['V_NGINX']}.",
         f"- **Servers:** redis-server; {env['NODES_N']} × `ringcast-node --redis-url … --announce-connections=false "
-        "--rate-limit-per-sec 1000000 --rate-limit-burst 1000000`; `ringcast-gateway --node node1=… --node node2=…`; "
+        "--rate-limit-per-sec 1000000 --rate-limit-burst 1000000`; `ringcast-gateway --node node1=… --node node2=…` "
+        "(default `--node-transport link`: one TCP connection per node carries all its clients); "
         "nginx with `loadtest/nginx.conf` (`hash $arg_client_id consistent`, `worker_processes auto`) in front of the "
         "same nodes; one more node (\"solo\") on the in-memory bus with the same flags and no Redis.",
         "",
