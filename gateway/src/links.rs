@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::IntGauge;
-use ringcast_node::link::{self, Link, LinkStream, Role};
+use ringcast_node::link::{self, Link, LinkStream, Role, MAX_STREAMS};
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -32,13 +32,19 @@ pub enum Route {
     Direct,
 }
 
+/// How long a link attempt that timed out or broke off stands for every upgrade to that node, so
+/// upgrades queued behind it move on to the next node at once instead of each waiting as long.
+pub const RETRY_FAILED: Duration = Duration::from_secs(1);
+
 /// Why no link could be had.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum LinkError {
     /// Nothing listens at the node's address.
     Refused(String),
     /// The node did not answer in time, broke off or answered nonsense.
     Unreachable(String),
+    /// The node answered with a 5xx (draining, full).
+    Declined(hyper::StatusCode),
 }
 
 /// Links by node address.
@@ -58,6 +64,7 @@ enum State {
     None,
     Up(Link),
     Unsupported(Instant),
+    Failed(Instant, LinkError),
 }
 
 impl Links {
@@ -92,9 +99,21 @@ impl Links {
             State::Unsupported(since) if since.elapsed() < RETRY_UNSUPPORTED => {
                 return Ok(Route::Direct)
             }
+            State::Failed(since, e) if since.elapsed() < RETRY_FAILED => return Err(e.clone()),
             _ => {}
         }
-        match self.connect(addr).await? {
+        let made = match self.connect(addr).await {
+            Ok(made) => made,
+            Err(e) => {
+                // Only a slow failure is worth sparing the upgrades queued behind it; a refusal
+                // is instant, and a node restarted on its address must be reachable at once.
+                if matches!(e, LinkError::Unreachable(_)) {
+                    *state = State::Failed(Instant::now(), e.clone());
+                }
+                return Err(e);
+            }
+        };
+        match made {
             Some(link) => {
                 let stream = link
                     .open()
@@ -135,10 +154,7 @@ impl Links {
             Answer::Switched(switched) => switched,
             Answer::Other(refusal) if refusal.status.is_server_error() => {
                 // Draining or full: not a node without links.
-                return Err(LinkError::Unreachable(format!(
-                    "the node answered the link request with {}",
-                    refusal.status
-                )));
+                return Err(LinkError::Declined(refusal.status));
             }
             Answer::Other(refusal) => {
                 warn!(%addr, status = %refusal.status, "node does not take links; one connection per client");
@@ -148,7 +164,7 @@ impl Links {
         let NodeIo::Tcp(socket) = switched.stream else {
             return Err(LinkError::Unreachable("a link inside a link".into()));
         };
-        let (link, driver) = Link::new(socket, switched.early, Role::Opener, |_| {});
+        let (link, driver) = Link::new(socket, switched.early, Role::Opener, MAX_STREAMS, |_| {});
         let addr_owned = addr.to_string();
         let gauge = self.gauge.clone();
         gauge.inc();

@@ -259,14 +259,28 @@ impl Proxy {
             Some(links) => links.route(&node.addr).await.map_err(|e| match e {
                 LinkError::Refused(e) => Attempt::Refused(e),
                 LinkError::Unreachable(e) => Attempt::Unreachable(e),
+                LinkError::Declined(status) => Attempt::Declined(status),
             })?,
             None => Route::Direct,
         };
-        let stream = match route {
-            Route::Stream(stream) => NodeIo::Link(stream),
-            Route::Direct => NodeIo::Tcp(self.connect(node).await?),
+        let answer = match route {
+            // On a link no connect timeout guards the attempt: the answer is bounded by
+            // the same time instead, so a node that stopped answering (its link not yet found
+            // dead by the keepalive) costs an upgrade no more than a connect to it would, and
+            // the next node gets its turn. The link stays: one slow answer proves nothing.
+            Route::Stream(stream) => {
+                let exchange = upstream::exchange(NodeIo::Link(stream), head);
+                match tokio::time::timeout(self.connect_timeout, exchange).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err("no answer over the link in time".to_owned()),
+                }
+            }
+            Route::Direct => {
+                let stream = NodeIo::Tcp(self.connect(node).await?);
+                upstream::exchange(stream, head).await
+            }
         };
-        match upstream::exchange(stream, head).await {
+        match answer {
             Ok(Answer::Other(r)) if r.status.is_server_error() => Err(Attempt::Declined(r.status)),
             Ok(answer) => Ok(answer),
             Err(e) => Err(Attempt::Unreachable(e)),

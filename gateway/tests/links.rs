@@ -229,3 +229,69 @@ async fn a_node_without_links_is_reached_with_a_connection_per_client() {
     );
     assert_eq!(gw.metric("ringcast_gateway_node_links").await, 0.0);
 }
+
+/// Connects `id` through the gateway; returns the client and the node that welcomed it.
+async fn connect_to_node(gw: &TestGateway, id: &str) -> (Client, String) {
+    let mut c = Client::connect(&gw.ws_url(id)).await;
+    let w = c.recv_event("welcome").await;
+    let node = w["node"].as_str().expect("welcome.node").to_owned();
+    (c, node)
+}
+
+/// Sends `signal` to `pid` with kill(1).
+fn signal(pid: u32, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill {signal} {pid}");
+}
+
+#[tokio::test]
+async fn a_frozen_node_behind_a_live_link_fails_over_in_time() {
+    let a = support::NodeProcess::start("a", 0).await;
+    let b = support::NodeProcess::start("b", 0).await;
+    let (spec_a, spec_b) = (a.spec(), b.spec());
+    // Health checks slow enough that the failover, not the ring, moves the client.
+    let gw = TestGateway::start(&[
+        "--node",
+        &spec_a,
+        "--node",
+        &spec_b,
+        "--connect-timeout-ms",
+        "1000",
+        "--health-interval-ms",
+        "60000",
+    ])
+    .await;
+    // A client id owned by node a, connected once so the link to a exists.
+    let mut owned_by_a = None;
+    for i in 0..50 {
+        let id = format!("user-{i}");
+        let (c, node) = connect_to_node(&gw, &id).await;
+        if node == "a" {
+            owned_by_a = Some((id, c));
+            break;
+        }
+    }
+    let (id, mut first) = owned_by_a.expect("some id lands on a");
+
+    // Frozen: its sockets stay open, so the link looks alive, but nothing answers.
+    signal(a.pid(), "-STOP");
+    let started = std::time::Instant::now();
+    let (_again, node) = connect_to_node(&gw, &id).await;
+    let took = started.elapsed();
+    signal(a.pid(), "-CONT");
+    assert_eq!(node, "b", "the upgrade failed over to the replica");
+    assert!(
+        took < Duration::from_secs(8),
+        "failover waited for the whole handshake budget: {took:?}"
+    );
+    assert!(gw.metric("ringcast_gateway_failovers_total").await >= 1.0);
+    // The thawed node's link still serves the first client.
+    first
+        .send_json(json!({"type":"join_room","room":"r"}))
+        .await;
+    first.recv_event("user_joined").await;
+}

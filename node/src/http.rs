@@ -400,6 +400,9 @@ async fn serve_link(
     let gauge = shared.metrics.links.clone();
     gauge.inc();
     let stopped = shared.stopped.clone();
+    // A stream is a connection: the node's connection limit bounds a link's streams too
+    // (including those still in their handshake).
+    let max_streams = shared.config.max_connections.max(1);
     let on_open = {
         let tracker = tracker.clone();
         move |s: LinkStream| {
@@ -408,7 +411,7 @@ async fn serve_link(
             tracker.spawn(serve);
         }
     };
-    let (link, driver) = Link::new(stream, early, link::Role::Acceptor, on_open);
+    let (link, driver) = Link::new(stream, early, link::Role::Acceptor, max_streams, on_open);
     tokio::select! {
         r = driver => debug!(result = ?r, "link ended"),
         _ = stopped.cancelled() => link.close(),

@@ -104,8 +104,11 @@ struct Inner {
     out: Vec<u8>,
     /// The writer task, when it waits for frames.
     writer: Option<Waker>,
-    /// Stream writers waiting for `out` to drain below [`OUT_CAP`].
-    waiting: Vec<Waker>,
+    /// Streams whose writers wait for `out` to drain below [`OUT_CAP`] (each once, in order;
+    /// their wakers are their `tx_waker`s).
+    waiting: Vec<u32>,
+    /// Most streams open at once.
+    max_streams: usize,
     streams: HashMap<u32, Slot>,
     next_id: u32,
     /// The socket failed or closed, or [`Link::close`]: nothing more moves.
@@ -131,6 +134,8 @@ struct Slot {
     peer_closed: bool,
     /// This end sent its `FIN`.
     fin_sent: bool,
+    /// Listed in [`Inner::waiting`].
+    waiting: bool,
 }
 
 impl Slot {
@@ -151,7 +156,7 @@ impl Inner {
     fn kill(&mut self, wake: &mut Vec<Waker>) {
         self.dead = true;
         wake.extend(self.writer.take());
-        wake.append(&mut self.waiting);
+        self.waiting.clear();
         for slot in self.streams.values_mut() {
             wake.extend(slot.rx_waker.take());
             wake.extend(slot.tx_waker.take());
@@ -176,7 +181,7 @@ impl Inner {
                 if self.streams.contains_key(&id) {
                     return Err(invalid("OPEN of an open stream"));
                 }
-                if self.streams.len() >= MAX_STREAMS {
+                if self.streams.len() >= self.max_streams {
                     // Refused; its opener sees the stream close.
                     self.push_frame(CLOSE, id, 0, &[]);
                     return Ok(None);
@@ -256,10 +261,13 @@ impl Link {
     /// A link over `socket`, and the future that moves its bytes: spawn it (it ends when the
     /// link dies). `early` holds bytes already read from the socket. On the accepting end,
     /// `on_open` gets each stream the peer opens, from the link's reader: it must not block.
+    /// At most `max_streams` (capped at [`MAX_STREAMS`]) are open at once; the peer's streams
+    /// past that are closed at once.
     pub fn new<F>(
         socket: TcpStream,
         early: Bytes,
         role: Role,
+        max_streams: usize,
         on_open: F,
     ) -> (
         Link,
@@ -273,6 +281,7 @@ impl Link {
                 inner: Mutex::new(Inner {
                     next_id: 1,
                     last_rx: Some(Instant::now()),
+                    max_streams: max_streams.clamp(1, MAX_STREAMS),
                     ..Inner::default()
                 }),
             }),
@@ -299,7 +308,7 @@ impl Link {
         if inner.dead {
             return Err(io::ErrorKind::NotConnected.into());
         }
-        if inner.streams.len() >= MAX_STREAMS || inner.next_id == u32::MAX {
+        if inner.streams.len() >= inner.max_streams || inner.next_id == u32::MAX {
             return Err(io::Error::other("the link has no stream left"));
         }
         let id = inner.next_id;
@@ -313,7 +322,7 @@ impl Link {
     /// Whether a stream can still be opened: the link is alive and has ids left.
     pub fn is_usable(&self) -> bool {
         let inner = self.shared.lock();
-        !inner.dead && inner.next_id < u32::MAX && inner.streams.len() < MAX_STREAMS
+        !inner.dead && inner.next_id < u32::MAX && inner.streams.len() < inner.max_streams
     }
 
     /// Whether the link still moves bytes.
@@ -420,6 +429,7 @@ async fn keepalive(shared: &Arc<Shared>) -> io::Result<()> {
 /// Writes whatever frames are waiting, in one write per batch, until the link dies.
 async fn write_loop(shared: &Arc<Shared>, mut wr: OwnedWriteHalf) -> io::Result<()> {
     let mut batch = Vec::new();
+    let mut wake = Vec::new();
     loop {
         let more = poll_fn(|cx| {
             let mut inner = shared.lock();
@@ -431,9 +441,17 @@ async fn write_loop(shared: &Arc<Shared>, mut wr: OwnedWriteHalf) -> io::Result<
                 return Poll::Pending;
             }
             std::mem::swap(&mut inner.out, &mut batch);
-            let waiting = std::mem::take(&mut inner.waiting);
+            let Inner {
+                waiting, streams, ..
+            } = &mut *inner;
+            for id in waiting.drain(..) {
+                if let Some(slot) = streams.get_mut(&id) {
+                    slot.waiting = false;
+                    wake.extend(slot.tx_waker.take());
+                }
+            }
             drop(inner);
-            waiting.into_iter().for_each(Waker::wake);
+            wake.drain(..).for_each(Waker::wake);
             Poll::Ready(true)
         })
         .await;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringcast_node::link::{Link, Role};
+use ringcast_node::link::{Link, Role, MAX_STREAMS};
 use ringcast_node::Config;
 use ringcast_testkit::{http_raw, TestNode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,7 +31,7 @@ async fn link_to(node: &TestNode) -> (Link, tokio::task::JoinHandle<std::io::Res
     }
     let head = String::from_utf8(head).unwrap();
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-    let (link, driver) = Link::new(sock, Bytes::new(), Role::Opener, |_| {});
+    let (link, driver) = Link::new(sock, Bytes::new(), Role::Opener, MAX_STREAMS, |_| {});
     (link, tokio::spawn(driver))
 }
 

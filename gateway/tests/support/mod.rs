@@ -213,6 +213,11 @@ impl NodeProcess {
         format!("{}={}", self.id, self.addr)
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
     /// SIGKILLs the process and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

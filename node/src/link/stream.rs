@@ -112,8 +112,13 @@ impl AsyncWrite for LinkStream {
         let Some(slot) = inner.streams.get_mut(&id) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
-        if slot.peer_closed || slot.fin_sent {
+        if slot.fin_sent {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if slot.peer_closed {
+            // Nobody reads it any more; taken and let go, so the writer's other direction
+            // (say, a close frame on its way to the client) still finishes.
+            return Poll::Ready(Ok(data.len()));
         }
         if data.is_empty() {
             return Poll::Ready(Ok(0));
@@ -123,7 +128,11 @@ impl AsyncWrite for LinkStream {
             return Poll::Pending;
         }
         if inner.out.len() >= OUT_CAP {
-            inner.waiting.push(cx.waker().clone());
+            park(&mut slot.tx_waker, cx);
+            if !slot.waiting {
+                slot.waiting = true;
+                inner.waiting.push(id);
+            }
             return Poll::Pending;
         }
         let n = data.len().min(slot.credit).min(MAX_PAYLOAD);

@@ -17,12 +17,19 @@ async fn pair() -> (Link, Link, mpsc::UnboundedReceiver<LinkStream>) {
         accepted.unwrap().0,
         Bytes::new(),
         Role::Acceptor,
+        MAX_STREAMS,
         move |s| {
             let _ = opened_tx.send(s);
         },
     );
     tokio::spawn(driver);
-    let (opener, driver) = Link::new(opener_sock.unwrap(), Bytes::new(), Role::Opener, |_| {});
+    let (opener, driver) = Link::new(
+        opener_sock.unwrap(),
+        Bytes::new(),
+        Role::Opener,
+        MAX_STREAMS,
+        |_| {},
+    );
     tokio::spawn(driver);
     (opener, acceptor, opened_rx)
 }
@@ -56,7 +63,7 @@ async fn bytes_cross_both_ways_and_a_half_close_reads_as_eof() {
 }
 
 #[tokio::test]
-async fn a_dropped_stream_ends_at_the_peer_and_its_writes_fail() {
+async fn a_dropped_stream_ends_at_the_peer_and_its_writes_are_let_go() {
     let (opener, acceptor, mut opened) = pair().await;
     let mut a = opener.open().unwrap();
     a.write_all(b"x").await.unwrap();
@@ -65,16 +72,8 @@ async fn a_dropped_stream_ends_at_the_peer_and_its_writes_fail() {
     let mut rest = Vec::new();
     within(a.read_to_end(&mut rest)).await.unwrap();
     assert!(rest.is_empty());
-    let write = within(async {
-        loop {
-            if let Err(e) = a.write_all(b"after").await {
-                return e;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    assert_eq!(write.kind(), io::ErrorKind::BrokenPipe);
+    // Nobody reads them any more: taken and let go, as the peer's close already happened.
+    within(a.write_all(b"after")).await.unwrap();
     drop(a);
     within(async {
         while acceptor.streams() > 0 || opener.streams() > 0 {
@@ -139,7 +138,13 @@ async fn a_dead_socket_fails_every_stream() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let connect = TcpStream::connect(listener.local_addr().unwrap());
     let (sock, accepted) = tokio::join!(connect, listener.accept());
-    let (opener, driver) = Link::new(sock.unwrap(), Bytes::new(), Role::Opener, |_| {});
+    let (opener, driver) = Link::new(
+        sock.unwrap(),
+        Bytes::new(),
+        Role::Opener,
+        MAX_STREAMS,
+        |_| {},
+    );
     let driver = tokio::spawn(driver);
     let mut a = opener.open().unwrap();
     let mut b = opener.open().unwrap();
@@ -158,7 +163,13 @@ async fn garbage_on_the_socket_ends_the_link() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let connect = TcpStream::connect(listener.local_addr().unwrap());
     let (sock, accepted) = tokio::join!(connect, listener.accept());
-    let (acceptor, driver) = Link::new(accepted.unwrap().0, Bytes::new(), Role::Acceptor, |_| {});
+    let (acceptor, driver) = Link::new(
+        accepted.unwrap().0,
+        Bytes::new(),
+        Role::Acceptor,
+        MAX_STREAMS,
+        |_| {},
+    );
     let driver = tokio::spawn(driver);
     let mut sock = sock.unwrap();
     sock.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
@@ -181,6 +192,7 @@ async fn data_beyond_the_window_ends_the_link() {
         accepted.unwrap().0,
         Bytes::new(),
         Role::Acceptor,
+        MAX_STREAMS,
         move |s| {
             let _ = kept_tx.send(s);
         },
@@ -205,7 +217,13 @@ async fn a_silent_peer_is_dead_after_three_keepalives() {
     let (sock, accepted) = tokio::join!(connect, listener.accept());
     // The peer reads nothing and answers nothing, but keeps its socket open.
     let _silent = accepted.unwrap().0;
-    let (opener, driver) = Link::new(sock.unwrap(), Bytes::new(), Role::Opener, |_| {});
+    let (opener, driver) = Link::new(
+        sock.unwrap(),
+        Bytes::new(),
+        Role::Opener,
+        MAX_STREAMS,
+        |_| {},
+    );
     let started = Instant::now();
     let err = driver.await.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::TimedOut);
