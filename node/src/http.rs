@@ -282,23 +282,10 @@ async fn serve_upgrade<S>(
 ) where
     S: AsyncRead + AsyncWrite + Uncork + Unpin + Send + 'static,
 {
-    let (req, early) =
-        match tokio::time::timeout_at(deadline, read_head(&mut stream, MAX_HEAD_BYTES)).await {
-            Ok(Ok(parsed)) => parsed,
-            Ok(Err(HeadError::TooLarge)) => {
-                let resp = json_error(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "headers_too_large",
-                    "the request head is too large",
-                );
-                return head::answer(&mut stream, resp, timeout).await;
-            }
-            Ok(Err(HeadError::Invalid(why))) => {
-                let resp = refuse(&shared, StatusCode::BAD_REQUEST, "bad_request", why);
-                return head::answer(&mut stream, resp, timeout).await;
-            }
-            Ok(Err(HeadError::Closed)) | Err(_) => return,
-        };
+    let bad = |why| refuse(&shared, StatusCode::BAD_REQUEST, "bad_request", why);
+    let Some((req, early)) = head_or_answer(&mut stream, deadline, timeout, bad).await else {
+        return;
+    };
     let admitted = match admit(&shared, &req) {
         Ok(admitted) => admitted,
         Err(resp) => return head::answer(&mut stream, *resp, timeout).await,
@@ -333,6 +320,32 @@ async fn serve_upgrade<S>(
     tracker.spawn(session.map(move |()| drop(slot)));
 }
 
+/// Reads the request head by `deadline`; an oversized one is answered with 431 and a malformed
+/// one with `bad(why)`, and then, as when the peer closed or stayed silent, there is none.
+async fn head_or_answer<S, F>(
+    stream: &mut S,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    bad: F,
+) -> Option<(Request<()>, Bytes)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&'static str) -> Response<Body>,
+{
+    let resp = match tokio::time::timeout_at(deadline, read_head(stream, MAX_HEAD_BYTES)).await {
+        Ok(Ok(parsed)) => return Some(parsed),
+        Ok(Err(HeadError::TooLarge)) => json_error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            "the request head is too large",
+        ),
+        Ok(Err(HeadError::Invalid(why))) => bad(why),
+        Ok(Err(HeadError::Closed)) | Err(_) => return None,
+    };
+    head::answer(stream, resp, timeout).await;
+    None
+}
+
 /// A connection that opened with `GET /link`: a gateway carrying its clients over this one
 /// connection (see [`crate::link`]). Each stream it opens is served like a connection that
 /// opened with `GET /ws`, under the same handshake timeout, limits and checks. The link ends
@@ -344,23 +357,10 @@ async fn serve_link(
     deadline: tokio::time::Instant,
     timeout: Duration,
 ) {
-    let (req, early) =
-        match tokio::time::timeout_at(deadline, read_head(&mut stream, MAX_HEAD_BYTES)).await {
-            Ok(Ok(parsed)) => parsed,
-            Ok(Err(HeadError::TooLarge)) => {
-                let resp = json_error(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "headers_too_large",
-                    "the request head is too large",
-                );
-                return head::answer(&mut stream, resp, timeout).await;
-            }
-            Ok(Err(HeadError::Invalid(why))) => {
-                let resp = json_error(StatusCode::BAD_REQUEST, "bad_request", why);
-                return head::answer(&mut stream, resp, timeout).await;
-            }
-            Ok(Err(HeadError::Closed)) | Err(_) => return,
-        };
+    let bad = |why| json_error(StatusCode::BAD_REQUEST, "bad_request", why);
+    let Some((req, early)) = head_or_answer(&mut stream, deadline, timeout, bad).await else {
+        return;
+    };
     let asks_for_link = req.method() == hyper::Method::GET
         && req.version() == hyper::Version::HTTP_11
         && req
