@@ -6,15 +6,21 @@ use tokio::sync::mpsc;
 
 use super::*;
 
+/// Both ends of a loopback TCP connection: the connecting one, then the accepted one.
+async fn sockets() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let connect = TcpStream::connect(listener.local_addr().unwrap());
+    let (connected, accepted) = tokio::join!(connect, listener.accept());
+    (connected.unwrap(), accepted.unwrap().0)
+}
+
 /// A link over a real loopback connection: the opening end, and the streams the accepting end
 /// receives.
 async fn pair() -> (Link, Link, mpsc::UnboundedReceiver<LinkStream>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let connect = TcpStream::connect(listener.local_addr().unwrap());
-    let (opener_sock, accepted) = tokio::join!(connect, listener.accept());
+    let (opener_sock, accepted) = sockets().await;
     let (opened_tx, opened_rx) = mpsc::unbounded_channel();
     let (acceptor, driver) = Link::new(
-        accepted.unwrap().0,
+        accepted,
         Bytes::new(),
         Role::Acceptor,
         MAX_STREAMS,
@@ -23,13 +29,7 @@ async fn pair() -> (Link, Link, mpsc::UnboundedReceiver<LinkStream>) {
         },
     );
     tokio::spawn(driver);
-    let (opener, driver) = Link::new(
-        opener_sock.unwrap(),
-        Bytes::new(),
-        Role::Opener,
-        MAX_STREAMS,
-        |_| {},
-    );
+    let (opener, driver) = Link::new(opener_sock, Bytes::new(), Role::Opener, MAX_STREAMS, |_| {});
     tokio::spawn(driver);
     (opener, acceptor, opened_rx)
 }
@@ -135,20 +135,12 @@ async fn reading_grants_the_window_back() {
 
 #[tokio::test]
 async fn a_dead_socket_fails_every_stream() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let connect = TcpStream::connect(listener.local_addr().unwrap());
-    let (sock, accepted) = tokio::join!(connect, listener.accept());
-    let (opener, driver) = Link::new(
-        sock.unwrap(),
-        Bytes::new(),
-        Role::Opener,
-        MAX_STREAMS,
-        |_| {},
-    );
+    let (sock, accepted) = sockets().await;
+    let (opener, driver) = Link::new(sock, Bytes::new(), Role::Opener, MAX_STREAMS, |_| {});
     let driver = tokio::spawn(driver);
     let mut a = opener.open().unwrap();
     let mut b = opener.open().unwrap();
-    drop(accepted.unwrap().0);
+    drop(accepted);
     let mut buf = [0u8; 8];
     let err = within(a.read(&mut buf)).await.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
@@ -160,18 +152,10 @@ async fn a_dead_socket_fails_every_stream() {
 
 #[tokio::test]
 async fn garbage_on_the_socket_ends_the_link() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let connect = TcpStream::connect(listener.local_addr().unwrap());
-    let (sock, accepted) = tokio::join!(connect, listener.accept());
-    let (acceptor, driver) = Link::new(
-        accepted.unwrap().0,
-        Bytes::new(),
-        Role::Acceptor,
-        MAX_STREAMS,
-        |_| {},
-    );
+    let (sock, accepted) = sockets().await;
+    let (acceptor, driver) = Link::new(accepted, Bytes::new(), Role::Acceptor, MAX_STREAMS, |_| {});
     let driver = tokio::spawn(driver);
-    let mut sock = sock.unwrap();
+    let mut sock = sock;
     sock.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let err = within(driver).await.unwrap().unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
@@ -183,13 +167,11 @@ async fn garbage_on_the_socket_ends_the_link() {
 
 #[tokio::test]
 async fn data_beyond_the_window_ends_the_link() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let connect = TcpStream::connect(listener.local_addr().unwrap());
-    let (sock, accepted) = tokio::join!(connect, listener.accept());
+    let (sock, accepted) = sockets().await;
     // The accepted stream is kept, unread, so its window fills.
     let (kept_tx, _kept_rx) = mpsc::unbounded_channel();
     let (_acceptor, driver) = Link::new(
-        accepted.unwrap().0,
+        accepted,
         Bytes::new(),
         Role::Acceptor,
         MAX_STREAMS,
@@ -198,7 +180,7 @@ async fn data_beyond_the_window_ends_the_link() {
         },
     );
     let driver = tokio::spawn(driver);
-    let mut sock = sock.unwrap();
+    let mut sock = sock;
     let mut frames = Vec::new();
     push_frame(&mut frames, &mut None, OPEN, 1, 0, &[]);
     let chunk = vec![0u8; MAX_PAYLOAD];
@@ -212,18 +194,10 @@ async fn data_beyond_the_window_ends_the_link() {
 
 #[tokio::test(start_paused = true)]
 async fn a_silent_peer_is_dead_after_three_keepalives() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let connect = TcpStream::connect(listener.local_addr().unwrap());
-    let (sock, accepted) = tokio::join!(connect, listener.accept());
+    let (sock, accepted) = sockets().await;
     // The peer reads nothing and answers nothing, but keeps its socket open.
-    let _silent = accepted.unwrap().0;
-    let (opener, driver) = Link::new(
-        sock.unwrap(),
-        Bytes::new(),
-        Role::Opener,
-        MAX_STREAMS,
-        |_| {},
-    );
+    let _silent = accepted;
+    let (opener, driver) = Link::new(sock, Bytes::new(), Role::Opener, MAX_STREAMS, |_| {});
     let started = Instant::now();
     let err = driver.await.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::TimedOut);
