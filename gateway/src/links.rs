@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use prometheus::IntGauge;
 use ringcast_node::link::{self, Link, LinkStream, Role, MAX_STREAMS};
 use tokio::net::TcpStream;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::node_io::NodeIo;
@@ -54,7 +53,6 @@ pub struct Links {
     made: Mutex<Vec<Link>>,
     connect_timeout: Duration,
     handshake_timeout: Duration,
-    drivers: TaskTracker,
     /// Links open.
     gauge: IntGauge,
 }
@@ -77,7 +75,6 @@ impl Links {
             made: Mutex::new(Vec::new()),
             connect_timeout,
             handshake_timeout,
-            drivers: TaskTracker::new(),
         }
     }
 
@@ -168,7 +165,8 @@ impl Links {
         let addr_owned = addr.to_string();
         let gauge = self.gauge.clone();
         gauge.inc();
-        self.drivers.spawn(async move {
+        // Each driver ends with its link, which `close_all` ends at shutdown.
+        tokio::spawn(async move {
             match driver.await {
                 Ok(()) => info!(addr = %addr_owned, "link closed"),
                 Err(e) => warn!(addr = %addr_owned, error = %e, "link failed"),
