@@ -431,14 +431,22 @@ async fn write_loop(shared: &Arc<Shared>, mut wr: OwnedWriteHalf) -> io::Result<
     let mut batch = Vec::new();
     let mut wake = Vec::new();
     loop {
-        let more = poll_fn(|cx| {
+        let ready = poll_fn(|cx| {
+            let mut inner = shared.lock();
+            if !inner.dead && inner.out.is_empty() {
+                inner.writer = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            Poll::Ready(())
+        });
+        ready.await;
+        // Let the tasks that are ready to run now (a fan-out's writers, typically) queue their
+        // frames first, so that one write carries them all.
+        tokio::task::yield_now().await;
+        let more = poll_fn(|_| {
             let mut inner = shared.lock();
             if inner.dead {
                 return Poll::Ready(false);
-            }
-            if inner.out.is_empty() {
-                inner.writer = Some(cx.waker().clone());
-                return Poll::Pending;
             }
             std::mem::swap(&mut inner.out, &mut batch);
             let Inner {
