@@ -295,3 +295,21 @@ async fn a_frozen_node_behind_a_live_link_fails_over_in_time() {
         .await;
     first.recv_event("user_joined").await;
 }
+
+#[tokio::test]
+async fn pings_and_the_close_handshake_cross_the_link() {
+    let node = TestNode::start(node_config()).await;
+    let spec = format!("n1={}", node.addr);
+    let gw = TestGateway::start(&["--node", &spec]).await;
+    let limit = Duration::from_secs(5);
+    let (mut a, _) = Client::connect_welcomed(&gw.ws_url("a")).await;
+    let (mut b, _) = Client::connect_welcomed(&gw.ws_url("b")).await;
+    assert_eq!(node.metric("ringcast_node_links").await, 1.0);
+
+    assert_eq!(a.ping(b"over the link", limit).await, b"over the link");
+    assert_eq!(a.close_with(1000, limit).await, Some(1000));
+
+    // Its link mate is unaffected.
+    b.send_json(json!({"type":"ping"})).await;
+    b.recv_event("pong").await;
+}

@@ -18,8 +18,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
@@ -29,6 +27,7 @@ use crate::head::{self, peek_opening, push_response_head, read_head, HeadError, 
 use crate::link::{self, Link, LinkStream};
 use crate::server::{SessionSlot, Shared};
 use crate::session::serve;
+use crate::split::SplitIo;
 use crate::upgrade;
 
 /// The body of every response the node (and the gateway) writes itself.
@@ -159,15 +158,15 @@ fn refuse(shared: &Shared, status: StatusCode, code: &str, message: &str) -> Res
     resp
 }
 
-/// An upgraded connection as a WebSocket: over the TCP stream itself when hyper hands that back
-/// (always, for our listener), else over hyper's boxed IO.
-type Accepted = Either<WebSocketStream<TcpStream>, WebSocketStream<TokioIo<Upgraded>>>;
+/// An upgraded connection, with the bytes hyper read past the request: the TCP stream itself when
+/// hyper hands that back (always, for our listener), else hyper's boxed IO.
+type Accepted = Either<(TcpStream, Bytes), (TokioIo<Upgraded>, Bytes)>;
 
-/// Waits for hyper to hand over the upgraded connection and wraps it as a WebSocket.
+/// Waits for hyper to hand over the upgraded connection.
 ///
 /// Taking the `TcpStream` back out of hyper's `Upgraded` saves a boxed `dyn` IO and an
-/// indirection on every read and write; bytes hyper read past the request go first.
-async fn accept(on_upgrade: OnUpgrade, ws_config: WebSocketConfig) -> Option<Accepted> {
+/// indirection on every read and write.
+async fn accept(on_upgrade: OnUpgrade) -> Option<Accepted> {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(e) => {
@@ -175,22 +174,10 @@ async fn accept(on_upgrade: OnUpgrade, ws_config: WebSocketConfig) -> Option<Acc
             return None;
         }
     };
-    let ws = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => Either::Left(
-            WebSocketStream::from_partially_read(
-                parts.io.into_inner(),
-                parts.read_buf.to_vec(),
-                Role::Server,
-                Some(ws_config),
-            )
-            .await,
-        ),
-        Err(upgraded) => Either::Right(
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await,
-        ),
-    };
-    Some(ws)
+    Some(match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => Either::Left((parts.io.into_inner(), parts.read_buf)),
+        Err(upgraded) => Either::Right((TokioIo::new(upgraded), Bytes::new())),
+    })
 }
 
 /// An upgrade that passed every check: what its session needs and what its 101 says.
@@ -280,7 +267,7 @@ async fn serve_upgrade<S>(
     deadline: tokio::time::Instant,
     timeout: Duration,
 ) where
-    S: AsyncRead + AsyncWrite + Uncork + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Uncork + SplitIo + Unpin + Send + 'static,
 {
     let bad = |why| refuse(&shared, StatusCode::BAD_REQUEST, "bad_request", why);
     let Some((req, early)) = head_or_answer(&mut stream, deadline, timeout, bad).await else {
@@ -307,16 +294,9 @@ async fn serve_upgrade<S>(
         identity,
         ..
     } = admitted;
-    let ws = WebSocketStream::from_partially_read(
-        stream,
-        early.to_vec(),
-        Role::Server,
-        Some(shared.ws_config),
-    )
-    .await;
     // The task is the session's own (small) future; an `async` block awaiting it would hold a
     // second copy of it for the connection's life.
-    let session = serve(shared, ws, client_id, identity);
+    let session = serve(shared, stream, early, client_id, identity);
     tracker.spawn(session.map(move |()| drop(slot)));
 }
 
@@ -457,21 +437,21 @@ fn upgrade_ws(
                 let upgrade = upgrade;
                 *upgrade
             };
-            let Some(ws) = Box::pin(accept(on_upgrade, shared.ws_config)).await else {
+            let Some(accepted) = Box::pin(accept(on_upgrade)).await else {
                 return;
             };
-            let ws = match ws {
-                Either::Left(ws) => ws,
-                Either::Right(ws) => {
+            let (io, early) = match accepted {
+                Either::Left(tcp) => tcp,
+                Either::Right((io, early)) => {
                     // Not expected: a task of its own, so it does not widen every connection's.
                     tracker.spawn(async move {
                         let _slot = slot;
-                        serve(shared, ws, client_id, identity).await;
+                        serve(shared, io, early, client_id, identity).await;
                     });
                     return;
                 }
             };
-            (slot, serve(shared, ws, client_id, identity))
+            (slot, serve(shared, io, early, client_id, identity))
         };
         session.await;
     });

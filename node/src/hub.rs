@@ -16,12 +16,12 @@ use bytes::Bytes;
 use prometheus::IntCounter;
 use ringcast_protocol::{Envelope, EnvelopeError, Target};
 use tokio::sync::{oneshot, Notify};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::warn;
 
 use crate::bus::Channel;
 use crate::metrics::Metrics;
 use crate::outbound::{ConnId, Outbound, Push, SLOW_CONSUMER};
+use crate::wire;
 
 /// Local members of one channel and the state of its bus subscription.
 struct Topic<M> {
@@ -233,10 +233,12 @@ impl Hub {
         self.metrics
             .delivery_latency
             .observe(age as f64 / 1_000_000.0);
-        let Ok(frame) = Utf8Bytes::try_from(Bytes::from(envelope.frame)) else {
+        let Ok(text) = std::str::from_utf8(&envelope.frame) else {
             self.metrics.bus_rejected.with_label_values(&["utf8"]).inc();
             return;
         };
+        // Encoded once; every member's queue shares these bytes.
+        let frame = wire::text(text);
         let state = self.state.read().unwrap_or_else(recover);
         let (sent, counter) = match &envelope.target {
             Target::AllExcept(except) => {
@@ -268,11 +270,7 @@ impl Hub {
         counter.inc_by(sent);
     }
 
-    fn fan_out<'a>(
-        &self,
-        targets: impl Iterator<Item = &'a Arc<Outbound>>,
-        frame: &Utf8Bytes,
-    ) -> u64 {
+    fn fan_out<'a>(&self, targets: impl Iterator<Item = &'a Arc<Outbound>>, frame: &Bytes) -> u64 {
         let mut sent = 0;
         for out in targets {
             match out.push(frame) {
@@ -536,7 +534,7 @@ mod tests {
         send(Target::Room("r".into()));
         send(Target::Client("a".into()));
         send(Target::Client("nobody".into()));
-        assert_eq!(ra.try_recv().unwrap().as_str(), "{}");
+        assert_eq!(ra.try_recv().unwrap(), wire::text("{}"), "one text frame");
         assert!(ra.try_recv().is_err());
         assert!(rb.try_recv().is_ok());
         assert!(rb.try_recv().is_ok());

@@ -19,8 +19,10 @@ pub mod ratelimit;
 pub mod registration;
 pub mod server;
 pub mod session;
+pub mod split;
 pub mod subscriptions;
 pub mod upgrade;
+pub mod wire;
 pub mod writer;
 
 use std::sync::Arc;

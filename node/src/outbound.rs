@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Process-unique id of one WebSocket connection.
 pub type ConnId = u64;
@@ -23,8 +23,13 @@ pub type ConnId = u64;
 /// Why the server closes a connection, and the close code the client sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closing {
-    /// The client sent a close frame or vanished: reply and stop.
-    Peer,
+    /// The client vanished, or its reading side ended: stop.
+    Gone,
+    /// The client sent a close frame: answer it, echoing its code (none if it sent none).
+    Answer {
+        /// The code to echo.
+        code: Option<u16>,
+    },
     /// The server closes with this code and reason.
     Server {
         /// WebSocket close code.
@@ -124,7 +129,7 @@ struct State {
     /// Frames waiting for the writer. A `VecDeque` allocates nothing until the first frame (a
     /// channel would pre-allocate a block of slots for each connection), and gives its buffer
     /// back whenever it empties.
-    frames: VecDeque<Utf8Bytes>,
+    frames: VecDeque<Bytes>,
     /// Set once, by the first close request.
     closing: Option<Closing>,
 }
@@ -179,7 +184,7 @@ impl Outbound {
     }
 
     /// Queues a frame without waiting. The frame's bytes are shared, not copied.
-    pub fn push(&self, frame: &Utf8Bytes) -> Push {
+    pub fn push(&self, frame: &Bytes) -> Push {
         if self.closing.load(Ordering::Relaxed) {
             return Push::Closed;
         }
@@ -251,12 +256,12 @@ pub enum Next {
     /// Close the connection.
     Close(Closing),
     /// Write this frame (and whatever else is queued).
-    Frame(Utf8Bytes),
+    Frame(Bytes),
 }
 
 impl OutboundRx {
     /// The next frame if one is queued.
-    pub fn try_recv(&self) -> Result<Utf8Bytes, Empty> {
+    pub fn try_recv(&self) -> Result<Bytes, Empty> {
         let mut state = self.handle.lock();
         let frame = state.frames.pop_front().ok_or(Empty)?;
         if state.frames.is_empty() {
@@ -307,19 +312,15 @@ mod tests {
     #[test]
     fn bounded_in_frames_and_bytes() {
         let (out, rx) = Outbound::new(1, "a".into(), 3, 10);
-        let f = Utf8Bytes::from_static("1234");
+        let f = Bytes::from_static(b"1234");
         assert_eq!(out.push(&f), Push::Queued);
         assert_eq!(out.push(&f), Push::Queued);
         assert_eq!(out.push(&f), Push::Full, "12 bytes > 10");
         let got = rx.try_recv().unwrap();
         rx.written(got.len());
-        assert_eq!(out.push(&Utf8Bytes::from_static("12")), Push::Queued);
-        assert_eq!(out.push(&Utf8Bytes::from_static("1")), Push::Queued);
-        assert_eq!(
-            out.push(&Utf8Bytes::from_static("1")),
-            Push::Full,
-            "3 frames"
-        );
+        assert_eq!(out.push(&Bytes::from_static(b"12")), Push::Queued);
+        assert_eq!(out.push(&Bytes::from_static(b"1")), Push::Queued);
+        assert_eq!(out.push(&Bytes::from_static(b"1")), Push::Full, "3 frames");
         assert!(out.close(SLOW_CONSUMER));
         assert!(!out.close(FLOOD), "first close wins");
         assert_eq!(rx.closing(), Some(SLOW_CONSUMER));
@@ -329,7 +330,7 @@ mod tests {
     #[test]
     fn one_oversized_frame_fits_an_empty_queue() {
         let (out, _rx) = Outbound::new(1, "a".into(), 3, 2);
-        assert_eq!(out.push(&Utf8Bytes::from_static("12345")), Push::Queued);
-        assert_eq!(out.push(&Utf8Bytes::from_static("1")), Push::Full);
+        assert_eq!(out.push(&Bytes::from_static(b"12345")), Push::Queued);
+        assert_eq!(out.push(&Bytes::from_static(b"1")), Push::Full);
     }
 }

@@ -13,13 +13,13 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use ringcast_protocol::{ErrorCode, ServerEvent, Target};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
@@ -34,11 +34,17 @@ use crate::outbound::{
 };
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::server::Shared;
+use crate::split::{ReadOnly, SplitIo};
+use crate::wire;
 use crate::writer::{write_loop, write_queued, CLOSE_TIMEOUT};
 
 mod handlers;
 
-/// Serves one upgraded connection until it closes.
+/// What tungstenite reads the client's frames from.
+type Reader<R> = WebSocketStream<ReadOnly<R>>;
+
+/// Serves one upgraded connection until it closes; `early` holds bytes the client sent after its
+/// request head, read along with it.
 ///
 /// The returned future lives as long as the connection, mostly waiting in [`Session::read_loop`],
 /// so it is kept small. It is a plain function returning an `async move` block because
@@ -48,18 +54,19 @@ mod handlers;
 /// so their state exists only while they run.
 pub fn serve<S>(
     shared: Arc<Shared>,
-    ws: WebSocketStream<S>,
+    io: S,
+    early: Bytes,
     client_id: Arc<str>,
     identity: Option<Identity>,
 ) -> impl Future<Output = ()> + Send
 where
-    S: AsyncRead + AsyncWrite + Uncork + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Uncork + SplitIo + Unpin + Send + 'static,
 {
     let (mut session, out_rx, subscribed) = Session::new(shared, identity.map(Box::new), client_id);
     let start = Box::pin(start(
         session.shared.clone(),
         session.out.clone(),
-        ws,
+        (io, early),
         out_rx,
         subscribed,
     ));
@@ -75,12 +82,12 @@ where
 async fn start<S>(
     shared: Arc<Shared>,
     out: Arc<Outbound>,
-    mut ws: WebSocketStream<S>,
+    (mut io, early): (S, Bytes),
     out_rx: OutboundRx,
     (first, ready): (bool, Ready),
-) -> (JoinHandle<()>, SplitStream<WebSocketStream<S>>)
+) -> (JoinHandle<()>, Reader<S::Read>)
 where
-    S: AsyncRead + AsyncWrite + Uncork + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Uncork + SplitIo + Unpin + Send + 'static,
 {
     let config = &shared.config;
     // Direct messages must reach the client from its first frame on: start writing only once
@@ -98,10 +105,17 @@ where
     }
     // The 101 is still held back (see `cork`): what is queued now, the welcome or why the
     // connection closes, leaves with it in one segment.
-    let _ = timeout(CLOSE_TIMEOUT, write_queued(&mut ws, &out_rx)).await;
-    ws.get_ref().uncork();
-    let (sink, stream) = ws.split();
-    let writer = tokio::spawn(write_loop(sink, out_rx, config.ping_interval()));
+    let _ = timeout(CLOSE_TIMEOUT, write_queued(&mut io, &out_rx)).await;
+    io.uncork();
+    let (rd, wr) = io.split_io();
+    let writer = tokio::spawn(write_loop(wr, out_rx, config.ping_interval()));
+    let stream = WebSocketStream::from_partially_read(
+        ReadOnly(rd),
+        early.to_vec(),
+        Role::Server,
+        Some(shared.ws_config),
+    )
+    .await;
 
     if first && config.announce_connections && !out.is_closing() {
         let frame = ServerEvent::UserConnected {
@@ -119,13 +133,19 @@ where
     (writer, stream)
 }
 
-fn text(frame: Bytes) -> Utf8Bytes {
-    // Frames come from serde_json, which only writes UTF-8.
-    Utf8Bytes::try_from(frame).unwrap_or_else(|_| Utf8Bytes::from_static("{}"))
+/// The text frame of an encoded event.
+fn text(event: Bytes) -> Bytes {
+    // Events come from serde_json, which only writes UTF-8.
+    wire::text(std::str::from_utf8(&event).unwrap_or("{}"))
 }
 
-fn reply(shared: &Shared, out: &Outbound, frame: Bytes) {
-    if out.push(&text(frame)) == Push::Full {
+fn reply(shared: &Shared, out: &Outbound, event: Bytes) {
+    push_or_drop(shared, out, text(event));
+}
+
+/// Queues a frame for the client, or closes it as a slow consumer when its queue is full.
+fn push_or_drop(shared: &Shared, out: &Outbound, frame: Bytes) {
+    if out.push(&frame) == Push::Full {
         shared.hub.slow_consumer(out);
     }
 }
@@ -151,9 +171,9 @@ enum ReadEnd {
 /// After a server-initiated close, keeps reading (and discarding) until the client answers the
 /// close frame or a short timeout passes. Closing the socket with unread input would make the
 /// kernel send a reset, and the client would lose the close frame and the last events before it.
-async fn linger<S>(stream: &mut SplitStream<WebSocketStream<S>>)
+async fn linger<R>(stream: &mut Reader<R>)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
 {
     let _ = timeout(CLOSE_TIMEOUT, async {
         while let Some(Ok(msg)) = stream.next().await {
@@ -244,14 +264,14 @@ impl Session {
         clippy::manual_async_fn,
         reason = "an async fn keeps a second copy of its arguments"
     )]
-    fn finish<S>(
+    fn finish<R>(
         mut self,
-        mut stream: SplitStream<WebSocketStream<S>>,
+        mut stream: Reader<R>,
         end: ReadEnd,
         writer: JoinHandle<()>,
     ) -> impl Future<Output = ()> + Send
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        R: AsyncRead + Unpin + Send + 'static,
     {
         async move {
             if end == ReadEnd::ServerClose {
@@ -259,8 +279,9 @@ impl Session {
             }
             self.cleanup().await;
 
-            // Make sure the writer ends (client-initiated close: flush the close reply and stop).
-            self.out.close(Closing::Peer);
+            // Make sure the writer ends (a close asked for earlier, such as the answer to the
+            // client's close frame, comes first).
+            self.out.close(Closing::Gone);
             let abort = writer.abort_handle();
             if timeout(CLOSE_TIMEOUT * 2, writer).await.is_err() {
                 abort.abort();
@@ -276,12 +297,12 @@ impl Session {
         clippy::manual_async_fn,
         reason = "an async fn keeps a second copy of its arguments"
     )]
-    fn read_loop<'a, S>(
+    fn read_loop<'a, R>(
         &'a mut self,
-        stream: &'a mut SplitStream<WebSocketStream<S>>,
+        stream: &'a mut Reader<R>,
     ) -> impl Future<Output = ReadEnd> + Send + 'a
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        R: AsyncRead + Unpin + Send + 'static,
     {
         async move {
             let mut idle_at = Instant::now() + self.shared.config.idle_timeout();
@@ -339,7 +360,17 @@ impl Session {
             }
         };
         match next {
-            None | Some(Ok(Message::Close(_))) => Step::End(ReadEnd::Peer),
+            None => Step::End(ReadEnd::Peer),
+            Some(Ok(Message::Close(frame))) => {
+                // tungstenite has checked the code (an invalid one reads as 1002).
+                let code = frame.map(|f| u16::from(f.code));
+                self.out.close(Closing::Answer { code });
+                Step::End(ReadEnd::Peer)
+            }
+            Some(Ok(Message::Ping(payload))) => {
+                push_or_drop(&self.shared, &self.out, wire::pong(&payload));
+                Step::Next
+            }
             Some(Ok(Message::Text(frame))) => {
                 if self.admit(now) {
                     Step::Serve(frame)
@@ -356,7 +387,7 @@ impl Session {
                 }
                 Step::Next
             }
-            Some(Ok(_)) => Step::Next, // ping (answered by tungstenite), pong, raw frame
+            Some(Ok(_)) => Step::Next, // pong, raw frame
             Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                 self.server_close(TOO_BIG, "too_big");
                 Step::End(ReadEnd::ServerClose)

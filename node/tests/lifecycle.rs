@@ -128,3 +128,22 @@ async fn silent_clients_are_closed_after_the_idle_timeout() {
     lively.send_json(json!({"type":"ping"})).await;
     assert_eq!(lively.recv().await["event"], "pong");
 }
+
+#[tokio::test]
+async fn client_pings_are_answered_and_client_closes_are_echoed() {
+    let node = NodeProcess::spawn(&[]);
+    let (mut pinger, _) = Client::connect_welcomed(&node.url("pinger")).await;
+    let (mut bystander, _) = Client::connect_welcomed(&node.url("bystander")).await;
+    let limit = Duration::from_secs(5);
+
+    assert_eq!(pinger.ping(b"are you there", limit).await, b"are you there");
+    // The close handshake: the node answers with the client's own code.
+    assert_eq!(pinger.close_with(4321, limit).await, Some(4321));
+
+    // A close code nobody may send (1005 is "no status", RFC 6455 7.4.1) is answered with 1002.
+    let (mut wrong, _) = Client::connect_welcomed(&node.url("wrong")).await;
+    assert_eq!(wrong.close_with(1005, limit).await, Some(1002));
+
+    bystander.send_json(json!({"type":"ping"})).await;
+    bystander.recv_event("pong").await;
+}

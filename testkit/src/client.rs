@@ -154,6 +154,38 @@ impl Client {
         }
     }
 
+    /// Sends a WebSocket ping with `payload` and returns the payload of the first pong that
+    /// comes back (frames before it are skipped). Panics after `limit` or if the connection ends.
+    pub async fn ping(&mut self, payload: &'static [u8], limit: Duration) -> Vec<u8> {
+        self.send(Message::Ping(payload.into())).await;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("no pong within {limit:?}"));
+            match next {
+                Some(Ok(Message::Pong(p))) => return p.to_vec(),
+                Some(Ok(_)) => continue,
+                other => panic!("connection ended while waiting for a pong: {other:?}"),
+            }
+        }
+    }
+
+    /// Starts the closing handshake with `code` and returns the code the server answers with
+    /// (`None`: the connection ended without a close frame). Panics after `limit`.
+    pub async fn close_with(&mut self, code: u16, limit: Duration) -> Option<u16> {
+        let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: CloseCode::from(code),
+            reason: "bye".into(),
+        };
+        // The client may refuse to send a code it considers invalid; the server never sees it.
+        self.ws
+            .send(Message::Close(Some(frame)))
+            .await
+            .expect("send close frame");
+        self.expect_close(limit).await
+    }
+
     /// Closes normally.
     pub async fn close(mut self) {
         let _ = self

@@ -103,7 +103,17 @@ impl AsyncWrite for LinkStream {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(data)])
+    }
+
+    /// The slices travel in one frame, as far as the stream's credit and [`MAX_PAYLOAD`] allow.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let id = self.id;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
         let mut guard = self.shared.lock();
         let inner = &mut *guard;
         if inner.dead {
@@ -118,9 +128,9 @@ impl AsyncWrite for LinkStream {
         if slot.peer_closed {
             // Nobody reads it any more; taken and let go, so the writer's other direction
             // (say, a close frame on its way to the client) still finishes.
-            return Poll::Ready(Ok(data.len()));
+            return Poll::Ready(Ok(total));
         }
-        if data.is_empty() {
+        if total == 0 {
             return Poll::Ready(Ok(0));
         }
         if slot.credit == 0 {
@@ -135,30 +145,23 @@ impl AsyncWrite for LinkStream {
             }
             return Poll::Pending;
         }
-        let n = data.len().min(slot.credit).min(MAX_PAYLOAD);
+        let n = total.min(slot.credit).min(MAX_PAYLOAD);
         slot.credit -= n;
-        push_frame(
-            &mut inner.out,
-            &mut inner.writer,
-            DATA,
-            id,
-            n as u32,
-            &data[..n],
-        );
+        push_frame(&mut inner.out, &mut inner.writer, DATA, id, n as u32, &[]);
+        let mut left = n;
+        for buf in bufs {
+            let take = buf.len().min(left);
+            inner.out.extend_from_slice(&buf[..take]);
+            left -= take;
+            if left == 0 {
+                break;
+            }
+        }
         Poll::Ready(Ok(n))
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        // One frame per call, as a socket would take the first non-empty slice.
-        let first = bufs
-            .iter()
-            .find(|b| !b.is_empty())
-            .map_or(&[][..], |b| &**b);
-        self.poll_write(cx, first)
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
