@@ -5,6 +5,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::BytesMut;
 use ringcast_node::link::LinkStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -23,6 +24,18 @@ pub enum NodeIo {
 pub trait ReadReady: AsyncRead + AsyncWrite + Unpin {
     /// Ready once a read would not wait.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Reads what arrived into `buf`, taking room for up to `size` bytes; ready with the number
+    /// of bytes read (0 at the end of the stream).
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        size: usize,
+    ) -> Poll<io::Result<usize>> {
+        buf.reserve(size);
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
+    }
 }
 
 impl ReadReady for TcpStream {
@@ -36,6 +49,19 @@ impl ReadReady for NodeIo {
         match self {
             NodeIo::Tcp(s) => s.poll_read_ready(cx),
             NodeIo::Link(s) => s.poll_read_ready(cx),
+        }
+    }
+
+    /// A link stream hands over the bytes it received as they are, without a copy.
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        size: usize,
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            NodeIo::Tcp(s) => s.poll_read_into(cx, buf, size),
+            NodeIo::Link(s) => s.poll_read_into(cx, buf),
         }
     }
 }

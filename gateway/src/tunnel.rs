@@ -187,8 +187,7 @@ impl Pipe {
                 ready!(from.poll_read_ready(cx))?;
             }
             // Reuses the drained buffer whole, or takes a new one.
-            self.buf.reserve(buf_size);
-            match tokio_util::io::poll_read_buf(Pin::new(&mut *from), cx, &mut self.buf) {
+            match from.poll_read_into(cx, &mut self.buf, buf_size) {
                 Poll::Ready(Ok(0)) => {
                     self.eof = true;
                     self.buf = BytesMut::new();

@@ -57,6 +57,45 @@ impl AsyncRead for LinkStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.poll_take(cx, |rx| {
+            let n = buf.remaining().min(rx.len());
+            buf.put_slice(&rx[..n]);
+            rx.advance(n);
+            n
+        })
+        .map_ok(|_| ())
+    }
+}
+
+impl LinkStream {
+    /// Moves what arrived into `buf`, ready with the number of bytes (0 at the end of the
+    /// stream). Into an empty `buf` the bytes move without a copy: the stream's own buffer is
+    /// handed over.
+    pub fn poll_read_into(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        self.poll_take(cx, |rx| {
+            let n = rx.len();
+            if buf.is_empty() {
+                *buf = std::mem::take(rx);
+            } else {
+                buf.extend_from_slice(rx);
+                rx.clear();
+            }
+            n
+        })
+    }
+
+    /// Lets `take` consume from the received bytes when there are any (it returns how many it
+    /// took), granting credit back as they are consumed; otherwise ready at the end of the
+    /// stream, or pending.
+    fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        take: impl FnOnce(&mut BytesMut) -> usize,
+    ) -> Poll<io::Result<usize>> {
         let id = self.id;
         let mut guard = self.shared.lock();
         let inner = &mut *guard;
@@ -64,9 +103,7 @@ impl AsyncRead for LinkStream {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
         if !slot.rx.is_empty() {
-            let n = buf.remaining().min(slot.rx.len());
-            buf.put_slice(&slot.rx[..n]);
-            slot.rx.advance(n);
+            let n = take(&mut slot.rx);
             if slot.rx.is_empty() {
                 // An idle stream holds no buffer.
                 slot.rx = BytesMut::new();
@@ -83,11 +120,11 @@ impl AsyncRead for LinkStream {
                     &[],
                 );
             }
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(n));
         }
         let dead = inner.dead;
         if slot.rx_fin {
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(0));
         }
         if dead {
             return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));

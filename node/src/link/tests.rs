@@ -134,6 +134,37 @@ async fn reading_grants_the_window_back() {
 }
 
 #[tokio::test]
+async fn read_into_hands_over_whole_buffers_grants_credit_and_ends_at_eof() {
+    let (opener, _acceptor, mut opened) = pair().await;
+    let mut a = opener.open().unwrap();
+    a.write_all(b"hi").await.unwrap();
+    let b = within(opened.recv()).await.unwrap();
+    let total = 10 * WINDOW;
+    let writer = tokio::spawn(async move {
+        a.write_all(&vec![3u8; total]).await.unwrap();
+        a.shutdown().await.unwrap();
+        a
+    });
+    let mut got = Vec::new();
+    loop {
+        let mut buf = BytesMut::new();
+        let n = within(std::future::poll_fn(|cx| b.poll_read_into(cx, &mut buf)))
+            .await
+            .unwrap();
+        assert_eq!(n, buf.len());
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf);
+    }
+    // Ten windows only arrive if reading granted them back.
+    assert_eq!(got.len(), 2 + total);
+    assert_eq!(&got[..2], b"hi");
+    assert!(got[2..].iter().all(|&b| b == 3));
+    within(writer).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_dead_socket_fails_every_stream() {
     let (sock, accepted) = sockets().await;
     let (opener, driver) = Link::new(sock, Bytes::new(), Role::Opener, MAX_STREAMS, |_| {});
