@@ -105,7 +105,13 @@ where
     }
     // The 101 is still held back (see `cork`): what is queued now, the welcome or why the
     // connection closes, leaves with it in one segment.
-    let _ = timeout(CLOSE_TIMEOUT, write_queued(&mut io, &out_rx)).await;
+    if !matches!(
+        timeout(CLOSE_TIMEOUT, write_queued(&mut io, &out_rx)).await,
+        Ok(Ok(()))
+    ) {
+        // A frame may be cut off mid-way: nothing more can be written after it.
+        out.close(Closing::Gone);
+    }
     io.uncork();
     let (rd, wr) = io.split_io();
     let writer = tokio::spawn(write_loop(wr, out_rx, config.ping_interval()));
