@@ -11,6 +11,7 @@ pub mod connections;
 pub mod direct;
 pub mod error;
 pub mod fanout;
+pub mod frame;
 pub mod handshake;
 pub mod http;
 pub mod latency;
