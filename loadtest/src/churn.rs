@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::cli::ChurnArgs;
-use crate::connect::Connector;
+use crate::connect::{Connector, Ws};
 use crate::error::{ConnectError, RunError};
 use crate::fanout::secs;
 use crate::latency::LatencySummary;
@@ -136,7 +136,7 @@ async fn one_cycle(
     room: &str,
 ) -> Result<(), ConnectError> {
     let id = connector.client_id(&format!("w{worker}x"), cycle);
-    let (mut ws, my_id) = connector.connect(worker, &id).await?;
+    let (mut ws, my_id) = connector.connect::<Ws>(worker, &id).await?;
     let addr = connector.target(worker).addr;
     connector.join(&mut ws, addr, room, &my_id).await?;
     if cycle & 1 == 0 {

@@ -4,14 +4,17 @@
 //!
 //! Every failure is classified ([`ConnectError`]) so the user learns whether the server is down,
 //! answers plain HTTP, or speaks another protocol.
+//!
+//! The setup steps work on any [`Conn`], so a connection need not be tungstenite's [`Ws`].
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -19,8 +22,69 @@ use crate::error::ConnectError;
 use crate::handshake::client_handshake;
 use crate::target::Target;
 
-/// A connected client.
+/// A connected client, on tungstenite.
 pub type Ws = WebSocketStream<TcpStream>;
+
+/// What a connection being set up received next; pings are answered and pongs skipped on the
+/// way.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A text message.
+    Text(String),
+    /// A binary message.
+    Binary,
+    /// A close frame, with its status code and reason if it carried one.
+    Close(Option<(u16, String)>),
+    /// A read error or a broken frame.
+    Failed(String),
+    /// The connection ended without a close frame.
+    Ended,
+}
+
+/// A client connection the setup steps (welcome, join, leave) can talk through.
+pub trait Conn: Sized + Send {
+    /// Wraps a stream whose upgrade succeeded; `read` holds what the server sent after the
+    /// response head, in a buffer of the configured read-buffer size.
+    fn upgraded(
+        stream: TcpStream,
+        read: Vec<u8>,
+        config: WebSocketConfig,
+    ) -> impl Future<Output = Self> + Send;
+
+    /// Sends one text message.
+    fn send_text(&mut self, text: String) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Reads until the next text, binary or close message, or the end.
+    fn next_incoming(&mut self) -> impl Future<Output = Incoming> + Send;
+}
+
+impl Conn for Ws {
+    async fn upgraded(stream: TcpStream, read: Vec<u8>, config: WebSocketConfig) -> Self {
+        WebSocketStream::from_partially_read(stream, read, Role::Client, Some(config)).await
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), String> {
+        self.send(Message::text(text))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn next_incoming(&mut self) -> Incoming {
+        loop {
+            return match self.next().await {
+                Some(Ok(Message::Text(t))) => Incoming::Text(t.as_str().to_owned()),
+                Some(Ok(Message::Binary(_))) => Incoming::Binary,
+                Some(Ok(Message::Close(frame))) => {
+                    Incoming::Close(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
+                }
+                // Pings (answered by tungstenite), pongs, raw frames.
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => Incoming::Failed(e.to_string()),
+                None => Incoming::Ended,
+            };
+        }
+    }
+}
 
 /// Opens connections to the targets, spread over the source addresses.
 #[derive(Debug)]
@@ -79,12 +143,12 @@ impl Connector {
     }
 
     /// Connects connection number `index` as `client_id` and waits for `welcome`; returns the
-    /// stream and the client id the server confirmed.
-    pub async fn connect(
+    /// connection and the client id the server confirmed.
+    pub async fn connect<C: Conn>(
         &self,
         index: usize,
         client_id: &str,
-    ) -> Result<(Ws, String), ConnectError> {
+    ) -> Result<(C, String), ConnectError> {
         let target = self.target(index);
         let addr = target.addr;
         let secs = self.timeout.as_secs_f64();
@@ -118,12 +182,12 @@ impl Connector {
         Ok((ws, id))
     }
 
-    async fn upgrade(
+    async fn upgrade<C: Conn>(
         &self,
         index: usize,
         target: &Target,
         client_id: &str,
-    ) -> Result<Ws, ConnectError> {
+    ) -> Result<C, ConnectError> {
         let addr = target.addr;
         let source = if self.sources.is_empty() {
             None
@@ -133,14 +197,16 @@ impl Connector {
         };
         let stream = tcp_connect(addr, source).await?;
         let path = target.client_path(client_id);
-        client_handshake(stream, addr, &target.authority, &path, self.config).await
+        let (stream, read) =
+            client_handshake(stream, addr, &target.authority, &path, self.config).await?;
+        Ok(C::upgraded(stream, read, self.config).await)
     }
 
     /// Sends `join_room` and waits (skipping unrelated events) for this client's own
     /// `user_joined`; an `error` event or a close fails the join.
-    pub async fn join(
+    pub async fn join<C: Conn>(
         &self,
-        ws: &mut Ws,
+        ws: &mut C,
         addr: SocketAddr,
         room: &str,
         my_id: &str,
@@ -150,9 +216,9 @@ impl Connector {
     }
 
     /// Sends `leave_room` and waits for this client's own `user_left`.
-    pub async fn leave(
+    pub async fn leave<C: Conn>(
         &self,
-        ws: &mut Ws,
+        ws: &mut C,
         addr: SocketAddr,
         room: &str,
         my_id: &str,
@@ -161,9 +227,9 @@ impl Connector {
             .await
     }
 
-    async fn room_request(
+    async fn room_request<C: Conn>(
         &self,
-        ws: &mut Ws,
+        ws: &mut C,
         addr: SocketAddr,
         request: &str,
         answer: &str,
@@ -171,7 +237,7 @@ impl Connector {
         my_id: &str,
     ) -> Result<(), ConnectError> {
         let frame = serde_json::json!({"type": request, "room": room}).to_string();
-        ws.send(Message::text(frame))
+        ws.send_text(frame)
             .await
             .map_err(|e| ConnectError::Protocol {
                 addr,
@@ -233,40 +299,33 @@ async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStre
     Ok(stream)
 }
 
-/// The next text frame as JSON (pings are answered by tungstenite; other frames are skipped).
-async fn next_json(ws: &mut Ws, addr: SocketAddr, what: &str) -> Result<Value, ConnectError> {
-    loop {
-        let protocol = |detail: String| ConnectError::Protocol { addr, detail };
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => {
-                return serde_json::from_str(t.as_str()).map_err(|_| {
-                    protocol(format!(
-                    "waiting for {what}, got a non-JSON text frame {}: not a seed-protocol server?",
-                    abbreviate(t.as_str())
-                ))
-                })
-            }
-            Some(Ok(Message::Close(frame))) => {
-                return Err(protocol(format!(
-                    "server closed the connection while we waited for {what}: {}",
-                    frame
-                        .map(|f| format!("{} {}", u16::from(f.code), f.reason))
-                        .unwrap_or_else(|| "no close frame".into())
-                )))
-            }
-            Some(Ok(Message::Binary(_))) => {
-                return Err(protocol(format!(
-                    "waiting for {what}, got a binary frame: not a seed-protocol server?"
-                )))
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(protocol(format!("waiting for {what}: {e}"))),
-            None => {
-                return Err(protocol(format!(
-                    "connection ended while we waited for {what}"
-                )))
-            }
-        }
+/// The next text message as JSON (pings are answered on the way; pongs are skipped).
+async fn next_json<C: Conn>(
+    ws: &mut C,
+    addr: SocketAddr,
+    what: &str,
+) -> Result<Value, ConnectError> {
+    let protocol = |detail: String| ConnectError::Protocol { addr, detail };
+    match ws.next_incoming().await {
+        Incoming::Text(t) => serde_json::from_str(&t).map_err(|_| {
+            protocol(format!(
+                "waiting for {what}, got a non-JSON text frame {}: not a seed-protocol server?",
+                abbreviate(&t)
+            ))
+        }),
+        Incoming::Close(frame) => Err(protocol(format!(
+            "server closed the connection while we waited for {what}: {}",
+            frame
+                .map(|(code, reason)| format!("{code} {reason}"))
+                .unwrap_or_else(|| "no close frame".into())
+        ))),
+        Incoming::Binary => Err(protocol(format!(
+            "waiting for {what}, got a binary frame: not a seed-protocol server?"
+        ))),
+        Incoming::Failed(e) => Err(protocol(format!("waiting for {what}: {e}"))),
+        Incoming::Ended => Err(protocol(format!(
+            "connection ended while we waited for {what}"
+        ))),
     }
 }
 

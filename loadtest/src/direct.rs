@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
 use crate::cli::DirectArgs;
-use crate::connect::Connector;
+use crate::connect::{Connector, Ws};
 use crate::error::RunError;
 use crate::fanout::secs;
 use crate::latency::{Latencies, LatencySummary};
@@ -71,7 +71,9 @@ pub async fn run(
         handles.push(tokio::spawn(async move {
             let connected = {
                 let _slot = slots.acquire().await;
-                connector.connect(c, &connector.client_id("d", c)).await
+                connector
+                    .connect::<Ws>(c, &connector.client_id("d", c))
+                    .await
             };
             let (ws, _) = crate::progress::report_ready(connected, &ready_tx).await?;
             if start_rx.wait_for(|s| *s).await.is_err() {

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::cli::FanoutArgs;
-use crate::connect::{Connector, Ws};
+use crate::connect::{Conn, Connector, Ws};
 use crate::error::{ConnectError, RunError};
 use crate::latency::{Latencies, LatencySummary};
 use crate::report::{per_sec, Outcome};
@@ -132,8 +132,8 @@ pub async fn run(
         );
         let room = i % plan.rooms;
         subs.push(tokio::spawn(async move {
-            let ws = crate::progress::report_ready(join_as(&shared, i, "s", room).await, &ready_tx)
-                .await?;
+            let joined = join_as::<Ws>(&shared, i, "s", room).await;
+            let ws = crate::progress::report_ready(joined, &ready_tx).await?;
             let receiver = receive_until(ws, receiver, stop_rx).await;
             Some(SubscriberEnd { room, receiver })
         }));
@@ -158,7 +158,7 @@ pub async fn run(
         pubs.push(tokio::spawn(async move {
             let room = j % plan.rooms;
             let ws = crate::progress::report_ready(
-                join_as(&shared, plan.subscribers + j, "p", room).await,
+                join_as::<Ws>(&shared, plan.subscribers + j, "p", room).await,
                 &ready_tx,
             )
             .await?;
@@ -253,13 +253,13 @@ pub async fn run(
     ))
 }
 
-/// Connects connection `index` with role `role`, joins `room`, and returns the stream.
-async fn join_as(
+/// Connects connection `index` with role `role`, joins `room`, and returns the connection.
+async fn join_as<C: Conn>(
     shared: &Shared,
     index: usize,
     role: &str,
     room: usize,
-) -> Result<Ws, ConnectError> {
+) -> Result<C, ConnectError> {
     let _slot = shared.connect_slots.acquire().await;
     let c = &shared.connector;
     let id = c.client_id(role, index);

@@ -6,7 +6,7 @@
 //! storm that is a good part of the load generator's CPU and memory per connection. Here the
 //! request is formatted once and sent in one write, the reply is read into a buffer of the
 //! configured read-buffer size and parsed in place with `httparse`, and whatever arrived after
-//! the head (often the server's first frame) is handed to the WebSocket, so nothing is lost and
+//! the head (often the server's first frame) is handed on with the stream, so nothing is lost and
 //! the buffer is reused as the connection's read buffer.
 
 use std::net::SocketAddr;
@@ -14,8 +14,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::error::ConnectError;
 
@@ -26,15 +25,16 @@ pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
 
 /// Sends the upgrade request for `path` (path and query) with `Host: host` on `stream`, checks
-/// the server's answer, and returns the WebSocket, with any bytes the server sent after the
-/// response head already in its read buffer. `addr` only labels errors.
+/// the server's answer, and returns the stream with the bytes the server sent after the
+/// response head (the start of the WebSocket byte stream), in a buffer with room for
+/// `config.read_buffer_size` bytes. `addr` only labels errors.
 pub async fn client_handshake<S>(
     mut stream: S,
     addr: SocketAddr,
     host: &str,
     path: &str,
     config: WebSocketConfig,
-) -> Result<WebSocketStream<S>, ConnectError>
+) -> Result<(S, Vec<u8>), ConnectError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -75,7 +75,7 @@ where
         }
     };
     buf.drain(..head_len);
-    Ok(WebSocketStream::from_partially_read(stream, buf, Role::Client, Some(config)).await)
+    Ok((stream, buf))
 }
 
 /// The GET request that asks for the upgrade.
@@ -172,7 +172,9 @@ mod tests {
 
     use futures_util::StreamExt;
     use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::tungstenite::protocol::Role;
     use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::WebSocketStream;
 
     use super::*;
 
@@ -211,7 +213,10 @@ mod tests {
     async fn handshake(addr: SocketAddr) -> Result<WebSocketStream<TcpStream>, ConnectError> {
         let stream = TcpStream::connect(addr).await.unwrap();
         let config = WebSocketConfig::default().read_buffer_size(1024);
-        client_handshake(stream, addr, "example:1", "/ws?client_id=a", config).await
+        let (stream, read) =
+            client_handshake(stream, addr, "example:1", "/ws?client_id=a", config).await?;
+        assert!(read.capacity() >= 1024, "the read buffer keeps its size");
+        Ok(WebSocketStream::from_partially_read(stream, read, Role::Client, Some(config)).await)
     }
 
     fn switching(accept: &str) -> String {

@@ -26,7 +26,7 @@ pub mod traffic;
 use std::sync::Arc;
 
 use cli::{Cli, Scenario};
-use connect::Connector;
+use connect::{Connector, Ws};
 use error::RunError;
 use report::Outcome;
 
@@ -73,7 +73,7 @@ pub async fn run(cli: &Cli) -> Result<Outcome, RunError> {
 async fn probe(connector: &Connector) -> Result<(), RunError> {
     for i in 0..connector.targets().len() {
         let id = connector.client_id("probe", i);
-        let (mut ws, _) = connector.connect(i, &id).await?;
+        let (mut ws, _) = connector.connect::<Ws>(i, &id).await?;
         // Wait for the server's answer so the probe no longer counts against its limits.
         let _ = tokio::time::timeout(connector.timeout(), async {
             let _ = ws.close(None).await;
