@@ -100,9 +100,10 @@ pub struct Common {
     pub threads: usize,
 
     /// WebSocket read buffer per connection, in bytes, at least 1024 (tungstenite zeroes it on
-    /// every read, so bigger is not faster for small frames). Default: 1024 for `connections`,
-    /// whose idle connections only ever read a `welcome` and pings, so a connection storm
-    /// touches 3 KiB less fresh memory per connection; 4096 for the other scenarios.
+    /// every read, so bigger is not faster for small frames; `fanout` subscribers read by hand
+    /// into one that is not zeroed and grows for a bigger message). Default: 1024 for
+    /// `connections`, whose idle connections only ever read a `welcome` and pings, so a
+    /// connection storm touches 3 KiB less fresh memory per connection; 4096 for the others.
     #[arg(long, env = "RINGCAST_LOADTEST_READ_BUFFER_BYTES", global = true)]
     pub read_buffer_bytes: Option<usize>,
 }

@@ -5,7 +5,8 @@
 //! Every failure is classified ([`ConnectError`]) so the user learns whether the server is down,
 //! answers plain HTTP, or speaks another protocol.
 //!
-//! The setup steps work on any [`Conn`], so a connection need not be tungstenite's [`Ws`].
+//! The setup steps work on any [`Conn`]: tungstenite's [`Ws`] for connections that go on
+//! sending, [`RawWs`] for those that only listen once joined.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::error::ConnectError;
 use crate::handshake::client_handshake;
+pub use crate::raw::RawWs;
 use crate::target::Target;
 
 /// A connected client, on tungstenite.
@@ -143,7 +145,7 @@ impl Connector {
     }
 
     /// Connects connection number `index` as `client_id` and waits for `welcome`; returns the
-    /// connection and the client id the server confirmed.
+    /// connection (a [`Ws`] or a [`RawWs`]) and the client id the server confirmed.
     pub async fn connect<C: Conn>(
         &self,
         index: usize,

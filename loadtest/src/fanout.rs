@@ -5,6 +5,9 @@
 //! starts sending when everyone is ready. Each subscriber tracks every publisher's sequence
 //! numbers, so loss is exact per subscriber: what the publishers of its room sent (minus what
 //! the server refused with `rate_limited`) against the distinct messages it received.
+//!
+//! Subscribers, which take in nearly all the traffic and only listen once joined, read on
+//! [`RawWs`]; publishers send and read their echoes on tungstenite.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::cli::FanoutArgs;
-use crate::connect::{Conn, Connector, Ws};
+use crate::connect::{Conn, Connector, RawWs, Ws};
 use crate::error::{ConnectError, RunError};
 use crate::latency::{Latencies, LatencySummary};
 use crate::report::{per_sec, Outcome};
@@ -132,9 +135,9 @@ pub async fn run(
         );
         let room = i % plan.rooms;
         subs.push(tokio::spawn(async move {
-            let joined = join_as::<Ws>(&shared, i, "s", room).await;
+            let joined = join_as::<RawWs>(&shared, i, "s", room).await;
             let ws = crate::progress::report_ready(joined, &ready_tx).await?;
-            let receiver = receive_until(ws, receiver, stop_rx).await;
+            let receiver = ws.receive_until(receiver, stop_rx).await;
             Some(SubscriberEnd { room, receiver })
         }));
     }

@@ -7,7 +7,8 @@
 //! request is formatted once and sent in one write, the reply is read into a buffer of the
 //! configured read-buffer size and parsed in place with `httparse`, and whatever arrived after
 //! the head (often the server's first frame) is handed on with the stream, so nothing is lost and
-//! the buffer is reused as the connection's read buffer.
+//! the buffer is reused as the connection's read buffer (tungstenite's, or the hand reader's in
+//! [`crate::raw`]).
 
 use std::net::SocketAddr;
 

@@ -17,6 +17,7 @@ pub mod http;
 pub mod latency;
 pub mod limits;
 pub mod progress;
+pub mod raw;
 pub mod report;
 pub mod stamp;
 pub mod target;

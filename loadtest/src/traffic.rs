@@ -2,7 +2,9 @@
 //! plus sharded counters the progress bar and the drain logic read.
 //!
 //! The receiver touches each frame once: one substring search for the stamp, a few integer
-//! parses, a tracker update, a buffered latency sample and an uncontended atomic add.
+//! parses, a tracker update, a buffered latency sample and an uncontended atomic add. It is fed
+//! by [`receive_until`] from a tungstenite stream (connections that also send) or by
+//! [`crate::raw::RawWs::receive_until`] (subscribers, which only listen).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -98,9 +100,10 @@ impl Receiver {
         }
     }
 
-    /// Handles one text frame.
+    /// Handles one text frame, received at `received_micros` (Unix microseconds; one clock read
+    /// can serve every frame of one socket read).
     #[inline]
-    pub fn on_text(&mut self, frame: &[u8]) {
+    pub fn on_text(&mut self, frame: &[u8], received_micros: u64) {
         if let Some(stamp) = self.finder.find(frame) {
             let Some(tracker) = self.trackers.get_mut(stamp.sender as usize) else {
                 self.foreign += 1;
@@ -110,7 +113,7 @@ impl Receiver {
             self.stamped += 1;
             self.counter.add(self.index, 1);
             if let Some(latency) = &mut self.latency {
-                latency.record(now_micros().saturating_sub(stamp.sent_micros));
+                latency.record(received_micros.saturating_sub(stamp.sent_micros));
             }
         } else if self.error_finder.find(frame).is_some() {
             // Rare: classify the error code the slow way.
@@ -128,12 +131,29 @@ impl Receiver {
     pub fn distinct(&self) -> u64 {
         self.trackers.iter().map(|t| t.distinct).sum()
     }
+
+    /// Moves buffered latency samples into the shared histogram (done when reading ends).
+    pub fn flush_latency(&mut self) {
+        if let Some(latency) = &mut self.latency {
+            latency.flush();
+        }
+    }
 }
 
 /// How a connection the server closed is reported.
 pub fn close_reason(frame: Option<CloseFrame>) -> String {
+    closed_by_server(
+        frame
+            .as_ref()
+            .map(|f| (u16::from(f.code), f.reason.as_str())),
+    )
+}
+
+/// How a connection the server closed is reported, from the close frame's status code and
+/// reason if it carried them.
+pub fn closed_by_server(frame: Option<(u16, &str)>) -> String {
     match frame {
-        Some(f) => format!("closed by server: {} {}", u16::from(f.code), f.reason),
+        Some((code, reason)) => format!("closed by server: {code} {reason}"),
         None => "closed by server".into(),
     }
 }
@@ -151,7 +171,7 @@ where
         tokio::select! {
             biased;
             next = stream.next() => match next {
-                Some(Ok(Message::Text(t))) => rx.on_text(t.as_bytes()),
+                Some(Ok(Message::Text(t))) => rx.on_text(t.as_bytes(), now_micros()),
                 Some(Ok(Message::Close(frame))) => {
                     rx.closed = Some(close_reason(frame));
                     break;
@@ -173,9 +193,7 @@ where
             }
         }
     }
-    if let Some(latency) = &mut rx.latency {
-        latency.flush();
-    }
+    rx.flush_latency();
     rx
 }
 

@@ -101,3 +101,35 @@ async fn human_summary_by_default() {
     assert!(run.stdout.contains("lost 0"), "{}", run.stdout);
     assert!(run.stdout.contains("p99"), "{}", run.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_subscribers_answer_pings_and_are_not_closed_as_idle() {
+    // Subscribers send nothing after their join; only their pongs keep the node from closing
+    // them after 2 s without a frame.
+    let mut config = Config::for_tests();
+    config.announce_connections = false;
+    config.ping_interval_secs = 1;
+    config.idle_timeout_secs = 2;
+    let node = TestNode::start(config).await;
+    let url = node.ws_url("");
+    let run = loadtest(&[
+        "--url",
+        &url,
+        "--json",
+        "fanout",
+        "--subscribers",
+        "5",
+        "--rooms",
+        "1",
+        "--publishers",
+        "1",
+        "--rate",
+        "20",
+        "--duration-secs",
+        "4",
+    ])
+    .await;
+    let v = run.ok_json();
+    assert_clean(&v);
+    node.stop().await.expect("node stops cleanly");
+}
