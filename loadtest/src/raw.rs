@@ -259,23 +259,9 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
-    use crate::frame::{BINARY, CONTINUATION, PING};
+    use crate::frame::{server_frame, BINARY, CONTINUATION, PING};
     use crate::stamp::FrameBuilder;
     use crate::traffic::Counters;
-
-    /// An unmasked server frame.
-    fn server_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
-        match payload.len() {
-            n if n < 126 => frame.push(n as u8),
-            n => {
-                frame.push(126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(payload);
-        frame
-    }
 
     /// A stamped message from sender 0 as a server would forward it.
     fn stamped(seq: u64) -> Vec<u8> {
