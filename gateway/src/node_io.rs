@@ -61,7 +61,7 @@ impl ReadReady for NodeIo {
     ) -> Poll<io::Result<usize>> {
         match self {
             NodeIo::Tcp(s) => s.poll_read_into(cx, buf, size),
-            NodeIo::Link(s) => s.poll_read_into(cx, buf),
+            NodeIo::Link(s) => s.poll_read_into(cx, buf, size),
         }
     }
 }

@@ -272,6 +272,12 @@ impl OutboundRx {
         Ok(frame)
     }
 
+    /// The writer gives up on the connection: asks for it to close (unless a close was already
+    /// asked for), which wakes the reader.
+    pub fn abandon(&self) {
+        self.handle.close(Closing::Gone);
+    }
+
     /// Records that `len` queued bytes were written to the socket.
     pub fn written(&self, len: usize) {
         self.handle.queued_bytes.fetch_sub(len, Ordering::Relaxed);

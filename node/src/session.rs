@@ -36,7 +36,7 @@ use crate::ratelimit::{RateLimiter, Verdict};
 use crate::server::Shared;
 use crate::split::{ReadOnly, SplitIo};
 use crate::wire;
-use crate::writer::{write_loop, write_queued, CLOSE_TIMEOUT};
+use crate::writer::{give_up, write_loop, write_queued, CLOSE_TIMEOUT};
 
 mod handlers;
 
@@ -105,16 +105,19 @@ where
     }
     // The 101 is still held back (see `cork`): what is queued now, the welcome or why the
     // connection closes, leaves with it in one segment.
-    if !matches!(
+    let written = matches!(
         timeout(CLOSE_TIMEOUT, write_queued(&mut io, &out_rx)).await,
         Ok(Ok(()))
-    ) {
-        // A frame may be cut off mid-way: nothing more can be written after it.
-        out.close(Closing::Gone);
-    }
+    );
     io.uncork();
     let (rd, wr) = io.split_io();
-    let writer = tokio::spawn(write_loop(wr, out_rx, config.ping_interval()));
+    let writer = if written {
+        tokio::spawn(write_loop(wr, out_rx, config.ping_interval()))
+    } else {
+        // A frame may be cut off mid-way: nothing more can be written after it, not even a
+        // close frame that was asked for meanwhile.
+        tokio::spawn(give_up(wr, out_rx))
+    };
     let stream = WebSocketStream::from_partially_read(
         ReadOnly(rd),
         early.to_vec(),
@@ -374,7 +377,11 @@ impl Session {
                 Step::End(ReadEnd::Peer)
             }
             Some(Ok(Message::Ping(payload))) => {
-                push_or_drop(&self.shared, &self.out, wire::pong(&payload));
+                // Pings count against the rate limit like messages: each answer is a frame
+                // queued for the client.
+                if self.admit(now) {
+                    push_or_drop(&self.shared, &self.out, wire::pong(&payload));
+                }
                 Step::Next
             }
             Some(Ok(Message::Text(frame))) => {

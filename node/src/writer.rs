@@ -44,10 +44,22 @@ where
     async move {
         let mut ping = pin!(sleep(writer.ping_every));
         let closing = poll_fn(|cx| writer.poll(ping.as_mut(), cx)).await;
-        if let Some(closing) = closing {
-            Box::pin(close(writer.io, writer.rx, closing)).await;
+        match closing {
+            Some(closing) => Box::pin(close(writer.io, writer.rx, closing)).await,
+            None => Box::pin(give_up(writer.io, writer.rx)).await,
         }
     }
+}
+
+/// Ends a connection whose writing failed, stalled, or stopped mid-frame: the session is told
+/// (so it stops reading and serving), and the peer gets the end of our sending side, with no
+/// frame after whatever was cut off.
+pub async fn give_up<W>(mut io: W, rx: OutboundRx)
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    rx.abandon();
+    let _ = timeout(CLOSE_TIMEOUT, io.shutdown()).await;
 }
 
 /// Writes what is queued now (up to [`BATCH`] frames) in one write: the session's first write,
@@ -207,65 +219,87 @@ impl Batch {
 }
 
 /// The server side of the closing handshake: the close frame (after what is queued, when the
-/// close asks for it), then the end of our sending side.
+/// close asks for it), then the end of our sending side; all within [`CLOSE_TIMEOUT`].
 async fn close<W>(mut io: W, rx: OutboundRx, closing: Closing)
 where
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let frame = match closing {
+    let (drain, frame) = match closing {
         Closing::Server {
             code,
             reason,
             drain,
-        } => {
-            if drain {
-                let drained = async {
-                    loop {
-                        let mut batch = Batch::default();
-                        batch.take(&rx);
-                        if batch.is_empty() {
-                            return Ok::<(), io::Error>(());
-                        }
-                        poll_fn(|cx| batch.poll_write(&mut io, cx)).await?;
-                        rx.written(batch.bytes);
-                    }
-                };
-                if !matches!(timeout(CLOSE_TIMEOUT, drained).await, Ok(Ok(()))) {
-                    return;
-                }
-            }
-            Some(wire::close(Some(code), reason))
-        }
-        Closing::Answer { code } => Some(wire::close(code, "")),
-        Closing::Gone => None,
+        } => (drain, Some(wire::close(Some(code), reason))),
+        Closing::Answer { code } => (false, Some(wire::close(code, ""))),
+        Closing::Gone => (false, None),
     };
-    if let Some(frame) = frame {
-        let _ = timeout(CLOSE_TIMEOUT, io.write_all(&frame)).await;
-    }
+    let handshake = async {
+        if drain {
+            loop {
+                let mut batch = Batch::default();
+                batch.take(&rx);
+                if batch.is_empty() {
+                    break;
+                }
+                poll_fn(|cx| batch.poll_write(&mut io, cx)).await?;
+                rx.written(batch.bytes);
+            }
+        }
+        if let Some(frame) = frame {
+            io.write_all(&frame).await?;
+        }
+        Ok::<(), io::Error>(())
+    };
+    // Cut off mid-frame (timed out or failed), the connection can only end.
+    let _ = timeout(CLOSE_TIMEOUT, handshake).await;
+    // Ends our side at once on a socket or a link stream: a FIN after what was written.
     let _ = timeout(CLOSE_TIMEOUT, io.shutdown()).await;
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::{Arc, Mutex};
 
-    /// A sink that takes at most `max` bytes per call and records what it got.
-    struct Trickle {
+    use super::*;
+    use crate::outbound::{Outbound, Push, SERVICE_RESTART, SLOW_CONSUMER};
+
+    /// What a [`Probe`] saw.
+    #[derive(Default)]
+    struct Seen {
         got: Vec<u8>,
-        max: usize,
         calls: usize,
+        shut: bool,
     }
 
-    impl AsyncWrite for Trickle {
+    /// A socket stand-in: takes at most `max` bytes per call and `budget` bytes in all (then
+    /// stays pending, as a socket whose peer stopped reading), or fails every write.
+    struct Probe {
+        seen: Arc<Mutex<Seen>>,
+        max: usize,
+        budget: usize,
+        fail: bool,
+    }
+
+    impl Probe {
+        fn new(max: usize, budget: usize) -> (Self, Arc<Mutex<Seen>>) {
+            let seen = Arc::new(Mutex::new(Seen::default()));
+            let probe = Probe {
+                seen: seen.clone(),
+                max,
+                budget,
+                fail: false,
+            };
+            (probe, seen)
+        }
+    }
+
+    impl AsyncWrite for Probe {
         fn poll_write(
-            mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            let n = buf.len().min(self.max);
-            self.got.extend_from_slice(&buf[..n]);
-            self.calls += 1;
-            Poll::Ready(Ok(n))
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
         }
 
         fn poll_write_vectored(
@@ -273,14 +307,24 @@ mod tests {
             _cx: &mut Context<'_>,
             bufs: &[IoSlice<'_>],
         ) -> Poll<io::Result<usize>> {
-            let mut left = self.max;
+            if self.fail {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
+            if self.budget == 0 {
+                return Poll::Pending;
+            }
+            let mut left = self.max.min(self.budget);
+            let taken = left;
+            let mut seen = self.seen.lock().unwrap();
             for b in bufs {
                 let n = b.len().min(left);
-                self.got.extend_from_slice(&b[..n]);
+                seen.got.extend_from_slice(&b[..n]);
                 left -= n;
             }
-            self.calls += 1;
-            Poll::Ready(Ok(self.max - left))
+            seen.calls += 1;
+            drop(seen);
+            self.budget -= taken - left;
+            Poll::Ready(Ok(taken - left))
         }
 
         fn is_write_vectored(&self) -> bool {
@@ -292,45 +336,117 @@ mod tests {
         }
 
         fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.seen.lock().unwrap().shut = true;
             Poll::Ready(Ok(()))
         }
     }
 
     #[tokio::test]
     async fn partial_writes_resume_mid_frame_and_keep_the_order() {
-        let (out, rx) = crate::outbound::Outbound::new(1, "a".into(), 100, 1 << 20);
+        let (out, rx) = Outbound::new(1, "a".into(), 100, 1 << 20);
         let frames: Vec<Bytes> = (0..10).map(|i| wire::text(&"m".repeat(i * 7))).collect();
         for f in &frames {
             out.push(f);
         }
-        let mut sink = Trickle {
-            got: Vec::new(),
-            max: 5,
-            calls: 0,
-        };
-        write_queued(&mut sink, &rx).await.unwrap();
-        assert_eq!(sink.got, frames.concat());
-        assert!(sink.calls > frames.len(), "the sink took 5 bytes per call");
+        let (mut probe, seen) = Probe::new(5, usize::MAX);
+        write_queued(&mut probe, &rx).await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.got, frames.concat());
+        assert!(seen.calls > frames.len(), "the sink took 5 bytes per call");
         assert!(rx.try_recv().is_err(), "all ten were taken in one batch");
     }
 
     #[tokio::test]
     async fn one_write_carries_a_whole_batch() {
-        let (out, rx) = crate::outbound::Outbound::new(1, "a".into(), 1000, 1 << 20);
+        let (out, rx) = Outbound::new(1, "a".into(), 1000, 1 << 20);
         for _ in 0..BATCH + 6 {
             out.push(&wire::text("hello"));
         }
-        let mut sink = Trickle {
-            got: Vec::new(),
-            max: usize::MAX,
-            calls: 0,
-        };
-        write_queued(&mut sink, &rx).await.unwrap();
-        assert_eq!(sink.calls, 1);
-        assert_eq!(sink.got.len(), BATCH * 7);
+        let (mut probe, seen) = Probe::new(usize::MAX, usize::MAX);
+        write_queued(&mut probe, &rx).await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.calls, 1);
+        assert_eq!(seen.got.len(), BATCH * 7);
         assert!(
             rx.try_recv().is_ok(),
             "the frames past one batch stay queued"
         );
+    }
+
+    #[tokio::test]
+    async fn a_draining_close_writes_the_queue_then_the_close_frame_then_ends() {
+        let (out, rx) = Outbound::new(1, "a".into(), 100, 1 << 20);
+        out.push(&wire::text("one"));
+        out.push(&wire::text("two"));
+        out.close(SERVICE_RESTART);
+        let (probe, seen) = Probe::new(3, usize::MAX);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            write_loop(probe, rx, Duration::from_secs(60)),
+        )
+        .await
+        .expect("the writer ends after closing");
+        let seen = seen.lock().unwrap();
+        let expected = [
+            wire::text("one"),
+            wire::text("two"),
+            wire::close(Some(1012), "node shutting down"),
+        ]
+        .concat();
+        assert_eq!(seen.got, expected);
+        assert!(seen.shut, "our sending side ends after the close frame");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_write_is_given_up_on_close_with_nothing_after_the_cut_frame() {
+        let (out, rx) = Outbound::new(1, "a".into(), 100, 1 << 20);
+        let frame = wire::text("0123456789");
+        out.push(&frame);
+        out.push(&frame);
+        // The client stops reading in the middle of the first frame.
+        let (probe, seen) = Probe::new(usize::MAX, 5);
+        let writer = tokio::spawn(write_loop(probe, rx, Duration::from_secs(60)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !writer.is_finished(),
+            "the writer waits on the stalled socket"
+        );
+        out.close(SLOW_CONSUMER);
+        tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("a close wakes the stalled writer")
+            .unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.got, frame[..5], "no close frame after a cut frame");
+        assert!(seen.shut);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_tells_the_session() {
+        let (out, rx) = Outbound::new(1, "a".into(), 100, 1 << 20);
+        out.push(&wire::text("hello"));
+        let (mut probe, _seen) = Probe::new(usize::MAX, usize::MAX);
+        probe.fail = true;
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            write_loop(probe, rx, Duration::from_secs(60)),
+        )
+        .await
+        .expect("the writer ends when writing fails");
+        assert!(out.is_closing(), "the reader is asked to stop");
+        assert_eq!(out.push(&wire::text("late")), Push::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_cut_first_write_sends_nothing_more_even_when_a_close_was_asked_for() {
+        let (out, rx) = Outbound::new(1, "a".into(), 100, 1 << 20);
+        out.push(&wire::text("0123456789"));
+        out.close(SLOW_CONSUMER);
+        let (probe, seen) = Probe::new(usize::MAX, 4);
+        give_up(probe, rx).await;
+        let seen = seen.lock().unwrap();
+        assert!(seen.got.is_empty(), "give_up writes no frame");
+        assert!(seen.shut);
+        assert!(out.is_closing());
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use ringcast_node::Config;
 use ringcast_testkit::{http_raw, Client, TestNode};
 use serde_json::json;
@@ -179,6 +180,40 @@ async fn a_flood_gets_rate_limited_then_closed_with_1008() {
     };
     assert!(saw_rate_limited, "no rate_limited error before the close");
     assert!(code.contains("Policy"), "expected close 1008, got {code}");
+    for _ in 0..5 {
+        by.still_served().await;
+    }
+}
+
+#[tokio::test]
+async fn a_ping_flood_is_rate_limited_like_messages() {
+    let node = TestNode::start(config()).await;
+    let mut by = Bystanders::new(&node).await;
+    let (mut flooder, _) = Client::connect_welcomed(&node.ws_url("pinger")).await;
+    for _ in 0..10_000 {
+        if !flooder.feed(Message::Ping("x".into())).await {
+            break;
+        }
+    }
+    let _ = flooder.flush().await;
+    let mut pongs = 0;
+    let mut saw_rate_limited = false;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(5), flooder.inner().next()).await {
+            Ok(Some(Ok(Message::Pong(_)))) => pongs += 1,
+            Ok(Some(Ok(Message::Text(t)))) => {
+                assert!(t.contains("rate_limited"), "unexpected event {t}");
+                saw_rate_limited = true;
+            }
+            Ok(Some(Ok(Message::Close(f)))) => break f.map(|f| u16::from(f.code)),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => panic!("the ping flood was not closed within 5 s"),
+        }
+    };
+    assert!(pongs > 0, "pings within the limit are answered");
+    assert!(pongs < 10_000, "every one of 10 000 pings was answered");
+    assert!(saw_rate_limited, "no rate_limited error before the close");
+    assert_eq!(code, Some(1008));
     for _ in 0..5 {
         by.still_served().await;
     }

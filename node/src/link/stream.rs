@@ -68,21 +68,23 @@ impl AsyncRead for LinkStream {
 }
 
 impl LinkStream {
-    /// Moves what arrived into `buf`, ready with the number of bytes (0 at the end of the
-    /// stream). Into an empty `buf` the bytes move without a copy: the stream's own buffer is
-    /// handed over.
+    /// Moves up to `max` of the bytes that arrived into `buf`, ready with the number moved (0
+    /// at the end of the stream). Into an empty `buf` they move without a copy: `buf` takes
+    /// that part of the stream's own buffer. At most `max` bytes are granted back per call, so
+    /// a reader that stops writing them on holds at most `max` beyond the stream's window.
     pub fn poll_read_into(
         &self,
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
+        max: usize,
     ) -> Poll<io::Result<usize>> {
         self.poll_take(cx, |rx| {
-            let n = rx.len();
+            let n = rx.len().min(max.max(1));
             if buf.is_empty() {
-                *buf = std::mem::take(rx);
+                *buf = rx.split_to(n);
             } else {
-                buf.extend_from_slice(rx);
-                rx.clear();
+                buf.extend_from_slice(&rx[..n]);
+                rx.advance(n);
             }
             n
         })

@@ -134,7 +134,7 @@ async fn reading_grants_the_window_back() {
 }
 
 #[tokio::test]
-async fn read_into_hands_over_whole_buffers_grants_credit_and_ends_at_eof() {
+async fn read_into_hands_over_buffers_up_to_a_limit_grants_credit_and_ends_at_eof() {
     let (opener, _acceptor, mut opened) = pair().await;
     let mut a = opener.open().unwrap();
     a.write_all(b"hi").await.unwrap();
@@ -148,10 +148,13 @@ async fn read_into_hands_over_whole_buffers_grants_credit_and_ends_at_eof() {
     let mut got = Vec::new();
     loop {
         let mut buf = BytesMut::new();
-        let n = within(std::future::poll_fn(|cx| b.poll_read_into(cx, &mut buf)))
-            .await
-            .unwrap();
+        let n = within(std::future::poll_fn(|cx| {
+            b.poll_read_into(cx, &mut buf, 5_000)
+        }))
+        .await
+        .unwrap();
         assert_eq!(n, buf.len());
+        assert!(n <= 5_000, "took {n} bytes, more than asked for");
         if n == 0 {
             break;
         }
