@@ -76,10 +76,9 @@ impl Shared {
             // Held by every connection, idle or not; client frames are small, and a larger
             // frame grows the buffer for itself. 4 KiB cost ~3 KB more RSS per idle connection.
             .read_buffer_size(1024)
-            // Frames are fed in batches and flushed once: buffer up to 64 KiB per write(2).
-            // (0 would write every frame with its own syscall; measured 3.5x slower fan-out.)
-            .write_buffer_size(64 * 1024)
-            .max_write_buffer_size(config.send_queue_bytes.max(64 * 1024) * 2)
+            // tungstenite only reads: the node writes frames itself (`crate::writer`), and what
+            // tungstenite writes on its own goes nowhere (`crate::split`), so it buffers nothing.
+            .write_buffer_size(0)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
         let (publish_tx, publish_rx) = mpsc::channel(publisher::QUEUE);

@@ -107,7 +107,7 @@ where
     // connection closes, leaves with it in one segment.
     let written = matches!(
         timeout(CLOSE_TIMEOUT, write_queued(&mut io, &out_rx)).await,
-        Ok(Ok(()))
+        Ok(Ok(_))
     );
     io.uncork();
     let (rd, wr) = io.split_io();

@@ -62,9 +62,10 @@ where
     let _ = timeout(CLOSE_TIMEOUT, io.shutdown()).await;
 }
 
-/// Writes what is queued now (up to [`BATCH`] frames) in one write: the session's first write,
-/// made before the writer starts.
-pub async fn write_queued<W>(io: &mut W, rx: &OutboundRx) -> io::Result<()>
+/// Writes what is queued now (up to [`BATCH`] frames) in one write; ready with the number of
+/// frames written (0: the queue was empty). The session's first write, made before the writer
+/// starts, and the drain before a close frame.
+pub async fn write_queued<W>(io: &mut W, rx: &OutboundRx) -> io::Result<usize>
 where
     W: AsyncWrite + Unpin,
 {
@@ -72,7 +73,7 @@ where
     batch.take(rx);
     let result = poll_fn(|cx| batch.poll_write(io, cx)).await;
     rx.written(batch.bytes);
-    result
+    result.map(|()| batch.frames.len())
 }
 
 /// The writer's state between wake-ups (one struct, so the future polling it holds one pointer).
@@ -234,17 +235,7 @@ where
         Closing::Gone => (false, None),
     };
     let handshake = async {
-        if drain {
-            loop {
-                let mut batch = Batch::default();
-                batch.take(&rx);
-                if batch.is_empty() {
-                    break;
-                }
-                poll_fn(|cx| batch.poll_write(&mut io, cx)).await?;
-                rx.written(batch.bytes);
-            }
-        }
+        while drain && write_queued(&mut io, &rx).await? > 0 {}
         if let Some(frame) = frame {
             io.write_all(&frame).await?;
         }
