@@ -307,6 +307,14 @@ mod tests {
         (RawWs::upgraded(client, read, config).await, server)
     }
 
+    /// The reader's result once it ends; fails the test if it has not within 5 s.
+    async fn ended(reader: tokio::task::JoinHandle<Receiver>) -> Receiver {
+        tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("the reader did not end within 5 s")
+            .expect("the reader panicked")
+    }
+
     fn receiver(counter: &Counters) -> Receiver {
         Receiver::new(0, 1, None, counter.clone())
     }
@@ -348,10 +356,7 @@ mod tests {
             .write_all(&server_frame(true, CLOSE, &close))
             .await
             .unwrap();
-        let rx = tokio::time::timeout(Duration::from_secs(5), reader)
-            .await
-            .expect("the reader ends on a close")
-            .unwrap();
+        let rx = ended(reader).await;
         assert_eq!(rx.closed.as_deref(), Some("closed by server: 1001 idle"));
         assert_eq!(rx.stamped, 3);
         assert_eq!(rx.distinct(), 3);
@@ -383,10 +388,7 @@ mod tests {
         }
         server.write_all(&bytes).await.unwrap();
         drop(server);
-        let rx = tokio::time::timeout(Duration::from_secs(5), reader)
-            .await
-            .expect("the reader ends")
-            .unwrap();
+        let rx = ended(reader).await;
         assert_eq!(rx.closed.as_deref(), Some("connection ended"));
         assert_eq!(rx.distinct(), 200);
         assert_eq!(rx.trackers[0].duplicates + rx.trackers[0].reordered, 0);
@@ -398,10 +400,7 @@ mod tests {
         let (stop_tx, stop_rx) = watch::channel(false);
         let reader = tokio::spawn(ws.receive_until(receiver(&Counters::default()), stop_rx));
         stop_tx.send(true).unwrap();
-        let rx = tokio::time::timeout(Duration::from_secs(5), reader)
-            .await
-            .expect("the reader stops")
-            .unwrap();
+        let rx = ended(reader).await;
         assert_eq!(rx.closed, None);
 
         for (what, bytes, expected) in [
@@ -417,10 +416,7 @@ mod tests {
             let reader = tokio::spawn(ws.receive_until(receiver(&Counters::default()), stop_rx));
             server.write_all(&bytes).await.unwrap();
             drop(server);
-            let rx = tokio::time::timeout(Duration::from_secs(5), reader)
-                .await
-                .expect("the reader ends")
-                .unwrap();
+            let rx = ended(reader).await;
             assert_eq!(rx.closed.as_deref(), Some(expected), "{what}");
         }
     }
@@ -434,10 +430,7 @@ mod tests {
             .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
             .await
             .unwrap();
-        let rx = tokio::time::timeout(Duration::from_secs(5), reader)
-            .await
-            .expect("the reader ends")
-            .unwrap();
+        let rx = ended(reader).await;
         assert_eq!(rx.stamped, 1, "what came before the garbage still counts");
         let closed = rx.closed.unwrap_or_default();
         assert!(
