@@ -30,6 +30,7 @@ mod stream;
 
 use std::collections::HashMap;
 use std::future::poll_fn;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
@@ -41,7 +42,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-pub use stream::LinkStream;
+pub use stream::{LinkHalf, LinkStream};
 
 /// The request path that turns a connection into a link.
 pub const PATH: &str = "/link";
@@ -63,6 +64,15 @@ pub const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// Largest payload of one frame.
 const MAX_PAYLOAD: usize = 16 * 1024;
+
+/// First capacity of a stream's receive buffer: a fan-out round's frames for one client fit.
+const RX_BUF: usize = 1024;
+
+/// Emptied receive buffers kept for reuse, at most this many per link...
+const SPARE_MAX: usize = 512;
+
+/// ...and none larger than this.
+const SPARE_CAP_MAX: usize = 8 * 1024;
 
 /// Bytes read since the last grant, past which the reader grants them back.
 const GRANT_AT: usize = WINDOW / 4;
@@ -109,7 +119,10 @@ struct Inner {
     waiting: Vec<u32>,
     /// Most streams open at once.
     max_streams: usize,
-    streams: HashMap<u32, Slot>,
+    streams: HashMap<u32, Slot, BuildHasherDefault<IdHasher>>,
+    /// Emptied receive buffers, handed to the next stream that receives bytes (see
+    /// [`Inner::recycle`]).
+    spare: Vec<BytesMut>,
     next_id: u32,
     /// The socket failed or closed, or [`Link::close`]: nothing more moves.
     dead: bool,
@@ -148,6 +161,24 @@ impl Slot {
 }
 
 impl Inner {
+    /// Keeps an emptied receive buffer for the next stream that receives bytes.
+    ///
+    /// A busy link empties and fills one buffer per stream per fan-out round. The reader fills
+    /// them and the streams' owners empty them, on other threads: allocated and freed each
+    /// time, they cost the allocator its cross-thread path on every round. Idle streams still
+    /// hold no buffer; a link holds at most [`SPARE_MAX`] of [`SPARE_CAP_MAX`] bytes.
+    fn recycle(&mut self, mut buf: BytesMut) {
+        // `try_reclaim` takes back the room in front of a buffer that was read from (without
+        // allocating, and only when nothing else shares it).
+        if buf.is_empty()
+            && self.spare.len() < SPARE_MAX
+            && buf.try_reclaim(RX_BUF)
+            && buf.capacity() <= SPARE_CAP_MAX
+        {
+            self.spare.push(buf);
+        }
+    }
+
     fn push_frame(&mut self, kind: u8, id: u32, len: u32, payload: &[u8]) {
         push_frame(&mut self.out, &mut self.writer, kind, id, len, payload);
     }
@@ -196,6 +227,12 @@ impl Inner {
                 if let Some(slot) = self.streams.get_mut(&id) {
                     if slot.rx.len() + payload.len() > WINDOW {
                         return Err(invalid("DATA beyond the stream's window"));
+                    }
+                    if slot.rx.capacity() == 0 {
+                        slot.rx = self
+                            .spare
+                            .pop()
+                            .unwrap_or_else(|| BytesMut::with_capacity(RX_BUF));
                     }
                     slot.rx.extend_from_slice(payload);
                     wake.extend(slot.rx_waker.take());
@@ -251,6 +288,28 @@ fn push_frame(
     out.extend_from_slice(&id.to_be_bytes());
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(payload);
+}
+
+/// Hashes the link's stream ids. They are small integers one end hands out in sequence, so
+/// one multiplication spreads them across the table; SipHash's resistance to chosen keys buys
+/// nothing against the peer at the other end of our own link.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 fn invalid(why: &'static str) -> io::Error {

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::link::LinkStream;
+use crate::link::{LinkHalf, LinkStream};
 
 /// A connection that comes apart into a reading and a writing half.
 pub trait SplitIo {
@@ -39,12 +39,13 @@ impl SplitIo for TcpStream {
     }
 }
 
+/// A link stream splits without a lock too: the link's own lock guards it.
 impl SplitIo for LinkStream {
-    type Read = tokio::io::ReadHalf<LinkStream>;
-    type Write = tokio::io::WriteHalf<LinkStream>;
+    type Read = LinkHalf;
+    type Write = LinkHalf;
 
-    fn split_io(self) -> (Self::Read, Self::Write) {
-        tokio::io::split(self)
+    fn split_io(self) -> (LinkHalf, LinkHalf) {
+        self.split()
     }
 }
 

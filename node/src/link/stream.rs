@@ -57,11 +57,17 @@ impl AsyncRead for LinkStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.get_mut().read(cx, buf)
+    }
+}
+
+impl LinkStream {
+    fn read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         self.poll_take(cx, |rx| {
             let n = buf.remaining().min(rx.len());
             buf.put_slice(&rx[..n]);
             rx.advance(n);
-            n
+            (n, BytesMut::new())
         })
         .map_ok(|_| ())
     }
@@ -70,33 +76,43 @@ impl AsyncRead for LinkStream {
 impl LinkStream {
     /// Moves up to `max` of the bytes that arrived into `buf`, ready with the number moved (0
     /// at the end of the stream). Into an empty `buf` they move without a copy: `buf` takes
-    /// that part of the stream's own buffer. At most `max` bytes are granted back per call, so
-    /// a reader that stops writing them on holds at most `max` beyond the stream's window.
+    /// the stream's own buffer, or that part of it, and an empty `buf` that had room is kept
+    /// for the stream's next bytes (also when nothing has arrived: then `buf` is left without
+    /// a buffer). At most `max` bytes are granted back per call, so a reader that stops
+    /// writing them on holds at most `max` beyond the stream's window.
     pub fn poll_read_into(
         &self,
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
         max: usize,
     ) -> Poll<io::Result<usize>> {
-        self.poll_take(cx, |rx| {
+        let taken = self.poll_take(cx, |rx| {
             let n = rx.len().min(max.max(1));
-            if buf.is_empty() {
-                *buf = rx.split_to(n);
-            } else {
+            if !buf.is_empty() {
                 buf.extend_from_slice(&rx[..n]);
                 rx.advance(n);
+                return (n, BytesMut::new());
             }
-            n
-        })
+            let moved = if n == rx.len() {
+                std::mem::take(rx)
+            } else {
+                rx.split_to(n)
+            };
+            (n, std::mem::replace(buf, moved))
+        });
+        if taken.is_pending() && buf.is_empty() && buf.capacity() > 0 {
+            self.shared.lock().recycle(std::mem::take(buf));
+        }
+        taken
     }
 
     /// Lets `take` consume from the received bytes when there are any (it returns how many it
-    /// took), granting credit back as they are consumed; otherwise ready at the end of the
-    /// stream, or pending.
+    /// took, and an emptied buffer of the caller's to keep for reuse), granting credit back as
+    /// they are consumed; otherwise ready at the end of the stream, or pending.
     fn poll_take(
         &self,
         cx: &mut Context<'_>,
-        take: impl FnOnce(&mut BytesMut) -> usize,
+        take: impl FnOnce(&mut BytesMut) -> (usize, BytesMut),
     ) -> Poll<io::Result<usize>> {
         let id = self.id;
         let mut guard = self.shared.lock();
@@ -105,11 +121,13 @@ impl LinkStream {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
         if !slot.rx.is_empty() {
-            let n = take(&mut slot.rx);
-            if slot.rx.is_empty() {
-                // An idle stream holds no buffer.
-                slot.rx = BytesMut::new();
-            }
+            let (n, emptied) = take(&mut slot.rx);
+            // An idle stream holds no buffer.
+            let drained = if slot.rx.is_empty() {
+                std::mem::take(&mut slot.rx)
+            } else {
+                BytesMut::new()
+            };
             slot.unacked += n;
             if slot.unacked >= GRANT_AT && !slot.rx_fin && !inner.dead {
                 let grant = std::mem::take(&mut slot.unacked);
@@ -122,6 +140,8 @@ impl LinkStream {
                     &[],
                 );
             }
+            inner.recycle(emptied);
+            inner.recycle(drained);
             return Poll::Ready(Ok(n));
         }
         let dead = inner.dead;
@@ -142,12 +162,34 @@ impl AsyncWrite for LinkStream {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_write_vectored(cx, &[io::IoSlice::new(data)])
+        self.write_vectored(cx, &[io::IoSlice::new(data)])
     }
 
     /// The slices travel in one frame, as far as the stream's credit and [`MAX_PAYLOAD`] allow.
     fn poll_write_vectored(
         self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.flush()
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.shutdown()
+    }
+}
+
+impl LinkStream {
+    fn write_vectored(
+        &self,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
@@ -199,11 +241,7 @@ impl AsyncWrite for LinkStream {
         Poll::Ready(Ok(n))
     }
 
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn flush(&self) -> Poll<io::Result<()>> {
         // Frames leave with the link's next write; there is nothing to push here.
         if self.shared.lock().dead {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
@@ -211,7 +249,7 @@ impl AsyncWrite for LinkStream {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn shutdown(&self) -> Poll<io::Result<()>> {
         let id = self.id;
         let mut inner = self.shared.lock();
         let dead = inner.dead;
@@ -233,6 +271,60 @@ impl Drop for LinkStream {
                 inner.push_frame(CLOSE, self.id, 0, &[]);
             }
         }
+    }
+}
+
+impl LinkStream {
+    /// Takes the stream apart into a reading and a writing half, without a lock between them
+    /// (the link's own lock already guards the stream). The stream closes when both are gone.
+    pub fn split(self) -> (LinkHalf, LinkHalf) {
+        let both = Arc::new(self);
+        (LinkHalf(both.clone()), LinkHalf(both))
+    }
+}
+
+/// One half of a [`LinkStream`] taken apart by [`LinkStream::split`]: reads and writes like the
+/// whole stream.
+#[derive(Debug)]
+pub struct LinkHalf(Arc<LinkStream>);
+
+impl AsyncRead for LinkHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.0.read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LinkHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.0.write_vectored(cx, &[io::IoSlice::new(data)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.0.write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.flush()
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.shutdown()
     }
 }
 

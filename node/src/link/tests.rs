@@ -254,3 +254,71 @@ async fn an_idle_link_with_a_live_peer_stays_up() {
     a.read_exact(&mut got[1..]).await.unwrap();
     assert_eq!(&got, b"xy");
 }
+
+#[tokio::test]
+async fn split_halves_read_and_write_and_the_stream_closes_when_both_are_gone() {
+    let (opener, _acceptor, mut opened) = pair().await;
+    let mut a = opener.open().unwrap();
+    a.write_all(b"hi").await.unwrap();
+    let (mut rd, mut wr) = within(opened.recv()).await.unwrap().split();
+    let mut got = [0u8; 2];
+    within(rd.read_exact(&mut got)).await.unwrap();
+    assert_eq!(&got, b"hi");
+
+    drop(rd);
+    // The writing half still carries the stream...
+    wr.write_all(b"back").await.unwrap();
+    let mut back = [0u8; 4];
+    within(a.read_exact(&mut back)).await.unwrap();
+    assert_eq!(&back, b"back");
+    // ...until it goes too: then the peer reads the end of the stream.
+    drop(wr);
+    let mut rest = Vec::new();
+    within(a.read_to_end(&mut rest)).await.unwrap();
+    assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn emptied_receive_buffers_are_reused_idle_streams_hold_none_and_spares_are_bounded() {
+    let (opener, _acceptor, mut opened) = pair().await;
+    let count = SPARE_MAX + 100;
+    let mut near = Vec::new();
+    let mut far = Vec::new();
+    for _ in 0..count {
+        let mut a = opener.open().unwrap();
+        a.write_all(b"open").await.unwrap();
+        far.push(within(opened.recv()).await.unwrap());
+        near.push(a);
+    }
+    // (streams holding unread bytes, streams holding a buffer, spare buffers) at the near end.
+    let state = || {
+        let inner = opener.shared.lock();
+        let unread = inner.streams.values().filter(|s| !s.rx.is_empty()).count();
+        let held = inner
+            .streams
+            .values()
+            .filter(|s| s.rx.capacity() > 0)
+            .count();
+        (unread, held, inner.spare.len())
+    };
+    for round in 0..2u8 {
+        for b in &mut far {
+            b.write_all(&[round; 100]).await.unwrap();
+        }
+        within(async {
+            while state().0 < count {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        // More streams received bytes than there are spares: every spare went to one.
+        assert_eq!(state().2, 0, "round {round}: spare buffers left unused");
+        for a in &mut near {
+            let mut got = [0u8; 100];
+            within(a.read_exact(&mut got)).await.unwrap();
+            assert_eq!(got, [round; 100]);
+        }
+        // Read out, no stream holds a buffer, and the link keeps only SPARE_MAX of them.
+        assert_eq!(state(), (0, 0, SPARE_MAX), "round {round}");
+    }
+}
