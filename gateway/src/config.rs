@@ -170,9 +170,9 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
 
-    /// Most client connections from one IP address at once (0: no per-address limit). Counted
-    /// by the TCP peer address, so leave it at 0 behind a load balancer or NAT that makes
-    /// every client share one address.
+    /// Most client connections from one IP address at once (0: no per-address limit); IPv6
+    /// clients count per /64 network. Counted by the TCP peer address, so leave it at 0 behind
+    /// a load balancer or NAT that makes every client share one address.
     #[arg(long, env = "RINGCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,
 

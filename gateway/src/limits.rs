@@ -5,6 +5,9 @@
 //! The per-address count is keyed by the TCP peer address, never by `X-Forwarded-For`, which a
 //! client can write itself. Behind a load balancer every client shares its address, so the
 //! per-address limit belongs on gateways that face clients directly.
+//!
+//! An IPv6 client is counted by its /64 network, not its address: one host is routinely given a
+//! whole /64 and can pick a fresh address from it for every connection.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -48,8 +51,7 @@ impl IpLimiter {
         if self.max == 0 {
             return Ok(None);
         }
-        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
-        let ip = ip.to_canonical();
+        let ip = client_key(ip);
         let Ok(mut counts) = self.counts.lock() else {
             // Poisoned only if a holder panicked mid-update; fail open rather than lock
             // everyone out (the total limit still holds).
@@ -66,13 +68,22 @@ impl IpLimiter {
         }))
     }
 
-    /// Open connections counted for `ip`.
+    /// Open connections counted for `ip` (for IPv6, its /64).
     pub fn open(&self, ip: IpAddr) -> usize {
         self.counts
             .lock()
             .ok()
-            .and_then(|c| c.get(&ip.to_canonical()).copied())
+            .and_then(|c| c.get(&client_key(ip)).copied())
             .unwrap_or(0)
+    }
+}
+
+/// What a client's connections are counted under: its IPv4 address (also when it arrives as
+/// `::ffff:a.b.c.d` on a dual-stack socket), or its IPv6 /64 network.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
     }
 }
 
@@ -125,5 +136,25 @@ mod tests {
         assert_eq!(limiter.open(a), 1);
         assert!(limiter.acquire(a).unwrap().is_some());
         assert!(IpLimiter::new(0).acquire(a).unwrap().is_none());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_network() {
+        let limiter = IpLimiter::new(2);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _a = limiter.acquire(ip("2001:db8:1:2::1")).unwrap();
+        let _b = limiter.acquire(ip("2001:db8:1:2:ffff:0:0:9")).unwrap();
+        assert!(
+            limiter.acquire(ip("2001:db8:1:2:abcd::7")).is_err(),
+            "a fresh address in the same /64 is the same client"
+        );
+        assert_eq!(limiter.open(ip("2001:db8:1:2::42")), 2);
+        assert!(
+            limiter.acquire(ip("2001:db8:1:3::1")).unwrap().is_some(),
+            "the next /64 is someone else"
+        );
+        // IPv4 addresses stay whole, also written as IPv4-mapped IPv6.
+        let _c = limiter.acquire(ip("10.0.0.1")).unwrap();
+        assert!(limiter.acquire(ip("::ffff:10.0.0.2")).unwrap().is_some());
     }
 }
