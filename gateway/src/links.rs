@@ -6,6 +6,10 @@
 //! node that answers the link request with anything but a 101 (a version without links) is
 //! reached with one TCP connection per client, as before, and asked again after
 //! [`RETRY_UNSUPPORTED`].
+//!
+//! Nodes come and go (a scaled deployment gives each new pod a new address), so a node's entry
+//! does not outlive its use: whenever an address is seen for the first time, the entries of
+//! every other address that has no live link and nothing left to remember are dropped.
 
 use std::collections::HashMap;
 use std::io;
@@ -57,6 +61,23 @@ pub struct Links {
     gauge: IntGauge,
 }
 
+/// Whether a node's entry can go: nobody is routing through it right now, and it holds neither
+/// a live link nor a verdict still standing (a refusal of links, a recent failure).
+fn forgettable(state: &Arc<tokio::sync::Mutex<State>>) -> bool {
+    if Arc::strong_count(state) > 1 {
+        return false;
+    }
+    let Ok(state) = state.try_lock() else {
+        return false;
+    };
+    match &*state {
+        State::None => true,
+        State::Up(link) => !link.is_alive(),
+        State::Unsupported(since) => since.elapsed() >= RETRY_UNSUPPORTED,
+        State::Failed(since, _) => since.elapsed() >= RETRY_FAILED,
+    }
+}
+
 /// One node's link, as far as it got.
 enum State {
     None,
@@ -82,6 +103,9 @@ impl Links {
     pub async fn route(&self, addr: &Arc<str>) -> Result<Route, LinkError> {
         let state = {
             let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            if !nodes.contains_key(addr) {
+                nodes.retain(|_, state| !forgettable(state));
+            }
             nodes
                 .entry(addr.clone())
                 .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(State::None)))
@@ -180,9 +204,81 @@ impl Links {
         Ok(Some(link))
     }
 
+    /// Addresses with an entry (for tests).
+    #[cfg(test)]
+    fn known(&self) -> Vec<Arc<str>> {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.keys().cloned().collect()
+    }
+
     /// Closes every link (their tunnels end with them).
     pub fn close_all(&self) {
         let made = std::mem::take(&mut *self.made.lock().unwrap_or_else(|e| e.into_inner()));
         made.iter().for_each(Link::close);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringcast_testkit::TestNode;
+
+    fn links() -> Links {
+        let gauge = IntGauge::new("links", "links").unwrap();
+        Links::new(Duration::from_secs(2), Duration::from_secs(2), gauge)
+    }
+
+    /// An address nothing listens on.
+    async fn refusing() -> Arc<str> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        addr.into()
+    }
+
+    #[tokio::test]
+    async fn entries_of_gone_nodes_are_dropped_and_live_links_kept() {
+        let links = links();
+        let live = TestNode::start(ringcast_node::Config::for_tests()).await;
+        let live_addr: Arc<str> = live.addr.to_string().into();
+        let leaving = TestNode::start(ringcast_node::Config::for_tests()).await;
+        let leaving_addr: Arc<str> = leaving.addr.to_string().into();
+        let _a = links.route(&live_addr).await.unwrap();
+        let b = links.route(&leaving_addr).await.unwrap();
+        drop(b);
+        // A node that refuses connections leaves nothing worth keeping.
+        let refused = refusing().await;
+        assert!(matches!(
+            links.route(&refused).await,
+            Err(LinkError::Refused(_))
+        ));
+
+        // The second node goes away, and its link dies with it.
+        leaving.stop().await.unwrap();
+        let link = {
+            let nodes = links.nodes.lock().unwrap();
+            let state = nodes[&leaving_addr].try_lock().unwrap();
+            match &*state {
+                State::Up(link) => link.clone(),
+                _ => panic!("no link was made"),
+            }
+        };
+        ringcast_testkit::wait_until(Duration::from_secs(10), "the link to die", || {
+            let alive = link.is_alive();
+            async move { !alive }
+        })
+        .await;
+
+        // The next new address sweeps both away; the live link stays and is reused.
+        let _ = links.route(&refusing().await).await;
+        let known = links.known();
+        assert!(known.contains(&live_addr), "{known:?}");
+        assert!(!known.contains(&leaving_addr), "{known:?}");
+        assert!(!known.contains(&refused), "{known:?}");
+        assert!(matches!(
+            links.route(&live_addr).await,
+            Ok(Route::Stream(_))
+        ));
+        live.stop().await.unwrap();
     }
 }
