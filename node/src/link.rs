@@ -42,7 +42,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-pub use stream::{LinkHalf, LinkStream};
+pub use stream::{LinkHalf, LinkSender, LinkStream};
 
 /// The request path that turns a connection into a link.
 pub const PATH: &str = "/link";

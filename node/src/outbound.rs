@@ -5,17 +5,26 @@
 //! that the queue is full, and the caller then closes the slow client. The queue is bounded both in
 //! frames and in bytes, so one stalled client holds at most `send_queue_bytes` of memory.
 //!
+//! A client reached over a gateway's link has no socket of its own to write: its frames go into
+//! the link's outgoing buffer. For such a client, [`Outbound::push`] puts a frame there itself
+//! when nothing is queued before it and the writer has nothing in flight, instead of queueing it
+//! and waking the writer task: a message to a room then costs the node one task for the whole
+//! room instead of one per member. Anything that cannot go that way at once (no credit on the
+//! stream, a full link, a write in progress) is queued as before, so frames keep their order.
+//!
 //! An idle connection costs little here: the queue allocates nothing while empty, and the close
 //! signal is a field under the queue's lock plus one waker each for the reader and the writer
 //! (a `watch` channel would allocate its shared state for every connection).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
+
+use crate::link::LinkSender;
 
 /// Process-unique id of one WebSocket connection.
 pub type ConnId = u64;
@@ -122,6 +131,8 @@ pub struct Outbound {
     closing: AtomicBool,
     /// The writer is gone: further frames have nowhere to go.
     writer_gone: AtomicBool,
+    /// The link stream to hand frames to directly, for a client reached over a link.
+    direct: OnceLock<LinkSender>,
 }
 
 /// What sits under the [`Outbound`] lock.
@@ -132,6 +143,9 @@ struct State {
     frames: VecDeque<Bytes>,
     /// Set once, by the first close request.
     closing: Option<Closing>,
+    /// The writer took frames (or a ping) it may not have written whole yet: nothing may be
+    /// handed to the link past it. Cleared when the writer finds the queue empty.
+    writing: bool,
 }
 
 /// The receiving half, owned by the connection's writer.
@@ -164,6 +178,7 @@ impl Outbound {
             state: Mutex::new(State {
                 frames: VecDeque::new(),
                 closing: None,
+                writing: false,
             }),
             writer_waker: AtomicWaker::new(),
             reader_waker: AtomicWaker::new(),
@@ -172,6 +187,7 @@ impl Outbound {
             max_bytes,
             closing: AtomicBool::new(false),
             writer_gone: AtomicBool::new(false),
+            direct: OnceLock::new(),
         });
         let rx = OutboundRx {
             handle: handle.clone(),
@@ -183,7 +199,14 @@ impl Outbound {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a frame without waiting. The frame's bytes are shared, not copied.
+    /// From now on, hands frames to `link` directly whenever nothing is queued or being written
+    /// (see the module's comment). Set once, before the writer starts.
+    pub fn send_directly(&self, link: LinkSender) {
+        let _ = self.direct.set(link);
+    }
+
+    /// Queues a frame without waiting, or hands it to the client's link at once (both are
+    /// [`Push::Queued`]). The frame's bytes are shared, not copied.
     pub fn push(&self, frame: &Bytes) -> Push {
         if self.closing.load(Ordering::Relaxed) {
             return Push::Closed;
@@ -195,16 +218,26 @@ impl Outbound {
             return Push::Full;
         }
         let mut state = self.lock();
-        let outcome = if self.writer_gone.load(Ordering::Acquire) {
-            Push::Closed
+        // Handed over under the lock, so the writer cannot take a frame queued meanwhile and
+        // write it first; a close requested later is written after this frame.
+        let handed = || {
+            state.frames.is_empty()
+                && !state.writing
+                && state.closing.is_none()
+                && self.direct.get().is_some_and(|link| link.try_send(frame))
+        };
+        let (outcome, queued) = if self.writer_gone.load(Ordering::Acquire) {
+            (Push::Closed, false)
+        } else if handed() {
+            (Push::Queued, false)
         } else if state.frames.len() >= self.max_frames {
-            Push::Full
+            (Push::Full, false)
         } else {
             state.frames.push_back(frame.clone());
-            Push::Queued
+            (Push::Queued, true)
         };
         drop(state);
-        if outcome == Push::Queued {
+        if queued {
             self.writer_waker.wake();
         } else {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
@@ -260,16 +293,27 @@ pub enum Next {
 }
 
 impl OutboundRx {
-    /// The next frame if one is queued.
+    /// The next frame if one is queued. Until the writer next finds the queue empty
+    /// ([`OutboundRx::poll_next`]), frames are no longer handed to the link directly.
     pub fn try_recv(&self) -> Result<Bytes, Empty> {
-        let mut state = self.handle.lock();
+        Self::pop(&mut self.handle.lock())
+    }
+
+    fn pop(state: &mut State) -> Result<Bytes, Empty> {
         let frame = state.frames.pop_front().ok_or(Empty)?;
+        state.writing = true;
         if state.frames.is_empty() {
             // Most connections are idle most of the time: keep no buffer while there is nothing
             // to hold. A busy writer pays one small allocation per batch for it.
             state.frames = VecDeque::new();
         }
         Ok(frame)
+    }
+
+    /// The writer is about to write something of its own (a ping): frames are not handed to the
+    /// link directly until it next finds the queue empty.
+    pub fn hold(&self) {
+        self.handle.lock().writing = true;
     }
 
     /// The writer gives up on the connection: asks for it to close (unless a close was already
@@ -289,15 +333,20 @@ impl OutboundRx {
     }
 
     /// A close request first, else the next frame; pending (with the task woken when either
-    /// comes) when there is neither.
+    /// comes) when there is neither. Called only with everything taken before written whole:
+    /// pending, it lets frames be handed to the link directly again.
     pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Next> {
         self.handle.writer_waker.register(cx.waker());
-        if let Some(closing) = self.closing() {
+        let mut state = self.handle.lock();
+        if let Some(closing) = state.closing {
             return Poll::Ready(Next::Close(closing));
         }
-        match self.try_recv() {
+        match Self::pop(&mut state) {
             Ok(frame) => Poll::Ready(Next::Frame(frame)),
-            Err(Empty) => Poll::Pending,
+            Err(Empty) => {
+                state.writing = false;
+                Poll::Pending
+            }
         }
     }
 
@@ -310,6 +359,9 @@ impl OutboundRx {
         }
     }
 }
+
+#[cfg(test)]
+mod direct_tests;
 
 #[cfg(test)]
 mod tests {

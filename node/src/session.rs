@@ -110,6 +110,9 @@ where
         Ok(Ok(_))
     );
     io.uncork();
+    if let Some(link) = io.link_sender() {
+        out.send_directly(link);
+    }
     let (rd, wr) = io.split_io();
     let writer = if written {
         tokio::spawn(write_loop(wr, out_rx, config.ping_interval()))

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::link::{LinkHalf, LinkStream};
+use crate::link::{LinkHalf, LinkSender, LinkStream};
 
 /// A connection that comes apart into a reading and a writing half.
 pub trait SplitIo {
@@ -27,6 +27,12 @@ pub trait SplitIo {
 
     /// Takes the connection apart.
     fn split_io(self) -> (Self::Read, Self::Write);
+
+    /// For a stream on a link: a handle that sends frames to it without waiting (see
+    /// [`crate::outbound::Outbound::send_directly`]).
+    fn link_sender(&self) -> Option<LinkSender> {
+        None
+    }
 }
 
 /// A TCP connection splits without a lock.
@@ -46,6 +52,10 @@ impl SplitIo for LinkStream {
 
     fn split_io(self) -> (LinkHalf, LinkHalf) {
         self.split()
+    }
+
+    fn link_sender(&self) -> Option<LinkSender> {
+        Some(self.sender())
     }
 }
 

@@ -123,6 +123,7 @@ where
             }
             if ping.as_mut().poll(cx).is_ready() {
                 ping.as_mut().reset(Instant::now() + self.ping_every);
+                self.rx.hold();
                 self.batch.push(wire::ping(), false);
                 self.batch.ping = true;
                 continue;

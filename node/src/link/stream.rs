@@ -275,6 +275,15 @@ impl Drop for LinkStream {
 }
 
 impl LinkStream {
+    /// A handle that hands whole frames to this stream without waiting (it does not keep the
+    /// stream open).
+    pub fn sender(&self) -> LinkSender {
+        LinkSender {
+            shared: self.shared.clone(),
+            id: self.id,
+        }
+    }
+
     /// Takes the stream apart into a reading and a writing half, without a lock between them
     /// (the link's own lock already guards the stream). The stream closes when both are gone.
     pub fn split(self) -> (LinkHalf, LinkHalf) {
@@ -325,6 +334,51 @@ impl AsyncWrite for LinkHalf {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.0.shutdown()
+    }
+}
+
+/// Hands whole frames to one stream of a link, from any task, without waiting.
+#[derive(Clone)]
+pub struct LinkSender {
+    shared: Arc<Shared>,
+    id: u32,
+}
+
+impl LinkSender {
+    /// Sends `frame` on the stream as one piece if it can go at once: the link is alive, the
+    /// stream open and not finished, its credit covers all of `frame`, and the link's outgoing
+    /// bytes are under [`OUT_CAP`]. Otherwise sends nothing and returns false.
+    pub fn try_send(&self, frame: &[u8]) -> bool {
+        if frame.is_empty() || frame.len() > MAX_PAYLOAD {
+            return false;
+        }
+        let mut guard = self.shared.lock();
+        let inner = &mut *guard;
+        if inner.dead || inner.out.len() >= OUT_CAP {
+            return false;
+        }
+        let Some(slot) = inner.streams.get_mut(&self.id) else {
+            return false;
+        };
+        if slot.fin_sent || slot.peer_closed || slot.credit < frame.len() {
+            return false;
+        }
+        slot.credit -= frame.len();
+        push_frame(
+            &mut inner.out,
+            &mut inner.writer,
+            DATA,
+            self.id,
+            frame.len() as u32,
+            frame,
+        );
+        true
+    }
+}
+
+impl std::fmt::Debug for LinkSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkSender").field("id", &self.id).finish()
     }
 }
 
