@@ -25,6 +25,12 @@ pub trait ReadReady: AsyncRead + AsyncWrite + Unpin {
     /// Ready once a read would not wait.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 
+    /// Whether reads hand over a buffer of their own, so a read may be tried with no buffer
+    /// and without waiting for readiness first (it waits by itself when nothing has arrived).
+    fn lends_buffers(&self) -> bool {
+        false
+    }
+
     /// Reads what arrived into `buf`, taking room for up to `size` bytes; ready with the number
     /// of bytes read (0 at the end of the stream).
     fn poll_read_into(
@@ -50,6 +56,10 @@ impl ReadReady for NodeIo {
             NodeIo::Tcp(s) => s.poll_read_ready(cx),
             NodeIo::Link(s) => s.poll_read_ready(cx),
         }
+    }
+
+    fn lends_buffers(&self) -> bool {
+        matches!(self, NodeIo::Link(_))
     }
 
     /// A link stream hands over the bytes it received as they are, without a copy.

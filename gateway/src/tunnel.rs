@@ -182,7 +182,7 @@ impl Pipe {
                 self.ended = true;
                 return Poll::Ready(Ok(()));
             }
-            if self.buf.capacity() == 0 {
+            if self.buf.capacity() == 0 && !from.lends_buffers() {
                 // Wait for bytes before taking a buffer for them.
                 ready!(from.poll_read_ready(cx))?;
             }

@@ -63,12 +63,17 @@ impl AsyncRead for LinkStream {
 
 impl LinkStream {
     fn read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        self.poll_take(cx, |rx| {
-            let n = buf.remaining().min(rx.len());
-            buf.put_slice(&rx[..n]);
-            rx.advance(n);
-            (n, BytesMut::new())
-        })
+        self.poll_take(
+            cx,
+            buf,
+            |buf, rx| {
+                let n = buf.remaining().min(rx.len());
+                buf.put_slice(&rx[..n]);
+                rx.advance(n);
+                (n, BytesMut::new())
+            },
+            |_| BytesMut::new(),
+        )
         .map_ok(|_| ())
     }
 }
@@ -86,33 +91,43 @@ impl LinkStream {
         buf: &mut BytesMut,
         max: usize,
     ) -> Poll<io::Result<usize>> {
-        let taken = self.poll_take(cx, |rx| {
-            let n = rx.len().min(max.max(1));
-            if !buf.is_empty() {
-                buf.extend_from_slice(&rx[..n]);
-                rx.advance(n);
-                return (n, BytesMut::new());
-            }
-            let moved = if n == rx.len() {
-                std::mem::take(rx)
-            } else {
-                rx.split_to(n)
-            };
-            (n, std::mem::replace(buf, moved))
-        });
-        if taken.is_pending() && buf.is_empty() && buf.capacity() > 0 {
-            self.shared.lock().recycle(std::mem::take(buf));
-        }
-        taken
+        self.poll_take(
+            cx,
+            buf,
+            |buf, rx| {
+                let n = rx.len().min(max.max(1));
+                if !buf.is_empty() {
+                    buf.extend_from_slice(&rx[..n]);
+                    rx.advance(n);
+                    return (n, BytesMut::new());
+                }
+                let moved = if n == rx.len() {
+                    std::mem::take(rx)
+                } else {
+                    rx.split_to(n)
+                };
+                (n, std::mem::replace(buf, moved))
+            },
+            |buf| {
+                if buf.is_empty() {
+                    std::mem::take(buf)
+                } else {
+                    BytesMut::new()
+                }
+            },
+        )
     }
 
-    /// Lets `take` consume from the received bytes when there are any (it returns how many it
+    /// Lets `take` move received bytes into `dest` when there are any (it returns how many it
     /// took, and an emptied buffer of the caller's to keep for reuse), granting credit back as
-    /// they are consumed; otherwise ready at the end of the stream, or pending.
-    fn poll_take(
+    /// they are consumed; otherwise ready at the end of the stream, or pending, keeping the
+    /// emptied buffer `idle` gives up. All under one lock.
+    fn poll_take<D: ?Sized>(
         &self,
         cx: &mut Context<'_>,
-        take: impl FnOnce(&mut BytesMut) -> (usize, BytesMut),
+        dest: &mut D,
+        take: impl FnOnce(&mut D, &mut BytesMut) -> (usize, BytesMut),
+        idle: impl FnOnce(&mut D) -> BytesMut,
     ) -> Poll<io::Result<usize>> {
         let id = self.id;
         let mut guard = self.shared.lock();
@@ -121,7 +136,7 @@ impl LinkStream {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
         if !slot.rx.is_empty() {
-            let (n, emptied) = take(&mut slot.rx);
+            let (n, emptied) = take(dest, &mut slot.rx);
             // An idle stream holds no buffer.
             let drained = if slot.rx.is_empty() {
                 std::mem::take(&mut slot.rx)
@@ -152,6 +167,7 @@ impl LinkStream {
             return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
         }
         park(&mut slot.rx_waker, cx);
+        inner.recycle(idle(dest));
         Poll::Pending
     }
 }
