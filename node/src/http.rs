@@ -392,9 +392,17 @@ async fn serve_link(
         }
     };
     let (link, driver) = Link::new(stream, early, link::Role::Acceptor, max_streams, on_open);
+    let mut driver = std::pin::pin!(driver);
     tokio::select! {
-        r = driver => debug!(result = ?r, "link ended"),
-        _ = stopped.cancelled() => link.close(),
+        r = &mut driver => debug!(result = ?r, "link ended"),
+        _ = stopped.cancelled() => {
+            // The node has drained: what its sessions wrote last (their close frames) still
+            // goes out before the link ends.
+            link.finish();
+            if tokio::time::timeout(crate::writer::CLOSE_TIMEOUT, driver).await.is_err() {
+                link.close();
+            }
+        }
     }
     gauge.dec();
 }

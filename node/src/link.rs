@@ -126,6 +126,8 @@ struct Inner {
     next_id: u32,
     /// The socket failed or closed, or [`Link::close`]: nothing more moves.
     dead: bool,
+    /// [`Link::finish`]: the writer ends the link once what is waiting is written.
+    finishing: bool,
     /// When bytes last arrived.
     last_rx: Option<Instant>,
 }
@@ -394,7 +396,20 @@ impl Link {
         self.shared.lock().streams.len()
     }
 
-    /// Ends the link: its driver returns and every stream fails.
+    /// Ends the link once nothing is left waiting to be written (a stream's last frames, such as
+    /// a closing handshake, reach the peer; frames queued meanwhile go too): its driver then
+    /// returns, every stream fails, and the peer reads the end of the link. Bound the wait, and
+    /// [`Link::close`] a link that does not get there.
+    pub fn finish(&self) {
+        let mut inner = self.shared.lock();
+        inner.finishing = true;
+        if let Some(w) = inner.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Ends the link at once: its driver returns and every stream fails; frames still waiting
+    /// are dropped.
     pub fn close(&self) {
         let mut wake = Vec::new();
         self.shared.lock().kill(&mut wake);
@@ -492,7 +507,7 @@ async fn write_loop(shared: &Arc<Shared>, mut wr: OwnedWriteHalf) -> io::Result<
     loop {
         let ready = poll_fn(|cx| {
             let mut inner = shared.lock();
-            if !inner.dead && inner.out.is_empty() {
+            if !inner.dead && !inner.finishing && inner.out.is_empty() {
                 inner.writer = Some(cx.waker().clone());
                 return Poll::Pending;
             }
@@ -504,7 +519,7 @@ async fn write_loop(shared: &Arc<Shared>, mut wr: OwnedWriteHalf) -> io::Result<
         tokio::task::yield_now().await;
         let more = poll_fn(|_| {
             let mut inner = shared.lock();
-            if inner.dead {
+            if inner.dead || (inner.finishing && inner.out.is_empty()) {
                 return Poll::Ready(false);
             }
             std::mem::swap(&mut inner.out, &mut batch);

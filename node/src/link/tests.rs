@@ -322,3 +322,36 @@ async fn emptied_receive_buffers_are_reused_idle_streams_hold_none_and_spares_ar
         assert_eq!(state(), (0, 0, SPARE_MAX), "round {round}");
     }
 }
+
+#[tokio::test]
+async fn finish_sends_what_is_waiting_then_ends_the_link_and_close_drops_it() {
+    for graceful in [true, false] {
+        let (opener, acceptor, mut opened) = pair().await;
+        let mut a = opener.open().unwrap();
+        a.write_all(b"hi").await.unwrap();
+        let mut b = within(opened.recv()).await.unwrap();
+        let mut hi = [0u8; 2];
+        within(b.read_exact(&mut hi)).await.unwrap();
+        // Queued on the acceptor's link, and the link ended before its writer has run.
+        b.write_all(b"last words").await.unwrap();
+        if graceful {
+            acceptor.finish();
+        } else {
+            acceptor.close();
+        }
+        let mut got = Vec::new();
+        let end = within(a.read_to_end(&mut got)).await;
+        if graceful {
+            assert_eq!(got, b"last words");
+            assert!(end.is_err(), "the link ended after them: {end:?}");
+        } else {
+            assert!(got.is_empty(), "close drops what waits: {got:?}");
+        }
+        within(async {
+            while acceptor.is_alive() || opener.is_alive() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+}
