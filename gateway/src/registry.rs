@@ -1,6 +1,6 @@
 //! Dynamic membership, gateway side: poll the Redis registry that nodes keep alive with
-//! `--advertise` (keys `{prefix}:node:{id}` = `HOST:PORT`, with a TTL) and mirror it into
-//! membership. A key appears → the node joins within one poll; it expires (no heartbeat) or is
+//! `--advertise` (keys `{prefix}:node:{id}` = `HOST:PORT` or `HOST:PORT*WEIGHT`, with a TTL)
+//! and mirror it into membership, weights included. A key appears → the node joins within one poll; it expires (no heartbeat) or is
 //! deleted (a draining node deregisters) → the node leaves within one poll.
 //!
 //! While Redis is unreachable the last known members are kept (health checks still guard them):
@@ -125,7 +125,7 @@ async fn read_registry(
             let spec = format!("{id}={addr}")
                 .parse::<crate::config::NodeSpec>()
                 .ok()?;
-            Some((spec.id, spec.addr, 1))
+            Some((spec.id, spec.addr, spec.weight))
         })
         .collect())
 }

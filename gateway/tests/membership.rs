@@ -163,3 +163,47 @@ async fn losing_redis_keeps_the_known_nodes_and_both_sides_recover() {
     let _ = node.shutdown_tx.send(true);
     let _ = node.task.await;
 }
+
+#[tokio::test]
+async fn a_registered_weight_sets_the_nodes_share_of_clients() {
+    let redis = RedisServer::start();
+    let gw = TestGateway::start(&["--redis-url", &redis.url()]).await;
+    let heavy = start_registered("dyn-heavy", &redis, &["--weight", "3"]).await;
+    let light = start_registered("dyn-light", &redis, &[]).await;
+    wait_until(
+        Duration::from_secs(3),
+        "both nodes added and healthy",
+        || async { gw.healthy_ids().await == ["dyn-heavy", "dyn-light"] },
+    )
+    .await;
+    let view = gw.nodes().await;
+    let weight = |id: &str| {
+        view["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["id"] == id)
+            .map(|n| n["weight"].clone())
+    };
+    assert_eq!(weight("dyn-heavy"), Some(json!(3)), "{view}");
+    assert_eq!(weight("dyn-light"), Some(json!(1)), "{view}");
+
+    // Three quarters of the client ids should land on the heavy node.
+    let mut on_heavy = 0;
+    let total = 120;
+    for i in 0..total {
+        let mut c = Client::connect(&gw.ws_url(&format!("weighted-{i}"))).await;
+        if c.recv_event("welcome").await["node"] == "dyn-heavy" {
+            on_heavy += 1;
+        }
+        c.close().await;
+    }
+    assert!(
+        on_heavy >= total * 6 / 10 && on_heavy < total,
+        "{on_heavy} of {total} clients on the node of weight 3"
+    );
+    for node in [heavy, light] {
+        let _ = node.shutdown_tx.send(true);
+        let _ = node.task.await;
+    }
+}

@@ -130,6 +130,13 @@ pub struct Config {
           value_parser = crate::registration::parse_advertise)]
     pub advertise: Option<String>,
 
+    /// This node's share of clients on the gateways' hash ring, relative to the other nodes
+    /// (1..=100; a node of weight 2 gets about twice the clients of one of weight 1). Registered
+    /// with `--advertise`; a node given to gateways with `--node` takes its weight from there.
+    #[arg(long, env = "RINGCAST_WEIGHT", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub weight: u16,
+
     /// Milliseconds between registration heartbeats (with `--advertise`).
     #[arg(long, env = "RINGCAST_REGISTER_INTERVAL_MS", default_value_t = 1000)]
     pub register_interval_ms: u64,
@@ -180,6 +187,7 @@ impl Config {
             prefix: self.redis_prefix.clone(),
             node_id: self.resolved_node_id(),
             advertise: self.advertise.clone()?,
+            weight: usize::from(self.weight),
             interval: Duration::from_millis(self.register_interval_ms.max(50)),
             ttl: Duration::from_millis(self.register_ttl_ms.max(100)),
         })
@@ -205,5 +213,29 @@ mod tests {
         assert!(!Config::parse_from(["x", "--node-id", "n7"])
             .resolved_node_id()
             .is_empty());
+    }
+
+    #[test]
+    fn a_weight_is_registered_with_the_address_and_bounded() {
+        let reg = |args: &[&str]| {
+            let mut argv = vec![
+                "x",
+                "--redis-url",
+                "redis://r:6379",
+                "--advertise",
+                "h:9001",
+            ];
+            argv.extend_from_slice(args);
+            let r = Config::parse_from(argv).registration().unwrap();
+            crate::registration::registry_value(&r.advertise, r.weight)
+        };
+        assert_eq!(reg(&[]), "h:9001", "weight 1 reads as before weights");
+        assert_eq!(reg(&["--weight", "3"]), "h:9001*3");
+        for bad in ["0", "101", "x"] {
+            assert!(
+                Config::try_parse_from(["x", "--weight", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

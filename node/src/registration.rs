@@ -1,5 +1,6 @@
 //! Dynamic membership, node side: while it serves, a node started with `--redis-url` and
-//! `--advertise HOST:PORT` keeps a key `{prefix}:node:{id}` = `HOST:PORT` alive in Redis with a
+//! `--advertise HOST:PORT` keeps a key `{prefix}:node:{id}` = `HOST:PORT` (`HOST:PORT*WEIGHT`
+//! with a `--weight` other than 1, as a gateway's `--node` is written) alive in Redis with a
 //! TTL, refreshed every `--register-interval-ms`; on shutdown (drain) it deletes the key so
 //! gateways drop it at once. Gateways read the same keys (see [`registry_key`]).
 //!
@@ -21,6 +22,16 @@ pub fn registry_key(prefix: &str, node_id: &str) -> String {
 /// The `SCAN MATCH` pattern of every registered node's key.
 pub fn registry_pattern(prefix: &str) -> String {
     format!("{prefix}:node:*")
+}
+
+/// What a node registers: `HOST:PORT`, with `*WEIGHT` when its weight is not 1 (so gateways
+/// that predate weights still read a node of weight 1).
+pub fn registry_value(advertise: &str, weight: usize) -> String {
+    if weight == 1 {
+        advertise.to_owned()
+    } else {
+        format!("{advertise}*{weight}")
+    }
 }
 
 /// Checks an `--advertise` value: `HOST:PORT` with a non-empty host and a valid port.
@@ -48,6 +59,8 @@ pub struct Registration {
     pub node_id: String,
     /// `HOST:PORT` gateways should connect to.
     pub advertise: String,
+    /// Ring weight (1..=100).
+    pub weight: usize,
     /// Time between heartbeats.
     pub interval: Duration,
     /// Key lifetime; a node silent this long is dropped by gateways.
@@ -57,6 +70,7 @@ pub struct Registration {
 /// Heartbeats until `shutdown` turns true, then deregisters (best effort, bounded by a timeout).
 pub async fn run(reg: Registration, mut shutdown: watch::Receiver<bool>) {
     let key = registry_key(&reg.prefix, &reg.node_id);
+    let value = registry_value(&reg.advertise, reg.weight);
     let client = match redis::Client::open(reg.redis_url.as_str()) {
         Ok(c) => c,
         Err(e) => {
@@ -91,7 +105,7 @@ pub async fn run(reg: Registration, mut shutdown: watch::Receiver<bool>) {
         let Some(c) = conn.as_mut() else { continue };
         let set: redis::RedisResult<()> = redis::cmd("SET")
             .arg(&key)
-            .arg(&reg.advertise)
+            .arg(&value)
             .arg("PX")
             .arg(ttl_ms)
             .query_async(c)
@@ -99,7 +113,7 @@ pub async fn run(reg: Registration, mut shutdown: watch::Receiver<bool>) {
         match set {
             Ok(()) if !registered => {
                 registered = true;
-                info!(key, advertise = %reg.advertise, "registered with gateways");
+                info!(key, advertise = %reg.advertise, weight = reg.weight, "registered with gateways");
             }
             Ok(()) => {}
             Err(e) => {
