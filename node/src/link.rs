@@ -550,4 +550,4 @@ async fn write_loop(shared: &Arc<Shared>, mut wr: OwnedWriteHalf) -> io::Result<
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -16,7 +16,7 @@ async fn sockets() -> (TcpStream, TcpStream) {
 
 /// A link over a real loopback connection: the opening end, and the streams the accepting end
 /// receives.
-async fn pair() -> (Link, Link, mpsc::UnboundedReceiver<LinkStream>) {
+pub(crate) async fn pair() -> (Link, Link, mpsc::UnboundedReceiver<LinkStream>) {
     let (opener_sock, accepted) = sockets().await;
     let (opened_tx, opened_rx) = mpsc::unbounded_channel();
     let (acceptor, driver) = Link::new(

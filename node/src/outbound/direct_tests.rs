@@ -5,11 +5,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 
 use super::{Outbound, OutboundRx, Push, SERVICE_RESTART};
-use crate::link::{Link, LinkStream, Role, MAX_STREAMS, WINDOW};
+use crate::link::{LinkStream, WINDOW};
 use crate::split::SplitIo;
 use crate::wire;
 use crate::writer::write_loop;
@@ -22,35 +20,12 @@ async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
 
 /// A link over loopback: the gateway's end of one stream, and the node's end of it.
 async fn stream_pair() -> (LinkStream, LinkStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let connect = TcpStream::connect(listener.local_addr().unwrap());
-    let (near, far) = tokio::join!(connect, listener.accept());
-    let (opened_tx, mut opened_rx) = mpsc::unbounded_channel();
-    let (_acceptor, driver) = Link::new(
-        far.unwrap().0,
-        Bytes::new(),
-        Role::Acceptor,
-        MAX_STREAMS,
-        move |s| {
-            let _ = opened_tx.send(s);
-        },
-    );
-    tokio::spawn(driver);
-    let (opener, driver) = Link::new(
-        near.unwrap(),
-        Bytes::new(),
-        Role::Opener,
-        MAX_STREAMS,
-        |_| {},
-    );
-    tokio::spawn(driver);
+    let (opener, _acceptor, mut opened) = crate::link::tests::pair().await;
     let mut gateway_end = opener.open().unwrap();
     gateway_end.write_all(b"x").await.unwrap();
-    let mut node_end = within(opened_rx.recv()).await.unwrap();
+    let mut node_end = within(opened.recv()).await.unwrap();
     let mut x = [0u8; 1];
-    within(tokio::io::AsyncReadExt::read_exact(&mut node_end, &mut x))
-        .await
-        .unwrap();
+    within(node_end.read_exact(&mut x)).await.unwrap();
     (gateway_end, node_end)
 }
 
