@@ -7,7 +7,8 @@
 //! per-address limit belongs on gateways that face clients directly.
 //!
 //! An IPv6 client is counted by its /64 network, not its address: one host is routinely given a
-//! whole /64 and can pick a fresh address from it for every connection.
+//! whole /64 and can pick a fresh address from it for every connection. (IPv4 clients seen
+//! through NAT64 translation and link-local clients are the exceptions; see [`client_key`].)
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -79,12 +80,23 @@ impl IpLimiter {
 }
 
 /// What a client's connections are counted under: its IPv4 address (also when it arrives as
-/// `::ffff:a.b.c.d` on a dual-stack socket), or its IPv6 /64 network.
+/// `::ffff:a.b.c.d` on a dual-stack socket, or translated into `64:ff9b::a.b.c.d`), its whole
+/// address when it is link-local (`fe80::/10`, where every host shares one /64), or else its
+/// IPv6 /64 network.
 fn client_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
-        v4 => v4,
+    let v6 = match ip.to_canonical() {
+        IpAddr::V6(v6) => v6,
+        v4 => return v4,
+    };
+    let bits = u128::from(v6);
+    const NAT64: u128 = 0x0064_ff9b_u128 << 96;
+    if bits >> 32 == NAT64 >> 32 {
+        return IpAddr::V4((bits as u32).into());
     }
+    if v6.segments()[0] & 0xffc0 == 0xfe80 {
+        return IpAddr::V6(v6);
+    }
+    IpAddr::V6((bits & !u128::from(u64::MAX)).into())
 }
 
 impl Drop for IpSlot {
@@ -153,8 +165,16 @@ mod tests {
             limiter.acquire(ip("2001:db8:1:3::1")).unwrap().is_some(),
             "the next /64 is someone else"
         );
-        // IPv4 addresses stay whole, also written as IPv4-mapped IPv6.
+        // IPv4 addresses stay whole, also written as IPv4-mapped or NAT64-translated IPv6.
         let _c = limiter.acquire(ip("10.0.0.1")).unwrap();
+        let _d = limiter.acquire(ip("::ffff:10.0.0.1")).unwrap();
+        assert!(limiter.acquire(ip("64:ff9b::10.0.0.1")).is_err());
         assert!(limiter.acquire(ip("::ffff:10.0.0.2")).unwrap().is_some());
+        assert!(limiter.acquire(ip("64:ff9b::10.0.0.3")).unwrap().is_some());
+        // Link-local hosts share fe80::/64: each counts alone.
+        let _e = limiter.acquire(ip("fe80::1")).unwrap();
+        let _f = limiter.acquire(ip("fe80::1")).unwrap();
+        assert!(limiter.acquire(ip("fe80::1")).is_err());
+        assert!(limiter.acquire(ip("fe80::2")).unwrap().is_some());
     }
 }
