@@ -170,19 +170,26 @@ impl Inner {
     /// time, they cost the allocator its cross-thread path on every round. Idle streams still
     /// hold no buffer; a link holds at most [`SPARE_MAX`] of [`SPARE_CAP_MAX`] bytes.
     fn recycle(&mut self, mut buf: BytesMut) {
-        // `try_reclaim` takes back the room in front of a buffer that was read from (without
-        // allocating, and only when nothing else shares it).
-        if buf.is_empty()
-            && self.spare.len() < SPARE_MAX
-            && buf.try_reclaim(RX_BUF)
-            && buf.capacity() <= SPARE_CAP_MAX
-        {
+        if !buf.is_empty() || self.spare.len() >= SPARE_MAX {
+            return;
+        }
+        // A buffer that was read from shows only the room behind what was read; asking for
+        // more than that takes the room in front back (no allocation), so that `capacity` is
+        // the whole buffer. (Receive buffers are never split, so nothing else shares them.)
+        let _ = buf.try_reclaim(buf.capacity() + 1);
+        if (RX_BUF..=SPARE_CAP_MAX).contains(&buf.capacity()) {
             self.spare.push(buf);
         }
     }
 
     fn push_frame(&mut self, kind: u8, id: u32, len: u32, payload: &[u8]) {
         push_frame(&mut self.out, &mut self.writer, kind, id, len, payload);
+    }
+
+    /// [`Link::finish`] was called and every stream is gone: once `out` is written, the link
+    /// ends.
+    fn finished(&self) -> bool {
+        self.finishing && self.streams.is_empty()
     }
 
     /// Marks the link dead and collects every waker, to be woken once the lock is released.
@@ -350,11 +357,16 @@ impl Link {
         let (rd, wr) = socket.into_split();
         let shared = link.shared.clone();
         let driver = async move {
-            let result = tokio::select! {
-                r = read_loop(&shared, rd, early, role, on_open) => r,
-                r = write_loop(&shared, wr) => r,
-                r = keepalive(&shared) => r,
+            let mut reading = std::pin::pin!(read_loop(&shared, rd, early, role, on_open));
+            let (mut result, wrote_all) = tokio::select! {
+                r = &mut reading => (r, false),
+                r = write_loop(&shared, wr) => (r, true),
+                r = keepalive(&shared) => (r, false),
             };
+            if wrote_all && result.is_ok() && shared.lock().finishing {
+                // Finished (see `Link::finish`): read until the peer closes its side.
+                result = reading.await;
+            }
             let mut wake = Vec::new();
             shared.lock().kill(&mut wake);
             wake.into_iter().for_each(Waker::wake);
@@ -396,9 +408,10 @@ impl Link {
         self.shared.lock().streams.len()
     }
 
-    /// Ends the link once nothing is left waiting to be written (a stream's last frames, such as
-    /// a closing handshake, reach the peer; frames queued meanwhile go too): its driver then
-    /// returns, every stream fails, and the peer reads the end of the link. Bound the wait, and
+    /// Ends the link once every stream on it is gone and what they wrote is written (their last
+    /// frames, such as a closing handshake, reach the peer): our side of the socket is shut,
+    /// the peer's bytes are read until it closes its side too (so that nothing left unread
+    /// turns the close into a reset), and the driver returns. Bound the wait, and
     /// [`Link::close`] a link that does not get there.
     pub fn finish(&self) {
         let mut inner = self.shared.lock();
@@ -507,7 +520,7 @@ async fn write_loop(shared: &Arc<Shared>, mut wr: OwnedWriteHalf) -> io::Result<
     loop {
         let ready = poll_fn(|cx| {
             let mut inner = shared.lock();
-            if !inner.dead && !inner.finishing && inner.out.is_empty() {
+            if !inner.dead && inner.out.is_empty() && !inner.finished() {
                 inner.writer = Some(cx.waker().clone());
                 return Poll::Pending;
             }
@@ -519,7 +532,7 @@ async fn write_loop(shared: &Arc<Shared>, mut wr: OwnedWriteHalf) -> io::Result<
         tokio::task::yield_now().await;
         let more = poll_fn(|_| {
             let mut inner = shared.lock();
-            if inner.dead || (inner.finishing && inner.out.is_empty()) {
+            if inner.dead || (inner.finished() && inner.out.is_empty()) {
                 return Poll::Ready(false);
             }
             std::mem::swap(&mut inner.out, &mut batch);

@@ -80,10 +80,10 @@ impl LinkStream {
 
 impl LinkStream {
     /// Moves up to `max` of the bytes that arrived into `buf`, ready with the number moved (0
-    /// at the end of the stream). Into an empty `buf` they move without a copy: `buf` takes
-    /// the stream's own buffer, or that part of it, and an empty `buf` that had room is kept
-    /// for the stream's next bytes (also when nothing has arrived: then `buf` is left without
-    /// a buffer). At most `max` bytes are granted back per call, so a reader that stops
+    /// at the end of the stream). When all of them fit and `buf` is empty they move without a
+    /// copy: `buf` takes the stream's own buffer, and an empty `buf` that had room is kept for
+    /// the stream's next bytes (also when nothing has arrived: then `buf` is left without a
+    /// buffer). At most `max` bytes are granted back per call, so a reader that stops
     /// writing them on holds at most `max` beyond the stream's window.
     pub fn poll_read_into(
         &self,
@@ -96,17 +96,14 @@ impl LinkStream {
             buf,
             |buf, rx| {
                 let n = rx.len().min(max.max(1));
-                if !buf.is_empty() {
+                if !buf.is_empty() || n < rx.len() {
+                    // Copied, not split off: a receive buffer is never shared, so the link
+                    // can tell its whole size when it comes back (see `Inner::recycle`).
                     buf.extend_from_slice(&rx[..n]);
                     rx.advance(n);
                     return (n, BytesMut::new());
                 }
-                let moved = if n == rx.len() {
-                    std::mem::take(rx)
-                } else {
-                    rx.split_to(n)
-                };
-                (n, std::mem::replace(buf, moved))
+                (n, std::mem::replace(buf, std::mem::take(rx)))
             },
             |buf| {
                 if buf.is_empty() {
@@ -287,6 +284,12 @@ impl Drop for LinkStream {
                 inner.push_frame(CLOSE, self.id, 0, &[]);
             }
         }
+        if inner.finished() {
+            // The last stream of a finishing link: its writer may end it now.
+            if let Some(w) = inner.writer.take() {
+                w.wake();
+            }
+        }
     }
 }
 
@@ -376,7 +379,12 @@ impl LinkSender {
         let Some(slot) = inner.streams.get_mut(&self.id) else {
             return false;
         };
-        if slot.fin_sent || slot.peer_closed || slot.credit < frame.len() {
+        // Streams already waiting for the link to drain go first.
+        if slot.fin_sent
+            || slot.peer_closed
+            || slot.credit < frame.len()
+            || !inner.waiting.is_empty()
+        {
             return false;
         }
         slot.credit -= frame.len();

@@ -324,7 +324,7 @@ async fn emptied_receive_buffers_are_reused_idle_streams_hold_none_and_spares_ar
 }
 
 #[tokio::test]
-async fn finish_sends_what_is_waiting_then_ends_the_link_and_close_drops_it() {
+async fn finish_waits_for_the_streams_and_what_they_wrote_and_close_drops_it() {
     for graceful in [true, false] {
         let (opener, acceptor, mut opened) = pair().await;
         let mut a = opener.open().unwrap();
@@ -332,21 +332,28 @@ async fn finish_sends_what_is_waiting_then_ends_the_link_and_close_drops_it() {
         let mut b = within(opened.recv()).await.unwrap();
         let mut hi = [0u8; 2];
         within(b.read_exact(&mut hi)).await.unwrap();
-        // Queued on the acceptor's link, and the link ended before its writer has run.
+        // Queued on the acceptor's link, and the link told to end before its writer has run.
         b.write_all(b"last words").await.unwrap();
-        if graceful {
-            acceptor.finish();
-        } else {
+        if !graceful {
             acceptor.close();
-        }
-        let mut got = Vec::new();
-        let end = within(a.read_to_end(&mut got)).await;
-        if graceful {
-            assert_eq!(got, b"last words");
-            assert!(end.is_err(), "the link ended after them: {end:?}");
-        } else {
+            let mut got = Vec::new();
+            let _ = within(a.read_to_end(&mut got)).await;
             assert!(got.is_empty(), "close drops what waits: {got:?}");
+            continue;
         }
+        acceptor.finish();
+        let mut got = [0u8; 10];
+        within(a.read_exact(&mut got)).await.unwrap();
+        assert_eq!(&got, b"last words");
+        // The stream is still open, so the link stays up and carries it...
+        b.write_all(b" and more").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(acceptor.is_alive() && opener.is_alive());
+        // ...until it is gone: then the link ends, after the stream's last bytes and its end.
+        drop(b);
+        let mut rest = Vec::new();
+        within(a.read_to_end(&mut rest)).await.unwrap();
+        assert_eq!(rest, b" and more");
         within(async {
             while acceptor.is_alive() || opener.is_alive() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -354,4 +361,66 @@ async fn finish_sends_what_is_waiting_then_ends_the_link_and_close_drops_it() {
         })
         .await;
     }
+}
+
+#[tokio::test]
+async fn spares_are_whole_buffers_of_bounded_size_when_reads_take_part_of_a_burst() {
+    let (opener, _acceptor, mut opened) = pair().await;
+    let mut first = opener.open().unwrap();
+    first.write_all(b"x").await.unwrap();
+    let mut b = within(opened.recv()).await.unwrap();
+    let mut x = [0u8; 1];
+    within(b.read_exact(&mut x)).await.unwrap();
+    // A burst of 100 frames grows the near end's receive buffer well past a spare's size...
+    for _ in 0..100 {
+        b.write_all(&[7u8; 100]).await.unwrap();
+    }
+    within(async {
+        loop {
+            let unread: usize = opener
+                .shared
+                .lock()
+                .streams
+                .values()
+                .map(|s| s.rx.len())
+                .sum();
+            if unread == 10_000 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // ...and a reader that takes at most 4 KiB at a time and writes it on, as a gateway tunnel
+    // does, drains it, then finds nothing more.
+    let mut buf = BytesMut::new();
+    let mut total = 0;
+    while total < 10_000 {
+        let n = within(std::future::poll_fn(|cx| {
+            first.poll_read_into(cx, &mut buf, 4096)
+        }))
+        .await
+        .unwrap();
+        assert!(n <= 4096);
+        total += n;
+        buf.advance(n);
+    }
+    let idle = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(first.poll_read_into(cx, &mut buf, 4096).is_pending())
+    })
+    .await;
+    assert!(idle);
+    // Whatever came back is kept only if the whole of it is a spare's size.
+    let sizes: Vec<usize> = opener
+        .shared
+        .lock()
+        .spare
+        .drain(..)
+        .map(|b| Vec::from(b).capacity())
+        .collect();
+    assert!(!sizes.is_empty(), "nothing was kept for reuse");
+    assert!(
+        sizes.iter().all(|&c| (RX_BUF..=SPARE_CAP_MAX).contains(&c)),
+        "spare sizes {sizes:?}"
+    );
 }

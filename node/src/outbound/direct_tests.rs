@@ -130,4 +130,11 @@ async fn nothing_is_handed_over_past_a_queued_frame_or_one_the_writer_holds() {
     out.push(&d);
     assert!(rx.try_recv().is_err(), "d was queued, not handed over");
     assert_eq!(read_len(&mut gateway_end, d.len()).await, &d[..]);
+
+    // A writer about to write a ping of its own holds the path too.
+    assert!(rx.poll_next(&mut cx).is_pending());
+    rx.hold();
+    let e = wire::text("e");
+    out.push(&e);
+    assert_eq!(rx.try_recv().ok(), Some(e), "e went past the writer's ping");
 }
