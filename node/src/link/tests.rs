@@ -34,10 +34,34 @@ pub(crate) async fn pair() -> (Link, Link, mpsc::UnboundedReceiver<LinkStream>) 
     (opener, acceptor, opened_rx)
 }
 
-async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+pub(crate) async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(5), f)
         .await
         .expect("timed out")
+}
+
+/// Waits (at most 5 s) until `cond` holds.
+async fn until(mut cond: impl FnMut() -> bool) {
+    within(async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+/// A stream opened on `opener` and its accepted end, after one byte went across (so both
+/// ends are in place and nothing is left unread).
+pub(crate) async fn open_stream(
+    opener: &Link,
+    opened: &mut mpsc::UnboundedReceiver<LinkStream>,
+) -> (LinkStream, LinkStream) {
+    let mut near = opener.open().unwrap();
+    near.write_all(b"x").await.unwrap();
+    let mut far = within(opened.recv()).await.unwrap();
+    let mut x = [0u8; 1];
+    within(far.read_exact(&mut x)).await.unwrap();
+    (near, far)
 }
 
 #[tokio::test]
@@ -75,12 +99,7 @@ async fn a_dropped_stream_ends_at_the_peer_and_its_writes_are_let_go() {
     // Nobody reads them any more: taken and let go, as the peer's close already happened.
     within(a.write_all(b"after")).await.unwrap();
     drop(a);
-    within(async {
-        while acceptor.streams() > 0 || opener.streams() > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    until(|| acceptor.streams() == 0 && opener.streams() == 0).await;
 }
 
 #[tokio::test]
@@ -305,12 +324,7 @@ async fn emptied_receive_buffers_are_reused_idle_streams_hold_none_and_spares_ar
         for b in &mut far {
             b.write_all(&[round; 100]).await.unwrap();
         }
-        within(async {
-            while state().0 < count {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
+        until(|| state().0 >= count).await;
         // More streams received bytes than there are spares: every spare went to one.
         assert_eq!(state().2, 0, "round {round}: spare buffers left unused");
         for a in &mut near {
@@ -327,11 +341,7 @@ async fn emptied_receive_buffers_are_reused_idle_streams_hold_none_and_spares_ar
 async fn finish_waits_for_the_streams_and_what_they_wrote_and_close_drops_it() {
     for graceful in [true, false] {
         let (opener, acceptor, mut opened) = pair().await;
-        let mut a = opener.open().unwrap();
-        a.write_all(b"hi").await.unwrap();
-        let mut b = within(opened.recv()).await.unwrap();
-        let mut hi = [0u8; 2];
-        within(b.read_exact(&mut hi)).await.unwrap();
+        let (mut a, mut b) = open_stream(&opener, &mut opened).await;
         // Queued on the acceptor's link, and the link told to end before its writer has run.
         b.write_all(b"last words").await.unwrap();
         if !graceful {
@@ -354,41 +364,21 @@ async fn finish_waits_for_the_streams_and_what_they_wrote_and_close_drops_it() {
         let mut rest = Vec::new();
         within(a.read_to_end(&mut rest)).await.unwrap();
         assert_eq!(rest, b" and more");
-        within(async {
-            while acceptor.is_alive() || opener.is_alive() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
+        until(|| !acceptor.is_alive() && !opener.is_alive()).await;
     }
 }
 
 #[tokio::test]
 async fn spares_are_whole_buffers_of_bounded_size_when_reads_take_part_of_a_burst() {
     let (opener, _acceptor, mut opened) = pair().await;
-    let mut first = opener.open().unwrap();
-    first.write_all(b"x").await.unwrap();
-    let mut b = within(opened.recv()).await.unwrap();
-    let mut x = [0u8; 1];
-    within(b.read_exact(&mut x)).await.unwrap();
+    let (first, mut b) = open_stream(&opener, &mut opened).await;
     // A burst of 100 frames grows the near end's receive buffer well past a spare's size...
     for _ in 0..100 {
         b.write_all(&[7u8; 100]).await.unwrap();
     }
-    within(async {
-        loop {
-            let unread: usize = opener
-                .shared
-                .lock()
-                .streams
-                .values()
-                .map(|s| s.rx.len())
-                .sum();
-            if unread == 10_000 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    until(|| {
+        let inner = opener.shared.lock();
+        inner.streams.values().map(|s| s.rx.len()).sum::<usize>() == 10_000
     })
     .await;
     // ...and a reader that takes at most 4 KiB at a time and writes it on, as a gateway tunnel

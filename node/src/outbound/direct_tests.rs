@@ -4,29 +4,19 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use super::{Outbound, OutboundRx, Push, SERVICE_RESTART};
+use crate::link::tests::{open_stream, pair, within};
 use crate::link::{LinkStream, WINDOW};
 use crate::split::SplitIo;
 use crate::wire;
 use crate::writer::write_loop;
 
-async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(5), f)
-        .await
-        .expect("timed out")
-}
-
 /// A link over loopback: the gateway's end of one stream, and the node's end of it.
 async fn stream_pair() -> (LinkStream, LinkStream) {
-    let (opener, _acceptor, mut opened) = crate::link::tests::pair().await;
-    let mut gateway_end = opener.open().unwrap();
-    gateway_end.write_all(b"x").await.unwrap();
-    let mut node_end = within(opened.recv()).await.unwrap();
-    let mut x = [0u8; 1];
-    within(node_end.read_exact(&mut x)).await.unwrap();
-    (gateway_end, node_end)
+    let (opener, _acceptor, mut opened) = pair().await;
+    open_stream(&opener, &mut opened).await
 }
 
 /// A connection's queue that hands frames to `node_end` directly.
