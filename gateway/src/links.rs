@@ -221,20 +221,13 @@ impl Links {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringcast_testkit::TestNode;
+    use ringcast_testkit::{DeadPort, TestNode};
 
     fn links() -> Links {
         let gauge = IntGauge::new("links", "links").unwrap();
         Links::new(Duration::from_secs(2), Duration::from_secs(2), gauge)
     }
 
-    /// An address nothing listens on.
-    async fn refusing() -> Arc<str> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        drop(listener);
-        addr.into()
-    }
 
     #[tokio::test]
     async fn entries_of_gone_nodes_are_dropped_and_live_links_kept() {
@@ -247,7 +240,8 @@ mod tests {
         let b = links.route(&leaving_addr).await.unwrap();
         drop(b);
         // A node that refuses connections leaves nothing worth keeping.
-        let refused = refusing().await;
+        let dead = DeadPort::new();
+        let refused: Arc<str> = dead.addr().to_string().into();
         assert!(matches!(
             links.route(&refused).await,
             Err(LinkError::Refused(_))
@@ -270,7 +264,8 @@ mod tests {
         .await;
 
         // The next new address sweeps both away; the live link stays and is reused.
-        let _ = links.route(&refusing().await).await;
+        let another = DeadPort::new();
+        let _ = links.route(&another.addr().to_string().into()).await;
         let known = links.known();
         assert!(known.contains(&live_addr), "{known:?}");
         assert!(!known.contains(&leaving_addr), "{known:?}");

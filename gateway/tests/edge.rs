@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use ringcast_node::Config as NodeConfig;
-use ringcast_testkit::{free_port, http_raw, Client, TestNode};
+use ringcast_testkit::{http_raw, Client, DeadPort, TestNode};
 use serde_json::json;
 use support::{masked_text_frame, upgrade_request, TestGateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -120,8 +120,8 @@ async fn oversized_headers_are_refused() {
 
 #[tokio::test]
 async fn dead_backends_get_502_then_503_and_come_back() {
-    let port = free_port();
-    let spec = format!("dead=127.0.0.1:{port}");
+    let dead = DeadPort::new();
+    let spec = format!("dead={}", dead.addr());
     // Checks every second: the first (at start) alone stays below the down threshold of 2, so
     // the first upgrade below is what discovers the dead node.
     let gw = TestGateway::start(&["--node", &spec, "--health-interval-ms", "1000"]).await;
@@ -138,6 +138,7 @@ async fn dead_backends_get_502_then_503_and_come_back() {
     assert_eq!(status, 503);
 
     // A node appears on that port: health checks put it back, and upgrades succeed.
+    let port = dead.release();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("rebind the dead port");
@@ -161,7 +162,8 @@ async fn a_connect_failure_fails_over_to_the_next_replica_and_is_counted() {
     let mut c = NodeConfig::for_tests();
     c.node_id = Some("live".into());
     let live = TestNode::start(c).await;
-    let dead = format!("dead=127.0.0.1:{}", free_port());
+    let dead_port = DeadPort::new();
+    let dead = format!("dead={}", dead_port.addr());
     let live_spec = format!("live={}", live.addr);
     let gw = TestGateway::start(&[
         "--node",

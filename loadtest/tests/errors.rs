@@ -10,8 +10,8 @@ use tokio::net::TcpListener;
 
 #[tokio::test]
 async fn refused_connection() {
-    let port = ringcast_testkit::free_port();
-    let url = format!("ws://127.0.0.1:{port}/ws");
+    let dead = ringcast_testkit::DeadPort::new();
+    let url = format!("ws://{}/ws", dead.addr());
     let run = loadtest(&["--url", &url, "fanout", "--quick"]).await;
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("connection refused"), "{}", run.stderr);

@@ -25,6 +25,52 @@ pub fn free_port() -> u16 {
         .expect("cannot bind an ephemeral port on 127.0.0.1")
 }
 
+/// A port on 127.0.0.1 that refuses connections and that nothing else can take while this
+/// lives: a socket bound without listening, and without `SO_REUSEADDR`, so neither another
+/// test's `bind` nor the kernel's choice of a source port can land on it.
+///
+/// A port from [`free_port`] is only free until something binds it, and tests run in parallel:
+/// a "dead node" there can turn out to be another test's server, or the gateway under test
+/// itself, which then proxies to itself until it runs out of file descriptors.
+pub struct DeadPort {
+    socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl DeadPort {
+    /// Reserves a port.
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("create a TCP socket");
+        socket
+            .bind(([127, 0, 0, 1], 0).into())
+            .expect("cannot bind an ephemeral port on 127.0.0.1");
+        let port = socket.local_addr().expect("bound socket's address").port();
+        DeadPort { socket, port }
+    }
+
+    /// The reserved port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// Gives the port up, to be bound by a listener next (the one moment it is unguarded).
+    pub fn release(self) -> u16 {
+        drop(self.socket);
+        self.port
+    }
+}
+
+impl Default for DeadPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Polls `cond` every 20 ms until it holds; panics with `what` after `limit`.
 pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut cond: F)
 where
@@ -96,4 +142,27 @@ pub async fn http_raw(addr: std::net::SocketAddr, request: &str) -> (u16, String
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeadPort;
+
+    #[tokio::test]
+    async fn a_dead_port_refuses_connections_and_cannot_be_bound_until_released() {
+        let dead = DeadPort::new();
+        let err = tokio::net::TcpStream::connect(dead.addr())
+            .await
+            .expect_err("nothing listens");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        // tokio's listeners set SO_REUSEADDR; the reservation holds against them too.
+        let err = tokio::net::TcpListener::bind(dead.addr())
+            .await
+            .expect_err("the port is taken");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        let port = dead.release();
+        tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("free once released");
+    }
 }
