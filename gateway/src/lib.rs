@@ -130,6 +130,7 @@ pub async fn run(
         copy_buffer_bytes: config.copy_buffer_bytes,
         tunnel_linger: Duration::from_secs(config.tunnel_linger_secs),
         links,
+        via: upstream::own_via(),
     });
     let proxy_after = proxy.clone();
     let http = Arc::new(http::Http {

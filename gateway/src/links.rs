@@ -228,7 +228,6 @@ mod tests {
         Links::new(Duration::from_secs(2), Duration::from_secs(2), gauge)
     }
 
-
     #[tokio::test]
     async fn entries_of_gone_nodes_are_dropped_and_live_links_kept() {
         let links = links();

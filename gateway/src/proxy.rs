@@ -55,6 +55,8 @@ pub struct Proxy {
     pub tunnel_linger: Duration,
     /// The nodes' links, when clients reach nodes over links (else one TCP connection each).
     pub links: Option<Links>,
+    /// This gateway's `Via` entry ([`upstream::own_via`]), to recognise its own upgrades.
+    pub via: HeaderValue,
 }
 
 /// The connection-limit permit of one client connection; an upgrade moves it into its tunnel.
@@ -137,6 +139,14 @@ impl Proxy {
         if let Err(why) = check_upgrade(req) {
             return Err(self.reject(StatusCode::BAD_REQUEST, "bad_upgrade", why));
         }
+        if upstream::passed_through(req.headers(), &self.via) {
+            // Answered here, so the gateway that sent it (this one) tries the next node.
+            return Err(self.reject(
+                StatusCode::LOOP_DETECTED,
+                "proxy_loop",
+                "this gateway already forwarded this upgrade: a node address leads back to it",
+            ));
+        }
         let (client_id, query) = match self.admission.admit(req.headers(), req.uri().query()) {
             Ok(admitted) => (admitted.client_id, admitted.query),
             Err(refusal) => return Err(self.refuse_at_edge(refusal, peer)),
@@ -153,7 +163,8 @@ impl Proxy {
             ));
         }
         let forwarded = forwarded_for(req, peer);
-        let Some(head) = upstream::request_head(&query, req.headers(), &forwarded) else {
+        let Some(head) = upstream::request_head(&query, req.headers(), &forwarded, &self.via)
+        else {
             return Err(self.reject(
                 StatusCode::BAD_REQUEST,
                 "bad_upgrade",
@@ -240,6 +251,9 @@ impl Proxy {
                 Err(Attempt::Unreachable(e)) => {
                     warn!(node = %node.id, addr = %node.addr, error = %e, "node unreachable");
                     self.membership.report_check(&node.id, &node.addr, false);
+                }
+                Err(Attempt::Declined(StatusCode::LOOP_DETECTED)) => {
+                    warn!(node = %node.id, addr = %node.addr, "the node's address leads back to this gateway (a proxy loop): check --node and the nodes' advertised addresses");
                 }
                 Err(Attempt::Declined(status)) => {
                     info!(node = %node.id, %status, "node refused the upgrade");

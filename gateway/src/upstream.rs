@@ -26,10 +26,37 @@ pub const MAX_RELAYED_BODY: usize = 4 * 1024;
 /// How long a refusal's body may take to arrive once its head has.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// This gateway's entry in the `Via` header of every upgrade it forwards (RFC 9110 §7.6.3): a
+/// name drawn at random per process, so that an upgrade coming back to the same gateway — a
+/// node address that points at the gateway itself, or two gateways pointing at each other — is
+/// recognised at its second arrival instead of being forwarded until file descriptors run out.
+pub fn own_via() -> HeaderValue {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let name = format!("1.1 ringcast-gateway-{:016x}", h.finish());
+    HeaderValue::from_str(&name).expect("ASCII letters, digits, dots, dashes and a space")
+}
+
+/// Whether `headers` show that the upgrade already passed the gateway whose entry is `own`.
+pub fn passed_through(headers: &HeaderMap, own: &HeaderValue) -> bool {
+    headers.get_all(header::VIA).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|entry| entry.trim_ascii() == own.as_bytes())
+    })
+}
+
 /// The request head forwarded to every candidate node: `GET /ws?query`, the client's headers
 /// (without any body framing, whatever the client claimed, and with `X-Forwarded-For` replaced
-/// by `forwarded`). `None` if the query cannot stand in a request line.
-pub fn request_head(query: &str, headers: &HeaderMap, forwarded: &HeaderValue) -> Option<Vec<u8>> {
+/// by `forwarded`), and `via` appended to the client's `Via`. `None` if the query cannot stand
+/// in a request line.
+pub fn request_head(
+    query: &str,
+    headers: &HeaderMap,
+    forwarded: &HeaderValue,
+    via: &HeaderValue,
+) -> Option<Vec<u8>> {
     let target = PathAndQuery::try_from(format!("/ws?{query}")).ok()?;
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(b"GET ");
@@ -51,6 +78,7 @@ pub fn request_head(query: &str, headers: &HeaderMap, forwarded: &HeaderValue) -
         push_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
     }
     push_header(&mut head, b"x-forwarded-for", forwarded.as_bytes());
+    push_header(&mut head, b"via", via.as_bytes());
     head.extend_from_slice(b"\r\n");
     Some(head)
 }
@@ -237,18 +265,42 @@ mod tests {
             ("content-length", "5"),
             ("x-forwarded-for", "10.0.0.1"),
         ]);
+        let via = HeaderValue::from_static("1.1 gw");
         let head = request_head(
             "client_id=a",
             &h,
             &HeaderValue::from_static("10.0.0.1, 1.2.3.4"),
+            &via,
         )
         .unwrap();
         assert_eq!(
             String::from_utf8(head).unwrap(),
             "GET /ws?client_id=a HTTP/1.1\r\nhost: gw\r\nupgrade: websocket\r\n\
-             x-forwarded-for: 10.0.0.1, 1.2.3.4\r\n\r\n"
+             x-forwarded-for: 10.0.0.1, 1.2.3.4\r\nvia: 1.1 gw\r\n\r\n"
         );
-        assert!(request_head("a b", &h, &HeaderValue::from_static("x")).is_none());
+        assert!(request_head("a b", &h, &HeaderValue::from_static("x"), &via).is_none());
+    }
+
+    #[test]
+    fn a_gateway_knows_its_own_via_entry_and_no_other() {
+        let own = own_via();
+        let other = own_via();
+        assert_ne!(own, other, "each process draws its own name");
+        let mut h = headers(&[("via", "1.0 corporate-proxy")]);
+        assert!(!passed_through(&h, &own));
+        // Our entry in a list, or in a header line of its own, after others.
+        let listed = format!("1.0 corporate-proxy, {}", own.to_str().unwrap());
+        h.insert(header::VIA, HeaderValue::from_str(&listed).unwrap());
+        assert!(passed_through(&h, &own));
+        assert!(!passed_through(&h, &other));
+        let mut h = headers(&[("via", "1.0 corporate-proxy")]);
+        h.append(header::VIA, own.clone());
+        assert!(passed_through(&h, &own));
+        // A prefix of our entry is not our entry.
+        let mut h = HeaderMap::new();
+        let cut = &own.to_str().unwrap()[..20];
+        h.insert(header::VIA, HeaderValue::from_str(cut).unwrap());
+        assert!(!passed_through(&h, &own));
     }
 
     #[tokio::test]
@@ -262,6 +314,7 @@ mod tests {
             "client_id=a",
             &HeaderMap::new(),
             &HeaderValue::from_static("x"),
+            &own_via(),
         )
         .unwrap();
         match exchange(NodeIo::Tcp(stream), &head).await.unwrap() {

@@ -189,6 +189,59 @@ async fn a_connect_failure_fails_over_to_the_next_replica_and_is_counted() {
 }
 
 #[tokio::test]
+async fn a_node_address_leading_back_to_the_gateway_is_a_loop_refused_at_once() {
+    let mut c = NodeConfig::for_tests();
+    c.node_id = Some("real".into());
+    let real = TestNode::start(c).await;
+    // A misconfigured fleet: one "node" is the gateway itself. Each upgrade routed there used
+    // to be forwarded to itself again and again until the gateway ran out of file descriptors.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let own = format!("self={}", listener.local_addr().expect("addr"));
+    let real_spec = format!("real={}", real.addr);
+    let config = TestGateway::config(&["--node", &own, "--node", &real_spec]);
+    let gw = TestGateway::start_on(listener, config);
+    // Clients owned by "self" come back as a loop, once, and fail over to the real node.
+    let mut clients = Vec::new();
+    for i in 0..40 {
+        let (mut c, _) = Client::connect_welcomed(&gw.ws_url(&format!("l-{i}"))).await;
+        c.send_json(json!({"type":"ping"})).await;
+        c.recv_event("pong").await;
+        clients.push(c);
+    }
+    let looped = gw.metric("ringcast_gateway_rejected_upgrades_total").await;
+    assert!(looped >= 1.0, "no upgrade was routed to the gateway itself");
+    assert_eq!(
+        gw.metric("ringcast_gateway_failovers_total").await,
+        looped,
+        "each looped upgrade came back once and failed over once"
+    );
+    for c in clients.iter_mut() {
+        c.send_json(json!({"type":"ping"})).await;
+        c.recv_event("pong").await;
+    }
+
+    // With nothing but the loop, a client gets a clear 502 instead of a gateway that hangs.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let own = format!("self={}", listener.local_addr().expect("addr"));
+    let alone = TestGateway::start_on(listener, TestGateway::config(&["--node", &own]));
+    let (status, body) =
+        http_raw(alone.addr, &upgrade_request(alone.addr, "/ws?client_id=a")).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("nodes_failed"), "{body}");
+    assert_eq!(
+        alone
+            .metric("ringcast_gateway_rejected_upgrades_total")
+            .await,
+        2.0,
+        "the looped 508 and the client's 502"
+    );
+}
+
+#[tokio::test]
 async fn a_slowloris_client_is_closed_by_the_handshake_timeout() {
     let (_node, gw) = one_node().await;
     let mut slow = TcpStream::connect(gw.addr).await.expect("connect");

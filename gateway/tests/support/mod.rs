@@ -27,6 +27,11 @@ impl TestGateway {
     /// Starts a gateway with `args` (flags after the program name); health checks every
     /// 100 ms and 500 ms timeouts unless `args` says otherwise.
     pub async fn start(args: &[&str]) -> Self {
+        Self::start_with(Self::config(args)).await
+    }
+
+    /// The config [`TestGateway::start`] runs with `args`.
+    pub fn config(args: &[&str]) -> Config {
         let mut argv = vec!["ringcast-gateway"];
         for (flag, value) in [
             ("--health-interval-ms", "100"),
@@ -38,12 +43,18 @@ impl TestGateway {
             }
         }
         argv.extend_from_slice(args);
-        Self::start_with(Config::parse_from(argv)).await
+        Config::parse_from(argv)
     }
 
     /// Starts a gateway with `config`.
     pub async fn start_with(config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        Self::start_on(listener, config)
+    }
+
+    /// Starts a gateway with `config` on `listener`, for a config that names the gateway's own
+    /// address.
+    pub fn start_on(listener: TcpListener, config: Config) -> Self {
         let addr = listener.local_addr().expect("local addr");
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(ringcast_gateway::run(listener, config, shutdown_rx));
