@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ringcast_node::auth::{mint_hs256, AuthArgs, Authenticator};
-use ringcast_testkit::{free_port, http_get, wait_until, Client};
+use ringcast_testkit::{free_port, http_get, spawn_listening, wait_until, Client};
 use serde_json::json;
 use support::auth::{claims, refused, still_served, token, AUDIENCE, SECRET};
 use support::{healthz_ok, NodeProcess};
@@ -141,21 +141,24 @@ async fn the_token_command_prints_a_token_the_configuration_accepts() {
 /// Starts a gateway process in front of `node` with authentication from the environment, at
 /// debug level, stdout and stderr into `log`.
 async fn start_gateway(node: &NodeProcess, log: &Path) -> (Killed, SocketAddr) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let out = std::fs::File::create(log).expect("gateway log file");
-    let err = out.try_clone().expect("clone log handle");
-    let mut cmd = gateway_command();
-    cmd.env("RINGCAST_LISTEN", addr.to_string())
-        .env("RINGCAST_NODES", node.spec())
-        .env("RINGCAST_JWT_SECRET", SECRET)
-        .env("RINGCAST_JWT_AUDIENCE", AUDIENCE)
-        .env("RINGCAST_JWT_LEEWAY_SECS", "0")
-        .env("RINGCAST_HEALTH_INTERVAL_MS", "100")
-        .env("RINGCAST_SHUTDOWN_GRACE_SECS", "1")
-        .env("RUST_LOG", "debug")
-        .stdout(out)
-        .stderr(err);
-    let child = Killed(cmd.spawn().expect("spawn ringcast-gateway"));
+    let (child, port) = spawn_listening("ringcast-gateway", Duration::from_secs(10), |port| {
+        let out = std::fs::File::create(log).expect("gateway log file");
+        let err = out.try_clone().expect("clone log handle");
+        let mut cmd = gateway_command();
+        cmd.env("RINGCAST_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RINGCAST_NODES", node.spec())
+            .env("RINGCAST_JWT_SECRET", SECRET)
+            .env("RINGCAST_JWT_AUDIENCE", AUDIENCE)
+            .env("RINGCAST_JWT_LEEWAY_SECS", "0")
+            .env("RINGCAST_HEALTH_INTERVAL_MS", "100")
+            .env("RINGCAST_SHUTDOWN_GRACE_SECS", "1")
+            .env("RUST_LOG", "debug")
+            .stdout(out)
+            .stderr(err);
+        cmd
+    });
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let child = Killed(child);
     wait_until(Duration::from_secs(10), "gateway /healthz", || {
         healthz_ok(addr)
     })

@@ -9,24 +9,26 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ringcast_node::{Config as NodeConfig, MemoryBroker};
-use ringcast_testkit::{free_port, wait_until, Client, TestNode};
+use ringcast_testkit::{spawn_listening, wait_until, Client, TestNode};
 use support::healthz_ok;
 
 fn spawn_gateway(envs: &[(&str, String)]) -> (Child, SocketAddr) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast-gateway"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("RINGCAST_")) {
-        cmd.env_remove(k);
-    }
-    cmd.env("RINGCAST_LISTEN", addr.to_string())
-        .env("RINGCAST_SHUTDOWN_GRACE_SECS", "1")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    (cmd.spawn().expect("spawn ringcast-gateway"), addr)
+    let (child, port) = spawn_listening("ringcast-gateway", Duration::from_secs(10), |port| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast-gateway"));
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("RINGCAST_")) {
+            cmd.env_remove(k);
+        }
+        cmd.env("RINGCAST_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RINGCAST_SHUTDOWN_GRACE_SECS", "1")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd
+    });
+    (child, ([127, 0, 0, 1], port).into())
 }
 
 /// SIGTERM by PID, then wait (bounded) for the exit status.

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ringcast_testkit::{free_port, http_get, wait_until, Client, RedisServer};
+use ringcast_testkit::{http_get, spawn_listening, wait_until, Client, RedisServer};
 use support::healthz_ok;
 use support::manifests::{self, Bin, Launch};
 use tokio_tungstenite::tungstenite::Message;
@@ -26,21 +26,31 @@ impl Drop for Proc {
 }
 
 /// Starts the launch's binary with its manifest environment plus `overrides`.
-fn spawn(launch: &Launch, overrides: &[(&str, String)]) -> Proc {
-    let mut cmd = Command::new(launch.bin.path());
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "warn")
-        .args(&launch.args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (k, v) in &launch.env {
-        cmd.env(k, v);
-    }
-    for (k, v) in overrides {
-        cmd.env(k, v);
-    }
-    Proc(cmd.spawn().expect("spawn binary"))
+/// Runs `launch` with `overrides` and with `RINGCAST_LISTEN` (and, for a node,
+/// `RINGCAST_ADVERTISE`) on a free port; returns the process and where it listens.
+fn spawn(launch: &Launch, overrides: &[(&str, String)]) -> (Proc, SocketAddr) {
+    let (child, port) = spawn_listening("binary", Duration::from_secs(15), |port| {
+        let mut cmd = Command::new(launch.bin.path());
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .args(&launch.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in &launch.env {
+            cmd.env(k, v);
+        }
+        for (k, v) in overrides {
+            cmd.env(k, v);
+        }
+        let addr = format!("127.0.0.1:{port}");
+        cmd.env("RINGCAST_LISTEN", &addr);
+        if launch.bin == Bin::Node {
+            cmd.env("RINGCAST_ADVERTISE", &addr);
+        }
+        cmd
+    });
+    (Proc(child), ([127, 0, 0, 1], port).into())
 }
 
 fn metric_names(exposition: &str) -> BTreeSet<String> {
@@ -81,20 +91,10 @@ async fn probes_healthcheck_and_dashboard_metrics_match_the_running_binaries() {
             .expect("k8s runs both binaries")
             .clone()
     };
-    let node_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let gateway_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let _node = spawn(
-        &of(Bin::Node),
-        &[
-            ("RINGCAST_LISTEN", node_addr.to_string()),
-            ("RINGCAST_ADVERTISE", node_addr.to_string()),
-            ("RINGCAST_REDIS_URL", redis.url()),
-        ],
-    );
-    let _gateway = spawn(
+    let (_node, node_addr) = spawn(&of(Bin::Node), &[("RINGCAST_REDIS_URL", redis.url())]);
+    let (_gateway, gateway_addr) = spawn(
         &of(Bin::Gateway),
         &[
-            ("RINGCAST_LISTEN", gateway_addr.to_string()),
             ("RINGCAST_REDIS_URL", redis.url()),
             ("RINGCAST_HEALTH_INTERVAL_MS", "100".into()),
         ],

@@ -4,7 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ringcast_testkit::{free_port, http_get, Client};
+use ringcast_testkit::{http_get, spawn_listening, Client};
 use serde_json::json;
 
 struct NodeProcess {
@@ -14,20 +14,20 @@ struct NodeProcess {
 
 impl NodeProcess {
     fn spawn(extra: &[&str]) -> Self {
-        let port = free_port();
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let child = Command::new(env!("CARGO_BIN_EXE_ringcast-node"))
-            .args(["--listen", &addr.to_string(), "--node-id", "life"])
+        let (child, port) = spawn_listening("ringcast-node", Duration::from_secs(10), |port| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast-node"));
+            cmd.args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--node-id",
+                "life",
+            ])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn ringcast-node");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "node did not listen within 10 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .stderr(Stdio::null());
+            cmd
+        });
+        let addr = format!("127.0.0.1:{port}").parse().expect("addr");
         NodeProcess { child, addr }
     }
 

@@ -4,7 +4,7 @@
 //! installs both).
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Killed(std::process::Child);
 impl Drop for Killed {
@@ -16,20 +16,15 @@ impl Drop for Killed {
 
 #[test]
 fn python_client_runs_the_protocol_scenario_against_a_node_process() {
-    let port = ringcast_testkit::free_port();
-    let node = Killed(
-        Command::new(env!("CARGO_BIN_EXE_ringcast-node"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--node-id", "e2e"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ringcast-node"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "node did not listen within 10 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (child, port) =
+        ringcast_testkit::spawn_listening("ringcast-node", Duration::from_secs(10), |port| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast-node"));
+            cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--node-id", "e2e"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit());
+            cmd
+        });
+    let node = Killed(child);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../tests/e2e/protocol_scenario.py"

@@ -25,6 +25,79 @@ pub fn free_port() -> u16 {
         .expect("cannot bind an ephemeral port on 127.0.0.1")
 }
 
+/// Starts the child that `command(port)` builds, on a port that was free a moment ago, and
+/// waits until that child itself listens there: the listening socket is looked up in `/proc`,
+/// so a process that took the port in between is not mistaken for it. A child that exits first
+/// (its bind lost that race) is started again on a fresh port, up to five times. Returns the
+/// child and its port; panics with `what` when the child never listens within `limit`.
+pub fn spawn_listening(
+    what: &str,
+    limit: Duration,
+    mut command: impl FnMut(u16) -> std::process::Command,
+) -> (std::process::Child, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = command(port)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                eprintln!(
+                    "{what} on port {port} exited before listening ({status}); trying another port"
+                );
+                break;
+            }
+            if listens_on(child.id(), port) {
+                return (child, port);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not listen on port {port} within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    panic!("{what} exited before listening five times in a row");
+}
+
+/// Whether process `pid` holds a TCP socket listening on `port` (any local address), per
+/// `/proc/net/tcp{,6}` and `/proc/PID/fd`.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(&state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let local_port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if state == "0A" && local_port == Some(port) {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .map(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+            .unwrap_or(false)
+    })
+}
+
 /// A port on 127.0.0.1 that refuses connections and that nothing else can take while this
 /// lives: a socket bound without listening, and without `SO_REUSEADDR`, so neither another
 /// test's `bind` nor the kernel's choice of a source port can land on it.
@@ -46,6 +119,25 @@ impl DeadPort {
             .expect("cannot bind an ephemeral port on 127.0.0.1");
         let port = socket.local_addr().expect("bound socket's address").port();
         DeadPort { socket, port }
+    }
+
+    /// Reserves `port`, which a server just gave up: `None` if something else holds it.
+    /// Connections closed by that server may linger in TIME_WAIT on the port, which only a
+    /// socket with `SO_REUSEADDR` may share; such a reservation still keeps the port from being
+    /// picked for `bind` to port 0 and for outgoing connections, which is how other tests
+    /// come by ports.
+    pub fn hold(port: u16) -> Option<Self> {
+        let addr = ([127, 0, 0, 1], port).into();
+        for reuse in [false, true] {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            if reuse {
+                socket.set_reuseaddr(true).ok()?;
+            }
+            if socket.bind(addr).is_ok() {
+                return Some(DeadPort { socket, port });
+            }
+        }
+        None
     }
 
     /// The reserved port.
@@ -164,5 +256,40 @@ mod tests {
         tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("free once released");
+    }
+
+    #[test]
+    fn a_child_that_exits_before_listening_is_started_again_on_another_port() {
+        let mut ports = Vec::new();
+        let (mut child, port) =
+            super::spawn_listening("test server", std::time::Duration::from_secs(10), |port| {
+                ports.push(port);
+                let mut cmd = std::process::Command::new(if ports.len() == 1 {
+                    "false" // as a server whose port was taken would
+                } else {
+                    "redis-server"
+                });
+                cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .stdout(std::process::Stdio::null());
+                cmd
+            });
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(ports.len(), 2, "{ports:?}");
+        assert_eq!(port, ports[1]);
+    }
+
+    #[test]
+    fn a_listener_is_found_in_its_own_process_only() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        assert!(super::listens_on(std::process::id(), port));
+        // A bound socket that does not listen, and another process, do not count.
+        let dead = DeadPort::new();
+        assert!(!super::listens_on(std::process::id(), dead.port()));
+        assert!(!super::listens_on(1, port));
+        drop(listener);
+        assert!(!super::listens_on(std::process::id(), port));
     }
 }

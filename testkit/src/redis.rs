@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::DeadPort;
 
 /// One redis-server process owned by a test.
 pub struct RedisServer {
@@ -11,7 +14,13 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     extra_args: Vec<String>,
+    /// Holds the port while the server is down, so that no other test's server takes it
+    /// before [`RedisServer::restart`].
+    reserved: Option<DeadPort>,
 }
+
+/// Per-process counter for the servers' data directories.
+static SERVERS: AtomicU32 = AtomicU32::new(0);
 
 impl RedisServer {
     /// Starts redis-server on a free port and waits until it answers PING.
@@ -23,42 +32,50 @@ impl RedisServer {
     /// Like [`RedisServer::start`], with extra `redis-server` arguments (kept across restarts),
     /// e.g. a TLS port or ACL users. The plain port stays open for readiness checks and `cli`.
     pub fn start_with_args(extra_args: &[&str]) -> Self {
-        let port = crate::free_port();
-        let dir =
-            std::env::temp_dir().join(format!("ringcast-redis-{}-{port}", std::process::id()));
+        let n = SERVERS.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ringcast-redis-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create redis temp dir");
         let mut server = RedisServer {
             child: None,
-            port,
+            port: 0,
             dir,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            reserved: None,
         };
-        server.spawn();
+        let (child, port) =
+            crate::spawn_listening("redis-server", Duration::from_secs(10), |port| {
+                server.command(port)
+            });
+        server.child = Some(child);
+        server.port = port;
+        server.wait_ready();
         server
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-                "--dir",
-            ])
-            .arg(&self.dir)
-            .args(&self.extra_args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is not installed or not on PATH: run the README's test command, which installs it");
-        self.child = Some(child);
+    fn command(&self, port: u16) -> Command {
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--dir",
+        ])
+        .arg(&self.dir)
+        .args(&self.extra_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        cmd
+    }
+
+    /// Waits until the server answers PING.
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if self
@@ -98,18 +115,44 @@ impl RedisServer {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// SIGKILLs the server (by PID) and reaps it.
+    /// SIGKILLs the server (by PID) and reaps it. Its port stays reserved, refusing
+    /// connections, until [`RedisServer::restart`].
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            self.reserved = DeadPort::hold(self.port);
         }
     }
 
     /// Starts a fresh server on the same port (after [`RedisServer::kill`]).
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        // Given up the moment before the new server binds it.
+        self.reserved = None;
+        let mut child = self
+            .command(self.port)
+            .spawn()
+            .expect("redis-server is not installed or not on PATH");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !crate::listens_on(child.id(), self.port) {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "redis-server could not restart on port {}: {status}",
+                    self.port
+                );
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!(
+                    "redis-server did not listen again on port {} within 10 s",
+                    self.port
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.child = Some(child);
+        self.wait_ready();
     }
 }
 

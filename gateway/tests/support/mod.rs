@@ -182,31 +182,33 @@ impl NodeProcess {
         extra_args: &[&str],
         log: Option<&std::path::Path>,
     ) -> Self {
-        let port = if port == 0 {
-            ringcast_testkit::free_port()
+        let command = |port: u16| {
+            let mut cmd = Command::new(node_binary());
+            for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("RINGCAST_")) {
+                cmd.env_remove(k);
+            }
+            cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--node-id", id])
+                .args(["--shutdown-grace-secs", "1"])
+                .args(extra_args);
+            match log {
+                Some(path) => {
+                    let out = std::fs::File::create(path).expect("create the node log file");
+                    let err = out.try_clone().expect("clone the log file handle");
+                    cmd.env("RUST_LOG", "debug").stdout(out).stderr(err)
+                }
+                None => cmd
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            };
+            cmd
+        };
+        let (child, port) = if port == 0 {
+            ringcast_testkit::spawn_listening("ringcast-node", Duration::from_secs(10), command)
         } else {
-            port
+            (command(port).spawn().expect("spawn ringcast-node"), port)
         };
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let mut cmd = Command::new(node_binary());
-        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("RINGCAST_")) {
-            cmd.env_remove(k);
-        }
-        cmd.args(["--listen", &addr.to_string(), "--node-id", id])
-            .args(["--shutdown-grace-secs", "1"])
-            .args(extra_args);
-        match log {
-            Some(path) => {
-                let out = std::fs::File::create(path).expect("create the node log file");
-                let err = out.try_clone().expect("clone the log file handle");
-                cmd.env("RUST_LOG", "debug").stdout(out).stderr(err)
-            }
-            None => cmd
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        };
-        let child = cmd.spawn().expect("spawn ringcast-node");
         let node = NodeProcess {
             id: id.to_owned(),
             addr,
