@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::header::HeaderValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -13,12 +14,15 @@ use tracing::debug;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 
-/// Checks every member every `interval` until `shutdown` turns true.
+/// Checks every member every `interval` until `shutdown` turns true. Each check carries the
+/// gateway's `via` entry, so a "node" that is really a gateway answers 508 and is taken out of
+/// the ring like any node that fails its checks.
 pub async fn run(
     membership: Arc<Membership>,
     metrics: Arc<Metrics>,
     interval: Duration,
     timeout: Duration,
+    via: HeaderValue,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(interval);
@@ -30,8 +34,9 @@ pub async fn run(
         }
         let mut checks = JoinSet::new();
         for (id, addr) in membership.targets() {
+            let via = via.clone();
             checks.spawn(async move {
-                let ok = check(&addr, timeout).await;
+                let ok = check(&addr, timeout, &via).await;
                 (id, addr, ok)
             });
         }
@@ -49,19 +54,22 @@ pub async fn run(
     }
 }
 
-/// One `GET /healthz`: healthy when the node answers 200 within `timeout`.
-pub async fn check(addr: &str, timeout: Duration) -> bool {
-    tokio::time::timeout(timeout, get_status(addr))
+/// One `GET /healthz` from the gateway whose `Via` entry is `via`: healthy when the node
+/// answers 200 within `timeout`.
+pub async fn check(addr: &str, timeout: Duration, via: &HeaderValue) -> bool {
+    tokio::time::timeout(timeout, get_status(addr, via))
         .await
         .ok()
         .flatten()
         == Some(200)
 }
 
-async fn get_status(addr: &str) -> Option<u16> {
+async fn get_status(addr: &str, via: &HeaderValue) -> Option<u16> {
     let mut stream = TcpStream::connect(addr).await.ok()?;
-    let request =
-        format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: ringcast-gateway\r\n\r\n");
+    let via = via.to_str().ok()?;
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: ringcast-gateway\r\nVia: {via}\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).await.ok()?;
     // The status line is all we need; read at most 512 bytes of it.
     let mut buf = [0u8; 512];

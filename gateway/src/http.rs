@@ -111,6 +111,12 @@ async fn route(
             "the gateway is shutting down",
         ),
         "/ws" => proxy.upgrade(req, peer, permit).await,
+        // A gateway's health check that reached a gateway: its node address is wrong.
+        "/healthz" if crate::upstream::from_a_gateway(req.headers()) => json_error(
+            StatusCode::LOOP_DETECTED,
+            "proxy_loop",
+            "this is a ringcast gateway, not a node: a gateway's node address leads here",
+        ),
         "/healthz" => {
             let ring = proxy.membership.ring().len();
             let status = if draining || ring == 0 {

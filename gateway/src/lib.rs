@@ -91,6 +91,7 @@ pub async fn run(
         None
     };
 
+    let via = upstream::own_via();
     let (tasks_stop_tx, tasks_stop_rx) = watch::channel(false);
     let mut background = Vec::new();
     background.push(tokio::spawn(health::run(
@@ -98,6 +99,7 @@ pub async fn run(
         metrics.clone(),
         config.health_interval(),
         config.health_timeout(),
+        via.clone(),
         tasks_stop_rx.clone(),
     )));
     if let Some(url) = config.redis_url.clone() {
@@ -130,7 +132,7 @@ pub async fn run(
         copy_buffer_bytes: config.copy_buffer_bytes,
         tunnel_linger: Duration::from_secs(config.tunnel_linger_secs),
         links,
-        via: upstream::own_via(),
+        via,
     });
     let proxy_after = proxy.clone();
     let http = Arc::new(http::Http {

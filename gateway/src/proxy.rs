@@ -55,7 +55,7 @@ pub struct Proxy {
     pub tunnel_linger: Duration,
     /// The nodes' links, when clients reach nodes over links (else one TCP connection each).
     pub links: Option<Links>,
-    /// This gateway's `Via` entry ([`upstream::own_via`]), to recognise its own upgrades.
+    /// This gateway's `Via` entry ([`upstream::own_via`]), added to what it forwards.
     pub via: HeaderValue,
 }
 
@@ -139,12 +139,12 @@ impl Proxy {
         if let Err(why) = check_upgrade(req) {
             return Err(self.reject(StatusCode::BAD_REQUEST, "bad_upgrade", why));
         }
-        if upstream::passed_through(req.headers(), &self.via) {
-            // Answered here, so the gateway that sent it (this one) tries the next node.
+        if upstream::from_a_gateway(req.headers()) {
+            // Answered here, so the gateway that sent it tries its next node instead.
             return Err(self.reject(
                 StatusCode::LOOP_DETECTED,
                 "proxy_loop",
-                "this gateway already forwarded this upgrade: a node address leads back to it",
+                "this is a ringcast gateway, not a node: a gateway's node address leads here",
             ));
         }
         let (client_id, query) = match self.admission.admit(req.headers(), req.uri().query()) {
@@ -253,7 +253,7 @@ impl Proxy {
                     self.membership.report_check(&node.id, &node.addr, false);
                 }
                 Err(Attempt::Declined(StatusCode::LOOP_DETECTED)) => {
-                    warn!(node = %node.id, addr = %node.addr, "the node's address leads back to this gateway (a proxy loop): check --node and the nodes' advertised addresses");
+                    warn!(node = %node.id, addr = %node.addr, "the node's address leads to a ringcast gateway (a proxy loop): check --node and the nodes' advertised addresses");
                 }
                 Err(Attempt::Declined(status)) => {
                     info!(node = %node.id, %status, "node refused the upgrade");

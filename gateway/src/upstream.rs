@@ -26,24 +26,32 @@ pub const MAX_RELAYED_BODY: usize = 4 * 1024;
 /// How long a refusal's body may take to arrive once its head has.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// This gateway's entry in the `Via` header of every upgrade it forwards (RFC 9110 §7.6.3): a
-/// name drawn at random per process, so that an upgrade coming back to the same gateway — a
-/// node address that points at the gateway itself, or two gateways pointing at each other — is
-/// recognised at its second arrival instead of being forwarded until file descriptors run out.
+/// The start of the received-by name in every ringcast gateway's `Via` entry.
+const VIA_NAME: &str = "ringcast-gateway-";
+
+/// This gateway's entry in the `Via` header of every upgrade and health check it sends to a
+/// node (RFC 9110 §7.6.3): `1.1 ringcast-gateway-` and a name drawn at random per process.
 pub fn own_via() -> HeaderValue {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());
-    let name = format!("1.1 ringcast-gateway-{:016x}", h.finish());
+    let name = format!("1.1 {VIA_NAME}{:016x}", h.finish());
     HeaderValue::from_str(&name).expect("ASCII letters, digits, dots, dashes and a space")
 }
 
-/// Whether `headers` show that the upgrade already passed the gateway whose entry is `own`.
-pub fn passed_through(headers: &HeaderMap, own: &HeaderValue) -> bool {
+/// Whether `headers` show that the request was sent by a ringcast gateway. A gateway only
+/// sends to nodes, so a gateway that receives one has been given a gateway's address as a
+/// node's — its own, or another's — and would forward the upgrade again, to itself in the worst
+/// case until its file descriptors run out.
+pub fn from_a_gateway(headers: &HeaderMap) -> bool {
     headers.get_all(header::VIA).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|entry| entry.trim_ascii() == own.as_bytes())
+        v.as_bytes().split(|&b| b == b',').any(|entry| {
+            entry
+                .split(|b| b.is_ascii_whitespace())
+                .filter(|part| !part.is_empty())
+                .nth(1)
+                .is_some_and(|by| by.starts_with(VIA_NAME.as_bytes()))
+        })
     })
 }
 
@@ -282,25 +290,23 @@ mod tests {
     }
 
     #[test]
-    fn a_gateway_knows_its_own_via_entry_and_no_other() {
+    fn a_request_from_any_gateway_is_recognised_by_its_via_entry() {
         let own = own_via();
-        let other = own_via();
-        assert_ne!(own, other, "each process draws its own name");
-        let mut h = headers(&[("via", "1.0 corporate-proxy")]);
-        assert!(!passed_through(&h, &own));
-        // Our entry in a list, or in a header line of its own, after others.
-        let listed = format!("1.0 corporate-proxy, {}", own.to_str().unwrap());
+        assert_ne!(own, own_via(), "each process draws its own name");
+        assert!(own.to_str().unwrap().starts_with("1.1 ringcast-gateway-"));
+        let mut h = headers(&[("via", "1.0 corporate-proxy, HTTP/1.1 ringcast-gatewayx")]);
+        assert!(!from_a_gateway(&h));
+        // Listed after others, or in a header line of its own.
+        let listed = format!("1.0 corporate-proxy,{}", own.to_str().unwrap());
         h.insert(header::VIA, HeaderValue::from_str(&listed).unwrap());
-        assert!(passed_through(&h, &own));
-        assert!(!passed_through(&h, &other));
+        assert!(from_a_gateway(&h));
         let mut h = headers(&[("via", "1.0 corporate-proxy")]);
-        h.append(header::VIA, own.clone());
-        assert!(passed_through(&h, &own));
-        // A prefix of our entry is not our entry.
-        let mut h = HeaderMap::new();
-        let cut = &own.to_str().unwrap()[..20];
-        h.insert(header::VIA, HeaderValue::from_str(cut).unwrap());
-        assert!(!passed_through(&h, &own));
+        h.append(header::VIA, own_via());
+        assert!(from_a_gateway(&h));
+        // The name as a protocol, or alone, is not an entry of ours.
+        let h = headers(&[("via", "ringcast-gateway-1"), ("user-agent", "x")]);
+        assert!(!from_a_gateway(&h));
+        assert!(!from_a_gateway(&HeaderMap::new()));
     }
 
     #[tokio::test]

@@ -178,7 +178,6 @@ async fn debug_logs_and_metrics_never_contain_tokens_secrets_or_bodies() {
     let (node_log, gateway_log) = (dir.join("node.log"), dir.join("gateway.log"));
     let node = NodeProcess::start_with(
         "logged",
-        0,
         &[
             "--jwt-secret",
             SECRET,

@@ -188,21 +188,58 @@ async fn a_connect_failure_fails_over_to_the_next_replica_and_is_counted() {
     assert_eq!(gw.healthy_ids().await, ["live"], "passively marked down");
 }
 
+/// A gateway on `listener` whose node list is `nodes` (`ID=ADDR`, `self` for its own address).
+fn gateway_listing(
+    listener: tokio::net::TcpListener,
+    nodes: &[&str],
+    extra: &[&str],
+) -> TestGateway {
+    let own = listener.local_addr().expect("addr");
+    let mut args = Vec::new();
+    for node in nodes {
+        args.push("--node".to_owned());
+        args.push(match *node {
+            "self" => format!("self={own}"),
+            other => other.to_owned(),
+        });
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    TestGateway::start_on(listener, TestGateway::config(&args))
+}
+
+async fn bind() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+}
+
 #[tokio::test]
-async fn a_node_address_leading_back_to_the_gateway_is_a_loop_refused_at_once() {
+async fn a_node_address_leading_to_a_gateway_is_a_loop_refused_at_once() {
     let mut c = NodeConfig::for_tests();
     c.node_id = Some("real".into());
     let real = TestNode::start(c).await;
-    // A misconfigured fleet: one "node" is the gateway itself. Each upgrade routed there used
-    // to be forwarded to itself again and again until the gateway ran out of file descriptors.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let own = format!("self={}", listener.local_addr().expect("addr"));
     let real_spec = format!("real={}", real.addr);
-    let config = TestGateway::config(&["--node", &own, "--node", &real_spec]);
-    let gw = TestGateway::start_on(listener, config);
-    // Clients owned by "self" come back as a loop, once, and fail over to the real node.
+    let no_checks = ["--health-interval-ms", "60000"];
+
+    // A gateway whose only "node" is itself: each upgrade routed there used to be forwarded to
+    // itself again and again until it ran out of file descriptors. Now the client gets a 502.
+    let alone = gateway_listing(bind().await, &["self"], &no_checks);
+    let (status, body) =
+        http_raw(alone.addr, &upgrade_request(alone.addr, "/ws?client_id=a")).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("nodes_failed"), "{body}");
+    let rejected = "ringcast_gateway_rejected_upgrades_total";
+    assert_eq!(
+        alone.metric(rejected).await,
+        2.0,
+        "the loop's 508 and the 502"
+    );
+
+    // A misconfigured fleet: besides a real node, a gateway lists itself and the gateway above.
+    // Every upgrade sent to a gateway comes back 508 at once and fails over; everyone gets in.
+    let other = format!("other={}", alone.addr);
+    let gw = gateway_listing(bind().await, &["self", &other, &real_spec], &no_checks);
     let mut clients = Vec::new();
     for i in 0..40 {
         let (mut c, _) = Client::connect_welcomed(&gw.ws_url(&format!("l-{i}"))).await;
@@ -210,34 +247,42 @@ async fn a_node_address_leading_back_to_the_gateway_is_a_loop_refused_at_once() 
         c.recv_event("pong").await;
         clients.push(c);
     }
-    let looped = gw.metric("ringcast_gateway_rejected_upgrades_total").await;
-    assert!(looped >= 1.0, "no upgrade was routed to the gateway itself");
+    let refused_here = gw.metric(rejected).await;
+    let refused_there = alone.metric(rejected).await - 2.0;
+    assert!(
+        refused_here >= 1.0,
+        "no upgrade was routed to the gateway itself"
+    );
+    assert!(
+        refused_there >= 1.0,
+        "no upgrade was routed to the other gateway"
+    );
     assert_eq!(
         gw.metric("ringcast_gateway_failovers_total").await,
-        looped,
-        "each looped upgrade came back once and failed over once"
+        refused_here + refused_there,
+        "each 508 is followed by one failover"
     );
     for c in clients.iter_mut() {
         c.send_json(json!({"type":"ping"})).await;
         c.recv_event("pong").await;
     }
 
-    // With nothing but the loop, a client gets a clear 502 instead of a gateway that hangs.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let own = format!("self={}", listener.local_addr().expect("addr"));
-    let alone = TestGateway::start_on(listener, TestGateway::config(&["--node", &own]));
-    let (status, body) =
-        http_raw(alone.addr, &upgrade_request(alone.addr, "/ws?client_id=a")).await;
-    assert_eq!(status, 502, "{body}");
-    assert!(body.contains("nodes_failed"), "{body}");
+    // With health checks on, both gateways fail theirs (508) and leave the ring.
+    let checked = gateway_listing(bind().await, &["self", &other, &real_spec], &[]);
+    ringcast_testkit::wait_until(
+        Duration::from_secs(10),
+        "gateways out of the ring",
+        || async { checked.healthy_ids().await == ["real"] },
+    )
+    .await;
+    for i in 0..10 {
+        let (mut c, _) = Client::connect_welcomed(&checked.ws_url(&format!("h-{i}"))).await;
+        c.send_json(json!({"type":"ping"})).await;
+        c.recv_event("pong").await;
+    }
     assert_eq!(
-        alone
-            .metric("ringcast_gateway_rejected_upgrades_total")
-            .await,
-        2.0,
-        "the looped 508 and the client's 502"
+        checked.metric("ringcast_gateway_failovers_total").await,
+        0.0
     );
 }
 

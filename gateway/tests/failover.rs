@@ -16,9 +16,9 @@ use support::{NodeProcess, TestGateway};
 #[tokio::test]
 async fn a_killed_node_fails_over_and_rejoins_when_restarted() {
     let mut nodes = [
-        NodeProcess::start("k1", 0).await,
-        NodeProcess::start("k2", 0).await,
-        NodeProcess::start("k3", 0).await,
+        NodeProcess::start("k1").await,
+        NodeProcess::start("k2").await,
+        NodeProcess::start("k3").await,
     ];
     let specs: Vec<String> = nodes.iter().map(NodeProcess::spec).collect();
     let args: Vec<&str> = specs.iter().flat_map(|s| ["--node", s.as_str()]).collect();
@@ -46,7 +46,6 @@ async fn a_killed_node_fails_over_and_rejoins_when_restarted() {
 
     // SIGKILL k2.
     let victim = 1;
-    let victim_port = nodes[victim].addr.port();
     nodes[victim].kill();
     let (victims, mut survivors): (Vec<_>, Vec<_>) =
         clients.into_iter().partition(|(_, _, n)| n == "k2");
@@ -82,7 +81,7 @@ async fn a_killed_node_fails_over_and_rejoins_when_restarted() {
     }
 
     // Restart k2 on the same port: the health checks put it back and its ids route home again.
-    nodes[victim] = NodeProcess::start("k2", victim_port).await;
+    nodes[victim].restart().await;
     wait_until(Duration::from_secs(5), "k2 back in the ring", || async {
         gw.healthy_ids().await == ["k1", "k2", "k3"]
     })

@@ -250,8 +250,8 @@ fn signal(pid: u32, signal: &str) {
 
 #[tokio::test]
 async fn a_frozen_node_behind_a_live_link_fails_over_in_time() {
-    let a = support::NodeProcess::start("a", 0).await;
-    let b = support::NodeProcess::start("b", 0).await;
+    let a = support::NodeProcess::start("a").await;
+    let b = support::NodeProcess::start("b").await;
     let (spec_a, spec_b) = (a.spec(), b.spec());
     // Health checks slow enough that the failover, not the ring, moves the client.
     let gw = TestGateway::start(&[

@@ -35,17 +35,19 @@ pub fn spawn_listening(
     limit: Duration,
     mut command: impl FnMut(u16) -> std::process::Command,
 ) -> (std::process::Child, u16) {
+    let mut exits = Vec::new();
     for _ in 0..5 {
         let port = free_port();
         let mut child = command(port)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {what} (is it installed? the README's test command installs what the tests need): {e}"));
         let deadline = std::time::Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 eprintln!(
                     "{what} on port {port} exited before listening ({status}); trying another port"
                 );
+                exits.push(format!("port {port}: {status}"));
                 break;
             }
             if listens_on(child.id(), port) {
@@ -59,11 +61,14 @@ pub fn spawn_listening(
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    panic!("{what} exited before listening five times in a row");
+    panic!(
+        "{what} exited before listening five times in a row, so not for a lost port race: {}",
+        exits.join("; ")
+    );
 }
 
-/// Whether process `pid` holds a TCP socket listening on `port` (any local address), per
-/// `/proc/net/tcp{,6}` and `/proc/PID/fd`.
+/// Whether process `pid`, or one it started (a wrapper that does not `exec`), holds a TCP
+/// socket listening on `port` (any local address), per `/proc/net/tcp{,6}` and `/proc/PID/fd`.
 pub fn listens_on(pid: u32, port: u16) -> bool {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
@@ -88,14 +93,37 @@ pub fn listens_on(pid: u32, port: u16) -> bool {
     if inodes.is_empty() {
         return false;
     }
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
+    let mut pids = vec![pid];
+    while let Some(pid) = pids.pop() {
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            let holds = fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path())
+                    .map(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+                    .unwrap_or(false)
+            });
+            if holds {
+                return true;
+            }
+        }
+        pids.extend(children(pid));
+    }
+    false
+}
+
+/// The processes `pid` started, per `/proc/PID/task/*/children`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
     };
-    fds.flatten().any(|fd| {
-        std::fs::read_link(fd.path())
-            .map(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
-            .unwrap_or(false)
-    })
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 /// A port on 127.0.0.1 that refuses connections and that nothing else can take while this
@@ -288,8 +316,39 @@ mod tests {
         // A bound socket that does not listen, and another process, do not count.
         let dead = DeadPort::new();
         assert!(!super::listens_on(std::process::id(), dead.port()));
-        assert!(!super::listens_on(1, port));
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("run sleep");
+        assert!(!super::listens_on(other.id(), port));
+        let _ = other.kill();
+        let _ = other.wait();
         drop(listener);
         assert!(!super::listens_on(std::process::id(), port));
+    }
+
+    #[test]
+    fn a_listener_in_a_wrapped_process_is_found_through_the_wrapper() {
+        // `sh -c` forks redis-server instead of exec-ing it when a command follows.
+        let (mut wrapper, port) = super::spawn_listening(
+            "wrapped server",
+            std::time::Duration::from_secs(10),
+            |port| {
+                let mut cmd = std::process::Command::new("sh");
+                cmd.arg("-c")
+                    .arg(format!(
+                        "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no; true"
+                    ))
+                    .stdout(std::process::Stdio::null());
+                cmd
+            },
+        );
+        let found = super::children(wrapper.id());
+        assert_eq!(found.len(), 1, "{found:?}");
+        let _ = std::process::Command::new("kill")
+            .arg(found[0].to_string())
+            .status();
+        let _ = wrapper.wait();
+        assert!(!super::listens_on(wrapper.id(), port));
     }
 }

@@ -122,6 +122,12 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
             self.reserved = DeadPort::hold(self.port);
+            if self.reserved.is_none() {
+                eprintln!(
+                    "redis port {} was taken the moment its server died; a restart will fail",
+                    self.port
+                );
+            }
         }
     }
 
@@ -133,7 +139,7 @@ impl RedisServer {
         let mut child = self
             .command(self.port)
             .spawn()
-            .expect("redis-server is not installed or not on PATH");
+            .expect("redis-server is not installed or not on PATH: run the README's test command, which installs it");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !crate::listens_on(child.id(), self.port) {
             if let Ok(Some(status)) = child.try_wait() {
@@ -144,6 +150,7 @@ impl RedisServer {
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
+                let _ = child.wait();
                 panic!(
                     "redis-server did not listen again on port {} within 10 s",
                     self.port
@@ -158,7 +165,10 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        self.kill();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -165,60 +165,94 @@ pub struct NodeProcess {
     /// Where it listens.
     pub addr: SocketAddr,
     child: Option<Child>,
+    extra_args: Vec<String>,
+    log: Option<std::path::PathBuf>,
+    /// Holds the port while the process is down, until [`NodeProcess::restart`].
+    reserved: Option<ringcast_testkit::DeadPort>,
 }
 
 impl NodeProcess {
-    /// Starts `ringcast-node --listen 127.0.0.1:PORT --node-id ID` (port 0 → a free one) and
-    /// waits until its `/healthz` answers 200.
-    pub async fn start(id: &str, port: u16) -> Self {
-        Self::start_with(id, port, &[], None).await
+    /// Starts `ringcast-node --listen 127.0.0.1:PORT --node-id ID` on a free port and waits
+    /// until its `/healthz` answers 200.
+    pub async fn start(id: &str) -> Self {
+        Self::start_with(id, &[], None).await
     }
 
     /// Like [`NodeProcess::start`], with extra flags; with `log`, the process runs with
     /// `RUST_LOG=debug` and its stdout and stderr both go to that file.
-    pub async fn start_with(
-        id: &str,
-        port: u16,
-        extra_args: &[&str],
-        log: Option<&std::path::Path>,
-    ) -> Self {
-        let command = |port: u16| {
-            let mut cmd = Command::new(node_binary());
-            for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("RINGCAST_")) {
-                cmd.env_remove(k);
-            }
-            cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--node-id", id])
-                .args(["--shutdown-grace-secs", "1"])
-                .args(extra_args);
-            match log {
-                Some(path) => {
-                    let out = std::fs::File::create(path).expect("create the node log file");
-                    let err = out.try_clone().expect("clone the log file handle");
-                    cmd.env("RUST_LOG", "debug").stdout(out).stderr(err)
-                }
-                None => cmd
-                    .env("RUST_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null()),
-            };
-            cmd
-        };
-        let (child, port) = if port == 0 {
-            ringcast_testkit::spawn_listening("ringcast-node", Duration::from_secs(10), command)
-        } else {
-            (command(port).spawn().expect("spawn ringcast-node"), port)
-        };
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let node = NodeProcess {
+    pub async fn start_with(id: &str, extra_args: &[&str], log: Option<&std::path::Path>) -> Self {
+        let mut node = NodeProcess {
             id: id.to_owned(),
-            addr,
-            child: Some(child),
+            addr: ([127, 0, 0, 1], 0).into(),
+            child: None,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            log: log.map(std::path::Path::to_path_buf),
+            reserved: None,
         };
+        let (child, port) =
+            ringcast_testkit::spawn_listening("ringcast-node", Duration::from_secs(10), |port| {
+                node.command(port)
+            });
+        node.child = Some(child);
+        node.addr.set_port(port);
+        node.wait_healthy().await;
+        node
+    }
+
+    /// Starts the process again on its port, after [`NodeProcess::kill`], with the same flags.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.reserved = None; // given up the moment before the new process binds it
+        let port = self.addr.port();
+        let mut child = self.command(port).spawn().expect("spawn ringcast-node");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !ringcast_testkit::listens_on(child.id(), port) {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("ringcast-node could not restart on port {port}: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ringcast-node did not listen again on port {port} within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.child = Some(child);
+        self.wait_healthy().await;
+    }
+
+    fn command(&self, port: u16) -> Command {
+        let mut cmd = Command::new(node_binary());
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("RINGCAST_")) {
+            cmd.env_remove(k);
+        }
+        cmd.args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--node-id",
+            &self.id,
+        ])
+        .args(["--shutdown-grace-secs", "1"])
+        .args(&self.extra_args);
+        match &self.log {
+            Some(path) => {
+                let out = std::fs::File::create(path).expect("create the node log file");
+                let err = out.try_clone().expect("clone the log file handle");
+                cmd.env("RUST_LOG", "debug").stdout(out).stderr(err)
+            }
+            None => cmd
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        };
+        cmd
+    }
+
+    async fn wait_healthy(&self) {
+        let addr = self.addr;
         ringcast_testkit::wait_until(Duration::from_secs(10), "node process /healthz", || {
             healthz_ok(addr)
         })
         .await;
-        node
     }
 
     /// `ID=127.0.0.1:PORT`, as `--node` takes it.
@@ -231,18 +265,23 @@ impl NodeProcess {
         self.child.as_ref().map_or(0, |c| c.id())
     }
 
-    /// SIGKILLs the process and reaps it.
+    /// SIGKILLs the process and reaps it. Its port stays reserved, refusing connections as a
+    /// dead node's does, until [`NodeProcess::restart`].
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            self.reserved = ringcast_testkit::DeadPort::hold(self.addr.port());
         }
     }
 }
 
 impl Drop for NodeProcess {
     fn drop(&mut self) {
-        self.kill();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
