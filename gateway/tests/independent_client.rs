@@ -24,6 +24,14 @@ async fn python_websockets_client_runs_the_scenario_through_the_gateway() {
         specs.push(format!("{id}={}", node.addr));
         nodes.push(node);
     }
+    // Each node serves once its Redis connections are up.
+    for node in &nodes {
+        let addr = node.addr;
+        ringcast_testkit::wait_until(Duration::from_secs(10), "node /healthz", || {
+            support::healthz_ok(addr)
+        })
+        .await;
+    }
     let args: Vec<&str> = specs.iter().flat_map(|s| ["--node", s.as_str()]).collect();
     let gw = TestGateway::start(&args).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scenario.py");

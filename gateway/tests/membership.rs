@@ -94,8 +94,9 @@ async fn a_node_joins_within_2s_and_leaves_at_once_when_it_deregisters() {
 
     // Graceful shutdown: the node deletes its key first thing, the gateway drops it at once.
     let _ = node.shutdown_tx.send(true);
+    // Within two polls (500 ms each) and a stall's slack; the TTL would take 60 s.
     wait_until(
-        Duration::from_secs(1),
+        Duration::from_secs(3),
         "dyn-1 removed after deregistering",
         || async { member_ids(&gw).await.is_empty() },
     )
@@ -110,7 +111,7 @@ async fn a_node_joins_within_2s_and_leaves_at_once_when_it_deregisters() {
 }
 
 #[tokio::test]
-async fn a_node_that_stops_heartbeating_is_dropped_within_5s() {
+async fn a_node_that_stops_heartbeating_is_dropped_once_its_ttl_lapses() {
     let redis = RedisServer::start();
     let gw = TestGateway::start(&["--redis-url", &redis.url()]).await;
     // Default heartbeat (1 s) and TTL (3 s).
@@ -123,7 +124,8 @@ async fn a_node_that_stops_heartbeating_is_dropped_within_5s() {
     // Abort without shutdown: no deregistration, heartbeats just stop (at most 1 s ago).
     crashed.task.abort();
     let _ = crashed.task.await;
-    wait_until(Duration::from_secs(4), "dyn-crash dropped", || async {
+    // TTL (3 s) plus a poll (0.5 s), with a stall's slack.
+    wait_until(Duration::from_secs(6), "dyn-crash dropped", || async {
         member_ids(&gw).await == ["dyn-steady"]
     })
     .await;
@@ -159,7 +161,12 @@ async fn losing_redis_keeps_the_known_nodes_and_both_sides_recover() {
             .is_some_and(|v| v.trim() == node.addr.to_string())
     })
     .await;
-    assert_eq!(member_ids(&gw).await, ["dyn-r"]);
+    // The gateway may have read the empty registry before the node wrote its key again; its
+    // next poll (500 ms) brings the node back.
+    wait_until(Duration::from_secs(3), "dyn-r a member again", || async {
+        member_ids(&gw).await == ["dyn-r"]
+    })
+    .await;
     let _ = node.shutdown_tx.send(true);
     let _ = node.task.await;
 }

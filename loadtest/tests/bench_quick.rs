@@ -53,6 +53,15 @@ fn quick_bench_runs_every_scenario_and_loses_nothing() {
     let deadline = Duration::from_secs(120);
     while child.try_wait().expect("waiting for bench.sh").is_none() {
         if started.elapsed() > deadline {
+            // SIGTERM first: bench.sh then stops the servers it started (its EXIT trap), which
+            // a SIGKILL would leave running for the rest of the test run.
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let grace = Instant::now() + Duration::from_secs(15);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < grace {
+                std::thread::sleep(Duration::from_millis(100));
+            }
             let _ = child.kill();
             let _ = child.wait();
             panic!("bench.sh --quick did not finish within {deadline:?}");

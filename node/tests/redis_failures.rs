@@ -70,7 +70,7 @@ async fn traffic_resumes_after_redis_is_killed_and_restarted_without_client_reco
 
     redis.restart();
     for n in &nodes {
-        wait_healthy(n, Duration::from_secs(2)).await;
+        wait_healthy(n, Duration::from_secs(5)).await;
     }
     // Same WebSocket connections as before: room, broadcast and direct traffic flow again.
     a.send_json(json!({"type":"room_message","room":"r","content":"room back"}))
@@ -179,7 +179,8 @@ async fn probe_rebuilds_a_subscriber_that_is_open_but_starved() {
     let mut starved = config("starved", &proxy.redis_url());
     starved.announce_connections = false;
     starved.redis_probe_interval_ms = 200;
-    starved.redis_probe_timeout_ms = 800;
+    // Long enough that a stalled CI machine does not fail a probe of a healthy connection.
+    starved.redis_probe_timeout_ms = 2000;
     let n1 = TestNode::start(starved).await;
     wait_healthy(&n1, Duration::from_secs(5)).await;
     let n2 = quiet_nodes(&redis, &["n2"]).await.remove(0);
@@ -202,7 +203,7 @@ async fn probe_rebuilds_a_subscriber_that_is_open_but_starved() {
     );
 
     wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(8),
         "probe noticed the starvation",
         || async { metric(&n1, "bus_probe_failures_total").await >= 1.0 },
     )
