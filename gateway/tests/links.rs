@@ -248,6 +248,20 @@ fn signal(pid: u32, signal: &str) {
     assert!(ok, "kill {signal} {pid}");
 }
 
+/// Whether every thread of `pid` is stopped (state `T` in `/proc/PID/task/*/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+        })
+    })
+}
+
 #[tokio::test]
 async fn a_frozen_node_behind_a_live_link_fails_over_in_time() {
     let a = support::NodeProcess::start("a").await;
@@ -279,6 +293,13 @@ async fn a_frozen_node_behind_a_live_link_fails_over_in_time() {
 
     // Frozen: its sockets stay open, so the link looks alive, but nothing answers.
     signal(a.pid(), "-STOP");
+    // A stop is taken by one thread, which then stops the others when it next runs: on a busy
+    // machine another thread can serve an upgrade first. Wait until every thread is stopped.
+    ringcast_testkit::wait_until(Duration::from_secs(5), "node a stopped", || {
+        let stopped = all_threads_stopped(a.pid());
+        async move { stopped }
+    })
+    .await;
     let started = std::time::Instant::now();
     let (_again, node) = connect_to_node(&gw, &id).await;
     let took = started.elapsed();
