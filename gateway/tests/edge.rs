@@ -13,12 +13,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn one_node() -> (TestNode, TestGateway) {
-    let mut c = NodeConfig::for_tests();
-    c.node_id = Some("n1".into());
-    let node = TestNode::start(c).await;
-    let spec = format!("n1={}", node.addr);
+    let (node, spec) = named_node("n1").await;
     let gw = TestGateway::start(&["--node", &spec, "--handshake-timeout-secs", "1"]).await;
     (node, gw)
+}
+
+/// An in-process node with id `id`, and its `ID=ADDR` spec for `--node`.
+async fn named_node(id: &str) -> (TestNode, String) {
+    let mut c = NodeConfig::for_tests();
+    c.node_id = Some(id.into());
+    let node = TestNode::start(c).await;
+    let spec = format!("{id}={}", node.addr);
+    (node, spec)
 }
 
 /// Reads from `s` until `needle` shows up in what was received (or 5 s pass); returns it all.
@@ -159,12 +165,9 @@ async fn dead_backends_get_502_then_503_and_come_back() {
 
 #[tokio::test]
 async fn a_connect_failure_fails_over_to_the_next_replica_and_is_counted() {
-    let mut c = NodeConfig::for_tests();
-    c.node_id = Some("live".into());
-    let live = TestNode::start(c).await;
+    let (_live, live_spec) = named_node("live").await;
     let dead_port = DeadPort::new();
     let dead = format!("dead={}", dead_port.addr());
-    let live_spec = format!("live={}", live.addr);
     let gw = TestGateway::start(&[
         "--node",
         &dead,
@@ -216,10 +219,7 @@ async fn bind() -> tokio::net::TcpListener {
 
 #[tokio::test]
 async fn a_node_address_leading_to_a_gateway_is_a_loop_refused_at_once() {
-    let mut c = NodeConfig::for_tests();
-    c.node_id = Some("real".into());
-    let real = TestNode::start(c).await;
-    let real_spec = format!("real={}", real.addr);
+    let (_real, real_spec) = named_node("real").await;
     let no_checks = ["--health-interval-ms", "60000"];
 
     // A gateway whose only "node" is itself: each upgrade routed there used to be forwarded to
@@ -319,10 +319,7 @@ async fn a_slowloris_client_is_closed_by_the_handshake_timeout() {
 
 #[tokio::test]
 async fn graceful_shutdown_keeps_tunnels_for_the_grace_period_then_closes_them() {
-    let mut c = NodeConfig::for_tests();
-    c.node_id = Some("n1".into());
-    let node = TestNode::start(c).await;
-    let spec = format!("n1={}", node.addr);
+    let (_node, spec) = named_node("n1").await;
     let gw = TestGateway::start(&["--node", &spec, "--shutdown-grace-secs", "2"]).await;
     let (mut client, _) = Client::connect_welcomed(&gw.ws_url("lingering")).await;
     let addr = gw.addr;
@@ -342,10 +339,7 @@ async fn graceful_shutdown_keeps_tunnels_for_the_grace_period_then_closes_them()
 
 #[tokio::test]
 async fn past_the_connection_limit_clients_get_503_until_a_slot_frees() {
-    let mut c = NodeConfig::for_tests();
-    c.node_id = Some("n1".into());
-    let node = TestNode::start(c).await;
-    let spec = format!("n1={}", node.addr);
+    let (_node, spec) = named_node("n1").await;
     let gw = TestGateway::start(&["--node", &spec, "--max-connections", "2"]).await;
     let (first, _) = Client::connect_welcomed(&gw.ws_url("limit-1")).await;
     let (mut second, _) = Client::connect_welcomed(&gw.ws_url("limit-2")).await;

@@ -1,10 +1,10 @@
 //! Connection lifecycle against a real `ringcast-node` process: graceful shutdown on SIGTERM
 //! (1012, /healthz 503, exit 0) and the idle timeout for clients that stop answering pings.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use ringcast_testkit::{http_get, spawn_listening, Client};
+use ringcast_testkit::{http_get, spawn_server, Client};
 use serde_json::json;
 
 struct NodeProcess {
@@ -14,20 +14,9 @@ struct NodeProcess {
 
 impl NodeProcess {
     fn spawn(extra: &[&str]) -> Self {
-        let (child, port) = spawn_listening("ringcast-node", Duration::from_secs(10), |port| {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast-node"));
-            cmd.args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--node-id",
-                "life",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-            cmd
-        });
-        let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let mut args = vec!["--node-id", "life"];
+        args.extend_from_slice(extra);
+        let (child, addr) = spawn_server(env!("CARGO_BIN_EXE_ringcast-node"), &args);
         NodeProcess { child, addr }
     }
 

@@ -3,8 +3,7 @@
 //! Fails loudly when python3 or the `websockets` package is missing (the README's test command
 //! installs both).
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 struct Killed(std::process::Child);
 impl Drop for Killed {
@@ -16,14 +15,8 @@ impl Drop for Killed {
 
 #[test]
 fn python_client_runs_the_protocol_scenario_against_a_node_process() {
-    let (child, port) =
-        ringcast_testkit::spawn_listening("ringcast-node", Duration::from_secs(10), |port| {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast-node"));
-            cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--node-id", "e2e"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit());
-            cmd
-        });
+    let (child, addr) =
+        ringcast_testkit::spawn_server(env!("CARGO_BIN_EXE_ringcast-node"), &["--node-id", "e2e"]);
     let node = Killed(child);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -31,7 +24,7 @@ fn python_client_runs_the_protocol_scenario_against_a_node_process() {
     );
     let out = Command::new("python3")
         .arg(script)
-        .arg(format!("ws://127.0.0.1:{port}/ws"))
+        .arg(format!("ws://{addr}/ws"))
         .output()
         .expect("python3 is required for the independent-client test (see README)");
     let stdout = String::from_utf8_lossy(&out.stdout);

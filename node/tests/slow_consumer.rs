@@ -1,10 +1,10 @@
 //! A client that stops reading is disconnected once its bounded send queue fills; the node's
 //! memory stays bounded and the other members of the room keep receiving everything.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
-use ringcast_testkit::{http_get, spawn_listening, Client};
+use ringcast_testkit::{http_get, spawn_server, Client};
 use serde_json::json;
 use tokio::net::TcpSocket;
 
@@ -40,31 +40,21 @@ async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
 
 #[tokio::test]
 async fn a_stalled_reader_is_cut_off_and_the_room_keeps_flowing() {
-    let (child, port) = spawn_listening("ringcast-node", Duration::from_secs(10), |port| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast-node"));
-        cmd.args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
+    let (child, addr) = spawn_server(
+        env!("CARGO_BIN_EXE_ringcast-node"),
+        &[
             "--announce-connections=false",
-        ])
-        .args([
             "--send-queue-bytes",
             "1048576",
             "--send-queue-frames",
             "1024",
-        ])
-        .args([
             "--rate-limit-per-sec",
             "100000",
             "--rate-limit-burst",
             "100000",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        cmd
-    });
+        ],
+    );
     let node = Node(child);
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let url = |id: &str| format!("ws://{addr}/ws?client_id={id}");
 
     // The stalled client: a tiny receive buffer, joins, then never reads again.

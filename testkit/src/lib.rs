@@ -67,6 +67,20 @@ pub fn spawn_listening(
     );
 }
 
+/// Starts the server binary `bin` with `--listen 127.0.0.1:PORT` and `args` through
+/// [`spawn_listening`]; its stdout is discarded, its stderr (clap errors, panics) goes to the
+/// test's. Returns the child and its address.
+pub fn spawn_server(bin: &str, args: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
+    let (child, port) = spawn_listening(bin, Duration::from_secs(10), |port| {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .stdout(std::process::Stdio::null());
+        cmd
+    });
+    (child, ([127, 0, 0, 1], port).into())
+}
+
 /// Whether process `pid`, or one it started (a wrapper that does not `exec`), holds a TCP
 /// socket listening on `port` (any local address), per `/proc/net/tcp{,6}` and `/proc/PID/fd`.
 pub fn listens_on(pid: u32, port: u16) -> bool {
