@@ -2,9 +2,7 @@
 
 mod support;
 
-use ringcast_node::Config;
-use ringcast_testkit::TestNode;
-use support::loadtest;
+use support::{loadtest, node_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -110,8 +108,7 @@ async fn without_require_welcome_a_silent_server_fails_at_the_join() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_connections_than_file_descriptors() {
-    let node = TestNode::start(Config::for_tests()).await;
-    let url = node.ws_url("");
+    let (_node, url) = node_with(|_| {}).await;
     let run = loadtest(&["--url", &url, "fanout", "--subscribers", "2000000000"]).await;
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("loadtest processes"), "{}", run.stderr);

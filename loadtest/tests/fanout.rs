@@ -3,9 +3,7 @@
 
 mod support;
 
-use ringcast_node::Config;
-use ringcast_testkit::TestNode;
-use support::loadtest;
+use support::{loadtest, node_with};
 
 fn assert_clean(v: &serde_json::Value) {
     assert_eq!(v["scenario"], "fanout");
@@ -38,8 +36,7 @@ fn assert_clean(v: &serde_json::Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_fanout_loses_nothing_with_announcements_on() {
     // Default config: every connect is announced to everyone, which the loadtest must ignore.
-    let node = TestNode::start(Config::for_tests()).await;
-    let url = node.ws_url("");
+    let (node, url) = node_with(|_| {}).await;
     let run = loadtest(&["--url", &url, "--json", "fanout", "--quick"]).await;
     let v = run.ok_json();
     assert_clean(&v);
@@ -60,10 +57,10 @@ async fn quick_fanout_loses_nothing_with_announcements_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uneven_rooms_count_each_subscribers_own_publishers() {
-    let mut config = Config::for_tests();
-    config.announce_connections = false;
-    let node = TestNode::start(config).await;
-    let url = node.ws_url("");
+    let (_node, url) = node_with(|c| {
+        c.announce_connections = false;
+    })
+    .await;
     let run = loadtest(&[
         "--url",
         &url,
@@ -93,8 +90,7 @@ async fn uneven_rooms_count_each_subscribers_own_publishers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn human_summary_by_default() {
-    let node = TestNode::start(Config::for_tests()).await;
-    let url = node.ws_url("");
+    let (_node, url) = node_with(|_| {}).await;
     let run = loadtest(&["--url", &url, "fanout", "--quick"]).await;
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     assert!(run.stdout.contains("deliveries/s"), "{}", run.stdout);
@@ -106,12 +102,12 @@ async fn human_summary_by_default() {
 async fn silent_subscribers_answer_pings_and_are_not_closed_as_idle() {
     // Subscribers send nothing after their join; only their pongs keep the node from closing
     // them after 2 s without a frame.
-    let mut config = Config::for_tests();
-    config.announce_connections = false;
-    config.ping_interval_secs = 1;
-    config.idle_timeout_secs = 2;
-    let node = TestNode::start(config).await;
-    let url = node.ws_url("");
+    let (node, url) = node_with(|c| {
+        c.announce_connections = false;
+        c.ping_interval_secs = 1;
+        c.idle_timeout_secs = 2;
+    })
+    .await;
     let run = loadtest(&[
         "--url",
         &url,

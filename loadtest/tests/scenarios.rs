@@ -4,12 +4,11 @@ mod support;
 
 use ringcast_node::{Config, MemoryBroker};
 use ringcast_testkit::TestNode;
-use support::loadtest;
+use support::{loadtest, node_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_opens_holds_and_measures_memory() {
-    let node = TestNode::start(Config::for_tests()).await;
-    let url = node.ws_url("");
+    let (_node, url) = node_with(|_| {}).await;
     // The node runs in this test process, so its PID is ours.
     let pid = std::process::id().to_string();
     let run = loadtest(&[
@@ -39,10 +38,10 @@ async fn connections_opens_holds_and_measures_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_reports_a_full_server_as_failures() {
-    let mut config = Config::for_tests();
-    config.max_connections = 10;
-    let node = TestNode::start(config).await;
-    let url = node.ws_url("");
+    let (_node, url) = node_with(|c| {
+        c.max_connections = 10;
+    })
+    .await;
     let run = loadtest(&[
         "--url",
         &url,
@@ -103,8 +102,7 @@ async fn direct_pairs_across_two_nodes_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_leaves_no_connections_or_rooms_behind() {
-    let node = TestNode::start(Config::for_tests()).await;
-    let url = node.ws_url("");
+    let (_node, url) = node_with(|_| {}).await;
     let run = loadtest(&[
         "--url",
         &url,
@@ -136,9 +134,8 @@ async fn churn_leaves_no_connections_or_rooms_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_reports_a_server_that_does_not_settle() {
     // A client the loadtest does not know about stays connected: /stats never reaches zero.
-    let node = TestNode::start(Config::for_tests()).await;
+    let (node, url) = node_with(|_| {}).await;
     let (_other, _) = ringcast_testkit::Client::connect_welcomed(&node.ws_url("bystander")).await;
-    let url = node.ws_url("");
     let run = loadtest(&[
         "--url",
         &url,

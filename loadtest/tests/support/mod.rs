@@ -52,3 +52,14 @@ pub async fn loadtest(args: &[&str]) -> Run {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// An in-process node on the test config with `tweak` applied, and its `ws://ADDR/ws` URL.
+pub async fn node_with(
+    tweak: impl FnOnce(&mut ringcast_node::Config),
+) -> (ringcast_testkit::TestNode, String) {
+    let mut config = ringcast_node::Config::for_tests();
+    tweak(&mut config);
+    let node = ringcast_testkit::TestNode::start(config).await;
+    let url = node.ws_url("");
+    (node, url)
+}
