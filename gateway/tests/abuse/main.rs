@@ -7,3 +7,4 @@
 
 #[path = "../support/mod.rs"]
 mod support;
+mod auth;
