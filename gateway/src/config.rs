@@ -226,7 +226,10 @@ impl Config {
 
     pub(crate) fn handshake_timeout(&self) -> Duration {
         // Clamped: a deadline is computed from it for every connection.
-        Duration::from_secs(self.handshake_timeout_secs.clamp(1, ringcast_node::config::MAX_SECS))
+        Duration::from_secs(
+            self.handshake_timeout_secs
+                .clamp(1, ringcast_node::config::MAX_SECS),
+        )
     }
 
     pub(crate) fn poll_interval(&self) -> Duration {

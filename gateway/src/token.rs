@@ -5,7 +5,7 @@
 //! for development and tests. It prints the token alone on stdout, so `$(…)` captures it.
 
 use clap::Args;
-use ringcast_node::auth::{mint_hs256, now_secs, AuthArgs, Audience, Claims};
+use ringcast_node::auth::{mint_hs256, now_secs, Audience, AuthArgs, Claims};
 use ringcast_protocol::validate_client_id;
 
 /// Longest lifetime the command signs (a development token should not live for years).

@@ -327,7 +327,9 @@ impl Authenticator {
             .saturating_add(self.max_lifetime_secs)
             .saturating_add(self.validation.leeway);
         if claims.exp > latest {
-            return Err(AuthError::Invalid("exp is further ahead than the longest lifetime"));
+            return Err(AuthError::Invalid(
+                "exp is further ahead than the longest lifetime",
+            ));
         }
         if validate_client_id(&claims.sub).is_err() {
             return Err(AuthError::Invalid("sub is not a valid client id"));

@@ -255,14 +255,26 @@ async fn a_token_with_a_huge_or_too_long_exp_is_refused() {
         .await;
     assert_eq!(bob.recv_error_code().await, "invalid_token");
     still_served(&mut bob).await;
-    assert_eq!(node.stats().await["local_connections"], 2, "legit and bob only");
+    assert_eq!(
+        node.stats().await["local_connections"],
+        2,
+        "legit and bob only"
+    );
     // A shorter bound is configurable.
     let mut cfg = config();
     cfg.auth.jwt_max_lifetime_secs = 3600;
     let strict = TestNode::start(cfg).await;
-    let url = format!("ws://{}/ws?token={}", strict.addr, token(&claims("carol", 7200)));
+    let url = format!(
+        "ws://{}/ws?token={}",
+        strict.addr,
+        token(&claims("carol", 7200))
+    );
     assert_eq!(refusal(&url).await, (401, "invalid_token".to_owned()));
-    let url = format!("ws://{}/ws?token={}", strict.addr, token(&claims("carol", 1800)));
+    let url = format!(
+        "ws://{}/ws?token={}",
+        strict.addr,
+        token(&claims("carol", 1800))
+    );
     Client::connect_welcomed(&url).await;
     still_served(&mut ok).await;
 }
@@ -285,7 +297,11 @@ async fn a_refresh_revokes_rooms_and_chat_the_new_token_does_not_allow() {
     alice_claims.chat = Some(true);
     let url = format!("ws://{}/ws?token={}", node.addr, token(&alice_claims));
     let (mut alice, _) = Client::connect_welcomed(&url).await;
-    let url = format!("ws://{}/ws?token={}", node.addr, token(&claims("bob", 3600)));
+    let url = format!(
+        "ws://{}/ws?token={}",
+        node.addr,
+        token(&claims("bob", 3600))
+    );
     let (mut bob, _) = Client::connect_welcomed(&url).await;
     for room in ["secret", "public"] {
         join(&mut bob, room).await;
@@ -306,7 +322,10 @@ async fn a_refresh_revokes_rooms_and_chat_the_new_token_does_not_allow() {
     );
     alice.recv_event("token_refreshed").await;
     let left = bob.recv_event("user_left").await;
-    assert_eq!((&left["user_id"], &left["room"]), (&json!("alice"), &json!("secret")));
+    assert_eq!(
+        (&left["user_id"], &left["room"]),
+        (&json!("alice"), &json!("secret"))
+    );
 
     // The secret room's traffic no longer reaches alice; the public room's still does.
     bob.send_json(json!({"type":"room_message","room":"secret","content":"s"}))
@@ -316,13 +335,20 @@ async fn a_refresh_revokes_rooms_and_chat_the_new_token_does_not_allow() {
         .await;
     assert_eq!(bob.recv_event("chat").await["content"], "p");
     let next = alice.recv_event("chat").await;
-    assert_eq!((&next["room"], &next["content"]), (&json!("public"), &json!("p")));
+    assert_eq!(
+        (&next["room"], &next["content"]),
+        (&json!("public"), &json!("p"))
+    );
     alice
         .send_json(json!({"type":"room_message","room":"secret","content":"x"}))
         .await;
     assert_eq!(alice.recv_error_code().await, "forbidden");
     alice.send_json(json!({"type":"chat","content":"hi"})).await;
-    assert_eq!(alice.recv_error_code().await, "forbidden", "chat: false now");
+    assert_eq!(
+        alice.recv_error_code().await,
+        "forbidden",
+        "chat: false now"
+    );
     alice
         .send_json(json!({"type":"join_room","room":"secret"}))
         .await;
@@ -341,7 +367,9 @@ async fn a_refresh_revokes_rooms_and_chat_the_new_token_does_not_allow() {
     );
     alice.recv_event("token_refreshed").await;
     assert_eq!(bob.recv_event("user_left").await["room"], "public");
-    alice.send_json(json!({"type":"chat","content":"back"})).await;
+    alice
+        .send_json(json!({"type":"chat","content":"back"}))
+        .await;
     assert_eq!(bob.recv_event("chat").await["content"], "back");
     join(&mut alice, "secret").await;
     assert_eq!(node.stats().await["rooms"], 2);

@@ -23,11 +23,8 @@ async fn node_connections(p: &AuthProcesses) -> Value {
 #[tokio::test]
 async fn a_token_with_a_huge_exp_is_refused_by_the_gateway_and_the_node() {
     let p = AuthProcesses::start().await;
-    let (mut ok, _) = Client::connect_welcomed(&p.gateway_url(&format!(
-        "token={}",
-        token_for("legit")
-    )))
-    .await;
+    let (mut ok, _) =
+        Client::connect_welcomed(&p.gateway_url(&format!("token={}", token_for("legit")))).await;
     let mut huge = claims("mallory", 0);
     huge.exp = 10_000_000_000_000_000_000;
     let mut max = claims("mallory", 0);
@@ -37,7 +34,12 @@ async fn a_token_with_a_huge_exp_is_refused_by_the_gateway_and_the_node() {
         let query = format!("token={}", token(&c));
         for url in [p.gateway_url(&query), p.node_url(&query)] {
             let (status, body) = refused(&url, &[]).await;
-            assert_eq!((status, &body["error"]), (401, &json!("invalid_token")), "exp {}: {url}", c.exp);
+            assert_eq!(
+                (status, &body["error"]),
+                (401, &json!("invalid_token")),
+                "exp {}: {url}",
+                c.exp
+            );
         }
         still_served(&mut ok).await;
     }
@@ -47,11 +49,8 @@ async fn a_token_with_a_huge_exp_is_refused_by_the_gateway_and_the_node() {
 #[tokio::test]
 async fn a_list_audience_is_accepted_by_the_gateway_and_the_node() {
     let p = AuthProcesses::start().await;
-    let (mut ok, _) = Client::connect_welcomed(&p.gateway_url(&format!(
-        "token={}",
-        token_for("legit")
-    )))
-    .await;
+    let (mut ok, _) =
+        Client::connect_welcomed(&p.gateway_url(&format!("token={}", token_for("legit")))).await;
     let list = |sub: &str, aud: Value| {
         let claims = json!({"sub": sub, "exp": now_secs() + 3600, "aud": aud});
         let t = ringcast_node::auth::mint_hs256(SECRET, &claims).expect("mint");
@@ -66,7 +65,11 @@ async fn a_list_audience_is_accepted_by_the_gateway_and_the_node() {
     let other = list("bob", json!(["account", "billing"]));
     for url in [p.gateway_url(&other), p.node_url(&other)] {
         let (status, body) = refused(&url, &[]).await;
-        assert_eq!((status, &body["error"]), (401, &json!("invalid_token")), "{url}");
+        assert_eq!(
+            (status, &body["error"]),
+            (401, &json!("invalid_token")),
+            "{url}"
+        );
     }
     still_served(&mut ok).await;
 }

@@ -6,7 +6,7 @@
 //! grace period for it. Dropping the session therefore withdraws it too, closes it with 1011 so
 //! its writer ends, and tells the rooms' members from a task of its own (a drop cannot wait).
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::handlers::announce_gone;
 use super::Session;
@@ -28,11 +28,16 @@ impl Drop for Session {
         if !self.registered {
             return;
         }
-        warn!(
-            client_id = %self.out.client_id,
-            conn = self.out.id,
-            "session ended abnormally; removing its connection"
-        );
+        if std::thread::panicking() {
+            warn!(
+                client_id = %self.out.client_id,
+                conn = self.out.id,
+                "session panicked; removing its connection"
+            );
+        } else {
+            // Cancelled: the runtime is going away, or the node gave up waiting at shutdown.
+            debug!(client_id = %self.out.client_id, conn = self.out.id, "session cancelled");
+        }
         self.out.close(INTERNAL_ERROR);
         let (rooms, last) = self.withdraw();
         if rooms.is_empty() && !(last && self.shared.config.announce_connections) {
@@ -105,7 +110,10 @@ mod tests {
             "the panicking session's client is told"
         );
         let left = member.recv_event("user_left").await;
-        assert_eq!((&left["user_id"], &left["room"]), (&json!("victim"), &json!("r")));
+        assert_eq!(
+            (&left["user_id"], &left["room"]),
+            (&json!("victim"), &json!("r"))
+        );
         wait_until(Duration::from_secs(10), "/stats back to 2", || async {
             connections(addr).await == 2
         })
@@ -123,8 +131,14 @@ mod tests {
 
         // Shutdown waits for the live clients only.
         stop_tx.send(true).expect("node running");
-        assert_eq!(member.expect_close(Duration::from_secs(10)).await, Some(1012));
-        assert_eq!(other.expect_close(Duration::from_secs(10)).await, Some(1012));
+        assert_eq!(
+            member.expect_close(Duration::from_secs(10)).await,
+            Some(1012)
+        );
+        assert_eq!(
+            other.expect_close(Duration::from_secs(10)).await,
+            Some(1012)
+        );
         let ended = tokio::time::timeout(Duration::from_secs(20), node).await;
         assert!(
             matches!(ended, Ok(Ok(Ok(())))),

@@ -303,7 +303,8 @@ pub(super) async fn announce_gone(
             room: &room,
         }
         .encode();
-        let _ = Box::pin(shared.publish(Channel::Room(room.clone()), Target::Room(room), &left)).await;
+        let _ =
+            Box::pin(shared.publish(Channel::Room(room.clone()), Target::Room(room), &left)).await;
     }
     if last && shared.config.announce_connections {
         let frame = ServerEvent::UserDisconnected { user_id: &me }.encode();
