@@ -2,13 +2,13 @@
 //! refresh, which may revoke rooms) and, when the connection ends, leaving its rooms and
 //! unregistering.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use bytes::Bytes;
 use ringcast_protocol::{ClientMessage, ErrorCode, RevokeReason, ServerEvent, Target};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-
-use std::collections::HashSet;
-use std::sync::Arc;
 
 use super::{reply, reply_error, Session};
 use crate::bus::Channel;
