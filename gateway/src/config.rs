@@ -225,7 +225,11 @@ impl Config {
     }
 
     pub(crate) fn handshake_timeout(&self) -> Duration {
-        Duration::from_secs(self.handshake_timeout_secs.max(1))
+        // Clamped: a deadline is computed from it for every connection.
+        Duration::from_secs(
+            self.handshake_timeout_secs
+                .clamp(1, ringcast_node::config::MAX_SECS),
+        )
     }
 
     pub(crate) fn poll_interval(&self) -> Duration {

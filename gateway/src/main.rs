@@ -10,13 +10,7 @@ use ringcast_node::process;
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
     if let Some(Command::Token(args)) = &config.command {
-        let auth = &config.auth;
-        return match ringcast_gateway::token::mint(
-            args,
-            auth.jwt_secret.as_deref(),
-            auth.jwt_audience.as_deref(),
-            auth.jwt_issuer.as_deref(),
-        ) {
+        return match ringcast_gateway::token::mint(args, &config.auth) {
             Ok(token) => {
                 println!("{token}");
                 std::process::ExitCode::SUCCESS

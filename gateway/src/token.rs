@@ -5,7 +5,7 @@
 //! for development and tests. It prints the token alone on stdout, so `$(…)` captures it.
 
 use clap::Args;
-use ringcast_node::auth::{mint_hs256, now_secs, Claims};
+use ringcast_node::auth::{mint_hs256, now_secs, Audience, AuthArgs, Claims};
 use ringcast_protocol::validate_client_id;
 
 /// Longest lifetime the command signs (a development token should not live for years).
@@ -70,30 +70,37 @@ pub fn parse_ttl(s: &str) -> Result<u64, String> {
     }
 }
 
-/// Signs the token `args` describe. `secret` is the gateway's configured `--jwt-secret` (flag
-/// before `token`, or environment), used when `args` has none; `audience` and `issuer` are
-/// the configured `--jwt-audience` / `--jwt-issuer`, used when `args` names none.
-pub fn mint(
-    args: &TokenArgs,
-    secret: Option<&str>,
-    audience: Option<&str>,
-    issuer: Option<&str>,
-) -> Result<String, String> {
+/// Signs the token `args` describe. `auth` is the gateway's configuration (flags before
+/// `token`, or environment): its `--jwt-secret` is used when `args` has none, its
+/// `--jwt-audience` / `--jwt-issuer` when `args` names none, and a lifetime past its
+/// `--jwt-max-lifetime-secs` is refused, since the stack would refuse such a token.
+pub fn mint(args: &TokenArgs, auth: &AuthArgs) -> Result<String, String> {
     let secret = args
         .jwt_secret
         .as_deref()
-        .or(secret)
+        .or(auth.jwt_secret.as_deref())
         .ok_or("no secret: set RINGCAST_JWT_SECRET (or --jwt-secret); tokens are HS256")?;
     if secret.len() < 16 {
         return Err("the secret must be at least 16 bytes".into());
     }
     validate_client_id(&args.sub).map_err(|_| "--sub must be 1-64 of [A-Za-z0-9_.:@-]")?;
+    if args.ttl > auth.jwt_max_lifetime_secs {
+        return Err(format!(
+            "--ttl {} s is longer than --jwt-max-lifetime-secs ({} s): the gateway and the \
+             nodes would refuse the token",
+            args.ttl, auth.jwt_max_lifetime_secs
+        ));
+    }
     let claims = Claims {
         sub: args.sub.clone(),
-        exp: now_secs() + args.ttl,
+        exp: now_secs().saturating_add(args.ttl),
         nbf: None,
-        aud: args.aud.clone().or(audience.map(str::to_owned)),
-        iss: args.iss.clone().or(issuer.map(str::to_owned)),
+        aud: args
+            .aud
+            .clone()
+            .or_else(|| auth.jwt_audience.clone())
+            .map(Audience::One),
+        iss: args.iss.clone().or_else(|| auth.jwt_issuer.clone()),
         rooms: args.rooms.clone(),
         chat: args.chat,
     };
@@ -103,7 +110,7 @@ pub fn mint(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringcast_node::auth::{AuthArgs, Authenticator};
+    use ringcast_node::auth::Authenticator;
 
     const SECRET: &str = "token-cli-secret-0123456789";
 
@@ -131,9 +138,17 @@ mod tests {
         }
     }
 
+    fn configured(secret: Option<&str>, audience: Option<&str>) -> AuthArgs {
+        AuthArgs {
+            jwt_secret: secret.map(str::to_owned),
+            jwt_audience: audience.map(str::to_owned),
+            ..AuthArgs::default()
+        }
+    }
+
     #[test]
     fn minted_tokens_pass_the_configured_validation() {
-        let token = mint(&args("alice"), Some(SECRET), Some("ringcast"), None).unwrap();
+        let token = mint(&args("alice"), &configured(Some(SECRET), Some("ringcast"))).unwrap();
         let auth = Authenticator::from_args(&AuthArgs {
             jwt_secret: Some(SECRET.into()),
             jwt_audience: Some("ringcast".into()),
@@ -151,10 +166,21 @@ mod tests {
 
     #[test]
     fn clear_errors() {
-        assert!(mint(&args("alice"), None, None, None)
+        assert!(mint(&args("alice"), &configured(None, None))
             .unwrap_err()
             .contains("RINGCAST_JWT_SECRET"));
-        assert!(mint(&args("alice"), Some("short"), None, None).is_err());
-        assert!(mint(&args("no spaces"), Some(SECRET), None, None).is_err());
+        assert!(mint(&args("alice"), &configured(Some("short"), None)).is_err());
+        assert!(mint(&args("no spaces"), &configured(Some(SECRET), None)).is_err());
+    }
+
+    #[test]
+    fn a_lifetime_the_stack_would_refuse_is_not_signed() {
+        let mut long = args("alice");
+        long.ttl = 31 * 86_400;
+        let err = mint(&long, &configured(Some(SECRET), None)).unwrap_err();
+        assert!(err.contains("--jwt-max-lifetime-secs"), "{err}");
+        let mut auth = configured(Some(SECRET), None);
+        auth.jwt_max_lifetime_secs = 366 * 86_400;
+        assert!(mint(&long, &auth).is_ok());
     }
 }

@@ -5,8 +5,11 @@
 
 mod support;
 
+use ringcast_node::auth::now_secs;
 use ringcast_testkit::Client;
-use support::auth::{claims, still_served, token, token_for, AuthStack};
+use serde_json::json;
+use support::auth::{claims, still_served, token, token_for, AuthStack, AUDIENCE, SECRET};
+use support::TestGateway;
 
 #[tokio::test]
 async fn no_token_gets_401_and_reaches_no_node() {
@@ -196,4 +199,49 @@ async fn the_embedded_node_validates_with_the_gateways_settings() {
     let (status, _) = support::auth::refused(&format!("ws://{addr}/ws?client_id=alice"), &[]).await;
     assert_eq!(status, 401);
     still_served(&mut c).await;
+}
+
+#[tokio::test]
+async fn a_huge_or_too_long_exp_gets_401() {
+    let s = AuthStack::start(&[]).await;
+    let mut ok = s.legit().await;
+    let mut huge = claims("alice", 0);
+    huge.exp = 10_000_000_000_000_000_000;
+    // Past the default --jwt-max-lifetime-secs of 30 days.
+    let month = claims("alice", 31 * 86_400);
+    for c in [huge, month] {
+        let t = token(&c);
+        let url = s.url(&format!("token={t}"));
+        s.assert_refused_at_edge(&url, &[], 401, "invalid_token", &t)
+            .await;
+        still_served(&mut ok).await;
+    }
+}
+
+/// `aud` as a list (RFC 7519 allows it; many identity providers send one): any element matching
+/// `--jwt-audience` is enough, and with no audience configured any list is accepted.
+#[tokio::test]
+async fn a_list_audience_is_accepted() {
+    let s = AuthStack::start(&[]).await;
+    let mut ok = s.legit().await;
+    let matching = list_aud_token("alice", json!(["account", AUDIENCE]));
+    let (_, id) = Client::connect_welcomed(&s.url(&format!("token={matching}"))).await;
+    assert_eq!(id, "alice");
+    let other = list_aud_token("bob", json!(["account", "billing"]));
+    let url = s.url(&format!("token={other}"));
+    s.assert_refused_at_edge(&url, &[], 401, "invalid_token", &other)
+        .await;
+    still_served(&mut ok).await;
+
+    // No audience configured, on the gateway and its embedded node.
+    let open = TestGateway::start(&["--jwt-secret", SECRET]).await;
+    let url = format!("ws://{}/ws?token={other}", open.addr);
+    let (_, id) = Client::connect_welcomed(&url).await;
+    assert_eq!(id, "bob");
+}
+
+/// A one-hour token for `sub` whose `aud` is `aud` (hand-written JSON, as other issuers shape it).
+fn list_aud_token(sub: &str, aud: serde_json::Value) -> String {
+    let claims = json!({"sub": sub, "exp": now_secs() + 3600, "aud": aud});
+    ringcast_node::auth::mint_hs256(SECRET, &claims).expect("mint")
 }

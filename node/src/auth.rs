@@ -21,6 +21,12 @@ pub const SUBPROTOCOL: &str = "ringcast.v1";
 /// Prefix of the subprotocol entry that carries the token.
 pub const BEARER_PREFIX: &str = "bearer.";
 
+/// Largest `--jwt-leeway-secs`: clock skew beyond a day is a broken clock, not skew.
+pub const MAX_LEEWAY_SECS: u64 = 86_400;
+
+/// Default of `--jwt-max-lifetime-secs`: 30 days.
+pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 30 * 86_400;
+
 /// Access when a token has no claim about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Access {
@@ -31,7 +37,7 @@ pub enum Access {
 }
 
 /// Authentication flags, shared by `ringcast-node` and `ringcast-gateway`.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
     /// HS256 shared secret. Setting it (or --jwt-public-key) makes a valid token mandatory.
     #[arg(long, env = "RINGCAST_JWT_SECRET", hide_env_values = true)]
@@ -49,9 +55,18 @@ pub struct AuthArgs {
     #[arg(long, env = "RINGCAST_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
 
-    /// Seconds of clock skew tolerated on `exp` and `nbf`.
+    /// Seconds of clock skew tolerated on `exp` and `nbf` (at most one day).
     #[arg(long, env = "RINGCAST_JWT_LEEWAY_SECS", default_value_t = 5)]
     pub jwt_leeway_secs: u64,
+
+    /// Longest lifetime accepted: a token whose `exp` lies further ahead than this is refused
+    /// (401 `invalid_token`), so a leaked token cannot be valid for years.
+    #[arg(
+        long,
+        env = "RINGCAST_JWT_MAX_LIFETIME_SECS",
+        default_value_t = DEFAULT_MAX_LIFETIME_SECS
+    )]
+    pub jwt_max_lifetime_secs: u64,
 
     /// Room access for tokens without a `rooms` claim.
     #[arg(
@@ -72,6 +87,22 @@ pub struct AuthArgs {
     pub default_chat_access: Option<Access>,
 }
 
+impl Default for AuthArgs {
+    /// Authentication off, every other setting at its flag's default.
+    fn default() -> Self {
+        AuthArgs {
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            jwt_leeway_secs: 5,
+            jwt_max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS,
+            default_room_access: None,
+            default_chat_access: None,
+        }
+    }
+}
+
 /// The claims ringcast reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -82,9 +113,9 @@ pub struct Claims {
     /// Not before, seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
-    /// Audience.
+    /// Audience: one string or a list of them (RFC 7519 allows both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
     /// Issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
@@ -94,6 +125,35 @@ pub struct Claims {
     /// Whether the holder may send global `chat` broadcasts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat: Option<bool>,
+}
+
+/// The `aud` claim: RFC 7519 allows a single string or a list. When `--jwt-audience` is set,
+/// one matching element of a list is enough (the JWT library checks it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// `"aud": "ringcast"`.
+    One(String),
+    /// `"aud": ["account", "ringcast"]`.
+    Many(Vec<String>),
+}
+
+impl From<&str> for Audience {
+    fn from(aud: &str) -> Self {
+        Audience::One(aud.to_owned())
+    }
+}
+
+impl From<String> for Audience {
+    fn from(aud: String) -> Self {
+        Audience::One(aud)
+    }
+}
+
+impl From<Vec<String>> for Audience {
+    fn from(aud: Vec<String>) -> Self {
+        Audience::Many(aud)
+    }
 }
 
 /// What a valid token grants.
@@ -164,6 +224,7 @@ impl AuthError {
 pub struct Authenticator {
     key: DecodingKey,
     validation: Validation,
+    max_lifetime_secs: u64,
     default_rooms: Access,
     default_chat: Access,
 }
@@ -209,20 +270,36 @@ impl Authenticator {
                 }
             }
         };
+        if args.jwt_leeway_secs > MAX_LEEWAY_SECS {
+            return Err(format!(
+                "--jwt-leeway-secs must be at most {MAX_LEEWAY_SECS} (one day)"
+            ));
+        }
+        if args.jwt_max_lifetime_secs == 0 {
+            return Err("--jwt-max-lifetime-secs must be at least 1".into());
+        }
         let mut validation = Validation::new(algorithm);
         validation.leeway = args.jwt_leeway_secs;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured audience or issuer is required: the library checks these claims only
+        // when a token carries them.
+        let mut required = vec!["exp", "sub"];
         match &args.jwt_audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &args.jwt_issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         Ok(Some(Authenticator {
             key,
             validation,
+            max_lifetime_secs: args.jwt_max_lifetime_secs,
             default_rooms: args.default_room_access.unwrap_or(Access::Allow),
             default_chat: args.default_chat_access.unwrap_or(Access::Allow),
         }))
@@ -244,6 +321,16 @@ impl Authenticator {
             },
         )?;
         let claims = data.claims;
+        // Past this, the token is refused: a leaked token must not stay valid for years, and
+        // no deadline computed from `exp` can be out of range.
+        let latest = now_secs()
+            .saturating_add(self.max_lifetime_secs)
+            .saturating_add(self.validation.leeway);
+        if claims.exp > latest {
+            return Err(AuthError::Invalid(
+                "exp is further ahead than the longest lifetime",
+            ));
+        }
         if validate_client_id(&claims.sub).is_err() {
             return Err(AuthError::Invalid("sub is not a valid client id"));
         }
@@ -306,8 +393,9 @@ pub fn offered_subprotocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .map(str::trim)
 }
 
-/// Signs an HS256 development token (for `ringcast-gateway token` and tests).
-pub fn mint_hs256(secret: &str, claims: &Claims) -> Result<String, String> {
+/// Signs an HS256 development token (for `ringcast-gateway token` and tests). `claims` is
+/// usually [`Claims`]; tests also sign hand-written JSON, as other issuers shape it.
+pub fn mint_hs256<C: Serialize>(secret: &str, claims: &C) -> Result<String, String> {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,

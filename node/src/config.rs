@@ -5,6 +5,15 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
+/// Longest duration any seconds flag may name (one year): every deadline computed from one stays
+/// far inside the clock's range, however it is added.
+pub const MAX_SECS: u64 = 365 * 86_400;
+
+/// The parser of a seconds flag: `0..=MAX_SECS`, anything else a clear error at startup.
+fn secs() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(..=MAX_SECS)
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -97,28 +106,28 @@ pub struct Config {
     pub flood_strikes: f64,
 
     /// Seconds between WebSocket pings to each client.
-    #[arg(long, env = "RINGCAST_PING_INTERVAL_SECS", default_value_t = 25)]
+    #[arg(long, env = "RINGCAST_PING_INTERVAL_SECS", default_value_t = 25, value_parser = secs())]
     pub ping_interval_secs: u64,
 
     /// Seconds without any frame from a client (pong included) before it is closed with 1001.
-    #[arg(long, env = "RINGCAST_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    #[arg(long, env = "RINGCAST_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = secs())]
     pub idle_timeout_secs: u64,
 
     /// Seconds a client has to send its complete upgrade request headers.
-    #[arg(long, env = "RINGCAST_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(long, env = "RINGCAST_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10, value_parser = secs())]
     pub handshake_timeout_secs: u64,
 
     /// Seconds a subscription (room join, connect) may wait for the bus before giving up.
-    #[arg(long, env = "RINGCAST_BUS_TIMEOUT_SECS", default_value_t = 5)]
+    #[arg(long, env = "RINGCAST_BUS_TIMEOUT_SECS", default_value_t = 5, value_parser = secs())]
     pub bus_timeout_secs: u64,
 
     /// Seconds between a shutdown signal and closing clients, while `/healthz` already answers 503
     /// and new upgrades are refused, so load balancers stop routing here first.
-    #[arg(long, env = "RINGCAST_DRAIN_DELAY_SECS", default_value_t = 0)]
+    #[arg(long, env = "RINGCAST_DRAIN_DELAY_SECS", default_value_t = 0, value_parser = secs())]
     pub drain_delay_secs: u64,
 
     /// Seconds to wait for clients to close after they were sent 1012, before exiting.
-    #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE_SECS", default_value_t = 10, value_parser = secs())]
     pub shutdown_grace_secs: u64,
 
     /// Authentication (JWT) settings.
@@ -173,11 +182,11 @@ impl Config {
     }
 
     pub(crate) fn ping_interval(&self) -> Duration {
-        Duration::from_secs(self.ping_interval_secs.max(1))
+        Duration::from_secs(self.ping_interval_secs.clamp(1, MAX_SECS))
     }
 
     pub(crate) fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout_secs.max(1))
+        Duration::from_secs(self.idle_timeout_secs.clamp(1, MAX_SECS))
     }
 
     /// The Redis registration this node keeps, when `--redis-url` and `--advertise` are set.
@@ -194,7 +203,7 @@ impl Config {
     }
 
     pub(crate) fn bus_timeout(&self) -> Duration {
-        Duration::from_secs(self.bus_timeout_secs.max(1))
+        Duration::from_secs(self.bus_timeout_secs.clamp(1, MAX_SECS))
     }
 }
 
@@ -213,6 +222,31 @@ mod tests {
         assert!(!Config::parse_from(["x", "--node-id", "n7"])
             .resolved_node_id()
             .is_empty());
+    }
+
+    #[test]
+    fn a_seconds_flag_past_a_year_is_refused_and_accessors_stay_in_range() {
+        for flag in [
+            "--ping-interval-secs",
+            "--idle-timeout-secs",
+            "--handshake-timeout-secs",
+            "--bus-timeout-secs",
+            "--drain-delay-secs",
+            "--shutdown-grace-secs",
+        ] {
+            let err = Config::try_parse_from(["x", flag, "18446744073709551615"]).unwrap_err();
+            assert!(err.to_string().contains(flag), "{flag}: {err}");
+            assert!(Config::try_parse_from(["x", flag, &MAX_SECS.to_string()]).is_ok());
+        }
+        // A configuration built in code is clamped where deadlines are computed.
+        let mut c = Config::for_tests();
+        c.idle_timeout_secs = u64::MAX;
+        c.ping_interval_secs = u64::MAX;
+        c.bus_timeout_secs = u64::MAX;
+        let now = std::time::Instant::now();
+        for d in [c.idle_timeout(), c.ping_interval(), c.bus_timeout()] {
+            assert!(now.checked_add(d).is_some());
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@ use crate::split::{ReadOnly, SplitIo};
 use crate::wire;
 use crate::writer::{give_up, write_loop, write_queued, CLOSE_TIMEOUT};
 
+mod guard;
 mod handlers;
 
 /// What tungstenite reads the client's frames from.
@@ -145,6 +146,15 @@ where
     (writer, stream)
 }
 
+/// `now + after`, or a point decades ahead where that is past the clock's range (tokio's
+/// "far future"): a deadline fed by a token or the configuration never overflows.
+fn deadline_after(now: Instant, after: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+    now.checked_add(after.min(FAR))
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}
+
 /// The text frame of an encoded event.
 fn text(event: Bytes) -> Bytes {
     // Events come from serde_json, which only writes UTF-8.
@@ -222,6 +232,9 @@ struct Session {
     identity: Option<Box<Identity>>,
     rooms: HashSet<String>,
     limiter: RateLimiter,
+    /// Whether the connection is still in the hub: cleared by `withdraw`. While it is set, the
+    /// drop guard (`guard.rs`) takes the connection out of the hub, however the session ends.
+    registered: bool,
 }
 
 impl Session {
@@ -264,6 +277,7 @@ impl Session {
             identity,
             rooms: HashSet::new(),
             limiter,
+            registered: true,
         };
         (session, out_rx, subscribed)
     }
@@ -317,7 +331,7 @@ impl Session {
         R: AsyncRead + Unpin + Send + 'static,
     {
         async move {
-            let mut idle_at = Instant::now() + self.shared.config.idle_timeout();
+            let mut idle_at = deadline_after(Instant::now(), self.shared.config.idle_timeout());
             // One timer for whichever comes first, the idle timeout or the token's expiry.
             let mut timer = pin!(sleep_until(idle_at));
             loop {
@@ -341,7 +355,7 @@ impl Session {
                 .await;
                 let now = Instant::now();
                 if let Wake::Read(_) = wake {
-                    idle_at = now + self.shared.config.idle_timeout();
+                    idle_at = deadline_after(now, self.shared.config.idle_timeout());
                 }
                 let frame = match self.on_wake(wake, token_first, now) {
                     Step::Serve(frame) => frame,
@@ -423,8 +437,11 @@ impl Session {
     fn token_deadline(&self) -> Option<Instant> {
         let identity = self.identity.as_ref()?;
         let leeway = self.shared.auth.as_ref().map_or(0, |a| a.leeway_secs());
-        let left = (identity.expires_at + leeway).saturating_sub(now_secs());
-        Some(Instant::now() + Duration::from_secs(left))
+        let left = identity
+            .expires_at
+            .saturating_add(leeway)
+            .saturating_sub(now_secs());
+        Some(deadline_after(Instant::now(), Duration::from_secs(left)))
     }
 
     fn server_close(&self, closing: Closing, reason: &str) {

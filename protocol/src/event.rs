@@ -49,6 +49,14 @@ pub enum ServerEvent<'a> {
         /// Which room.
         room: &'a str,
     },
+    /// The connection was taken out of a room it no longer may use; the room's other members get
+    /// `user_left` as for any leave.
+    RoomRevoked {
+        /// Which room.
+        room: &'a str,
+        /// Why.
+        reason: RevokeReason,
+    },
     /// A message addressed to one client id.
     DirectMessage {
         /// The sender.
@@ -79,6 +87,14 @@ impl ServerEvent<'_> {
             .expect("ServerEvent serialization cannot fail: every field is a string or raw JSON");
         Bytes::from(text)
     }
+}
+
+/// Why a connection was taken out of a room (`room_revoked`). New reasons may be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeReason {
+    /// A `refresh` replaced the token with one whose `rooms` no longer allow the room.
+    Token,
 }
 
 /// Stable error codes sent in `{"event":"error","code":…}`. Never renamed; new ones may be added.
@@ -193,6 +209,13 @@ mod tests {
             r#"{"event":"user_joined","user_id":"a","room":"r"}"#
         );
         assert_eq!(text(&ServerEvent::Pong), r#"{"event":"pong"}"#);
+        assert_eq!(
+            text(&ServerEvent::RoomRevoked {
+                room: "secret",
+                reason: RevokeReason::Token
+            }),
+            r#"{"event":"room_revoked","room":"secret","reason":"token"}"#
+        );
         assert_eq!(
             text(&ServerEvent::Error {
                 code: ErrorCode::NotInRoom,

@@ -16,6 +16,6 @@ pub mod query;
 pub use client::ClientMessage;
 pub use envelope::{Envelope, Target, ENVELOPE_VERSION};
 pub use error::{EnvelopeError, IdError, ParseError};
-pub use event::{ErrorCode, ServerEvent};
+pub use event::{ErrorCode, RevokeReason, ServerEvent};
 pub use ids::{generate_client_id, validate_client_id, validate_room};
 pub use query::query_param;

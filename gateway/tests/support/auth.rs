@@ -7,7 +7,7 @@ use ringcast_testkit::{Client, TestNode};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Error as WsError;
 
-use super::TestGateway;
+use super::{NodeProcess, TestGateway};
 
 /// The HS256 secret every component of the test stack shares.
 pub const SECRET: &str = "gateway-auth-test-secret-0123456789";
@@ -211,5 +211,60 @@ pub async fn refused(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
             (resp.status().as_u16(), body)
         }
         Err(e) => panic!("expected an HTTP refusal, got {e}"),
+    }
+}
+
+/// A `ringcast-node` process and a `ringcast-gateway` process in front of it, both with the
+/// auth settings of [`gateway_auth_flags`]: the binaries of the test's build profile (release
+/// ones under `cargo test --release`). Both are SIGKILLed by PID when dropped.
+pub struct AuthProcesses {
+    /// The node process.
+    pub node: NodeProcess,
+    /// Where the gateway process listens.
+    pub gateway: std::net::SocketAddr,
+    gateway_child: std::process::Child,
+}
+
+impl AuthProcesses {
+    /// Starts the node, then the gateway routing to it, and waits until the gateway sees it
+    /// healthy.
+    pub async fn start() -> Self {
+        let auth = gateway_auth_flags();
+        let auth: Vec<&str> = auth.iter().map(String::as_str).collect();
+        let node = NodeProcess::start_with("p1", &auth, None).await;
+        let spec = node.spec();
+        let mut args = vec!["--node", spec.as_str(), "--health-interval-ms", "100"];
+        args.extend_from_slice(&auth);
+        let (gateway_child, gateway) =
+            ringcast_testkit::spawn_server(env!("CARGO_BIN_EXE_ringcast-gateway"), &args);
+        let procs = AuthProcesses {
+            node,
+            gateway,
+            gateway_child,
+        };
+        ringcast_testkit::wait_until(
+            std::time::Duration::from_secs(10),
+            "the gateway process to see its node healthy",
+            || async { super::healthz_ok(gateway).await },
+        )
+        .await;
+        procs
+    }
+
+    /// `ws://GATEWAY/ws?QUERY`.
+    pub fn gateway_url(&self, query: &str) -> String {
+        format!("ws://{}/ws?{query}", self.gateway)
+    }
+
+    /// `ws://NODE/ws?QUERY`, around the gateway.
+    pub fn node_url(&self, query: &str) -> String {
+        format!("ws://{}/ws?{query}", self.node.addr)
+    }
+}
+
+impl Drop for AuthProcesses {
+    fn drop(&mut self) {
+        let _ = self.gateway_child.kill();
+        let _ = self.gateway_child.wait();
     }
 }

@@ -1,13 +1,18 @@
 //! What a session does with each client message (chat, rooms, direct messages, pings, token
-//! refresh) and, when the connection ends, leaving its rooms and unregistering.
+//! refresh, which may revoke rooms) and, when the connection ends, leaving its rooms and
+//! unregistering.
+
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use ringcast_protocol::{ClientMessage, ErrorCode, ServerEvent, Target};
+use ringcast_protocol::{ClientMessage, ErrorCode, RevokeReason, ServerEvent, Target};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{reply, reply_error, Session};
 use crate::bus::Channel;
+use crate::server::Shared;
 
 impl Session {
     async fn publish(&self, channel: Channel, target: Target, frame: &Bytes) -> Option<usize> {
@@ -51,6 +56,10 @@ impl Session {
     }
 
     pub(super) async fn handle(&mut self, frame: Utf8Bytes) {
+        #[cfg(test)]
+        if frame.as_str() == super::guard::PANIC_FRAME {
+            panic!("a panic injected by a test");
+        }
         let msg = match ClientMessage::parse(frame.as_str()) {
             Ok(m) => m,
             Err(e) => {
@@ -118,7 +127,7 @@ impl Session {
             }
             ClientMessage::Ping => reply(&self.shared, &self.out, ServerEvent::Pong.encode()),
             ClientMessage::Pong => {}
-            ClientMessage::Refresh { token } => self.refresh(&token),
+            ClientMessage::Refresh { token } => self.refresh(&token).await,
         }
     }
 
@@ -126,8 +135,10 @@ impl Session {
         self.identity.as_ref().is_none_or(|i| i.may_use_room(room))
     }
 
-    /// Replaces the connection's token with a fresh one for the same subject.
-    fn refresh(&mut self, token: &str) {
+    /// Replaces the connection's token with a fresh one for the same subject. Its permissions
+    /// replace the old ones at once: rooms it no longer allows are left first (`room_revoked`),
+    /// then `token_refreshed` confirms; `chat` is checked against the newest token on each send.
+    async fn refresh(&mut self, token: &str) {
         let Some(auth) = &self.shared.auth else {
             return self.error(
                 ErrorCode::InvalidToken,
@@ -138,6 +149,7 @@ impl Session {
             Ok(identity) if identity.sub == *self.out.client_id => {
                 let expires_at = identity.expires_at;
                 self.identity = Some(Box::new(identity));
+                self.revoke_rooms().await;
                 reply(
                     &self.shared,
                     &self.out,
@@ -149,6 +161,37 @@ impl Session {
                 "a refreshed token must have the same subject",
             ),
             Err(e) => self.error(ErrorCode::InvalidToken, &e.to_string()),
+        }
+    }
+
+    /// Leaves every joined room the current token does not allow: the client gets
+    /// `room_revoked`, the room's other members `user_left`.
+    async fn revoke_rooms(&mut self) {
+        let revoked: Vec<String> = self
+            .rooms
+            .iter()
+            .filter(|room| !self.may_use_room(room))
+            .cloned()
+            .collect();
+        let me = self.out.client_id.clone();
+        for room in revoked {
+            self.rooms.remove(&room);
+            // Out of the room before the client is told: nothing of the room follows the event.
+            self.shared.hub.leave(&room, self.out.id);
+            let event = ServerEvent::RoomRevoked {
+                room: &room,
+                reason: RevokeReason::Token,
+            };
+            reply(&self.shared, &self.out, event.encode());
+            let left = ServerEvent::UserLeft {
+                user_id: &me,
+                room: &room,
+            }
+            .encode();
+            let _ = self
+                .shared
+                .publish(Channel::Room(room.clone()), Target::Room(room), &left)
+                .await;
         }
     }
 
@@ -217,33 +260,59 @@ impl Session {
             .await;
     }
 
-    /// Leaves every room (telling their members) and unregisters the connection.
+    /// Leaves every room and unregisters the connection, then tells the rooms' members and,
+    /// for the client's last connection here, everyone.
     pub(super) async fn cleanup(&mut self) {
-        let me = self.out.client_id.clone();
-        for room in std::mem::take(&mut self.rooms) {
-            self.shared.hub.leave(&room, self.out.id);
-            let left = ServerEvent::UserLeft {
-                user_id: &me,
-                room: &room,
-            }
-            .encode();
-            // Publishes are boxed: most connections end without any (see `finish`).
-            let _ = Box::pin(self.shared.publish(
-                Channel::Room(room.clone()),
-                Target::Room(room),
-                &left,
-            ))
-            .await;
+        let (rooms, last) = self.withdraw();
+        // Boxed: most connections end without any publish (see `finish`).
+        Box::pin(announce_gone(
+            self.shared.clone(),
+            self.out.client_id.clone(),
+            rooms,
+            last,
+        ))
+        .await;
+    }
+
+    /// Takes the connection out of the hub: out of its rooms, then unregistered, all at once
+    /// (nothing here awaits, so no cancellation can stop half-way). Returns the rooms it was in
+    /// and whether it was its client id's last connection here. Called once: by `cleanup`, or
+    /// by the drop guard when the session never got there.
+    pub(super) fn withdraw(&mut self) -> (HashSet<String>, bool) {
+        let rooms = std::mem::take(&mut self.rooms);
+        for room in &rooms {
+            self.shared.hub.leave(room, self.out.id);
         }
         let last = self.shared.hub.unregister(&self.out);
-        if last && self.shared.config.announce_connections {
-            let frame = ServerEvent::UserDisconnected { user_id: &me }.encode();
-            let _ = Box::pin(self.shared.publish(
-                Channel::Broadcast,
-                Target::AllExcept(Some(me.to_string())),
-                &frame,
-            ))
-            .await;
+        self.registered = false;
+        (rooms, last)
+    }
+}
+
+/// Publishes `user_left` to each of `rooms` and, when `last`, `user_disconnected` (with
+/// `--announce-connections`): `me` is gone from this node.
+pub(super) async fn announce_gone(
+    shared: Arc<Shared>,
+    me: Arc<str>,
+    rooms: HashSet<String>,
+    last: bool,
+) {
+    for room in rooms {
+        let left = ServerEvent::UserLeft {
+            user_id: &me,
+            room: &room,
         }
+        .encode();
+        let _ =
+            Box::pin(shared.publish(Channel::Room(room.clone()), Target::Room(room), &left)).await;
+    }
+    if last && shared.config.announce_connections {
+        let frame = ServerEvent::UserDisconnected { user_id: &me }.encode();
+        let _ = Box::pin(shared.publish(
+            Channel::Broadcast,
+            Target::AllExcept(Some(me.to_string())),
+            &frame,
+        ))
+        .await;
     }
 }
