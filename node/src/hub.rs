@@ -6,16 +6,21 @@
 //! marks the channel dirty; the subscription manager (`subscriptions.rs`) reconciles dirty
 //! channels with the bus one batch at a time, so racing joins and leaves always converge on
 //! "subscribed exactly while there are local members".
+//!
+//! A channel marked active is trusted only while the bus says its subscriptions are live
+//! ([`Hub::follow_bus`]): while the bus resubscribes after losing its connection, a join or
+//! connect on an active channel waits too, and is woken once the bus has them all again
+//! ([`Hub::resume`]), so an ack always means that what is published from then on arrives.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use prometheus::IntCounter;
 use ringcast_protocol::{Envelope, EnvelopeError, Target};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tracing::warn;
 
 use crate::bus::Channel;
@@ -67,6 +72,8 @@ pub struct Hub {
     state: RwLock<State>,
     dirty: Mutex<HashSet<Channel>>,
     dirty_notify: Notify,
+    /// Whether the bus's subscriptions are live; unset: always.
+    bus_live: OnceLock<watch::Receiver<bool>>,
     metrics: Arc<Metrics>,
     next_conn: AtomicU64,
     connections: AtomicUsize,
@@ -98,6 +105,7 @@ impl Hub {
             state: RwLock::new(State::default()),
             dirty: Mutex::new(HashSet::new()),
             dirty_notify: Notify::new(),
+            bus_live: OnceLock::new(),
             next_conn: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             rooms_occupied: AtomicUsize::new(0),
@@ -105,6 +113,39 @@ impl Hub {
             out_room: out("room"),
             out_direct: out("direct"),
             metrics,
+        }
+    }
+
+    /// Trusts active channels only while `live_rx` is true (the bus's
+    /// [`crate::bus::Bus::subscriptions_live`]); set once, before serving.
+    pub fn follow_bus(&self, live_rx: watch::Receiver<bool>) {
+        let _ = self.bus_live.set(live_rx);
+    }
+
+    fn bus_live(&self) -> bool {
+        self.bus_live.get().is_none_or(|rx| *rx.borrow())
+    }
+
+    /// The bus has every subscription again: wakes whoever waited on an active channel
+    /// meanwhile. Does nothing if the bus has lost them again since.
+    pub fn resume(&self) {
+        let mut state = self.state.write().unwrap_or_else(recover);
+        if !self.bus_live() {
+            return;
+        }
+        let State { clients, rooms, .. } = &mut *state;
+        let waiting = clients
+            .values_mut()
+            .filter(|t| t.active)
+            .flat_map(|t| t.waiters.drain(..))
+            .chain(
+                rooms
+                    .values_mut()
+                    .filter(|t| t.active)
+                    .flat_map(|t| t.waiters.drain(..)),
+            );
+        for w in waiting {
+            let _ = w.send(());
         }
     }
 
@@ -196,12 +237,18 @@ impl Hub {
     }
 
     fn ready_for<M>(&self, topic: &mut Topic<M>, channel: Channel) -> Ready {
-        if topic.active {
+        if topic.active && self.bus_live() {
             return None;
         }
+        // Waiters that gave up (timed out) go, so an outage does not grow the list.
+        topic.waiters.retain(|w| !w.is_closed());
         let (tx, rx) = oneshot::channel();
         topic.waiters.push(tx);
-        self.mark_dirty(channel);
+        if !topic.active {
+            self.mark_dirty(channel);
+        }
+        // Active but the bus is resubscribing: it restores this channel by itself, and
+        // `resume` wakes the waiter.
         Some(rx)
     }
 
@@ -344,11 +391,13 @@ impl Hub {
     /// Records that the bus subscribed these channels and wakes whoever waited for them.
     pub fn subscribed(&self, channels: &[Channel]) {
         let mut state = self.state.write().unwrap_or_else(recover);
+        // Lost again already: the waiters wait for `resume`.
+        let live = self.bus_live();
         for channel in channels {
             let (active, wake) = match channel {
                 Channel::Broadcast => continue,
-                Channel::Room(room) => mark_active(&mut state.rooms, room.as_str()),
-                Channel::Client(id) => mark_active(&mut state.clients, id.as_str()),
+                Channel::Room(room) => mark_active(&mut state.rooms, room.as_str(), live),
+                Channel::Client(id) => mark_active(&mut state.clients, id.as_str(), live),
             };
             for w in wake {
                 let _ = w.send(());
@@ -415,8 +464,13 @@ where
     }
 }
 
-/// Marks a topic active; returns whether it still has members, and the waiters to wake.
-fn mark_active<K, M>(map: &mut HashMap<K, Topic<M>>, key: &str) -> (bool, Vec<oneshot::Sender<()>>)
+/// Marks a topic active; returns whether it still has members, and the waiters to wake (none
+/// unless `wake`).
+fn mark_active<K, M>(
+    map: &mut HashMap<K, Topic<M>>,
+    key: &str,
+    wake: bool,
+) -> (bool, Vec<oneshot::Sender<()>>)
 where
     K: std::borrow::Borrow<str> + std::hash::Hash + Eq,
     M: Members,
@@ -424,10 +478,12 @@ where
     match map.get_mut(key) {
         Some(topic) => {
             topic.active = true;
-            (
-                !topic.members.is_empty(),
-                std::mem::take(&mut topic.waiters),
-            )
+            let waiters = if wake {
+                std::mem::take(&mut topic.waiters)
+            } else {
+                Vec::new()
+            };
+            (!topic.members.is_empty(), waiters)
         }
         // Forgotten meanwhile (cannot happen while the manager is the only one to remove topics,
         // but an unsubscribe pass will clean up either way).
@@ -502,6 +558,32 @@ mod tests {
         assert_eq!(hub.plan(), (vec![room("r")], vec![]));
         hub.subscribed(&[room("r")]);
         assert!(ready.try_recv().is_ok());
+    }
+
+    #[test]
+    fn joins_wait_while_the_bus_resubscribes_and_resume_wakes_them() {
+        let hub = hub();
+        let (live_tx, live_rx) = watch::channel(true);
+        hub.follow_bus(live_rx);
+        let (a, _ra) = conn(&hub, "a");
+        let _ = hub.join("r", &a);
+        hub.plan();
+        hub.subscribed(&[room("r")]);
+        live_tx.send_replace(false);
+        let (b, _rb) = conn(&hub, "b");
+        let mut ready = hub.join("r", &b).expect("an active room waits while the bus is down");
+        assert_eq!(hub.plan(), (vec![], vec![]), "the bus restores it by itself");
+        // A channel subscribed while the bus is down again does not wake its waiters either.
+        let (c, _rc) = conn(&hub, "c");
+        let mut other = hub.join("s", &c).expect("new room");
+        hub.plan();
+        hub.subscribed(&[room("s")]);
+        hub.resume();
+        assert!(ready.try_recv().is_err() && other.try_recv().is_err());
+        live_tx.send_replace(true);
+        hub.resume();
+        assert!(ready.try_recv().is_ok() && other.try_recv().is_ok());
+        assert!(hub.join("r", &c).is_none(), "live again: ready at once");
     }
 
     #[test]
