@@ -1,6 +1,7 @@
 //! Who is connected to this node and who is in which room, and fan-out of bus envelopes to them.
 //!
-//! The hub is plain synchronous state behind one `RwLock` that is never held across `.await`.
+//! The hub is plain synchronous state behind one `RwLock` that is never held across `.await`,
+//! nor across any I/O: what is to be logged is collected under the lock and logged after it.
 //! Besides membership it keeps, for every room and client channel, whether the bus subscription is
 //! active. A join or connect that finds its channel inactive gets a one-shot "ready" receiver and
 //! marks the channel dirty; the subscription manager (`subscriptions.rs`) reconciles dirty
@@ -286,6 +287,7 @@ impl Hub {
         };
         // Encoded once; every member's queue shares these bytes.
         let frame = wire::text(text);
+        let mut slow = Vec::new();
         let state = self.state.read().unwrap_or_else(recover);
         let (sent, counter) = match &envelope.target {
             Target::AllExcept(except) => {
@@ -294,48 +296,80 @@ impl Hub {
                     .conns
                     .values()
                     .filter(|o| Some(&*o.client_id) != except);
-                (self.fan_out(targets, &frame), &self.out_broadcast)
+                (self.fan_out(targets, &frame, &mut slow), &self.out_broadcast)
             }
             Target::Room(room) => match state.rooms.get(room) {
-                Some(t) => (self.fan_out(t.members.values(), &frame), &self.out_room),
+                Some(t) => (
+                    self.fan_out(t.members.values(), &frame, &mut slow),
+                    &self.out_room,
+                ),
                 None => (0, &self.out_room),
             },
             Target::RoomExcept { room, conn } => match state.rooms.get(room) {
                 Some(t) => {
                     let skip = (*envelope.origin == *self.node_id).then_some(*conn);
                     let targets = t.members.values().filter(|o| Some(o.id) != skip);
-                    (self.fan_out(targets, &frame), &self.out_room)
+                    (self.fan_out(targets, &frame, &mut slow), &self.out_room)
                 }
                 None => (0, &self.out_room),
             },
             Target::Client(id) => match state.clients.get(id.as_str()) {
-                Some(t) => (self.fan_out(t.members.iter(), &frame), &self.out_direct),
+                Some(t) => (
+                    self.fan_out(t.members.iter(), &frame, &mut slow),
+                    &self.out_direct,
+                ),
                 None => (0, &self.out_direct),
             },
         };
         drop(state);
         counter.inc_by(sent);
+        // Logged only now: a log line can block (a full stdout pipe), and must not hold up
+        // joins, leaves and connects waiting for the lock.
+        for out in slow {
+            log_slow_consumer(&out);
+        }
     }
 
-    fn fan_out<'a>(&self, targets: impl Iterator<Item = &'a Arc<Outbound>>, frame: &Bytes) -> u64 {
+    /// Queues `frame` for every target; the ones this call closed as slow consumers are added
+    /// to `slow`, for logging once the lock is released.
+    fn fan_out<'a>(
+        &self,
+        targets: impl Iterator<Item = &'a Arc<Outbound>>,
+        frame: &Bytes,
+        slow: &mut Vec<Arc<Outbound>>,
+    ) -> u64 {
         let mut sent = 0;
         for out in targets {
             match out.push(frame) {
                 Push::Queued => sent += 1,
-                Push::Full => self.slow_consumer(out),
+                Push::Full => {
+                    if self.close_slow_consumer(out) {
+                        slow.push(out.clone());
+                    }
+                }
                 Push::Closed => {}
             }
         }
         sent
     }
 
-    /// Closes a connection whose queue is full and counts it.
+    /// Closes a connection whose queue is full, counts it and logs it. Not for use under the
+    /// hub's lock (it logs).
     pub fn slow_consumer(&self, out: &Outbound) {
-        self.metrics.send_queue_drops.inc();
-        if out.close(SLOW_CONSUMER) {
-            self.metrics.slow_consumer_disconnects.inc();
-            warn!(client_id = %out.client_id, conn = out.id, "slow consumer disconnected");
+        if self.close_slow_consumer(out) {
+            log_slow_consumer(out);
         }
+    }
+
+    /// Closes a connection whose queue is full and counts it; returns whether this call closed
+    /// it (and it should be logged). No I/O: safe under the hub's lock.
+    fn close_slow_consumer(&self, out: &Outbound) -> bool {
+        self.metrics.send_queue_drops.inc();
+        let closed = out.close(SLOW_CONSUMER);
+        if closed {
+            self.metrics.slow_consumer_disconnects.inc();
+        }
+        closed
     }
 
     // ---- subscription bookkeeping, driven by the subscription manager ----
@@ -423,6 +457,10 @@ impl Hub {
             }
         }
     }
+}
+
+fn log_slow_consumer(out: &Outbound) {
+    warn!(client_id = %out.client_id, conn = out.id, "slow consumer disconnected");
 }
 
 trait Members {
@@ -595,6 +633,55 @@ mod tests {
         hub.leave("r", a.id);
         hub.subscribed(&[room("r")]);
         assert_eq!(hub.plan(), (vec![], vec![room("r")]));
+    }
+
+    /// Records, for every log event, whether the hub's lock was free when it was emitted.
+    struct LockProbe {
+        hub: Arc<Hub>,
+        free: Arc<Mutex<Vec<bool>>>,
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LockProbe {
+        fn on_event(
+            &self,
+            _event: &tracing::Event<'_>,
+            _ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let free = self.hub.state.try_write().is_ok();
+            self.free.lock().unwrap().push(free);
+        }
+    }
+
+    #[test]
+    fn slow_consumers_are_logged_after_the_hub_lock_is_released() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let hub = Arc::new(hub());
+        let mut rxs = Vec::new();
+        for i in 0..3 {
+            let (out, rx) = Outbound::new(hub.next_conn_id(), format!("c{i}").into(), 1, 1 << 20);
+            hub.register(out.clone());
+            let _ = hub.join("r", &out);
+            rxs.push(rx);
+        }
+        let free = Arc::new(Mutex::new(Vec::new()));
+        let probe = LockProbe {
+            hub: hub.clone(),
+            free: free.clone(),
+        };
+        let send = || {
+            let envelope = Envelope::new("n", now_micros(), Target::Room("r".into()), b"{}");
+            hub.deliver(envelope.encode().unwrap());
+        };
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(probe), || {
+            send();
+            send();
+        });
+        let free = free.lock().unwrap();
+        assert_eq!(free.len(), 3, "one warning per slow consumer");
+        assert!(
+            free.iter().all(|f| *f),
+            "a slow consumer was logged under the hub lock: {free:?}"
+        );
     }
 
     #[test]
