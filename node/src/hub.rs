@@ -296,7 +296,10 @@ impl Hub {
                     .conns
                     .values()
                     .filter(|o| Some(&*o.client_id) != except);
-                (self.fan_out(targets, &frame, &mut slow), &self.out_broadcast)
+                (
+                    self.fan_out(targets, &frame, &mut slow),
+                    &self.out_broadcast,
+                )
             }
             Target::Room(room) => match state.rooms.get(room) {
                 Some(t) => (
@@ -609,8 +612,14 @@ mod tests {
         hub.subscribed(&[room("r")]);
         live_tx.send_replace(false);
         let (b, _rb) = conn(&hub, "b");
-        let mut ready = hub.join("r", &b).expect("an active room waits while the bus is down");
-        assert_eq!(hub.plan(), (vec![], vec![]), "the bus restores it by itself");
+        let mut ready = hub
+            .join("r", &b)
+            .expect("an active room waits while the bus is down");
+        assert_eq!(
+            hub.plan(),
+            (vec![], vec![]),
+            "the bus restores it by itself"
+        );
         // A channel subscribed while the bus is down again does not wake its waiters either.
         let (c, _rc) = conn(&hub, "c");
         let mut other = hub.join("s", &c).expect("new room");

@@ -544,7 +544,11 @@ mod tests {
             .expect("the writer ends after closing")
             .unwrap();
         let expected = [frame, wire::close(Some(1012), "node shutting down")].concat();
-        assert_eq!(seen.lock().unwrap().got, expected, "the rest of the queue is dropped");
+        assert_eq!(
+            seen.lock().unwrap().got,
+            expected,
+            "the rest of the queue is dropped"
+        );
     }
 
     #[tokio::test(start_paused = true)]

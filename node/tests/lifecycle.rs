@@ -208,7 +208,11 @@ async fn read_to_close(
             Some(Ok(Message::Close(None))) => return Err("a close frame without a code".into()),
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(format!("after {frames} whole frames: {e}")),
-            None => return Err(format!("the stream ended after {frames} frames, no close frame")),
+            None => {
+                return Err(format!(
+                    "the stream ended after {frames} frames, no close frame"
+                ))
+            }
         }
     }
 }

@@ -291,9 +291,11 @@ async fn a_join_while_redis_resubscribes_is_acknowledged_only_once_the_room_is_f
     redis.restart();
     wait_healthy(&node_b, Duration::from_secs(5)).await;
     // A's publisher is back (it sends no SUBSCRIBE); its subscriber cannot resubscribe yet.
-    wait_until(Duration::from_secs(5), "A's publisher reconnected", || async {
-        metric(&node_a, "bus_reconnects_total").await >= 1.0
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "A's publisher reconnected",
+        || async { metric(&node_a, "bus_reconnects_total").await >= 1.0 },
+    )
     .await;
     assert_eq!(
         node_a.get("/healthz").await.0,
