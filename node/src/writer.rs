@@ -2,13 +2,14 @@
 //! write, sends pings, and performs the server side of the closing handshake.
 //!
 //! It never parses and never waits on anyone but its own client: when the socket stops taking
-//! bytes, the queue fills and the fan-out side closes the connection instead of waiting. A close
-//! asked for in the middle of a write (a drain, a too-big message, a slow consumer) still ends
-//! with a close frame: the frame in progress is finished first, within a time limit, so the
-//! client never sees a frame cut short by a close frame, nor a close it cannot tell from a crash
-//! while it keeps reading. The
+//! bytes, the queue fills and the fan-out side closes the connection instead of waiting. The
 //! queue holds frames already encoded ([`crate::wire`]), shared with every other member of a
 //! room, so writing them is one vectored write per batch and no copy of our own.
+//!
+//! A close asked for in the middle of a write (a drain, a too-big message, a slow consumer) takes
+//! the write over: the frame in progress is finished first, within a time limit, then the close
+//! frame follows. A client that keeps reading gets whole frames and then the close code, never a
+//! cut frame or a bare end it cannot tell from a crash.
 
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
