@@ -1,21 +1,27 @@
 //! Who is connected to this node and who is in which room, and fan-out of bus envelopes to them.
 //!
-//! The hub is plain synchronous state behind one `RwLock` that is never held across `.await`.
+//! The hub is plain synchronous state behind one `RwLock` that is never held across `.await`,
+//! nor across any I/O: what is to be logged is collected under the lock and logged after it.
 //! Besides membership it keeps, for every room and client channel, whether the bus subscription is
 //! active. A join or connect that finds its channel inactive gets a one-shot "ready" receiver and
 //! marks the channel dirty; the subscription manager (`subscriptions.rs`) reconciles dirty
 //! channels with the bus one batch at a time, so racing joins and leaves always converge on
 //! "subscribed exactly while there are local members".
+//!
+//! A channel marked active is trusted only while the bus says its subscriptions are live
+//! ([`Hub::follow_bus`]): while the bus resubscribes after losing its connection, a join or
+//! connect on an active channel waits too, and is woken once the bus has them all again
+//! ([`Hub::resume`]), so an ack always means that what is published from then on arrives.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use prometheus::IntCounter;
 use ringcast_protocol::{Envelope, EnvelopeError, Target};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tracing::warn;
 
 use crate::bus::Channel;
@@ -67,6 +73,8 @@ pub struct Hub {
     state: RwLock<State>,
     dirty: Mutex<HashSet<Channel>>,
     dirty_notify: Notify,
+    /// Whether the bus's subscriptions are live; unset: always.
+    bus_live: OnceLock<watch::Receiver<bool>>,
     metrics: Arc<Metrics>,
     next_conn: AtomicU64,
     connections: AtomicUsize,
@@ -98,6 +106,7 @@ impl Hub {
             state: RwLock::new(State::default()),
             dirty: Mutex::new(HashSet::new()),
             dirty_notify: Notify::new(),
+            bus_live: OnceLock::new(),
             next_conn: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             rooms_occupied: AtomicUsize::new(0),
@@ -105,6 +114,39 @@ impl Hub {
             out_room: out("room"),
             out_direct: out("direct"),
             metrics,
+        }
+    }
+
+    /// Trusts active channels only while `live_rx` is true (the bus's
+    /// [`crate::bus::Bus::subscriptions_live`]); set once, before serving.
+    pub fn follow_bus(&self, live_rx: watch::Receiver<bool>) {
+        let _ = self.bus_live.set(live_rx);
+    }
+
+    fn bus_live(&self) -> bool {
+        self.bus_live.get().is_none_or(|rx| *rx.borrow())
+    }
+
+    /// The bus has every subscription again: wakes whoever waited on an active channel
+    /// meanwhile. Does nothing if the bus has lost them again since.
+    pub fn resume(&self) {
+        let mut state = self.state.write().unwrap_or_else(recover);
+        if !self.bus_live() {
+            return;
+        }
+        let State { clients, rooms, .. } = &mut *state;
+        let waiting = clients
+            .values_mut()
+            .filter(|t| t.active)
+            .flat_map(|t| t.waiters.drain(..))
+            .chain(
+                rooms
+                    .values_mut()
+                    .filter(|t| t.active)
+                    .flat_map(|t| t.waiters.drain(..)),
+            );
+        for w in waiting {
+            let _ = w.send(());
         }
     }
 
@@ -196,12 +238,18 @@ impl Hub {
     }
 
     fn ready_for<M>(&self, topic: &mut Topic<M>, channel: Channel) -> Ready {
-        if topic.active {
+        if topic.active && self.bus_live() {
             return None;
         }
+        // Waiters that gave up (timed out) go, so an outage does not grow the list.
+        topic.waiters.retain(|w| !w.is_closed());
         let (tx, rx) = oneshot::channel();
         topic.waiters.push(tx);
-        self.mark_dirty(channel);
+        if !topic.active {
+            self.mark_dirty(channel);
+        }
+        // Active but the bus is resubscribing: it restores this channel by itself, and
+        // `resume` wakes the waiter.
         Some(rx)
     }
 
@@ -239,6 +287,7 @@ impl Hub {
         };
         // Encoded once; every member's queue shares these bytes.
         let frame = wire::text(text);
+        let mut slow = Vec::new();
         let state = self.state.read().unwrap_or_else(recover);
         let (sent, counter) = match &envelope.target {
             Target::AllExcept(except) => {
@@ -247,48 +296,83 @@ impl Hub {
                     .conns
                     .values()
                     .filter(|o| Some(&*o.client_id) != except);
-                (self.fan_out(targets, &frame), &self.out_broadcast)
+                (
+                    self.fan_out(targets, &frame, &mut slow),
+                    &self.out_broadcast,
+                )
             }
             Target::Room(room) => match state.rooms.get(room) {
-                Some(t) => (self.fan_out(t.members.values(), &frame), &self.out_room),
+                Some(t) => (
+                    self.fan_out(t.members.values(), &frame, &mut slow),
+                    &self.out_room,
+                ),
                 None => (0, &self.out_room),
             },
             Target::RoomExcept { room, conn } => match state.rooms.get(room) {
                 Some(t) => {
                     let skip = (*envelope.origin == *self.node_id).then_some(*conn);
                     let targets = t.members.values().filter(|o| Some(o.id) != skip);
-                    (self.fan_out(targets, &frame), &self.out_room)
+                    (self.fan_out(targets, &frame, &mut slow), &self.out_room)
                 }
                 None => (0, &self.out_room),
             },
             Target::Client(id) => match state.clients.get(id.as_str()) {
-                Some(t) => (self.fan_out(t.members.iter(), &frame), &self.out_direct),
+                Some(t) => (
+                    self.fan_out(t.members.iter(), &frame, &mut slow),
+                    &self.out_direct,
+                ),
                 None => (0, &self.out_direct),
             },
         };
         drop(state);
         counter.inc_by(sent);
+        // Logged only now: a log line can block (a full stdout pipe), and must not hold up
+        // joins, leaves and connects waiting for the lock.
+        for out in slow {
+            log_slow_consumer(&out);
+        }
     }
 
-    fn fan_out<'a>(&self, targets: impl Iterator<Item = &'a Arc<Outbound>>, frame: &Bytes) -> u64 {
+    /// Queues `frame` for every target; the ones this call closed as slow consumers are added
+    /// to `slow`, for logging once the lock is released.
+    fn fan_out<'a>(
+        &self,
+        targets: impl Iterator<Item = &'a Arc<Outbound>>,
+        frame: &Bytes,
+        slow: &mut Vec<Arc<Outbound>>,
+    ) -> u64 {
         let mut sent = 0;
         for out in targets {
             match out.push(frame) {
                 Push::Queued => sent += 1,
-                Push::Full => self.slow_consumer(out),
+                Push::Full => {
+                    if self.close_slow_consumer(out) {
+                        slow.push(out.clone());
+                    }
+                }
                 Push::Closed => {}
             }
         }
         sent
     }
 
-    /// Closes a connection whose queue is full and counts it.
+    /// Closes a connection whose queue is full, counts it and logs it. Not for use under the
+    /// hub's lock (it logs).
     pub fn slow_consumer(&self, out: &Outbound) {
-        self.metrics.send_queue_drops.inc();
-        if out.close(SLOW_CONSUMER) {
-            self.metrics.slow_consumer_disconnects.inc();
-            warn!(client_id = %out.client_id, conn = out.id, "slow consumer disconnected");
+        if self.close_slow_consumer(out) {
+            log_slow_consumer(out);
         }
+    }
+
+    /// Closes a connection whose queue is full and counts it; returns whether this call closed
+    /// it (and it should be logged). No I/O: safe under the hub's lock.
+    fn close_slow_consumer(&self, out: &Outbound) -> bool {
+        self.metrics.send_queue_drops.inc();
+        let closed = out.close(SLOW_CONSUMER);
+        if closed {
+            self.metrics.slow_consumer_disconnects.inc();
+        }
+        closed
     }
 
     // ---- subscription bookkeeping, driven by the subscription manager ----
@@ -344,11 +428,13 @@ impl Hub {
     /// Records that the bus subscribed these channels and wakes whoever waited for them.
     pub fn subscribed(&self, channels: &[Channel]) {
         let mut state = self.state.write().unwrap_or_else(recover);
+        // Lost again already: the waiters wait for `resume`.
+        let live = self.bus_live();
         for channel in channels {
             let (active, wake) = match channel {
                 Channel::Broadcast => continue,
-                Channel::Room(room) => mark_active(&mut state.rooms, room.as_str()),
-                Channel::Client(id) => mark_active(&mut state.clients, id.as_str()),
+                Channel::Room(room) => mark_active(&mut state.rooms, room.as_str(), live),
+                Channel::Client(id) => mark_active(&mut state.clients, id.as_str(), live),
             };
             for w in wake {
                 let _ = w.send(());
@@ -374,6 +460,10 @@ impl Hub {
             }
         }
     }
+}
+
+fn log_slow_consumer(out: &Outbound) {
+    warn!(client_id = %out.client_id, conn = out.id, "slow consumer disconnected");
 }
 
 trait Members {
@@ -415,8 +505,13 @@ where
     }
 }
 
-/// Marks a topic active; returns whether it still has members, and the waiters to wake.
-fn mark_active<K, M>(map: &mut HashMap<K, Topic<M>>, key: &str) -> (bool, Vec<oneshot::Sender<()>>)
+/// Marks a topic active; returns whether it still has members, and the waiters to wake (none
+/// unless `wake`).
+fn mark_active<K, M>(
+    map: &mut HashMap<K, Topic<M>>,
+    key: &str,
+    wake: bool,
+) -> (bool, Vec<oneshot::Sender<()>>)
 where
     K: std::borrow::Borrow<str> + std::hash::Hash + Eq,
     M: Members,
@@ -424,10 +519,12 @@ where
     match map.get_mut(key) {
         Some(topic) => {
             topic.active = true;
-            (
-                !topic.members.is_empty(),
-                std::mem::take(&mut topic.waiters),
-            )
+            let waiters = if wake {
+                std::mem::take(&mut topic.waiters)
+            } else {
+                Vec::new()
+            };
+            (!topic.members.is_empty(), waiters)
         }
         // Forgotten meanwhile (cannot happen while the manager is the only one to remove topics,
         // but an unsubscribe pass will clean up either way).
@@ -505,6 +602,38 @@ mod tests {
     }
 
     #[test]
+    fn joins_wait_while_the_bus_resubscribes_and_resume_wakes_them() {
+        let hub = hub();
+        let (live_tx, live_rx) = watch::channel(true);
+        hub.follow_bus(live_rx);
+        let (a, _ra) = conn(&hub, "a");
+        let _ = hub.join("r", &a);
+        hub.plan();
+        hub.subscribed(&[room("r")]);
+        live_tx.send_replace(false);
+        let (b, _rb) = conn(&hub, "b");
+        let mut ready = hub
+            .join("r", &b)
+            .expect("an active room waits while the bus is down");
+        assert_eq!(
+            hub.plan(),
+            (vec![], vec![]),
+            "the bus restores it by itself"
+        );
+        // A channel subscribed while the bus is down again does not wake its waiters either.
+        let (c, _rc) = conn(&hub, "c");
+        let mut other = hub.join("s", &c).expect("new room");
+        hub.plan();
+        hub.subscribed(&[room("s")]);
+        hub.resume();
+        assert!(ready.try_recv().is_err() && other.try_recv().is_err());
+        live_tx.send_replace(true);
+        hub.resume();
+        assert!(ready.try_recv().is_ok() && other.try_recv().is_ok());
+        assert!(hub.join("r", &c).is_none(), "live again: ready at once");
+    }
+
+    #[test]
     fn leave_racing_subscribe_unsubscribes_afterwards() {
         let hub = hub();
         let (a, _ra) = conn(&hub, "a");
@@ -513,6 +642,55 @@ mod tests {
         hub.leave("r", a.id);
         hub.subscribed(&[room("r")]);
         assert_eq!(hub.plan(), (vec![], vec![room("r")]));
+    }
+
+    /// Records, for every log event, whether the hub's lock was free when it was emitted.
+    struct LockProbe {
+        hub: Arc<Hub>,
+        free: Arc<Mutex<Vec<bool>>>,
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LockProbe {
+        fn on_event(
+            &self,
+            _event: &tracing::Event<'_>,
+            _ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let free = self.hub.state.try_write().is_ok();
+            self.free.lock().unwrap().push(free);
+        }
+    }
+
+    #[test]
+    fn slow_consumers_are_logged_after_the_hub_lock_is_released() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let hub = Arc::new(hub());
+        let mut rxs = Vec::new();
+        for i in 0..3 {
+            let (out, rx) = Outbound::new(hub.next_conn_id(), format!("c{i}").into(), 1, 1 << 20);
+            hub.register(out.clone());
+            let _ = hub.join("r", &out);
+            rxs.push(rx);
+        }
+        let free = Arc::new(Mutex::new(Vec::new()));
+        let probe = LockProbe {
+            hub: hub.clone(),
+            free: free.clone(),
+        };
+        let send = || {
+            let envelope = Envelope::new("n", now_micros(), Target::Room("r".into()), b"{}");
+            hub.deliver(envelope.encode().unwrap());
+        };
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(probe), || {
+            send();
+            send();
+        });
+        let free = free.lock().unwrap();
+        assert_eq!(free.len(), 3, "one warning per slow consumer");
+        assert!(
+            free.iter().all(|f| *f),
+            "a slow consumer was logged under the hub lock: {free:?}"
+        );
     }
 
     #[test]

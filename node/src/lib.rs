@@ -113,6 +113,7 @@ async fn run_on_bus(
         Err(_) => warn!("broadcast subscription timed out"),
     }
     let registration = config.registration();
+    hub.follow_bus(bus.subscriptions_live());
     let shared = Arc::new(Shared::new(config, auth, hub.clone(), bus.clone(), metrics));
     let (manager_stop_tx, manager_stop_rx) = watch::channel(false);
     let manager = tokio::spawn(subscriptions::run(hub, bus, manager_stop_rx));

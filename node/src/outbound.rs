@@ -118,9 +118,8 @@ pub struct Outbound {
     pub client_id: Arc<str>,
     state: Mutex<State>,
     /// Wakes the writer when a frame is queued or a close is requested. The writer checks the
-    /// queue after registering, so a frame queued while it writes is not missed. (While a ping is
-    /// being sent the writer does not watch for a close; it sees it once the ping is taken or its
-    /// interval runs out.)
+    /// queue after registering, so a frame queued while it writes is not missed; a close asked
+    /// for while a write (or a ping) is stuck wakes it too.
     writer_waker: AtomicWaker,
     /// Wakes the reader when a close is requested.
     reader_waker: AtomicWaker,
@@ -350,7 +349,8 @@ impl OutboundRx {
         }
     }
 
-    /// Ready once a close has been requested (to give up on a write that does not finish).
+    /// Ready once a close has been requested (checked while a write is in progress, which the
+    /// close then finishes before its close frame).
     pub fn poll_close(&self, cx: &mut Context<'_>) -> Poll<Closing> {
         self.handle.writer_waker.register(cx.waker());
         match self.closing() {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use ringcast_protocol::{ErrorCode, ServerEvent, Target};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -198,11 +198,18 @@ where
     R: AsyncRead + Unpin + Send + 'static,
 {
     let _ = timeout(CLOSE_TIMEOUT, async {
-        while let Some(Ok(msg)) = stream.next().await {
-            if msg.is_close() {
-                break;
+        loop {
+            match stream.next().await {
+                Some(Ok(msg)) if msg.is_close() => return,
+                Some(Ok(_)) => {}
+                // Past a frame it could not take (too big, say) the reader finds no frames any
+                // more (it ends): the bytes still coming, the rest of that frame, are discarded
+                // raw until the client's end of the connection.
+                None | Some(Err(_)) => break,
             }
         }
+        let mut discard = [0u8; 4096];
+        while matches!(stream.get_mut().read(&mut discard).await, Ok(n) if n > 0) {}
     })
     .await;
 }

@@ -9,6 +9,9 @@
 //! previous one is usually answered before the next client arrives), and each costs Redis and
 //! the node a read, a write and a wake-up. A change after a quiet spell goes out at once; under
 //! churn, what changes within a window goes out as one command, a millisecond later at most.
+//!
+//! It also follows whether the bus's subscriptions are live: once a bus that lost them has them
+//! all again, it tells the hub, which wakes the joins that waited meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +37,13 @@ pub async fn run(hub: Arc<Hub>, bus: Arc<dyn Bus>, mut shutdown: watch::Receiver
         Duration::ZERO
     };
     let mut last_command: Option<Instant> = None;
+    let mut live_rx = bus.subscriptions_live();
+    // A bus that cannot lose its subscriptions drops the sender: nothing to follow then.
+    let mut follow_live = true;
     loop {
+        if live_rx.has_changed().unwrap_or(false) {
+            follow(&hub, &mut live_rx, Ok(()));
+        }
         if let Some(next) = last_command.map(|t| t + window) {
             if next > Instant::now() {
                 tokio::select! {
@@ -65,6 +74,9 @@ pub async fn run(hub: Arc<Hub>, bus: Arc<dyn Bus>, mut shutdown: watch::Receiver
                     hub.requeue(subscribe);
                     tokio::select! {
                         _ = tokio::time::sleep(RETRY_AFTER) => {}
+                        changed = live_rx.changed(), if follow_live => {
+                            follow_live = follow(&hub, &mut live_rx, changed);
+                        }
                         _ = shutdown.changed() => return,
                     }
                 }
@@ -74,6 +86,9 @@ pub async fn run(hub: Arc<Hub>, bus: Arc<dyn Bus>, mut shutdown: watch::Receiver
         if unsubscribe.is_empty() {
             tokio::select! {
                 _ = hub.dirty_changed() => {}
+                changed = live_rx.changed(), if follow_live => {
+                    follow_live = follow(&hub, &mut live_rx, changed);
+                }
                 _ = shutdown.changed() => return,
             }
         }
@@ -81,4 +96,20 @@ pub async fn run(hub: Arc<Hub>, bus: Arc<dyn Bus>, mut shutdown: watch::Receiver
             return;
         }
     }
+}
+
+/// Tells the hub when the bus's subscriptions are live again; returns whether there is still a
+/// bus to follow.
+fn follow(
+    hub: &Hub,
+    live_rx: &mut watch::Receiver<bool>,
+    changed: Result<(), watch::error::RecvError>,
+) -> bool {
+    if changed.is_err() {
+        return false;
+    }
+    if *live_rx.borrow_and_update() {
+        hub.resume();
+    }
+    true
 }

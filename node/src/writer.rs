@@ -5,6 +5,11 @@
 //! bytes, the queue fills and the fan-out side closes the connection instead of waiting. The
 //! queue holds frames already encoded ([`crate::wire`]), shared with every other member of a
 //! room, so writing them is one vectored write per batch and no copy of our own.
+//!
+//! A close asked for in the middle of a write (a drain, a too-big message, a slow consumer) takes
+//! the write over: the frame in progress is finished first, within a time limit, then the close
+//! frame follows. A client that keeps reading gets whole frames and then the close code, never a
+//! cut frame or a bare end it cannot tell from a crash.
 
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
@@ -21,8 +26,16 @@ use crate::wire;
 
 /// Most frames written per write.
 const BATCH: usize = 64;
-/// How long a closing connection may take to send its close frame.
+/// How long a closing connection may take to send its close frame (the session waits twice as
+/// long for the writer to end).
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a draining close may spend on what is queued; the three limits together stay within
+/// the session's wait for the writer.
+const DRAIN_TIMEOUT: Duration = CLOSE_TIMEOUT;
+/// For the frame in progress and the close frame, after the drain.
+const CLOSE_FRAME_TIMEOUT: Duration = Duration::from_secs(1);
+/// For ending our sending side.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Writes queued frames, several per write, plus pings; closes the connection when asked.
 ///
@@ -45,7 +58,7 @@ where
         let mut ping = pin!(sleep(writer.ping_every));
         let closing = poll_fn(|cx| writer.poll(ping.as_mut(), cx)).await;
         match closing {
-            Some(closing) => Box::pin(close(writer.io, writer.rx, closing)).await,
+            Some(closing) => Box::pin(close(writer.io, writer.rx, writer.batch, closing)).await,
             None => Box::pin(give_up(writer.io, writer.rx)).await,
         }
     }
@@ -89,9 +102,9 @@ impl<W> Writer<W>
 where
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    /// Writes until asked to close (ready with the request), or until writing fails, stalls, or
-    /// is abandoned because a close arrived while the socket would not take bytes (ready with
-    /// `None`: no close frame can be sent then).
+    /// Writes until asked to close (ready with the request; a write in progress stays in
+    /// `batch`, for [`close`] to finish), or until writing fails or a ping is not taken within
+    /// its interval (ready with `None`: no close frame can be sent then).
     fn poll(&mut self, mut ping: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<Option<Closing>> {
         loop {
             if !self.batch.is_empty() {
@@ -104,12 +117,17 @@ where
                         self.batch.clear();
                     }
                     Poll::Ready(Err(_)) => return Poll::Ready(None),
-                    Poll::Pending if self.batch.ping => {
+                    Poll::Pending => {
+                        // A close asked for meanwhile is handled once this write is finished.
+                        if let Poll::Ready(closing) = self.rx.poll_close(cx) {
+                            return Poll::Ready(Some(closing));
+                        }
                         // The ping must be taken within one interval; the same timer is the limit.
-                        return ping.as_mut().poll(cx).map(|()| None);
+                        if self.batch.ping {
+                            return ping.as_mut().poll(cx).map(|()| None);
+                        }
+                        return Poll::Pending;
                     }
-                    // The client stopped reading while we wait on the socket: give up on it.
-                    Poll::Pending => return self.rx.poll_close(cx).map(|_| None),
                 }
             }
             match self.rx.poll_next(cx) {
@@ -169,6 +187,12 @@ impl Batch {
         }
     }
 
+    /// Keeps only the frames started (written whole, or in part): the rest are not sent.
+    fn keep_started(&mut self) {
+        let started = self.done + usize::from(self.partial > 0);
+        self.frames.truncate(started);
+    }
+
     fn clear(&mut self) {
         self.frames.clear();
         self.done = 0;
@@ -220,9 +244,12 @@ impl Batch {
     }
 }
 
-/// The server side of the closing handshake: the close frame (after what is queued, when the
-/// close asks for it), then the end of our sending side; all within [`CLOSE_TIMEOUT`].
-async fn close<W>(mut io: W, rx: OutboundRx, closing: Closing)
+/// The server side of the closing handshake, possibly in the middle of a write (`batch`): with
+/// a draining close, the write in progress and what is queued (for up to [`DRAIN_TIMEOUT`]);
+/// then the frame still in progress, if any, and the close frame; then the end of our sending
+/// side. A client that takes no bytes at all gets no close frame after a cut frame: the
+/// connection just ends.
+async fn close<W>(mut io: W, rx: OutboundRx, mut batch: Batch, closing: Closing)
 where
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -235,17 +262,38 @@ where
         Closing::Answer { code } => (false, Some(wire::close(code, ""))),
         Closing::Gone => (false, None),
     };
-    let handshake = async {
-        while drain && write_queued(&mut io, &rx).await? > 0 {}
-        if let Some(frame) = frame {
-            io.write_all(&frame).await?;
+    if let Some(frame) = frame {
+        if !drain {
+            batch.keep_started();
         }
-        Ok::<(), io::Error>(())
-    };
-    // Cut off mid-frame (timed out or failed), the connection can only end.
-    let _ = timeout(CLOSE_TIMEOUT, handshake).await;
+        // Cancelled at the time limit between two writes, `batch` still says what is written.
+        let queued = timeout(DRAIN_TIMEOUT, async {
+            loop {
+                if batch.is_empty() && drain {
+                    batch.take(&rx);
+                }
+                if batch.is_empty() {
+                    return Ok::<(), io::Error>(());
+                }
+                poll_fn(|cx| batch.poll_write(&mut io, cx)).await?;
+                rx.written(batch.bytes);
+                batch.clear();
+            }
+        })
+        .await;
+        // A failed write leaves nothing to send a close frame on.
+        if !matches!(queued, Ok(Err(_))) {
+            batch.keep_started();
+            batch.push(frame, false);
+            let _ = timeout(
+                CLOSE_FRAME_TIMEOUT,
+                poll_fn(|cx| batch.poll_write(&mut io, cx)),
+            )
+            .await;
+        }
+    }
     // Ends our side at once on a socket or a link stream: a FIN after what was written.
-    let _ = timeout(CLOSE_TIMEOUT, io.shutdown()).await;
+    let _ = timeout(SHUTDOWN_TIMEOUT, io.shutdown()).await;
 }
 
 #[cfg(test)]
@@ -253,7 +301,9 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::outbound::{Outbound, Push, SERVICE_RESTART, SLOW_CONSUMER};
+    use crate::outbound::{
+        Outbound, Push, FLOOD, SERVICE_RESTART, SLOW_CONSUMER, TOKEN_EXPIRED, TOO_BIG,
+    };
 
     /// What a [`Probe`] saw.
     #[derive(Default)]
@@ -261,6 +311,19 @@ mod tests {
         got: Vec<u8>,
         calls: usize,
         shut: bool,
+        /// Bytes the probe still takes, in all.
+        budget: usize,
+        /// The writer waiting for the socket to take bytes again.
+        waiting: Option<std::task::Waker>,
+    }
+
+    /// Lets a stalled [`Probe`] take bytes again (its peer reads on).
+    fn unstall(seen: &Arc<Mutex<Seen>>) {
+        let mut seen = seen.lock().unwrap();
+        seen.budget = usize::MAX;
+        if let Some(w) = seen.waiting.take() {
+            w.wake();
+        }
     }
 
     /// A socket stand-in: takes at most `max` bytes per call and `budget` bytes in all (then
@@ -268,17 +331,18 @@ mod tests {
     struct Probe {
         seen: Arc<Mutex<Seen>>,
         max: usize,
-        budget: usize,
         fail: bool,
     }
 
     impl Probe {
         fn new(max: usize, budget: usize) -> (Self, Arc<Mutex<Seen>>) {
-            let seen = Arc::new(Mutex::new(Seen::default()));
+            let seen = Arc::new(Mutex::new(Seen {
+                budget,
+                ..Seen::default()
+            }));
             let probe = Probe {
                 seen: seen.clone(),
                 max,
-                budget,
                 fail: false,
             };
             (probe, seen)
@@ -295,27 +359,27 @@ mod tests {
         }
 
         fn poll_write_vectored(
-            mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
             bufs: &[IoSlice<'_>],
         ) -> Poll<io::Result<usize>> {
             if self.fail {
                 return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
             }
-            if self.budget == 0 {
+            let mut seen = self.seen.lock().unwrap();
+            if seen.budget == 0 {
+                seen.waiting = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            let mut left = self.max.min(self.budget);
+            let mut left = self.max.min(seen.budget);
             let taken = left;
-            let mut seen = self.seen.lock().unwrap();
             for b in bufs {
                 let n = b.len().min(left);
                 seen.got.extend_from_slice(&b[..n]);
                 left -= n;
             }
             seen.calls += 1;
-            drop(seen);
-            self.budget -= taken - left;
+            seen.budget -= taken - left;
             Poll::Ready(Ok(taken - left))
         }
 
@@ -389,13 +453,13 @@ mod tests {
         assert!(seen.shut, "our sending side ends after the close frame");
     }
 
-    #[tokio::test]
-    async fn a_stalled_write_is_given_up_on_close_with_nothing_after_the_cut_frame() {
+    #[tokio::test(start_paused = true)]
+    async fn a_close_during_a_write_that_never_resumes_sends_nothing_after_the_cut_frame() {
         let (out, rx) = Outbound::new(1, "a".into(), 100, 1 << 20);
         let frame = wire::text("0123456789");
         out.push(&frame);
         out.push(&frame);
-        // The client stops reading in the middle of the first frame.
+        // The client stops reading in the middle of the first frame, for good.
         let (probe, seen) = Probe::new(usize::MAX, 5);
         let writer = tokio::spawn(write_loop(probe, rx, Duration::from_secs(60)));
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -403,14 +467,108 @@ mod tests {
             !writer.is_finished(),
             "the writer waits on the stalled socket"
         );
-        out.close(SLOW_CONSUMER);
-        tokio::time::timeout(Duration::from_secs(5), writer)
+        out.close(SERVICE_RESTART);
+        tokio::time::timeout(CLOSE_TIMEOUT * 2, writer)
             .await
-            .expect("a close wakes the stalled writer")
+            .expect("the writer ends within its limits")
             .unwrap();
         let seen = seen.lock().unwrap();
         assert_eq!(seen.got, frame[..5], "no close frame after a cut frame");
         assert!(seen.shut);
+    }
+
+    /// Stalls a writer in the middle of the first of two frames, asks for `closing`, then lets
+    /// the socket take bytes again; returns what was written.
+    async fn close_mid_write(closing: Closing) -> Vec<u8> {
+        let (out, rx) = Outbound::new(1, "a".into(), 100, 1 << 20);
+        out.push(&wire::text("0123456789"));
+        out.push(&wire::text("abcdefghij"));
+        let (probe, seen) = Probe::new(usize::MAX, 5);
+        let writer = tokio::spawn(write_loop(probe, rx, Duration::from_secs(60)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!writer.is_finished(), "stalled mid-frame");
+        out.close(closing);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        unstall(&seen);
+        tokio::time::timeout(CLOSE_TIMEOUT * 2, writer)
+            .await
+            .expect("the writer ends after closing")
+            .unwrap();
+        let seen = seen.lock().unwrap();
+        assert!(seen.shut, "our sending side ends after the close frame");
+        seen.got.clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_close_during_a_write_finishes_it_then_the_queue_then_the_close_frame() {
+        for (closing, code, reason) in [
+            (SERVICE_RESTART, 1012, "node shutting down"),
+            (TOO_BIG, 1009, "message too big"),
+            (FLOOD, 1008, "rate limit exceeded repeatedly"),
+            (TOKEN_EXPIRED, 4001, "token expired"),
+        ] {
+            let expected = [
+                wire::text("0123456789"),
+                wire::text("abcdefghij"),
+                wire::close(Some(code), reason),
+            ]
+            .concat();
+            assert_eq!(close_mid_write(closing).await, expected, "{code}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_without_drain_during_a_write_finishes_that_frame_only() {
+        let expected = [
+            wire::text("0123456789"),
+            wire::close(Some(1013), "slow consumer: send queue full"),
+        ]
+        .concat();
+        assert_eq!(close_mid_write(SLOW_CONSUMER).await, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_that_runs_out_of_time_ends_the_frame_in_progress_and_closes() {
+        let (out, rx) = Outbound::new(1, "a".into(), 100, 1 << 20);
+        let frame = wire::text("0123456789");
+        out.push(&frame);
+        out.push(&frame);
+        let (probe, seen) = Probe::new(usize::MAX, 5);
+        let writer = tokio::spawn(write_loop(probe, rx, Duration::from_secs(60)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        out.close(SERVICE_RESTART);
+        // The client takes nothing until the drain's time is up, then reads on.
+        tokio::time::sleep(DRAIN_TIMEOUT + Duration::from_millis(50)).await;
+        unstall(&seen);
+        tokio::time::timeout(CLOSE_TIMEOUT * 2, writer)
+            .await
+            .expect("the writer ends after closing")
+            .unwrap();
+        let expected = [frame, wire::close(Some(1012), "node shutting down")].concat();
+        assert_eq!(
+            seen.lock().unwrap().got,
+            expected,
+            "the rest of the queue is dropped"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_during_a_stalled_ping_still_sends_the_close_frame() {
+        let (out, rx) = Outbound::new(1, "a".into(), 100, 1 << 20);
+        // A ping is due at once; the socket takes one byte of it, then stalls.
+        let (probe, seen) = Probe::new(usize::MAX, 1);
+        let writer = tokio::spawn(write_loop(probe, rx, Duration::from_secs(1)));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(!writer.is_finished(), "stalled in the ping");
+        out.close(SERVICE_RESTART);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        unstall(&seen);
+        tokio::time::timeout(CLOSE_TIMEOUT * 2, writer)
+            .await
+            .expect("the writer ends after closing")
+            .unwrap();
+        let expected = [wire::ping(), wire::close(Some(1012), "node shutting down")].concat();
+        assert_eq!(seen.lock().unwrap().got, expected);
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use ringcast_testkit::{http_get, spawn_server, Client};
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
 struct NodeProcess {
     child: Child,
@@ -136,4 +137,133 @@ async fn client_pings_are_answered_and_client_closes_are_echoed() {
 
     bystander.send_json(json!({"type":"ping"})).await;
     bystander.recv_event("pong").await;
+}
+
+/// A client whose socket stopped taking bytes: a tiny receive buffer, in `room`, never read
+/// from until the test says so.
+async fn stuck_reader(
+    node: &NodeProcess,
+    id: &str,
+    room: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    use futures_util::{SinkExt, StreamExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = socket.connect(node.addr).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::client_async(node.url(id), stream)
+        .await
+        .expect("handshake");
+    ws.send(Message::text(
+        json!({"type":"join_room","room":room}).to_string(),
+    ))
+    .await
+    .expect("join");
+    // welcome, then the join ack
+    for _ in 0..2 {
+        ws.next().await.expect("frame").expect("frame ok");
+    }
+    ws
+}
+
+/// Publishes ~9 MiB to `room`, far more than the stuck reader's socket buffers hold (the
+/// kernel's send buffer tops out at 4 MiB) and less than its send queue: its writer is left in
+/// the middle of a write.
+async fn fill(node: &NodeProcess, room: &str) {
+    let (mut publisher, _) = Client::connect_welcomed(&node.url("publisher")).await;
+    publisher
+        .send_json(json!({"type":"join_room","room":room}))
+        .await;
+    publisher.recv_event("user_joined").await;
+    let pad = "p".repeat(60 * 1024);
+    for _ in 0..15 {
+        for _ in 0..10 {
+            publisher
+                .send_json(json!({"type":"room_message","room":room,"content":pad}))
+                .await;
+        }
+        for _ in 0..10 {
+            publisher.recv_event("chat").await;
+        }
+    }
+}
+
+/// Reads everything the node sends until its close frame: every frame before it must be a
+/// whole JSON text. Returns the close code, or what went wrong instead.
+async fn read_to_close(
+    mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+) -> Result<u16, String> {
+    use futures_util::StreamExt;
+    let mut frames = 0usize;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .map_err(|_| format!("nothing for 15 s after {frames} frames"))?;
+        match next {
+            Some(Ok(Message::Text(t))) => {
+                serde_json::from_str::<serde_json::Value>(&t)
+                    .map_err(|e| format!("frame {frames} is not JSON: {e}"))?;
+                frames += 1;
+            }
+            Some(Ok(Message::Close(Some(close)))) => return Ok(close.code.into()),
+            Some(Ok(Message::Close(None))) => return Err("a close frame without a code".into()),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(format!("after {frames} whole frames: {e}")),
+            None => {
+                return Err(format!(
+                    "the stream ended after {frames} frames, no close frame"
+                ))
+            }
+        }
+    }
+}
+
+/// Item 9 of the hardening issue: a drain that finds a client's writer in the middle of a
+/// write still ends with a close frame, after whole frames only.
+#[tokio::test]
+async fn a_drain_during_a_stalled_write_ends_with_1012_after_whole_frames() {
+    let node = NodeProcess::spawn(&[
+        "--announce-connections=false",
+        "--send-queue-bytes",
+        "33554432",
+        "--send-queue-frames",
+        "4096",
+        "--rate-limit-per-sec",
+        "100000",
+        "--rate-limit-burst",
+        "100000",
+        "--shutdown-grace-secs",
+        "10",
+    ]);
+    let stuck = stuck_reader(&node, "stuck", "big").await;
+    fill(&node, "big").await;
+    node.signal("-TERM");
+    assert_eq!(read_to_close(stuck).await, Ok(1012));
+}
+
+/// The same for a close the client itself causes while its writer is stuck: an oversized
+/// message is answered with 1009 after whole frames.
+#[tokio::test]
+async fn an_oversized_message_during_a_stalled_write_is_answered_with_1009() {
+    use futures_util::SinkExt;
+    let node = NodeProcess::spawn(&[
+        "--announce-connections=false",
+        "--send-queue-bytes",
+        "33554432",
+        "--send-queue-frames",
+        "4096",
+        "--rate-limit-per-sec",
+        "100000",
+        "--rate-limit-burst",
+        "100000",
+    ]);
+    let mut stuck = stuck_reader(&node, "stuck", "big").await;
+    fill(&node, "big").await;
+    stuck
+        .send(Message::text("x".repeat(100 * 1024)))
+        .await
+        .expect("send the oversized message");
+    assert_eq!(read_to_close(stuck).await, Ok(1009));
+    let (mut other, _) = Client::connect_welcomed(&node.url("other")).await;
+    other.send_json(json!({"type":"ping"})).await;
+    assert_eq!(other.recv().await["event"], "pong");
 }

@@ -257,3 +257,77 @@ async fn an_unusable_redis_url_is_a_configuration_error() {
         "{err}"
     );
 }
+
+/// Item 13 of the hardening issue: after a Redis restart, a room this node already followed is
+/// not followed again until the new subscriber connection has resubscribed it. A join in that
+/// window must not be acknowledged early: its ack promises that what is published from then on
+/// arrives.
+#[tokio::test]
+async fn a_join_while_redis_resubscribes_is_acknowledged_only_once_the_room_is_followed_again() {
+    let mut redis = RedisServer::start();
+    // Node A reaches Redis through a proxy that can hold its SUBSCRIBEs back; node B directly.
+    let proxy = FreezableProxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    let mut held = config("held", &proxy.redis_url());
+    held.announce_connections = false;
+    held.bus_timeout_secs = 20;
+    let node_a = TestNode::start(held).await;
+    wait_healthy(&node_a, Duration::from_secs(5)).await;
+    let node_b = quiet_nodes(&redis, &["direct"]).await.remove(0);
+    let (mut x, _) = Client::connect_welcomed(&node_a.ws_url("x")).await;
+    let (mut y, _) = Client::connect_welcomed(&node_a.ws_url("y")).await;
+    let (mut b, _) = Client::connect_welcomed(&node_b.ws_url("b")).await;
+    join(&mut x, "x", "r").await;
+    join(&mut b, "b", "r").await;
+    b.send_json(json!({"type":"room_message","room":"r","content":"before"}))
+        .await;
+    recv_content(&mut x, "before").await;
+
+    proxy.hold_subscribes();
+    redis.kill();
+    wait_until(Duration::from_secs(3), "A unhealthy", || async {
+        node_a.get("/healthz").await.0 == 503
+    })
+    .await;
+    redis.restart();
+    wait_healthy(&node_b, Duration::from_secs(5)).await;
+    // A's publisher is back (it sends no SUBSCRIBE); its subscriber cannot resubscribe yet.
+    wait_until(
+        Duration::from_secs(5),
+        "A's publisher reconnected",
+        || async { metric(&node_a, "bus_reconnects_total").await >= 1.0 },
+    )
+    .await;
+    assert_eq!(
+        node_a.get("/healthz").await.0,
+        503,
+        "A is not healthy while its subscriptions are not restored"
+    );
+
+    // Room r is still marked followed on A, but nothing published to it reaches A now.
+    y.send_json(json!({"type":"join_room","room":"r"})).await;
+    let early = drain(&mut y, Duration::from_millis(700)).await;
+    assert!(
+        early.iter().all(|v| v["event"] != "user_joined"),
+        "join acknowledged while A's subscriptions were not restored: {early:?}"
+    );
+    assert_eq!(node_a.get("/healthz").await.0, 503);
+
+    proxy.release_subscribes();
+    join_ack(&mut y, "y", "r").await;
+    // Everything published after the ack arrives.
+    b.send_json(json!({"type":"room_message","room":"r","content":"after ack"}))
+        .await;
+    recv_content(&mut y, "after ack").await;
+    recv_content(&mut x, "after ack").await;
+    wait_healthy(&node_a, Duration::from_secs(5)).await;
+}
+
+/// Waits for `me`'s own `user_joined` in `room` (the join ack), for a join already sent.
+async fn join_ack(c: &mut Client, me: &str, room: &str) {
+    loop {
+        let v = c.recv_event("user_joined").await;
+        if v["user_id"] == me && v["room"] == room {
+            return;
+        }
+    }
+}

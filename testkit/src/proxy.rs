@@ -1,5 +1,7 @@
 //! A TCP proxy in front of a server that can freeze chosen connections: they stay open but
-//! nothing passes any more, as with a half-open connection behind a stuck NAT or firewall.
+//! nothing passes any more, as with a half-open connection behind a stuck NAT or firewall. It can
+//! also hold back every SUBSCRIBE for a while, so a Redis client's (re)subscription stays pending
+//! as long as a test needs.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +25,7 @@ pub struct FreezableProxy {
     conns: Arc<Mutex<Vec<Conn>>>,
     accept: JoinHandle<()>,
     pumps: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    hold_tx: watch::Sender<bool>,
 }
 
 impl FreezableProxy {
@@ -33,6 +36,7 @@ impl FreezableProxy {
         let conns: Arc<Mutex<Vec<Conn>>> = Arc::default();
         let pumps: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let (c, p) = (conns.clone(), pumps.clone());
+        let (hold_tx, hold_rx) = watch::channel(false);
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(target).await else {
@@ -42,7 +46,12 @@ impl FreezableProxy {
                 let (frozen_tx, frozen_rx) = watch::channel(false);
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                let up = tokio::spawn(pump(cr, sw, frozen_rx.clone(), Some(subscriber.clone())));
+                let up = tokio::spawn(pump(
+                    cr,
+                    sw,
+                    frozen_rx.clone(),
+                    Some((subscriber.clone(), hold_rx.clone())),
+                ));
                 let down = tokio::spawn(pump(sr, cw, frozen_rx, None));
                 c.lock().unwrap().push(Conn {
                     subscriber,
@@ -56,7 +65,20 @@ impl FreezableProxy {
             conns,
             accept,
             pumps,
+            hold_tx,
         }
+    }
+
+    /// From now on, holds back every chunk that carries a SUBSCRIBE (on any connection, current
+    /// or new) until [`FreezableProxy::release_subscribes`]: the client's subscription stays
+    /// pending, everything else it sent before passes.
+    pub fn hold_subscribes(&self) {
+        self.hold_tx.send_replace(true);
+    }
+
+    /// Lets the held SUBSCRIBEs (and any later ones) through.
+    pub fn release_subscribes(&self) {
+        self.hold_tx.send_replace(false);
     }
 
     /// `redis://ADDR` for a Redis behind this proxy.
@@ -82,7 +104,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut frozen_rx: watch::Receiver<bool>,
-    subscriber: Option<Arc<AtomicBool>>,
+    mut subscriber: Option<(Arc<AtomicBool>, watch::Receiver<bool>)>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -96,12 +118,13 @@ async fn pump(
         if *frozen_rx.borrow() {
             break;
         }
-        if let Some(flag) = &subscriber {
+        if let Some((flag, hold_rx)) = &mut subscriber {
             if buf[..n]
                 .windows(9)
                 .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
             {
                 flag.store(true, Ordering::SeqCst);
+                let _ = hold_rx.wait_for(|held| !*held).await;
             }
         }
         if to.write_all(&buf[..n]).await.is_err() {

@@ -84,4 +84,12 @@ pub trait Bus: Send + Sync + 'static {
 
     /// `true` while the bus can publish and receive.
     fn healthy(&self) -> watch::Receiver<bool>;
+
+    /// `true` while every subscription [`Bus::subscribe`] confirmed is in effect: false from the
+    /// moment the connection carrying them is lost until a new one has them all again. What is
+    /// published meanwhile does not reach this node. A bus that cannot lose its subscriptions
+    /// (the in-memory one) keeps the default, always true.
+    fn subscriptions_live(&self) -> watch::Receiver<bool> {
+        watch::channel(true).1
+    }
 }

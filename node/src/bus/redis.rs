@@ -7,8 +7,10 @@
 //! rebuilds it with capped backoff whenever it fails; the subscriber is rebuilt too when Redis
 //! drops it or when the probe (`probe.rs`) finds it starved. The bus keeps its own set of wanted
 //! channels and subscribes all of them on every new subscriber connection, so subscriptions
-//! survive Redis restarts without the hub noticing. `healthy()` is false while either connection
-//! is down.
+//! survive Redis restarts. What the hub must notice is the gap: `subscriptions_live()` is false
+//! from the moment the subscriber connection is lost (its reader reports the disconnect) until a
+//! new one has resubscribed everything, so the hub holds back join acks meanwhile. `healthy()` is
+//! false while either connection is down (the subscriber counts as down until resubscribed).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -199,6 +201,10 @@ impl Bus for RedisBus {
 
     fn healthy(&self) -> watch::Receiver<bool> {
         self.inner.healthy_rx()
+    }
+
+    fn subscriptions_live(&self) -> watch::Receiver<bool> {
+        self.inner.live_rx()
     }
 }
 

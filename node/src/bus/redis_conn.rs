@@ -3,7 +3,8 @@
 //! Each connection carries a generation number; failure reports (a disconnect pushed by the
 //! connection's reader, a failed command, a failed probe) name the generation they concern, so a
 //! late report about a replaced connection never tears down its successor. The subscriber is
-//! rebuilt from the bus's wanted set, which makes every (re)connect restore all subscriptions.
+//! rebuilt from the bus's wanted set, which makes every (re)connect restore all subscriptions;
+//! the subscriptions count as live only from then on until that connection's loss is reported.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,6 +60,11 @@ pub(super) struct Inner {
     publisher_up: AtomicBool,
     subscriber_up: AtomicBool,
     healthy_tx: watch::Sender<bool>,
+    /// Whether the wanted set is subscribed on a live connection (see [`Inner::live_rx`]).
+    live_tx: watch::Sender<bool>,
+    /// The subscriber generation `live_tx` speaks for; read and written only inside `live_tx`'s
+    /// update closures, so both change together.
+    live_generation: AtomicU64,
 }
 
 pub(super) fn unavailable(what: &str, e: impl std::fmt::Display) -> BusError {
@@ -106,6 +112,8 @@ impl Inner {
             publisher_up: AtomicBool::new(false),
             subscriber_up: AtomicBool::new(false),
             healthy_tx: watch::channel(false).0,
+            live_tx: watch::channel(false).0,
+            live_generation: AtomicU64::new(0),
             settings,
         }
     }
@@ -113,6 +121,31 @@ impl Inner {
     /// Follows the health of the bus (both connections up).
     pub(super) fn healthy_rx(&self) -> watch::Receiver<bool> {
         self.healthy_tx.subscribe()
+    }
+
+    /// Follows whether every wanted channel is subscribed on a live subscriber connection.
+    pub(super) fn live_rx(&self) -> watch::Receiver<bool> {
+        self.live_tx.subscribe()
+    }
+
+    /// The subscriber of `generation` has every wanted channel subscribed.
+    fn subscriptions_restored(&self, generation: u64) {
+        self.live_tx.send_modify(|live| {
+            self.live_generation.store(generation, Ordering::Relaxed);
+            *live = true;
+        });
+    }
+
+    /// The subscriber of `generation` is lost (or judged so): until a new one has resubscribed,
+    /// nothing published reaches this node. A report about a replaced generation changes nothing.
+    fn subscriptions_lost(&self, generation: u64) {
+        self.live_tx.send_if_modified(|live| {
+            let current = *live && self.live_generation.load(Ordering::Relaxed) == generation;
+            if current {
+                *live = false;
+            }
+            current
+        });
     }
 
     /// The channel prefix.
@@ -349,6 +382,7 @@ pub(super) async fn supervise_subscriber(inner: Arc<Inner>) {
             outcome = probe => Some(outcome),
         };
         lost_one = true;
+        inner.subscriptions_lost(generation);
         inner.set_up(&inner.subscriber_up, false);
         let mut sub = inner.subscriber.lock().await;
         if sub
@@ -396,6 +430,9 @@ async fn open_subscriber(inner: &Arc<Inner>, generation: u64) -> Result<(), Redi
             }
             PushKind::Disconnection => {
                 if let Some(inner) = weak.upgrade() {
+                    // At once, from the connection's reader: a join from now on waits for the
+                    // resubscription instead of trusting subscriptions that are gone.
+                    inner.subscriptions_lost(generation);
                     report_failure(&inner.subscriber_failed_tx, generation);
                 }
             }
@@ -411,5 +448,7 @@ async fn open_subscriber(inner: &Arc<Inner>, generation: u64) -> Result<(), Redi
         conn.subscribe(chunk).await?;
     }
     sub.link = Some(Link { generation, conn });
+    // Under the lock, so no subscribe can slip in between and find the set not live yet.
+    inner.subscriptions_restored(generation);
     Ok(())
 }
