@@ -74,7 +74,7 @@ fn rss_kb(pid: u32) -> u64 {
 }
 
 #[tokio::test]
-async fn a_ping_flood_whose_pongs_are_never_read_stops_being_read() {
+async fn a_ping_flood_whose_pongs_are_never_read_stops_being_read_and_is_closed() {
     const FLOOD: usize = 64 * 1024 * 1024;
     let node = NodeProcess::start_with("n", &["--link-secret", SECRET], None).await;
     let before = rss_kb(node.pid());
@@ -100,6 +100,18 @@ async fn a_ping_flood_whose_pongs_are_never_read_stops_being_read() {
     // Everyone else is still served.
     let url = ringcast_testkit::ws_url(node.addr, "ordinary");
     let (_c, _) = Client::connect_welcomed(&url).await;
+    // And the link that stopped reading is closed, after three keepalive periods (reading it
+    // now would let it go on, so the node's own gauge tells).
+    let links = || async {
+        let (_, text) = ringcast_testkit::http_get(node.addr, "/metrics").await;
+        ringcast_testkit::metric_sum(&text, "ringcast_node_links")
+    };
+    assert_eq!(links().await, 1.0);
+    ringcast_testkit::wait_until(Duration::from_secs(30), "the stuck link closed", || async {
+        links().await == 0.0
+    })
+    .await;
+    drop(sock);
 }
 
 #[tokio::test]
