@@ -170,7 +170,10 @@ impl Links {
             "GET {} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: {}\r\nConnection: Upgrade\r\n{}\r\n",
             link::PATH,
             link::PROTOCOL,
-            self.secret.as_ref().map(LinkSecret::header_line).unwrap_or_default(),
+            self.secret
+                .as_ref()
+                .map(LinkSecret::header_line)
+                .unwrap_or_default(),
         );
         let answer = tokio::time::timeout_at(
             deadline,

@@ -128,7 +128,9 @@ pub fn error_code(body: &[u8]) -> Option<String> {
     struct ErrorBody {
         error: String,
     }
-    serde_json::from_slice::<ErrorBody>(body).ok().map(|b| b.error)
+    serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .map(|b| b.error)
 }
 
 /// Sends `head` on `stream` and reads the node's answer; an error says what went wrong on the
@@ -228,9 +230,8 @@ async fn answer(mut stream: NodeIo, mut buf: BytesMut, head: Head) -> Answer {
         })
         .await
         .unwrap_or(false);
-    let arrived = head.status.is_server_error()
-        && announced <= MAX_RELAYED_BODY
-        && body.len() >= announced;
+    let arrived =
+        head.status.is_server_error() && announced <= MAX_RELAYED_BODY && body.len() >= announced;
     body.truncate(if complete || arrived { announced } else { 0 });
     Answer::Other(Rejection {
         status: head.status,

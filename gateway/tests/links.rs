@@ -168,7 +168,10 @@ async fn a_stalled_client_on_a_link_is_cut_off_and_its_link_mates_keep_receiving
 /// A node stand-in from before links: `GET /link` gets a 404, a `/ws` upgrade a WebSocket that
 /// sends `hello`. Counts both.
 async fn node_without_links() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    websocket_server(Some(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")).await
+    websocket_server(Some(
+        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    ))
+    .await
 }
 
 /// A WebSocket server that is no ringcast node: `GET /link` gets `link_answer` (or, with
@@ -359,7 +362,11 @@ async fn a_websocket_server_that_closes_link_requests_is_reached_with_a_connecti
         assert_eq!(first, Message::text("hello"));
     }
     assert_eq!(upgrades.load(Ordering::SeqCst), 3);
-    assert_eq!(links.load(Ordering::SeqCst), 1, "asked once, then remembered");
+    assert_eq!(
+        links.load(Ordering::SeqCst),
+        1,
+        "asked once, then remembered"
+    );
 }
 
 /// The HTTP status and body of a refused upgrade through `gw` for `id`.
@@ -368,7 +375,10 @@ async fn refused(gw: &TestGateway, id: &str) -> (u16, String) {
         Ok(_) => panic!("{id} was served"),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let body = resp.body().as_deref().map(String::from_utf8_lossy);
-            (resp.status().as_u16(), body.unwrap_or_default().into_owned())
+            (
+                resp.status().as_u16(),
+                body.unwrap_or_default().into_owned(),
+            )
         }
         Err(e) => panic!("{id}: {e}"),
     }
@@ -453,7 +463,11 @@ async fn a_link_needs_the_nodes_secret_and_without_it_clients_still_get_through(
     config.link_secret = Some(SECRET.parse().unwrap());
     let node = TestNode::start(config).await;
     let spec = format!("n1={}", node.addr);
-    for (secret, links) in [(None, 0.0), (Some("another-secret-of-length"), 0.0), (Some(SECRET), 1.0)] {
+    for (secret, links) in [
+        (None, 0.0),
+        (Some("another-secret-of-length"), 0.0),
+        (Some(SECRET), 1.0),
+    ] {
         let mut args = vec!["--node", &spec];
         if let Some(s) = secret {
             args.extend(["--link-secret", s]);
@@ -461,8 +475,16 @@ async fn a_link_needs_the_nodes_secret_and_without_it_clients_still_get_through(
         let gw = TestGateway::start(&args).await;
         let (mut c, _) = Client::connect_welcomed(&gw.ws_url("a")).await;
         join(&mut c, "r").await;
-        assert_eq!(node.metric("ringcast_node_links").await, links, "{secret:?}");
-        assert_eq!(gw.metric("ringcast_gateway_node_links").await, links, "{secret:?}");
+        assert_eq!(
+            node.metric("ringcast_node_links").await,
+            links,
+            "{secret:?}"
+        );
+        assert_eq!(
+            gw.metric("ringcast_gateway_node_links").await,
+            links,
+            "{secret:?}"
+        );
         c.close().await;
         gw.stop().await;
     }

@@ -371,7 +371,9 @@ async fn serve_link(
         );
         return head::answer(&mut stream, resp, timeout).await;
     }
-    if let Err(refusal) = link::secret::admit(shared.config.link_secret.as_ref(), req.headers(), peer) {
+    if let Err(refusal) =
+        link::secret::admit(shared.config.link_secret.as_ref(), req.headers(), peer)
+    {
         let resp = match refusal {
             link::secret::Refusal::Unauthorized => {
                 warn!(%peer, "link refused: the request did not present the link secret");
@@ -436,8 +438,14 @@ async fn serve_link(
                 return;
             };
             let deadline = tokio::time::Instant::now() + timeout;
-            let serve =
-                serve_upgrade(shared.clone(), s, Some(slot), tracker.clone(), deadline, timeout);
+            let serve = serve_upgrade(
+                shared.clone(),
+                s,
+                Some(slot),
+                tracker.clone(),
+                deadline,
+                timeout,
+            );
             tracker.spawn(serve);
         }
     };
@@ -469,7 +477,10 @@ fn stream_refusal() -> Vec<u8> {
     })
     .to_string();
     let mut headers = HeaderMap::with_capacity(4);
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     let mut out = Vec::with_capacity(256);

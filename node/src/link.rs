@@ -488,7 +488,9 @@ where
                 let Some((f, n)) = decode(&buf).map_err(|e| invalid_owned(e.to_string()))? else {
                     break;
                 };
-                if let Some(id) = inner.receive(role, f.kind, f.stream, f.len, f.payload, &mut wake)? {
+                if let Some(id) =
+                    inner.receive(role, f.kind, f.stream, f.len, f.payload, &mut wake)?
+                {
                     opened.push(id);
                 }
                 buf.advance(n);
@@ -534,7 +536,10 @@ async fn keepalive(shared: &Arc<Shared>) -> io::Result<()> {
     loop {
         tick.tick().await;
         let mut inner = shared.lock();
-        if inner.paused_since.is_some_and(|t| t.elapsed() >= 3 * KEEPALIVE) {
+        if inner
+            .paused_since
+            .is_some_and(|t| t.elapsed() >= 3 * KEEPALIVE)
+        {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the peer stopped reading the link",

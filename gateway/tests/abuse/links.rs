@@ -41,7 +41,11 @@ async fn raw_link(node: &NodeProcess, rcvbuf: Option<u32>) -> TcpStream {
     let mut got = Vec::new();
     while !got.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
-        assert_eq!(sock.read(&mut byte).await.unwrap(), 1, "link answer cut short");
+        assert_eq!(
+            sock.read(&mut byte).await.unwrap(),
+            1,
+            "link answer cut short"
+        );
         got.push(byte[0]);
     }
     let got = String::from_utf8_lossy(&got);
@@ -119,7 +123,12 @@ async fn opens_past_the_connection_limit_are_refused_with_a_503_across_links() {
     const LIMIT: u32 = 20;
     let node = NodeProcess::start_with(
         "n",
-        &["--link-secret", SECRET, "--max-connections", &LIMIT.to_string()],
+        &[
+            "--link-secret",
+            SECRET,
+            "--max-connections",
+            &LIMIT.to_string(),
+        ],
         None,
     )
     .await;
@@ -155,7 +164,10 @@ async fn opens_past_the_connection_limit_are_refused_with_a_503_across_links() {
                 answered.insert(stream);
             }
             CLOSE => {
-                assert!(answered.contains(&stream), "stream {stream} closed without a reason");
+                assert!(
+                    answered.contains(&stream),
+                    "stream {stream} closed without a reason"
+                );
                 refused += 1;
             }
             other => panic!("unexpected frame kind {other}"),
@@ -163,9 +175,13 @@ async fn opens_past_the_connection_limit_are_refused_with_a_503_across_links() {
     }
     // ...until the flood's link is gone.
     drop(first);
-    ringcast_testkit::wait_until(Duration::from_secs(10), "the ordinary client served", || {
-        let url = url.clone();
-        async move { Client::try_connect(&url).await.is_ok() }
-    })
+    ringcast_testkit::wait_until(
+        Duration::from_secs(10),
+        "the ordinary client served",
+        || {
+            let url = url.clone();
+            async move { Client::try_connect(&url).await.is_ok() }
+        },
+    )
     .await;
 }

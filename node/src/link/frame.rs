@@ -129,12 +129,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Decodes every whole frame at the front of `buf`; the frames (owned) and the bytes used.
-    fn decode_all(buf: &[u8]) -> Result<(Vec<(u8, u32, u32, Vec<u8>)>, usize), FrameError> {
+    /// A frame, owned: kind, stream, len, payload.
+    type Owned = (u8, u32, u32, Vec<u8>);
+
+    /// Decodes every whole frame at the front of `buf`; the frames and the bytes used.
+    fn decode_all(buf: &[u8]) -> Result<(Vec<Owned>, usize), FrameError> {
         let mut at = 0;
         let mut frames = Vec::new();
         while let Some((f, n)) = decode(&buf[at..])? {
-            assert!(n >= HEADER_LEN && n <= HEADER_LEN + MAX_PAYLOAD);
+            assert!((HEADER_LEN..=HEADER_LEN + MAX_PAYLOAD).contains(&n));
             assert!(at + n <= buf.len());
             frames.push((f.kind, f.stream, f.len, f.payload.to_vec()));
             at += n;
@@ -171,13 +174,17 @@ mod tests {
         assert_eq!((CloseReason::from_code(f.len), n), (CloseReason::Full, 9));
     }
 
-    fn arb_frame() -> impl Strategy<Value = (u8, u32, u32, Vec<u8>)> {
-        (1u8..=7, any::<u32>(), any::<u32>(), prop::collection::vec(any::<u8>(), 0..64)).prop_map(
-            |(kind, stream, len, payload)| match kind {
+    fn arb_frame() -> impl Strategy<Value = Owned> {
+        (
+            1u8..=7,
+            any::<u32>(),
+            any::<u32>(),
+            prop::collection::vec(any::<u8>(), 0..64),
+        )
+            .prop_map(|(kind, stream, len, payload)| match kind {
                 OPEN | DATA => (kind, stream, payload.len() as u32, payload),
                 _ => (kind, stream, len, Vec::new()),
-            },
-        )
+            })
     }
 
     proptest! {
