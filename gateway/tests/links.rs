@@ -489,3 +489,58 @@ async fn a_link_needs_the_nodes_secret_and_without_it_clients_still_get_through(
         gw.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_full_node_sends_its_clients_to_the_next_replica_and_stays_healthy() {
+    let mut full = node_config();
+    full.node_id = Some("full".into());
+    full.max_connections = 0;
+    let full = TestNode::start(full).await;
+    let mut spare = node_config();
+    spare.node_id = Some("spare".into());
+    let spare = TestNode::start(spare).await;
+    let (spec_a, spec_b) = (format!("full={}", full.addr), format!("spare={}", spare.addr));
+    let gw = TestGateway::start(&[
+        "--node",
+        &spec_a,
+        "--node",
+        &spec_b,
+        "--unhealthy-threshold",
+        "1",
+        "--health-interval-ms",
+        "60000",
+    ])
+    .await;
+    for i in 0..8 {
+        let mut c = Client::connect(&gw.ws_url(&format!("user-{i}"))).await;
+        assert_eq!(c.recv_event("welcome").await["node"], "spare");
+    }
+    assert!(gw.metric("ringcast_gateway_failovers_total").await >= 1.0);
+    assert_eq!(gw.healthy_ids().await, vec!["full", "spare"]);
+}
+
+#[tokio::test]
+async fn a_node_without_a_link_secret_says_at_start_that_it_takes_local_links_only() {
+    let dir = std::env::temp_dir().join(format!("ringcast-links-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (open, secured) = (dir.join("open.log"), dir.join("secured.log"));
+    let _a = support::NodeProcess::start_with("a", &[], Some(&open)).await;
+    let _b = support::NodeProcess::start_with(
+        "b",
+        &["--link-secret", "gateway-tests-link-secret-42"],
+        Some(&secured),
+    )
+    .await;
+    let says = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .contains("links (/link) are taken from loopback peers only")
+    };
+    ringcast_testkit::wait_until(Duration::from_secs(5), "the start log line", || {
+        let logged = says(&open);
+        async move { logged }
+    })
+    .await;
+    assert!(!says(&secured), "a node with a secret takes links from anywhere");
+    let _ = std::fs::remove_dir_all(&dir);
+}
