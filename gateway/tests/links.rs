@@ -494,7 +494,7 @@ async fn a_link_needs_the_nodes_secret_and_without_it_clients_still_get_through(
 async fn a_full_node_sends_its_clients_to_the_next_replica_and_stays_healthy() {
     let mut full = node_config();
     full.node_id = Some("full".into());
-    full.max_connections = 0;
+    full.max_connections = 1;
     let full = TestNode::start(full).await;
     let mut spare = node_config();
     spare.node_id = Some("spare".into());
@@ -511,10 +511,16 @@ async fn a_full_node_sends_its_clients_to_the_next_replica_and_stays_healthy() {
         "60000",
     ])
     .await;
-    for i in 0..8 {
-        let mut c = Client::connect(&gw.ws_url(&format!("user-{i}"))).await;
-        assert_eq!(c.recv_event("welcome").await["node"], "spare");
+    // The first client the full node owns takes its one slot; every later one it owns goes to
+    // the spare, and neither node leaves the ring.
+    let mut on_full = 0;
+    let mut clients = Vec::new();
+    for i in 0..16 {
+        let (c, node) = connect_to_node(&gw, &format!("user-{i}")).await;
+        on_full += usize::from(node == "full");
+        clients.push(c);
     }
+    assert_eq!(on_full, 1, "the full node took exactly its limit");
     assert!(gw.metric("ringcast_gateway_failovers_total").await >= 1.0);
     assert_eq!(gw.healthy_ids().await, vec!["full", "spare"]);
 }
