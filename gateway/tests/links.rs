@@ -499,7 +499,10 @@ async fn a_full_node_sends_its_clients_to_the_next_replica_and_stays_healthy() {
     let mut spare = node_config();
     spare.node_id = Some("spare".into());
     let spare = TestNode::start(spare).await;
-    let (spec_a, spec_b) = (format!("full={}", full.addr), format!("spare={}", spare.addr));
+    let (spec_a, spec_b) = (
+        format!("full={}", full.addr),
+        format!("spare={}", spare.addr),
+    );
     let gw = TestGateway::start(&[
         "--node",
         &spec_a,
@@ -547,6 +550,9 @@ async fn a_node_without_a_link_secret_says_at_start_that_it_takes_local_links_on
         async move { logged }
     })
     .await;
-    assert!(!says(&secured), "a node with a secret takes links from anywhere");
+    assert!(
+        !says(&secured),
+        "a node with a secret takes links from anywhere"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
