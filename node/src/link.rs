@@ -230,7 +230,7 @@ impl Inner {
                 }
                 if self.streams.len() >= self.max_streams {
                     // Refused; its opener sees the stream close.
-                    self.push_frame(CLOSE, id, 0, &[]);
+                    self.push_frame(CLOSE, id, frame::CloseReason::Full.code(), &[]);
                     return Ok(None);
                 }
                 let mut slot = Slot::new();

@@ -31,7 +31,8 @@ pub const PING: u8 = 6;
 /// Answers a [`PING`].
 pub const PONG: u8 = 7;
 
-/// Why a stream was closed, carried in a `CLOSE` frame's `len`.
+/// Why a stream was closed, carried in a `CLOSE` frame's `len` (the receiving end reads the end
+/// of the stream either way; a refused one has had its answer, such as a 503, first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
     /// Its owner let it go (or an unknown reason from a newer peer).

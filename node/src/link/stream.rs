@@ -307,7 +307,8 @@ impl LinkStream {
                     let len = reply.len() as u32;
                     push_frame(&mut inner.out, &mut inner.writer, DATA, self.id, len, reply);
                 }
-                push_frame(&mut inner.out, &mut inner.writer, CLOSE, self.id, 0, &[]);
+                let full = super::frame::CloseReason::Full.code();
+                push_frame(&mut inner.out, &mut inner.writer, CLOSE, self.id, full, &[]);
             }
         }
         // Gone from the table, so dropping it sends nothing more.
