@@ -139,6 +139,12 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_NODE_TRANSPORT", value_enum, default_value_t = NodeTransport::Link)]
     pub node_transport: NodeTransport,
 
+    /// Shared secret (16+ printable bytes) presented to nodes to open a link; the nodes' own
+    /// `--link-secret`. Without it only nodes on this host take links; a node that refuses the
+    /// link is reached with one connection per client.
+    #[arg(long, env = "RINGCAST_LINK_SECRET", hide_env_values = true)]
+    pub link_secret: Option<ringcast_node::link::LinkSecret>,
+
     /// Most nodes tried for one upgrade (the owner, then the ring's replica order).
     #[arg(long, env = "RINGCAST_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: usize,

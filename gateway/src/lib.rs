@@ -116,7 +116,7 @@ pub async fn run(
     let links = (config.node_transport == NodeTransport::Link).then(|| {
         Links::new(
             config.connect_timeout(),
-            config.handshake_timeout(),
+            config.link_secret.clone(),
             metrics.node_links.clone(),
         )
     });

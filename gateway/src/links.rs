@@ -2,10 +2,13 @@
 //! `ringcast_node::link`).
 //!
 //! A link is made on the first upgrade routed to a node and reused until it dies; concurrent
-//! upgrades to the same node wait for the one being made instead of each making their own. A
-//! node that answers the link request with anything but a 101 (a version without links) is
-//! reached with one TCP connection per client, as before, and asked again after
-//! [`RETRY_UNSUPPORTED`].
+//! upgrades to the same node wait for the one being made instead of each making their own. The
+//! request presents the link secret (`--link-secret`), and the whole attempt — TCP connect and
+//! the node's 101 — is bounded by the connect timeout, so a frozen node leaves the upgrade time
+//! to fail over. A server that refuses the link (a 4xx: a node with another secret, a version
+//! without links) or does not speak it (closes the connection, answers nonsense: a WebSocket
+//! server that is not a ringcast node) is reached with one TCP connection per client, as before,
+//! with a log line saying why, and asked again after [`RETRY_UNSUPPORTED`].
 //!
 //! Nodes come and go (a scaled deployment gives each new pod a new address), so a node's entry
 //! does not outlive its use: whenever an address is seen for the first time, the entries of
@@ -17,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::IntGauge;
-use ringcast_node::link::{self, Link, LinkStream, Role, MAX_STREAMS};
+use ringcast_node::link::{self, Link, LinkSecret, LinkStream, Role, MAX_STREAMS};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
@@ -55,8 +58,10 @@ pub struct Links {
     nodes: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<State>>>>,
     /// Every link made, for [`Links::close_all`]; dead ones are pruned as new ones come.
     made: Mutex<Vec<Link>>,
+    /// Bound on a whole link attempt: the TCP connect and the node's answer.
     connect_timeout: Duration,
-    handshake_timeout: Duration,
+    /// Presented in every link request.
+    secret: Option<LinkSecret>,
     /// Links open.
     gauge: IntGauge,
 }
@@ -87,15 +92,15 @@ enum State {
 }
 
 impl Links {
-    /// No links yet; each is made within `connect_timeout` (TCP) plus `handshake_timeout` (its
-    /// 101).
-    pub fn new(connect_timeout: Duration, handshake_timeout: Duration, gauge: IntGauge) -> Self {
+    /// No links yet; each is made within `connect_timeout` (TCP connect and 101 together),
+    /// presenting `secret`.
+    pub fn new(connect_timeout: Duration, secret: Option<LinkSecret>, gauge: IntGauge) -> Self {
         Links {
             gauge,
             nodes: Mutex::new(HashMap::new()),
             made: Mutex::new(Vec::new()),
             connect_timeout,
-            handshake_timeout,
+            secret,
         }
     }
 
@@ -149,9 +154,11 @@ impl Links {
         }
     }
 
-    /// Makes a link to `addr`; `None` if the node answered without switching.
+    /// Makes a link to `addr` within the connect timeout; `None` if the server refused it or
+    /// does not speak it.
     async fn connect(&self, addr: &str) -> Result<Option<Link>, LinkError> {
-        let socket = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let socket = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
             .await
             .map_err(|_| LinkError::Unreachable("connect timed out".into()))?
             .map_err(|e| match e.kind() {
@@ -160,17 +167,30 @@ impl Links {
             })?;
         let _ = socket.set_nodelay(true);
         let head = format!(
-            "GET {} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: {}\r\nConnection: Upgrade\r\n\r\n",
+            "GET {} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: {}\r\nConnection: Upgrade\r\n{}\r\n",
             link::PATH,
-            link::PROTOCOL
+            link::PROTOCOL,
+            self.secret
+                .as_ref()
+                .map(LinkSecret::header_line)
+                .unwrap_or_default(),
         );
-        let answer = tokio::time::timeout(
-            self.handshake_timeout,
+        let answer = tokio::time::timeout_at(
+            deadline,
             upstream::exchange(NodeIo::Tcp(socket), head.as_bytes()),
         )
         .await
-        .map_err(|_| LinkError::Unreachable("no answer to the link request in time".into()))?
-        .map_err(LinkError::Unreachable)?;
+        .map_err(|_| LinkError::Unreachable("no answer to the link request in time".into()))?;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                // It took the connection and then closed it or answered nonsense: a server
+                // that does not speak links (a node that crashed just now fails its next
+                // connection the usual way).
+                warn!(%addr, error = %e, "no link: the server does not speak the link protocol; one connection per client");
+                return Ok(None);
+            }
+        };
         let switched = match answer {
             Answer::Switched(switched) => switched,
             Answer::Other(refusal) if refusal.status.is_server_error() => {
@@ -178,7 +198,17 @@ impl Links {
                 return Err(LinkError::Declined(refusal.status));
             }
             Answer::Other(refusal) => {
-                warn!(%addr, status = %refusal.status, "node does not take links; one connection per client");
+                let code = upstream::error_code(&refusal.body);
+                let why = match code.as_deref() {
+                    Some("link_unauthorized") => {
+                        "the node wants another link secret (check --link-secret on both sides)"
+                    }
+                    Some("link_forbidden") => {
+                        "the node has no link secret and takes links from its own host only (set --link-secret on both sides)"
+                    }
+                    _ => "the node does not take links",
+                };
+                warn!(%addr, status = %refusal.status, code = code.as_deref().unwrap_or(""), "no link: {why}; one connection per client");
                 return Ok(None);
             }
         };
@@ -225,7 +255,7 @@ mod tests {
 
     fn links() -> Links {
         let gauge = IntGauge::new("links", "links").unwrap();
-        Links::new(Duration::from_secs(2), Duration::from_secs(2), gauge)
+        Links::new(Duration::from_secs(2), None, gauge)
     }
 
     #[tokio::test]

@@ -69,8 +69,20 @@ enum Attempt {
     /// The node did not answer in time or broke off: counts as one failed health check, since
     /// a loaded node or host can be slow without being down.
     Unreachable(String),
-    /// The node answered with a 5xx (draining, full): try the next one.
+    /// The node answered with a 5xx (draining, full): try the next one. Not a health failure.
     Declined(StatusCode),
+    /// The node answered 503 at its connection limit: try the next one. Not a health failure;
+    /// if no candidate takes the client, it gets 503 `node_full`.
+    Full,
+}
+
+/// Whether a node's 5xx says it is at its connection limit.
+fn says_full(refusal: &Rejection) -> bool {
+    refusal.status == StatusCode::SERVICE_UNAVAILABLE
+        && matches!(
+            upstream::error_code(&refusal.body).as_deref(),
+            Some("too_many_connections" | "node_full")
+        )
 }
 
 impl Proxy {
@@ -236,6 +248,7 @@ impl Proxy {
         candidates: &[RingNode],
         client_id: &str,
     ) -> Result<(RingNode, Switched), Response<Body>> {
+        let mut full = false;
         for (i, node) in candidates.iter().enumerate() {
             if i > 0 {
                 self.metrics.failovers.inc();
@@ -258,7 +271,18 @@ impl Proxy {
                 Err(Attempt::Declined(status)) => {
                     info!(node = %node.id, %status, "node refused the upgrade");
                 }
+                Err(Attempt::Full) => {
+                    info!(node = %node.id, "node is at its connection limit");
+                    full = true;
+                }
             }
+        }
+        if full {
+            return Err(self.reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "node_full",
+                "the client's nodes are at their connection limit; retry shortly",
+            ));
         }
         Err(self.reject(
             StatusCode::BAD_GATEWAY,
@@ -295,6 +319,7 @@ impl Proxy {
             }
         };
         match answer {
+            Ok(Answer::Other(r)) if says_full(&r) => Err(Attempt::Full),
             Ok(Answer::Other(r)) if r.status.is_server_error() => Err(Attempt::Declined(r.status)),
             Ok(answer) => Ok(answer),
             Err(e) => Err(Attempt::Unreachable(e)),

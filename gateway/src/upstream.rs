@@ -122,6 +122,17 @@ pub struct Rejection {
     pub body: Bytes,
 }
 
+/// The `error` code of a JSON error body (`{"error": code, ...}`), if it is one.
+pub fn error_code(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct ErrorBody {
+        error: String,
+    }
+    serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .map(|b| b.error)
+}
+
 /// Sends `head` on `stream` and reads the node's answer; an error says what went wrong on the
 /// way (the caller bounds the whole exchange in time).
 pub async fn exchange(mut stream: NodeIo, head: &[u8]) -> Result<Answer, String> {
@@ -197,9 +208,9 @@ async fn answer(mut stream: NodeIo, mut buf: BytesMut, head: Head) -> Answer {
             early: rest.freeze(),
         });
     }
-    // A refusal. A 5xx only sends the client on to the next node, so its body is not read; a
-    // 4xx body is relayed whole (up to the limit, within `BODY_TIMEOUT`) or not at all, never
-    // cut short.
+    // A refusal. A 5xx only sends the client on to the next node, so its body is not waited
+    // for (what arrived with the head is kept, to tell a full node from others); a 4xx body is
+    // relayed whole (up to the limit, within `BODY_TIMEOUT`) or not at all, never cut short.
     let announced = head
         .headers
         .get(header::CONTENT_LENGTH)
@@ -219,7 +230,9 @@ async fn answer(mut stream: NodeIo, mut buf: BytesMut, head: Head) -> Answer {
         })
         .await
         .unwrap_or(false);
-    body.truncate(if complete { announced } else { 0 });
+    let arrived =
+        head.status.is_server_error() && announced <= MAX_RELAYED_BODY && body.len() >= announced;
+    body.truncate(if complete || arrived { announced } else { 0 });
     Answer::Other(Rejection {
         status: head.status,
         content_type: head.headers.get(header::CONTENT_TYPE).cloned(),

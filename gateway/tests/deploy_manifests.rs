@@ -62,6 +62,34 @@ fn assert_launch_accepted(l: &Launch, known: &BTreeSet<String>) {
 }
 
 #[test]
+fn nodes_and_gateways_share_one_link_secret_kept_in_a_k8s_secret() {
+    for launches in [manifests::compose_launches(), manifests::k8s_launches()] {
+        let secrets: BTreeSet<&str> = launches
+            .iter()
+            .map(|l| {
+                l.var("RINGCAST_LINK_SECRET")
+                    .unwrap_or_else(|| panic!("{}: no RINGCAST_LINK_SECRET", l.origin))
+            })
+            .collect();
+        assert_eq!(secrets.len(), 1, "one secret on every side: {secrets:?}");
+    }
+    // On Kubernetes it comes from a Secret, never a literal in the workload.
+    for (name, w) in manifests::k8s_workloads() {
+        for c in w["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+        {
+            for e in c["env"].as_sequence().into_iter().flatten() {
+                if e["name"].as_str() == Some("RINGCAST_LINK_SECRET") {
+                    assert!(e["valueFrom"]["secretKeyRef"].is_mapping(), "{name}: {e:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn compose_and_k8s_configure_the_binaries_with_flags_and_variables_they_accept() {
     let node_envs = Bin::Node.known_envs();
     let gateway_envs = Bin::Gateway.known_envs();

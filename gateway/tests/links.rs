@@ -168,6 +168,18 @@ async fn a_stalled_client_on_a_link_is_cut_off_and_its_link_mates_keep_receiving
 /// A node stand-in from before links: `GET /link` gets a 404, a `/ws` upgrade a WebSocket that
 /// sends `hello`. Counts both.
 async fn node_without_links() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    websocket_server(Some(
+        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    ))
+    .await
+}
+
+/// A WebSocket server that is no ringcast node: `GET /link` gets `link_answer` (or, with
+/// `None`, the connection is closed unanswered), a `/ws` upgrade a WebSocket that sends
+/// `hello`. Counts both.
+async fn websocket_server(
+    link_answer: Option<&'static [u8]>,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (links, upgrades) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -184,11 +196,9 @@ async fn node_without_links() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<At
                     l.fetch_add(1, Ordering::SeqCst);
                     let mut head = [0u8; 1024];
                     let _ = stream.read(&mut head).await;
-                    let _ = tokio::io::AsyncWriteExt::write_all(
-                        &mut stream,
-                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                    )
-                    .await;
+                    if let Some(answer) = link_answer {
+                        let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, answer).await;
+                    }
                     return;
                 }
                 if first.starts_with(b"GET /ws") {
@@ -333,4 +343,216 @@ async fn pings_and_the_close_handshake_cross_the_link() {
     // Its link mate is unaffected.
     b.send_json(json!({"type":"ping"})).await;
     b.recv_event("pong").await;
+}
+
+#[tokio::test]
+async fn a_websocket_server_that_closes_link_requests_is_reached_with_a_connection_per_client() {
+    let (addr, links, upgrades) = websocket_server(None).await;
+    let spec = format!("ws={addr}");
+    let gw = TestGateway::start(&["--node", &spec, "--unhealthy-threshold", "1000000"]).await;
+    for id in ["a", "b", "c"] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url(id))
+            .await
+            .expect("upgrade through the gateway");
+        let first = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("a frame")
+            .expect("a good frame");
+        assert_eq!(first, Message::text("hello"));
+    }
+    assert_eq!(upgrades.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        links.load(Ordering::SeqCst),
+        1,
+        "asked once, then remembered"
+    );
+}
+
+/// The HTTP status and body of a refused upgrade through `gw` for `id`.
+async fn refused(gw: &TestGateway, id: &str) -> (u16, String) {
+    match tokio_tungstenite::connect_async(gw.ws_url(id)).await {
+        Ok(_) => panic!("{id} was served"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp.body().as_deref().map(String::from_utf8_lossy);
+            (
+                resp.status().as_u16(),
+                body.unwrap_or_default().into_owned(),
+            )
+        }
+        Err(e) => panic!("{id}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_full_node_answers_node_full_and_stays_in_the_ring_on_either_transport() {
+    for transport in ["link", "tcp"] {
+        let mut config = node_config();
+        config.max_connections = 1;
+        let node = TestNode::start(config).await;
+        let spec = format!("n1={}", node.addr);
+        // One failed check would take the node out: a refusal must not count as one.
+        let gw = TestGateway::start(&[
+            "--node",
+            &spec,
+            "--node-transport",
+            transport,
+            "--unhealthy-threshold",
+            "1",
+            "--health-interval-ms",
+            "60000",
+        ])
+        .await;
+        let (first, _) = Client::connect_welcomed(&gw.ws_url("first")).await;
+        let (status, body) = refused(&gw, "second").await;
+        assert_eq!(status, 503, "{transport}: {body}");
+        assert!(body.contains("node_full"), "{transport}: {body}");
+        assert_eq!(gw.healthy_ids().await, vec!["n1".to_owned()], "{transport}");
+        first.close().await;
+        ringcast_testkit::wait_until(Duration::from_secs(5), "a slot free again", || async {
+            node.metric("ringcast_node_connections").await == 0.0
+        })
+        .await;
+        let (_third, _) = Client::connect_welcomed(&gw.ws_url("third")).await;
+    }
+}
+
+#[tokio::test]
+async fn a_new_link_to_a_frozen_node_fails_over_within_the_connect_timeout() {
+    // A "node" that takes connections and never answers: a frozen process.
+    let frozen = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let frozen_addr = frozen.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = frozen.accept().await {
+            held.push(s);
+        }
+    });
+    let mut config = node_config();
+    config.node_id = Some("b".into());
+    let live = TestNode::start(config).await;
+    let (spec_a, spec_b) = (format!("a={frozen_addr}"), format!("b={}", live.addr));
+    let gw = TestGateway::start(&[
+        "--node",
+        &spec_a,
+        "--node",
+        &spec_b,
+        "--connect-timeout-ms",
+        "500",
+        "--handshake-timeout-secs",
+        "3",
+        "--health-interval-ms",
+        "60000",
+    ])
+    .await;
+    // Every client is served by the live node, those owned by the frozen one included.
+    for i in 0..8 {
+        let id = format!("user-{i}");
+        let mut c = Client::try_connect(&gw.ws_url(&id))
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(c.recv_event("welcome").await["node"], "b");
+    }
+    assert!(gw.metric("ringcast_gateway_failovers_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn a_link_needs_the_nodes_secret_and_without_it_clients_still_get_through() {
+    const SECRET: &str = "gateway-tests-link-secret-42";
+    let mut config = node_config();
+    config.link_secret = Some(SECRET.parse().unwrap());
+    let node = TestNode::start(config).await;
+    let spec = format!("n1={}", node.addr);
+    for (secret, links) in [
+        (None, 0.0),
+        (Some("another-secret-of-length"), 0.0),
+        (Some(SECRET), 1.0),
+    ] {
+        let mut args = vec!["--node", &spec];
+        if let Some(s) = secret {
+            args.extend(["--link-secret", s]);
+        }
+        let gw = TestGateway::start(&args).await;
+        let (mut c, _) = Client::connect_welcomed(&gw.ws_url("a")).await;
+        join(&mut c, "r").await;
+        assert_eq!(
+            node.metric("ringcast_node_links").await,
+            links,
+            "{secret:?}"
+        );
+        assert_eq!(
+            gw.metric("ringcast_gateway_node_links").await,
+            links,
+            "{secret:?}"
+        );
+        c.close().await;
+        gw.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_node_sends_its_clients_to_the_next_replica_and_stays_healthy() {
+    let mut full = node_config();
+    full.node_id = Some("full".into());
+    full.max_connections = 1;
+    let full = TestNode::start(full).await;
+    let mut spare = node_config();
+    spare.node_id = Some("spare".into());
+    let spare = TestNode::start(spare).await;
+    let (spec_a, spec_b) = (
+        format!("full={}", full.addr),
+        format!("spare={}", spare.addr),
+    );
+    let gw = TestGateway::start(&[
+        "--node",
+        &spec_a,
+        "--node",
+        &spec_b,
+        "--unhealthy-threshold",
+        "1",
+        "--health-interval-ms",
+        "60000",
+    ])
+    .await;
+    // The first client the full node owns takes its one slot; every later one it owns goes to
+    // the spare, and neither node leaves the ring.
+    let mut on_full = 0;
+    let mut clients = Vec::new();
+    for i in 0..16 {
+        let (c, node) = connect_to_node(&gw, &format!("user-{i}")).await;
+        on_full += usize::from(node == "full");
+        clients.push(c);
+    }
+    assert_eq!(on_full, 1, "the full node took exactly its limit");
+    assert!(gw.metric("ringcast_gateway_failovers_total").await >= 1.0);
+    assert_eq!(gw.healthy_ids().await, vec!["full", "spare"]);
+}
+
+#[tokio::test]
+async fn a_node_without_a_link_secret_says_at_start_that_it_takes_local_links_only() {
+    let dir = std::env::temp_dir().join(format!("ringcast-links-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (open, secured) = (dir.join("open.log"), dir.join("secured.log"));
+    let _a = support::NodeProcess::start_with("a", &[], Some(&open)).await;
+    let _b = support::NodeProcess::start_with(
+        "b",
+        &["--link-secret", "gateway-tests-link-secret-42"],
+        Some(&secured),
+    )
+    .await;
+    let says = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .contains("links (/link) are taken from loopback peers only")
+    };
+    ringcast_testkit::wait_until(Duration::from_secs(5), "the start log line", || {
+        let logged = says(&open);
+        async move { logged }
+    })
+    .await;
+    assert!(
+        !says(&secured),
+        "a node with a secret takes links from anywhere"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

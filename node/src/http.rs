@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::auth::Identity;
 use crate::cork::{self, Uncork};
@@ -50,10 +50,11 @@ pub async fn serve_connection(
         Ok(Some(Opening::WsUpgrade)) => {
             // The 101 waits for the welcome (see `cork`); the session uncorks.
             cork::cork(&stream);
-            return serve_upgrade(shared, stream, tracker, deadline, handshake_timeout).await;
+            let serve = serve_upgrade(shared, stream, None, tracker, deadline, handshake_timeout);
+            return serve.await;
         }
         Ok(Some(Opening::Link)) => {
-            return serve_link(shared, stream, tracker, deadline, handshake_timeout).await;
+            return serve_link(shared, stream, peer, tracker, deadline, handshake_timeout).await;
         }
         Ok(Some(_)) => {}
         Ok(None) | Err(_) => return, // closed, or silent through the handshake timeout
@@ -212,7 +213,14 @@ impl Admitted {
 
 /// Checks an upgrade request: the handshake, draining, the connection limit, the token; names
 /// the client. `Err` is the refusal to send.
-fn admit<B>(shared: &Shared, req: &Request<B>) -> Result<Admitted, Box<Response<Body>>> {
+///
+/// `reserved` is a session slot taken before the request arrived (a link stream takes one when
+/// it opens); without it, one is taken here.
+fn admit<B>(
+    shared: &Shared,
+    req: &Request<B>,
+    reserved: Option<SessionSlot>,
+) -> Result<Admitted, Box<Response<Body>>> {
     let refused =
         |status, code: &str, message: &str| Box::new(refuse(shared, status, code, message));
     let accepted = upgrade::check(req).map_err(|r| refused(r.status, r.code, r.message))?;
@@ -223,7 +231,7 @@ fn admit<B>(shared: &Shared, req: &Request<B>) -> Result<Admitted, Box<Response<
             "node is shutting down; reconnect",
         ));
     }
-    let Some(slot) = shared.reserve_session() else {
+    let Some(slot) = reserved.or_else(|| shared.reserve_session()) else {
         return Err(refused(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_connections",
@@ -263,6 +271,7 @@ fn admit<B>(shared: &Shared, req: &Request<B>) -> Result<Admitted, Box<Response<
 async fn serve_upgrade<S>(
     shared: Arc<Shared>,
     mut stream: S,
+    reserved: Option<SessionSlot>,
     tracker: TaskTracker,
     deadline: tokio::time::Instant,
     timeout: Duration,
@@ -273,7 +282,7 @@ async fn serve_upgrade<S>(
     let Some((req, early)) = head_or_answer(&mut stream, deadline, timeout, bad).await else {
         return;
     };
-    let admitted = match admit(&shared, &req) {
+    let admitted = match admit(&shared, &req, reserved) {
         Ok(admitted) => admitted,
         Err(resp) => return head::answer(&mut stream, *resp, timeout).await,
     };
@@ -329,10 +338,16 @@ where
 /// A connection that opened with `GET /link`: a gateway carrying its clients over this one
 /// connection (see [`crate::link`]). Each stream it opens is served like a connection that
 /// opened with `GET /ws`, under the same handshake timeout, limits and checks. The link ends
-/// when the gateway closes it or the node has drained.
+/// when the gateway closes it, breaks the link protocol, or the node has drained.
+///
+/// Only a gateway that presents the link secret gets a link (see [`link::secret`]). Each stream
+/// is a connection from the moment it opens: it takes a session slot then, and one opened at
+/// `--max-connections` is refused at once with a 503 `too_many_connections`, as a connection
+/// would be.
 async fn serve_link(
     shared: Arc<Shared>,
     mut stream: TcpStream,
+    peer: SocketAddr,
     tracker: TaskTracker,
     deadline: tokio::time::Instant,
     timeout: Duration,
@@ -354,6 +369,29 @@ async fn serve_link(
             "bad_request",
             "a link is GET /link HTTP/1.1 with Upgrade: ringcast-link",
         );
+        return head::answer(&mut stream, resp, timeout).await;
+    }
+    if let Err(refusal) =
+        link::secret::admit(shared.config.link_secret.as_ref(), req.headers(), peer)
+    {
+        let resp = match refusal {
+            link::secret::Refusal::Unauthorized => {
+                warn!(%peer, "link refused: the request did not present the link secret");
+                json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "link_unauthorized",
+                    "a link needs the node's link secret",
+                )
+            }
+            link::secret::Refusal::NotLoopback => {
+                warn!(%peer, "link refused: no --link-secret is set, so links are taken from loopback peers only");
+                json_error(
+                    StatusCode::FORBIDDEN,
+                    "link_forbidden",
+                    "this node takes links from loopback peers only (it has no link secret)",
+                )
+            }
+        };
         return head::answer(&mut stream, resp, timeout).await;
     }
     if shared.is_draining() {
@@ -380,21 +418,44 @@ async fn serve_link(
     let gauge = shared.metrics.links.clone();
     gauge.inc();
     let stopped = shared.stopped.clone();
-    // A stream is a connection: the node's connection limit bounds a link's streams too
-    // (including those still in their handshake).
-    let max_streams = shared.config.max_connections.max(1);
+    // A stream is a connection: it holds a session slot from its OPEN on, so the node's
+    // connection limit bounds every link's streams together (those still in their handshake
+    // included). A stream gives its slot back about when it leaves the link (a refused
+    // upgrade's answer may still be on its way); the slack covers that, and past it a stream is
+    // closed as soon as it opens.
+    let max_streams = shared.config.max_connections.saturating_add(1024);
+    let full = stream_refusal();
     let on_open = {
         let tracker = tracker.clone();
         move |s: LinkStream| {
+            let Some(slot) = shared.reserve_session() else {
+                shared
+                    .metrics
+                    .upgrades_refused
+                    .with_label_values(&["too_many_connections"])
+                    .inc();
+                s.refuse(&full);
+                return;
+            };
             let deadline = tokio::time::Instant::now() + timeout;
-            let serve = serve_upgrade(shared.clone(), s, tracker.clone(), deadline, timeout);
+            let serve = serve_upgrade(
+                shared.clone(),
+                s,
+                Some(slot),
+                tracker.clone(),
+                deadline,
+                timeout,
+            );
             tracker.spawn(serve);
         }
     };
     let (link, driver) = Link::new(stream, early, link::Role::Acceptor, max_streams, on_open);
     let mut driver = std::pin::pin!(driver);
     tokio::select! {
-        r = &mut driver => debug!(result = ?r, "link ended"),
+        r = &mut driver => match r {
+            Ok(()) => debug!(%peer, "link ended"),
+            Err(e) => warn!(%peer, reason = %e, "link closed"),
+        },
         _ = stopped.cancelled() => {
             // The node has drained: what its sessions wrote last (their close frames) still
             // goes out before the link ends.
@@ -407,13 +468,34 @@ async fn serve_link(
     gauge.dec();
 }
 
+/// The whole answer to a link stream opened at the connection limit: a 503
+/// `too_many_connections`, as a connection at the limit gets.
+fn stream_refusal() -> Vec<u8> {
+    let body = serde_json::json!({
+        "error": "too_many_connections",
+        "message": "node is at its connection limit",
+    })
+    .to_string();
+    let mut headers = HeaderMap::with_capacity(4);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let mut out = Vec::with_capacity(256);
+    push_response_head(&mut out, StatusCode::SERVICE_UNAVAILABLE, &headers);
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
 /// A `/ws` request that reached hyper (its first segment was too short to recognise).
 fn upgrade_ws(
     shared: Arc<Shared>,
     mut req: Request<Incoming>,
     tracker: TaskTracker,
 ) -> Response<Body> {
-    let admitted = match admit(&shared, &req) {
+    let admitted = match admit(&shared, &req, None) {
         Ok(admitted) => admitted,
         Err(resp) => return *resp,
     };

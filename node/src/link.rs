@@ -11,9 +11,16 @@
 //! 101, WebSocket frames), so the node serves a stream like an accepted socket and the gateway
 //! copies it like one.
 //!
-//! Wire format: a 9-byte header, `kind: u8`, `stream: u32` and `len: u32` (big-endian), then
-//! `len` payload bytes for `OPEN` and `DATA`. `CREDIT` grants `len` more bytes; `FIN` says the
-//! sender will write no more on the stream; `CLOSE` that it dropped the stream altogether.
+//! Wire format ([`frame`]): a 9-byte header, `kind: u8`, `stream: u32` and `len: u32`
+//! (big-endian), then `len` payload bytes for `OPEN` and `DATA`. `CREDIT` grants `len` more
+//! bytes; `FIN` says the sender will write no more on the stream; `CLOSE` that it dropped the
+//! stream altogether.
+//!
+//! Only gateways that present the link secret may open a link ([`secret`]). Every reply the
+//! accepting end makes (`PONG`, `CREDIT`, a refusal) goes into the same bounded outgoing buffer
+//! as the streams' bytes: once [`OUT_CAP`] bytes wait for the socket, the accepting end stops
+//! reading the link until they drain, and a link whose peer stops reading for three
+//! [`KEEPALIVE`]s is closed with that reason. A peer cannot make the node hold more than that.
 //!
 //! A link that has been silent for [`KEEPALIVE`] gets a `PING` (answered with a `PONG`); one
 //! silent for three times that is dead, even if TCP never says so (a peer host that vanished
@@ -26,6 +33,8 @@
 //! the node, that is the slow-client path: its queue fills and the node closes it). Writes that
 //! find [`OUT_CAP`] bytes already waiting for the socket wait for it to drain.
 
+pub mod frame;
+pub mod secret;
 mod stream;
 
 use std::collections::HashMap;
@@ -42,6 +51,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use frame::{decode, CLOSE, CREDIT, DATA, FIN, HEADER_LEN, MAX_PAYLOAD, OPEN, PING, PONG};
+pub use secret::LinkSecret;
 pub use stream::{LinkHalf, LinkSender, LinkStream};
 
 /// The request path that turns a connection into a link.
@@ -62,9 +73,6 @@ pub const MAX_STREAMS: usize = 1 << 16;
 /// Silence after which a link is pinged; three times it and the link is dead.
 pub const KEEPALIVE: Duration = Duration::from_secs(5);
 
-/// Largest payload of one frame.
-const MAX_PAYLOAD: usize = 16 * 1024;
-
 /// First capacity of a stream's receive buffer: a fan-out round's frames for one client fit.
 const RX_BUF: usize = 1024;
 
@@ -77,15 +85,9 @@ const SPARE_CAP_MAX: usize = 8 * 1024;
 /// Bytes read since the last grant, past which the reader grants them back.
 const GRANT_AT: usize = WINDOW / 4;
 
-const HEADER_LEN: usize = 9;
-
-const OPEN: u8 = 1;
-const DATA: u8 = 2;
-const FIN: u8 = 3;
-const CLOSE: u8 = 4;
-const CREDIT: u8 = 5;
-const PING: u8 = 6;
-const PONG: u8 = 7;
+/// Most streams the reader opens before it hands them on and looks at the outgoing buffer
+/// again (each may queue a refusal).
+const OPENS_PER_ROUND: usize = 64;
 
 /// Which end of the link this is: the gateway opens streams, the node accepts them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +132,10 @@ struct Inner {
     finishing: bool,
     /// When bytes last arrived.
     last_rx: Option<Instant>,
+    /// The reader, when it waits for `out` to drain below [`OUT_CAP`] (accepting end only).
+    reader: Option<Waker>,
+    /// Since when the reader has been waiting for `out` to drain.
+    paused_since: Option<Instant>,
 }
 
 /// One stream's state on this end.
@@ -196,6 +202,7 @@ impl Inner {
     fn kill(&mut self, wake: &mut Vec<Waker>) {
         self.dead = true;
         wake.extend(self.writer.take());
+        wake.extend(self.reader.take());
         self.waiting.clear();
         for slot in self.streams.values_mut() {
             wake.extend(slot.rx_waker.take());
@@ -223,7 +230,7 @@ impl Inner {
                 }
                 if self.streams.len() >= self.max_streams {
                     // Refused; its opener sees the stream close.
-                    self.push_frame(CLOSE, id, 0, &[]);
+                    self.push_frame(CLOSE, id, frame::CloseReason::Full.code(), &[]);
                     return Ok(None);
                 }
                 let mut slot = Slot::new();
@@ -293,10 +300,7 @@ fn push_frame(
             w.wake();
         }
     }
-    out.push(kind);
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(payload);
+    frame::encode(out, kind, id, len, payload);
 }
 
 /// Hashes the link's stream ids. They are small integers one end hands out in sequence, so
@@ -322,6 +326,10 @@ impl Hasher for IdHasher {
 }
 
 fn invalid(why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+fn invalid_owned(why: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
@@ -438,6 +446,11 @@ impl Shared {
 }
 
 /// Reads frames and hands them to their streams until EOF, an error or a protocol violation.
+///
+/// On the accepting end, the reader waits while [`OUT_CAP`] bytes wait for the socket: what it
+/// reads may make the link reply, and a peer that does not read those replies must not make
+/// them pile up. (The opening end always reads, so the acceptor's wait always ends with a
+/// peer that follows the protocol.)
 async fn read_loop<F>(
     shared: &Arc<Shared>,
     mut rd: OwnedReadHalf,
@@ -453,36 +466,42 @@ where
     let mut wake = Vec::new();
     let mut opened = Vec::new();
     loop {
+        if role == Role::Acceptor {
+            replies_drained(shared).await;
+        }
+        // Whether frames may be left in `buf` that are complete: stopped early to hand on
+        // opened streams or to let the replies drain.
+        let mut stopped_early = false;
         {
             let mut inner = shared.lock();
             if inner.dead {
                 return Ok(());
             }
             inner.last_rx = Some(Instant::now());
-            while buf.len() >= HEADER_LEN {
-                let kind = buf[0];
-                let id = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-                let len = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]);
-                let payload_len = match kind {
-                    OPEN | DATA => len as usize,
-                    _ => 0,
-                };
-                if payload_len > MAX_PAYLOAD {
-                    return Err(invalid("frame larger than the payload limit"));
-                }
-                if buf.len() < HEADER_LEN + payload_len {
+            loop {
+                if role == Role::Acceptor
+                    && (inner.out.len() >= OUT_CAP || opened.len() >= OPENS_PER_ROUND)
+                {
+                    stopped_early = true;
                     break;
                 }
-                let payload = &buf[HEADER_LEN..HEADER_LEN + payload_len];
-                if let Some(id) = inner.receive(role, kind, id, len, payload, &mut wake)? {
+                let Some((f, n)) = decode(&buf).map_err(|e| invalid_owned(e.to_string()))? else {
+                    break;
+                };
+                if let Some(id) =
+                    inner.receive(role, f.kind, f.stream, f.len, f.payload, &mut wake)?
+                {
                     opened.push(id);
                 }
-                buf.advance(HEADER_LEN + payload_len);
+                buf.advance(n);
             }
         }
         wake.drain(..).for_each(Waker::wake);
         for id in opened.drain(..) {
             on_open(LinkStream::new(shared.clone(), id));
+        }
+        if stopped_early {
+            continue;
         }
         if buf.capacity() - buf.len() < MAX_PAYLOAD + HEADER_LEN {
             buf.reserve(64 * 1024);
@@ -493,6 +512,23 @@ where
     }
 }
 
+/// Ready once fewer than [`OUT_CAP`] bytes wait for the socket (or the link died).
+async fn replies_drained(shared: &Arc<Shared>) {
+    poll_fn(|cx| {
+        let mut inner = shared.lock();
+        if inner.dead || inner.out.len() < OUT_CAP {
+            inner.paused_since = None;
+            return Poll::Ready(());
+        }
+        if inner.paused_since.is_none() {
+            inner.paused_since = Some(Instant::now());
+        }
+        inner.reader = Some(cx.waker().clone());
+        Poll::Pending
+    })
+    .await;
+}
+
 /// Pings a quiet link; fails once it has been silent for three [`KEEPALIVE`]s.
 async fn keepalive(shared: &Arc<Shared>) -> io::Result<()> {
     let mut tick = tokio::time::interval(KEEPALIVE);
@@ -500,8 +536,17 @@ async fn keepalive(shared: &Arc<Shared>) -> io::Result<()> {
     loop {
         tick.tick().await;
         let mut inner = shared.lock();
+        if inner
+            .paused_since
+            .is_some_and(|t| t.elapsed() >= 3 * KEEPALIVE)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer stopped reading the link",
+            ));
+        }
         let quiet = inner.last_rx.map_or(Duration::ZERO, |t| t.elapsed());
-        if quiet >= 3 * KEEPALIVE {
+        if quiet >= 3 * KEEPALIVE && inner.paused_since.is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the link went silent",
@@ -536,6 +581,7 @@ async fn write_loop(shared: &Arc<Shared>, mut wr: OwnedWriteHalf) -> io::Result<
                 return Poll::Ready(false);
             }
             std::mem::swap(&mut inner.out, &mut batch);
+            wake.extend(inner.reader.take());
             let Inner {
                 waiting, streams, ..
             } = &mut *inner;

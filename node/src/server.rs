@@ -220,6 +220,9 @@ pub async fn serve(
         shared.config.max_connections + HTTP_HEADROOM,
     ));
     info!(addr = ?listener.local_addr().ok(), node = %shared.node_id, "node listening");
+    if shared.config.link_secret.is_none() {
+        info!("no --link-secret set: links (/link) are taken from loopback peers only");
+    }
     let accept = accept_loop(&listener, &shared, &permits, &tracker);
     tokio::select! {
         _ = accept => {}

@@ -1,6 +1,7 @@
-//! The node's end of a gateway link: a bad link request gets a clear 400, a bad upgrade on one
-//! stream gets its own 400 while the link keeps serving the others, and the link closes once
-//! the node has drained.
+//! The node's end of a gateway link: only a gateway with the link secret (or, without one, on
+//! loopback) gets a link, a bad link request gets a clear 400, a bad upgrade on one stream gets
+//! its own 400 while the link keeps serving the others, and the link closes once the node has
+//! drained.
 
 use std::time::Duration;
 
@@ -110,4 +111,88 @@ async fn the_link_closes_once_the_node_has_drained() {
         .unwrap()
         .ok();
     assert!(!link.is_usable());
+}
+
+/// The answer head to a `/link` request from `from` to `to`, with `extra` header lines.
+async fn link_answer(to: std::net::SocketAddr, extra: &str) -> String {
+    let mut sock = TcpStream::connect(to).await.unwrap();
+    let head = format!(
+        "GET /link HTTP/1.1\r\nHost: n\r\nUpgrade: ringcast-link\r\nConnection: Upgrade\r\n{extra}\r\n"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match sock.read(&mut buf).await {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        // A refusal's body follows its head.
+        if !got.starts_with(b"HTTP/1.1 101") {
+            let _ = sock.read_to_end(&mut got).await;
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn a_link_needs_the_secret_when_one_is_set() {
+    let mut config = Config::for_tests();
+    config.link_secret = Some("node-tests-link-secret-0123".parse().unwrap());
+    let node = TestNode::start(config).await;
+    for extra in [
+        "",
+        "Authorization: Bearer wrong-secret-of-some-length\r\n",
+        "Authorization: Bearer node-tests-link-secret-012\r\n",
+    ] {
+        let answer = link_answer(node.addr, extra).await;
+        assert!(answer.starts_with("HTTP/1.1 401 "), "{extra:?}: {answer}");
+        assert!(answer.contains("link_unauthorized"), "{answer}");
+    }
+    let answer = link_answer(
+        node.addr,
+        "Authorization: Bearer node-tests-link-secret-0123\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+    // Ordinary clients need no secret.
+    let (_c, _) = ringcast_testkit::Client::connect_welcomed(&node.ws_url("a")).await;
+}
+
+/// An address of this host that is not loopback, if it has one.
+fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    // Connecting a UDP socket sends nothing; it only picks the outgoing interface.
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("10.255.255.255:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[tokio::test]
+async fn without_a_secret_only_loopback_peers_get_a_link() {
+    let Some(ip) = non_loopback_ip() else {
+        eprintln!("skipped: this host has no address but loopback");
+        return;
+    };
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(ringcast_node::run(listener, Config::for_tests(), stop_rx));
+    let remote = std::net::SocketAddr::new(ip, port);
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    ringcast_testkit::wait_until(Duration::from_secs(5), "the node up", || async move {
+        ringcast_testkit::http_get(local, "/healthz").await.0 == 200
+    })
+    .await;
+    let answer = link_answer(remote, "").await;
+    assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
+    assert!(answer.contains("link_forbidden"), "{answer}");
+    let answer = link_answer(local, "").await;
+    assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+    // A client from the same remote address is served as ever.
+    let url = ringcast_testkit::ws_url(remote, "remote");
+    let (_c, _) = ringcast_testkit::Client::connect_welcomed(&url).await;
 }

@@ -8,3 +8,5 @@
 mod auth;
 #[path = "../support/mod.rs"]
 mod support;
+
+mod links;

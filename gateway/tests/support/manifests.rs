@@ -169,7 +169,11 @@ pub fn compose_launches() -> Vec<Launch> {
         let env = svc
             .get("environment")
             .and_then(Value::as_mapping)
-            .map(|m| m.iter().map(|(k, v)| (scalar(k), scalar(v))).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (scalar(k), interpolate(&scalar(v))))
+                    .collect()
+            })
             .unwrap_or_default();
         launches.push(Launch {
             origin: format!("compose service {}", scalar(name)),
@@ -211,6 +215,10 @@ pub fn k8s_launches() -> Vec<Launch> {
         .iter()
         .filter(|d| d["kind"].as_str() == Some("ConfigMap"))
         .collect();
+    let secrets: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"].as_str() == Some("Secret"))
+        .collect();
     let mut launches = Vec::new();
     for (name, workload) in k8s_workloads() {
         let containers = workload["spec"]["template"]["spec"]["containers"]
@@ -235,10 +243,19 @@ pub fn k8s_launches() -> Vec<Launch> {
             }
             for e in c["env"].as_sequence().into_iter().flatten() {
                 let key = scalar(&e["name"]);
+                let secret_ref = &e["valueFrom"]["secretKeyRef"];
                 let value = match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
                     Some("status.podIP") => "10.1.2.3".to_owned(),
                     Some("metadata.name") => format!("{name}-0"),
                     Some(other) => panic!("{name}: unexpected fieldRef {other}"),
+                    None if secret_ref.is_mapping() => {
+                        let (s, k) = (scalar(&secret_ref["name"]), scalar(&secret_ref["key"]));
+                        let secret = secrets
+                            .iter()
+                            .find(|d| scalar(&d["metadata"]["name"]) == s)
+                            .unwrap_or_else(|| panic!("{name}: Secret {s} not in the base"));
+                        scalar(&secret["stringData"][k.as_str()])
+                    }
                     None => expand(&scalar(&e["value"]), &env),
                 };
                 env.push((key, value));
@@ -254,6 +271,18 @@ pub fn k8s_launches() -> Vec<Launch> {
         }
     }
     launches
+}
+
+/// Expands `${VAR:-default}` as docker compose does with `VAR` unset.
+fn interpolate(value: &str) -> String {
+    match value
+        .strip_prefix("${")
+        .and_then(|v| v.strip_suffix('}'))
+        .and_then(|v| v.split_once(":-"))
+    {
+        Some((_, default)) => default.to_owned(),
+        None => value.to_owned(),
+    }
 }
 
 /// Expands `$(VAR)` from the variables defined before, as Kubernetes does.

@@ -294,6 +294,26 @@ impl Drop for LinkStream {
 }
 
 impl LinkStream {
+    /// Refuses the stream the peer just opened: `reply` (at most [`MAX_PAYLOAD`] bytes, say an
+    /// HTTP 503) is its only bytes, then it closes. Takes no wait and no task; the reply counts
+    /// against the link's outgoing bytes like any other, which the accepting end's reader keeps
+    /// bounded.
+    pub fn refuse(self, reply: &[u8]) {
+        let mut guard = self.shared.lock();
+        let inner = &mut *guard;
+        if let Some(slot) = inner.streams.remove(&self.id) {
+            if !slot.peer_closed && !inner.dead {
+                if !reply.is_empty() && reply.len() <= slot.credit.min(MAX_PAYLOAD) {
+                    let len = reply.len() as u32;
+                    push_frame(&mut inner.out, &mut inner.writer, DATA, self.id, len, reply);
+                }
+                let full = super::frame::CloseReason::Full.code();
+                push_frame(&mut inner.out, &mut inner.writer, CLOSE, self.id, full, &[]);
+            }
+        }
+        // Gone from the table, so dropping it sends nothing more.
+    }
+
     /// A handle that hands whole frames to this stream without waiting (it does not keep the
     /// stream open).
     pub fn sender(&self) -> LinkSender {

@@ -429,3 +429,60 @@ async fn spares_are_whole_buffers_of_bounded_size_when_reads_take_part_of_a_burs
         "spare sizes {sizes:?}"
     );
 }
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::super::frame::{decode, encode};
+    use super::super::*;
+
+    fn arb_frame() -> impl Strategy<Value = (u8, u32, u32, Vec<u8>)> {
+        // Kinds past the known ones too, few stream ids so frames meet the same streams.
+        (
+            0u8..=8,
+            0u32..6,
+            any::<u32>(),
+            prop::collection::vec(any::<u8>(), 0..2048),
+        )
+            .prop_map(|(kind, stream, len, payload)| match kind {
+                OPEN | DATA => (kind, stream, payload.len() as u32, payload),
+                _ => (kind, stream, len, Vec::new()),
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever a peer sends, applying it never panics, holds no more streams than allowed
+        /// and no stream more unread bytes than its window; a frame that breaks the protocol is
+        /// an error (the link closes with it), never a crash.
+        #[test]
+        fn any_frames_leave_the_acceptor_within_its_bounds(
+            frames in prop::collection::vec(arb_frame(), 0..64),
+            garbage in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut wire = Vec::new();
+            for (kind, stream, len, payload) in &frames {
+                encode(&mut wire, *kind, *stream, *len, payload);
+            }
+            wire.extend_from_slice(&garbage);
+            let mut inner = Inner { max_streams: 3, next_id: 1, ..Inner::default() };
+            let mut wake = Vec::new();
+            let mut at = 0;
+            while let Ok(Some((f, n))) = decode(&wire[at..]) {
+                at += n;
+                if inner
+                    .receive(Role::Acceptor, f.kind, f.stream, f.len, f.payload, &mut wake)
+                    .is_err()
+                {
+                    break;
+                }
+                prop_assert!(inner.streams.len() <= 3);
+                for slot in inner.streams.values() {
+                    prop_assert!(slot.rx.len() <= WINDOW);
+                    prop_assert!(slot.credit <= WINDOW);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The shared secret a gateway presents to open a link, and the node's check of it.
+//!
+//! A link carries many clients and is trusted to say where their upgrades come from, so a node
+//! takes links only from gateways that know the secret both are configured with
+//! (`--link-secret`). Without one, a node takes links from loopback peers only: the gateway on the
+//! same host. The secret travels as `Authorization: Bearer <secret>` in the `/link` upgrade and is
+//! compared in constant time; it is never logged (its `Debug` is redacted).
+
+use std::net::SocketAddr;
+
+use hyper::header::{self, HeaderMap};
+
+/// The secret that authenticates links; at least [`LinkSecret::MIN_LEN`] bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LinkSecret(String);
+
+impl std::fmt::Debug for LinkSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkSecret(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for LinkSecret {
+    type Err = String;
+
+    /// A secret of at least [`LinkSecret::MIN_LEN`] bytes that fits in a header value.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() < Self::MIN_LEN {
+            return Err(format!(
+                "a link secret has at least {} bytes",
+                Self::MIN_LEN
+            ));
+        }
+        if !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("a link secret is printable ASCII without spaces".into());
+        }
+        Ok(LinkSecret(s.to_owned()))
+    }
+}
+
+impl LinkSecret {
+    /// Shortest secret accepted.
+    pub const MIN_LEN: usize = 16;
+
+    /// The `Authorization` header line that presents it, CRLF-terminated.
+    pub fn header_line(&self) -> String {
+        format!("Authorization: Bearer {}\r\n", self.0)
+    }
+
+    /// Whether `headers` present this secret (compared in constant time).
+    pub fn presented_in(&self, headers: &HeaderMap) -> bool {
+        let Some(given) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        else {
+            return false;
+        };
+        constant_time_eq(given, self.0.as_bytes())
+    }
+}
+
+/// Whether `a` and `b` are equal, in a time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Why a link request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A secret is configured and the request did not present it (401 `link_unauthorized`).
+    Unauthorized,
+    /// No secret is configured and the peer is not on loopback (403 `link_forbidden`).
+    NotLoopback,
+}
+
+/// Whether a link request from `peer` with `headers` may open, given the node's `secret`.
+pub fn admit(
+    secret: Option<&LinkSecret>,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<(), Refusal> {
+    match secret {
+        Some(secret) if secret.presented_in(headers) => Ok(()),
+        Some(_) => Err(Refusal::Unauthorized),
+        None if peer.ip().is_loopback() || is_mapped_loopback(peer) => Ok(()),
+        None => Err(Refusal::NotLoopback),
+    }
+}
+
+/// `::ffff:127.x.y.z`, a loopback peer on a dual-stack socket.
+fn is_mapped_loopback(peer: SocketAddr) -> bool {
+    match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        std::net::IpAddr::V4(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn with_auth(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn only_the_exact_secret_opens_a_link_and_none_means_loopback_only() {
+        let secret: LinkSecret = "0123456789abcdef-secret".parse().unwrap();
+        let remote: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        let right = with_auth("Bearer 0123456789abcdef-secret");
+        assert_eq!(admit(Some(&secret), &right, remote), Ok(()));
+        for wrong in [
+            "Bearer 0123456789abcdef-secreT",
+            "Bearer 0123456789abcdef-secret ",
+            "Bearer 0123456789abcdef",
+            "0123456789abcdef-secret",
+        ] {
+            assert_eq!(
+                admit(Some(&secret), &with_auth(wrong), local),
+                Err(Refusal::Unauthorized),
+                "{wrong}"
+            );
+        }
+        assert_eq!(
+            admit(Some(&secret), &HeaderMap::new(), local),
+            Err(Refusal::Unauthorized)
+        );
+        assert_eq!(admit(None, &HeaderMap::new(), local), Ok(()));
+        assert_eq!(admit(None, &HeaderMap::new(), mapped), Ok(()));
+        assert_eq!(
+            admit(None, &right, remote),
+            Err(Refusal::NotLoopback),
+            "a secret nobody configured opens nothing"
+        );
+    }
+
+    #[test]
+    fn a_short_or_unprintable_secret_is_refused_and_never_printed() {
+        assert!("short".parse::<LinkSecret>().is_err());
+        assert!("0123456789abcdef 0123".parse::<LinkSecret>().is_err());
+        let s: LinkSecret = "0123456789abcdef".parse().unwrap();
+        assert!(!format!("{s:?}").contains("0123"));
+    }
+}
