@@ -5,8 +5,8 @@
 //! attacker or the unlucky client sees (HTTP status, close code, error event) and that an
 //! ordinary client on the same servers keeps being served.
 
-mod auth;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod auth;
 mod links;
