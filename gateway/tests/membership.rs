@@ -101,12 +101,18 @@ async fn a_node_joins_within_2s_and_leaves_at_once_when_it_deregisters() {
         || async { member_ids(&gw).await.is_empty() },
     )
     .await;
-    assert_eq!(
-        redis
-            .cli(&["KEYS", "ringcast:node:*"])
-            .map(|s| s.trim().to_owned()),
-        Some(String::new())
-    );
+    // Nothing left behind: not in the index, not under the key older gateways read.
+    for args in [
+        &["ZCARD", "{ringcast:nodes}"][..],
+        &["HLEN", "{ringcast:nodes}:addrs"],
+        &["EXISTS", "ringcast:node:dyn-1"],
+    ] {
+        assert_eq!(
+            redis.cli(args).map(|s| s.trim().to_owned()).as_deref(),
+            Some("0"),
+            "{args:?}"
+        );
+    }
     let _ = node.task.await;
 }
 
@@ -129,9 +135,24 @@ async fn a_node_that_stops_heartbeating_is_dropped_once_its_ttl_lapses() {
         member_ids(&gw).await == ["dyn-steady"]
     })
     .await;
-    // The other node stays, heartbeat after heartbeat.
+    // The other node stays, heartbeat after heartbeat, and its heartbeats prune the lapsed
+    // lease from the index.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(member_ids(&gw).await, ["dyn-steady"]);
+    assert_eq!(
+        redis
+            .cli(&["ZRANGE", "{ringcast:nodes}", "0", "-1"])
+            .map(|s| s.trim().to_owned())
+            .as_deref(),
+        Some("dyn-steady")
+    );
+    assert_eq!(
+        redis
+            .cli(&["HKEYS", "{ringcast:nodes}:addrs"])
+            .map(|s| s.trim().to_owned())
+            .as_deref(),
+        Some("dyn-steady")
+    );
     let _ = steady.shutdown_tx.send(true);
     let _ = steady.task.await;
 }
@@ -157,7 +178,7 @@ async fn losing_redis_keeps_the_known_nodes_and_both_sides_recover() {
     redis.restart();
     wait_until(Duration::from_secs(3), "dyn-r registered again", || async {
         redis
-            .cli(&["GET", "ringcast:node:dyn-r"])
+            .cli(&["HGET", "{ringcast:nodes}:addrs", "dyn-r"])
             .is_some_and(|v| v.trim() == node.addr.to_string())
     })
     .await;
@@ -212,5 +233,56 @@ async fn a_registered_weight_sets_the_nodes_share_of_clients() {
     for node in [heavy, light] {
         let _ = node.shutdown_tx.send(true);
         let _ = node.task.await;
+    }
+}
+
+/// Writes `count` keys that have nothing to do with ringcast into `redis`, as a shared Redis
+/// holds (pipelined MSET batches of 10 000 keys: a few hundred milliseconds for 300 000).
+async fn fill_with_unrelated_keys(redis: &RedisServer, count: usize) {
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis");
+    let batch = 10_000;
+    for start in (0..count).step_by(batch) {
+        let mut mset = redis::cmd("MSET");
+        for i in start..(start + batch).min(count) {
+            mset.arg(format!("other-app:session:{i}")).arg("x");
+        }
+        let () = mset.query_async(&mut conn).await.expect("MSET");
+    }
+    let size: usize = redis::cmd("DBSIZE")
+        .query_async(&mut conn)
+        .await
+        .expect("DBSIZE");
+    assert!(size >= count, "only {size} keys written");
+}
+
+#[tokio::test]
+async fn a_shared_redis_full_of_other_keys_keeps_every_registered_node() {
+    let redis = RedisServer::start();
+    fill_with_unrelated_keys(&redis, 300_000).await;
+    let gw = TestGateway::start(&["--redis-url", &redis.url()]).await;
+    let node = start_registered("dyn-crowded", &redis, &[]).await;
+    // A second, later node too: the registry must list every node, not a lucky first page.
+    let late = start_registered("dyn-crowded-2", &redis, &[]).await;
+    wait_until(
+        Duration::from_secs(5),
+        "both nodes added beside 300 000 unrelated keys",
+        || async { gw.healthy_ids().await == ["dyn-crowded", "dyn-crowded-2"] },
+    )
+    .await;
+    // And they stay, poll after poll (500 ms each).
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(member_ids(&gw).await, ["dyn-crowded", "dyn-crowded-2"]);
+    }
+    let (mut c, _) = Client::connect_welcomed(&gw.ws_url("in-a-crowd")).await;
+    c.send_json(json!({"type":"ping"})).await;
+    c.recv_event("pong").await;
+    for n in [node, late] {
+        let _ = n.shutdown_tx.send(true);
+        let _ = n.task.await;
     }
 }
