@@ -1,6 +1,6 @@
 //! Reading an HTTP/1.1 request head and writing an answer without hyper, for connections that
-//! open with `GET /ws` and so make exactly one request (node: `http.rs`; gateway: `direct.rs`),
-//! and telling those connections apart by their first bytes ([`peek_opening`]).
+//! open with `GET /ws` and so make exactly one request (node: `http.rs`; gateway: `direct.rs`;
+//! those connections are told apart by `crate::detect`).
 //!
 //! The head is parsed with `httparse`, hyper's own parser, under the limits hyper applies: the
 //! caller's timeout, a size limit (431 past it) and at most [`MAX_HEADERS`] headers. Every
@@ -8,63 +8,16 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use http_body_util::BodyExt;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::http::Body;
 
 /// Most request headers parsed (hyper's limit).
 pub const MAX_HEADERS: usize = 100;
-
-/// What a new connection opens with, judged from its first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Opening {
-    /// The HTTP/2 prior-knowledge preface, which an HTTP/1.1 server cannot serve.
-    Http2Preface,
-    /// `GET /ws`: most likely a WebSocket upgrade.
-    WsUpgrade,
-    /// `GET /link`: a gateway asking for a link (see `crate::link`).
-    Link,
-    /// Anything else.
-    Other,
-}
-
-/// Peeks at the first bytes of `stream` (hyper still reads every one of them) and says what
-/// the connection opens with; `None` if it closed or failed first. Waits while only a prefix
-/// of the HTTP/2 preface has arrived, so callers bound it with a timeout.
-pub async fn peek_opening(stream: &TcpStream) -> Option<Opening> {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
-    let mut buf = [0u8; 14];
-    loop {
-        let n = stream.peek(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        let seen = &buf[..n];
-        if !PREFACE.starts_with(&seen[..n.min(PREFACE.len())]) {
-            return Some(opening_of(seen));
-        }
-        if n >= PREFACE.len() {
-            return Some(Opening::Http2Preface);
-        }
-        // A prefix of the preface arrived; wait for more (bounded by the caller's timeout).
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// What bytes that are not the HTTP/2 preface open: `GET /ws` followed by `?` or a space is an
-/// upgrade attempt; fewer bytes than that, or anything else, is not.
-fn opening_of(seen: &[u8]) -> Opening {
-    match seen.get(..8) {
-        Some(b"GET /ws?") | Some(b"GET /ws ") => Opening::WsUpgrade,
-        _ if seen.starts_with(b"GET /link ") => Opening::Link,
-        _ => Opening::Other,
-    }
-}
 
 /// Why no request head came.
 #[derive(Debug, PartialEq)]
@@ -82,18 +35,37 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
     limit: usize,
 ) -> Result<(Request<()>, Bytes), HeadError> {
-    let mut buf = BytesMut::with_capacity(1024);
+    read_head_after(stream, Vec::new(), limit).await
+}
+
+/// Reads the request head whose first bytes, `buf`, were already read (by `crate::detect`);
+/// returns it and the bytes read past it. The buffer never holds more than `limit` bytes: a
+/// head that has not ended by then is [`HeadError::TooLarge`].
+pub async fn read_head_after<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    mut buf: Vec<u8>,
+    limit: usize,
+) -> Result<(Request<()>, Bytes), HeadError> {
+    let limit = limit.max(1);
     loop {
-        match stream.read_buf(&mut buf).await {
+        if !buf.is_empty() {
+            if let Some((req, len)) = parse_head(&buf, limit)? {
+                let rest = Bytes::from(buf).slice(len..);
+                return Ok((req, rest));
+            }
+            if buf.len() >= limit {
+                return Err(HeadError::TooLarge);
+            }
+        }
+        if buf.len() == buf.capacity() {
+            // Doubling from 1 KiB, never past `limit` (so `want > len` here).
+            let want = (buf.capacity() * 2).max(1024).min(limit);
+            buf.reserve_exact(want - buf.len());
+        }
+        let room = buf.capacity().min(limit) - buf.len();
+        match stream.read_buf(&mut (&mut buf).limit(room)).await {
             Ok(n) if n > 0 => {}
             _ => return Err(HeadError::Closed),
-        }
-        if let Some((req, len)) = parse_head(&buf, limit)? {
-            let rest = buf.split_off(len);
-            return Ok((req, rest.freeze()));
-        }
-        if buf.len() >= limit {
-            return Err(HeadError::TooLarge);
         }
     }
 }
@@ -191,42 +163,6 @@ pub async fn answer<S: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
-
-    #[test]
-    fn only_get_ws_is_an_upgrade_attempt() {
-        assert_eq!(opening_of(b"GET /ws?client_id=a"), Opening::WsUpgrade);
-        assert_eq!(opening_of(b"GET /ws HTTP/1.1\r\n"), Opening::WsUpgrade);
-        assert_eq!(opening_of(b"GET /wsx HTTP/1.1"), Opening::Other);
-        assert_eq!(opening_of(b"GET /stats HTTP"), Opening::Other);
-        assert_eq!(opening_of(b"POST /ws HTTP"), Opening::Other);
-        assert_eq!(opening_of(b"GET /w"), Opening::Other);
-        assert_eq!(opening_of(b"GET /link HTTP/1.1"), Opening::Link);
-        assert_eq!(opening_of(b"GET /linkage HTTP"), Opening::Other);
-    }
-
-    #[tokio::test]
-    async fn peek_leaves_the_bytes_and_spots_the_preface() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        for (sent, want) in [
-            (&b"GET /ws?client_id=a HTTP/1.1\r\n"[..], Opening::WsUpgrade),
-            (b"GET /metrics HTTP/1.1\r\n", Opening::Other),
-            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Opening::Http2Preface),
-        ] {
-            let mut client = TcpStream::connect(addr).await.unwrap();
-            client.write_all(sent).await.unwrap();
-            let (mut server, _) = listener.accept().await.unwrap();
-            assert_eq!(peek_opening(&server).await, Some(want));
-            let mut got = vec![0u8; sent.len()];
-            server.read_exact(&mut got).await.unwrap();
-            assert_eq!(got, sent, "peeking consumed nothing");
-        }
-        let client = TcpStream::connect(addr).await.unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        drop(client);
-        assert_eq!(peek_opening(&server).await, None);
-    }
 
     #[test]
     fn a_head_parses_into_a_request_and_keeps_its_length() {
