@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
-use ringcast_node::head::{self, push_response_head, read_head_after, HeadError};
+use ringcast_node::head::{self, push_response_head, read_head_after, HeadError, HeadLimits};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -36,8 +36,8 @@ pub async fn serve(
     deadline: tokio::time::Instant,
 ) {
     let proxy = &http.proxy;
-    let limit = http.max_header_bytes.max(8192);
-    let read = read_head_after(&mut stream, prefix, limit);
+    let limits = HeadLimits::client(http.max_header_bytes);
+    let read = read_head_after(&mut stream, prefix, limits);
     let head = tokio::time::timeout_at(deadline, read).await;
     let (req, client_early) = match head {
         Ok(Ok(parsed)) => parsed,

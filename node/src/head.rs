@@ -16,8 +16,49 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::http::Body;
 
-/// Most request headers parsed (hyper's limit).
+/// Most request headers a client may send, to a gateway or a node (hyper's limit).
 pub const MAX_HEADERS: usize = 100;
+
+/// Largest request head a client may send, to a gateway or a node (a gateway's
+/// `--max-header-bytes` is at most this).
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Headers a node accepts beyond [`MAX_HEADERS`]: room for what a gateway adds to the heads it
+/// forwards (`X-Forwarded-For`, `Via`), so a head a gateway accepts is one its node accepts.
+pub const FORWARDING_HEADERS: usize = 4;
+
+/// Bytes a node accepts beyond [`MAX_HEAD_BYTES`], for the same reason (a gateway adds under
+/// 100 bytes).
+pub const FORWARDING_BYTES: usize = 1024;
+
+/// The limits one request head is read under (431 past either).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Most bytes, request line to blank line.
+    pub bytes: usize,
+    /// Most header lines.
+    pub headers: usize,
+}
+
+impl HeadLimits {
+    /// What a node accepts: a client's limits plus the room a gateway needs to forward them.
+    pub const NODE: HeadLimits = HeadLimits {
+        bytes: MAX_HEAD_BYTES + FORWARDING_BYTES,
+        headers: MAX_HEADERS + FORWARDING_HEADERS,
+    };
+
+    /// A client's head at a gateway: at most `bytes` (itself at most [`MAX_HEAD_BYTES`]) and
+    /// [`MAX_HEADERS`] headers.
+    pub fn client(bytes: usize) -> Self {
+        HeadLimits {
+            bytes: bytes.min(MAX_HEAD_BYTES),
+            headers: MAX_HEADERS,
+        }
+    }
+}
+
+/// Header slots on the stack: the most any [`HeadLimits`] allows.
+const SLOTS: usize = MAX_HEADERS + FORWARDING_HEADERS;
 
 /// Why no request head came.
 #[derive(Debug, PartialEq)]
@@ -33,23 +74,23 @@ pub enum HeadError {
 /// Reads the request head; returns it and the bytes read past it.
 pub async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
-    limit: usize,
+    limits: HeadLimits,
 ) -> Result<(Request<()>, Bytes), HeadError> {
-    read_head_after(stream, Vec::new(), limit).await
+    read_head_after(stream, Vec::new(), limits).await
 }
 
 /// Reads the request head whose first bytes, `buf`, were already read (by `crate::detect`);
-/// returns it and the bytes read past it. The buffer never holds more than `limit` bytes: a
+/// returns it and the bytes read past it. The buffer never holds more than `limits.bytes`: a
 /// head that has not ended by then is [`HeadError::TooLarge`].
 pub async fn read_head_after<S: AsyncRead + Unpin>(
     stream: &mut S,
     mut buf: Vec<u8>,
-    limit: usize,
+    limits: HeadLimits,
 ) -> Result<(Request<()>, Bytes), HeadError> {
-    let limit = limit.max(1);
+    let limit = limits.bytes.max(1);
     loop {
         if !buf.is_empty() {
-            if let Some((req, len)) = parse_head(&buf, limit)? {
+            if let Some((req, len)) = parse_head(&buf, limits)? {
                 let rest = Bytes::from(buf).slice(len..);
                 return Ok((req, rest));
             }
@@ -71,16 +112,16 @@ pub async fn read_head_after<S: AsyncRead + Unpin>(
 }
 
 /// The request head at the start of `buf`, with its length; `None` while it is incomplete.
-fn parse_head(buf: &[u8], limit: usize) -> Result<Option<(Request<()>, usize)>, HeadError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut slots);
+fn parse_head(buf: &[u8], limits: HeadLimits) -> Result<Option<(Request<()>, usize)>, HeadError> {
+    let mut slots = [httparse::EMPTY_HEADER; SLOTS];
+    let mut parsed = httparse::Request::new(&mut slots[..limits.headers.min(SLOTS)]);
     let len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(_) => return Err(HeadError::Invalid("malformed request head")),
     };
-    if len > limit {
+    if len > limits.bytes {
         return Err(HeadError::TooLarge);
     }
     let mut req = Request::new(());
@@ -167,12 +208,12 @@ mod tests {
     #[test]
     fn a_head_parses_into_a_request_and_keeps_its_length() {
         let raw = b"GET /ws?client_id=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n\x81\x00";
-        let (req, len) = parse_head(raw, 8192).unwrap().unwrap();
+        let (req, len) = parse_head(raw, HeadLimits::NODE).unwrap().unwrap();
         assert_eq!(req.uri().query(), Some("client_id=a"));
         assert_eq!(req.version(), Version::HTTP_11);
         assert_eq!(req.headers()["upgrade"], "websocket");
         assert_eq!(&raw[len..], b"\x81\x00");
-        assert!(parse_head(&raw[..20], 8192).unwrap().is_none());
+        assert!(parse_head(&raw[..20], HeadLimits::NODE).unwrap().is_none());
     }
 
     #[test]
@@ -190,12 +231,12 @@ mod tests {
     #[test]
     fn garbage_and_oversized_heads_are_refused() {
         assert_eq!(
-            parse_head(b"GET /ws HTTP/9\r\n\r\n", 8192).unwrap_err(),
+            parse_head(b"GET /ws HTTP/9\r\n\r\n", HeadLimits::NODE).unwrap_err(),
             HeadError::Invalid("malformed request head")
         );
         let long = format!("GET /ws HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(100));
         assert_eq!(
-            parse_head(long.as_bytes(), 64).unwrap_err(),
+            parse_head(long.as_bytes(), HeadLimits::client(64)).unwrap_err(),
             HeadError::TooLarge
         );
     }

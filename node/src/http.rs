@@ -24,7 +24,7 @@ use tracing::debug;
 use crate::auth::Identity;
 use crate::cork::{self, Uncork};
 use crate::detect::{detect, Opening, Prefixed};
-use crate::head::{self, push_response_head, read_head_after, HeadError};
+use crate::head::{self, push_response_head, read_head_after, HeadError, HeadLimits};
 use crate::link::{self, Link, LinkStream};
 use crate::server::{SessionSlot, Shared};
 use crate::session::serve;
@@ -34,8 +34,9 @@ use crate::upgrade;
 /// The body of every response the node (and the gateway) writes itself.
 pub type Body = Full<Bytes>;
 
-/// Largest request head accepted, on the direct path and through hyper alike (431 past it).
-const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Largest request head accepted, on the direct path and through hyper alike (431 past it):
+/// a client's limit plus the room a gateway needs to forward a head it accepted.
+const MAX_HEAD_BYTES: usize = HeadLimits::NODE.bytes;
 
 /// Serves HTTP/1.1 on one TCP connection, handing upgraded ones to a session.
 pub async fn serve_connection(
@@ -322,7 +323,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&'static str) -> Response<Body>,
 {
-    let read = read_head_after(stream, prefix, MAX_HEAD_BYTES);
+    let read = read_head_after(stream, prefix, HeadLimits::NODE);
     let resp = match tokio::time::timeout_at(deadline, read).await {
         Ok(Ok(parsed)) => return Some(parsed),
         Ok(Err(HeadError::TooLarge)) => json_error(

@@ -4,12 +4,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ringcast_testkit::{http_get, spawn_server, Client};
+use ringcast_testkit::{http_get, spawn_server, Client, TestNode};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::NodeProcess;
+use crate::support::{upgrade_request, NodeProcess, TestGateway};
 
 /// A child process, SIGKILLed by PID and reaped when dropped (a failed assertion included).
 struct Reaped(std::process::Child);
@@ -128,4 +128,84 @@ async fn a_first_byte_of_the_http2_preface_costs_no_wakeups_while_it_waits() {
         Client::connect_welcomed(&format!("ws://{gw_addr}/ws?client_id=after-p")).await;
     c.send_json(json!({"type":"ping"})).await;
     c.recv_event("pong").await;
+}
+
+/// Sends `request` and returns the status of the answer's first line (any answer: a 101 stays
+/// open, so this reads only up to the end of the head).
+async fn status_of(addr: SocketAddr, request: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"))
+}
+
+/// An upgrade for `client_id` with `extra` header lines added, padded by one `X-Pad` header to
+/// exactly `total` bytes when `total` is given.
+fn upgrade_with(addr: SocketAddr, client_id: &str, extra: &str, total: Option<usize>) -> Vec<u8> {
+    let base = upgrade_request(addr, &format!("/ws?client_id={client_id}"));
+    let head = base.replacen("\r\n\r\n", &format!("\r\n{extra}\r\n"), 1);
+    let Some(total) = total else {
+        return head.into_bytes();
+    };
+    let line = "X-Pad: \r\n".len();
+    let pad = "p".repeat(total - head.len() - line);
+    let padded = head.replacen("\r\n\r\n", &format!("\r\nX-Pad: {pad}\r\n\r\n"), 1);
+    assert_eq!(padded.len(), total);
+    padded.into_bytes()
+}
+
+#[tokio::test]
+async fn a_head_the_gateway_accepts_is_one_its_node_accepts() {
+    for transport in ["link", "tcp"] {
+        let mut config = ringcast_node::Config::for_tests();
+        config.node_id = Some("heads".into());
+        let node = TestNode::start(config).await;
+        let spec = format!("heads={}", node.addr);
+        let gw = TestGateway::start(&["--node", &spec, "--node-transport", transport]).await;
+        let addr = gw.addr;
+        // 100 header lines, the most the gateway reads; it adds X-Forwarded-For and Via.
+        let many: String = (0..95).map(|i| format!("X-Pad-{i}: v\r\n")).collect();
+        let status = status_of(addr, &upgrade_with(addr, "many", &many, None)).await;
+        assert_eq!(status, 101, "{transport}: 100 headers");
+        // A head of exactly the gateway's --max-header-bytes (16 KiB), X-Forwarded-For and Via
+        // from the client included, so the gateway's own entries make it longer still.
+        let chain = "X-Forwarded-For: 10.1.2.3, 10.4.5.6\r\nVia: 1.1 corporate-proxy\r\n";
+        let status = status_of(addr, &upgrade_with(addr, "full", chain, Some(16 * 1024))).await;
+        assert_eq!(status, 101, "{transport}: a head of 16 KiB");
+        // Both at once: 94 headers, the padding one and the upgrade's own five.
+        let most: String = (0..94).map(|i| format!("X-Pad-{i}: v\r\n")).collect();
+        let status = status_of(addr, &upgrade_with(addr, "both", &most, Some(16 * 1024))).await;
+        assert_eq!(status, 101, "{transport}: 100 headers in 16 KiB");
+        // One byte or one header more is the gateway's clear 431, and the node never saw it.
+        let refused_before = gw.metric("ringcast_gateway_rejected_upgrades_total").await;
+        let over = upgrade_with(addr, "over", "", Some(16 * 1024 + 1));
+        assert_eq!(status_of(addr, &over).await, 431, "{transport}: 16 KiB + 1");
+        let more: String = (0..96).map(|i| format!("X-Pad-{i}: v\r\n")).collect();
+        let status = status_of(addr, &upgrade_with(addr, "more", &more, None)).await;
+        assert_eq!(status, 431, "{transport}: 101 headers");
+        assert_eq!(
+            gw.metric("ringcast_gateway_rejected_upgrades_total").await,
+            refused_before + 2.0,
+            "{transport}: both refusals are the gateway's"
+        );
+        assert_eq!(
+            node.metric("ringcast_node_upgrades_refused_total").await,
+            0.0
+        );
+        assert_eq!(gw.healthy_ids().await, ["heads"], "{transport}");
+        let (mut c, _) = Client::connect_welcomed(&gw.ws_url("after-heads")).await;
+        c.send_json(json!({"type":"ping"})).await;
+        c.recv_event("pong").await;
+    }
 }
