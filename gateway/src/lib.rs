@@ -96,7 +96,6 @@ pub async fn run(
     let mut background = Vec::new();
     background.push(tokio::spawn(health::run(
         membership.clone(),
-        metrics.clone(),
         config.health_interval(),
         config.health_timeout(),
         via.clone(),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ringcast_node::{Config as NodeConfig, MemoryBroker, NodeError};
-use ringcast_testkit::{http_raw, wait_until, Client, RedisServer};
+use ringcast_testkit::{http_raw, wait_until, Client, RedisServer, TestNode};
 use serde_json::json;
 use support::{upgrade_request, TestGateway};
 use tokio::net::TcpListener;
@@ -285,4 +285,58 @@ async fn a_shared_redis_full_of_other_keys_keeps_every_registered_node() {
         let _ = n.shutdown_tx.send(true);
         let _ = n.task.await;
     }
+}
+
+#[tokio::test]
+async fn the_metrics_of_a_node_that_left_go_with_it() {
+    let redis = RedisServer::start();
+    let gw =
+        TestGateway::start(&["--redis-url", &redis.url(), "--membership-poll-ms", "100"]).await;
+    // One real node behind ten registrations, one after the other, as pods come and go under
+    // new names.
+    let node = TestNode::start(NodeConfig::for_tests()).await;
+    let addr = node.addr.to_string();
+    for i in 0..10 {
+        let id = format!("churn-{i}");
+        // A lease far in the future: only its removal below ends it.
+        redis.cli(&["HSET", "{ringcast:nodes}:addrs", &id, &addr]);
+        redis.cli(&["ZADD", "{ringcast:nodes}", "99999999999999", &id]);
+        wait_until(Duration::from_secs(3), "the registration joins", || async {
+            gw.healthy_ids().await == [id.as_str()]
+        })
+        .await;
+        let (mut c, _) = Client::connect_welcomed(&gw.ws_url(&format!("churner-{i}"))).await;
+        c.send_json(json!({"type":"ping"})).await;
+        c.recv_event("pong").await;
+        c.close().await;
+        let label = format!("node=\"{id}\"");
+        wait_until(Duration::from_secs(3), "its series exist", || async {
+            let (_, text) = gw.get("/metrics").await;
+            [
+                "open_connections",
+                "connections_total",
+                "health_checks_total",
+                "node_up",
+            ]
+            .iter()
+            .all(|m| text.lines().any(|l| l.contains(m) && l.contains(&label)))
+        })
+        .await;
+        redis.cli(&["ZREM", "{ringcast:nodes}", &id]);
+        redis.cli(&["HDEL", "{ringcast:nodes}:addrs", &id]);
+        wait_until(
+            Duration::from_secs(3),
+            "the registration leaves",
+            || async { member_ids(&gw).await.is_empty() },
+        )
+        .await;
+    }
+    // Health checks still in flight when a node left must not bring its series back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, text) = gw.get("/metrics").await;
+    let stale: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("node=\"churn-"))
+        .collect();
+    assert!(stale.is_empty(), "series of departed nodes: {stale:#?}");
 }
