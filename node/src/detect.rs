@@ -229,4 +229,36 @@ mod tests {
         let (left, _) = s.into_parts();
         assert!(left.is_empty());
     }
+
+    mod fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+        use ringcast_testkit::ChunkedReader;
+
+        proptest! {
+            #[test]
+            fn detection_takes_little_and_loses_nothing(
+                bytes in prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..64),
+                    "(PRI \\* HTTP/2.0|GET /ws[? ]|GET /link |GET /)?[ -~]{0,20}".prop_map(String::into_bytes),
+                ],
+                pieces in proptest::collection::vec(0usize..8, 0..8),
+            ) {
+                let mut reader = ChunkedReader::new(bytes.clone(), pieces);
+                let got = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("a current-thread runtime")
+                    .block_on(detect(&mut reader));
+                prop_assert!(reader.taken <= FIRST_READ);
+                match got {
+                    Some((opening, prefix)) => {
+                        prop_assert_eq!(&prefix[..], &bytes[..reader.taken]);
+                        prop_assert_eq!(Some(opening), opening_of(&prefix));
+                    }
+                    // Only when the bytes ran out before they could tell.
+                    None => prop_assert!(opening_of(&bytes).is_none() || bytes.is_empty()),
+                }
+            }
+        }
+    }
 }

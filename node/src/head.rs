@@ -240,4 +240,84 @@ mod tests {
             HeadError::TooLarge
         );
     }
+
+    mod fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+        use ringcast_testkit::ChunkedReader;
+
+        /// Bytes that get past the request line now and then: a plausible head start, then
+        /// anything (header-ish lines, CR/LF, NULs, high bytes), or nothing but noise.
+        fn head_bytes() -> impl Strategy<Value = Vec<u8>> {
+            let line = prop_oneof![
+                Just(b"Host: x\r\n".to_vec()),
+                Just(b"Upgrade: websocket\r\n".to_vec()),
+                Just(b"\r\n".to_vec()),
+                Just(b"\n".to_vec()),
+                "[a-zA-Z-]{1,12}: [ -~]{0,40}\r\n".prop_map(String::into_bytes),
+                proptest::collection::vec(any::<u8>(), 0..64),
+            ];
+            let start = prop_oneof![
+                Just(b"GET /ws?client_id=a HTTP/1.1\r\n".to_vec()),
+                Just(b"GET /ws HTTP/1.0\r\n".to_vec()),
+                Just(Vec::new()),
+            ];
+            (
+                start,
+                proptest::collection::vec(line, 0..400),
+                any::<bool>(),
+            )
+                .prop_map(|(mut head, lines, end)| {
+                    for l in lines {
+                        head.extend_from_slice(&l);
+                    }
+                    if end {
+                        head.extend_from_slice(b"\r\n\r\nearly");
+                    }
+                    head
+                })
+        }
+
+        fn run<F: std::future::Future>(f: F) -> F::Output {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a current-thread runtime")
+                .block_on(f)
+        }
+
+        /// The outcome without the bytes read past the head, which depend on the split.
+        fn outcome(r: &Result<(Request<()>, Bytes), HeadError>) -> String {
+            match r {
+                Ok((req, _)) => format!("{} {} {:?}", req.method(), req.uri(), req.headers()),
+                Err(e) => format!("{e:?}"),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn any_bytes_in_any_split_stay_within_the_limits(
+                bytes in head_bytes(),
+                pieces in proptest::collection::vec(0usize..3000, 0..12),
+                first in 0usize..32,
+                limit in prop_oneof![Just(HeadLimits::NODE), (1usize..20_000).prop_map(HeadLimits::client)],
+            ) {
+                let first = first.min(bytes.len());
+                let prefix = bytes[..first].to_vec();
+                let mut split = ChunkedReader::new(bytes[first..].to_vec(), pieces);
+                let got = run(read_head_after(&mut split, prefix, limit));
+                // Never more taken in than the limit (the buffer holds everything taken).
+                prop_assert!(first + split.taken <= limit.bytes.max(first));
+                if let Ok((req, rest)) = &got {
+                    prop_assert!(req.headers().len() <= limit.headers);
+                    prop_assert!(first + split.taken - rest.len() <= limit.bytes);
+                }
+                // However it was split, the same bytes give the same answer.
+                let mut whole = ChunkedReader::new(bytes.clone(), Vec::new());
+                let once = run(read_head_after(&mut whole, Vec::new(), limit));
+                prop_assert_eq!(outcome(&got), outcome(&once));
+            }
+        }
+    }
 }
