@@ -340,3 +340,40 @@ async fn the_metrics_of_a_node_that_left_go_with_it() {
         .collect();
     assert!(stale.is_empty(), "series of departed nodes: {stale:#?}");
 }
+
+#[tokio::test]
+async fn an_unreadable_index_keeps_the_known_nodes() {
+    let redis = RedisServer::start();
+    let gw = TestGateway::start(&["--redis-url", &redis.url()]).await;
+    let node = start_registered("dyn-kept", &redis, &["--register-interval-ms", "200"]).await;
+    wait_until(Duration::from_secs(2), "dyn-kept added", || async {
+        member_ids(&gw).await == ["dyn-kept"]
+    })
+    .await;
+    // Someone overwrites the index with a string: every read now fails (WRONGTYPE), which
+    // must not read as an empty registry.
+    redis.cli(&["DEL", "{ringcast:nodes}"]);
+    redis.cli(&["SET", "{ringcast:nodes}", "not-a-sorted-set"]);
+    let errors = gw.metric("ringcast_gateway_membership_errors_total").await;
+    wait_until(
+        Duration::from_secs(3),
+        "failed reads are counted",
+        || async { gw.metric("ringcast_gateway_membership_errors_total").await >= errors + 2.0 },
+    )
+    .await;
+    assert_eq!(member_ids(&gw).await, ["dyn-kept"]);
+    let (mut c, _) = Client::connect_welcomed(&gw.ws_url("through-a-bad-index")).await;
+    c.send_json(json!({"type":"ping"})).await;
+    c.recv_event("pong").await;
+    // Repaired: the node's next heartbeat writes its lease again and reads work.
+    redis.cli(&["DEL", "{ringcast:nodes}"]);
+    wait_until(Duration::from_secs(3), "the lease is back", || async {
+        redis
+            .cli(&["ZSCORE", "{ringcast:nodes}", "dyn-kept"])
+            .is_some_and(|v| !v.trim().is_empty())
+    })
+    .await;
+    assert_eq!(member_ids(&gw).await, ["dyn-kept"]);
+    let _ = node.shutdown_tx.send(true);
+    let _ = node.task.await;
+}

@@ -49,8 +49,10 @@ pub fn eval(script: &str, index: &str, addrs: &str) -> redis::Cmd {
 const PRUNE_BATCH: usize = 64;
 
 /// Renews a lease: `KEYS` = [index, addrs], `ARGV` = [id, value, ttl ms, prune batch]. Prunes
-/// up to a batch of lapsed leases first, then writes this node's entry.
+/// up to a batch of lapsed leases first, then writes this node's entry. (Redis before 5 must be
+/// told to replicate the writes rather than the script, which reads the clock.)
 const REGISTER_SCRIPT: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now), 'LIMIT', 0, tonumber(ARGV[4]))
