@@ -3,8 +3,9 @@
 //! those connections are told apart by `crate::detect`).
 //!
 //! The head is parsed with `httparse`, hyper's own parser, under the limits hyper applies: the
-//! caller's timeout, a size limit (431 past it) and at most [`MAX_HEADERS`] headers. Every
-//! answer written here ends the connection.
+//! caller's timeout, a size limit (431 past it) and at most [`MAX_HEADERS`] headers from a
+//! client; a node allows a little more ([`HeadLimits::NODE`]) for what a gateway adds to the
+//! heads it forwards. Every answer written here ends the connection.
 
 use std::time::Duration;
 
