@@ -154,7 +154,8 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
     pub handshake_timeout_secs: u64,
 
-    /// Largest request head in bytes (at least 8192); larger requests are refused.
+    /// Largest request head in bytes (8192 to 16384, what a node accepts from a gateway);
+    /// larger requests are refused with 431.
     #[arg(long, env = "RINGCAST_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
     pub max_header_bytes: usize,
 
@@ -228,6 +229,13 @@ impl Config {
 
     pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms.max(10))
+    }
+
+    /// `--max-header-bytes` within 8192..=16384: a node refuses heads past 16 KiB (plus what
+    /// a gateway adds), so a gateway that accepted more would relay the node's 431.
+    pub(crate) fn max_header_bytes(&self) -> usize {
+        self.max_header_bytes
+            .clamp(8192, ringcast_node::head::MAX_HEAD_BYTES)
     }
 
     pub(crate) fn handshake_timeout(&self) -> Duration {

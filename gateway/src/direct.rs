@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
-use ringcast_node::head::{self, push_response_head, read_head, HeadError};
+use ringcast_node::head::{self, push_response_head, read_head_after, HeadError, HeadLimits};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -25,17 +25,20 @@ use crate::limits::ConnectionPermit;
 use crate::tunnel;
 use crate::upstream::Switched;
 
-/// Serves one connection that opened with `GET /ws`; its head must be in by `deadline`.
+/// Serves one connection that opened with `GET /ws` (`prefix`: its first bytes, already read);
+/// its head must be in by `deadline`.
 pub async fn serve(
     http: Arc<Http>,
     mut stream: TcpStream,
+    prefix: Vec<u8>,
     peer: SocketAddr,
     permit: Option<ConnectionPermit>,
     deadline: tokio::time::Instant,
 ) {
     let proxy = &http.proxy;
-    let limit = http.max_header_bytes.max(8192);
-    let head = tokio::time::timeout_at(deadline, read_head(&mut stream, limit)).await;
+    let limits = HeadLimits::client(http.max_header_bytes);
+    let read = read_head_after(&mut stream, prefix, limits);
+    let head = tokio::time::timeout_at(deadline, read).await;
     let (req, client_early) = match head {
         Ok(Ok(parsed)) => parsed,
         Ok(Err(HeadError::TooLarge)) => {

@@ -1,5 +1,6 @@
 //! Active health checks: GET every member's `/healthz` on an interval and feed the results to
-//! membership, which moves nodes out of and back into the ring past the configured thresholds.
+//! membership, which counts them and moves nodes out of and back into the ring past the
+//! configured thresholds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,14 +13,12 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::membership::Membership;
-use crate::metrics::Metrics;
 
 /// Checks every member every `interval` until `shutdown` turns true. Each check carries the
 /// gateway's `via` entry, so a "node" that is really a gateway answers 508 and is taken out of
 /// the ring like any node that fails its checks.
 pub async fn run(
     membership: Arc<Membership>,
-    metrics: Arc<Metrics>,
     interval: Duration,
     timeout: Duration,
     via: HeaderValue,
@@ -42,10 +41,6 @@ pub async fn run(
         }
         while let Some(done) = checks.join_next().await {
             let Ok((id, addr, ok)) = done else { continue };
-            metrics
-                .health_checks
-                .with_label_values(&[&*id, if ok { "ok" } else { "fail" }])
-                .inc();
             if !ok {
                 debug!(node = %id, %addr, "health check failed");
             }

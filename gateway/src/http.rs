@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::proxy::{PermitSlot, Proxy};
-use ringcast_node::head::{peek_opening, Opening};
+use ringcast_node::detect::{detect, Opening, Prefixed};
 
 /// The response body type of every gateway answer.
 pub use ringcast_node::http::{json, json_error, metrics_text, Body};
@@ -51,14 +51,14 @@ pub async fn serve_connection(
     let mut stream = stream;
     // One deadline for the first bytes and the whole head, as hyper had.
     let deadline = tokio::time::Instant::now() + http.handshake_timeout;
-    match tokio::time::timeout_at(deadline, peek_opening(&stream)).await {
-        Ok(Some(Opening::WsUpgrade)) => {
+    let prefix = match tokio::time::timeout_at(deadline, detect(&mut stream)).await {
+        Ok(Some((Opening::WsUpgrade, prefix))) => {
             let permit = permit.lock().ok().and_then(|mut p| p.take());
-            return crate::direct::serve(http, stream, peer, permit, deadline).await;
+            return crate::direct::serve(http, stream, prefix, peer, permit, deadline).await;
         }
         // A link is for nodes; hyper answers the gateway's 404.
-        Ok(Some(Opening::Other | Opening::Link)) => {}
-        Ok(Some(Opening::Http2Preface)) => {
+        Ok(Some((Opening::Other | Opening::Link, prefix))) => prefix,
+        Ok(Some((Opening::Http2Preface, _))) => {
             // hyper's HTTP/1 server drops a prior-knowledge HTTP/2 connection without a word;
             // tell the client why instead.
             let body = r#"{"error":"bad_upgrade","message":"HTTP/2 is not supported; WebSocket upgrades need HTTP/1.1"}"#;
@@ -74,8 +74,9 @@ pub async fn serve_connection(
             return;
         }
         Ok(None) | Err(_) => return, // closed or silent through the handshake timeout
-    }
-    let io = TokioIo::new(stream);
+    };
+    // hyper reads the detected bytes again first.
+    let io = TokioIo::new(Prefixed::new(prefix, stream));
     let svc_http = http.clone();
     let svc = service_fn(move |req| {
         let http = svc_http.clone();

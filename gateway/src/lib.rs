@@ -96,7 +96,6 @@ pub async fn run(
     let mut background = Vec::new();
     background.push(tokio::spawn(health::run(
         membership.clone(),
-        metrics.clone(),
         config.health_interval(),
         config.health_timeout(),
         via.clone(),
@@ -135,11 +134,18 @@ pub async fn run(
         via,
     });
     let proxy_after = proxy.clone();
+    if config.max_header_bytes != config.max_header_bytes() {
+        tracing::warn!(
+            asked = config.max_header_bytes,
+            used = config.max_header_bytes(),
+            "--max-header-bytes is 8192..=16384 (what a node accepts); using the nearest"
+        );
+    }
     let http = Arc::new(http::Http {
         proxy,
         draining: AtomicBool::new(false),
         handshake_timeout: config.handshake_timeout(),
-        max_header_bytes: config.max_header_bytes,
+        max_header_bytes: config.max_header_bytes(),
     });
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     // The embedded node drains together with the gateway: its clients get 1012 through their

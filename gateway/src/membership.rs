@@ -133,15 +133,21 @@ impl Membership {
         if unchanged {
             return;
         }
+        let mut left = false;
         for (id, _) in &before {
             if !wanted.iter().any(|(w, _, _)| **w == **id) {
                 members.remove(id);
-                self.metrics.node_up.remove_label_values(&[id]).ok();
+                left = true;
                 info!(node = %id, ?source, "node left");
             }
         }
         for (id, addr, weight) in wanted {
             upsert_locked(&mut members, id, addr, *weight, source);
+        }
+        if left {
+            // Under the lock, as every per-node series is written (see `report_check`), so a
+            // check that ends now cannot bring a departed node's series back.
+            self.metrics.forget_departed(|id| members.contains_key(id));
         }
         self.publish(&members);
     }
@@ -154,13 +160,18 @@ impl Membership {
             .collect()
     }
 
-    /// Records an active check's outcome; flips health past the thresholds.
+    /// Records an active check's outcome (and counts it, for a node still a member); flips
+    /// health past the thresholds.
     pub fn report_check(&self, id: &str, addr: &str, ok: bool) {
         let mut members = self.lock();
         let Some(m) = members.get_mut(id) else { return };
         if *m.addr != *addr {
             return; // the member moved while we checked its old address
         }
+        self.metrics
+            .health_checks
+            .with_label_values(&[id, if ok { "ok" } else { "fail" }])
+            .inc();
         let flipped = if ok {
             m.failures = 0;
             m.passes = m.passes.saturating_add(1);

@@ -138,11 +138,42 @@ impl Metrics {
         m
     }
 
+    /// Drops every per-node series (`node` label) of a node `is_member` no longer knows, so
+    /// the series do not pile up as nodes come and go under new names (pods). A sweep rather
+    /// than one node's labels: it also catches a series a straggler (a tunnel that opened as
+    /// its node left) brought back since the last change.
+    pub fn forget_departed(&self, is_member: impl Fn(&str) -> bool) {
+        forget(&self.open_connections, &is_member);
+        forget(&self.connections_total, &is_member);
+        forget(&self.health_checks, &is_member);
+        forget(&self.node_up, &is_member);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Removes the series of `vec` whose `node` label `is_member` rejects.
+fn forget<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    is_member: &impl Fn(&str) -> bool,
+) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: std::collections::HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.get("node").is_some_and(|node| !is_member(node)) {
+                let _ = vec.remove(&labels);
+            }
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
+use ringcast_node::detect::{self, Prefixed};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -116,11 +117,12 @@ impl Proxy {
             };
             // Our listener is plain TCP, so the downcast succeeds; the generic fallback (boxed,
             // so it does not enlarge every tunnel) keeps this correct should that change.
-            match upgraded.downcast::<TokioIo<TcpStream>>() {
+            match upgraded.downcast::<TokioIo<Prefixed<TcpStream>>>() {
                 Ok(parts) => {
+                    let (prefix, client_stream) = parts.io.into_inner().into_parts();
                     let client = tunnel::Client {
-                        stream: parts.io.into_inner(),
-                        early: parts.read_buf,
+                        stream: client_stream,
+                        early: detect::unread(prefix, parts.read_buf),
                     };
                     // A task of its own, so this one's state is gone while the tunnel runs.
                     this.tunnels

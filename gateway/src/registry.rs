@@ -1,17 +1,21 @@
-//! Dynamic membership, gateway side: poll the Redis registry that nodes keep alive with
-//! `--advertise` (keys `{prefix}:node:{id}` = `HOST:PORT` or `HOST:PORT*WEIGHT`, with a TTL)
-//! and mirror it into membership, weights included. A key appears → the node joins within one poll; it expires (no heartbeat) or is
-//! deleted (a draining node deregisters) → the node leaves within one poll.
+//! Dynamic membership, gateway side: poll the Redis registry index that nodes keep leases in
+//! with `--advertise` (see `ringcast_node::registration`: a sorted set of ids scored by lease
+//! expiry and a hash of `HOST:PORT` / `HOST:PORT*WEIGHT` values, both under the hash tag
+//! `{PREFIX:nodes}`) and mirror it into membership, weights included. A lease appears → the
+//! node joins within one poll; it lapses (no heartbeat) or is given up (a draining node
+//! deregisters) → the node leaves within one poll.
 //!
-//! While Redis is unreachable the last known members are kept (health checks still guard them):
-//! losing the registry must not empty the ring.
+//! One poll is one script call that reads only the index — never a scan of the keyspace — so
+//! the other keys of a shared Redis cost nothing and cannot hide a node. While Redis is
+//! unreachable or the read fails, the last known members are kept (health checks still guard
+//! them): a failed read is never taken for an empty registry.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
-use ringcast_node::registration::registry_pattern;
+use ringcast_node::registration::{addrs_key, eval, index_key, READ_SCRIPT};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -41,8 +45,8 @@ pub async fn run(
     let conn_config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
-    let pattern = registry_pattern(&prefix);
-    let key_prefix = pattern.trim_end_matches('*').to_owned();
+    let index = index_key(&prefix);
+    let addrs = addrs_key(&prefix);
     let mut conn: Option<MultiplexedConnection> = None;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -59,7 +63,7 @@ pub async fn run(
                 .ok();
         }
         let result = match conn.as_mut() {
-            Some(c) => read_registry(c, &pattern, &key_prefix).await,
+            Some(c) => read_registry(c, &index, &addrs).await,
             None => Err(redis::RedisError::from((
                 redis::ErrorKind::Io,
                 "cannot connect",
@@ -85,42 +89,26 @@ pub async fn run(
     }
 }
 
+/// Every live lease: (id, addr, weight), at most [`MAX_NODES`].
 async fn read_registry(
     conn: &mut MultiplexedConnection,
-    pattern: &str,
-    key_prefix: &str,
+    index: &str,
+    addrs: &str,
 ) -> redis::RedisResult<Vec<(String, String, usize)>> {
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    // Bounded: at most 64 SCAN round trips per poll.
-    for _ in 0..64 {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(256)
-            .query_async(conn)
-            .await?;
-        keys.extend(batch);
-        cursor = next;
-        if cursor == 0 || keys.len() >= MAX_NODES {
-            break;
-        }
+    let flat: Vec<String> = eval(READ_SCRIPT, index, addrs)
+        .arg(MAX_NODES)
+        .query_async(conn)
+        .await?;
+    if flat.len() / 2 >= MAX_NODES {
+        warn!(
+            max = MAX_NODES,
+            "the node registry holds more live nodes than a gateway reads; the rest are ignored"
+        );
     }
-    keys.sort();
-    keys.dedup();
-    keys.truncate(MAX_NODES);
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(conn).await?;
-    Ok(keys
-        .iter()
-        .zip(values)
-        .filter_map(|(key, addr)| {
-            let id = key.strip_prefix(key_prefix)?;
-            let addr = addr?;
+    Ok(flat
+        .chunks_exact(2)
+        .filter_map(|pair| {
+            let (id, addr) = (&pair[0], &pair[1]);
             // A malformed entry is skipped, never routed to.
             let spec = format!("{id}={addr}")
                 .parse::<crate::config::NodeSpec>()

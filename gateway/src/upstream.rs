@@ -5,12 +5,12 @@
 //! the tunnel. hyper's client spends a connection task, a dispatch channel, an upgrade hand-over
 //! and a header map on that; in a connection storm this was an eighth of the gateway's CPU.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::StatusCode;
 use ringcast_node::head::push_header;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::node_io::NodeIo;
 
@@ -140,14 +140,24 @@ pub async fn exchange(mut stream: NodeIo, head: &[u8]) -> Result<Answer, String>
         .write_all(head)
         .await
         .map_err(|e| format!("sending the upgrade: {e}"))?;
+    let (head, buf) = read_answer_head(&mut stream).await?;
+    Ok(answer(stream, buf, head).await)
+}
+
+/// Reads a node's answer head: it, and the buffer that holds it and whatever came behind it
+/// (never more than [`MAX_HEAD_BYTES`] in all).
+async fn read_answer_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<(Head, BytesMut), String> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
+        let room = MAX_HEAD_BYTES - buf.len();
         let read = stream
-            .read_buf(&mut buf)
+            .read_buf(&mut (&mut buf).limit(room))
             .await
             .map_err(|e| format!("reading the answer: {e}"))?;
         if let Some(head) = parse_head(&buf)? {
-            return Ok(answer(stream, buf, head).await);
+            return Ok((head, buf));
         }
         if read == 0 {
             return Err("the node closed the connection before answering".into());
@@ -406,5 +416,63 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.contains("closed"), "{e}");
+    }
+
+    mod fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+        use ringcast_testkit::ChunkedReader;
+
+        /// A status line now and then, then header-ish lines and noise.
+        fn answer_bytes() -> impl Strategy<Value = Vec<u8>> {
+            let line = prop_oneof![
+                Just(b"upgrade: websocket\r\n".to_vec()),
+                Just(b"content-length: 13\r\n".to_vec()),
+                Just(b"\r\n".to_vec()),
+                "[a-zA-Z-]{1,12}: [ -~]{0,40}\r\n".prop_map(String::into_bytes),
+                proptest::collection::vec(any::<u8>(), 0..64),
+            ];
+            let start = prop_oneof![
+                Just(b"HTTP/1.1 101 Switching Protocols\r\n".to_vec()),
+                Just(b"HTTP/1.1 403 Forbidden\r\n".to_vec()),
+                Just(b"HTTP/1.0 200 OK\r\n".to_vec()),
+                Just(Vec::new()),
+            ];
+            (
+                start,
+                proptest::collection::vec(line, 0..500),
+                any::<bool>(),
+            )
+                .prop_map(|(mut head, lines, end)| {
+                    for l in lines {
+                        head.extend_from_slice(&l);
+                    }
+                    if end {
+                        head.extend_from_slice(b"\r\n\r\n\x81\x02hi");
+                    }
+                    head
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn any_answer_in_any_split_stays_within_the_head_limit(
+                bytes in answer_bytes(),
+                pieces in proptest::collection::vec(0usize..3000, 0..12),
+            ) {
+                let mut split = ChunkedReader::new(bytes, pieces);
+                let got = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("a current-thread runtime")
+                    .block_on(read_answer_head(&mut split));
+                prop_assert!(split.taken <= MAX_HEAD_BYTES);
+                if let Ok((head, buf)) = got {
+                    prop_assert!(head.len <= buf.len() && buf.len() <= MAX_HEAD_BYTES);
+                    prop_assert!(head.headers.len() <= MAX_HEADERS);
+                }
+            }
+        }
     }
 }

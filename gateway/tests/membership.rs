@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ringcast_node::{Config as NodeConfig, MemoryBroker, NodeError};
-use ringcast_testkit::{http_raw, wait_until, Client, RedisServer};
+use ringcast_testkit::{http_raw, wait_until, Client, RedisServer, TestNode};
 use serde_json::json;
 use support::{upgrade_request, TestGateway};
 use tokio::net::TcpListener;
@@ -101,12 +101,18 @@ async fn a_node_joins_within_2s_and_leaves_at_once_when_it_deregisters() {
         || async { member_ids(&gw).await.is_empty() },
     )
     .await;
-    assert_eq!(
-        redis
-            .cli(&["KEYS", "ringcast:node:*"])
-            .map(|s| s.trim().to_owned()),
-        Some(String::new())
-    );
+    // Nothing left behind: not in the index, not under the key older gateways read.
+    for args in [
+        &["ZCARD", "{ringcast:nodes}"][..],
+        &["HLEN", "{ringcast:nodes}:addrs"],
+        &["EXISTS", "ringcast:node:dyn-1"],
+    ] {
+        assert_eq!(
+            redis.cli(args).map(|s| s.trim().to_owned()).as_deref(),
+            Some("0"),
+            "{args:?}"
+        );
+    }
     let _ = node.task.await;
 }
 
@@ -129,9 +135,24 @@ async fn a_node_that_stops_heartbeating_is_dropped_once_its_ttl_lapses() {
         member_ids(&gw).await == ["dyn-steady"]
     })
     .await;
-    // The other node stays, heartbeat after heartbeat.
+    // The other node stays, heartbeat after heartbeat, and its heartbeats prune the lapsed
+    // lease from the index.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(member_ids(&gw).await, ["dyn-steady"]);
+    assert_eq!(
+        redis
+            .cli(&["ZRANGE", "{ringcast:nodes}", "0", "-1"])
+            .map(|s| s.trim().to_owned())
+            .as_deref(),
+        Some("dyn-steady")
+    );
+    assert_eq!(
+        redis
+            .cli(&["HKEYS", "{ringcast:nodes}:addrs"])
+            .map(|s| s.trim().to_owned())
+            .as_deref(),
+        Some("dyn-steady")
+    );
     let _ = steady.shutdown_tx.send(true);
     let _ = steady.task.await;
 }
@@ -157,7 +178,7 @@ async fn losing_redis_keeps_the_known_nodes_and_both_sides_recover() {
     redis.restart();
     wait_until(Duration::from_secs(3), "dyn-r registered again", || async {
         redis
-            .cli(&["GET", "ringcast:node:dyn-r"])
+            .cli(&["HGET", "{ringcast:nodes}:addrs", "dyn-r"])
             .is_some_and(|v| v.trim() == node.addr.to_string())
     })
     .await;
@@ -213,4 +234,146 @@ async fn a_registered_weight_sets_the_nodes_share_of_clients() {
         let _ = node.shutdown_tx.send(true);
         let _ = node.task.await;
     }
+}
+
+/// Writes `count` keys that have nothing to do with ringcast into `redis`, as a shared Redis
+/// holds (pipelined MSET batches of 10 000 keys: a few hundred milliseconds for 300 000).
+async fn fill_with_unrelated_keys(redis: &RedisServer, count: usize) {
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis");
+    let batch = 10_000;
+    for start in (0..count).step_by(batch) {
+        let mut mset = redis::cmd("MSET");
+        for i in start..(start + batch).min(count) {
+            mset.arg(format!("other-app:session:{i}")).arg("x");
+        }
+        let () = mset.query_async(&mut conn).await.expect("MSET");
+    }
+    let size: usize = redis::cmd("DBSIZE")
+        .query_async(&mut conn)
+        .await
+        .expect("DBSIZE");
+    assert!(size >= count, "only {size} keys written");
+}
+
+#[tokio::test]
+async fn a_shared_redis_full_of_other_keys_keeps_every_registered_node() {
+    let redis = RedisServer::start();
+    fill_with_unrelated_keys(&redis, 300_000).await;
+    let gw = TestGateway::start(&["--redis-url", &redis.url()]).await;
+    let node = start_registered("dyn-crowded", &redis, &[]).await;
+    // A second, later node too: the registry must list every node, not a lucky first page.
+    let late = start_registered("dyn-crowded-2", &redis, &[]).await;
+    wait_until(
+        Duration::from_secs(5),
+        "both nodes added beside 300 000 unrelated keys",
+        || async { gw.healthy_ids().await == ["dyn-crowded", "dyn-crowded-2"] },
+    )
+    .await;
+    // And they stay, poll after poll (500 ms each).
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(member_ids(&gw).await, ["dyn-crowded", "dyn-crowded-2"]);
+    }
+    let (mut c, _) = Client::connect_welcomed(&gw.ws_url("in-a-crowd")).await;
+    c.send_json(json!({"type":"ping"})).await;
+    c.recv_event("pong").await;
+    for n in [node, late] {
+        let _ = n.shutdown_tx.send(true);
+        let _ = n.task.await;
+    }
+}
+
+#[tokio::test]
+async fn the_metrics_of_a_node_that_left_go_with_it() {
+    let redis = RedisServer::start();
+    let gw =
+        TestGateway::start(&["--redis-url", &redis.url(), "--membership-poll-ms", "100"]).await;
+    // One real node behind ten registrations, one after the other, as pods come and go under
+    // new names.
+    let node = TestNode::start(NodeConfig::for_tests()).await;
+    let addr = node.addr.to_string();
+    for i in 0..10 {
+        let id = format!("churn-{i}");
+        // A lease far in the future: only its removal below ends it.
+        redis.cli(&["HSET", "{ringcast:nodes}:addrs", &id, &addr]);
+        redis.cli(&["ZADD", "{ringcast:nodes}", "99999999999999", &id]);
+        wait_until(Duration::from_secs(3), "the registration joins", || async {
+            gw.healthy_ids().await == [id.as_str()]
+        })
+        .await;
+        let (mut c, _) = Client::connect_welcomed(&gw.ws_url(&format!("churner-{i}"))).await;
+        c.send_json(json!({"type":"ping"})).await;
+        c.recv_event("pong").await;
+        c.close().await;
+        let label = format!("node=\"{id}\"");
+        wait_until(Duration::from_secs(3), "its series exist", || async {
+            let (_, text) = gw.get("/metrics").await;
+            [
+                "open_connections",
+                "connections_total",
+                "health_checks_total",
+                "node_up",
+            ]
+            .iter()
+            .all(|m| text.lines().any(|l| l.contains(m) && l.contains(&label)))
+        })
+        .await;
+        redis.cli(&["ZREM", "{ringcast:nodes}", &id]);
+        redis.cli(&["HDEL", "{ringcast:nodes}:addrs", &id]);
+        wait_until(
+            Duration::from_secs(3),
+            "the registration leaves",
+            || async { member_ids(&gw).await.is_empty() },
+        )
+        .await;
+    }
+    // Health checks still in flight when a node left must not bring its series back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, text) = gw.get("/metrics").await;
+    let stale: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("node=\"churn-"))
+        .collect();
+    assert!(stale.is_empty(), "series of departed nodes: {stale:#?}");
+}
+
+#[tokio::test]
+async fn an_unreadable_index_keeps_the_known_nodes() {
+    let redis = RedisServer::start();
+    let gw = TestGateway::start(&["--redis-url", &redis.url()]).await;
+    let node = start_registered("dyn-kept", &redis, &["--register-interval-ms", "200"]).await;
+    wait_until(Duration::from_secs(2), "dyn-kept added", || async {
+        member_ids(&gw).await == ["dyn-kept"]
+    })
+    .await;
+    // Someone overwrites the index with a string: every read now fails (WRONGTYPE), which
+    // must not read as an empty registry.
+    redis.cli(&["DEL", "{ringcast:nodes}"]);
+    redis.cli(&["SET", "{ringcast:nodes}", "not-a-sorted-set"]);
+    let errors = gw.metric("ringcast_gateway_membership_errors_total").await;
+    wait_until(
+        Duration::from_secs(3),
+        "failed reads are counted",
+        || async { gw.metric("ringcast_gateway_membership_errors_total").await >= errors + 2.0 },
+    )
+    .await;
+    assert_eq!(member_ids(&gw).await, ["dyn-kept"]);
+    let (mut c, _) = Client::connect_welcomed(&gw.ws_url("through-a-bad-index")).await;
+    c.send_json(json!({"type":"ping"})).await;
+    c.recv_event("pong").await;
+    // Repaired: the node's next heartbeat writes its lease again and reads work.
+    redis.cli(&["DEL", "{ringcast:nodes}"]);
+    wait_until(Duration::from_secs(3), "the lease is back", || async {
+        redis
+            .cli(&["ZSCORE", "{ringcast:nodes}", "dyn-kept"])
+            .is_some_and(|v| !v.trim().is_empty())
+    })
+    .await;
+    assert_eq!(member_ids(&gw).await, ["dyn-kept"]);
+    let _ = node.shutdown_tx.send(true);
+    let _ = node.task.await;
 }

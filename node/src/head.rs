@@ -1,70 +1,65 @@
 //! Reading an HTTP/1.1 request head and writing an answer without hyper, for connections that
-//! open with `GET /ws` and so make exactly one request (node: `http.rs`; gateway: `direct.rs`),
-//! and telling those connections apart by their first bytes ([`peek_opening`]).
+//! open with `GET /ws` and so make exactly one request (node: `http.rs`; gateway: `direct.rs`;
+//! those connections are told apart by `crate::detect`).
 //!
 //! The head is parsed with `httparse`, hyper's own parser, under the limits hyper applies: the
-//! caller's timeout, a size limit (431 past it) and at most [`MAX_HEADERS`] headers. Every
-//! answer written here ends the connection.
+//! caller's timeout, a size limit (431 past it) and at most [`MAX_HEADERS`] headers from a
+//! client; a node allows a little more ([`HeadLimits::NODE`]) for what a gateway adds to the
+//! heads it forwards. Every answer written here ends the connection.
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use http_body_util::BodyExt;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::http::Body;
 
-/// Most request headers parsed (hyper's limit).
+/// Most request headers a client may send, to a gateway or a node (hyper's limit).
 pub const MAX_HEADERS: usize = 100;
 
-/// What a new connection opens with, judged from its first bytes.
+/// Largest request head a client may send, to a gateway or a node (a gateway's
+/// `--max-header-bytes` is at most this).
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Headers a node accepts beyond [`MAX_HEADERS`]: room for what a gateway adds to the heads it
+/// forwards (`X-Forwarded-For`, `Via`), so a head a gateway accepts is one its node accepts.
+pub const FORWARDING_HEADERS: usize = 4;
+
+/// Bytes a node accepts beyond [`MAX_HEAD_BYTES`], for the same reason (a gateway adds under
+/// 100 bytes).
+pub const FORWARDING_BYTES: usize = 1024;
+
+/// The limits one request head is read under (431 past either).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Opening {
-    /// The HTTP/2 prior-knowledge preface, which an HTTP/1.1 server cannot serve.
-    Http2Preface,
-    /// `GET /ws`: most likely a WebSocket upgrade.
-    WsUpgrade,
-    /// `GET /link`: a gateway asking for a link (see `crate::link`).
-    Link,
-    /// Anything else.
-    Other,
+pub struct HeadLimits {
+    /// Most bytes, request line to blank line.
+    pub bytes: usize,
+    /// Most header lines.
+    pub headers: usize,
 }
 
-/// Peeks at the first bytes of `stream` (hyper still reads every one of them) and says what
-/// the connection opens with; `None` if it closed or failed first. Waits while only a prefix
-/// of the HTTP/2 preface has arrived, so callers bound it with a timeout.
-pub async fn peek_opening(stream: &TcpStream) -> Option<Opening> {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
-    let mut buf = [0u8; 14];
-    loop {
-        let n = stream.peek(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
+impl HeadLimits {
+    /// What a node accepts: a client's limits plus the room a gateway needs to forward them.
+    pub const NODE: HeadLimits = HeadLimits {
+        bytes: MAX_HEAD_BYTES + FORWARDING_BYTES,
+        headers: MAX_HEADERS + FORWARDING_HEADERS,
+    };
+
+    /// A client's head at a gateway: at most `bytes` (itself at most [`MAX_HEAD_BYTES`]) and
+    /// [`MAX_HEADERS`] headers.
+    pub fn client(bytes: usize) -> Self {
+        HeadLimits {
+            bytes: bytes.min(MAX_HEAD_BYTES),
+            headers: MAX_HEADERS,
         }
-        let seen = &buf[..n];
-        if !PREFACE.starts_with(&seen[..n.min(PREFACE.len())]) {
-            return Some(opening_of(seen));
-        }
-        if n >= PREFACE.len() {
-            return Some(Opening::Http2Preface);
-        }
-        // A prefix of the preface arrived; wait for more (bounded by the caller's timeout).
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-/// What bytes that are not the HTTP/2 preface open: `GET /ws` followed by `?` or a space is an
-/// upgrade attempt; fewer bytes than that, or anything else, is not.
-fn opening_of(seen: &[u8]) -> Opening {
-    match seen.get(..8) {
-        Some(b"GET /ws?") | Some(b"GET /ws ") => Opening::WsUpgrade,
-        _ if seen.starts_with(b"GET /link ") => Opening::Link,
-        _ => Opening::Other,
-    }
-}
+/// Header slots on the stack: the most any [`HeadLimits`] allows.
+const SLOTS: usize = MAX_HEADERS + FORWARDING_HEADERS;
 
 /// Why no request head came.
 #[derive(Debug, PartialEq)]
@@ -80,35 +75,54 @@ pub enum HeadError {
 /// Reads the request head; returns it and the bytes read past it.
 pub async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
-    limit: usize,
+    limits: HeadLimits,
 ) -> Result<(Request<()>, Bytes), HeadError> {
-    let mut buf = BytesMut::with_capacity(1024);
+    read_head_after(stream, Vec::new(), limits).await
+}
+
+/// Reads the request head whose first bytes, `buf`, were already read (by `crate::detect`);
+/// returns it and the bytes read past it. The buffer never holds more than `limits.bytes`: a
+/// head that has not ended by then is [`HeadError::TooLarge`].
+pub async fn read_head_after<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    mut buf: Vec<u8>,
+    limits: HeadLimits,
+) -> Result<(Request<()>, Bytes), HeadError> {
+    let limit = limits.bytes.max(1);
     loop {
-        match stream.read_buf(&mut buf).await {
+        if !buf.is_empty() {
+            if let Some((req, len)) = parse_head(&buf, limits)? {
+                let rest = Bytes::from(buf).slice(len..);
+                return Ok((req, rest));
+            }
+            if buf.len() >= limit {
+                return Err(HeadError::TooLarge);
+            }
+        }
+        if buf.len() == buf.capacity() {
+            // Doubling from 1 KiB, never past `limit` (so `want > len` here).
+            let want = (buf.capacity() * 2).max(1024).min(limit);
+            buf.reserve_exact(want - buf.len());
+        }
+        let room = buf.capacity().min(limit) - buf.len();
+        match stream.read_buf(&mut (&mut buf).limit(room)).await {
             Ok(n) if n > 0 => {}
             _ => return Err(HeadError::Closed),
-        }
-        if let Some((req, len)) = parse_head(&buf, limit)? {
-            let rest = buf.split_off(len);
-            return Ok((req, rest.freeze()));
-        }
-        if buf.len() >= limit {
-            return Err(HeadError::TooLarge);
         }
     }
 }
 
 /// The request head at the start of `buf`, with its length; `None` while it is incomplete.
-fn parse_head(buf: &[u8], limit: usize) -> Result<Option<(Request<()>, usize)>, HeadError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut slots);
+fn parse_head(buf: &[u8], limits: HeadLimits) -> Result<Option<(Request<()>, usize)>, HeadError> {
+    let mut slots = [httparse::EMPTY_HEADER; SLOTS];
+    let mut parsed = httparse::Request::new(&mut slots[..limits.headers.min(SLOTS)]);
     let len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(_) => return Err(HeadError::Invalid("malformed request head")),
     };
-    if len > limit {
+    if len > limits.bytes {
         return Err(HeadError::TooLarge);
     }
     let mut req = Request::new(());
@@ -191,52 +205,16 @@ pub async fn answer<S: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
-
-    #[test]
-    fn only_get_ws_is_an_upgrade_attempt() {
-        assert_eq!(opening_of(b"GET /ws?client_id=a"), Opening::WsUpgrade);
-        assert_eq!(opening_of(b"GET /ws HTTP/1.1\r\n"), Opening::WsUpgrade);
-        assert_eq!(opening_of(b"GET /wsx HTTP/1.1"), Opening::Other);
-        assert_eq!(opening_of(b"GET /stats HTTP"), Opening::Other);
-        assert_eq!(opening_of(b"POST /ws HTTP"), Opening::Other);
-        assert_eq!(opening_of(b"GET /w"), Opening::Other);
-        assert_eq!(opening_of(b"GET /link HTTP/1.1"), Opening::Link);
-        assert_eq!(opening_of(b"GET /linkage HTTP"), Opening::Other);
-    }
-
-    #[tokio::test]
-    async fn peek_leaves_the_bytes_and_spots_the_preface() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        for (sent, want) in [
-            (&b"GET /ws?client_id=a HTTP/1.1\r\n"[..], Opening::WsUpgrade),
-            (b"GET /metrics HTTP/1.1\r\n", Opening::Other),
-            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Opening::Http2Preface),
-        ] {
-            let mut client = TcpStream::connect(addr).await.unwrap();
-            client.write_all(sent).await.unwrap();
-            let (mut server, _) = listener.accept().await.unwrap();
-            assert_eq!(peek_opening(&server).await, Some(want));
-            let mut got = vec![0u8; sent.len()];
-            server.read_exact(&mut got).await.unwrap();
-            assert_eq!(got, sent, "peeking consumed nothing");
-        }
-        let client = TcpStream::connect(addr).await.unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        drop(client);
-        assert_eq!(peek_opening(&server).await, None);
-    }
 
     #[test]
     fn a_head_parses_into_a_request_and_keeps_its_length() {
         let raw = b"GET /ws?client_id=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n\x81\x00";
-        let (req, len) = parse_head(raw, 8192).unwrap().unwrap();
+        let (req, len) = parse_head(raw, HeadLimits::NODE).unwrap().unwrap();
         assert_eq!(req.uri().query(), Some("client_id=a"));
         assert_eq!(req.version(), Version::HTTP_11);
         assert_eq!(req.headers()["upgrade"], "websocket");
         assert_eq!(&raw[len..], b"\x81\x00");
-        assert!(parse_head(&raw[..20], 8192).unwrap().is_none());
+        assert!(parse_head(&raw[..20], HeadLimits::NODE).unwrap().is_none());
     }
 
     #[test]
@@ -254,13 +232,93 @@ mod tests {
     #[test]
     fn garbage_and_oversized_heads_are_refused() {
         assert_eq!(
-            parse_head(b"GET /ws HTTP/9\r\n\r\n", 8192).unwrap_err(),
+            parse_head(b"GET /ws HTTP/9\r\n\r\n", HeadLimits::NODE).unwrap_err(),
             HeadError::Invalid("malformed request head")
         );
         let long = format!("GET /ws HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(100));
         assert_eq!(
-            parse_head(long.as_bytes(), 64).unwrap_err(),
+            parse_head(long.as_bytes(), HeadLimits::client(64)).unwrap_err(),
             HeadError::TooLarge
         );
+    }
+
+    mod fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+        use ringcast_testkit::ChunkedReader;
+
+        /// Bytes that get past the request line now and then: a plausible head start, then
+        /// anything (header-ish lines, CR/LF, NULs, high bytes), or nothing but noise.
+        fn head_bytes() -> impl Strategy<Value = Vec<u8>> {
+            let line = prop_oneof![
+                Just(b"Host: x\r\n".to_vec()),
+                Just(b"Upgrade: websocket\r\n".to_vec()),
+                Just(b"\r\n".to_vec()),
+                Just(b"\n".to_vec()),
+                "[a-zA-Z-]{1,12}: [ -~]{0,40}\r\n".prop_map(String::into_bytes),
+                proptest::collection::vec(any::<u8>(), 0..64),
+            ];
+            let start = prop_oneof![
+                Just(b"GET /ws?client_id=a HTTP/1.1\r\n".to_vec()),
+                Just(b"GET /ws HTTP/1.0\r\n".to_vec()),
+                Just(Vec::new()),
+            ];
+            (
+                start,
+                proptest::collection::vec(line, 0..400),
+                any::<bool>(),
+            )
+                .prop_map(|(mut head, lines, end)| {
+                    for l in lines {
+                        head.extend_from_slice(&l);
+                    }
+                    if end {
+                        head.extend_from_slice(b"\r\n\r\nearly");
+                    }
+                    head
+                })
+        }
+
+        fn run<F: std::future::Future>(f: F) -> F::Output {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a current-thread runtime")
+                .block_on(f)
+        }
+
+        /// The outcome without the bytes read past the head, which depend on the split.
+        fn outcome(r: &Result<(Request<()>, Bytes), HeadError>) -> String {
+            match r {
+                Ok((req, _)) => format!("{} {} {:?}", req.method(), req.uri(), req.headers()),
+                Err(e) => format!("{e:?}"),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn any_bytes_in_any_split_stay_within_the_limits(
+                bytes in head_bytes(),
+                pieces in proptest::collection::vec(0usize..3000, 0..12),
+                first in 0usize..32,
+                limit in prop_oneof![Just(HeadLimits::NODE), (1usize..20_000).prop_map(HeadLimits::client)],
+            ) {
+                let first = first.min(bytes.len());
+                let prefix = bytes[..first].to_vec();
+                let mut split = ChunkedReader::new(bytes[first..].to_vec(), pieces);
+                let got = run(read_head_after(&mut split, prefix, limit));
+                // Never more taken in than the limit (the buffer holds everything taken).
+                prop_assert!(first + split.taken <= limit.bytes.max(first));
+                if let Ok((req, rest)) = &got {
+                    prop_assert!(req.headers().len() <= limit.headers);
+                    prop_assert!(first + split.taken - rest.len() <= limit.bytes);
+                }
+                // However it was split, the same bytes give the same answer.
+                let mut whole = ChunkedReader::new(bytes.clone(), Vec::new());
+                let once = run(read_head_after(&mut whole, Vec::new(), limit));
+                prop_assert_eq!(outcome(&got), outcome(&once));
+            }
+        }
     }
 }

@@ -23,7 +23,8 @@ use tracing::{debug, warn};
 
 use crate::auth::Identity;
 use crate::cork::{self, Uncork};
-use crate::head::{self, peek_opening, push_response_head, read_head, HeadError, Opening};
+use crate::detect::{detect, Opening, Prefixed};
+use crate::head::{self, push_response_head, read_head_after, HeadError, HeadLimits};
 use crate::link::{self, Link, LinkStream};
 use crate::server::{SessionSlot, Shared};
 use crate::session::serve;
@@ -33,33 +34,52 @@ use crate::upgrade;
 /// The body of every response the node (and the gateway) writes itself.
 pub type Body = Full<Bytes>;
 
-/// Largest request head accepted, on the direct path and through hyper alike (431 past it).
-const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Largest request head accepted, on the direct path and through hyper alike (431 past it):
+/// a client's limit plus the room a gateway needs to forward a head it accepted.
+const MAX_HEAD_BYTES: usize = HeadLimits::NODE.bytes;
 
 /// Serves HTTP/1.1 on one TCP connection, handing upgraded ones to a session.
 pub async fn serve_connection(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     tracker: TaskTracker,
 ) {
     let handshake_timeout = Duration::from_secs(shared.config.handshake_timeout_secs.max(1));
     // One deadline for the first bytes and the whole head, as hyper had.
     let deadline = tokio::time::Instant::now() + handshake_timeout;
-    match tokio::time::timeout_at(deadline, peek_opening(&stream)).await {
-        Ok(Some(Opening::WsUpgrade)) => {
+    let prefix = match tokio::time::timeout_at(deadline, detect(&mut stream)).await {
+        Ok(Some((Opening::WsUpgrade, prefix))) => {
             // The 101 waits for the welcome (see `cork`); the session uncorks.
             cork::cork(&stream);
-            let serve = serve_upgrade(shared, stream, None, tracker, deadline, handshake_timeout);
+            let serve = serve_upgrade(
+                shared,
+                stream,
+                prefix,
+                None,
+                tracker,
+                deadline,
+                handshake_timeout,
+            );
             return serve.await;
         }
-        Ok(Some(Opening::Link)) => {
-            return serve_link(shared, stream, peer, tracker, deadline, handshake_timeout).await;
+        Ok(Some((Opening::Link, prefix))) => {
+            let serve = serve_link(
+                shared,
+                stream,
+                prefix,
+                peer,
+                tracker,
+                deadline,
+                handshake_timeout,
+            );
+            return serve.await;
         }
-        Ok(Some(_)) => {}
+        Ok(Some((_, prefix))) => prefix,
         Ok(None) | Err(_) => return, // closed, or silent through the handshake timeout
-    }
-    let io = TokioIo::new(stream);
+    };
+    // hyper reads the detected bytes again first.
+    let io = TokioIo::new(Prefixed::new(prefix, stream));
     let svc = service_fn(move |req| {
         let shared = shared.clone();
         let tracker = tracker.clone();
@@ -175,8 +195,11 @@ async fn accept(on_upgrade: OnUpgrade) -> Option<Accepted> {
             return None;
         }
     };
-    Some(match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => Either::Left((parts.io.into_inner(), parts.read_buf)),
+    Some(match upgraded.downcast::<TokioIo<Prefixed<TcpStream>>>() {
+        Ok(parts) => {
+            let (prefix, tcp) = parts.io.into_inner().into_parts();
+            Either::Left((tcp, crate::detect::unread(prefix, parts.read_buf)))
+        }
         Err(upgraded) => Either::Right((TokioIo::new(upgraded), Bytes::new())),
     })
 }
@@ -271,6 +294,7 @@ fn admit<B>(
 async fn serve_upgrade<S>(
     shared: Arc<Shared>,
     mut stream: S,
+    prefix: Vec<u8>,
     reserved: Option<SessionSlot>,
     tracker: TaskTracker,
     deadline: tokio::time::Instant,
@@ -279,7 +303,8 @@ async fn serve_upgrade<S>(
     S: AsyncRead + AsyncWrite + Uncork + SplitIo + Unpin + Send + 'static,
 {
     let bad = |why| refuse(&shared, StatusCode::BAD_REQUEST, "bad_request", why);
-    let Some((req, early)) = head_or_answer(&mut stream, deadline, timeout, bad).await else {
+    let head = head_or_answer(&mut stream, prefix, deadline, timeout, bad).await;
+    let Some((req, early)) = head else {
         return;
     };
     let admitted = match admit(&shared, &req, reserved) {
@@ -313,6 +338,7 @@ async fn serve_upgrade<S>(
 /// one with `bad(why)`, and then, as when the peer closed or stayed silent, there is none.
 async fn head_or_answer<S, F>(
     stream: &mut S,
+    prefix: Vec<u8>,
     deadline: tokio::time::Instant,
     timeout: Duration,
     bad: F,
@@ -321,7 +347,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&'static str) -> Response<Body>,
 {
-    let resp = match tokio::time::timeout_at(deadline, read_head(stream, MAX_HEAD_BYTES)).await {
+    let read = read_head_after(stream, prefix, HeadLimits::NODE);
+    let resp = match tokio::time::timeout_at(deadline, read).await {
         Ok(Ok(parsed)) => return Some(parsed),
         Ok(Err(HeadError::TooLarge)) => json_error(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -347,13 +374,15 @@ where
 async fn serve_link(
     shared: Arc<Shared>,
     mut stream: TcpStream,
+    prefix: Vec<u8>,
     peer: SocketAddr,
     tracker: TaskTracker,
     deadline: tokio::time::Instant,
     timeout: Duration,
 ) {
     let bad = |why| json_error(StatusCode::BAD_REQUEST, "bad_request", why);
-    let Some((req, early)) = head_or_answer(&mut stream, deadline, timeout, bad).await else {
+    let head = head_or_answer(&mut stream, prefix, deadline, timeout, bad).await;
+    let Some((req, early)) = head else {
         return;
     };
     let asks_for_link = req.method() == hyper::Method::GET
@@ -441,6 +470,7 @@ async fn serve_link(
             let serve = serve_upgrade(
                 shared.clone(),
                 s,
+                Vec::new(),
                 Some(slot),
                 tracker.clone(),
                 deadline,

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod cork;
+pub mod detect;
 pub mod head;
 pub mod http;
 pub mod hub;

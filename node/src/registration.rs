@@ -1,11 +1,18 @@
 //! Dynamic membership, node side: while it serves, a node started with `--redis-url` and
-//! `--advertise HOST:PORT` keeps a key `{prefix}:node:{id}` = `HOST:PORT` (`HOST:PORT*WEIGHT`
-//! with a `--weight` other than 1, as a gateway's `--node` is written) alive in Redis with a
-//! TTL, refreshed every `--register-interval-ms`; on shutdown (drain) it deletes the key so
-//! gateways drop it at once. Gateways read the same keys (see [`registry_key`]).
+//! `--advertise HOST:PORT` holds a lease in the registry index, refreshed every
+//! `--register-interval-ms`; on shutdown (drain) it gives the lease up so gateways drop it at
+//! once.
 //!
-//! Plain keys with a server-side TTL rather than timestamps: expiry runs on the Redis clock, so
-//! node and gateway clocks never need to agree.
+//! The index is two keys in one hash slot (hash tag `{PREFIX:nodes}`, so it works on Redis
+//! Cluster): a sorted set of node ids scored by their lease's expiry in milliseconds
+//! ([`index_key`]) and a hash from node id to `HOST:PORT` (`HOST:PORT*WEIGHT` with a `--weight`
+//! other than 1, as a gateway's `--node` is written; [`addrs_key`]). Gateways read both in one
+//! script ([`READ_SCRIPT`]) and never scan the keyspace, so a shared Redis full of other keys
+//! cannot hide a node. Expiry is computed on the Redis clock (`TIME` inside the scripts), so
+//! node and gateway clocks never need to agree; every heartbeat also prunes a few lapsed leases.
+//!
+//! For gateways that predate the index, the node also keeps the old key `{prefix}:node:{id}`
+//! (same value, server-side TTL) alive; gateways of this version ignore it.
 
 use std::time::Duration;
 
@@ -14,15 +21,74 @@ use redis::AsyncConnectionConfig;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// The Redis key a node registers under.
-pub fn registry_key(prefix: &str, node_id: &str) -> String {
+/// The sorted set of registered node ids, scored by lease expiry (Redis time, milliseconds).
+pub fn index_key(prefix: &str) -> String {
+    format!("{{{prefix}:nodes}}")
+}
+
+/// The hash from registered node id to its registry value (see [`registry_value`]); in the
+/// same hash slot as [`index_key`].
+pub fn addrs_key(prefix: &str) -> String {
+    format!("{{{prefix}:nodes}}:addrs")
+}
+
+/// The key a node of an earlier version registered under, still written for older gateways.
+pub fn legacy_key(prefix: &str, node_id: &str) -> String {
     format!("{prefix}:node:{node_id}")
 }
 
-/// The `SCAN MATCH` pattern of every registered node's key.
-pub fn registry_pattern(prefix: &str) -> String {
-    format!("{prefix}:node:*")
+/// `EVAL script 2 index addrs`, ready for its `ARGV`. The scripts are a few hundred bytes, so
+/// sending them whole each time costs little and survives a Redis restart (no `NOSCRIPT`).
+pub fn eval(script: &str, index: &str, addrs: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script).arg(2).arg(index).arg(addrs);
+    cmd
 }
+
+/// Most lapsed leases one heartbeat prunes (bounds the script's work).
+const PRUNE_BATCH: usize = 64;
+
+/// Renews a lease: `KEYS` = [index, addrs], `ARGV` = [id, value, ttl ms, prune batch]. Prunes
+/// up to a batch of lapsed leases first, then writes this node's entry. (Redis before 5 must be
+/// told to replicate the writes rather than the script, which reads the clock.)
+const REGISTER_SCRIPT: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now), 'LIMIT', 0, tonumber(ARGV[4]))
+for _, id in ipairs(lapsed) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[3])), ARGV[1])
+return #lapsed
+";
+
+/// Gives a lease up: `KEYS` = [index, addrs], `ARGV` = [id].
+const DEREGISTER_SCRIPT: &str = r"
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+";
+
+/// Reads every live lease in one command: `KEYS` = [index, addrs], `ARGV` = [most entries];
+/// returns `[id1, value1, id2, value2, …]` for leases that expire after now (Redis time).
+pub const READ_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%.0f', now), '+inf', 'LIMIT', 0, tonumber(ARGV[1]))
+local out = {}
+if #ids == 0 then return out end
+local values = redis.call('HMGET', KEYS[2], unpack(ids))
+for i, id in ipairs(ids) do
+  if values[i] then
+    out[#out + 1] = id
+    out[#out + 1] = values[i]
+  end
+end
+return out
+";
 
 /// What a node registers: `HOST:PORT`, with `*WEIGHT` when its weight is not 1 (so gateways
 /// that predate weights still read a node of weight 1).
@@ -69,7 +135,9 @@ pub struct Registration {
 
 /// Heartbeats until `shutdown` turns true, then deregisters (best effort, bounded by a timeout).
 pub async fn run(reg: Registration, mut shutdown: watch::Receiver<bool>) {
-    let key = registry_key(&reg.prefix, &reg.node_id);
+    let key = legacy_key(&reg.prefix, &reg.node_id);
+    let index = index_key(&reg.prefix);
+    let addrs = addrs_key(&reg.prefix);
     let value = registry_value(&reg.advertise, reg.weight);
     let client = match redis::Client::open(reg.redis_url.as_str()) {
         Ok(c) => c,
@@ -103,17 +171,11 @@ pub async fn run(reg: Registration, mut shutdown: watch::Receiver<bool>) {
                 .ok();
         }
         let Some(c) = conn.as_mut() else { continue };
-        let set: redis::RedisResult<()> = redis::cmd("SET")
-            .arg(&key)
-            .arg(&value)
-            .arg("PX")
-            .arg(ttl_ms)
-            .query_async(c)
-            .await;
+        let set = heartbeat(c, &index, &addrs, &reg.node_id, &value, &key, ttl_ms).await;
         match set {
             Ok(()) if !registered => {
                 registered = true;
-                info!(key, advertise = %reg.advertise, weight = reg.weight, "registered with gateways");
+                info!(node = %reg.node_id, index, advertise = %reg.advertise, weight = reg.weight, "registered with gateways");
             }
             Ok(()) => {}
             Err(e) => {
@@ -122,13 +184,52 @@ pub async fn run(reg: Registration, mut shutdown: watch::Receiver<bool>) {
             }
         }
     }
-    deregister(&client, &conn_config, conn, &key).await;
+    deregister(
+        &client,
+        &conn_config,
+        conn,
+        &index,
+        &addrs,
+        &reg.node_id,
+        &key,
+    )
+    .await;
+}
+
+/// One heartbeat: the lease in the index, then the key older gateways read.
+#[allow(clippy::too_many_arguments)]
+async fn heartbeat(
+    conn: &mut MultiplexedConnection,
+    index: &str,
+    addrs: &str,
+    node_id: &str,
+    value: &str,
+    legacy: &str,
+    ttl_ms: u64,
+) -> redis::RedisResult<()> {
+    let _pruned: i64 = eval(REGISTER_SCRIPT, index, addrs)
+        .arg(node_id)
+        .arg(value)
+        .arg(ttl_ms)
+        .arg(PRUNE_BATCH)
+        .query_async(conn)
+        .await?;
+    redis::cmd("SET")
+        .arg(legacy)
+        .arg(value)
+        .arg("PX")
+        .arg(ttl_ms)
+        .query_async(conn)
+        .await
 }
 
 async fn deregister(
     client: &redis::Client,
     config: &AsyncConnectionConfig,
     conn: Option<MultiplexedConnection>,
+    index: &str,
+    addrs: &str,
+    node_id: &str,
     key: &str,
 ) {
     let conn = match conn {
@@ -141,14 +242,23 @@ async fn deregister(
     let Some(mut conn) = conn else {
         warn!(
             key,
-            "cannot deregister: Redis unreachable (the key expires by its TTL)"
+            "cannot deregister: Redis unreachable (the lease lapses by itself)"
         );
         return;
     };
-    let del: redis::RedisResult<()> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
+    let released: redis::RedisResult<i64> = eval(DEREGISTER_SCRIPT, index, addrs)
+        .arg(node_id)
+        .query_async(&mut conn)
+        .await;
+    let del: redis::RedisResult<()> = match released {
+        Ok(_) => redis::cmd("DEL").arg(key).query_async(&mut conn).await,
+        Err(e) => Err(e),
+    };
     match del {
-        Ok(()) => info!(key, "deregistered"),
-        Err(e) => warn!(error = %e, key, "deregister failed (the key expires by its TTL)"),
+        Ok(()) => info!(node = node_id, index, "deregistered"),
+        Err(e) => {
+            warn!(error = %e, node = node_id, "deregister failed (the lease lapses by itself)")
+        }
     }
 }
 
@@ -177,6 +287,8 @@ mod tests {
         .expect("valid");
         let reg = c.registration().expect("registration");
         assert_eq!(reg.advertise, "h:1");
-        assert_eq!(registry_key(&reg.prefix, &reg.node_id), "ringcast:node:x");
+        assert_eq!(legacy_key(&reg.prefix, &reg.node_id), "ringcast:node:x");
+        assert_eq!(index_key(&reg.prefix), "{ringcast:nodes}");
+        assert_eq!(addrs_key(&reg.prefix), "{ringcast:nodes}:addrs");
     }
 }
