@@ -5,9 +5,9 @@
 //! attacker or the unlucky client sees (HTTP status, close code, error event) and that an
 //! ordinary client on the same servers keeps being served.
 
-mod edge;
 #[path = "../support/mod.rs"]
 mod support;
 
 mod auth;
+mod edge;
 mod links;
