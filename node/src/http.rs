@@ -43,7 +43,7 @@ pub async fn serve_connection(
     peer: SocketAddr,
     tracker: TaskTracker,
 ) {
-    let handshake_timeout = Duration::from_secs(shared.config.handshake_timeout_secs.max(1));
+    let handshake_timeout = shared.config.handshake_timeout();
     // One deadline for the first bytes and the whole head, as hyper had.
     let deadline = tokio::time::Instant::now() + handshake_timeout;
     match tokio::time::timeout_at(deadline, peek_opening(&stream)).await {
