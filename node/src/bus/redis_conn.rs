@@ -290,6 +290,8 @@ impl Inner {
             if let Err(e) = result {
                 sub.link = None;
                 drop(sub);
+                // At once, as for a pushed disconnect: joins wait from now on.
+                self.subscriptions_lost(link.generation);
                 report_failure(&self.subscriber_failed_tx, link.generation);
                 return Err(unavailable("Redis (un)subscribe failed", e));
             }
