@@ -287,7 +287,7 @@ impl Hub {
         };
         // Encoded once; every member's queue shares these bytes.
         let frame = wire::text(text);
-        let mut slow = Vec::new();
+        let mut slow = SlowConsumers::default();
         let state = self.state.read().unwrap_or_else(recover);
         let (sent, counter) = match &envelope.target {
             Target::AllExcept(except) => {
@@ -327,10 +327,9 @@ impl Hub {
         drop(state);
         counter.inc_by(sent);
         // Logged only now: a log line can block (a full stdout pipe), and must not hold up
-        // joins, leaves and connects waiting for the lock.
-        for out in slow {
-            log_slow_consumer(&out);
-        }
+        // joins, leaves and connects waiting for the lock. One line however many there were:
+        // this runs on the bus's reader, which must not stall on logging either.
+        slow.log();
     }
 
     /// Queues `frame` for every target; the ones this call closed as slow consumers are added
@@ -339,7 +338,7 @@ impl Hub {
         &self,
         targets: impl Iterator<Item = &'a Arc<Outbound>>,
         frame: &Bytes,
-        slow: &mut Vec<Arc<Outbound>>,
+        slow: &mut SlowConsumers,
     ) -> u64 {
         let mut sent = 0;
         for out in targets {
@@ -347,7 +346,7 @@ impl Hub {
                 Push::Queued => sent += 1,
                 Push::Full => {
                     if self.close_slow_consumer(out) {
-                        slow.push(out.clone());
+                        slow.add(out);
                     }
                 }
                 Push::Closed => {}
@@ -464,6 +463,44 @@ impl Hub {
 
 fn log_slow_consumer(out: &Outbound) {
     warn!(client_id = %out.client_id, conn = out.id, "slow consumer disconnected");
+}
+
+/// Slow consumers one delivery closed, for one log line after the lock: how many, and the
+/// first few by name (bounded, whatever the room's size).
+#[derive(Default)]
+struct SlowConsumers {
+    count: usize,
+    first: Vec<(Arc<str>, ConnId)>,
+}
+
+impl SlowConsumers {
+    /// Most connections a log line names.
+    const NAMED: usize = 5;
+
+    fn add(&mut self, out: &Outbound) {
+        self.count += 1;
+        if self.first.len() < Self::NAMED {
+            self.first.push((out.client_id.clone(), out.id));
+        }
+    }
+
+    fn log(self) {
+        match self.count {
+            0 => {}
+            1 => {
+                let (client_id, conn) = &self.first[0];
+                warn!(%client_id, conn, "slow consumer disconnected");
+            }
+            count => {
+                let first: Vec<String> = self
+                    .first
+                    .iter()
+                    .map(|(id, conn)| format!("{id}#{conn}"))
+                    .collect();
+                warn!(count, first = %first.join(","), "slow consumers disconnected");
+            }
+        }
+    }
 }
 
 trait Members {
@@ -662,11 +699,11 @@ mod tests {
     }
 
     #[test]
-    fn slow_consumers_are_logged_after_the_hub_lock_is_released() {
+    fn slow_consumers_are_logged_after_the_hub_lock_is_released_in_one_line_per_delivery() {
         use tracing_subscriber::layer::SubscriberExt;
         let hub = Arc::new(hub());
         let mut rxs = Vec::new();
-        for i in 0..3 {
+        for i in 0..20 {
             let (out, rx) = Outbound::new(hub.next_conn_id(), format!("c{i}").into(), 1, 1 << 20);
             hub.register(out.clone());
             let _ = hub.join("r", &out);
@@ -686,7 +723,11 @@ mod tests {
             send();
         });
         let free = free.lock().unwrap();
-        assert_eq!(free.len(), 3, "one warning per slow consumer");
+        assert_eq!(
+            free.len(),
+            1,
+            "one warning for the 20 slow consumers of one delivery, none for the next"
+        );
         assert!(
             free.iter().all(|f| *f),
             "a slow consumer was logged under the hub lock: {free:?}"
