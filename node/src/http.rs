@@ -46,7 +46,12 @@ pub async fn serve_connection(
     let handshake_timeout = shared.config.handshake_timeout();
     // One deadline for the first bytes and the whole head, as hyper had.
     let deadline = tokio::time::Instant::now() + handshake_timeout;
-    match tokio::time::timeout_at(deadline, peek_opening(&stream)).await {
+    // A connection that has sent nothing by the time the node has drained is not waited for.
+    let opening = tokio::select! {
+        opening = tokio::time::timeout_at(deadline, peek_opening(&stream)) => opening,
+        _ = shared.stopped.cancelled() => return,
+    };
+    match opening {
         Ok(Some(Opening::WsUpgrade)) => {
             // The 101 waits for the welcome (see `cork`); the session uncorks.
             cork::cork(&stream);
@@ -60,6 +65,7 @@ pub async fn serve_connection(
         Ok(None) | Err(_) => return, // closed, or silent through the handshake timeout
     }
     let io = TokioIo::new(stream);
+    let stopped = shared.stopped.clone();
     let svc = service_fn(move |req| {
         let shared = shared.clone();
         let tracker = tracker.clone();
@@ -71,7 +77,17 @@ pub async fn serve_connection(
         .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(io, svc)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    let mut conn = std::pin::pin!(conn);
+    // Once the node has drained, a kept-alive connection ends after the request in progress
+    // (the node waits for its connections before exiting).
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stopped.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         debug!(%peer, error = %e, "http connection ended with an error");
     }
 }

@@ -328,3 +328,47 @@ async fn an_oversized_message_during_a_stalled_write_is_answered_with_1009() {
     other.send_json(json!({"type":"ping"})).await;
     assert_eq!(other.recv().await["event"], "pong");
 }
+
+/// A client that reads nothing for longer than the drain's 2 s, then reads on, at shutdown:
+/// the session gives up on its close reply and leaves the hub while the writer still owes the
+/// close frame. The process must wait for that writer: the client gets whole frames, then
+/// 1012, never a connection that just ends (1006).
+#[tokio::test]
+async fn a_slow_reader_at_shutdown_still_gets_its_1012_after_the_frames_written() {
+    let stall = stall_bytes(8192);
+    let mut args = roomy(stall);
+    args.extend(["--shutdown-grace-secs", "10"].map(String::from));
+    let mut node = NodeProcess::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (stuck, rcvbuf) = stuck_reader(&node, "slow", "big").await;
+    assert!(stall >= stall_bytes(rcvbuf), "receive buffer {rcvbuf}");
+    let sent = fill(&node, "big", stall).await;
+    node.signal("-TERM");
+    // No drain delay: clients are closed as soon as the node is draining.
+    ringcast_testkit::wait_until(Duration::from_secs(10), "draining", || async {
+        http_get(node.addr, "/healthz").await.0 == 503
+    })
+    .await;
+    // Past the writer's drain limit and the session's wait for the close reply (2 s each).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let closed = read_to_close(stuck).await;
+    let closed = closed.expect("whole frames, then a close frame");
+    assert_eq!(closed.code, 1012);
+    assert!(
+        closed.frames < sent,
+        "the drain ran out of time with messages still queued ({} of {sent})",
+        closed.frames
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = node.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "node did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .expect("join");
+    assert!(status.success(), "exit status {status}");
+}
