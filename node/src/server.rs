@@ -49,6 +49,9 @@ pub struct Shared {
     publish_tx: mpsc::Sender<publisher::Job>,
     /// Cancelled when the node has drained: its links (see `link.rs`) close.
     pub stopped: tokio_util::sync::CancellationToken,
+    /// Every connection's task, and the tasks that finish a connection's business (a session's
+    /// drop guard announcing it gone): shutdown waits for them (see [`serve`]).
+    pub tracker: TaskTracker,
     /// Session slots taken, counted from the upgrade on (before the session registers), so
     /// concurrent upgrades cannot overshoot `max_connections`.
     sessions: Arc<AtomicUsize>,
@@ -97,6 +100,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             auth,
             stopped: tokio_util::sync::CancellationToken::new(),
+            tracker: TaskTracker::new(),
             sessions: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -217,7 +221,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let tracker = TaskTracker::new();
+    let tracker = shared.tracker.clone();
     let permits = Arc::new(Semaphore::new(
         shared.config.max_connections + HTTP_HEADROOM,
     ));
