@@ -753,14 +753,21 @@ mod tests {
             let _ = hub.join(&format!("r{i}"), &a);
         }
         hub.plan();
-        hub.subscribed(&(0..1000).map(|i| room(&format!("r{i}"))).collect::<Vec<_>>());
+        hub.subscribed(
+            &(0..1000)
+                .map(|i| room(&format!("r{i}")))
+                .collect::<Vec<_>>(),
+        );
         live_tx.send_replace(false);
         const JOINS: usize = 10_000;
         let mut waiting = Vec::new();
         let mut outs = Vec::new();
         for i in 0..JOINS {
             let (o, rx) = conn(&hub, &format!("c{i}"));
-            waiting.push(hub.join("r0", &o).expect("waits while the bus resubscribes"));
+            waiting.push(
+                hub.join("r0", &o)
+                    .expect("waits while the bus resubscribes"),
+            );
             outs.push((o, rx));
         }
         let checks = hub.waiter_checks.load(Ordering::Relaxed);
@@ -770,12 +777,15 @@ mod tests {
         );
         // Half of them give up (time out): the list is pruned, the others still wait.
         waiting.truncate(JOINS / 2);
-        for i in 0..JOINS {
-            let _ = hub.join("r1", &outs[i].0);
+        for (o, _) in &outs {
+            let _ = hub.join("r1", o);
         }
         live_tx.send_replace(true);
         hub.resume();
-        assert!(waiting.iter_mut().all(|w| w.try_recv().is_ok()), "all woken");
+        assert!(
+            waiting.iter_mut().all(|w| w.try_recv().is_ok()),
+            "all woken"
+        );
         assert_eq!(
             hub.resume_visits.load(Ordering::Relaxed),
             2,

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use ringcast_protocol::{Envelope, Target};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 

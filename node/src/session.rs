@@ -497,7 +497,10 @@ mod tests {
     fn a_deadline_past_the_clock_s_range_is_far_not_now() {
         let now = Instant::now();
         let year = Duration::from_secs(365 * 86_400);
-        assert_eq!(deadline_after(now, Duration::from_secs(5)), now + Duration::from_secs(5));
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
         for after in [Duration::from_secs(u64::MAX), Duration::MAX] {
             assert!(deadline_after(now, after) > now + 20 * year, "{after:?}");
         }

@@ -145,7 +145,10 @@ async fn stuck_reader(
     node: &NodeProcess,
     id: &str,
     room: &str,
-) -> (tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, usize) {
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    usize,
+) {
     use futures_util::{SinkExt, StreamExt};
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
@@ -281,7 +284,10 @@ async fn read_to_close(
 /// had its writer mid-write when the close came: it got every message, more bytes than the
 /// kernel could have held for it, so its writer still had some when the close came.
 fn proves_a_stall(closed: &Closed, sent: usize, stall: usize) {
-    assert_eq!(closed.frames, sent, "every queued message came before the close");
+    assert_eq!(
+        closed.frames, sent,
+        "every queued message came before the close"
+    );
     assert!(
         closed.bytes >= stall,
         "{} bytes fit in the kernel's buffers ({stall} needed to stall)",
