@@ -556,3 +556,107 @@ async fn a_node_without_a_link_secret_says_at_start_that_it_takes_local_links_on
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Node shutdown with a client that reads slowly, over a link: the node's session gives up on
+/// the close reply after 2 s and leaves the hub while its writer still owes the close frame on
+/// the link stream. The node must wait for it (and the link carry it) before exiting: the
+/// client gets whole frames, then 1012, never a connection that just ends.
+#[tokio::test]
+async fn a_slow_reader_behind_a_link_gets_its_1012_when_the_node_shuts_down() {
+    // More than the kernel can hold between node, gateway and client (the gateway's send
+    // buffer at its largest, the client's small receive buffer), so the node's writer is in
+    // the middle of a write when the close comes.
+    let wmem: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse().ok())
+        .expect("tcp_wmem");
+    let stall = wmem + (2 << 20);
+    const PAD: usize = 60 * 1024;
+    let queue = (2 * stall).to_string();
+    let frames = (2 * stall / PAD + 64).to_string();
+    let node = support::NodeProcess::start_with(
+        "n1",
+        &[
+            "--announce-connections=false",
+            "--send-queue-bytes",
+            &queue,
+            "--send-queue-frames",
+            &frames,
+            "--rate-limit-per-sec",
+            "100000",
+            "--rate-limit-burst",
+            "100000",
+        ],
+        None,
+    )
+    .await;
+    let gw = TestGateway::start(&["--node", &node.spec()]).await;
+
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(gw.addr).await.unwrap();
+    let (mut slow, _) = tokio_tungstenite::client_async(gw.ws_url("slow"), stream)
+        .await
+        .expect("slow handshake");
+    slow.send(Message::text(
+        json!({"type":"join_room","room":"big"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        slow.next().await.expect("frame").expect("frame ok");
+    }
+    let (_, metrics) = ringcast_testkit::http_get(node.addr, "/metrics").await;
+    assert_eq!(
+        ringcast_testkit::metric_sum(&metrics, "ringcast_node_links"),
+        1.0,
+        "the client came over a link"
+    );
+    let (mut publisher, _) = Client::connect_welcomed(&gw.ws_url("publisher")).await;
+    join(&mut publisher, "big").await;
+    let pad = "p".repeat(PAD);
+    let rounds = stall.div_ceil(10 * PAD);
+    for _ in 0..rounds {
+        for _ in 0..10 {
+            publisher
+                .send_json(json!({"type":"room_message","room":"big","content":pad}))
+                .await;
+        }
+        for _ in 0..10 {
+            publisher.recv_event("chat").await;
+        }
+    }
+    signal(node.pid(), "-TERM");
+    ringcast_testkit::wait_until(Duration::from_secs(10), "the node draining", || async {
+        ringcast_testkit::http_get(node.addr, "/healthz").await.0 == 503
+    })
+    .await;
+    // Past the writer's drain limit and the session's wait for the close reply (2 s each).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (mut chats, mut bytes) = (0usize, 0usize);
+    let code = loop {
+        let next = tokio::time::timeout(Duration::from_secs(15), slow.next())
+            .await
+            .unwrap_or_else(|_| panic!("nothing for 15 s after {chats} frames"));
+        match next {
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(&t)
+                    .unwrap_or_else(|e| panic!("frame {chats} is not JSON: {e}"));
+                if v["event"] == "chat" {
+                    chats += 1;
+                    bytes += t.len();
+                }
+            }
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("after {chats} whole frames ({bytes} bytes): {e}"),
+            None => panic!("the stream ended after {chats} frames, no close frame"),
+        }
+    };
+    assert_eq!(code, Some(1012));
+    assert!(
+        chats < rounds * 10,
+        "the drain ran out of time with messages still queued ({chats} of {})",
+        rounds * 10
+    );
+}

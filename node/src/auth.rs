@@ -24,6 +24,9 @@ pub const BEARER_PREFIX: &str = "bearer.";
 /// Largest `--jwt-leeway-secs`: clock skew beyond a day is a broken clock, not skew.
 pub const MAX_LEEWAY_SECS: u64 = 86_400;
 
+/// Default of `--jwt-leeway-secs`.
+pub const DEFAULT_LEEWAY_SECS: u64 = 5;
+
 /// Default of `--jwt-max-lifetime-secs`: 30 days.
 pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 30 * 86_400;
 
@@ -56,7 +59,7 @@ pub struct AuthArgs {
     pub jwt_issuer: Option<String>,
 
     /// Seconds of clock skew tolerated on `exp` and `nbf` (at most one day).
-    #[arg(long, env = "RINGCAST_JWT_LEEWAY_SECS", default_value_t = 5)]
+    #[arg(long, env = "RINGCAST_JWT_LEEWAY_SECS", default_value_t = DEFAULT_LEEWAY_SECS)]
     pub jwt_leeway_secs: u64,
 
     /// Longest lifetime accepted: a token whose `exp` lies further ahead than this is refused
@@ -95,7 +98,7 @@ impl Default for AuthArgs {
             jwt_public_key: None,
             jwt_audience: None,
             jwt_issuer: None,
-            jwt_leeway_secs: 5,
+            jwt_leeway_secs: DEFAULT_LEEWAY_SECS,
             jwt_max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS,
             default_room_access: None,
             default_chat_access: None,
@@ -555,5 +558,15 @@ mod tests {
         assert!(Authenticator::from_args(&missing)
             .unwrap_err()
             .contains("cannot read"));
+    }
+
+    #[test]
+    fn the_default_arguments_are_the_flags_defaults() {
+        use clap::Parser;
+        let parsed = crate::Config::parse_from(["x"]).auth;
+        let default = AuthArgs::default();
+        assert_eq!(parsed.jwt_leeway_secs, default.jwt_leeway_secs);
+        assert_eq!(parsed.jwt_leeway_secs, DEFAULT_LEEWAY_SECS);
+        assert_eq!(parsed.jwt_max_lifetime_secs, default.jwt_max_lifetime_secs);
     }
 }

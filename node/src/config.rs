@@ -211,6 +211,11 @@ impl Config {
     pub(crate) fn bus_timeout(&self) -> Duration {
         Duration::from_secs(self.bus_timeout_secs.clamp(1, MAX_SECS))
     }
+
+    /// Clamped: every connection computes its handshake deadline from it.
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs.clamp(1, MAX_SECS))
+    }
 }
 
 #[cfg(test)]
@@ -249,8 +254,14 @@ mod tests {
         c.idle_timeout_secs = u64::MAX;
         c.ping_interval_secs = u64::MAX;
         c.bus_timeout_secs = u64::MAX;
+        c.handshake_timeout_secs = u64::MAX;
         let now = std::time::Instant::now();
-        for d in [c.idle_timeout(), c.ping_interval(), c.bus_timeout()] {
+        for d in [
+            c.idle_timeout(),
+            c.ping_interval(),
+            c.bus_timeout(),
+            c.handshake_timeout(),
+        ] {
             assert!(now.checked_add(d).is_some());
         }
     }

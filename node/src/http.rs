@@ -45,10 +45,15 @@ pub async fn serve_connection(
     peer: SocketAddr,
     tracker: TaskTracker,
 ) {
-    let handshake_timeout = Duration::from_secs(shared.config.handshake_timeout_secs.max(1));
+    let handshake_timeout = shared.config.handshake_timeout();
     // One deadline for the first bytes and the whole head, as hyper had.
     let deadline = tokio::time::Instant::now() + handshake_timeout;
-    let prefix = match tokio::time::timeout_at(deadline, detect(&mut stream)).await {
+    // A connection that has sent nothing by the time the node has drained is not waited for.
+    let opening = tokio::select! {
+        opening = tokio::time::timeout_at(deadline, detect(&mut stream)) => opening,
+        _ = shared.stopped.cancelled() => return,
+    };
+    let prefix = match opening {
         Ok(Some((Opening::WsUpgrade, prefix))) => {
             // The 101 waits for the welcome (see `cork`); the session uncorks.
             cork::cork(&stream);
@@ -80,6 +85,7 @@ pub async fn serve_connection(
     };
     // hyper reads the detected bytes again first.
     let io = TokioIo::new(Prefixed::new(prefix, stream));
+    let stopped = shared.stopped.clone();
     let svc = service_fn(move |req| {
         let shared = shared.clone();
         let tracker = tracker.clone();
@@ -91,7 +97,17 @@ pub async fn serve_connection(
         .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(io, svc)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    let mut conn = std::pin::pin!(conn);
+    // Once the node has drained, a kept-alive connection ends after the request in progress
+    // (the node waits for its connections before exiting).
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stopped.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         debug!(%peer, error = %e, "http connection ended with an error");
     }
 }

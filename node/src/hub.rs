@@ -34,6 +34,8 @@ struct Topic<M> {
     members: M,
     active: bool,
     waiters: Vec<oneshot::Sender<()>>,
+    /// How many waiters the last pruning pass left (see [`Topic::add_waiter`]).
+    pruned_len: usize,
 }
 
 impl<M: Default> Default for Topic<M> {
@@ -42,7 +44,33 @@ impl<M: Default> Default for Topic<M> {
             members: M::default(),
             active: false,
             waiters: Vec::new(),
+            pruned_len: 0,
         }
+    }
+}
+
+/// A waiter list shorter than this is never pruned.
+const PRUNE_FROM: usize = 16;
+
+impl<M> Topic<M> {
+    /// Adds a waiter. Waiters that gave up (timed out) are dropped from time to time, so an
+    /// outage does not grow the list: only once it has doubled since the last pass, so that
+    /// many joins waiting at once cost linear work under the lock, not quadratic.
+    fn add_waiter(&mut self, checks: &impl Fn(usize)) -> oneshot::Receiver<()> {
+        if self.waiters.len() >= (2 * self.pruned_len).max(PRUNE_FROM) {
+            checks(self.waiters.len());
+            self.waiters.retain(|w| !w.is_closed());
+            self.pruned_len = self.waiters.len();
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push(tx);
+        rx
+    }
+
+    /// Takes every waiter (to wake them).
+    fn take_waiters(&mut self) -> Vec<oneshot::Sender<()>> {
+        self.pruned_len = 0;
+        std::mem::take(&mut self.waiters)
     }
 }
 
@@ -51,6 +79,9 @@ struct State {
     conns: HashMap<ConnId, Arc<Outbound>>,
     clients: HashMap<Arc<str>, Topic<Vec<Arc<Outbound>>>>,
     rooms: HashMap<String, Topic<HashMap<ConnId, Arc<Outbound>>>>,
+    /// Channels whose waiters only [`Hub::resume`] wakes: marked active while the bus was not
+    /// live. Filled only during an outage and emptied by the resume after it.
+    resuming: HashSet<Channel>,
 }
 
 /// Membership counts for `/stats`.
@@ -82,6 +113,12 @@ pub struct Hub {
     out_broadcast: IntCounter,
     out_room: IntCounter,
     out_direct: IntCounter,
+    /// Waiters looked at while pruning (the unit tests bound the work done under the lock).
+    #[cfg(test)]
+    waiter_checks: AtomicU64,
+    /// Topics `resume` looked at.
+    #[cfg(test)]
+    resume_visits: AtomicU64,
 }
 
 fn recover<T>(e: std::sync::PoisonError<T>) -> T {
@@ -114,6 +151,10 @@ impl Hub {
             out_room: out("room"),
             out_direct: out("direct"),
             metrics,
+            #[cfg(test)]
+            waiter_checks: AtomicU64::new(0),
+            #[cfg(test)]
+            resume_visits: AtomicU64::new(0),
         }
     }
 
@@ -134,19 +175,32 @@ impl Hub {
         if !self.bus_live() {
             return;
         }
-        let State { clients, rooms, .. } = &mut *state;
-        let waiting = clients
-            .values_mut()
-            .filter(|t| t.active)
-            .flat_map(|t| t.waiters.drain(..))
-            .chain(
-                rooms
-                    .values_mut()
+        let State {
+            clients,
+            rooms,
+            resuming,
+            ..
+        } = &mut *state;
+        // Only the channels that got waiters meanwhile, not every room and client.
+        #[cfg(test)]
+        self.resume_visits
+            .fetch_add(resuming.len() as u64, Ordering::Relaxed);
+        for channel in resuming.drain() {
+            let topic_waiters = match &channel {
+                Channel::Broadcast => None,
+                Channel::Room(room) => rooms
+                    .get_mut(room.as_str())
                     .filter(|t| t.active)
-                    .flat_map(|t| t.waiters.drain(..)),
-            );
-        for w in waiting {
-            let _ = w.send(());
+                    .map(Topic::take_waiters),
+                Channel::Client(id) => clients
+                    .get_mut(id.as_str())
+                    .filter(|t| t.active)
+                    .map(Topic::take_waiters),
+            };
+            // (An inactive one is being subscribed: `subscribed` wakes its waiters.)
+            for w in topic_waiters.into_iter().flatten() {
+                let _ = w.send(());
+            }
         }
     }
 
@@ -185,10 +239,14 @@ impl Hub {
         state.conns.insert(out.id, out.clone());
         self.connections.fetch_add(1, Ordering::Relaxed);
         self.metrics.connections.inc();
-        let topic = state.clients.entry(out.client_id.clone()).or_default();
+        let State {
+            clients, resuming, ..
+        } = &mut *state;
+        let topic = clients.entry(out.client_id.clone()).or_default();
         let first = topic.members.is_empty();
         topic.members.push(out.clone());
-        let ready = self.ready_for(topic, Channel::Client(out.client_id.to_string()));
+        let channel = Channel::Client(out.client_id.to_string());
+        let ready = self.ready_for(topic, resuming, channel);
         (first, ready)
     }
 
@@ -215,13 +273,16 @@ impl Hub {
     /// active on the bus (`None`: it already is).
     pub fn join(&self, room: &str, out: &Arc<Outbound>) -> Ready {
         let mut state = self.state.write().unwrap_or_else(recover);
-        let topic = state.rooms.entry(room.to_owned()).or_default();
+        let State {
+            rooms, resuming, ..
+        } = &mut *state;
+        let topic = rooms.entry(room.to_owned()).or_default();
         if topic.members.is_empty() {
             self.rooms_occupied.fetch_add(1, Ordering::Relaxed);
             self.metrics.rooms.inc();
         }
         topic.members.insert(out.id, out.clone());
-        self.ready_for(topic, Channel::Room(room.to_owned()))
+        self.ready_for(topic, resuming, Channel::Room(room.to_owned()))
     }
 
     /// Removes a connection from a room.
@@ -237,19 +298,27 @@ impl Hub {
         }
     }
 
-    fn ready_for<M>(&self, topic: &mut Topic<M>, channel: Channel) -> Ready {
+    fn ready_for<M>(
+        &self,
+        topic: &mut Topic<M>,
+        resuming: &mut HashSet<Channel>,
+        channel: Channel,
+    ) -> Ready {
         if topic.active && self.bus_live() {
             return None;
         }
-        // Waiters that gave up (timed out) go, so an outage does not grow the list.
-        topic.waiters.retain(|w| !w.is_closed());
-        let (tx, rx) = oneshot::channel();
-        topic.waiters.push(tx);
-        if !topic.active {
+        let rx = topic.add_waiter(&|_checked| {
+            #[cfg(test)]
+            self.waiter_checks
+                .fetch_add(_checked as u64, Ordering::Relaxed);
+        });
+        if topic.active {
+            // Active but the bus is resubscribing: it restores this channel by itself, and
+            // `resume` wakes the waiter.
+            resuming.insert(channel);
+        } else {
             self.mark_dirty(channel);
         }
-        // Active but the bus is resubscribing: it restores this channel by itself, and
-        // `resume` wakes the waiter.
         Some(rx)
     }
 
@@ -287,7 +356,7 @@ impl Hub {
         };
         // Encoded once; every member's queue shares these bytes.
         let frame = wire::text(text);
-        let mut slow = Vec::new();
+        let mut slow = SlowConsumers::default();
         let state = self.state.read().unwrap_or_else(recover);
         let (sent, counter) = match &envelope.target {
             Target::AllExcept(except) => {
@@ -327,10 +396,9 @@ impl Hub {
         drop(state);
         counter.inc_by(sent);
         // Logged only now: a log line can block (a full stdout pipe), and must not hold up
-        // joins, leaves and connects waiting for the lock.
-        for out in slow {
-            log_slow_consumer(&out);
-        }
+        // joins, leaves and connects waiting for the lock. One line however many there were:
+        // this runs on the bus's reader, which must not stall on logging either.
+        slow.log();
     }
 
     /// Queues `frame` for every target; the ones this call closed as slow consumers are added
@@ -339,7 +407,7 @@ impl Hub {
         &self,
         targets: impl Iterator<Item = &'a Arc<Outbound>>,
         frame: &Bytes,
-        slow: &mut Vec<Arc<Outbound>>,
+        slow: &mut SlowConsumers,
     ) -> u64 {
         let mut sent = 0;
         for out in targets {
@@ -347,7 +415,7 @@ impl Hub {
                 Push::Queued => sent += 1,
                 Push::Full => {
                     if self.close_slow_consumer(out) {
-                        slow.push(out.clone());
+                        slow.add(out);
                     }
                 }
                 Push::Closed => {}
@@ -439,6 +507,9 @@ impl Hub {
             for w in wake {
                 let _ = w.send(());
             }
+            if !live {
+                state.resuming.insert(channel.clone());
+            }
             if !active {
                 // Emptied while subscribing: the next pass unsubscribes.
                 self.mark_dirty(channel.clone());
@@ -464,6 +535,44 @@ impl Hub {
 
 fn log_slow_consumer(out: &Outbound) {
     warn!(client_id = %out.client_id, conn = out.id, "slow consumer disconnected");
+}
+
+/// Slow consumers one delivery closed, for one log line after the lock: how many, and the
+/// first few by name (bounded, whatever the room's size).
+#[derive(Default)]
+struct SlowConsumers {
+    count: usize,
+    first: Vec<(Arc<str>, ConnId)>,
+}
+
+impl SlowConsumers {
+    /// Most connections a log line names.
+    const NAMED: usize = 5;
+
+    fn add(&mut self, out: &Outbound) {
+        self.count += 1;
+        if self.first.len() < Self::NAMED {
+            self.first.push((out.client_id.clone(), out.id));
+        }
+    }
+
+    fn log(self) {
+        match self.count {
+            0 => {}
+            1 => {
+                let (client_id, conn) = &self.first[0];
+                warn!(%client_id, conn, "slow consumer disconnected");
+            }
+            count => {
+                let first: Vec<String> = self
+                    .first
+                    .iter()
+                    .map(|(id, conn)| format!("{id}#{conn}"))
+                    .collect();
+                warn!(count, first = %first.join(","), "slow consumers disconnected");
+            }
+        }
+    }
 }
 
 trait Members {
@@ -520,7 +629,7 @@ where
         Some(topic) => {
             topic.active = true;
             let waiters = if wake {
-                std::mem::take(&mut topic.waiters)
+                topic.take_waiters()
             } else {
                 Vec::new()
             };
@@ -634,6 +743,57 @@ mod tests {
     }
 
     #[test]
+    fn rejoins_while_the_bus_resubscribes_cost_linear_work_and_resume_visits_only_waiters() {
+        let hub = hub();
+        let (live_tx, live_rx) = watch::channel(true);
+        hub.follow_bus(live_rx);
+        // Many rooms subscribed, one of them with members about to rejoin.
+        let (a, _ra) = conn(&hub, "a");
+        for i in 0..1000 {
+            let _ = hub.join(&format!("r{i}"), &a);
+        }
+        hub.plan();
+        hub.subscribed(
+            &(0..1000)
+                .map(|i| room(&format!("r{i}")))
+                .collect::<Vec<_>>(),
+        );
+        live_tx.send_replace(false);
+        const JOINS: usize = 10_000;
+        let mut waiting = Vec::new();
+        let mut outs = Vec::new();
+        for i in 0..JOINS {
+            let (o, rx) = conn(&hub, &format!("c{i}"));
+            waiting.push(
+                hub.join("r0", &o)
+                    .expect("waits while the bus resubscribes"),
+            );
+            outs.push((o, rx));
+        }
+        let checks = hub.waiter_checks.load(Ordering::Relaxed);
+        assert!(
+            checks <= 4 * JOINS as u64,
+            "{checks} waiter checks under the write lock for {JOINS} joins"
+        );
+        // Half of them give up (time out): the list is pruned, the others still wait.
+        waiting.truncate(JOINS / 2);
+        for (o, _) in &outs {
+            let _ = hub.join("r1", o);
+        }
+        live_tx.send_replace(true);
+        hub.resume();
+        assert!(
+            waiting.iter_mut().all(|w| w.try_recv().is_ok()),
+            "all woken"
+        );
+        assert_eq!(
+            hub.resume_visits.load(Ordering::Relaxed),
+            2,
+            "resume visits the two rooms with waiters, not all 1000 nor the clients"
+        );
+    }
+
+    #[test]
     fn leave_racing_subscribe_unsubscribes_afterwards() {
         let hub = hub();
         let (a, _ra) = conn(&hub, "a");
@@ -662,11 +822,11 @@ mod tests {
     }
 
     #[test]
-    fn slow_consumers_are_logged_after_the_hub_lock_is_released() {
+    fn slow_consumers_are_logged_after_the_hub_lock_is_released_in_one_line_per_delivery() {
         use tracing_subscriber::layer::SubscriberExt;
         let hub = Arc::new(hub());
         let mut rxs = Vec::new();
-        for i in 0..3 {
+        for i in 0..20 {
             let (out, rx) = Outbound::new(hub.next_conn_id(), format!("c{i}").into(), 1, 1 << 20);
             hub.register(out.clone());
             let _ = hub.join("r", &out);
@@ -686,7 +846,11 @@ mod tests {
             send();
         });
         let free = free.lock().unwrap();
-        assert_eq!(free.len(), 3, "one warning per slow consumer");
+        assert_eq!(
+            free.len(),
+            1,
+            "one warning for the 20 slow consumers of one delivery, none for the next"
+        );
         assert!(
             free.iter().all(|f| *f),
             "a slow consumer was logged under the hub lock: {free:?}"

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use ringcast_protocol::{Envelope, Target};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -19,6 +20,7 @@ use crate::hub::{now_micros, Hub};
 use crate::metrics::Metrics;
 use crate::outbound::SERVICE_RESTART;
 use crate::publisher;
+use crate::writer::CLOSE_TIMEOUT;
 
 /// Slack above `max_connections` for plain HTTP (health checks, scrapes) while sessions are full.
 const HTTP_HEADROOM: usize = 256;
@@ -47,6 +49,9 @@ pub struct Shared {
     publish_tx: mpsc::Sender<publisher::Job>,
     /// Cancelled when the node has drained: its links (see `link.rs`) close.
     pub stopped: tokio_util::sync::CancellationToken,
+    /// Every connection's task, and the tasks that finish a connection's business (a session's
+    /// drop guard announcing it gone): shutdown waits for them (see [`serve`]).
+    pub tracker: TaskTracker,
     /// Session slots taken, counted from the upgrade on (before the session registers), so
     /// concurrent upgrades cannot overshoot `max_connections`.
     sessions: Arc<AtomicUsize>,
@@ -95,6 +100,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             auth,
             stopped: tokio_util::sync::CancellationToken::new(),
+            tracker: TaskTracker::new(),
             sessions: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -215,7 +221,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let tracker = TaskTracker::new();
+    let tracker = shared.tracker.clone();
     let permits = Arc::new(Semaphore::new(
         shared.config.max_connections + HTTP_HEADROOM,
     ));
@@ -238,6 +244,7 @@ pub async fn serve(
         tokio::time::sleep(Duration::from_secs(shared.config.drain_delay_secs)).await;
         shared.hub.close_all(SERVICE_RESTART);
         let grace = Duration::from_secs(shared.config.shutdown_grace_secs);
+        let grace_end = Instant::now().checked_add(grace);
         let sessions_closed = async {
             while shared.hub.connection_count() > 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -249,15 +256,31 @@ pub async fn serve(
                 "grace period over; dropping remaining connections"
             );
         }
+        grace_end
     };
     // Keep answering HTTP (503 on /healthz and /ws) while draining.
-    tokio::select! {
-        _ = drain => {}
-        _ = accept_loop(&listener, &shared, &permits, &tracker) => {}
-    }
+    let grace_end = tokio::select! {
+        grace_end = drain => grace_end,
+        _ = accept_loop(&listener, &shared, &permits, &tracker) => Some(Instant::now()),
+    };
     drop(listener);
     shared.stopped.cancel();
     tracker.close();
+    // A session leaves the hub once its client answered the close or it stopped waiting for
+    // that (CLOSE_TIMEOUT); its writer may still be sending the close frame to a client that
+    // reads slowly, and a link still carrying it. Returning now would end the process under
+    // them (the client sees 1006): wait for every connection task, for what is left of the
+    // grace period and at least as long as a session waits for its writer.
+    let left = grace_end.map_or(Duration::MAX, |end| {
+        end.saturating_duration_since(Instant::now())
+    });
+    let limit = left.max(CLOSE_TIMEOUT * 2);
+    if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
+        warn!(
+            tasks = tracker.len(),
+            "connections still open at exit; dropping them"
+        );
+    }
     info!("drained");
 }
 

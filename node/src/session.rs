@@ -146,13 +146,12 @@ where
     (writer, stream)
 }
 
-/// `now + after`, or a point decades ahead where that is past the clock's range (tokio's
-/// "far future"): a deadline fed by a token or the configuration never overflows.
+/// `now + after`, saturating at `FAR` (about 30 years) ahead: a deadline fed by a token or the
+/// configuration never overflows, and one out of range is far, never immediate.
 fn deadline_after(now: Instant, after: Duration) -> Instant {
+    /// Far enough to never fire, near enough that any clock can add it to `now`.
     const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
-    now.checked_add(after.min(FAR))
-        .or_else(|| now.checked_add(FAR))
-        .unwrap_or(now)
+    now + after.min(FAR)
 }
 
 /// The text frame of an encoded event.
@@ -487,5 +486,23 @@ impl Session {
 
     fn error(&self, code: ErrorCode, message: &str) {
         reply_error(&self.shared, &self.out, code, message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_past_the_clock_s_range_is_far_not_now() {
+        let now = Instant::now();
+        let year = Duration::from_secs(365 * 86_400);
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        for after in [Duration::from_secs(u64::MAX), Duration::MAX] {
+            assert!(deadline_after(now, after) > now + 20 * year, "{after:?}");
+        }
     }
 }

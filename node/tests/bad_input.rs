@@ -370,3 +370,17 @@ async fn upgraded_until(s: &mut tokio::net::TcpStream, needle: &str) {
         String::from_utf8_lossy(&got)
     );
 }
+
+/// A configuration built in code (not parsed, so not range-checked) with a handshake timeout
+/// past the clock's range still serves: the deadline each connection computes is clamped.
+#[tokio::test]
+async fn a_huge_handshake_timeout_in_code_does_not_break_connections() {
+    let mut c = config();
+    c.handshake_timeout_secs = u64::MAX;
+    let node = TestNode::start(c).await;
+    let (mut client, _) = Client::connect_welcomed(&node.ws_url("patient")).await;
+    client.send_json(json!({"type":"ping"})).await;
+    assert_eq!(client.recv().await["event"], "pong");
+    let (status, _) = node.get("/healthz").await;
+    assert_eq!(status, 200);
+}

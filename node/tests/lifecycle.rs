@@ -140,15 +140,20 @@ async fn client_pings_are_answered_and_client_closes_are_echoed() {
 }
 
 /// A client whose socket stopped taking bytes: a tiny receive buffer, in `room`, never read
-/// from until the test says so.
+/// from until the test says so. Returns it with the size of its receive buffer.
 async fn stuck_reader(
     node: &NodeProcess,
     id: &str,
     room: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    usize,
+) {
     use futures_util::{SinkExt, StreamExt};
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    // What the kernel made of it (Linux doubles it; a fixed size also stops autotuning).
+    let rcvbuf = socket.recv_buffer_size().expect("SO_RCVBUF") as usize;
     let stream = socket.connect(node.addr).await.expect("connect");
     let (mut ws, _) = tokio_tungstenite::client_async(node.url(id), stream)
         .await
@@ -162,20 +167,57 @@ async fn stuck_reader(
     for _ in 0..2 {
         ws.next().await.expect("frame").expect("frame ok");
     }
-    ws
+    (ws, rcvbuf)
 }
 
-/// Publishes ~9 MiB to `room`, far more than the stuck reader's socket buffers hold (the
-/// kernel's send buffer tops out at 4 MiB) and less than its send queue: its writer is left in
-/// the middle of a write.
-async fn fill(node: &NodeProcess, room: &str) {
+/// The largest a TCP buffer may grow to on this host: the last field of
+/// `/proc/sys/net/ipv4/<which>` (`tcp_wmem`, `tcp_rmem`).
+fn tcp_buffer_max(which: &str) -> usize {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv4/{which}"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read /proc/sys/net/ipv4/{which}"))
+}
+
+/// Bytes of room messages that cannot all fit in the kernel's buffers between the node and a
+/// stuck reader with a `rcvbuf`-byte receive buffer: the node's send buffer at its largest
+/// (`tcp_wmem`), the reader's receive buffer, and 2 MiB more. Sent while the reader takes
+/// nothing, they leave its writer in the middle of a write, whatever this host's buffer sizes.
+fn stall_bytes(rcvbuf: usize) -> usize {
+    (tcp_buffer_max("tcp_wmem") + rcvbuf + (2 << 20)).max(9 << 20)
+}
+
+/// Content bytes of one room message of [`fill`].
+const PAD: usize = 60 * 1024;
+
+/// Node flags that let a stuck reader's queue hold `bytes` of room messages.
+fn roomy(bytes: usize) -> Vec<String> {
+    let queue = 2 * bytes;
+    [
+        "--announce-connections=false",
+        "--send-queue-bytes",
+        &queue.to_string(),
+        "--send-queue-frames",
+        &(2 * bytes / PAD + 64).to_string(),
+        "--rate-limit-per-sec",
+        "100000",
+        "--rate-limit-burst",
+        "100000",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Publishes at least `bytes` to `room` in messages of [`PAD`] bytes; returns how many.
+async fn fill(node: &NodeProcess, room: &str, bytes: usize) -> usize {
     let (mut publisher, _) = Client::connect_welcomed(&node.url("publisher")).await;
     publisher
         .send_json(json!({"type":"join_room","room":room}))
         .await;
     publisher.recv_event("user_joined").await;
-    let pad = "p".repeat(60 * 1024);
-    for _ in 0..15 {
+    let pad = "p".repeat(PAD);
+    let rounds = bytes.div_ceil(10 * PAD);
+    for _ in 0..rounds {
         for _ in 0..10 {
             publisher
                 .send_json(json!({"type":"room_message","room":room,"content":pad}))
@@ -185,26 +227,47 @@ async fn fill(node: &NodeProcess, room: &str) {
             publisher.recv_event("chat").await;
         }
     }
+    rounds * 10
+}
+
+/// What a stuck reader got up to the node's close frame.
+#[derive(Debug, PartialEq)]
+struct Closed {
+    code: u16,
+    /// Whole chat frames before it.
+    frames: usize,
+    /// Their payload bytes.
+    bytes: usize,
 }
 
 /// Reads everything the node sends until its close frame: every frame before it must be a
-/// whole JSON text. Returns the close code, or what went wrong instead.
+/// whole JSON text. Returns the close code and the chat frames before it, or what went wrong
+/// instead.
 async fn read_to_close(
     mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-) -> Result<u16, String> {
+) -> Result<Closed, String> {
     use futures_util::StreamExt;
-    let mut frames = 0usize;
+    let (mut frames, mut bytes) = (0usize, 0usize);
     loop {
         let next = tokio::time::timeout(Duration::from_secs(15), ws.next())
             .await
             .map_err(|_| format!("nothing for 15 s after {frames} frames"))?;
         match next {
             Some(Ok(Message::Text(t))) => {
-                serde_json::from_str::<serde_json::Value>(&t)
+                let v = serde_json::from_str::<serde_json::Value>(&t)
                     .map_err(|e| format!("frame {frames} is not JSON: {e}"))?;
-                frames += 1;
+                if v["event"] == "chat" {
+                    frames += 1;
+                    bytes += t.len();
+                }
             }
-            Some(Ok(Message::Close(Some(close)))) => return Ok(close.code.into()),
+            Some(Ok(Message::Close(Some(close)))) => {
+                return Ok(Closed {
+                    code: close.code.into(),
+                    frames,
+                    bytes,
+                })
+            }
             Some(Ok(Message::Close(None))) => return Err("a close frame without a code".into()),
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(format!("after {frames} whole frames: {e}")),
@@ -217,27 +280,36 @@ async fn read_to_close(
     }
 }
 
+/// Checks that a stuck reader that got `closed` after `sent` messages of `stall` bytes in all
+/// had its writer mid-write when the close came: it got every message, more bytes than the
+/// kernel could have held for it, so its writer still had some when the close came.
+fn proves_a_stall(closed: &Closed, sent: usize, stall: usize) {
+    assert_eq!(
+        closed.frames, sent,
+        "every queued message came before the close"
+    );
+    assert!(
+        closed.bytes >= stall,
+        "{} bytes fit in the kernel's buffers ({stall} needed to stall)",
+        closed.bytes
+    );
+}
+
 /// Item 9 of the hardening issue: a drain that finds a client's writer in the middle of a
 /// write still ends with a close frame, after whole frames only.
 #[tokio::test]
 async fn a_drain_during_a_stalled_write_ends_with_1012_after_whole_frames() {
-    let node = NodeProcess::spawn(&[
-        "--announce-connections=false",
-        "--send-queue-bytes",
-        "33554432",
-        "--send-queue-frames",
-        "4096",
-        "--rate-limit-per-sec",
-        "100000",
-        "--rate-limit-burst",
-        "100000",
-        "--shutdown-grace-secs",
-        "10",
-    ]);
-    let stuck = stuck_reader(&node, "stuck", "big").await;
-    fill(&node, "big").await;
+    let stall = stall_bytes(8192);
+    let mut args = roomy(stall);
+    args.extend(["--shutdown-grace-secs", "10"].map(String::from));
+    let node = NodeProcess::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (stuck, rcvbuf) = stuck_reader(&node, "stuck", "big").await;
+    assert!(stall >= stall_bytes(rcvbuf), "receive buffer {rcvbuf}");
+    let sent = fill(&node, "big", stall).await;
     node.signal("-TERM");
-    assert_eq!(read_to_close(stuck).await, Ok(1012));
+    let closed = read_to_close(stuck).await.expect("a close frame");
+    assert_eq!(closed.code, 1012);
+    proves_a_stall(&closed, sent, stall);
 }
 
 /// The same for a close the client itself causes while its writer is stuck: an oversized
@@ -245,25 +317,64 @@ async fn a_drain_during_a_stalled_write_ends_with_1012_after_whole_frames() {
 #[tokio::test]
 async fn an_oversized_message_during_a_stalled_write_is_answered_with_1009() {
     use futures_util::SinkExt;
-    let node = NodeProcess::spawn(&[
-        "--announce-connections=false",
-        "--send-queue-bytes",
-        "33554432",
-        "--send-queue-frames",
-        "4096",
-        "--rate-limit-per-sec",
-        "100000",
-        "--rate-limit-burst",
-        "100000",
-    ]);
-    let mut stuck = stuck_reader(&node, "stuck", "big").await;
-    fill(&node, "big").await;
+    let stall = stall_bytes(8192);
+    let args = roomy(stall);
+    let node = NodeProcess::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (mut stuck, rcvbuf) = stuck_reader(&node, "stuck", "big").await;
+    assert!(stall >= stall_bytes(rcvbuf), "receive buffer {rcvbuf}");
+    let sent = fill(&node, "big", stall).await;
     stuck
         .send(Message::text("x".repeat(100 * 1024)))
         .await
         .expect("send the oversized message");
-    assert_eq!(read_to_close(stuck).await, Ok(1009));
+    let closed = read_to_close(stuck).await.expect("a close frame");
+    assert_eq!(closed.code, 1009);
+    proves_a_stall(&closed, sent, stall);
     let (mut other, _) = Client::connect_welcomed(&node.url("other")).await;
     other.send_json(json!({"type":"ping"})).await;
     assert_eq!(other.recv().await["event"], "pong");
+}
+
+/// A client that reads nothing for longer than the drain's 2 s, then reads on, at shutdown:
+/// the session gives up on its close reply and leaves the hub while the writer still owes the
+/// close frame. The process must wait for that writer: the client gets whole frames, then
+/// 1012, never a connection that just ends (1006).
+#[tokio::test]
+async fn a_slow_reader_at_shutdown_still_gets_its_1012_after_the_frames_written() {
+    let stall = stall_bytes(8192);
+    let mut args = roomy(stall);
+    args.extend(["--shutdown-grace-secs", "10"].map(String::from));
+    let mut node = NodeProcess::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (stuck, rcvbuf) = stuck_reader(&node, "slow", "big").await;
+    assert!(stall >= stall_bytes(rcvbuf), "receive buffer {rcvbuf}");
+    let sent = fill(&node, "big", stall).await;
+    node.signal("-TERM");
+    // No drain delay: clients are closed as soon as the node is draining.
+    ringcast_testkit::wait_until(Duration::from_secs(10), "draining", || async {
+        http_get(node.addr, "/healthz").await.0 == 503
+    })
+    .await;
+    // Past the writer's drain limit and the session's wait for the close reply (2 s each).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let closed = read_to_close(stuck).await;
+    let closed = closed.expect("whole frames, then a close frame");
+    assert_eq!(closed.code, 1012);
+    assert!(
+        closed.frames < sent,
+        "the drain ran out of time with messages still queued ({} of {sent})",
+        closed.frames
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = node.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "node did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .expect("join");
+    assert!(status.success(), "exit status {status}");
 }

@@ -136,15 +136,21 @@ async fn opens_past_the_connection_limit_are_refused_with_a_503_across_links() {
     let mut first = raw_link(&node, None).await;
     let opens: Vec<u8> = (1..=LIMIT).flat_map(|id| frame(OPEN, id)).collect();
     first.write_all(&opens).await.unwrap();
-    // The pending streams count as connections: an ordinary client is refused...
+    // The pending streams count as connections: an ordinary client is refused... (One that
+    // gets in before the node has read every OPEN keeps its slot: dropped, it would free a slot
+    // for the next try, and the node would never look full.)
     let url = ringcast_testkit::ws_url(node.addr, "ordinary");
+    let early = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     ringcast_testkit::wait_until(Duration::from_secs(5), "the node full", || {
-        let url = url.clone();
+        let (url, early) = (url.clone(), early.clone());
         async move {
-            Client::try_connect(&url)
-                .await
-                .err()
-                .is_some_and(|e| e.to_string().contains("503"))
+            match Client::try_connect(&url).await {
+                Ok(client) => {
+                    early.lock().unwrap().push(client);
+                    false
+                }
+                Err(e) => e.to_string().contains("503"),
+            }
         }
     })
     .await;
@@ -175,6 +181,7 @@ async fn opens_past_the_connection_limit_are_refused_with_a_503_across_links() {
     }
     // ...until the flood's link is gone.
     drop(first);
+    drop(early);
     ringcast_testkit::wait_until(
         Duration::from_secs(10),
         "the ordinary client served",

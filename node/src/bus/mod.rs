@@ -14,6 +14,7 @@ use bytes::Bytes;
 use thiserror::Error;
 use tokio::sync::watch;
 
+mod liveness;
 pub mod memory;
 mod probe;
 pub mod redis;

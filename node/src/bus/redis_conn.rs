@@ -16,6 +16,7 @@ use redis::{AsyncConnectionConfig, Client, ErrorKind, PushInfo, PushKind, RedisE
 use tokio::sync::{watch, Mutex};
 use tracing::{info, warn};
 
+use super::liveness::Liveness;
 use super::probe::{self, Backoff};
 use super::redis::RedisBusConfig;
 use super::{BusError, Inbox};
@@ -62,9 +63,9 @@ pub(super) struct Inner {
     healthy_tx: watch::Sender<bool>,
     /// Whether the wanted set is subscribed on a live connection (see [`Inner::live_rx`]).
     live_tx: watch::Sender<bool>,
-    /// The subscriber generation `live_tx` speaks for; read and written only inside `live_tx`'s
-    /// update closures, so both change together.
-    live_generation: AtomicU64,
+    /// The generations `live_tx` speaks for; read and written only inside `live_tx`'s update
+    /// closures, so both change together.
+    liveness: std::sync::Mutex<Liveness>,
 }
 
 pub(super) fn unavailable(what: &str, e: impl std::fmt::Display) -> BusError {
@@ -72,7 +73,8 @@ pub(super) fn unavailable(what: &str, e: impl std::fmt::Display) -> BusError {
 }
 
 fn poisoned<T>(e: std::sync::PoisonError<T>) -> T {
-    // The guarded value is one Option replaced whole, so it is consistent after any panic.
+    // The guarded values (one Option replaced whole, plain Liveness data) are consistent after
+    // any panic.
     e.into_inner()
 }
 
@@ -113,7 +115,7 @@ impl Inner {
             subscriber_up: AtomicBool::new(false),
             healthy_tx: watch::channel(false).0,
             live_tx: watch::channel(false).0,
-            live_generation: AtomicU64::new(0),
+            liveness: std::sync::Mutex::new(Liveness::default()),
             settings,
         }
     }
@@ -128,23 +130,24 @@ impl Inner {
         self.live_tx.subscribe()
     }
 
-    /// The subscriber of `generation` has every wanted channel subscribed.
+    /// The subscriber of `generation` has every wanted channel subscribed (believed only if
+    /// that generation was not reported lost meanwhile: see `liveness.rs`).
     fn subscriptions_restored(&self, generation: u64) {
-        self.live_tx.send_modify(|live| {
-            self.live_generation.store(generation, Ordering::Relaxed);
-            *live = true;
-        });
+        self.update_liveness(|l| l.restored(generation));
     }
 
     /// The subscriber of `generation` is lost (or judged so): until a new one has resubscribed,
     /// nothing published reaches this node. A report about a replaced generation changes nothing.
     fn subscriptions_lost(&self, generation: u64) {
+        self.update_liveness(|l| l.lost(generation));
+    }
+
+    fn update_liveness(&self, update: impl FnOnce(&mut Liveness) -> bool) {
         self.live_tx.send_if_modified(|live| {
-            let current = *live && self.live_generation.load(Ordering::Relaxed) == generation;
-            if current {
-                *live = false;
-            }
-            current
+            let mut liveness = self.liveness.lock().unwrap_or_else(poisoned);
+            let changed = update(&mut liveness);
+            *live = liveness.is_live();
+            changed
         });
     }
 
@@ -287,6 +290,8 @@ impl Inner {
             if let Err(e) = result {
                 sub.link = None;
                 drop(sub);
+                // At once, as for a pushed disconnect: joins wait from now on.
+                self.subscriptions_lost(link.generation);
                 report_failure(&self.subscriber_failed_tx, link.generation);
                 return Err(unavailable("Redis (un)subscribe failed", e));
             }

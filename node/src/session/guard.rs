@@ -4,7 +4,8 @@
 //! never gets there, because it panicked or its task was cancelled, the hub would keep the
 //! connection forever: `/stats` counting it, broadcasts queued for it, a shutdown waiting the whole
 //! grace period for it. Dropping the session therefore withdraws it too, closes it with 1011 so
-//! its writer ends, and tells the rooms' members from a task of its own (a drop cannot wait).
+//! its writer ends (after what was already queued), and tells the rooms' members from a task of
+//! its own (a drop cannot wait), in the node's task tracker so that a shutdown waits for it.
 
 use tracing::{debug, warn};
 
@@ -12,11 +13,13 @@ use super::handlers::announce_gone;
 use super::Session;
 use crate::outbound::Closing;
 
-/// The server failed while serving the connection.
+/// The server failed while serving the connection. Draining, as every other server close
+/// that is not about the client's own sending: the frames already queued are intact (the
+/// writer is a task of its own), and the client should not lose them because of our bug.
 const INTERNAL_ERROR: Closing = Closing::Server {
     code: 1011,
     reason: "internal error",
-    drain: false,
+    drain: true,
 };
 
 /// A text frame that makes the session panic, in the node's own unit tests only.
@@ -43,8 +46,9 @@ impl Drop for Session {
         if rooms.is_empty() && !(last && self.shared.config.announce_connections) {
             return;
         }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(announce_gone(
+        // In the node's tracker, so that a shutdown waits for these announcements too.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.shared.tracker.spawn(announce_gone(
                 self.shared.clone(),
                 self.out.client_id.clone(),
                 rooms,
@@ -143,6 +147,35 @@ mod tests {
         assert!(
             matches!(ended, Ok(Ok(Ok(())))),
             "the node did not finish its shutdown: {ended:?}"
+        );
+    }
+
+    /// What the README promises for 1011: the frames already queued come before the close, a
+    /// session that fails included (its writer is a task of its own and is not affected).
+    #[tokio::test]
+    async fn a_panicking_session_s_queued_frames_come_before_its_1011() {
+        let mut config = Config::for_tests();
+        config.announce_connections = false;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(crate::run(listener, config, stop_rx));
+        let (mut victim, _) =
+            Client::connect_welcomed(&format!("ws://{addr}/ws?client_id=victim")).await;
+        // One write: the pong is queued and the session panics on the next frame before its
+        // writer (on this same single-threaded runtime) has taken it.
+        victim
+            .feed(Message::text(json!({"type":"ping"}).to_string()))
+            .await;
+        victim.feed(Message::text(PANIC_FRAME)).await;
+        victim.flush().await;
+        assert_eq!(
+            victim.next_json(Duration::from_secs(10)).await,
+            Ok(json!({"event":"pong"}))
+        );
+        assert_eq!(
+            victim.expect_close(Duration::from_secs(10)).await,
+            Some(1011)
         );
     }
 }

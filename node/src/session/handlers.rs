@@ -167,32 +167,28 @@ impl Session {
     /// Leaves every joined room the current token does not allow: the client gets
     /// `room_revoked`, the room's other members `user_left`.
     async fn revoke_rooms(&mut self) {
-        let revoked: Vec<String> = self
+        let revoked: HashSet<String> = self
             .rooms
             .iter()
             .filter(|room| !self.may_use_room(room))
             .cloned()
             .collect();
-        let me = self.out.client_id.clone();
-        for room in revoked {
-            self.rooms.remove(&room);
+        if revoked.is_empty() {
+            return;
+        }
+        for room in &revoked {
+            self.rooms.remove(room);
             // Out of the room before the client is told: nothing of the room follows the event.
-            self.shared.hub.leave(&room, self.out.id);
+            self.shared.hub.leave(room, self.out.id);
             let event = ServerEvent::RoomRevoked {
-                room: &room,
+                room,
                 reason: RevokeReason::Token,
             };
             reply(&self.shared, &self.out, event.encode());
-            let left = ServerEvent::UserLeft {
-                user_id: &me,
-                room: &room,
-            }
-            .encode();
-            let _ = self
-                .shared
-                .publish(Channel::Room(room.clone()), Target::Room(room), &left)
-                .await;
         }
+        // The other members learn it as for any leave; the connection itself stays.
+        let (shared, me) = (self.shared.clone(), self.out.client_id.clone());
+        Box::pin(announce_gone(shared, me, revoked, false)).await;
     }
 
     async fn join(&mut self, room: &str) {
