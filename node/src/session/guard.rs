@@ -22,10 +22,6 @@ const INTERNAL_ERROR: Closing = Closing::Server {
     drain: true,
 };
 
-/// A text frame that makes the session panic, in the node's own unit tests only.
-#[cfg(test)]
-pub(super) const PANIC_FRAME: &str = "{\"type\":\"ping\",\"panic\":\"injected by a test\"}";
-
 impl Drop for Session {
     fn drop(&mut self) {
         if !self.registered {
@@ -68,7 +64,7 @@ mod tests {
     use tokio::sync::watch;
     use tokio_tungstenite::tungstenite::Message;
 
-    use super::PANIC_FRAME;
+    use super::super::handlers::PANIC_FRAME;
     use crate::Config;
 
     /// `/stats` `connections` of the node at `addr`.

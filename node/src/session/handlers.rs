@@ -14,6 +14,11 @@ use super::{reply, reply_error, Session};
 use crate::bus::Channel;
 use crate::server::Shared;
 
+/// A text frame that makes the session panic, in the node's own unit tests only (the drop
+/// guard's tests inject a panic with it).
+#[cfg(test)]
+pub(super) const PANIC_FRAME: &str = "{\"type\":\"ping\",\"panic\":\"injected by a test\"}";
+
 impl Session {
     async fn publish(&self, channel: Channel, target: Target, frame: &Bytes) -> Option<usize> {
         match self.shared.publish(channel, target, frame).await {
@@ -57,7 +62,7 @@ impl Session {
 
     pub(super) async fn handle(&mut self, frame: Utf8Bytes) {
         #[cfg(test)]
-        if frame.as_str() == super::guard::PANIC_FRAME {
+        if frame.as_str() == PANIC_FRAME {
             panic!("a panic injected by a test");
         }
         let msg = match ClientMessage::parse(frame.as_str()) {
