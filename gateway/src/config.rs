@@ -142,7 +142,8 @@ pub struct Config {
     /// Shared secret (16+ printable bytes) presented to nodes to open a link; the nodes' own
     /// `--link-secret`. Without it only nodes on this host take links; a node that refuses the
     /// link is reached with one connection per client.
-    #[arg(long, env = "RINGCAST_LINK_SECRET", hide_env_values = true)]
+    #[arg(long, env = "RINGCAST_LINK_SECRET", hide_env_values = true,
+          value_parser = ringcast_node::link::secret::SecretParser)]
     pub link_secret: Option<ringcast_node::link::LinkSecret>,
 
     /// Most nodes tried for one upgrade (the owner, then the ring's replica order).

@@ -298,3 +298,49 @@ fn ports_agree_across_services_scrape_configs_and_annotations() {
         assert!(names.iter().any(|x| x == n), "overlay scales unknown {n}");
     }
 }
+
+/// A launch of `bin` with only `env` set.
+fn launch(bin: Bin, args: &[&str], env: &[(&str, &str)]) -> Launch {
+    Launch {
+        origin: format!("{bin:?} {args:?}"),
+        bin,
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+#[test]
+fn a_bad_link_secret_is_refused_without_being_printed_and_a_files_newline_is_dropped() {
+    // Each bad value holds the marker, which must not appear in anything the binary prints.
+    const MARK: &str = "Sekr1tMarker";
+    let bad = [
+        MARK.to_owned(),
+        format!("{MARK} with a space in it"),
+        format!("{MARK}-line\nbreak-in-the-middle"),
+        format!("{MARK}-two-newlines-at-the-end\n\n"),
+    ];
+    for bin in [Bin::Node, Bin::Gateway] {
+        for value in &bad {
+            let by_flag = launch(bin, &["--link-secret", value], &[]);
+            let by_env = launch(bin, &[], &[("RINGCAST_LINK_SECRET", value)]);
+            for l in [by_flag, by_env] {
+                let (ok, out) = l.check_config();
+                assert!(!ok, "{}: {value:?} was accepted", l.origin);
+                assert!(!out.contains(MARK), "{}: the secret was printed:\n{out}", l.origin);
+                assert!(out.contains("--link-secret"), "{}: {out}", l.origin);
+            }
+        }
+        // A Secret made from `openssl rand -hex 32 > file` ends in a newline.
+        for value in [
+            "7f3a9c0e5b2d4f6a8c1e3b5d7f9a2c4e\n",
+            "7f3a9c0e5b2d4f6a8c1e3b5d7f9a2c4e\r\n",
+        ] {
+            let l = launch(bin, &[], &[("RINGCAST_LINK_SECRET", value)]);
+            let (ok, out) = l.check_config();
+            assert!(ok, "{}: {value:?} refused:\n{out}", l.origin);
+        }
+    }
+}

@@ -80,7 +80,8 @@ pub struct Config {
     /// Shared secret (16+ printable bytes) a gateway must present to carry clients over a link
     /// (`/link`); set the same on every gateway. Without it, links are taken from loopback peers
     /// only (a gateway elsewhere then reaches this node with one connection per client).
-    #[arg(long, env = "RINGCAST_LINK_SECRET", hide_env_values = true)]
+    #[arg(long, env = "RINGCAST_LINK_SECRET", hide_env_values = true,
+          value_parser = crate::link::secret::SecretParser)]
     pub link_secret: Option<crate::link::LinkSecret>,
 
     /// Largest client message (and frame) in bytes; a larger one closes the connection with 1009.

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 
 use hyper::header::{self, HeaderMap};
 
-/// The secret that authenticates links; at least [`LinkSecret::MIN_LEN`] bytes.
+/// The secret that authenticates links; [`LinkSecret::MIN_LEN`] to [`LinkSecret::MAX_LEN`]
+/// printable bytes.
 #[derive(Clone, PartialEq, Eq)]
 pub struct LinkSecret(String);
 
@@ -20,27 +21,82 @@ impl std::fmt::Debug for LinkSecret {
     }
 }
 
-impl std::str::FromStr for LinkSecret {
-    type Err = String;
+/// Why a configured link secret cannot be used. Never contains the value: it is printed at
+/// startup, into logs that many people read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    /// Shorter than [`LinkSecret::MIN_LEN`].
+    #[error("a link secret has at least {} bytes", LinkSecret::MIN_LEN)]
+    TooShort,
+    /// Longer than [`LinkSecret::MAX_LEN`].
+    #[error("a link secret has at most {} bytes", LinkSecret::MAX_LEN)]
+    TooLong,
+    /// A space, a control character (a newline inside it) or a byte outside ASCII.
+    #[error("a link secret is printable ASCII without spaces (one trailing newline is dropped)")]
+    Unprintable,
+}
 
-    /// A secret of at least [`LinkSecret::MIN_LEN`] bytes that fits in a header value.
+impl std::str::FromStr for LinkSecret {
+    type Err = SecretError;
+
+    /// See [`LinkSecret::parse`].
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() < Self::MIN_LEN {
-            return Err(format!(
-                "a link secret has at least {} bytes",
-                Self::MIN_LEN
-            ));
-        }
-        if !s.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("a link secret is printable ASCII without spaces".into());
-        }
-        Ok(LinkSecret(s.to_owned()))
+        LinkSecret::parse(s)
+    }
+}
+
+/// clap's parser of `--link-secret` / `RINGCAST_LINK_SECRET`. clap's usual error for a bad value
+/// quotes the value (`invalid value '<VALUE>' for '--link-secret'`); this one says only what is
+/// wrong with it, so a rejected secret never reaches a log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SecretParser;
+
+impl clap::builder::TypedValueParser for SecretParser {
+    type Value = LinkSecret;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<LinkSecret, clap::Error> {
+        let parsed = value
+            .to_str()
+            .ok_or(SecretError::Unprintable)
+            .and_then(LinkSecret::parse);
+        parsed.map_err(|e| {
+            let message = format!("invalid --link-secret (RINGCAST_LINK_SECRET): {e}\n");
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(cmd)
+        })
     }
 }
 
 impl LinkSecret {
     /// Shortest secret accepted.
     pub const MIN_LEN: usize = 16;
+
+    /// Longest secret accepted.
+    pub const MAX_LEN: usize = 256;
+
+    /// A secret as configured: one trailing newline (`\n` or `\r\n`) is dropped, as a Secret
+    /// made from a file (`openssl rand -hex 32 > f`) ends in one; the rest must be
+    /// [`LinkSecret::MIN_LEN`] to [`LinkSecret::MAX_LEN`] printable ASCII bytes.
+    pub fn parse(raw: &str) -> Result<Self, SecretError> {
+        let s = raw
+            .strip_suffix("\r\n")
+            .or_else(|| raw.strip_suffix('\n'))
+            .unwrap_or(raw);
+        if !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(SecretError::Unprintable);
+        }
+        if s.len() < Self::MIN_LEN {
+            return Err(SecretError::TooShort);
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err(SecretError::TooLong);
+        }
+        Ok(LinkSecret(s.to_owned()))
+    }
 
     /// The `Authorization` header line that presents it, CRLF-terminated.
     pub fn header_line(&self) -> String {
@@ -147,7 +203,14 @@ mod tests {
     fn a_short_or_unprintable_secret_is_refused_and_never_printed() {
         assert!("short".parse::<LinkSecret>().is_err());
         assert!("0123456789abcdef 0123".parse::<LinkSecret>().is_err());
+        assert!("0123456789abcdef\n\n".parse::<LinkSecret>().is_err());
+        assert!("0123456789abcdef\n0123".parse::<LinkSecret>().is_err());
+        assert!("x".repeat(LinkSecret::MAX_LEN + 1).parse::<LinkSecret>().is_err());
         let s: LinkSecret = "0123456789abcdef".parse().unwrap();
         assert!(!format!("{s:?}").contains("0123"));
+        // A file's trailing newline is not part of the secret.
+        for raw in ["0123456789abcdef\n", "0123456789abcdef\r\n"] {
+            assert_eq!(raw.parse::<LinkSecret>().unwrap().header_line(), s.header_line());
+        }
     }
 }
