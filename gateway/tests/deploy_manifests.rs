@@ -89,6 +89,41 @@ fn nodes_and_gateways_share_one_link_secret_kept_in_a_k8s_secret() {
     }
 }
 
+/// `l` with the link secret an operator sets in place of the shipped placeholder.
+fn with_the_operators_link_secret(l: &Launch) -> Launch {
+    let mut l = l.clone();
+    let value = manifests::operator_value("RINGCAST_LINK_SECRET");
+    l.env.retain(|(k, _)| k != "RINGCAST_LINK_SECRET");
+    l.env.push(("RINGCAST_LINK_SECRET".into(), value));
+    l
+}
+
+#[test]
+fn the_shipped_link_secret_is_a_placeholder_both_binaries_refuse_and_compose_requires_one() {
+    let k8s = manifests::k8s_launches();
+    for l in &k8s {
+        let shipped = l.var("RINGCAST_LINK_SECRET").expect("set from the Secret");
+        assert!(shipped.starts_with("replace-me"), "{}: {shipped}", l.origin);
+        let (ok, out) = l.check_config();
+        assert!(!ok, "{}: the public placeholder was accepted", l.origin);
+        assert!(out.contains("placeholder"), "{}: {out}", l.origin);
+        assert!(out.contains("kubectl"), "{}: say how to set it: {out}", l.origin);
+        assert!(!out.contains(shipped), "{}: {out}", l.origin);
+        assert!(with_the_operators_link_secret(l).check_config().0, "{}", l.origin);
+    }
+    assert_eq!(k8s.len(), 2);
+    // Compose has no default for it: `docker compose up` stops and says to set it.
+    let compose = manifests::compose();
+    let raw = compose["services"]["gateway"]["environment"]["RINGCAST_LINK_SECRET"]
+        .as_str()
+        .expect("the gateway's link secret");
+    assert!(raw.starts_with("${RINGCAST_LINK_SECRET:?"), "{raw}");
+    for name in ["node1", "node2", "node3"] {
+        let node = &compose["services"][name]["environment"]["RINGCAST_LINK_SECRET"];
+        assert_eq!(node.as_str(), Some(raw), "{name}");
+    }
+}
+
 #[test]
 fn compose_and_k8s_configure_the_binaries_with_flags_and_variables_they_accept() {
     let node_envs = Bin::Node.known_envs();
@@ -103,6 +138,8 @@ fn compose_and_k8s_configure_the_binaries_with_flags_and_variables_they_accept()
     );
     assert_eq!((count(&k8s, Bin::Node), count(&k8s, Bin::Gateway)), (1, 1));
     for l in compose.iter().chain(&k8s) {
+        // The Secret as the operator creates it: the shipped one is a placeholder.
+        let l = &with_the_operators_link_secret(l);
         let known = match l.bin {
             Bin::Node => &node_envs,
             Bin::Gateway => &gateway_envs,
@@ -118,7 +155,7 @@ fn compose_and_k8s_configure_the_binaries_with_flags_and_variables_they_accept()
         }
     }
     // The check is real: a misspelt value is refused.
-    let mut bad = k8s[0].clone();
+    let mut bad = with_the_operators_link_secret(&k8s[0]);
     bad.env
         .push(("RINGCAST_DRAIN_DELAY_SECS".into(), "five".into()));
     bad.env

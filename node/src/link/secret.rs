@@ -34,7 +34,19 @@ pub enum SecretError {
     /// A space, a control character (a newline inside it) or a byte outside ASCII.
     #[error("a link secret is printable ASCII without spaces (one trailing newline is dropped)")]
     Unprintable,
+    /// A placeholder from an example (`replace-me…`, `…change-me`): public, so no secret.
+    #[error(
+        "the link secret is still a placeholder from an example; set your own, e.g. \
+         kubectl -n ringcast create secret generic ringcast-link \
+         --from-literal=RINGCAST_LINK_SECRET=$(openssl rand -hex 32)"
+    )]
+    Placeholder,
 }
+
+/// Words of the placeholders that examples ship (`deploy/k8s/base/secret.yaml` has
+/// `replace-me-with-openssl-rand-hex-32`): a secret that contains one is refused, so an example
+/// applied as is does not authenticate links with a string anyone can read.
+const PLACEHOLDERS: [&str; 2] = ["replace-me", "change-me"];
 
 impl std::str::FromStr for LinkSecret {
     type Err = SecretError;
@@ -94,6 +106,10 @@ impl LinkSecret {
         }
         if s.len() > Self::MAX_LEN {
             return Err(SecretError::TooLong);
+        }
+        let lower = s.to_ascii_lowercase();
+        if PLACEHOLDERS.iter().any(|p| lower.contains(p)) {
+            return Err(SecretError::Placeholder);
         }
         Ok(LinkSecret(s.to_owned()))
     }
@@ -205,6 +221,14 @@ mod tests {
         assert!("0123456789abcdef 0123".parse::<LinkSecret>().is_err());
         assert!("0123456789abcdef\n\n".parse::<LinkSecret>().is_err());
         assert!("0123456789abcdef\n0123".parse::<LinkSecret>().is_err());
+        for placeholder in [
+            "replace-me-with-openssl-rand-hex-32",
+            "REPLACE-ME-0123456789",
+            "compose-demo-link-secret-change-me",
+        ] {
+            let parsed = placeholder.parse::<LinkSecret>();
+            assert!(matches!(parsed, Err(SecretError::Placeholder)), "{placeholder}");
+        }
         assert!("x".repeat(LinkSecret::MAX_LEN + 1).parse::<LinkSecret>().is_err());
         let s: LinkSecret = "0123456789abcdef".parse().unwrap();
         assert!(!format!("{s:?}").contains("0123"));
