@@ -12,7 +12,10 @@ use hyper::header::{self, HeaderMap};
 
 /// The secret that authenticates links; [`LinkSecret::MIN_LEN`] to [`LinkSecret::MAX_LEN`]
 /// printable bytes.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Deliberately not `PartialEq`: an `==` on it would not be constant-time; compare with
+/// [`LinkSecret::presented_in`].
+#[derive(Clone)]
 pub struct LinkSecret(String);
 
 impl std::fmt::Debug for LinkSecret {
@@ -119,24 +122,40 @@ impl LinkSecret {
         format!("Authorization: Bearer {}\r\n", self.0)
     }
 
-    /// Whether `headers` present this secret (compared in constant time).
+    /// Whether `headers` present this secret: `Authorization: Bearer <secret>`, the scheme in
+    /// any case (RFC 9110 §11.1). Compared in a time that depends on neither the presented
+    /// value nor the secret.
     pub fn presented_in(&self, headers: &HeaderMap) -> bool {
-        let Some(given) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        else {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
             return false;
         };
+        let value = value.as_bytes();
+        let Some(space) = value.iter().position(|&b| b == b' ') else {
+            return false;
+        };
+        let (scheme, rest) = value.split_at(space);
+        if !scheme.eq_ignore_ascii_case(b"bearer") {
+            return false;
+        }
+        let given = rest.trim_ascii_start();
         constant_time_eq(given, self.0.as_bytes())
     }
 }
 
-/// Whether `a` and `b` are equal, in a time that depends only on their lengths.
+/// Whether `a` and `b` are equal, in a time that depends on neither: both are compared as
+/// [`LinkSecret::MAX_LEN`] bytes (zero-padded), their lengths folded into the result. A value
+/// longer than that is no secret of ours, whatever its bytes (that says nothing of the secret).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
+    const N: usize = LinkSecret::MAX_LEN;
+    if a.len() > N || b.len() > N {
         return false;
     }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    let mut diff = (a.len() ^ b.len()) as u64;
+    for i in 0..N {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= u64::from(x ^ y);
+    }
     std::hint::black_box(diff) == 0
 }
 
@@ -176,6 +195,17 @@ mod tests {
     use super::*;
     use hyper::header::HeaderValue;
 
+    #[test]
+    fn equal_only_for_the_same_bytes_of_the_same_length() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(constant_time_eq(b"", b""));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abc\0"), "padding is not a match");
+        assert!(!constant_time_eq(b"abc\0", b"abc"));
+        let long = vec![b'a'; LinkSecret::MAX_LEN + 1];
+        assert!(!constant_time_eq(&long, &long));
+    }
+
     fn with_auth(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
@@ -190,11 +220,18 @@ mod tests {
         let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
         let right = with_auth("Bearer 0123456789abcdef-secret");
         assert_eq!(admit(Some(&secret), &right, remote), Ok(()));
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            let other_case = with_auth(&format!("{scheme} 0123456789abcdef-secret"));
+            assert_eq!(admit(Some(&secret), &other_case, remote), Ok(()), "{scheme}");
+        }
         for wrong in [
             "Bearer 0123456789abcdef-secreT",
             "Bearer 0123456789abcdef-secret ",
             "Bearer 0123456789abcdef",
             "0123456789abcdef-secret",
+            "Basic 0123456789abcdef-secret",
+            "Bearer0123456789abcdef-secret",
+            "Bearer 0123456789abcdef-secret0123456789abcdef-secret",
         ] {
             assert_eq!(
                 admit(Some(&secret), &with_auth(wrong), local),
