@@ -383,6 +383,14 @@ async fn serve_link(
                     "a link needs the node's link secret",
                 )
             }
+            link::secret::Refusal::Proxied => {
+                warn!(%peer, "link refused: no --link-secret is set and the request came through a proxy, so its loopback peer address proves nothing");
+                json_error(
+                    StatusCode::FORBIDDEN,
+                    "link_forbidden",
+                    "this node has no link secret: it takes links from loopback peers only, not through a proxy",
+                )
+            }
             link::secret::Refusal::NotLoopback => {
                 warn!(%peer, "link refused: no --link-secret is set, so links are taken from loopback peers only");
                 json_error(

@@ -196,3 +196,25 @@ async fn without_a_secret_only_loopback_peers_get_a_link() {
     let url = ringcast_testkit::ws_url(remote, "remote");
     let (_c, _) = ringcast_testkit::Client::connect_welcomed(&url).await;
 }
+
+#[tokio::test]
+async fn without_a_secret_a_link_through_a_local_proxy_is_refused() {
+    // An Istio sidecar or an nginx `proxy_pass` on the node's host connects from loopback on
+    // behalf of anyone: the headers it adds give it away.
+    let node = TestNode::start(Config::for_tests()).await;
+    for header in [
+        "Forwarded: for=203.0.113.7",
+        "X-Forwarded-For: 203.0.113.7",
+        "X-Real-IP: 203.0.113.7",
+        "Via: 1.1 nginx",
+        "X-Envoy-External-Address: 203.0.113.7",
+        "l5d-dst-override: node:9001",
+    ] {
+        let answer = link_answer(node.addr, &format!("{header}\r\n")).await;
+        assert!(answer.starts_with("HTTP/1.1 403 "), "{header}: {answer}");
+        assert!(answer.contains("link_forbidden"), "{header}: {answer}");
+    }
+    // The gateway's own request, from the same host, still gets its link.
+    let answer = link_answer(node.addr, "").await;
+    assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+}

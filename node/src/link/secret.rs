@@ -166,6 +166,32 @@ pub enum Refusal {
     Unauthorized,
     /// No secret is configured and the peer is not on loopback (403 `link_forbidden`).
     NotLoopback,
+    /// No secret is configured and the request came through a proxy on this host, which makes
+    /// every remote client a loopback peer (403 `link_forbidden`).
+    Proxied,
+}
+
+impl Refusal {
+    /// The reason's name in logs and in `ringcast_node_link_refusals_total{reason}`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::NotLoopback => "not_loopback",
+            Refusal::Proxied => "proxied",
+        }
+    }
+}
+
+/// Whether `headers` show that a proxy forwarded the request: any of the headers proxies add
+/// (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`, `Via`) or an Envoy / Istio (`x-envoy-*`) or
+/// Linkerd (`l5d-*`) header. A gateway's own link request carries none of them.
+fn proxied(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        let name = name.as_str();
+        matches!(name, "forwarded" | "x-forwarded-for" | "x-real-ip" | "via")
+            || name.starts_with("x-envoy-")
+            || name.starts_with("l5d-")
+    })
 }
 
 /// Whether a link request from `peer` with `headers` may open, given the node's `secret`.
@@ -177,16 +203,10 @@ pub fn admit(
     match secret {
         Some(secret) if secret.presented_in(headers) => Ok(()),
         Some(_) => Err(Refusal::Unauthorized),
-        None if peer.ip().is_loopback() || is_mapped_loopback(peer) => Ok(()),
-        None => Err(Refusal::NotLoopback),
-    }
-}
-
-/// `::ffff:127.x.y.z`, a loopback peer on a dual-stack socket.
-fn is_mapped_loopback(peer: SocketAddr) -> bool {
-    match peer.ip() {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
-        std::net::IpAddr::V4(_) => false,
+        None if !peer.ip().to_canonical().is_loopback() => Err(Refusal::NotLoopback),
+        // A local proxy (a sidecar, an nginx in front of the node) makes every peer loopback.
+        None if proxied(headers) => Err(Refusal::Proxied),
+        None => Ok(()),
     }
 }
 
@@ -250,6 +270,23 @@ mod tests {
             Err(Refusal::NotLoopback),
             "a secret nobody configured opens nothing"
         );
+        // Through a proxy on this host, the peer is loopback but the client is not.
+        for name in [
+            "forwarded",
+            "x-forwarded-for",
+            "X-Real-IP",
+            "via",
+            "x-envoy-external-address",
+            "l5d-client-id",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("10.1.2.3"),
+            );
+            assert_eq!(admit(None, &h, local), Err(Refusal::Proxied), "{name}");
+            assert_eq!(admit(None, &h, mapped), Err(Refusal::Proxied), "{name}");
+        }
     }
 
     #[test]
