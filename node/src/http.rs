@@ -433,6 +433,7 @@ async fn serve_link(
     // closed as soon as it opens.
     let max_streams = shared.config.max_connections.saturating_add(1024);
     let full = stream_refusal();
+    let full_reply = full.clone();
     let on_open = {
         let tracker = tracker.clone();
         move |s: LinkStream| {
@@ -458,6 +459,8 @@ async fn serve_link(
         }
     };
     let (link, driver) = Link::new(stream, early, link::Role::Acceptor, max_streams, on_open);
+    // Past the table's own bound a stream is refused as one at the connection limit is.
+    link.set_full_reply(&full_reply);
     let mut driver = std::pin::pin!(driver);
     tokio::select! {
         r = &mut driver => match r {

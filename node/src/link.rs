@@ -136,6 +136,9 @@ struct Inner {
     reader: Option<Waker>,
     /// Since when the reader has been waiting for `out` to drain.
     paused_since: Option<Instant>,
+    /// What a stream opened past `max_streams` gets before its `CLOSE` (see
+    /// [`Link::set_full_reply`]).
+    full_reply: Vec<u8>,
 }
 
 /// One stream's state on this end.
@@ -229,7 +232,13 @@ impl Inner {
                     return Err(invalid("OPEN of an open stream"));
                 }
                 if self.streams.len() >= self.max_streams {
-                    // Refused; its opener sees the stream close.
+                    // Refused, as a stream at the connection limit is: its opener reads the
+                    // reply (a 503), then the stream's end.
+                    let reply = &self.full_reply;
+                    if !reply.is_empty() {
+                        let len = reply.len() as u32;
+                        push_frame(&mut self.out, &mut self.writer, DATA, id, len, reply);
+                    }
                     self.push_frame(CLOSE, id, frame::CloseReason::Full.code(), &[]);
                     return Ok(None);
                 }
@@ -381,6 +390,16 @@ impl Link {
             result
         };
         (link, driver)
+    }
+
+    /// Sets what a stream the peer opens past `max_streams` gets as its only bytes before its
+    /// `CLOSE` (accepting end; say, an HTTP 503, so that the peer tells a full node from a
+    /// broken one). At most [`MAX_PAYLOAD`] bytes; a longer reply is not sent. Set it before
+    /// the driver runs.
+    pub fn set_full_reply(&self, reply: &[u8]) {
+        if reply.len() <= MAX_PAYLOAD {
+            self.shared.lock().full_reply = reply.to_vec();
+        }
     }
 
     /// Opens a stream (opening end only).

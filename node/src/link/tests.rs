@@ -187,6 +187,27 @@ async fn read_into_hands_over_buffers_up_to_a_limit_grants_credit_and_ends_at_eo
 }
 
 #[tokio::test]
+async fn a_stream_opened_past_the_links_own_cap_gets_the_full_reply_before_its_close() {
+    let (opener_sock, accepted) = sockets().await;
+    let (opened_tx, mut opened_rx) = mpsc::unbounded_channel();
+    let (acceptor, driver) = Link::new(accepted, Bytes::new(), Role::Acceptor, 1, move |s| {
+        let _ = opened_tx.send(s);
+    });
+    acceptor.set_full_reply(b"HTTP/1.1 503 Service Unavailable\r\n\r\nfull");
+    tokio::spawn(driver);
+    let (opener, driver) = Link::new(opener_sock, Bytes::new(), Role::Opener, MAX_STREAMS, |_| {});
+    tokio::spawn(driver);
+    let mut kept = opener.open().unwrap();
+    kept.write_all(b"x").await.unwrap();
+    let _held = within(opened_rx.recv()).await.unwrap();
+    // The acceptor's table is full: the next stream is refused with the reply, then closed.
+    let mut refused = opener.open().unwrap();
+    let mut got = Vec::new();
+    within(refused.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got, b"HTTP/1.1 503 Service Unavailable\r\n\r\nfull");
+}
+
+#[tokio::test]
 async fn a_dead_socket_fails_every_stream() {
     let (sock, accepted) = sockets().await;
     let (opener, driver) = Link::new(sock, Bytes::new(), Role::Opener, MAX_STREAMS, |_| {});
