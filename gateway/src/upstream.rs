@@ -208,16 +208,18 @@ async fn answer(mut stream: NodeIo, mut buf: BytesMut, head: Head) -> Answer {
             early: rest.freeze(),
         });
     }
-    // A refusal. A 5xx only sends the client on to the next node, so its body is not waited
-    // for (what arrived with the head is kept, to tell a full node from others); a 4xx body is
-    // relayed whole (up to the limit, within `BODY_TIMEOUT`) or not at all, never cut short.
+    // A refusal. A 4xx body is relayed whole (up to the limit, within `BODY_TIMEOUT`) or not
+    // at all, never cut short. A 5xx only sends the client on to the next node, so its body is
+    // not waited for (what arrived with the head is kept) — except a 503's: it tells a full
+    // node from others, and the node may send it in a segment of its own.
     let announced = head
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .unwrap_or(0);
     let mut body = rest;
-    let relay = !head.status.is_server_error() && announced <= MAX_RELAYED_BODY;
+    let relay = (!head.status.is_server_error() || head.status == StatusCode::SERVICE_UNAVAILABLE)
+        && announced <= MAX_RELAYED_BODY;
     let complete = relay
         && tokio::time::timeout(BODY_TIMEOUT, async {
             while body.len() < announced {
@@ -366,6 +368,26 @@ mod tests {
                 assert_eq!(status, StatusCode::FORBIDDEN);
                 assert_eq!(content_type.unwrap(), "application/json");
                 assert_eq!(&body[..], b"{\"error\":\"x\"}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_503_whose_body_comes_in_a_later_segment_is_read_whole() {
+        // A full node's refusal, its body behind the head in a segment of its own.
+        let (stream, _node) = node_answering(vec![
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 32\r\n\r\n",
+            b"{\"error\":\"too_many_connections\"}",
+        ])
+        .await;
+        match exchange(NodeIo::Tcp(stream), b"GET /ws HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap()
+        {
+            Answer::Other(r) => {
+                assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+                assert_eq!(error_code(&r.body).as_deref(), Some("too_many_connections"));
             }
             other => panic!("{other:?}"),
         }
