@@ -117,7 +117,7 @@ pub async fn run(
         Links::new(
             config.connect_timeout(),
             config.link_secret.clone(),
-            metrics.node_links.clone(),
+            &metrics,
         )
     });
     let proxy = Arc::new(Proxy {

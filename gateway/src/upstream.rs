@@ -133,27 +133,42 @@ pub fn error_code(body: &[u8]) -> Option<String> {
         .map(|b| b.error)
 }
 
+/// Why an exchange brought no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ExchangeError {
+    /// The connection failed, or closed before a whole answer head arrived: nothing was said
+    /// that tells what the server speaks (a node that crashed, a load balancer without a
+    /// backend).
+    #[error("{0}")]
+    Broken(String),
+    /// What came back is no HTTP/1.1 answer to an upgrade.
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// Sends `head` on `stream` and reads the node's answer; an error says what went wrong on the
 /// way (the caller bounds the whole exchange in time).
-pub async fn exchange(mut stream: NodeIo, head: &[u8]) -> Result<Answer, String> {
+pub async fn exchange(mut stream: NodeIo, head: &[u8]) -> Result<Answer, ExchangeError> {
     stream
         .write_all(head)
         .await
-        .map_err(|e| format!("sending the upgrade: {e}"))?;
+        .map_err(|e| ExchangeError::Broken(format!("sending the upgrade: {e}")))?;
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         let read = stream
             .read_buf(&mut buf)
             .await
-            .map_err(|e| format!("reading the answer: {e}"))?;
-        if let Some(head) = parse_head(&buf)? {
+            .map_err(|e| ExchangeError::Broken(format!("reading the answer: {e}")))?;
+        if let Some(head) = parse_head(&buf).map_err(ExchangeError::Invalid)? {
             return Ok(answer(stream, buf, head).await);
         }
         if read == 0 {
-            return Err("the node closed the connection before answering".into());
+            let why = "the node closed the connection before answering";
+            return Err(ExchangeError::Broken(why.into()));
         }
         if buf.len() >= MAX_HEAD_BYTES {
-            return Err(format!("answer head longer than {MAX_HEAD_BYTES} bytes"));
+            let why = format!("answer head longer than {MAX_HEAD_BYTES} bytes");
+            return Err(ExchangeError::Invalid(why));
         }
     }
 }
@@ -412,7 +427,8 @@ mod tests {
         let (stream, _node) = node_answering(vec![b"HTTP/1.1 100 Continue\r\n\r\n"]).await;
         let e = exchange(NodeIo::Tcp(stream), b"GET /ws HTTP/1.1\r\n\r\n")
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("100"), "{e}");
     }
 
@@ -422,11 +438,13 @@ mod tests {
         let e = exchange(NodeIo::Tcp(stream), b"GET /ws HTTP/1.1\r\n\r\n")
             .await
             .unwrap_err();
-        assert!(e.contains("unreadable"), "{e}");
+        assert!(matches!(e, ExchangeError::Invalid(_)), "{e}");
+        assert!(e.to_string().contains("unreadable"), "{e}");
         let (stream, _node) = node_answering(vec![b"HTTP/1.1 101 Switching"]).await;
         let e = exchange(NodeIo::Tcp(stream), b"GET /ws HTTP/1.1\r\n\r\n")
             .await
             .unwrap_err();
-        assert!(e.contains("closed"), "{e}");
+        assert!(matches!(e, ExchangeError::Broken(_)), "{e}");
+        assert!(e.to_string().contains("closed"), "{e}");
     }
 }
