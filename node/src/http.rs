@@ -374,31 +374,43 @@ async fn serve_link(
     if let Err(refusal) =
         link::secret::admit(shared.config.link_secret.as_ref(), req.headers(), peer)
     {
+        use link::secret::Refusal;
+        let reason = refusal.reason();
+        shared
+            .metrics
+            .link_refusals
+            .with_label_values(&[reason])
+            .inc();
+        let why = match refusal {
+            Refusal::Unauthorized => "the request did not present the link secret",
+            Refusal::NotLoopback => {
+                "no --link-secret is set, so links are taken from loopback peers only"
+            }
+            Refusal::Proxied => {
+                "no --link-secret is set and the request came through a proxy, so its loopback peer address proves nothing"
+            }
+        };
+        if warn_now(refusal) {
+            warn!(%peer, reason, "link refused: {why} (more refusals for this reason in the next minute are logged at debug; ringcast_node_link_refusals_total counts them all)");
+        } else {
+            debug!(%peer, reason, "link refused: {why}");
+        }
         let resp = match refusal {
-            link::secret::Refusal::Unauthorized => {
-                warn!(%peer, "link refused: the request did not present the link secret");
-                json_error(
-                    StatusCode::UNAUTHORIZED,
-                    "link_unauthorized",
-                    "a link needs the node's link secret",
-                )
-            }
-            link::secret::Refusal::Proxied => {
-                warn!(%peer, "link refused: no --link-secret is set and the request came through a proxy, so its loopback peer address proves nothing");
-                json_error(
-                    StatusCode::FORBIDDEN,
-                    "link_forbidden",
-                    "this node has no link secret: it takes links from loopback peers only, not through a proxy",
-                )
-            }
-            link::secret::Refusal::NotLoopback => {
-                warn!(%peer, "link refused: no --link-secret is set, so links are taken from loopback peers only");
-                json_error(
-                    StatusCode::FORBIDDEN,
-                    "link_forbidden",
-                    "this node takes links from loopback peers only (it has no link secret)",
-                )
-            }
+            Refusal::Unauthorized => json_error(
+                StatusCode::UNAUTHORIZED,
+                "link_unauthorized",
+                "a link needs the node's link secret",
+            ),
+            Refusal::Proxied => json_error(
+                StatusCode::FORBIDDEN,
+                "link_forbidden",
+                "this node has no link secret: it takes links from loopback peers only, not through a proxy",
+            ),
+            Refusal::NotLoopback => json_error(
+                StatusCode::FORBIDDEN,
+                "link_forbidden",
+                "this node takes links from loopback peers only (it has no link secret)",
+            ),
         };
         return head::answer(&mut stream, resp, timeout).await;
     }
@@ -477,6 +489,28 @@ async fn serve_link(
         }
     }
     gauge.dec();
+}
+
+/// Whether a refused link request is logged at warn: the first for its reason, then at most one
+/// a minute per reason, so that a gateway with another secret (it asks again every minute) or
+/// anyone who reaches the port cannot fill the log. Process-wide: one node per process, outside
+/// tests.
+fn warn_now(refusal: link::secret::Refusal) -> bool {
+    use link::secret::Refusal;
+    static LAST: std::sync::Mutex<[Option<std::time::Instant>; 3]> =
+        std::sync::Mutex::new([None; 3]);
+    let i = match refusal {
+        Refusal::Unauthorized => 0,
+        Refusal::NotLoopback => 1,
+        Refusal::Proxied => 2,
+    };
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let now = std::time::Instant::now();
+    if last[i].is_some_and(|t| now.duration_since(t) < Duration::from_secs(60)) {
+        return false;
+    }
+    last[i] = Some(now);
+    true
 }
 
 /// The whole answer to a link stream opened at the connection limit: a 503

@@ -158,6 +158,11 @@ async fn a_link_needs_the_secret_when_one_is_set() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+    // Each refusal is counted, so a gateway with another secret shows up in /metrics.
+    let refused = node
+        .metric("ringcast_node_link_refusals_total{reason=\"unauthorized\"}")
+        .await;
+    assert_eq!(refused, 3.0);
     // Ordinary clients need no secret.
     let (_c, _) = ringcast_testkit::Client::connect_welcomed(&node.ws_url("a")).await;
 }
