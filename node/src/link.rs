@@ -19,8 +19,9 @@
 //! Only gateways that present the link secret may open a link ([`secret`]). Every reply the
 //! accepting end makes (`PONG`, `CREDIT`, a refusal) goes into the same bounded outgoing buffer
 //! as the streams' bytes: once [`OUT_CAP`] bytes wait for the socket, the accepting end stops
-//! reading the link until they drain, and a link whose peer stops reading for three
-//! [`KEEPALIVE`]s is closed with that reason. A peer cannot make the node hold more than that.
+//! reading the link until they drain; a link it has not read for three [`KEEPALIVE`]s (held
+//! back so, or silent) is closed with that reason. A peer cannot make the node hold more than
+//! that: about twice [`OUT_CAP`], since one batch is being written while the next one fills.
 //!
 //! A link that has been silent for [`KEEPALIVE`] gets a `PING` (answered with a `PONG`); one
 //! silent for three times that is dead, even if TCP never says so (a peer host that vanished
@@ -130,12 +131,11 @@ struct Inner {
     dead: bool,
     /// [`Link::finish`]: the writer ends the link once what is waiting is written.
     finishing: bool,
-    /// When bytes last arrived.
+    /// When the reader last took bytes in. A reader that waits for `out` to drain takes none,
+    /// so a peer that stops reading the link's replies falls silent here too.
     last_rx: Option<Instant>,
     /// The reader, when it waits for `out` to drain below [`OUT_CAP`] (accepting end only).
     reader: Option<Waker>,
-    /// Since when the reader has been waiting for `out` to drain.
-    paused_since: Option<Instant>,
     /// What a stream opened past `max_streams` gets before its `CLOSE` (see
     /// [`Link::set_full_reply`]).
     full_reply: Vec<u8>,
@@ -536,11 +536,7 @@ async fn replies_drained(shared: &Arc<Shared>) {
     poll_fn(|cx| {
         let mut inner = shared.lock();
         if inner.dead || inner.out.len() < OUT_CAP {
-            inner.paused_since = None;
             return Poll::Ready(());
-        }
-        if inner.paused_since.is_none() {
-            inner.paused_since = Some(Instant::now());
         }
         inner.reader = Some(cx.waker().clone());
         Poll::Pending
@@ -555,21 +551,16 @@ async fn keepalive(shared: &Arc<Shared>) -> io::Result<()> {
     loop {
         tick.tick().await;
         let mut inner = shared.lock();
-        if inner
-            .paused_since
-            .is_some_and(|t| t.elapsed() >= 3 * KEEPALIVE)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the peer stopped reading the link",
-            ));
-        }
         let quiet = inner.last_rx.map_or(Duration::ZERO, |t| t.elapsed());
-        if quiet >= 3 * KEEPALIVE && inner.paused_since.is_none() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the link went silent",
-            ));
+        if quiet >= 3 * KEEPALIVE {
+            // The reader is held back while replies wait for a peer that does not read them:
+            // the same silence, seen from this end.
+            let why = if inner.reader.is_some() && inner.out.len() >= OUT_CAP {
+                "the peer stopped reading the link"
+            } else {
+                "the link went silent"
+            };
+            return Err(io::Error::new(io::ErrorKind::TimedOut, why));
         }
         if quiet >= KEEPALIVE {
             inner.push_frame(PING, 0, 0, &[]);

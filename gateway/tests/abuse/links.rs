@@ -80,7 +80,8 @@ fn rss_kb(pid: u32) -> u64 {
 #[tokio::test]
 async fn a_ping_flood_whose_pongs_are_never_read_stops_being_read_and_is_closed() {
     const FLOOD: usize = 64 * 1024 * 1024;
-    let node = NodeProcess::start_with("n", &["--link-secret", SECRET], None).await;
+    let log = std::env::temp_dir().join(format!("ringcast-ping-flood-{}.log", std::process::id()));
+    let node = NodeProcess::start_with("n", &["--link-secret", SECRET], Some(&log)).await;
     let before = rss_kb(node.pid());
     let mut sock = raw_link(&node, Some(4096)).await;
     let chunk: Vec<u8> = std::iter::repeat_n(frame(PING, 0), 64 * 1024 / 9)
@@ -115,6 +116,14 @@ async fn a_ping_flood_whose_pongs_are_never_read_stops_being_read_and_is_closed(
         links().await == 0.0
     })
     .await;
+    // ...for that reason, not another.
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        logged.contains("the peer stopped reading the link"),
+        "the node's log does not say why the link closed:\n{}",
+        logged.lines().filter(|l| l.contains("link")).collect::<Vec<_>>().join("\n")
+    );
     drop(sock);
 }
 
