@@ -1,10 +1,14 @@
 //! The shared secret a gateway presents to open a link, and the node's check of it.
 //!
-//! A link carries many clients and is trusted to say where their upgrades come from, so a node
-//! takes links only from gateways that know the secret both are configured with
-//! (`--link-secret`). Without one, a node takes links from loopback peers only: the gateway on the
-//! same host. The secret travels as `Authorization: Bearer <secret>` in the `/link` upgrade and is
-//! compared in constant time; it is never logged (its `Debug` is redacted).
+//! A link carries many clients: whoever holds one opens streams that each take one of the
+//! node's connection slots and reach its sessions as if from the gateway, so a node takes links
+//! only from gateways that know the secret both are configured with (`--link-secret`). (The
+//! node trusts nothing a link says about its clients' addresses: it reads no
+//! `X-Forwarded-For`.) Without a secret, a node takes links from loopback peers only, the
+//! gateway on the same host, and not through a proxy there. The secret travels as
+//! `Authorization: Bearer <secret>`, in plaintext, in the `/link` upgrade and is compared in
+//! constant time; it is never logged (its `Debug` is redacted, and a rejected value is never
+//! printed).
 
 use std::net::SocketAddr;
 
