@@ -146,12 +146,29 @@ fn health(shared: &Shared) -> Response<Body> {
     )
 }
 
+/// The status, code and message of an upgrade refused at `--max-connections`.
+const AT_LIMIT: (StatusCode, &str, &str) = (
+    StatusCode::SERVICE_UNAVAILABLE,
+    "too_many_connections",
+    "node is at its connection limit",
+);
+
+/// A refused upgrade's answer, counted.
 fn refuse(shared: &Shared, status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    count_refusal(shared, code);
+    refusal(status, code, message)
+}
+
+fn count_refusal(shared: &Shared, code: &str) {
     shared
         .metrics
         .upgrades_refused
         .with_label_values(&[code])
         .inc();
+}
+
+/// A refused upgrade's answer.
+fn refusal(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let mut resp = json_error(status, code, message);
     // A client whose upgrade failed has nothing more to say on this connection.
     resp.headers_mut()
@@ -232,11 +249,8 @@ fn admit<B>(
         ));
     }
     let Some(slot) = reserved.or_else(|| shared.reserve_session()) else {
-        return Err(refused(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_connections",
-            "node is at its connection limit",
-        ));
+        let (status, code, message) = AT_LIMIT;
+        return Err(refused(status, code, message));
     };
     let identity = match &shared.auth {
         None => None,
@@ -444,17 +458,13 @@ async fn serve_link(
     // upgrade's answer may still be on its way); the slack covers that, and past it a stream is
     // closed as soon as it opens.
     let max_streams = shared.config.max_connections.saturating_add(1024);
-    let full = stream_refusal();
+    let full = stream_refusal(timeout).await;
     let full_reply = full.clone();
     let on_open = {
         let tracker = tracker.clone();
         move |s: LinkStream| {
             let Some(slot) = shared.reserve_session() else {
-                shared
-                    .metrics
-                    .upgrades_refused
-                    .with_label_values(&["too_many_connections"])
-                    .inc();
+                count_refusal(&shared, AT_LIMIT.1);
                 s.refuse(&full);
                 return;
             };
@@ -513,24 +523,13 @@ fn warn_now(refusal: link::secret::Refusal) -> bool {
     true
 }
 
-/// The whole answer to a link stream opened at the connection limit: a 503
-/// `too_many_connections`, as a connection at the limit gets.
-fn stream_refusal() -> Vec<u8> {
-    let body = serde_json::json!({
-        "error": "too_many_connections",
-        "message": "node is at its connection limit",
-    })
-    .to_string();
-    let mut headers = HeaderMap::with_capacity(4);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+/// The whole answer to a link stream opened at the connection limit: what a connection at the
+/// limit gets, as [`head::answer`] writes it (its `Date` is the link's opening time; the
+/// gateway reads only the status and the code).
+async fn stream_refusal(timeout: Duration) -> Vec<u8> {
+    let (status, code, message) = AT_LIMIT;
     let mut out = Vec::with_capacity(256);
-    push_response_head(&mut out, StatusCode::SERVICE_UNAVAILABLE, &headers);
-    out.extend_from_slice(body.as_bytes());
+    head::answer(&mut out, refusal(status, code, message), timeout).await;
     out
 }
 

@@ -334,11 +334,8 @@ impl Hasher for IdHasher {
     }
 }
 
-fn invalid(why: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, why)
-}
-
-fn invalid_owned(why: String) -> io::Error {
+/// A broken link protocol: the link closes with `why`.
+fn invalid(why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
@@ -504,7 +501,7 @@ where
                     stopped_early = true;
                     break;
                 }
-                let Some((f, n)) = decode(&buf).map_err(|e| invalid_owned(e.to_string()))? else {
+                let Some((f, n)) = decode(&buf).map_err(invalid)? else {
                     break;
                 };
                 if let Some(id) =
