@@ -454,7 +454,7 @@ async fn spares_are_whole_buffers_of_bounded_size_when_reads_take_part_of_a_burs
 mod fuzz {
     use proptest::prelude::*;
 
-    use super::super::frame::{decode, encode};
+    use super::super::frame::{decode, encode, HEADER_LEN};
     use super::super::*;
 
     fn arb_frame() -> impl Strategy<Value = (u8, u32, u32, Vec<u8>)> {
@@ -488,16 +488,22 @@ mod fuzz {
             }
             wire.extend_from_slice(&garbage);
             let mut inner = Inner { max_streams: 3, next_id: 1, ..Inner::default() };
+            inner.full_reply = vec![b'x'; 200];
+            // The most one frame may make this end reply: a refusal's DATA and its CLOSE. With
+            // the reader, which stops once OUT_CAP bytes wait, that bounds `out`.
+            let most = 2 * HEADER_LEN + inner.full_reply.len();
             let mut wake = Vec::new();
             let mut at = 0;
             while let Ok(Some((f, n))) = decode(&wire[at..]) {
                 at += n;
+                let before = inner.out.len();
                 if inner
                     .receive(Role::Acceptor, f.kind, f.stream, f.len, f.payload, &mut wake)
                     .is_err()
                 {
                     break;
                 }
+                prop_assert!(inner.out.len() - before <= most, "one frame queued {} bytes", inner.out.len() - before);
                 prop_assert!(inner.streams.len() <= 3);
                 for slot in inner.streams.values() {
                     prop_assert!(slot.rx.len() <= WINDOW);
