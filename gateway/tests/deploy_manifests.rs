@@ -107,9 +107,17 @@ fn the_shipped_link_secret_is_a_placeholder_both_binaries_refuse_and_compose_req
         let (ok, out) = l.check_config();
         assert!(!ok, "{}: the public placeholder was accepted", l.origin);
         assert!(out.contains("placeholder"), "{}: {out}", l.origin);
-        assert!(out.contains("kubectl"), "{}: say how to set it: {out}", l.origin);
+        assert!(
+            out.contains("kubectl"),
+            "{}: say how to set it: {out}",
+            l.origin
+        );
         assert!(!out.contains(shipped), "{}: {out}", l.origin);
-        assert!(with_the_operators_link_secret(l).check_config().0, "{}", l.origin);
+        assert!(
+            with_the_operators_link_secret(l).check_config().0,
+            "{}",
+            l.origin
+        );
     }
     assert_eq!(k8s.len(), 2);
     // Compose has no default for it: `docker compose up` stops and says to set it.
@@ -366,7 +374,11 @@ fn a_bad_link_secret_is_refused_without_being_printed_and_a_files_newline_is_dro
             for l in [by_flag, by_env] {
                 let (ok, out) = l.check_config();
                 assert!(!ok, "{}: {value:?} was accepted", l.origin);
-                assert!(!out.contains(MARK), "{}: the secret was printed:\n{out}", l.origin);
+                assert!(
+                    !out.contains(MARK),
+                    "{}: the secret was printed:\n{out}",
+                    l.origin
+                );
                 assert!(out.contains("--link-secret"), "{}: {out}", l.origin);
             }
         }

@@ -366,7 +366,11 @@ async fn a_websocket_server_that_closes_link_requests_is_reached_with_a_connecti
     // asked again, after a second and then less and less often, never more than once an upgrade.
     let asked = links.load(Ordering::SeqCst);
     assert!((1..=3).contains(&asked), "asked {asked} times");
-    assert!(gw.metric("ringcast_gateway_link_attempts_broken_total").await >= 1.0);
+    assert!(
+        gw.metric("ringcast_gateway_link_attempts_broken_total")
+            .await
+            >= 1.0
+    );
 }
 
 /// A TCP forwarder to `node` whose first `/link` connection is closed unanswered, as by a node
@@ -404,7 +408,11 @@ async fn a_link_attempt_that_is_closed_unanswered_goes_direct_and_links_again_so
     let gw = TestGateway::start(&["--node", &spec, "--unhealthy-threshold", "1"]).await;
     // The first client is served over a connection of its own, and the node stays healthy.
     let (_first, _) = Client::connect_welcomed(&gw.ws_url("first")).await;
-    assert_eq!(gw.metric("ringcast_gateway_link_attempts_broken_total").await, 1.0);
+    assert_eq!(
+        gw.metric("ringcast_gateway_link_attempts_broken_total")
+            .await,
+        1.0
+    );
     assert_eq!(gw.healthy_ids().await, vec!["n1".to_owned()]);
     // A link is made again soon, not after a minute of one connection per client.
     let node = &node;

@@ -131,7 +131,11 @@ async fn a_ping_flood_whose_pongs_are_never_read_stops_being_read_and_is_closed(
     assert!(
         logged.contains("the peer stopped reading the link"),
         "the node's log does not say why the link closed:\n{}",
-        logged.lines().filter(|l| l.contains("link")).collect::<Vec<_>>().join("\n")
+        logged
+            .lines()
+            .filter(|l| l.contains("link"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     drop(sock);
 }
@@ -210,7 +214,10 @@ async fn opens_past_the_connection_limit_are_refused_with_a_503_across_links() {
     }
     // ...while the flood's link stays...
     let still = Client::try_connect(&url).await.err().map(|e| e.to_string());
-    assert!(still.as_deref().is_some_and(|e| e.contains("503")), "{still:?}");
+    assert!(
+        still.as_deref().is_some_and(|e| e.contains("503")),
+        "{still:?}"
+    );
     // ...until it is gone.
     drop(first);
     ringcast_testkit::wait_until(

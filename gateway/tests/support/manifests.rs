@@ -291,7 +291,10 @@ fn interpolate(value: &str) -> String {
 /// The value a test gives a variable the operator must set (compose's `${VAR:?…}`, the
 /// placeholder of a k8s Secret).
 pub fn operator_value(var: &str) -> String {
-    format!("{}-set-by-the-operator-0123456789", var.to_ascii_lowercase())
+    format!(
+        "{}-set-by-the-operator-0123456789",
+        var.to_ascii_lowercase()
+    )
 }
 
 /// Expands `$(VAR)` from the variables defined before, as Kubernetes does.

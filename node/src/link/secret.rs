@@ -224,7 +224,10 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(constant_time_eq(b"", b""));
         assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abc\0"), "padding is not a match");
+        assert!(
+            !constant_time_eq(b"abc", b"abc\0"),
+            "padding is not a match"
+        );
         assert!(!constant_time_eq(b"abc\0", b"abc"));
         let long = vec![b'a'; LinkSecret::MAX_LEN + 1];
         assert!(!constant_time_eq(&long, &long));
@@ -246,7 +249,11 @@ mod tests {
         assert_eq!(admit(Some(&secret), &right, remote), Ok(()));
         for scheme in ["bearer", "BEARER", "BeArEr"] {
             let other_case = with_auth(&format!("{scheme} 0123456789abcdef-secret"));
-            assert_eq!(admit(Some(&secret), &other_case, remote), Ok(()), "{scheme}");
+            assert_eq!(
+                admit(Some(&secret), &other_case, remote),
+                Ok(()),
+                "{scheme}"
+            );
         }
         for wrong in [
             "Bearer 0123456789abcdef-secreT",
@@ -305,14 +312,23 @@ mod tests {
             "compose-demo-link-secret-change-me",
         ] {
             let parsed = placeholder.parse::<LinkSecret>();
-            assert!(matches!(parsed, Err(SecretError::Placeholder)), "{placeholder}");
+            assert!(
+                matches!(parsed, Err(SecretError::Placeholder)),
+                "{placeholder}"
+            );
         }
-        assert!("x".repeat(LinkSecret::MAX_LEN + 1).parse::<LinkSecret>().is_err());
+        assert!("x"
+            .repeat(LinkSecret::MAX_LEN + 1)
+            .parse::<LinkSecret>()
+            .is_err());
         let s: LinkSecret = "0123456789abcdef".parse().unwrap();
         assert!(!format!("{s:?}").contains("0123"));
         // A file's trailing newline is not part of the secret.
         for raw in ["0123456789abcdef\n", "0123456789abcdef\r\n"] {
-            assert_eq!(raw.parse::<LinkSecret>().unwrap().header_line(), s.header_line());
+            assert_eq!(
+                raw.parse::<LinkSecret>().unwrap().header_line(),
+                s.header_line()
+            );
         }
     }
 }
