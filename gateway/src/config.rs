@@ -128,8 +128,9 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_HEALTHY_THRESHOLD", default_value_t = 1)]
     pub healthy_threshold: u32,
 
-    /// Milliseconds a TCP connect to a node may take before the next candidate is tried
-    /// (above 1 s, so one lost SYN is retransmitted before giving up).
+    /// Milliseconds a node may take before the next candidate is tried: a TCP connect; with
+    /// links, also a new link's connect and 101 together, and each answer to an upgrade sent
+    /// over a link (above 1 s, so one lost SYN is retransmitted before giving up).
     #[arg(long, env = "RINGCAST_CONNECT_TIMEOUT_MS", default_value_t = 3000)]
     pub connect_timeout_ms: u64,
 
@@ -139,10 +140,13 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_NODE_TRANSPORT", value_enum, default_value_t = NodeTransport::Link)]
     pub node_transport: NodeTransport,
 
-    /// Shared secret (16+ printable bytes) presented to nodes to open a link; the nodes' own
-    /// `--link-secret`. Without it only nodes on this host take links; a node that refuses the
-    /// link is reached with one connection per client.
-    #[arg(long, env = "RINGCAST_LINK_SECRET", hide_env_values = true)]
+    /// Shared secret (16-256 printable bytes) presented to nodes to open a link; the nodes' own
+    /// `--link-secret`. A bearer token sent in plaintext to every node address on the ring,
+    /// those registered in Redis included: keep Redis and the node network private. Without it
+    /// only nodes on this host take links; a node that refuses the link is reached with one
+    /// connection per client. Unused with `--node-transport tcp`.
+    #[arg(long, env = "RINGCAST_LINK_SECRET", hide_env_values = true,
+          value_parser = ringcast_node::link::secret::SecretParser)]
     pub link_secret: Option<ringcast_node::link::LinkSecret>,
 
     /// Most nodes tried for one upgrade (the owner, then the ring's replica order).

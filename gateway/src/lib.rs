@@ -45,7 +45,7 @@ use metrics::Metrics;
 use origin::OriginPolicy;
 use proxy::Proxy;
 use ringcast_node::auth::Authenticator;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Why a gateway could not start.
 #[derive(Debug, Error)]
@@ -112,11 +112,14 @@ pub async fn run(
         )));
     }
 
+    if config.node_transport == NodeTransport::Tcp && config.link_secret.is_some() {
+        warn!("--link-secret is set but --node-transport is tcp: no links are made, the secret is unused");
+    }
     let links = (config.node_transport == NodeTransport::Link).then(|| {
         Links::new(
             config.connect_timeout(),
             config.link_secret.clone(),
-            metrics.node_links.clone(),
+            &metrics,
         )
     });
     let proxy = Arc::new(Proxy {

@@ -6,9 +6,12 @@
 //! request presents the link secret (`--link-secret`), and the whole attempt — TCP connect and
 //! the node's 101 — is bounded by the connect timeout, so a frozen node leaves the upgrade time
 //! to fail over. A server that refuses the link (a 4xx: a node with another secret, a version
-//! without links) or does not speak it (closes the connection, answers nonsense: a WebSocket
-//! server that is not a ringcast node) is reached with one TCP connection per client, as before,
-//! with a log line saying why, and asked again after [`RETRY_UNSUPPORTED`].
+//! without links) or does not speak it (answers something that is not HTTP: a server that is
+//! not a ringcast node) is reached with one TCP connection per client, as before, and asked
+//! again after [`RETRY_UNSUPPORTED`]; each refusal is counted by its code, and logged at warn
+//! when it is new for that node (at debug when it repeats). An attempt that breaks off before
+//! any answer (reset, or closed with nothing said) says nothing about links: that upgrade goes
+//! direct and a link is tried again after [`RETRY_BROKEN`], doubling while it keeps happening.
 //!
 //! Nodes come and go (a scaled deployment gives each new pod a new address), so a node's entry
 //! does not outlive its use: whenever an address is seen for the first time, the entries of
@@ -19,13 +22,14 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use ringcast_node::link::{self, Link, LinkSecret, LinkStream, Role, MAX_STREAMS};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use crate::metrics::Metrics;
 use crate::node_io::NodeIo;
-use crate::upstream::{self, Answer};
+use crate::upstream::{self, Answer, ExchangeError};
 
 /// How long a node that refused a link is reached without one before it is asked again.
 pub const RETRY_UNSUPPORTED: Duration = Duration::from_secs(60);
@@ -38,9 +42,15 @@ pub enum Route {
     Direct,
 }
 
-/// How long a link attempt that timed out or broke off stands for every upgrade to that node, so
-/// upgrades queued behind it move on to the next node at once instead of each waiting as long.
+/// How long a link attempt that timed out stands for every upgrade to that node, so upgrades
+/// queued behind it move on to the next node at once instead of each waiting as long.
 pub const RETRY_FAILED: Duration = Duration::from_secs(1);
+
+/// How long upgrades to a node whose link attempt broke off before any answer (the connection
+/// reset or closed with nothing said: a node that crashed between accept and 101, a load
+/// balancer with no ready backend) go direct before a link is tried again; it doubles with
+/// each such attempt in a row, up to [`RETRY_UNSUPPORTED`].
+pub const RETRY_BROKEN: Duration = Duration::from_secs(1);
 
 /// Why no link could be had.
 #[derive(Debug, Clone)]
@@ -64,6 +74,10 @@ pub struct Links {
     secret: Option<LinkSecret>,
     /// Links open.
     gauge: IntGauge,
+    /// Link requests refused by nodes, by code.
+    refusals: IntCounterVec,
+    /// Link attempts that broke off before any answer.
+    broken: IntCounter,
 }
 
 /// Whether a node's entry can go: nobody is routing through it right now, and it holds neither
@@ -78,7 +92,8 @@ fn forgettable(state: &Arc<tokio::sync::Mutex<State>>) -> bool {
     match &*state {
         State::None => true,
         State::Up(link) => !link.is_alive(),
-        State::Unsupported(since) => since.elapsed() >= RETRY_UNSUPPORTED,
+        State::Unsupported(since, _) => since.elapsed() >= RETRY_UNSUPPORTED,
+        State::Broken(since, wait) => since.elapsed() >= *wait,
         State::Failed(since, _) => since.elapsed() >= RETRY_FAILED,
     }
 }
@@ -87,16 +102,33 @@ fn forgettable(state: &Arc<tokio::sync::Mutex<State>>) -> bool {
 enum State {
     None,
     Up(Link),
-    Unsupported(Instant),
+    /// The node refused links or does not speak them (why: a refusal code): direct until
+    /// [`RETRY_UNSUPPORTED`].
+    Unsupported(Instant, &'static str),
+    /// The attempt broke off before any answer: direct for the wait, then asked again.
+    Broken(Instant, Duration),
     Failed(Instant, LinkError),
+}
+
+/// How a link attempt that reached the node ended.
+enum Made {
+    /// A link.
+    Link(Link),
+    /// Refused or not spoken, with the refusal's code.
+    Unsupported(&'static str),
+    /// Broken off before any answer.
+    Broken(String),
 }
 
 impl Links {
     /// No links yet; each is made within `connect_timeout` (TCP connect and 101 together),
     /// presenting `secret`.
-    pub fn new(connect_timeout: Duration, secret: Option<LinkSecret>, gauge: IntGauge) -> Self {
+    /// Counted in `metrics`.
+    pub fn new(connect_timeout: Duration, secret: Option<LinkSecret>, metrics: &Metrics) -> Self {
         Links {
-            gauge,
+            gauge: metrics.node_links.clone(),
+            refusals: metrics.link_refusals.clone(),
+            broken: metrics.link_attempts_broken.clone(),
             nodes: Mutex::new(HashMap::new()),
             made: Mutex::new(Vec::new()),
             connect_timeout,
@@ -122,9 +154,10 @@ impl Links {
                 Ok(stream) => return Ok(Route::Stream(stream)),
                 Err(e) => debug!(%addr, error = %e, "link unusable; making a new one"),
             },
-            State::Unsupported(since) if since.elapsed() < RETRY_UNSUPPORTED => {
+            State::Unsupported(since, _) if since.elapsed() < RETRY_UNSUPPORTED => {
                 return Ok(Route::Direct)
             }
+            State::Broken(since, wait) if since.elapsed() < *wait => return Ok(Route::Direct),
             State::Failed(since, e) if since.elapsed() < RETRY_FAILED => return Err(e.clone()),
             _ => {}
         }
@@ -140,23 +173,53 @@ impl Links {
             }
         };
         match made {
-            Some(link) => {
+            Made::Link(link) => {
                 let stream = link
                     .open()
                     .map_err(|e| LinkError::Unreachable(e.to_string()))?;
                 *state = State::Up(link);
                 Ok(Route::Stream(stream))
             }
-            None => {
-                *state = State::Unsupported(Instant::now());
+            Made::Unsupported(code) => {
+                // Logged at warn once per change: asked again every minute, a node with another
+                // secret would otherwise warn forever (the counter has every refusal).
+                let again = matches!(&*state, State::Unsupported(_, was) if *was == code);
+                let why = match code {
+                    "link_unauthorized" => "the node wants another link secret (check --link-secret on both sides)",
+                    "link_forbidden" => "the node has no link secret and takes links from its own host only (set --link-secret on both sides)",
+                    "not_http" => "the server does not speak the link protocol",
+                    _ => "the node does not take links",
+                };
+                if again {
+                    debug!(%addr, code, "no link, again: {why}; one connection per client");
+                } else {
+                    warn!(%addr, code, "no link: {why}; one connection per client");
+                }
+                self.refusals.with_label_values(&[code]).inc();
+                *state = State::Unsupported(Instant::now(), code);
+                Ok(Route::Direct)
+            }
+            Made::Broken(e) => {
+                // Says nothing about links: this upgrade goes direct (where a node that is down
+                // fails the usual way, counted in its health), and a link is tried again soon.
+                let wait = match &*state {
+                    State::Broken(_, wait) => (*wait * 2).min(RETRY_UNSUPPORTED),
+                    _ => RETRY_BROKEN,
+                };
+                if matches!(&*state, State::Broken(..)) {
+                    debug!(%addr, error = %e, "link attempt broke off again; this upgrade goes direct");
+                } else {
+                    warn!(%addr, error = %e, retry_in = ?wait, "link attempt broke off before any answer; this upgrade goes direct");
+                }
+                self.broken.inc();
+                *state = State::Broken(Instant::now(), wait);
                 Ok(Route::Direct)
             }
         }
     }
 
-    /// Makes a link to `addr` within the connect timeout; `None` if the server refused it or
-    /// does not speak it.
-    async fn connect(&self, addr: &str) -> Result<Option<Link>, LinkError> {
+    /// Makes a link to `addr` within the connect timeout, or says why the node gave none.
+    async fn connect(&self, addr: &str) -> Result<Made, LinkError> {
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
         let socket = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
             .await
@@ -181,35 +244,22 @@ impl Links {
         )
         .await
         .map_err(|_| LinkError::Unreachable("no answer to the link request in time".into()))?;
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(e) => {
-                // It took the connection and then closed it or answered nonsense: a server
-                // that does not speak links (a node that crashed just now fails its next
-                // connection the usual way).
-                warn!(%addr, error = %e, "no link: the server does not speak the link protocol; one connection per client");
-                return Ok(None);
-            }
-        };
         let switched = match answer {
-            Answer::Switched(switched) => switched,
-            Answer::Other(refusal) if refusal.status.is_server_error() => {
+            Ok(Answer::Switched(switched)) => switched,
+            // It answered, but not in HTTP: a server that does not speak links.
+            Err(ExchangeError::Invalid(_)) => return Ok(Made::Unsupported("not_http")),
+            Err(ExchangeError::Broken(e)) => return Ok(Made::Broken(e)),
+            Ok(Answer::Other(refusal)) if refusal.status.is_server_error() => {
                 // Draining or full: not a node without links.
                 return Err(LinkError::Declined(refusal.status));
             }
-            Answer::Other(refusal) => {
-                let code = upstream::error_code(&refusal.body);
-                let why = match code.as_deref() {
-                    Some("link_unauthorized") => {
-                        "the node wants another link secret (check --link-secret on both sides)"
-                    }
-                    Some("link_forbidden") => {
-                        "the node has no link secret and takes links from its own host only (set --link-secret on both sides)"
-                    }
-                    _ => "the node does not take links",
+            Ok(Answer::Other(refusal)) => {
+                let code = match upstream::error_code(&refusal.body).as_deref() {
+                    Some("link_unauthorized") => "link_unauthorized",
+                    Some("link_forbidden") => "link_forbidden",
+                    _ => "other",
                 };
-                warn!(%addr, status = %refusal.status, code = code.as_deref().unwrap_or(""), "no link: {why}; one connection per client");
-                return Ok(None);
+                return Ok(Made::Unsupported(code));
             }
         };
         let NodeIo::Tcp(socket) = switched.stream else {
@@ -231,7 +281,7 @@ impl Links {
         let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
         made.retain(Link::is_alive);
         made.push(link.clone());
-        Ok(Some(link))
+        Ok(Made::Link(link))
     }
 
     /// Addresses with an entry (for tests).
@@ -254,8 +304,7 @@ mod tests {
     use ringcast_testkit::{DeadPort, TestNode};
 
     fn links() -> Links {
-        let gauge = IntGauge::new("links", "links").unwrap();
-        Links::new(Duration::from_secs(2), None, gauge)
+        Links::new(Duration::from_secs(2), None, &Metrics::new())
     }
 
     #[tokio::test]

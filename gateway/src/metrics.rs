@@ -23,6 +23,11 @@ pub struct Metrics {
     pub failovers: IntCounter,
     /// Links open to nodes (each carries every client routed to its node).
     pub node_links: IntGauge,
+    /// Link requests a node refused, by code (`link_unauthorized`, `link_forbidden`,
+    /// `not_http`, `other`).
+    pub link_refusals: IntCounterVec,
+    /// Link attempts that broke off before any answer (those upgrades went direct).
+    pub link_attempts_broken: IntCounter,
     /// Healthy nodes on the ring.
     pub ring_size: IntGauge,
     /// Members known (healthy or not).
@@ -86,6 +91,19 @@ impl Metrics {
                 "Links open to nodes, each carrying every client routed to its node",
             )
             .expect("static metric definition"),
+            link_refusals: IntCounterVec::new(
+                Opts::new(
+                    "link_refusals_total",
+                    "Link requests refused by nodes (clients then go one connection each), by code",
+                ),
+                &["code"],
+            )
+            .expect("static metric definition"),
+            link_attempts_broken: IntCounter::new(
+                "link_attempts_broken_total",
+                "Link attempts that broke off before any answer (those upgrades went direct)",
+            )
+            .expect("static metric definition"),
             ring_size: IntGauge::new("ring_size", "Healthy nodes on the ring")
                 .expect("static metric definition"),
             members: IntGauge::new("members", "Known nodes, healthy or not")
@@ -128,6 +146,8 @@ impl Metrics {
         let _ = r.register(Box::new(m.bytes_node_to_client.clone()));
         let _ = r.register(Box::new(m.failovers.clone()));
         let _ = r.register(Box::new(m.node_links.clone()));
+        let _ = r.register(Box::new(m.link_refusals.clone()));
+        let _ = r.register(Box::new(m.link_attempts_broken.clone()));
         let _ = r.register(Box::new(m.ring_size.clone()));
         let _ = r.register(Box::new(m.members.clone()));
         let _ = r.register(Box::new(m.health_checks.clone()));

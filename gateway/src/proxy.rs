@@ -312,7 +312,9 @@ impl Proxy {
                 let exchange = upstream::exchange(NodeIo::Link(stream), head);
                 match tokio::time::timeout(self.connect_timeout, exchange).await {
                     Ok(answer) => answer,
-                    Err(_) => Err("no answer over the link in time".to_owned()),
+                    Err(_) => Err(upstream::ExchangeError::Broken(
+                        "no answer over the link in time".to_owned(),
+                    )),
                 }
             }
             Route::Direct => {
@@ -324,7 +326,7 @@ impl Proxy {
             Ok(Answer::Other(r)) if says_full(&r) => Err(Attempt::Full),
             Ok(Answer::Other(r)) if r.status.is_server_error() => Err(Attempt::Declined(r.status)),
             Ok(answer) => Ok(answer),
-            Err(e) => Err(Attempt::Unreachable(e)),
+            Err(e) => Err(Attempt::Unreachable(e.to_string())),
         }
     }
 

@@ -133,13 +133,26 @@ pub fn error_code(body: &[u8]) -> Option<String> {
         .map(|b| b.error)
 }
 
+/// Why an exchange brought no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ExchangeError {
+    /// The connection failed, or closed before a whole answer head arrived: nothing was said
+    /// that tells what the server speaks (a node that crashed, a load balancer without a
+    /// backend).
+    #[error("{0}")]
+    Broken(String),
+    /// What came back is no HTTP/1.1 answer to an upgrade.
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// Sends `head` on `stream` and reads the node's answer; an error says what went wrong on the
 /// way (the caller bounds the whole exchange in time).
-pub async fn exchange(mut stream: NodeIo, head: &[u8]) -> Result<Answer, String> {
+pub async fn exchange(mut stream: NodeIo, head: &[u8]) -> Result<Answer, ExchangeError> {
     stream
         .write_all(head)
         .await
-        .map_err(|e| format!("sending the upgrade: {e}"))?;
+        .map_err(|e| ExchangeError::Broken(format!("sending the upgrade: {e}")))?;
     let (head, buf) = read_answer_head(&mut stream).await?;
     Ok(answer(stream, buf, head).await)
 }
@@ -148,22 +161,24 @@ pub async fn exchange(mut stream: NodeIo, head: &[u8]) -> Result<Answer, String>
 /// (never more than [`MAX_HEAD_BYTES`] in all).
 async fn read_answer_head<S: AsyncRead + Unpin>(
     stream: &mut S,
-) -> Result<(Head, BytesMut), String> {
+) -> Result<(Head, BytesMut), ExchangeError> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         let room = MAX_HEAD_BYTES - buf.len();
         let read = stream
             .read_buf(&mut (&mut buf).limit(room))
             .await
-            .map_err(|e| format!("reading the answer: {e}"))?;
-        if let Some(head) = parse_head(&buf)? {
+            .map_err(|e| ExchangeError::Broken(format!("reading the answer: {e}")))?;
+        if let Some(head) = parse_head(&buf).map_err(ExchangeError::Invalid)? {
             return Ok((head, buf));
         }
         if read == 0 {
-            return Err("the node closed the connection before answering".into());
+            let why = "the node closed the connection before answering";
+            return Err(ExchangeError::Broken(why.into()));
         }
         if buf.len() >= MAX_HEAD_BYTES {
-            return Err(format!("answer head longer than {MAX_HEAD_BYTES} bytes"));
+            let why = format!("answer head longer than {MAX_HEAD_BYTES} bytes");
+            return Err(ExchangeError::Invalid(why));
         }
     }
 }
@@ -218,16 +233,18 @@ async fn answer(mut stream: NodeIo, mut buf: BytesMut, head: Head) -> Answer {
             early: rest.freeze(),
         });
     }
-    // A refusal. A 5xx only sends the client on to the next node, so its body is not waited
-    // for (what arrived with the head is kept, to tell a full node from others); a 4xx body is
-    // relayed whole (up to the limit, within `BODY_TIMEOUT`) or not at all, never cut short.
+    // A refusal. A 4xx body is relayed whole (up to the limit, within `BODY_TIMEOUT`) or not
+    // at all, never cut short. A 5xx only sends the client on to the next node, so its body is
+    // not waited for (what arrived with the head is kept) — except a 503's: it tells a full
+    // node from others, and the node may send it in a segment of its own.
     let announced = head
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .unwrap_or(0);
     let mut body = rest;
-    let relay = !head.status.is_server_error() && announced <= MAX_RELAYED_BODY;
+    let relay = (!head.status.is_server_error() || head.status == StatusCode::SERVICE_UNAVAILABLE)
+        && announced <= MAX_RELAYED_BODY;
     let complete = relay
         && tokio::time::timeout(BODY_TIMEOUT, async {
             while body.len() < announced {
@@ -382,6 +399,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_503_whose_body_comes_in_a_later_segment_is_read_whole() {
+        // A full node's refusal, its body behind the head in a segment of its own.
+        let (stream, _node) = node_answering(vec![
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 32\r\n\r\n",
+            b"{\"error\":\"too_many_connections\"}",
+        ])
+        .await;
+        match exchange(NodeIo::Tcp(stream), b"GET /ws HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap()
+        {
+            Answer::Other(r) => {
+                assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+                assert_eq!(error_code(&r.body).as_deref(), Some("too_many_connections"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn an_oversized_refusal_body_is_dropped_and_a_100_is_an_error() {
         let (stream, _node) = node_answering(vec![
             b"HTTP/1.1 403 Forbidden\r\ncontent-length: 5000\r\n\r\n{\"error\":",
@@ -400,7 +437,8 @@ mod tests {
         let (stream, _node) = node_answering(vec![b"HTTP/1.1 100 Continue\r\n\r\n"]).await;
         let e = exchange(NodeIo::Tcp(stream), b"GET /ws HTTP/1.1\r\n\r\n")
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("100"), "{e}");
     }
 
@@ -410,12 +448,14 @@ mod tests {
         let e = exchange(NodeIo::Tcp(stream), b"GET /ws HTTP/1.1\r\n\r\n")
             .await
             .unwrap_err();
-        assert!(e.contains("unreadable"), "{e}");
+        assert!(matches!(e, ExchangeError::Invalid(_)), "{e}");
+        assert!(e.to_string().contains("unreadable"), "{e}");
         let (stream, _node) = node_answering(vec![b"HTTP/1.1 101 Switching"]).await;
         let e = exchange(NodeIo::Tcp(stream), b"GET /ws HTTP/1.1\r\n\r\n")
             .await
             .unwrap_err();
-        assert!(e.contains("closed"), "{e}");
+        assert!(matches!(e, ExchangeError::Broken(_)), "{e}");
+        assert!(e.to_string().contains("closed"), "{e}");
     }
 
     mod fuzz {

@@ -89,6 +89,49 @@ fn nodes_and_gateways_share_one_link_secret_kept_in_a_k8s_secret() {
     }
 }
 
+/// `l` with the link secret an operator sets in place of the shipped placeholder.
+fn with_the_operators_link_secret(l: &Launch) -> Launch {
+    let mut l = l.clone();
+    let value = manifests::operator_value("RINGCAST_LINK_SECRET");
+    l.env.retain(|(k, _)| k != "RINGCAST_LINK_SECRET");
+    l.env.push(("RINGCAST_LINK_SECRET".into(), value));
+    l
+}
+
+#[test]
+fn the_shipped_link_secret_is_a_placeholder_both_binaries_refuse_and_compose_requires_one() {
+    let k8s = manifests::k8s_launches();
+    for l in &k8s {
+        let shipped = l.var("RINGCAST_LINK_SECRET").expect("set from the Secret");
+        assert!(shipped.starts_with("replace-me"), "{}: {shipped}", l.origin);
+        let (ok, out) = l.check_config();
+        assert!(!ok, "{}: the public placeholder was accepted", l.origin);
+        assert!(out.contains("placeholder"), "{}: {out}", l.origin);
+        assert!(
+            out.contains("kubectl"),
+            "{}: say how to set it: {out}",
+            l.origin
+        );
+        assert!(!out.contains(shipped), "{}: {out}", l.origin);
+        assert!(
+            with_the_operators_link_secret(l).check_config().0,
+            "{}",
+            l.origin
+        );
+    }
+    assert_eq!(k8s.len(), 2);
+    // Compose has no default for it: `docker compose up` stops and says to set it.
+    let compose = manifests::compose();
+    let raw = compose["services"]["gateway"]["environment"]["RINGCAST_LINK_SECRET"]
+        .as_str()
+        .expect("the gateway's link secret");
+    assert!(raw.starts_with("${RINGCAST_LINK_SECRET:?"), "{raw}");
+    for name in ["node1", "node2", "node3"] {
+        let node = &compose["services"][name]["environment"]["RINGCAST_LINK_SECRET"];
+        assert_eq!(node.as_str(), Some(raw), "{name}");
+    }
+}
+
 #[test]
 fn compose_and_k8s_configure_the_binaries_with_flags_and_variables_they_accept() {
     let node_envs = Bin::Node.known_envs();
@@ -103,6 +146,8 @@ fn compose_and_k8s_configure_the_binaries_with_flags_and_variables_they_accept()
     );
     assert_eq!((count(&k8s, Bin::Node), count(&k8s, Bin::Gateway)), (1, 1));
     for l in compose.iter().chain(&k8s) {
+        // The Secret as the operator creates it: the shipped one is a placeholder.
+        let l = &with_the_operators_link_secret(l);
         let known = match l.bin {
             Bin::Node => &node_envs,
             Bin::Gateway => &gateway_envs,
@@ -118,7 +163,7 @@ fn compose_and_k8s_configure_the_binaries_with_flags_and_variables_they_accept()
         }
     }
     // The check is real: a misspelt value is refused.
-    let mut bad = k8s[0].clone();
+    let mut bad = with_the_operators_link_secret(&k8s[0]);
     bad.env
         .push(("RINGCAST_DRAIN_DELAY_SECS".into(), "five".into()));
     bad.env
@@ -296,5 +341,55 @@ fn ports_agree_across_services_scrape_configs_and_annotations() {
     for r in replicas {
         let n = r["name"].as_str().expect("name");
         assert!(names.iter().any(|x| x == n), "overlay scales unknown {n}");
+    }
+}
+
+/// A launch of `bin` with only `env` set.
+fn launch(bin: Bin, args: &[&str], env: &[(&str, &str)]) -> Launch {
+    Launch {
+        origin: format!("{bin:?} {args:?}"),
+        bin,
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+#[test]
+fn a_bad_link_secret_is_refused_without_being_printed_and_a_files_newline_is_dropped() {
+    // Each bad value holds the marker, which must not appear in anything the binary prints.
+    const MARK: &str = "Sekr1tMarker";
+    let bad = [
+        MARK.to_owned(),
+        format!("{MARK} with a space in it"),
+        format!("{MARK}-line\nbreak-in-the-middle"),
+        format!("{MARK}-two-newlines-at-the-end\n\n"),
+    ];
+    for bin in [Bin::Node, Bin::Gateway] {
+        for value in &bad {
+            let by_flag = launch(bin, &["--link-secret", value], &[]);
+            let by_env = launch(bin, &[], &[("RINGCAST_LINK_SECRET", value)]);
+            for l in [by_flag, by_env] {
+                let (ok, out) = l.check_config();
+                assert!(!ok, "{}: {value:?} was accepted", l.origin);
+                assert!(
+                    !out.contains(MARK),
+                    "{}: the secret was printed:\n{out}",
+                    l.origin
+                );
+                assert!(out.contains("--link-secret"), "{}: {out}", l.origin);
+            }
+        }
+        // A Secret made from `openssl rand -hex 32 > file` ends in a newline.
+        for value in [
+            "7f3a9c0e5b2d4f6a8c1e3b5d7f9a2c4e\n",
+            "7f3a9c0e5b2d4f6a8c1e3b5d7f9a2c4e\r\n",
+        ] {
+            let l = launch(bin, &[], &[("RINGCAST_LINK_SECRET", value)]);
+            let (ok, out) = l.check_config();
+            assert!(ok, "{}: {value:?} refused:\n{out}", l.origin);
+        }
     }
 }

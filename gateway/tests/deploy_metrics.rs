@@ -91,12 +91,21 @@ async fn probes_healthcheck_and_dashboard_metrics_match_the_running_binaries() {
             .expect("k8s runs both binaries")
             .clone()
     };
-    let (_node, node_addr) = spawn(&of(Bin::Node), &[("RINGCAST_REDIS_URL", redis.url())]);
+    // The Secret as an operator creates it: both binaries refuse the shipped placeholder.
+    let secret = manifests::operator_value("RINGCAST_LINK_SECRET");
+    let (_node, node_addr) = spawn(
+        &of(Bin::Node),
+        &[
+            ("RINGCAST_REDIS_URL", redis.url()),
+            ("RINGCAST_LINK_SECRET", secret.clone()),
+        ],
+    );
     let (_gateway, gateway_addr) = spawn(
         &of(Bin::Gateway),
         &[
             ("RINGCAST_REDIS_URL", redis.url()),
             ("RINGCAST_HEALTH_INTERVAL_MS", "100".into()),
+            ("RINGCAST_LINK_SECRET", secret),
         ],
     );
     wait_until(Duration::from_secs(15), "node /healthz", || {

@@ -77,10 +77,13 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_MAX_CONNECTIONS", default_value_t = 50_000)]
     pub max_connections: usize,
 
-    /// Shared secret (16+ printable bytes) a gateway must present to carry clients over a link
-    /// (`/link`); set the same on every gateway. Without it, links are taken from loopback peers
-    /// only (a gateway elsewhere then reaches this node with one connection per client).
-    #[arg(long, env = "RINGCAST_LINK_SECRET", hide_env_values = true)]
+    /// Shared secret (16-256 printable bytes) a gateway must present to carry clients over a
+    /// link (`/link`); set the same on every gateway. It travels in plaintext (a bearer token):
+    /// keep the network between gateways and nodes private. Without it, links are taken from
+    /// loopback peers only (a gateway elsewhere then reaches this node with one connection per
+    /// client).
+    #[arg(long, env = "RINGCAST_LINK_SECRET", hide_env_values = true,
+          value_parser = crate::link::secret::SecretParser)]
     pub link_secret: Option<crate::link::LinkSecret>,
 
     /// Largest client message (and frame) in bytes; a larger one closes the connection with 1009.

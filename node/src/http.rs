@@ -182,12 +182,29 @@ fn health(shared: &Shared) -> Response<Body> {
     )
 }
 
+/// The status, code and message of an upgrade refused at `--max-connections`.
+const AT_LIMIT: (StatusCode, &str, &str) = (
+    StatusCode::SERVICE_UNAVAILABLE,
+    "too_many_connections",
+    "node is at its connection limit",
+);
+
+/// A refused upgrade's answer, counted.
 fn refuse(shared: &Shared, status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    count_refusal(shared, code);
+    refusal(status, code, message)
+}
+
+fn count_refusal(shared: &Shared, code: &str) {
     shared
         .metrics
         .upgrades_refused
         .with_label_values(&[code])
         .inc();
+}
+
+/// A refused upgrade's answer.
+fn refusal(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let mut resp = json_error(status, code, message);
     // A client whose upgrade failed has nothing more to say on this connection.
     resp.headers_mut()
@@ -271,11 +288,8 @@ fn admit<B>(
         ));
     }
     let Some(slot) = reserved.or_else(|| shared.reserve_session()) else {
-        return Err(refused(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_connections",
-            "node is at its connection limit",
-        ));
+        let (status, code, message) = AT_LIMIT;
+        return Err(refused(status, code, message));
     };
     let identity = match &shared.auth {
         None => None,
@@ -419,23 +433,43 @@ async fn serve_link(
     if let Err(refusal) =
         link::secret::admit(shared.config.link_secret.as_ref(), req.headers(), peer)
     {
+        use link::secret::Refusal;
+        let reason = refusal.reason();
+        shared
+            .metrics
+            .link_refusals
+            .with_label_values(&[reason])
+            .inc();
+        let why = match refusal {
+            Refusal::Unauthorized => "the request did not present the link secret",
+            Refusal::NotLoopback => {
+                "no --link-secret is set, so links are taken from loopback peers only"
+            }
+            Refusal::Proxied => {
+                "no --link-secret is set and the request came through a proxy, so its loopback peer address proves nothing"
+            }
+        };
+        if warn_now(refusal) {
+            warn!(%peer, reason, "link refused: {why} (more refusals for this reason in the next minute are logged at debug; ringcast_node_link_refusals_total counts them all)");
+        } else {
+            debug!(%peer, reason, "link refused: {why}");
+        }
         let resp = match refusal {
-            link::secret::Refusal::Unauthorized => {
-                warn!(%peer, "link refused: the request did not present the link secret");
-                json_error(
-                    StatusCode::UNAUTHORIZED,
-                    "link_unauthorized",
-                    "a link needs the node's link secret",
-                )
-            }
-            link::secret::Refusal::NotLoopback => {
-                warn!(%peer, "link refused: no --link-secret is set, so links are taken from loopback peers only");
-                json_error(
-                    StatusCode::FORBIDDEN,
-                    "link_forbidden",
-                    "this node takes links from loopback peers only (it has no link secret)",
-                )
-            }
+            Refusal::Unauthorized => json_error(
+                StatusCode::UNAUTHORIZED,
+                "link_unauthorized",
+                "a link needs the node's link secret",
+            ),
+            Refusal::Proxied => json_error(
+                StatusCode::FORBIDDEN,
+                "link_forbidden",
+                "this node has no link secret: it takes links from loopback peers only, not through a proxy",
+            ),
+            Refusal::NotLoopback => json_error(
+                StatusCode::FORBIDDEN,
+                "link_forbidden",
+                "this node takes links from loopback peers only (it has no link secret)",
+            ),
         };
         return head::answer(&mut stream, resp, timeout).await;
     }
@@ -469,16 +503,13 @@ async fn serve_link(
     // upgrade's answer may still be on its way); the slack covers that, and past it a stream is
     // closed as soon as it opens.
     let max_streams = shared.config.max_connections.saturating_add(1024);
-    let full = stream_refusal();
+    let full = stream_refusal(timeout).await;
+    let full_reply = full.clone();
     let on_open = {
         let tracker = tracker.clone();
         move |s: LinkStream| {
             let Some(slot) = shared.reserve_session() else {
-                shared
-                    .metrics
-                    .upgrades_refused
-                    .with_label_values(&["too_many_connections"])
-                    .inc();
+                count_refusal(&shared, AT_LIMIT.1);
                 s.refuse(&full);
                 return;
             };
@@ -496,6 +527,8 @@ async fn serve_link(
         }
     };
     let (link, driver) = Link::new(stream, early, link::Role::Acceptor, max_streams, on_open);
+    // Past the table's own bound a stream is refused as one at the connection limit is.
+    link.set_full_reply(&full_reply);
     let mut driver = std::pin::pin!(driver);
     tokio::select! {
         r = &mut driver => match r {
@@ -514,24 +547,35 @@ async fn serve_link(
     gauge.dec();
 }
 
-/// The whole answer to a link stream opened at the connection limit: a 503
-/// `too_many_connections`, as a connection at the limit gets.
-fn stream_refusal() -> Vec<u8> {
-    let body = serde_json::json!({
-        "error": "too_many_connections",
-        "message": "node is at its connection limit",
-    })
-    .to_string();
-    let mut headers = HeaderMap::with_capacity(4);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+/// Whether a refused link request is logged at warn: the first for its reason, then at most one
+/// a minute per reason, so that a gateway with another secret (it asks again every minute) or
+/// anyone who reaches the port cannot fill the log. Process-wide: one node per process, outside
+/// tests.
+fn warn_now(refusal: link::secret::Refusal) -> bool {
+    use link::secret::Refusal;
+    static LAST: std::sync::Mutex<[Option<std::time::Instant>; 3]> =
+        std::sync::Mutex::new([None; 3]);
+    let i = match refusal {
+        Refusal::Unauthorized => 0,
+        Refusal::NotLoopback => 1,
+        Refusal::Proxied => 2,
+    };
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let now = std::time::Instant::now();
+    if last[i].is_some_and(|t| now.duration_since(t) < Duration::from_secs(60)) {
+        return false;
+    }
+    last[i] = Some(now);
+    true
+}
+
+/// The whole answer to a link stream opened at the connection limit: what a connection at the
+/// limit gets, as [`head::answer`] writes it (its `Date` is the link's opening time; the
+/// gateway reads only the status and the code).
+async fn stream_refusal(timeout: Duration) -> Vec<u8> {
+    let (status, code, message) = AT_LIMIT;
     let mut out = Vec::with_capacity(256);
-    push_response_head(&mut out, StatusCode::SERVICE_UNAVAILABLE, &headers);
-    out.extend_from_slice(body.as_bytes());
+    head::answer(&mut out, refusal(status, code, message), timeout).await;
     out
 }
 

@@ -19,8 +19,9 @@
 //! Only gateways that present the link secret may open a link ([`secret`]). Every reply the
 //! accepting end makes (`PONG`, `CREDIT`, a refusal) goes into the same bounded outgoing buffer
 //! as the streams' bytes: once [`OUT_CAP`] bytes wait for the socket, the accepting end stops
-//! reading the link until they drain, and a link whose peer stops reading for three
-//! [`KEEPALIVE`]s is closed with that reason. A peer cannot make the node hold more than that.
+//! reading the link until they drain; a link it has not read for three [`KEEPALIVE`]s (held
+//! back so, or silent) is closed with that reason. A peer cannot make the node hold more than
+//! that: about twice [`OUT_CAP`], since one batch is being written while the next one fills.
 //!
 //! A link that has been silent for [`KEEPALIVE`] gets a `PING` (answered with a `PONG`); one
 //! silent for three times that is dead, even if TCP never says so (a peer host that vanished
@@ -130,12 +131,14 @@ struct Inner {
     dead: bool,
     /// [`Link::finish`]: the writer ends the link once what is waiting is written.
     finishing: bool,
-    /// When bytes last arrived.
+    /// When the reader last took bytes in. A reader that waits for `out` to drain takes none,
+    /// so a peer that stops reading the link's replies falls silent here too.
     last_rx: Option<Instant>,
     /// The reader, when it waits for `out` to drain below [`OUT_CAP`] (accepting end only).
     reader: Option<Waker>,
-    /// Since when the reader has been waiting for `out` to drain.
-    paused_since: Option<Instant>,
+    /// What a stream opened past `max_streams` gets before its `CLOSE` (see
+    /// [`Link::set_full_reply`]).
+    full_reply: Vec<u8>,
 }
 
 /// One stream's state on this end.
@@ -229,7 +232,13 @@ impl Inner {
                     return Err(invalid("OPEN of an open stream"));
                 }
                 if self.streams.len() >= self.max_streams {
-                    // Refused; its opener sees the stream close.
+                    // Refused, as a stream at the connection limit is: its opener reads the
+                    // reply (a 503), then the stream's end.
+                    let reply = &self.full_reply;
+                    if !reply.is_empty() {
+                        let len = reply.len() as u32;
+                        push_frame(&mut self.out, &mut self.writer, DATA, id, len, reply);
+                    }
                     self.push_frame(CLOSE, id, frame::CloseReason::Full.code(), &[]);
                     return Ok(None);
                 }
@@ -325,11 +334,8 @@ impl Hasher for IdHasher {
     }
 }
 
-fn invalid(why: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, why)
-}
-
-fn invalid_owned(why: String) -> io::Error {
+/// A broken link protocol: the link closes with `why`.
+fn invalid(why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
@@ -381,6 +387,16 @@ impl Link {
             result
         };
         (link, driver)
+    }
+
+    /// Sets what a stream the peer opens past `max_streams` gets as its only bytes before its
+    /// `CLOSE` (accepting end; say, an HTTP 503, so that the peer tells a full node from a
+    /// broken one). At most [`MAX_PAYLOAD`] bytes; a longer reply is not sent. Set it before
+    /// the driver runs.
+    pub fn set_full_reply(&self, reply: &[u8]) {
+        if reply.len() <= MAX_PAYLOAD {
+            self.shared.lock().full_reply = reply.to_vec();
+        }
     }
 
     /// Opens a stream (opening end only).
@@ -485,7 +501,7 @@ where
                     stopped_early = true;
                     break;
                 }
-                let Some((f, n)) = decode(&buf).map_err(|e| invalid_owned(e.to_string()))? else {
+                let Some((f, n)) = decode(&buf).map_err(invalid)? else {
                     break;
                 };
                 if let Some(id) =
@@ -517,11 +533,7 @@ async fn replies_drained(shared: &Arc<Shared>) {
     poll_fn(|cx| {
         let mut inner = shared.lock();
         if inner.dead || inner.out.len() < OUT_CAP {
-            inner.paused_since = None;
             return Poll::Ready(());
-        }
-        if inner.paused_since.is_none() {
-            inner.paused_since = Some(Instant::now());
         }
         inner.reader = Some(cx.waker().clone());
         Poll::Pending
@@ -536,21 +548,16 @@ async fn keepalive(shared: &Arc<Shared>) -> io::Result<()> {
     loop {
         tick.tick().await;
         let mut inner = shared.lock();
-        if inner
-            .paused_since
-            .is_some_and(|t| t.elapsed() >= 3 * KEEPALIVE)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the peer stopped reading the link",
-            ));
-        }
         let quiet = inner.last_rx.map_or(Duration::ZERO, |t| t.elapsed());
-        if quiet >= 3 * KEEPALIVE && inner.paused_since.is_none() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the link went silent",
-            ));
+        if quiet >= 3 * KEEPALIVE {
+            // The reader is held back while replies wait for a peer that does not read them:
+            // the same silence, seen from this end.
+            let why = if inner.reader.is_some() && inner.out.len() >= OUT_CAP {
+                "the peer stopped reading the link"
+            } else {
+                "the link went silent"
+            };
+            return Err(io::Error::new(io::ErrorKind::TimedOut, why));
         }
         if quiet >= KEEPALIVE {
             inner.push_frame(PING, 0, 0, &[]);

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// HTTP upgrades refused, by reason.
     pub upgrades_refused: IntCounterVec,
+    /// Link requests refused, by reason (`unauthorized`, `not_loopback`, `proxied`).
+    pub link_refusals: IntCounterVec,
 }
 
 impl Metrics {
@@ -158,6 +160,11 @@ impl Metrics {
             upgrades_refused: counter_vec(
                 "ringcast_node_upgrades_refused_total",
                 "WebSocket upgrades refused, by reason",
+                "reason",
+            ),
+            link_refusals: counter_vec(
+                "ringcast_node_link_refusals_total",
+                "Link (/link) requests refused, by reason",
                 "reason",
             ),
             registry,

@@ -158,6 +158,11 @@ async fn a_link_needs_the_secret_when_one_is_set() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+    // Each refusal is counted, so a gateway with another secret shows up in /metrics.
+    let refused = node
+        .metric("ringcast_node_link_refusals_total{reason=\"unauthorized\"}")
+        .await;
+    assert_eq!(refused, 3.0);
     // Ordinary clients need no secret.
     let (_c, _) = ringcast_testkit::Client::connect_welcomed(&node.ws_url("a")).await;
 }
@@ -174,8 +179,11 @@ fn non_loopback_ip() -> Option<std::net::IpAddr> {
 #[tokio::test]
 async fn without_a_secret_only_loopback_peers_get_a_link() {
     let Some(ip) = non_loopback_ip() else {
-        eprintln!("skipped: this host has no address but loopback");
-        return;
+        panic!(
+            "this host has no address but loopback (no route to 10.255.255.255), so this test \
+             cannot reach the node from a non-loopback peer; run it on a host with a network \
+             interface (the refusal itself is also unit-tested in link::secret)"
+        );
     };
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -195,4 +203,26 @@ async fn without_a_secret_only_loopback_peers_get_a_link() {
     // A client from the same remote address is served as ever.
     let url = ringcast_testkit::ws_url(remote, "remote");
     let (_c, _) = ringcast_testkit::Client::connect_welcomed(&url).await;
+}
+
+#[tokio::test]
+async fn without_a_secret_a_link_through_a_local_proxy_is_refused() {
+    // An Istio sidecar or an nginx `proxy_pass` on the node's host connects from loopback on
+    // behalf of anyone: the headers it adds give it away.
+    let node = TestNode::start(Config::for_tests()).await;
+    for header in [
+        "Forwarded: for=203.0.113.7",
+        "X-Forwarded-For: 203.0.113.7",
+        "X-Real-IP: 203.0.113.7",
+        "Via: 1.1 nginx",
+        "X-Envoy-External-Address: 203.0.113.7",
+        "l5d-dst-override: node:9001",
+    ] {
+        let answer = link_answer(node.addr, &format!("{header}\r\n")).await;
+        assert!(answer.starts_with("HTTP/1.1 403 "), "{header}: {answer}");
+        assert!(answer.contains("link_forbidden"), "{header}: {answer}");
+    }
+    // The gateway's own request, from the same host, still gets its link.
+    let answer = link_answer(node.addr, "").await;
+    assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
 }

@@ -9,20 +9,17 @@ use ringcast_testkit::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use ringcast_node::link::frame::{self, CLOSE, DATA, OPEN, PING};
+
 use crate::support::NodeProcess;
 
 /// The secret the node runs with and the attacker presents.
 const SECRET: &str = "abuse-suite-link-secret-0123";
 
-const PING: u8 = 6;
-const OPEN: u8 = 1;
-const DATA: u8 = 2;
-const CLOSE: u8 = 4;
-
-fn frame(kind: u8, stream: u32) -> [u8; 9] {
-    let mut f = [0u8; 9];
-    f[0] = kind;
-    f[1..5].copy_from_slice(&stream.to_be_bytes());
+/// A frame without payload, as the link's own encoder writes it.
+fn frame(kind: u8, stream: u32) -> Vec<u8> {
+    let mut f = Vec::with_capacity(frame::HEADER_LEN);
+    frame::encode(&mut f, kind, stream, 0, &[]);
     f
 }
 
@@ -53,18 +50,30 @@ async fn raw_link(node: &NodeProcess, rcvbuf: Option<u32>) -> TcpStream {
     sock
 }
 
-/// The next frame on a raw link: kind, stream, payload.
-async fn next_frame(sock: &mut TcpStream) -> (u8, u32, Vec<u8>) {
-    let mut h = [0u8; 9];
-    tokio::time::timeout(Duration::from_secs(5), sock.read_exact(&mut h))
-        .await
-        .expect("a frame in time")
-        .expect("a frame");
-    let stream = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
-    let len = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) as usize;
-    let mut payload = vec![0u8; if matches!(h[0], OPEN | DATA) { len } else { 0 }];
-    sock.read_exact(&mut payload).await.expect("its payload");
-    (h[0], stream, payload)
+/// The frames arriving on a raw link, read with the link's own decoder.
+struct Frames {
+    sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Frames {
+    /// The next frame: kind, stream, payload.
+    async fn next(&mut self) -> (u8, u32, Vec<u8>) {
+        loop {
+            if let Some((f, n)) = frame::decode(&self.buf).expect("a well-formed frame") {
+                let got = (f.kind, f.stream, f.payload.to_vec());
+                self.buf.drain(..n);
+                return got;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), self.sock.read(&mut chunk))
+                .await
+                .expect("a frame in time")
+                .expect("a frame");
+            assert!(n > 0, "the link closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
 }
 
 /// The node's resident memory in kB.
@@ -80,7 +89,8 @@ fn rss_kb(pid: u32) -> u64 {
 #[tokio::test]
 async fn a_ping_flood_whose_pongs_are_never_read_stops_being_read_and_is_closed() {
     const FLOOD: usize = 64 * 1024 * 1024;
-    let node = NodeProcess::start_with("n", &["--link-secret", SECRET], None).await;
+    let log = std::env::temp_dir().join(format!("ringcast-ping-flood-{}.log", std::process::id()));
+    let node = NodeProcess::start_with("n", &["--link-secret", SECRET], Some(&log)).await;
     let before = rss_kb(node.pid());
     let mut sock = raw_link(&node, Some(4096)).await;
     let chunk: Vec<u8> = std::iter::repeat_n(frame(PING, 0), 64 * 1024 / 9)
@@ -115,6 +125,18 @@ async fn a_ping_flood_whose_pongs_are_never_read_stops_being_read_and_is_closed(
         links().await == 0.0
     })
     .await;
+    // ...for that reason, not another.
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        logged.contains("the peer stopped reading the link"),
+        "the node's log does not say why the link closed:\n{}",
+        logged
+            .lines()
+            .filter(|l| l.contains("link"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     drop(sock);
 }
 
@@ -128,29 +150,36 @@ async fn opens_past_the_connection_limit_are_refused_with_a_503_across_links() {
             SECRET,
             "--max-connections",
             &LIMIT.to_string(),
+            // Longer than the waits below: the flood's streams, which never send a request,
+            // are not let go by their handshake timeout while the test looks.
+            "--handshake-timeout-secs",
+            "120",
         ],
         None,
     )
     .await;
     // One link opens the node's whole limit and never sends a request on any stream.
     let mut first = raw_link(&node, None).await;
-    let opens: Vec<u8> = (1..=LIMIT).flat_map(|id| frame(OPEN, id)).collect();
+    let mut opens: Vec<u8> = (1..=LIMIT).flat_map(|id| frame(OPEN, id)).collect();
+    // The node reads a link's frames in order: once the PING behind them is answered, every
+    // OPEN has taken its slot (and no client below can take one first).
+    opens.extend(frame(PING, 0));
     first.write_all(&opens).await.unwrap();
-    // The pending streams count as connections: an ordinary client is refused... (One that
-    // gets in before the node has read every OPEN keeps its slot: dropped, it would free a slot
-    // for the next try, and the node would never look full.)
+    let mut first = Frames {
+        sock: first,
+        buf: Vec::new(),
+    };
+    let (kind, _, _) = first.next().await;
+    assert_eq!(kind, frame::PONG, "the flood's streams were not all taken");
+    // The pending streams count as connections: an ordinary client is refused...
     let url = ringcast_testkit::ws_url(node.addr, "ordinary");
-    let early = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     ringcast_testkit::wait_until(Duration::from_secs(5), "the node full", || {
-        let (url, early) = (url.clone(), early.clone());
+        let url = url.clone();
         async move {
-            match Client::try_connect(&url).await {
-                Ok(client) => {
-                    early.lock().unwrap().push(client);
-                    false
-                }
-                Err(e) => e.to_string().contains("503"),
-            }
+            Client::try_connect(&url)
+                .await
+                .err()
+                .is_some_and(|e| e.to_string().contains("503"))
         }
     })
     .await;
@@ -158,10 +187,14 @@ async fn opens_past_the_connection_limit_are_refused_with_a_503_across_links() {
     let mut second = raw_link(&node, None).await;
     let more: Vec<u8> = (1..=200).flat_map(|id| frame(OPEN, id)).collect();
     second.write_all(&more).await.unwrap();
+    let mut second = Frames {
+        sock: second,
+        buf: Vec::new(),
+    };
     let mut refused = 0;
     let mut answered = std::collections::HashSet::new();
     while refused < 200 {
-        let (kind, stream, payload) = next_frame(&mut second).await;
+        let (kind, stream, payload) = second.next().await;
         match kind {
             DATA => {
                 let text = String::from_utf8_lossy(&payload);
@@ -179,9 +212,14 @@ async fn opens_past_the_connection_limit_are_refused_with_a_503_across_links() {
             other => panic!("unexpected frame kind {other}"),
         }
     }
-    // ...until the flood's link is gone.
+    // ...while the flood's link stays...
+    let still = Client::try_connect(&url).await.err().map(|e| e.to_string());
+    assert!(
+        still.as_deref().is_some_and(|e| e.contains("503")),
+        "{still:?}"
+    );
+    // ...until it is gone.
     drop(first);
-    drop(early);
     ringcast_testkit::wait_until(
         Duration::from_secs(10),
         "the ordinary client served",

@@ -273,16 +273,28 @@ pub fn k8s_launches() -> Vec<Launch> {
     launches
 }
 
-/// Expands `${VAR:-default}` as docker compose does with `VAR` unset.
+/// Expands `${VAR:-default}` as docker compose does with `VAR` unset, and `${VAR:?message}`
+/// (which compose refuses to run without) with the value [`operator_value`] stands in for.
 fn interpolate(value: &str) -> String {
-    match value
-        .strip_prefix("${")
-        .and_then(|v| v.strip_suffix('}'))
-        .and_then(|v| v.split_once(":-"))
-    {
-        Some((_, default)) => default.to_owned(),
+    let Some(inner) = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) else {
+        return value.to_owned();
+    };
+    if let Some((_, default)) = inner.split_once(":-") {
+        return default.to_owned();
+    }
+    match inner.split_once(":?") {
+        Some((var, _)) => operator_value(var),
         None => value.to_owned(),
     }
+}
+
+/// The value a test gives a variable the operator must set (compose's `${VAR:?…}`, the
+/// placeholder of a k8s Secret).
+pub fn operator_value(var: &str) -> String {
+    format!(
+        "{}-set-by-the-operator-0123456789",
+        var.to_ascii_lowercase()
+    )
 }
 
 /// Expands `$(VAR)` from the variables defined before, as Kubernetes does.

@@ -187,6 +187,27 @@ async fn read_into_hands_over_buffers_up_to_a_limit_grants_credit_and_ends_at_eo
 }
 
 #[tokio::test]
+async fn a_stream_opened_past_the_links_own_cap_gets_the_full_reply_before_its_close() {
+    let (opener_sock, accepted) = sockets().await;
+    let (opened_tx, mut opened_rx) = mpsc::unbounded_channel();
+    let (acceptor, driver) = Link::new(accepted, Bytes::new(), Role::Acceptor, 1, move |s| {
+        let _ = opened_tx.send(s);
+    });
+    acceptor.set_full_reply(b"HTTP/1.1 503 Service Unavailable\r\n\r\nfull");
+    tokio::spawn(driver);
+    let (opener, driver) = Link::new(opener_sock, Bytes::new(), Role::Opener, MAX_STREAMS, |_| {});
+    tokio::spawn(driver);
+    let mut kept = opener.open().unwrap();
+    kept.write_all(b"x").await.unwrap();
+    let _held = within(opened_rx.recv()).await.unwrap();
+    // The acceptor's table is full: the next stream is refused with the reply, then closed.
+    let mut refused = opener.open().unwrap();
+    let mut got = Vec::new();
+    within(refused.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got, b"HTTP/1.1 503 Service Unavailable\r\n\r\nfull");
+}
+
+#[tokio::test]
 async fn a_dead_socket_fails_every_stream() {
     let (sock, accepted) = sockets().await;
     let (opener, driver) = Link::new(sock, Bytes::new(), Role::Opener, MAX_STREAMS, |_| {});
@@ -433,7 +454,7 @@ async fn spares_are_whole_buffers_of_bounded_size_when_reads_take_part_of_a_burs
 mod fuzz {
     use proptest::prelude::*;
 
-    use super::super::frame::{decode, encode};
+    use super::super::frame::{decode, encode, HEADER_LEN};
     use super::super::*;
 
     fn arb_frame() -> impl Strategy<Value = (u8, u32, u32, Vec<u8>)> {
@@ -467,16 +488,22 @@ mod fuzz {
             }
             wire.extend_from_slice(&garbage);
             let mut inner = Inner { max_streams: 3, next_id: 1, ..Inner::default() };
+            inner.full_reply = vec![b'x'; 200];
+            // The most one frame may make this end reply: a refusal's DATA and its CLOSE. With
+            // the reader, which stops once OUT_CAP bytes wait, that bounds `out`.
+            let most = 2 * HEADER_LEN + inner.full_reply.len();
             let mut wake = Vec::new();
             let mut at = 0;
             while let Ok(Some((f, n))) = decode(&wire[at..]) {
                 at += n;
+                let before = inner.out.len();
                 if inner
                     .receive(Role::Acceptor, f.kind, f.stream, f.len, f.payload, &mut wake)
                     .is_err()
                 {
                     break;
                 }
+                prop_assert!(inner.out.len() - before <= most, "one frame queued {} bytes", inner.out.len() - before);
                 prop_assert!(inner.streams.len() <= 3);
                 for slot in inner.streams.values() {
                     prop_assert!(slot.rx.len() <= WINDOW);
