@@ -14,7 +14,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::ConnectionsArgs;
-use crate::connect::{Connector, Ws};
+use crate::conn::Ws;
+use crate::connect::Connector;
 use crate::error::{ConnectError, RunError};
 use crate::fanout::secs;
 use crate::latency::LatencySummary;

@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
 use crate::cli::DirectArgs;
-use crate::connect::{Connector, Ws};
+use crate::conn::Ws;
+use crate::connect::Connector;
 use crate::error::RunError;
 use crate::fanout::secs;
 use crate::latency::{Latencies, LatencySummary};

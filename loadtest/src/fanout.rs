@@ -19,9 +19,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::cli::FanoutArgs;
-use crate::connect::{Conn, Connector, RawWs, Ws};
+use crate::conn::{Conn, Ws};
+use crate::connect::Connector;
 use crate::error::{ConnectError, RunError};
 use crate::latency::{Latencies, LatencySummary};
+use crate::raw::RawWs;
 use crate::report::{per_sec, Outcome};
 use crate::stamp::FrameBuilder;
 use crate::tracker::SeqTracker;

@@ -6,6 +6,7 @@
 
 pub mod churn;
 pub mod cli;
+pub mod conn;
 pub mod connect;
 pub mod connections;
 pub mod direct;
@@ -27,7 +28,8 @@ pub mod traffic;
 use std::sync::Arc;
 
 use cli::{Cli, Scenario};
-use connect::{Connector, Ws};
+use conn::Ws;
+use connect::Connector;
 use error::RunError;
 use report::Outcome;
 

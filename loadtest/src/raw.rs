@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::connect::{Conn, Incoming};
+use crate::conn::{Conn, Incoming};
 use crate::frame::{client_frame, FrameError, Message, Parsed, Parser, CLOSE, PONG, TEXT};
 use crate::stamp::now_micros;
 use crate::traffic::{closed_by_server, Receiver};
