@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::cli::ChurnArgs;
-use crate::connect::{Connector, Ws};
+use crate::conn::Ws;
+use crate::connect::Connector;
 use crate::error::{ConnectError, RunError};
 use crate::fanout::secs;
 use crate::latency::LatencySummary;

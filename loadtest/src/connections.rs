@@ -14,12 +14,13 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::ConnectionsArgs;
-use crate::connect::{Connector, Ws};
+use crate::conn::Ws;
+use crate::connect::Connector;
 use crate::error::{ConnectError, RunError};
 use crate::fanout::secs;
 use crate::latency::LatencySummary;
+use crate::receiver::close_reason;
 use crate::report::{per_sec, Outcome};
-use crate::traffic::close_reason;
 
 /// Resident memory of a process in bytes (VmRSS in /proc/PID/status).
 pub fn vm_rss_bytes(pid: u32) -> Result<u64, RunError> {

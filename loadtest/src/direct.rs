@@ -14,14 +14,17 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
 use crate::cli::DirectArgs;
-use crate::connect::{Connector, Ws};
+use crate::conn::Ws;
+use crate::connect::Connector;
+use crate::counters::Counters;
 use crate::error::RunError;
 use crate::fanout::secs;
 use crate::latency::{Latencies, LatencySummary};
+use crate::receiver::Receiver;
 use crate::report::{per_sec, Outcome};
 use crate::stamp::FrameBuilder;
 use crate::tracker::SeqTracker;
-use crate::traffic::{drain, receive_until, send_paced, Counters, Receiver};
+use crate::traffic::{drain, receive_until, send_paced};
 
 struct ClientEnd {
     sent: u64,

@@ -19,13 +19,17 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::cli::FanoutArgs;
-use crate::connect::{Conn, Connector, RawWs, Ws};
+use crate::conn::{Conn, Ws};
+use crate::connect::Connector;
+use crate::counters::Counters;
 use crate::error::{ConnectError, RunError};
 use crate::latency::{Latencies, LatencySummary};
+use crate::raw::RawWs;
+use crate::receiver::Receiver;
 use crate::report::{per_sec, Outcome};
 use crate::stamp::FrameBuilder;
 use crate::tracker::SeqTracker;
-use crate::traffic::{drain, receive_until, send_paced, Counters, Receiver};
+use crate::traffic::{drain, receive_until, send_paced};
 
 /// The run's shape after `--quick` is applied.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@
 //! connection's read buffer whatever `WebSocketConfig::read_buffer_size` says. In a connection
 //! storm that is a good part of the load generator's CPU and memory per connection. Here the
 //! request is formatted once and sent in one write, the reply is read into a buffer of the
-//! configured read-buffer size and parsed in place with `httparse`, and whatever arrived after
+//! configured read-buffer size and parsed in place ([`crate::head`]), and whatever arrived after
 //! the head (often the server's first frame) is handed on with the stream, so nothing is lost and
 //! the buffer is reused as the connection's read buffer (tungstenite's, or the hand reader's in
 //! [`crate::raw`]).
@@ -18,12 +18,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::error::ConnectError;
-
-/// The longest response head accepted; a longer one is not a WebSocket server's answer.
-pub const MAX_HEAD_BYTES: usize = 8 * 1024;
-
-/// Response headers parsed at most; a WebSocket server sends a handful.
-const MAX_HEADERS: usize = 32;
+use crate::head::{parse_response_head, HeadError, MAX_HEAD_BYTES};
 
 /// Sends the upgrade request for `path` (path and query) with `Host: host` on `stream`, checks
 /// the server's answer, and returns the stream with the bytes the server sent after the
@@ -57,22 +52,16 @@ where
             .map_err(|e| failed(format!("reading the response: {e}")))?;
         match check_head(&buf, &key) {
             Ok(Some(len)) => break len,
-            Ok(None) if read == 0 => {
+            Ok(None) | Err(Refusal::Head(HeadError::Unterminated)) if read == 0 => {
                 return Err(failed(format!(
                     "the server closed the connection after {} bytes of the response head",
                     buf.len()
                 )))
             }
-            Ok(None) if buf.len() >= MAX_HEAD_BYTES => {
-                return Err(failed(format!(
-                    "no end of the response head within {MAX_HEAD_BYTES} bytes"
-                )))
-            }
             Ok(None) => {}
-            Err(HeadError::Status(status)) => {
-                return Err(ConnectError::NotUpgraded { addr, status })
-            }
-            Err(HeadError::Invalid(detail)) => return Err(failed(detail)),
+            Err(Refusal::Status(status)) => return Err(ConnectError::NotUpgraded { addr, status }),
+            Err(Refusal::Head(e)) => return Err(failed(e.to_string())),
+            Err(Refusal::Invalid(detail)) => return Err(failed(detail)),
         }
     };
     buf.drain(..head_len);
@@ -94,46 +83,30 @@ fn request(host: &str, path: &str, key: &str) -> String {
 
 /// Why a response head does not accept the upgrade.
 #[derive(Debug, PartialEq)]
-enum HeadError {
+enum Refusal {
+    /// Not an acceptable HTTP response head.
+    Head(HeadError),
     /// A complete HTTP response with a status other than 101.
     Status(u16),
-    /// Not HTTP, or a 101 that breaks the WebSocket rules.
+    /// A 101 that breaks the WebSocket rules.
     Invalid(String),
 }
 
-/// Parses the response head at the start of `buf`: `Ok(None)` while it is incomplete, its
+/// Reads the response head at the start of `buf`: `Ok(None)` while it is incomplete, its
 /// length once it is complete and accepts the upgrade requested with `key`.
-fn check_head(buf: &[u8], key: &str) -> Result<Option<usize>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => {
-            return Err(HeadError::Invalid(format!(
-                "unreadable HTTP response ({e}), starting {}",
-                printable(buf)
-            )))
-        }
+fn check_head(buf: &[u8], key: &str) -> Result<Option<usize>, Refusal> {
+    let Some((head, head_len)) = parse_response_head(buf).map_err(Refusal::Head)? else {
+        return Ok(None);
     };
-    if head_len > MAX_HEAD_BYTES {
-        return Err(HeadError::Invalid(format!(
-            "response head of {head_len} bytes, more than {MAX_HEAD_BYTES}"
-        )));
-    }
-    let status = response.code.unwrap_or_default();
-    if status != 101 {
-        return Err(HeadError::Status(status));
+    if head.status != 101 {
+        return Err(Refusal::Status(head.status));
     }
     let header = |name: &str| {
-        response
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        head.header(name)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     };
     let invalid = |what: &str, got: Option<String>| {
-        HeadError::Invalid(format!(
+        Refusal::Invalid(format!(
             "101 response with {what}: got {}",
             got.map_or_else(|| "none".to_owned(), |v| format!("{v:?}"))
         ))
@@ -160,11 +133,6 @@ fn check_head(buf: &[u8], key: &str) -> Result<Option<usize>, HeadError> {
         ));
     }
     Ok(Some(head_len))
-}
-
-/// The first bytes of `buf` for an error message.
-fn printable(buf: &[u8]) -> String {
-    format!("{:?}", String::from_utf8_lossy(&buf[..buf.len().min(60)]))
 }
 
 #[cfg(test)]

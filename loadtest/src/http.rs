@@ -1,10 +1,13 @@
-//! A minimal HTTP/1.1 GET, enough to read a server's `/stats` JSON after a run.
+//! A minimal HTTP/1.1 GET, enough to read a server's `/stats` JSON after a run; the head is read
+//! by [`crate::head`], a chunked body is taken apart with `httparse`.
 
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::http::Uri;
+
+use crate::head::parse_response_head;
 
 /// Largest response read.
 const MAX_RESPONSE: u64 = 1 << 20;
@@ -43,32 +46,36 @@ pub async fn get(url: &str) -> Result<(u16, String), String> {
     parse(&buf).ok_or_else(|| format!("GET {url}: not an HTTP response"))
 }
 
+/// The status and body of a whole response (read until the server closed).
 fn parse(buf: &[u8]) -> Option<(u16, String)> {
-    let text = String::from_utf8_lossy(buf);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase().starts_with("transfer-encoding:")
-            && l.to_ascii_lowercase().contains("chunked")
-    });
+    let (head, len) = parse_response_head(buf).ok()??;
+    let body = &buf[len..];
+    let chunked = head
+        .values("transfer-encoding")
+        .any(|v| v.to_ascii_lowercase().windows(7).any(|w| w == b"chunked"));
     let body = if chunked {
-        dechunk(body)?
+        String::from_utf8_lossy(&dechunk(body)?).into_owned()
     } else {
-        body.to_owned()
+        String::from_utf8_lossy(body).into_owned()
     };
-    Some((status, body))
+    Some((head.status, body))
 }
 
-fn dechunk(mut body: &str) -> Option<String> {
-    let mut out = String::new();
+/// The payload of a chunked body; `None` if it is cut or broken.
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
     loop {
-        let (size, rest) = body.split_once("\r\n")?;
-        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        let httparse::Status::Complete((start, size)) = httparse::parse_chunk_size(body).ok()?
+        else {
+            return None;
+        };
+        let size = usize::try_from(size).ok()?;
         if size == 0 {
             return Some(out);
         }
-        out.push_str(rest.get(..size)?);
-        body = rest.get(size..)?.strip_prefix("\r\n")?;
+        let rest = body.get(start..)?;
+        out.extend_from_slice(rest.get(..size)?);
+        body = rest.get(size..)?.strip_prefix(b"\r\n")?;
     }
 }
 
@@ -82,5 +89,19 @@ mod tests {
         assert_eq!(r, (200, "{}".into()));
         let r = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n").unwrap();
         assert_eq!(r, (200, "{\"a\":1}".into()));
+        let r = parse(b"HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: Chunked\r\n\r\n2;x=y\r\nno\r\n0\r\n\r\n").unwrap();
+        assert_eq!(r, (503, "no".into()));
+    }
+
+    #[test]
+    fn cut_or_broken_answers_are_not_responses() {
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"[..],
+            b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        ] {
+            assert_eq!(parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 }

@@ -6,18 +6,22 @@
 
 pub mod churn;
 pub mod cli;
+pub mod conn;
 pub mod connect;
 pub mod connections;
+pub mod counters;
 pub mod direct;
 pub mod error;
 pub mod fanout;
 pub mod frame;
 pub mod handshake;
+pub mod head;
 pub mod http;
 pub mod latency;
 pub mod limits;
 pub mod progress;
 pub mod raw;
+pub mod receiver;
 pub mod report;
 pub mod stamp;
 pub mod target;
@@ -27,7 +31,8 @@ pub mod traffic;
 use std::sync::Arc;
 
 use cli::{Cli, Scenario};
-use connect::{Connector, Ws};
+use conn::Ws;
+use connect::Connector;
 use error::RunError;
 use report::Outcome;
 

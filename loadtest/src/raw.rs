@@ -18,10 +18,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::connect::{Conn, Incoming};
+use crate::conn::{Conn, Incoming};
 use crate::frame::{client_frame, FrameError, Message, Parsed, Parser, CLOSE, PONG, TEXT};
+use crate::receiver::{closed_by_server, Receiver};
 use crate::stamp::now_micros;
-use crate::traffic::{closed_by_server, Receiver};
 
 /// A client connection that reads and parses frames itself; writes only what a listener needs
 /// (its join, pongs, a close reply).
@@ -113,8 +113,8 @@ impl RawWs {
         let _ = self.stream.try_write(&frame);
     }
 
-    /// Reads into `rx` until `stop` turns true or the connection ends; the counterpart of
-    /// [`crate::traffic::receive_until`] with the same reports in `rx.closed`.
+    /// Reads into `rx` until `stop` turns true or the connection ends; the counterpart of the
+    /// tungstenite loop `traffic::receive_until`, with the same reports in `rx.closed`.
     pub async fn receive_until(
         mut self,
         mut rx: Receiver,
@@ -259,9 +259,9 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
+    use crate::counters::Counters;
     use crate::frame::{server_frame, BINARY, CONTINUATION, PING};
     use crate::stamp::FrameBuilder;
-    use crate::traffic::Counters;
 
     /// A stamped message from sender 0 as a server would forward it.
     fn stamped(seq: u64) -> Vec<u8> {

@@ -1,162 +1,19 @@
-//! The hot paths shared by the message scenarios: a paced sender and a stamp-reading receiver,
-//! plus sharded counters the progress bar and the drain logic read.
+//! The hot paths shared by the message scenarios on tungstenite: a paced sender, the loop that
+//! reads a stream into a [`Receiver`], and the wait for the last deliveries.
 //!
-//! The receiver touches each frame once: one substring search for the stamp, a few integer
-//! parses, a tracker update, a buffered latency sample and an uncontended atomic add. It is fed
-//! by [`receive_until`] from a tungstenite stream (connections that also send) or by
-//! [`crate::raw::RawWs::receive_until`] (subscribers, which only listen).
+//! Listen-only subscribers are read by [`crate::raw::RawWs::receive_until`] instead, into the
+//! same [`Receiver`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use memchr::memmem::Finder;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::latency::Recorder;
-use crate::stamp::{now_micros, FrameBuilder, StampFinder};
-use crate::tracker::SeqTracker;
-
-#[repr(align(64))]
-#[derive(Default)]
-struct Padded(AtomicU64);
-
-/// Counters spread over cache lines so many tasks can add without contention.
-#[derive(Clone)]
-pub struct Counters {
-    shards: Arc<[Padded]>,
-}
-
-impl Default for Counters {
-    fn default() -> Self {
-        Counters {
-            shards: (0..64).map(|_| Padded::default()).collect(),
-        }
-    }
-}
-
-impl Counters {
-    /// Adds `n` on behalf of task `index`.
-    #[inline]
-    pub fn add(&self, index: usize, n: u64) {
-        self.shards[index % self.shards.len()]
-            .0
-            .fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// The sum over all shards.
-    pub fn total(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| s.0.load(Ordering::Relaxed))
-            .sum()
-    }
-}
-
-/// What one receiving connection saw.
-pub struct Receiver {
-    index: usize,
-    finder: StampFinder,
-    error_finder: Finder<'static>,
-    /// One tracker per sender index.
-    pub trackers: Vec<SeqTracker>,
-    latency: Option<Recorder>,
-    counter: Counters,
-    /// Stamped frames received (duplicates included).
-    pub stamped: u64,
-    /// Stamped frames from a sender index outside the run.
-    pub foreign: u64,
-    /// `rate_limited` errors received.
-    pub rate_limited: u64,
-    /// `target_offline` errors received.
-    pub target_offline: u64,
-    /// Other error events received.
-    pub other_errors: u64,
-    /// Why the connection ended before the run did, if it did.
-    pub closed: Option<String>,
-}
-
-impl Receiver {
-    /// A receiver for connection `index` that expects stamps from `senders` senders; records
-    /// latency when `latency` is given; counts stamped frames into `counter`.
-    pub fn new(index: usize, senders: usize, latency: Option<Recorder>, counter: Counters) -> Self {
-        Receiver {
-            index,
-            finder: StampFinder::default(),
-            error_finder: Finder::new(b"\"error\""),
-            trackers: vec![SeqTracker::default(); senders],
-            latency,
-            counter,
-            stamped: 0,
-            foreign: 0,
-            rate_limited: 0,
-            target_offline: 0,
-            other_errors: 0,
-            closed: None,
-        }
-    }
-
-    /// Handles one text frame, received at `received_micros` (Unix microseconds; one clock read
-    /// can serve every frame of one socket read).
-    #[inline]
-    pub fn on_text(&mut self, frame: &[u8], received_micros: u64) {
-        if let Some(stamp) = self.finder.find(frame) {
-            let Some(tracker) = self.trackers.get_mut(stamp.sender as usize) else {
-                self.foreign += 1;
-                return;
-            };
-            tracker.record(stamp.seq);
-            self.stamped += 1;
-            self.counter.add(self.index, 1);
-            if let Some(latency) = &mut self.latency {
-                latency.record(received_micros.saturating_sub(stamp.sent_micros));
-            }
-        } else if self.error_finder.find(frame).is_some() {
-            // Rare: classify the error code the slow way.
-            if memchr::memmem::find(frame, b"rate_limited").is_some() {
-                self.rate_limited += 1;
-            } else if memchr::memmem::find(frame, b"target_offline").is_some() {
-                self.target_offline += 1;
-            } else {
-                self.other_errors += 1;
-            }
-        }
-    }
-
-    /// Distinct messages received from every sender.
-    pub fn distinct(&self) -> u64 {
-        self.trackers.iter().map(|t| t.distinct).sum()
-    }
-
-    /// Moves buffered latency samples into the shared histogram (done when reading ends).
-    pub fn flush_latency(&mut self) {
-        if let Some(latency) = &mut self.latency {
-            latency.flush();
-        }
-    }
-}
-
-/// How a connection the server closed is reported.
-pub fn close_reason(frame: Option<CloseFrame>) -> String {
-    closed_by_server(
-        frame
-            .as_ref()
-            .map(|f| (u16::from(f.code), f.reason.as_str())),
-    )
-}
-
-/// How a connection the server closed is reported, from the close frame's status code and
-/// reason if it carried them.
-pub fn closed_by_server(frame: Option<(u16, &str)>) -> String {
-    match frame {
-        Some((code, reason)) => format!("closed by server: {code} {reason}"),
-        None => "closed by server".into(),
-    }
-}
+use crate::counters::Counters;
+use crate::receiver::{close_reason, Receiver};
+use crate::stamp::{now_micros, FrameBuilder};
 
 /// Reads `stream` into `rx` until `stop` turns true or the connection ends.
 pub async fn receive_until<S>(
