@@ -25,10 +25,10 @@ use crate::admission::{Admission, Refusal};
 use crate::http::{json_error, Body};
 use crate::limits::ConnectionPermit;
 use crate::links::{LinkError, Links, Route};
+use crate::membership::ring::RingNode;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::node_io::NodeIo;
-use crate::ring::RingNode;
 use crate::tunnel;
 use crate::upstream::{self, Answer, Rejection, Switched};
 
