@@ -20,8 +20,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::http::{Body, Http};
+use crate::http::Http;
 use crate::limits::ConnectionPermit;
+use crate::response::Body;
 use crate::tunnel;
 use crate::upstream::Switched;
 

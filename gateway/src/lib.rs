@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod connection;
 pub mod direct;
 pub mod embedded;
 pub mod http;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod node_io;
 pub mod origin;
 pub mod proxy;
+pub mod response;
 pub mod server;
 pub mod token;
 pub mod tunnel;
