@@ -43,7 +43,7 @@ use membership::{health, registry, Membership, Source, Thresholds};
 use metrics::Metrics;
 use origin::OriginPolicy;
 use proxy::Proxy;
-use ringcast_node::auth::Authenticator;
+use ringcast_protocol::auth::Authenticator;
 use tracing::info;
 
 /// Why a gateway could not start.
