@@ -8,7 +8,7 @@
 
 use hyper::header::HeaderMap;
 use hyper::StatusCode;
-use ringcast_node::auth::{AuthError, Authenticator};
+use ringcast_protocol::auth::{AuthError, Authenticator};
 use ringcast_protocol::{generate_client_id, query_param, validate_client_id};
 
 use crate::origin::OriginPolicy;
@@ -120,7 +120,7 @@ fn client_id_and_query(query: Option<&str>) -> Result<(String, String), &'static
 mod tests {
     use super::*;
     use hyper::header::{HeaderValue, AUTHORIZATION, ORIGIN};
-    use ringcast_node::auth::{mint_hs256, now_secs, AuthArgs, Claims};
+    use ringcast_protocol::auth::{mint_hs256, now_secs, AuthArgs, Claims};
 
     const SECRET: &str = "unit-test-secret-0123456789";
 

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-/// Authentication flags (shared with the node: same flags, same environment variables).
-pub use ringcast_node::auth::AuthArgs;
 /// Log output format (shared with the node).
 pub use ringcast_node::LogFormat;
+// Authentication flags: the node's too (same flags, same environment variables).
+use ringcast_protocol::auth::AuthArgs;
 
 use crate::origin::OriginPattern;
 use crate::token::TokenArgs;

@@ -1,6 +1,6 @@
 //! A client connection that opens with `GET /ws`, served without hyper: read the request head,
-//! forward the upgrade ([`Proxy::open`]), answer with the node's 101 and its first frames in one
-//! write, then hand both sockets to the tunnel.
+//! forward the upgrade ([`Proxy::open`](crate::proxy::Proxy::open)), answer with the node's 101
+//! and its first frames in one write, then hand both sockets to the tunnel.
 //!
 //! Why: this connection makes exactly one request, and its socket belongs to the tunnel right
 //! after. hyper's server would spend a connection task, a dispatcher, request and response
@@ -20,8 +20,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::http::{Body, Http};
+use crate::http::Http;
 use crate::limits::ConnectionPermit;
+use crate::response::Body;
 use crate::tunnel;
 use crate::upstream::Switched;
 

@@ -22,7 +22,7 @@ impl EmbeddedNode {
     /// Starts the node. Its settings come from the same `RINGCAST_*` environment as the node
     /// binary's (limits, heartbeat, announce); its id is `embedded` unless `RINGCAST_NODE_ID`
     /// says otherwise; its authentication is the gateway's (`auth`), flags included.
-    pub async fn start(auth: &ringcast_node::auth::AuthArgs) -> Result<Self, String> {
+    pub async fn start(auth: &ringcast_protocol::auth::AuthArgs) -> Result<Self, String> {
         let mut config = <ringcast_node::Config as clap::Parser>::try_parse_from(["ringcast-node"])
             .map_err(|e| format!("embedded node configuration: {e}"))?;
         if config.node_id.is_none() {

@@ -1,5 +1,6 @@
-//! HTTP on the gateway's port: `/ws` goes to the proxy; `/healthz`, `/metrics`, `/nodes` are
-//! answered here.
+//! HTTP on the gateway's port, served by hyper: `/ws` goes to the proxy; `/healthz`,
+//! `/metrics`, `/nodes` are answered here. Connections reach it from the `connection` module,
+//! which sends upgrades that open with `GET /ws` down the direct path instead.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,10 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::proxy::{PermitSlot, Proxy};
-use ringcast_node::detect::{detect, Opening, Prefixed};
-
-/// The response body type of every gateway answer.
-pub use ringcast_node::http::{json, json_error, metrics_text, Body};
+use crate::response::{json, json_error, metrics_text, Body};
+use ringcast_node::detect::Prefixed;
 
 /// What the HTTP layer needs.
 pub struct Http {
@@ -40,43 +39,16 @@ impl Http {
     }
 }
 
-/// Serves HTTP/1.1 on one client connection until it closes, upgrades, or `force_close` fires.
-pub async fn serve_connection(
+/// Serves HTTP/1.1 with hyper on one client connection (`stream` replays the bytes detection
+/// read) until it closes, upgrades, or `force_close` fires.
+pub async fn serve(
     http: Arc<Http>,
-    stream: TcpStream,
+    stream: Prefixed<TcpStream>,
     peer: SocketAddr,
     permit: PermitSlot,
     force_close: CancellationToken,
 ) {
-    let mut stream = stream;
-    // One deadline for the first bytes and the whole head, as hyper had.
-    let deadline = tokio::time::Instant::now() + http.handshake_timeout;
-    let prefix = match tokio::time::timeout_at(deadline, detect(&mut stream)).await {
-        Ok(Some((Opening::WsUpgrade, prefix))) => {
-            let permit = permit.lock().ok().and_then(|mut p| p.take());
-            return crate::direct::serve(http, stream, prefix, peer, permit, deadline).await;
-        }
-        // A link is for nodes; hyper answers the gateway's 404.
-        Ok(Some((Opening::Other | Opening::Link, prefix))) => prefix,
-        Ok(Some((Opening::Http2Preface, _))) => {
-            // hyper's HTTP/1 server drops a prior-knowledge HTTP/2 connection without a word;
-            // tell the client why instead.
-            let body = r#"{"error":"bad_upgrade","message":"HTTP/2 is not supported; WebSocket upgrades need HTTP/1.1"}"#;
-            let resp = format!(
-                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = tokio::time::timeout(
-                http.handshake_timeout,
-                tokio::io::AsyncWriteExt::write_all(&mut stream, resp.as_bytes()),
-            )
-            .await;
-            return;
-        }
-        Ok(None) | Err(_) => return, // closed or silent through the handshake timeout
-    };
-    // hyper reads the detected bytes again first.
-    let io = TokioIo::new(Prefixed::new(prefix, stream));
+    let io = TokioIo::new(stream);
     let svc_http = http.clone();
     let svc = service_fn(move |req| {
         let http = svc_http.clone();

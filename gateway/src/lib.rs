@@ -7,9 +7,9 @@
 
 pub mod admission;
 pub mod config;
+pub mod connection;
 pub mod direct;
 pub mod embedded;
-pub mod health;
 pub mod http;
 pub mod limits;
 pub mod links;
@@ -18,8 +18,7 @@ pub mod metrics;
 pub mod node_io;
 pub mod origin;
 pub mod proxy;
-pub mod registry;
-pub mod ring;
+pub mod response;
 pub mod server;
 pub mod token;
 pub mod tunnel;
@@ -40,11 +39,11 @@ pub use config::{Config, LogFormat, NodeSpec, NodeTransport};
 use admission::Admission;
 use embedded::{EmbeddedNode, EMBEDDED_NODE_ID};
 use links::Links;
-use membership::{Membership, Source, Thresholds};
+use membership::{health, registry, Membership, Source, Thresholds};
 use metrics::Metrics;
 use origin::OriginPolicy;
 use proxy::Proxy;
-use ringcast_node::auth::Authenticator;
+use ringcast_protocol::auth::Authenticator;
 use tracing::{info, warn};
 
 /// Why a gateway could not start.

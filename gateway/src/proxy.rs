@@ -22,13 +22,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Refusal};
-use crate::http::{json_error, Body};
 use crate::limits::ConnectionPermit;
 use crate::links::{LinkError, Links, Route};
+use crate::membership::ring::RingNode;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::node_io::NodeIo;
-use crate::ring::RingNode;
+use crate::response::{json_error, Body};
 use crate::tunnel;
 use crate::upstream::{self, Answer, Rejection, Switched};
 
@@ -87,8 +87,8 @@ fn says_full(refusal: &Rejection) -> bool {
 }
 
 impl Proxy {
-    /// Handles one `/ws` request from `peer` that reached hyper (see [`crate::direct`] for the
-    /// usual way in): on a 101, the tunnel starts once hyper hands the connection over.
+    /// Handles one `/ws` request from `peer` that reached hyper (see the `direct` module for
+    /// the usual way in): on a 101, the tunnel starts once hyper hands the connection over.
     pub async fn upgrade(
         self: &Arc<Self>,
         mut req: Request<Incoming>,

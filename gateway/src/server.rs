@@ -138,7 +138,7 @@ pub async fn serve(
                 let force_close = force_close.clone();
                 // An upgrade moves the permit into its tunnel, so tunnels count against the limit.
                 let slot = Arc::new(Mutex::new(Some(permit)));
-                connections.spawn(crate::http::serve_connection(
+                connections.spawn(crate::connection::serve(
                     http,
                     stream,
                     peer,

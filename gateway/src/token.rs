@@ -5,7 +5,7 @@
 //! for development and tests. It prints the token alone on stdout, so `$(…)` captures it.
 
 use clap::Args;
-use ringcast_node::auth::{mint_hs256, now_secs, Audience, AuthArgs, Claims};
+use ringcast_protocol::auth::{mint_hs256, now_secs, Audience, AuthArgs, Claims};
 use ringcast_protocol::validate_client_id;
 
 /// Longest lifetime the command signs (a development token should not live for years).
@@ -110,7 +110,7 @@ pub fn mint(args: &TokenArgs, auth: &AuthArgs) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringcast_node::auth::Authenticator;
+    use ringcast_protocol::auth::Authenticator;
 
     const SECRET: &str = "token-cli-secret-0123456789";
 

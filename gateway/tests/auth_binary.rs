@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ringcast_node::auth::{mint_hs256, AuthArgs, Authenticator};
+use ringcast_protocol::auth::{mint_hs256, AuthArgs, Authenticator};
 use ringcast_testkit::{free_port, http_get, spawn_listening, wait_until, Client};
 use serde_json::json;
 use support::auth::{claims, refused, still_served, token, AUDIENCE, SECRET};
@@ -106,7 +106,7 @@ async fn the_token_command_prints_a_token_the_configuration_accepts() {
     let id = authenticator().validate(token).expect("a valid token");
     assert_eq!(id.sub, "alice");
     assert!(id.may_use_room("support-3") && !id.may_use_room("billing"));
-    let now = ringcast_node::auth::now_secs();
+    let now = ringcast_protocol::auth::now_secs();
     assert!((now + 3590..=now + 3610).contains(&id.expires_at));
 
     // The secret may also come as a flag before the subcommand; --chat sets the claim.

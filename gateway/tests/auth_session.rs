@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use ringcast_node::auth::now_secs;
+use ringcast_protocol::auth::now_secs;
 use serde_json::json;
 use support::auth::{claims, still_served, token, AuthStack};
 

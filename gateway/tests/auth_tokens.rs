@@ -5,7 +5,7 @@
 
 mod support;
 
-use ringcast_node::auth::now_secs;
+use ringcast_protocol::auth::now_secs;
 use ringcast_testkit::Client;
 use serde_json::json;
 use support::auth::{claims, still_served, token, token_for, AuthStack, AUDIENCE, SECRET};
@@ -26,7 +26,7 @@ async fn no_token_gets_401_and_reaches_no_node() {
 async fn a_bad_signature_gets_401() {
     let s = AuthStack::start(&[]).await;
     let mut ok = s.legit().await;
-    let forged = ringcast_node::auth::mint_hs256(
+    let forged = ringcast_protocol::auth::mint_hs256(
         "another-secret-entirely-0123456789",
         &claims("alice", 3600),
     )
@@ -243,5 +243,5 @@ async fn a_list_audience_is_accepted() {
 /// A one-hour token for `sub` whose `aud` is `aud` (hand-written JSON, as other issuers shape it).
 fn list_aud_token(sub: &str, aud: serde_json::Value) -> String {
     let claims = json!({"sub": sub, "exp": now_secs() + 3600, "aud": aud});
-    ringcast_node::auth::mint_hs256(SECRET, &claims).expect("mint")
+    ringcast_protocol::auth::mint_hs256(SECRET, &claims).expect("mint")
 }

@@ -141,7 +141,7 @@ pub struct Config {
 
     /// Authentication (JWT) settings.
     #[command(flatten)]
-    pub auth: crate::auth::AuthArgs,
+    pub auth: ringcast_protocol::auth::AuthArgs,
     /// `HOST:PORT` gateways should use to reach this node. With `--redis-url`, the node
     /// registers itself there (TTL heartbeat) so gateways with the same Redis route to it.
     #[arg(long, env = "RINGCAST_ADVERTISE", requires = "redis_url",

@@ -16,12 +16,12 @@ use hyper::service::service_fn;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use ringcast_protocol::auth::Identity;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::auth::Identity;
 use crate::cork::{self, Uncork};
 use crate::detect::{detect, Opening, Prefixed};
 use crate::head::{self, push_response_head, read_head_after, HeadError, HeadLimits};
@@ -260,7 +260,7 @@ impl Admitted {
             // Never echo the bearer entry: it is the token.
             h.insert(
                 header::SEC_WEBSOCKET_PROTOCOL,
-                HeaderValue::from_static(crate::auth::SUBPROTOCOL),
+                HeaderValue::from_static(ringcast_protocol::auth::SUBPROTOCOL),
             );
         }
         h
@@ -307,8 +307,8 @@ fn admit<B>(
         (None, Some(id)) => id.into(),
         (None, None) => ringcast_protocol::generate_client_id(rand::random::<u8>).into(),
     };
-    let subprotocol =
-        crate::auth::offered_subprotocols(req.headers()).any(|p| p == crate::auth::SUBPROTOCOL);
+    let subprotocol = ringcast_protocol::auth::offered_subprotocols(req.headers())
+        .any(|p| p == ringcast_protocol::auth::SUBPROTOCOL);
     Ok(Admitted {
         slot,
         client_id,

@@ -3,7 +3,6 @@
 //!
 //! The binary is a thin wrapper over [`run`]; tests call the same function on port 0.
 
-pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod cork;
@@ -28,6 +27,7 @@ pub mod writer;
 
 use std::sync::Arc;
 
+use ringcast_protocol::auth::Authenticator;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -103,7 +103,7 @@ async fn run_on_bus(
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
-    let auth = auth::Authenticator::from_args(&config.auth).map_err(NodeError::Config)?;
+    let auth = Authenticator::from_args(&config.auth).map_err(NodeError::Config)?;
     // Bounded: a bus that is down must not keep the node from serving. A bus that can fail keeps
     // the broadcast channel wanted and follows it once it is back.
     match tokio::time::timeout(config.bus_timeout(), bus.subscribe(&[Channel::Broadcast])).await {

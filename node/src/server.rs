@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ringcast_protocol::auth::Authenticator;
 use ringcast_protocol::{Envelope, Target};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -13,7 +14,6 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::auth::Authenticator;
 use crate::bus::{Bus, BusError, Channel};
 use crate::config::Config;
 use crate::hub::{now_micros, Hub};

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use ringcast_protocol::auth::{now_secs, Identity};
 use ringcast_protocol::{ErrorCode, ServerEvent, Target};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::task::JoinHandle;
@@ -24,7 +25,6 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
-use crate::auth::{now_secs, Identity};
 use crate::bus::Channel;
 use crate::cork::Uncork;
 use crate::hub::Ready;

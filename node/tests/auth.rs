@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use ringcast_node::auth::{mint_hs256, now_secs, Claims};
 use ringcast_node::Config;
+use ringcast_protocol::auth::{mint_hs256, now_secs, Claims};
 use ringcast_testkit::{Client, TestNode};
 use serde_json::json;
 
@@ -121,7 +121,7 @@ async fn token_in_header_query_or_subprotocol() {
 #[tokio::test]
 async fn room_and_chat_permissions_come_from_the_token() {
     let mut cfg = config();
-    cfg.auth.default_chat_access = Some(ringcast_node::auth::Access::Deny);
+    cfg.auth.default_chat_access = Some(ringcast_protocol::auth::Access::Deny);
     let node = TestNode::start(cfg).await;
     let mut ok = legit(&node).await;
     let mut c = claims("agent", 3600);

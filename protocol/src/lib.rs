@@ -5,7 +5,11 @@
 //! receive. The node protocol is the bincode [`envelope`] nodes exchange over the bus; it carries
 //! the client frame already encoded, so a message is serialized once where it enters the system
 //! and the same bytes are fanned out to every recipient.
+//!
+//! The token rules live here too ([`auth`]): the gateway and the nodes take the same flags and
+//! judge a token the same way, so neither binary's crate is the other's library for them.
 
+pub mod auth;
 pub mod client;
 pub mod envelope;
 pub mod error;

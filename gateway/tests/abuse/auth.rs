@@ -6,7 +6,7 @@
 //!   reached around it.
 //! - A list-valued `aud`, as many identity providers send it, was refused as "malformed token".
 
-use ringcast_node::auth::now_secs;
+use ringcast_protocol::auth::now_secs;
 use ringcast_testkit::{http_get, Client};
 use serde_json::{json, Value};
 
@@ -53,7 +53,7 @@ async fn a_list_audience_is_accepted_by_the_gateway_and_the_node() {
         Client::connect_welcomed(&p.gateway_url(&format!("token={}", token_for("legit")))).await;
     let list = |sub: &str, aud: Value| {
         let claims = json!({"sub": sub, "exp": now_secs() + 3600, "aud": aud});
-        let t = ringcast_node::auth::mint_hs256(SECRET, &claims).expect("mint");
+        let t = ringcast_protocol::auth::mint_hs256(SECRET, &claims).expect("mint");
         format!("token={t}")
     };
     let matching = list("alice", json!(["account", AUDIENCE]));

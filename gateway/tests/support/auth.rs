@@ -1,8 +1,8 @@
 //! Helpers for the authentication tests: tokens, a gateway with auth in front of two real nodes
 //! with the same settings, a legitimate client, and the proof that a refusal reached no node.
 
-use ringcast_node::auth::{mint_hs256, now_secs, Claims};
 use ringcast_node::{Config as NodeConfig, MemoryBroker};
+use ringcast_protocol::auth::{mint_hs256, now_secs, Claims};
 use ringcast_testkit::{Client, TestNode};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Error as WsError;

@@ -1,163 +1,14 @@
-//! Authentication and authorization: JWT validation and the permissions a token grants.
-//!
-//! The gateway and the nodes share this module and its flags, so both judge a token the same way:
-//! the gateway refuses bad tokens before it opens any connection to a node, and a node reached
-//! directly lets nobody in without one. The algorithm is fixed by the configured key (HS256 for a
-//! secret, RS256 or ES256 for a PEM public key); `alg: none` and algorithm confusion are refused.
+//! Checking a token with the configured key, and what a valid one grants.
 
-use std::path::PathBuf;
-
-use clap::{Args, ValueEnum};
-use hyper::header::{HeaderMap, AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
+use http::header::HeaderMap;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use ringcast_protocol::{query_param, validate_client_id};
-use serde::{Deserialize, Serialize};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
-/// The subprotocol a browser offers, together with `bearer.<JWT>`, to send its token
-/// (`new WebSocket(url, ["ringcast.v1", "bearer." + jwt])`). The server answers with this one,
-/// never with the token.
-pub const SUBPROTOCOL: &str = "ringcast.v1";
-/// Prefix of the subprotocol entry that carries the token.
-pub const BEARER_PREFIX: &str = "bearer.";
-
-/// Largest `--jwt-leeway-secs`: clock skew beyond a day is a broken clock, not skew.
-pub const MAX_LEEWAY_SECS: u64 = 86_400;
-
-/// Default of `--jwt-leeway-secs`.
-pub const DEFAULT_LEEWAY_SECS: u64 = 5;
-
-/// Default of `--jwt-max-lifetime-secs`: 30 days.
-pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 30 * 86_400;
-
-/// Access when a token has no claim about it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Access {
-    /// Allowed.
-    Allow,
-    /// Forbidden.
-    Deny,
-}
-
-/// Authentication flags, shared by `ringcast-node` and `ringcast-gateway`.
-#[derive(Debug, Clone, Args)]
-pub struct AuthArgs {
-    /// HS256 shared secret. Setting it (or --jwt-public-key) makes a valid token mandatory.
-    #[arg(long, env = "RINGCAST_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
-
-    /// PEM public key file: an RSA key selects RS256, an EC P-256 key ES256.
-    #[arg(long, env = "RINGCAST_JWT_PUBLIC_KEY")]
-    pub jwt_public_key: Option<PathBuf>,
-
-    /// Required `aud` claim.
-    #[arg(long, env = "RINGCAST_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
-
-    /// Required `iss` claim.
-    #[arg(long, env = "RINGCAST_JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-
-    /// Seconds of clock skew tolerated on `exp` and `nbf` (at most one day).
-    #[arg(long, env = "RINGCAST_JWT_LEEWAY_SECS", default_value_t = DEFAULT_LEEWAY_SECS)]
-    pub jwt_leeway_secs: u64,
-
-    /// Longest lifetime accepted: a token whose `exp` lies further ahead than this is refused
-    /// (401 `invalid_token`), so a leaked token cannot be valid for years.
-    #[arg(
-        long,
-        env = "RINGCAST_JWT_MAX_LIFETIME_SECS",
-        default_value_t = DEFAULT_MAX_LIFETIME_SECS
-    )]
-    pub jwt_max_lifetime_secs: u64,
-
-    /// Room access for tokens without a `rooms` claim.
-    #[arg(
-        long,
-        env = "RINGCAST_DEFAULT_ROOM_ACCESS",
-        value_enum,
-        default_value = "allow"
-    )]
-    pub default_room_access: Option<Access>,
-
-    /// Global `chat` access for tokens without a `chat` claim.
-    #[arg(
-        long,
-        env = "RINGCAST_DEFAULT_CHAT_ACCESS",
-        value_enum,
-        default_value = "allow"
-    )]
-    pub default_chat_access: Option<Access>,
-}
-
-impl Default for AuthArgs {
-    /// Authentication off, every other setting at its flag's default.
-    fn default() -> Self {
-        AuthArgs {
-            jwt_secret: None,
-            jwt_public_key: None,
-            jwt_audience: None,
-            jwt_issuer: None,
-            jwt_leeway_secs: DEFAULT_LEEWAY_SECS,
-            jwt_max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS,
-            default_room_access: None,
-            default_chat_access: None,
-        }
-    }
-}
-
-/// The claims ringcast reads.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Claims {
-    /// The client id the connection speaks as.
-    pub sub: String,
-    /// Expiry, seconds since the Unix epoch.
-    pub exp: u64,
-    /// Not before, seconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nbf: Option<u64>,
-    /// Audience: one string or a list of them (RFC 7519 allows both).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<Audience>,
-    /// Issuer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iss: Option<String>,
-    /// Room name patterns (`*` and `?` globs) the holder may join and post to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rooms: Option<Vec<String>>,
-    /// Whether the holder may send global `chat` broadcasts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chat: Option<bool>,
-}
-
-/// The `aud` claim: RFC 7519 allows a single string or a list. When `--jwt-audience` is set,
-/// one matching element of a list is enough (the JWT library checks it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Audience {
-    /// `"aud": "ringcast"`.
-    One(String),
-    /// `"aud": ["account", "ringcast"]`.
-    Many(Vec<String>),
-}
-
-impl From<&str> for Audience {
-    fn from(aud: &str) -> Self {
-        Audience::One(aud.to_owned())
-    }
-}
-
-impl From<String> for Audience {
-    fn from(aud: String) -> Self {
-        Audience::One(aud)
-    }
-}
-
-impl From<Vec<String>> for Audience {
-    fn from(aud: Vec<String>) -> Self {
-        Audience::Many(aud)
-    }
-}
+use crate::auth::args::{Access, AuthArgs, MAX_LEEWAY_SECS};
+use crate::auth::claims::{now_secs, Claims};
+use crate::auth::request::token_from_request;
+use crate::ids::validate_client_id;
+use crate::query::query_param;
 
 /// What a valid token grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -369,49 +220,6 @@ impl Authenticator {
     }
 }
 
-/// The token of an upgrade request: `Authorization: Bearer T`, else `?token=T`, else a
-/// `Sec-WebSocket-Protocol` entry `bearer.T`.
-pub fn token_from_request(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some(t) = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-        {
-            return Some(t.trim().to_owned());
-        }
-    }
-    if let Some(Ok(t)) = query_param(query, "token") {
-        return Some(t.into_owned());
-    }
-    offered_subprotocols(headers).find_map(|p| p.strip_prefix(BEARER_PREFIX).map(str::to_owned))
-}
-
-/// The subprotocols a client offered.
-pub fn offered_subprotocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-}
-
-/// Signs an HS256 development token (for `ringcast-gateway token` and tests). `claims` is
-/// usually [`Claims`]; tests also sign hand-written JSON, as other issuers shape it.
-pub fn mint_hs256<C: Serialize>(secret: &str, claims: &C) -> Result<String, String> {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .map_err(|e| e.to_string())
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> u64 {
-    jsonwebtoken::get_current_timestamp()
-}
-
 /// Glob match with `*` (any run) and `?` (one character).
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
@@ -439,7 +247,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::HeaderValue;
+    use crate::auth::claims::mint_hs256;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
@@ -510,26 +318,6 @@ mod tests {
     }
 
     #[test]
-    fn finds_the_token_in_header_query_or_subprotocol() {
-        let mut h = HeaderMap::new();
-        assert_eq!(token_from_request(&h, Some("a=1")), None);
-        assert_eq!(
-            token_from_request(&h, Some("token=q1")).as_deref(),
-            Some("q1")
-        );
-        h.insert(
-            SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("ringcast.v1, bearer.s1"),
-        );
-        assert_eq!(token_from_request(&h, None).as_deref(), Some("s1"));
-        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer h1"));
-        assert_eq!(
-            token_from_request(&h, Some("token=q1")).as_deref(),
-            Some("h1")
-        );
-    }
-
-    #[test]
     fn spoofed_client_id_is_forbidden() {
         let token = mint_hs256(SECRET, &claims("alice", 60)).unwrap();
         let q = format!("client_id=mallory&token={token}");
@@ -558,15 +346,5 @@ mod tests {
         assert!(Authenticator::from_args(&missing)
             .unwrap_err()
             .contains("cannot read"));
-    }
-
-    #[test]
-    fn the_default_arguments_are_the_flags_defaults() {
-        use clap::Parser;
-        let parsed = crate::Config::parse_from(["x"]).auth;
-        let default = AuthArgs::default();
-        assert_eq!(parsed.jwt_leeway_secs, default.jwt_leeway_secs);
-        assert_eq!(parsed.jwt_leeway_secs, DEFAULT_LEEWAY_SECS);
-        assert_eq!(parsed.jwt_max_lifetime_secs, default.jwt_max_lifetime_secs);
     }
 }

@@ -4,6 +4,14 @@
 //! carry a health state fed by active checks and passive marks. The table sits behind a std
 //! mutex that is never held across `.await`; readers on the upgrade path only touch the
 //! published `Arc<Ring>` in a `watch` channel.
+//!
+//! The folder holds everything that decides which nodes serve: this table, the [`ring`] it
+//! publishes, and the two feeds that change it — active [`health`] checks and the Redis
+//! [`registry`] of nodes that advertise themselves.
+
+pub mod health;
+pub mod registry;
+pub mod ring;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,8 +20,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::membership::ring::{Ring, RingNode};
 use crate::metrics::Metrics;
-use crate::ring::{Ring, RingNode};
 
 /// Where a member came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
