@@ -26,9 +26,9 @@ use crate::cork::{self, Uncork};
 use crate::detect::{detect, Opening, Prefixed};
 use crate::head::{self, push_response_head, read_head_after, HeadError, HeadLimits};
 use crate::link::{self, Link, LinkStream};
-use crate::server::{SessionSlot, Shared};
 use crate::session::serve;
 use crate::split::SplitIo;
+use crate::state::{SessionSlot, Shared};
 use crate::upgrade;
 
 /// The body of every response the node (and the gateway) writes itself.

@@ -21,6 +21,7 @@ pub mod registration;
 pub mod server;
 pub mod session;
 pub mod split;
+pub mod state;
 pub mod subscriptions;
 pub mod upgrade;
 pub mod wire;
@@ -40,7 +41,7 @@ use bus::redis::{RedisBus, RedisBusConfig};
 use bus::{Bus, Channel, Inbox};
 use hub::Hub;
 use metrics::Metrics;
-use server::Shared;
+use state::Shared;
 
 /// Why a node could not start.
 #[derive(Debug, Error)]
