@@ -19,7 +19,7 @@ use crate::proxy::{PermitSlot, Proxy};
 use ringcast_node::detect::{detect, Opening, Prefixed};
 
 /// The response body type of every gateway answer.
-pub use ringcast_node::http::{json, json_error, metrics_text, Body};
+pub use ringcast_node::response::{json, json_error, metrics_text, Body};
 
 /// What the HTTP layer needs.
 pub struct Http {

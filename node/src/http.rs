@@ -26,13 +26,11 @@ use crate::cork::{self, Uncork};
 use crate::detect::{detect, Opening, Prefixed};
 use crate::head::{self, push_response_head, read_head_after, HeadError, HeadLimits};
 use crate::link::{self, Link, LinkStream};
+use crate::response::{json, json_error, metrics_text, Body};
 use crate::session::serve;
 use crate::split::SplitIo;
 use crate::state::{SessionSlot, Shared};
 use crate::upgrade;
-
-/// The body of every response the node (and the gateway) writes itself.
-pub type Body = Full<Bytes>;
 
 /// Largest request head accepted, on the direct path and through hyper alike (431 past it):
 /// a client's limit plus the room a gateway needs to forward a head it accepted.
@@ -110,35 +108,6 @@ pub async fn serve_connection(
     if let Err(e) = result {
         debug!(%peer, error = %e, "http connection ended with an error");
     }
-}
-
-/// A JSON response.
-pub fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-/// `{"error": code, "message": message}` with `status`.
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    json(
-        status,
-        serde_json::json!({ "error": code, "message": message }),
-    )
-}
-
-/// A Prometheus text exposition.
-pub fn metrics_text(text: String) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(text)));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    resp
 }
 
 fn route(shared: Arc<Shared>, req: Request<Incoming>, tracker: TaskTracker) -> Response<Body> {

@@ -18,6 +18,7 @@ pub mod process;
 pub mod publisher;
 pub mod ratelimit;
 pub mod registration;
+pub mod response;
 pub mod server;
 pub mod session;
 pub mod split;
@@ -37,7 +38,8 @@ use tracing::warn;
 pub use bus::memory::MemoryBroker;
 pub use config::{Config, LogFormat};
 
-use bus::redis::{RedisBus, RedisBusConfig};
+use bus::redis::RedisBus;
+use bus::redis_config::RedisBusConfig;
 use bus::{Bus, Channel, Inbox};
 use hub::Hub;
 use metrics::Metrics;
