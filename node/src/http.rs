@@ -18,7 +18,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::auth::Identity;
@@ -37,45 +36,24 @@ use crate::upgrade;
 const MAX_HEAD_BYTES: usize = HeadLimits::NODE.bytes;
 
 /// Serves HTTP/1.1 on one TCP connection, handing upgraded ones to a session.
-pub async fn serve_connection(
-    shared: Arc<Shared>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    tracker: TaskTracker,
-) {
+pub async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
     let handshake_timeout = shared.config.handshake_timeout();
     // One deadline for the first bytes and the whole head, as hyper had.
     let deadline = tokio::time::Instant::now() + handshake_timeout;
     // A connection that has sent nothing by the time the node has drained is not waited for.
     let opening = tokio::select! {
         opening = tokio::time::timeout_at(deadline, detect(&mut stream)) => opening,
-        _ = shared.stopped.cancelled() => return,
+        _ = shared.drain.stopped() => return,
     };
     let prefix = match opening {
         Ok(Some((Opening::WsUpgrade, prefix))) => {
             // The 101 waits for the welcome (see `cork`); the session uncorks.
             cork::cork(&stream);
-            let serve = serve_upgrade(
-                shared,
-                stream,
-                prefix,
-                None,
-                tracker,
-                deadline,
-                handshake_timeout,
-            );
+            let serve = serve_upgrade(shared, stream, prefix, None, deadline, handshake_timeout);
             return serve.await;
         }
         Ok(Some((Opening::Link, prefix))) => {
-            let serve = serve_link(
-                shared,
-                stream,
-                prefix,
-                peer,
-                tracker,
-                deadline,
-                handshake_timeout,
-            );
+            let serve = serve_link(shared, stream, prefix, peer, deadline, handshake_timeout);
             return serve.await;
         }
         Ok(Some((_, prefix))) => prefix,
@@ -83,11 +61,10 @@ pub async fn serve_connection(
     };
     // hyper reads the detected bytes again first.
     let io = TokioIo::new(Prefixed::new(prefix, stream));
-    let stopped = shared.stopped.clone();
+    let drain = shared.drain.clone();
     let svc = service_fn(move |req| {
         let shared = shared.clone();
-        let tracker = tracker.clone();
-        async move { Ok::<_, Infallible>(route(shared, req, tracker)) }
+        async move { Ok::<_, Infallible>(route(shared, req)) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -100,7 +77,7 @@ pub async fn serve_connection(
     // (the node waits for its connections before exiting).
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        _ = stopped.cancelled() => {
+        _ = drain.stopped() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -110,9 +87,9 @@ pub async fn serve_connection(
     }
 }
 
-fn route(shared: Arc<Shared>, req: Request<Incoming>, tracker: TaskTracker) -> Response<Body> {
+fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
-        "/ws" => upgrade_ws(shared, req, tracker),
+        "/ws" => upgrade_ws(shared, req),
         "/healthz" => health(&shared),
         "/stats" => {
             let s = shared.hub.stats();
@@ -281,7 +258,6 @@ async fn serve_upgrade<S>(
     mut stream: S,
     prefix: Vec<u8>,
     reserved: Option<SessionSlot>,
-    tracker: TaskTracker,
     deadline: tokio::time::Instant,
     timeout: Duration,
 ) where
@@ -315,8 +291,9 @@ async fn serve_upgrade<S>(
     } = admitted;
     // The task is the session's own (small) future; an `async` block awaiting it would hold a
     // second copy of it for the connection's life.
+    let drain = shared.drain.clone();
     let session = serve(shared, stream, early, client_id, identity);
-    tracker.spawn(session.map(move |()| drop(slot)));
+    drain.spawn_session(session.map(move |()| drop(slot)));
 }
 
 /// Reads the request head by `deadline`; an oversized one is answered with 431 and a malformed
@@ -361,7 +338,6 @@ async fn serve_link(
     mut stream: TcpStream,
     prefix: Vec<u8>,
     peer: SocketAddr,
-    tracker: TaskTracker,
     deadline: tokio::time::Instant,
     timeout: Duration,
 ) {
@@ -431,7 +407,7 @@ async fn serve_link(
     debug!("link opened");
     let gauge = shared.metrics.links.clone();
     gauge.inc();
-    let stopped = shared.stopped.clone();
+    let drain = shared.drain.clone();
     // A stream is a connection: it holds a session slot from its OPEN on, so the node's
     // connection limit bounds every link's streams together (those still in their handshake
     // included). A stream gives its slot back about when it leaves the link (a refused
@@ -440,7 +416,7 @@ async fn serve_link(
     let max_streams = shared.config.max_connections.saturating_add(1024);
     let full = stream_refusal();
     let on_open = {
-        let tracker = tracker.clone();
+        let drain = drain.clone();
         move |s: LinkStream| {
             let Some(slot) = shared.reserve_session() else {
                 shared
@@ -452,16 +428,8 @@ async fn serve_link(
                 return;
             };
             let deadline = tokio::time::Instant::now() + timeout;
-            let serve = serve_upgrade(
-                shared.clone(),
-                s,
-                Vec::new(),
-                Some(slot),
-                tracker.clone(),
-                deadline,
-                timeout,
-            );
-            tracker.spawn(serve);
+            let serve = serve_upgrade(shared.clone(), s, Vec::new(), Some(slot), deadline, timeout);
+            drain.spawn(serve);
         }
     };
     let (link, driver) = Link::new(stream, early, link::Role::Acceptor, max_streams, on_open);
@@ -471,7 +439,7 @@ async fn serve_link(
             Ok(()) => debug!(%peer, "link ended"),
             Err(e) => warn!(%peer, reason = %e, "link closed"),
         },
-        _ = stopped.cancelled() => {
+        _ = drain.stopped() => {
             // The node has drained: what its sessions wrote last (their close frames) still
             // goes out before the link ends.
             link.finish();
@@ -505,11 +473,7 @@ fn stream_refusal() -> Vec<u8> {
 }
 
 /// A `/ws` request that reached hyper (its first segment was too short to recognise).
-fn upgrade_ws(
-    shared: Arc<Shared>,
-    mut req: Request<Incoming>,
-    tracker: TaskTracker,
-) -> Response<Body> {
+fn upgrade_ws(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Body> {
     let admitted = match admit(&shared, &req, None) {
         Ok(admitted) => admitted,
         Err(resp) => return *resp,
@@ -526,19 +490,13 @@ fn upgrade_ws(
     let on_upgrade = hyper::upgrade::on(&mut req);
     // This task lives as long as the connection and keeps whatever it captures: what the
     // session needs is boxed until it starts, and the upgrade runs boxed.
-    let upgrade = Box::new((
-        on_upgrade,
-        slot,
-        shared,
-        client_id,
-        identity,
-        tracker.clone(),
-    ));
-    tracker.spawn(async move {
+    let drain = shared.drain.clone();
+    let upgrade = Box::new((on_upgrade, slot, shared, client_id, identity, drain.clone()));
+    drain.spawn_session(async move {
         // The inner block's locals are gone before the session runs.
         let (_slot, session) = {
             // Moved out of the capture first, so the box is freed now, not with the task.
-            let (on_upgrade, slot, shared, client_id, identity, tracker) = {
+            let (on_upgrade, slot, shared, client_id, identity, drain) = {
                 let upgrade = upgrade;
                 *upgrade
             };
@@ -549,7 +507,7 @@ fn upgrade_ws(
                 Either::Left(tcp) => tcp,
                 Either::Right((io, early)) => {
                     // Not expected: a task of its own, so it does not widen every connection's.
-                    tracker.spawn(async move {
+                    drain.spawn_session(async move {
                         let _slot = slot;
                         serve(shared, io, early, client_id, identity).await;
                     });

@@ -1,16 +1,16 @@
 //! What every connection of a node shares: its configuration, hub, bus, metrics, limits and
 //! publisher, and the session slots that bound its connections.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::drain::Drain;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::publisher::Publisher;
@@ -29,17 +29,13 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// WebSocket limits applied to every session.
     pub ws_config: WebSocketConfig,
-    /// Set once shutdown begins: `/healthz` turns 503 and upgrades are refused.
-    pub draining: AtomicBool,
     /// Whether the bus is up.
     pub bus_healthy: watch::Receiver<bool>,
     /// Token validation; `None` when authentication is off.
     pub auth: Option<Authenticator>,
-    /// Cancelled when the node has drained: its links (see `link.rs`) close.
-    pub stopped: tokio_util::sync::CancellationToken,
-    /// Every connection's task, and the tasks that finish a connection's business (a session's
-    /// drop guard announcing it gone): shutdown waits for them (see `server.rs`).
-    pub tracker: TaskTracker,
+    /// The node's shutdown: every connection's task, session and the tasks that finish a
+    /// connection's business (a session's drop guard announcing it gone) run under it.
+    pub drain: Drain,
     /// Session slots taken, counted from the upgrade on (before the session registers), so
     /// concurrent upgrades cannot overshoot `max_connections`.
     sessions: Arc<AtomicUsize>,
@@ -63,6 +59,7 @@ impl Shared {
         hub: Arc<Hub>,
         bus: Arc<dyn Bus>,
         metrics: Arc<Metrics>,
+        drain: Drain,
     ) -> Self {
         let max = config.max_message_bytes.max(128);
         let ws_config = WebSocketConfig::default()
@@ -83,10 +80,8 @@ impl Shared {
             hub,
             metrics,
             ws_config,
-            draining: AtomicBool::new(false),
             auth,
-            stopped: tokio_util::sync::CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            drain,
             sessions: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -100,6 +95,6 @@ impl Shared {
 
     /// Whether the node is draining.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.drain.is_draining()
     }
 }
