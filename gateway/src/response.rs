@@ -6,4 +6,4 @@
 //! module, which issue 17 moves into `net/`'s HTTP/1 home); this file is the gateway's only
 //! door to them, so that move changes one line here.
 
-pub use ringcast_node::http::{json, json_error, metrics_text, Body};
+pub use ringcast_node::response::{json, json_error, metrics_text, Body};

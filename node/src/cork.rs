@@ -6,9 +6,9 @@
 //! at once but can send `welcome` only once the client's bus channel is subscribed; sent apart,
 //! the two are two segments to the gateway, two reads there, two writes on to the client and
 //! two reads in the client. So a connection that opens with `GET /ws` is corked (`TCP_CORK`)
-//! before its 101 is written (`crate::http::serve_upgrade`), and uncorked right after the first
-//! frames are written: the kernel then sends everything in one segment. The gateway relays the two together in one write
-//! (`ringcast_gateway::direct`).
+//! before its 101 is written (by `serve_upgrade` in `http.rs`), and uncorked right after the
+//! first frames are written: the kernel then sends everything in one segment. The gateway
+//! relays the two together in one write (`ringcast_gateway::direct`).
 //!
 //! Every other answer on a corked connection ends it (refusals carry `Connection: close`), and
 //! closing a socket sends what the cork held. Should anything still be held, the kernel sends

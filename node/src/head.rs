@@ -15,7 +15,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::http::Body;
+use crate::response::Body;
 
 /// Most request headers a client may send, to a gateway or a node (hyper's limit).
 pub const MAX_HEADERS: usize = 100;

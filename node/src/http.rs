@@ -19,65 +19,41 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use ringcast_protocol::auth::Identity;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::cork::{self, Uncork};
 use crate::detect::{detect, Opening, Prefixed};
 use crate::head::{self, push_response_head, read_head_after, HeadError, HeadLimits};
 use crate::link::{self, Link, LinkStream};
-use crate::server::{SessionSlot, Shared};
+use crate::response::{json, json_error, metrics_text, Body};
 use crate::session::serve;
 use crate::split::SplitIo;
+use crate::state::{SessionSlot, Shared};
 use crate::upgrade;
-
-/// The body of every response the node (and the gateway) writes itself.
-pub type Body = Full<Bytes>;
 
 /// Largest request head accepted, on the direct path and through hyper alike (431 past it):
 /// a client's limit plus the room a gateway needs to forward a head it accepted.
 const MAX_HEAD_BYTES: usize = HeadLimits::NODE.bytes;
 
 /// Serves HTTP/1.1 on one TCP connection, handing upgraded ones to a session.
-pub async fn serve_connection(
-    shared: Arc<Shared>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    tracker: TaskTracker,
-) {
+pub async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
     let handshake_timeout = shared.config.handshake_timeout();
     // One deadline for the first bytes and the whole head, as hyper had.
     let deadline = tokio::time::Instant::now() + handshake_timeout;
     // A connection that has sent nothing by the time the node has drained is not waited for.
     let opening = tokio::select! {
         opening = tokio::time::timeout_at(deadline, detect(&mut stream)) => opening,
-        _ = shared.stopped.cancelled() => return,
+        _ = shared.drain.stopped() => return,
     };
     let prefix = match opening {
         Ok(Some((Opening::WsUpgrade, prefix))) => {
             // The 101 waits for the welcome (see `cork`); the session uncorks.
             cork::cork(&stream);
-            let serve = serve_upgrade(
-                shared,
-                stream,
-                prefix,
-                None,
-                tracker,
-                deadline,
-                handshake_timeout,
-            );
+            let serve = serve_upgrade(shared, stream, prefix, None, deadline, handshake_timeout);
             return serve.await;
         }
         Ok(Some((Opening::Link, prefix))) => {
-            let serve = serve_link(
-                shared,
-                stream,
-                prefix,
-                peer,
-                tracker,
-                deadline,
-                handshake_timeout,
-            );
+            let serve = serve_link(shared, stream, prefix, peer, deadline, handshake_timeout);
             return serve.await;
         }
         Ok(Some((_, prefix))) => prefix,
@@ -85,11 +61,10 @@ pub async fn serve_connection(
     };
     // hyper reads the detected bytes again first.
     let io = TokioIo::new(Prefixed::new(prefix, stream));
-    let stopped = shared.stopped.clone();
+    let drain = shared.drain.clone();
     let svc = service_fn(move |req| {
         let shared = shared.clone();
-        let tracker = tracker.clone();
-        async move { Ok::<_, Infallible>(route(shared, req, tracker)) }
+        async move { Ok::<_, Infallible>(route(shared, req)) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -102,7 +77,7 @@ pub async fn serve_connection(
     // (the node waits for its connections before exiting).
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        _ = stopped.cancelled() => {
+        _ = drain.stopped() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -112,38 +87,9 @@ pub async fn serve_connection(
     }
 }
 
-/// A JSON response.
-pub fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-/// `{"error": code, "message": message}` with `status`.
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    json(
-        status,
-        serde_json::json!({ "error": code, "message": message }),
-    )
-}
-
-/// A Prometheus text exposition.
-pub fn metrics_text(text: String) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(text)));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    resp
-}
-
-fn route(shared: Arc<Shared>, req: Request<Incoming>, tracker: TaskTracker) -> Response<Body> {
+fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
-        "/ws" => upgrade_ws(shared, req, tracker),
+        "/ws" => upgrade_ws(shared, req),
         "/healthz" => health(&shared),
         "/stats" => {
             let s = shared.hub.stats();
@@ -326,7 +272,6 @@ async fn serve_upgrade<S>(
     mut stream: S,
     prefix: Vec<u8>,
     reserved: Option<SessionSlot>,
-    tracker: TaskTracker,
     deadline: tokio::time::Instant,
     timeout: Duration,
 ) where
@@ -360,8 +305,9 @@ async fn serve_upgrade<S>(
     } = admitted;
     // The task is the session's own (small) future; an `async` block awaiting it would hold a
     // second copy of it for the connection's life.
+    let drain = shared.drain.clone();
     let session = serve(shared, stream, early, client_id, identity);
-    tracker.spawn(session.map(move |()| drop(slot)));
+    drain.spawn_session(session.map(move |()| drop(slot)));
 }
 
 /// Reads the request head by `deadline`; an oversized one is answered with 431 and a malformed
@@ -406,7 +352,6 @@ async fn serve_link(
     mut stream: TcpStream,
     prefix: Vec<u8>,
     peer: SocketAddr,
-    tracker: TaskTracker,
     deadline: tokio::time::Instant,
     timeout: Duration,
 ) {
@@ -496,7 +441,7 @@ async fn serve_link(
     debug!("link opened");
     let gauge = shared.metrics.links.clone();
     gauge.inc();
-    let stopped = shared.stopped.clone();
+    let drain = shared.drain.clone();
     // A stream is a connection: it holds a session slot from its OPEN on, so the node's
     // connection limit bounds every link's streams together (those still in their handshake
     // included). A stream gives its slot back about when it leaves the link (a refused
@@ -506,7 +451,7 @@ async fn serve_link(
     let full = stream_refusal(timeout).await;
     let full_reply = full.clone();
     let on_open = {
-        let tracker = tracker.clone();
+        let drain = drain.clone();
         move |s: LinkStream| {
             let Some(slot) = shared.reserve_session() else {
                 count_refusal(&shared, AT_LIMIT.1);
@@ -514,16 +459,8 @@ async fn serve_link(
                 return;
             };
             let deadline = tokio::time::Instant::now() + timeout;
-            let serve = serve_upgrade(
-                shared.clone(),
-                s,
-                Vec::new(),
-                Some(slot),
-                tracker.clone(),
-                deadline,
-                timeout,
-            );
-            tracker.spawn(serve);
+            let serve = serve_upgrade(shared.clone(), s, Vec::new(), Some(slot), deadline, timeout);
+            drain.spawn(serve);
         }
     };
     let (link, driver) = Link::new(stream, early, link::Role::Acceptor, max_streams, on_open);
@@ -535,7 +472,7 @@ async fn serve_link(
             Ok(()) => debug!(%peer, "link ended"),
             Err(e) => warn!(%peer, reason = %e, "link closed"),
         },
-        _ = stopped.cancelled() => {
+        _ = drain.stopped() => {
             // The node has drained: what its sessions wrote last (their close frames) still
             // goes out before the link ends.
             link.finish();
@@ -580,11 +517,7 @@ async fn stream_refusal(timeout: Duration) -> Vec<u8> {
 }
 
 /// A `/ws` request that reached hyper (its first segment was too short to recognise).
-fn upgrade_ws(
-    shared: Arc<Shared>,
-    mut req: Request<Incoming>,
-    tracker: TaskTracker,
-) -> Response<Body> {
+fn upgrade_ws(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Body> {
     let admitted = match admit(&shared, &req, None) {
         Ok(admitted) => admitted,
         Err(resp) => return *resp,
@@ -601,19 +534,13 @@ fn upgrade_ws(
     let on_upgrade = hyper::upgrade::on(&mut req);
     // This task lives as long as the connection and keeps whatever it captures: what the
     // session needs is boxed until it starts, and the upgrade runs boxed.
-    let upgrade = Box::new((
-        on_upgrade,
-        slot,
-        shared,
-        client_id,
-        identity,
-        tracker.clone(),
-    ));
-    tracker.spawn(async move {
+    let drain = shared.drain.clone();
+    let upgrade = Box::new((on_upgrade, slot, shared, client_id, identity, drain.clone()));
+    drain.spawn_session(async move {
         // The inner block's locals are gone before the session runs.
         let (_slot, session) = {
             // Moved out of the capture first, so the box is freed now, not with the task.
-            let (on_upgrade, slot, shared, client_id, identity, tracker) = {
+            let (on_upgrade, slot, shared, client_id, identity, drain) = {
                 let upgrade = upgrade;
                 *upgrade
             };
@@ -624,7 +551,7 @@ fn upgrade_ws(
                 Either::Left(tcp) => tcp,
                 Either::Right((io, early)) => {
                     // Not expected: a task of its own, so it does not widen every connection's.
-                    tracker.spawn(async move {
+                    drain.spawn_session(async move {
                         let _slot = slot;
                         serve(shared, io, early, client_id, identity).await;
                     });

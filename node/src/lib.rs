@@ -7,6 +7,7 @@ pub mod bus;
 pub mod config;
 pub mod cork;
 pub mod detect;
+pub mod drain;
 pub mod head;
 pub mod http;
 pub mod hub;
@@ -17,9 +18,12 @@ pub mod process;
 pub mod publisher;
 pub mod ratelimit;
 pub mod registration;
+pub mod response;
 pub mod server;
 pub mod session;
+pub mod shutdown;
 pub mod split;
+pub mod state;
 pub mod subscriptions;
 pub mod upgrade;
 pub mod wire;
@@ -36,11 +40,13 @@ use tracing::warn;
 pub use bus::memory::MemoryBroker;
 pub use config::{Config, LogFormat};
 
-use bus::redis::{RedisBus, RedisBusConfig};
+use bus::redis::RedisBus;
+use bus::redis_config::RedisBusConfig;
 use bus::{Bus, Channel, Inbox};
+use drain::Drain;
 use hub::Hub;
 use metrics::Metrics;
-use server::Shared;
+use state::Shared;
 
 /// Why a node could not start.
 #[derive(Debug, Error)]
@@ -101,7 +107,7 @@ async fn run_on_bus(
     hub: Arc<Hub>,
     bus: Arc<dyn Bus>,
     metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
     let auth = Authenticator::from_args(&config.auth).map_err(NodeError::Config)?;
     // Bounded: a bus that is down must not keep the node from serving. A bus that can fail keeps
@@ -115,21 +121,30 @@ async fn run_on_bus(
     }
     let registration = config.registration();
     hub.follow_bus(bus.subscriptions_live());
-    let shared = Arc::new(Shared::new(config, auth, hub.clone(), bus.clone(), metrics));
-    let (manager_stop_tx, manager_stop_rx) = watch::channel(false);
-    let manager = tokio::spawn(subscriptions::run(hub, bus, manager_stop_rx));
+    // The one shutdown value every part gets; `shutdown` (which ends when it turns true or its
+    // sender is gone) only begins it.
+    let drain = Drain::new();
+    let begin = async {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        drain.begin();
+    };
+    let shared = Arc::new(Shared::new(
+        config,
+        auth,
+        hub.clone(),
+        bus.clone(),
+        metrics,
+        drain.clone(),
+    ));
+    drain.spawn(subscriptions::run(hub, bus, drain.clone()));
     // Runs beside the server in this same future (not spawned), so a node that stops or is
-    // dropped stops heartbeating; on `shutdown` it deregisters before the drain.
+    // dropped stops heartbeating; once draining begins it deregisters.
     let register = async {
         if let Some(reg) = registration {
-            registration::run(reg, shutdown.clone()).await;
+            registration::run(reg, drain.clone()).await;
         }
     };
-    let serve = async {
-        server::serve(listener, shared, shutdown.clone()).await;
-        let _ = manager_stop_tx.send(true);
-        let _ = manager.await;
-    };
-    tokio::join!(serve, register);
+    let serve = server::serve(listener, shared.clone());
+    tokio::join!(begin, register, serve, shutdown::drain(&shared));
     Ok(())
 }

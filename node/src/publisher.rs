@@ -1,5 +1,6 @@
-//! The node's one publishing queue: sessions hand their envelopes over in order and go on
-//! reading; one task publishes them in batches (one Redis pipeline, one round trip per batch).
+//! The node's publishing API and its one queue: sessions hand their frames to the [`Publisher`],
+//! which wraps them in envelopes in order and goes on; one task publishes them in batches (one
+//! Redis pipeline, one round trip per batch).
 //!
 //! Why: a session that awaited each publish could send at most one message per bus round trip,
 //! which bounded fan-out through Redis at ~450 messages/s for 4 publishers on a loaded machine.
@@ -12,10 +13,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use ringcast_protocol::{Envelope, Target};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use crate::bus::{Bus, BusError, Channel};
+use crate::hub::now_micros;
 use crate::metrics::Metrics;
 
 /// Most publishes sent to the bus as one batch.
@@ -23,13 +26,13 @@ const BATCH: usize = 256;
 /// Most publishes waiting in the queue; senders wait beyond it. Four batches: enough to keep
 /// one pipeline in flight while the next fills, and at most 64 MiB of envelopes even if every
 /// one carried a maximal (64 KiB) message.
-pub const QUEUE: usize = 1024;
+const QUEUE: usize = 1024;
 
 /// Called with the outcome of a publish nobody waits for.
 pub type Then = Box<dyn FnOnce(&Result<usize, BusError>) + Send>;
 
 /// What to do with a publish's outcome.
-pub enum Done {
+enum Done {
     /// Hand the outcome back to a waiting sender.
     Reply(oneshot::Sender<Result<usize, BusError>>),
     /// Nobody waits; run this with the outcome (it tells the sender about failures).
@@ -37,17 +40,136 @@ pub enum Done {
 }
 
 /// One envelope to publish.
-pub struct Job {
+struct Job {
     /// Where to publish it.
-    pub channel: Channel,
+    channel: Channel,
     /// The encoded envelope.
-    pub payload: Bytes,
+    payload: Bytes,
     /// What to do with the outcome.
-    pub done: Done,
+    done: Done,
+}
+
+/// Where a node's frames enter the bus: wraps each in an envelope from this node and publishes
+/// it, through the queue when the bus batches publishes.
+pub struct Publisher {
+    node_id: Arc<str>,
+    bus: Arc<dyn Bus>,
+    metrics: Arc<Metrics>,
+    publish_tx: mpsc::Sender<Job>,
+}
+
+impl Publisher {
+    /// Starts the publishing task, which ends once this publisher is dropped (it is no part of
+    /// the drain: what sessions publish while the node drains, their goodbyes included, still
+    /// goes out). Must be called within a Tokio runtime.
+    pub fn start(node_id: Arc<str>, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Self {
+        let (publish_tx, publish_rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(bus.clone(), metrics.clone(), publish_rx));
+        Publisher {
+            node_id,
+            bus,
+            metrics,
+            publish_tx,
+        }
+    }
+
+    /// Wraps a client frame in an envelope and publishes it, after everything queued before it:
+    /// the one place frames enter the bus. Returns how many nodes were subscribed.
+    pub async fn publish(
+        &self,
+        channel: Channel,
+        target: Target,
+        frame: &Bytes,
+    ) -> Result<usize, BusError> {
+        if !self.bus.batches_publishes() {
+            return self.publish_now(channel, target, frame).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(channel, target, frame, Done::Reply(tx))
+            .await?;
+        rx.await
+            .unwrap_or_else(|_| Err(BusError::Unavailable("node is shutting down".into())))
+    }
+
+    /// Like [`Publisher::publish`] but returns once the envelope is queued (waiting only while
+    /// the queue is full); `then` runs with the outcome once it is published.
+    pub async fn publish_queued(
+        &self,
+        channel: Channel,
+        target: Target,
+        frame: &Bytes,
+        then: Then,
+    ) {
+        if !self.bus.batches_publishes() {
+            let result = self.publish_now(channel, target, frame).await;
+            then(&result);
+            return;
+        }
+        if let Err(e) = self.enqueue(channel, target, frame, Done::Then(then)).await {
+            warn!(error = %e, "publish not queued");
+        }
+    }
+
+    /// Publishes right away, on the caller's task (for a bus without round trips).
+    async fn publish_now(
+        &self,
+        channel: Channel,
+        target: Target,
+        frame: &Bytes,
+    ) -> Result<usize, BusError> {
+        let envelope = Envelope::new(&self.node_id, now_micros(), target, frame);
+        let payload = envelope
+            .encode()
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        match self.bus.publish(&channel, payload).await {
+            Ok(n) => {
+                self.metrics.bus_published.inc();
+                Ok(n)
+            }
+            Err(e) => {
+                self.metrics.bus_publish_failures.inc();
+                warn!(error = %e, channel = %channel, "publish failed");
+                Err(e)
+            }
+        }
+    }
+
+    async fn enqueue(
+        &self,
+        channel: Channel,
+        target: Target,
+        frame: &Bytes,
+        done: Done,
+    ) -> Result<(), BusError> {
+        let envelope = Envelope::new(&self.node_id, now_micros(), target, frame);
+        let payload = match envelope.encode() {
+            Ok(p) => p,
+            Err(e) => {
+                let e = BusError::Unavailable(e.to_string());
+                if let Done::Then(f) = done {
+                    f(&Err(e.clone()));
+                }
+                return Err(e);
+            }
+        };
+        let job = Job {
+            channel,
+            payload,
+            done,
+        };
+        if let Err(mpsc::error::SendError(job)) = self.publish_tx.send(job).await {
+            let e = BusError::Unavailable("node is shutting down".into());
+            if let Done::Then(f) = job.done {
+                f(&Err(e.clone()));
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
 }
 
 /// Publishes queued jobs in batches until every sender is gone.
-pub async fn run(bus: Arc<dyn Bus>, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Job>) {
+async fn run(bus: Arc<dyn Bus>, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut jobs, BATCH).await > 0 {
         let (items, dones): (Vec<_>, Vec<_>) = jobs

@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
-use tokio::sync::watch;
 use tracing::{info, warn};
+
+use crate::drain::Drain;
 
 /// The sorted set of registered node ids, scored by lease expiry (Redis time, milliseconds).
 pub fn index_key(prefix: &str) -> String {
@@ -133,8 +134,9 @@ pub struct Registration {
     pub ttl: Duration,
 }
 
-/// Heartbeats until `shutdown` turns true, then deregisters (best effort, bounded by a timeout).
-pub async fn run(reg: Registration, mut shutdown: watch::Receiver<bool>) {
+/// Heartbeats until the node begins draining, then deregisters (best effort, bounded by a
+/// timeout).
+pub async fn run(reg: Registration, drain: Drain) {
     let key = legacy_key(&reg.prefix, &reg.node_id);
     let index = index_key(&reg.prefix);
     let addrs = addrs_key(&reg.prefix);
@@ -158,9 +160,9 @@ pub async fn run(reg: Registration, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.changed() => break,
+            _ = drain.draining() => break,
         }
-        if *shutdown.borrow() {
+        if drain.is_draining() {
             break;
         }
         if conn.is_none() {

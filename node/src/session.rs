@@ -33,8 +33,8 @@ use crate::outbound::{
     TOO_BIG,
 };
 use crate::ratelimit::{RateLimiter, Verdict};
-use crate::server::Shared;
 use crate::split::{ReadOnly, SplitIo};
+use crate::state::Shared;
 use crate::wire;
 use crate::writer::{give_up, write_loop, write_queued, CLOSE_TIMEOUT};
 
@@ -136,6 +136,7 @@ where
         }
         .encode();
         let _ = shared
+            .publisher
             .publish(
                 Channel::Broadcast,
                 Target::AllExcept(Some(out.client_id.to_string())),

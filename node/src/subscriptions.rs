@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::bus::Bus;
+use crate::drain::Drain;
 use crate::hub::Hub;
 
 /// Pause before retrying subscriptions after a bus error.
@@ -29,8 +30,8 @@ const RETRY_AFTER: Duration = Duration::from_millis(250);
 /// Least time between two commands on a bus with a round trip per command.
 pub const WINDOW: Duration = Duration::from_millis(1);
 
-/// Runs until `shutdown` turns true.
-pub async fn run(hub: Arc<Hub>, bus: Arc<dyn Bus>, mut shutdown: watch::Receiver<bool>) {
+/// Runs until the node has drained (see [`Drain::stopped`]).
+pub async fn run(hub: Arc<Hub>, bus: Arc<dyn Bus>, drain: Drain) {
     let window = if bus.batches_publishes() {
         WINDOW
     } else {
@@ -48,7 +49,7 @@ pub async fn run(hub: Arc<Hub>, bus: Arc<dyn Bus>, mut shutdown: watch::Receiver
             if next > Instant::now() {
                 tokio::select! {
                     _ = tokio::time::sleep_until(next) => {}
-                    _ = shutdown.changed() => return,
+                    _ = drain.stopped() => return,
                 }
             }
         }
@@ -77,7 +78,7 @@ pub async fn run(hub: Arc<Hub>, bus: Arc<dyn Bus>, mut shutdown: watch::Receiver
                         changed = live_rx.changed(), if follow_live => {
                             follow_live = follow(&hub, &mut live_rx, changed);
                         }
-                        _ = shutdown.changed() => return,
+                        _ = drain.stopped() => return,
                     }
                 }
             }
@@ -89,10 +90,10 @@ pub async fn run(hub: Arc<Hub>, bus: Arc<dyn Bus>, mut shutdown: watch::Receiver
                 changed = live_rx.changed(), if follow_live => {
                     follow_live = follow(&hub, &mut live_rx, changed);
                 }
-                _ = shutdown.changed() => return,
+                _ = drain.stopped() => return,
             }
         }
-        if *shutdown.borrow() {
+        if drain.is_stopped() {
             return;
         }
     }

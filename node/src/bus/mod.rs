@@ -18,6 +18,7 @@ mod liveness;
 pub mod memory;
 mod probe;
 pub mod redis;
+pub mod redis_config;
 mod redis_conn;
 
 /// A bus channel.

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::liveness::Liveness;
 use super::probe::{self, Backoff};
-use super::redis::RedisBusConfig;
+use super::redis_config::RedisBusConfig;
 use super::{BusError, Inbox};
 use crate::metrics::Metrics;
 

@@ -5,7 +5,7 @@
 //! connection forever: `/stats` counting it, broadcasts queued for it, a shutdown waiting the whole
 //! grace period for it. Dropping the session therefore withdraws it too, closes it with 1011 so
 //! its writer ends (after what was already queued), and tells the rooms' members from a task of
-//! its own (a drop cannot wait), in the node's task tracker so that a shutdown waits for it.
+//! its own (a drop cannot wait), under the node's drain so that a shutdown waits for it.
 
 use tracing::{debug, warn};
 
@@ -42,9 +42,9 @@ impl Drop for Session {
         if rooms.is_empty() && !(last && self.shared.config.announce_connections) {
             return;
         }
-        // In the node's tracker, so that a shutdown waits for these announcements too.
+        // Under the node's drain, so that a shutdown waits for these announcements too.
         if tokio::runtime::Handle::try_current().is_ok() {
-            self.shared.tracker.spawn(announce_gone(
+            self.shared.drain.spawn(announce_gone(
                 self.shared.clone(),
                 self.out.client_id.clone(),
                 rooms,

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{reply, reply_error, Session};
 use crate::bus::Channel;
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// A text frame that makes the session panic, in the node's own unit tests only (the drop
 /// guard's tests inject a panic with it).
@@ -21,7 +21,7 @@ pub(super) const PANIC_FRAME: &str = "{\"type\":\"ping\",\"panic\":\"injected by
 
 impl Session {
     async fn publish(&self, channel: Channel, target: Target, frame: &Bytes) -> Option<usize> {
-        match self.shared.publish(channel, target, frame).await {
+        match self.shared.publisher.publish(channel, target, frame).await {
             Ok(n) => Some(n),
             Err(_) => {
                 self.error(
@@ -56,6 +56,7 @@ impl Session {
             },
         );
         self.shared
+            .publisher
             .publish_queued(channel, target, frame, then)
             .await;
     }
@@ -253,6 +254,7 @@ impl Session {
         reply(&self.shared, &self.out, left.clone());
         let _ = self
             .shared
+            .publisher
             .publish(
                 Channel::Room(room.to_owned()),
                 Target::Room(room.to_owned()),
@@ -304,12 +306,16 @@ pub(super) async fn announce_gone(
             room: &room,
         }
         .encode();
-        let _ =
-            Box::pin(shared.publish(Channel::Room(room.clone()), Target::Room(room), &left)).await;
+        let _ = Box::pin(shared.publisher.publish(
+            Channel::Room(room.clone()),
+            Target::Room(room),
+            &left,
+        ))
+        .await;
     }
     if last && shared.config.announce_connections {
         let frame = ServerEvent::UserDisconnected { user_id: &me }.encode();
-        let _ = Box::pin(shared.publish(
+        let _ = Box::pin(shared.publisher.publish(
             Channel::Broadcast,
             Target::AllExcept(Some(me.to_string())),
             &frame,

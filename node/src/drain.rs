@@ -1,0 +1,141 @@
+//! The node's shutdown as one value, [`Drain`], made at the top (`run`) and handed to every
+//! part that spawns a task or must notice the shutdown.
+//!
+//! A drain has two phases, each a signal and the tasks it waits for:
+//! - *draining* ([`Drain::begin`]): the node takes no new clients (`/healthz` 503, upgrades and
+//!   links refused, its registry lease given up) and closes its sessions; the top waits for the
+//!   session tasks ([`Drain::spawn_session`]) up to the grace period ([`Drain::sessions_ended`]).
+//! - *stopped* ([`Drain::stop`]): the accept loop ends, idle connections and links end once
+//!   what they carry is written, background tasks return, and the top waits for every task of
+//!   both phases ([`Drain::spawn`]) with a time limit ([`Drain::all_ended`]).
+//!
+//! Two phases because the links and connections that carry the sessions' close frames must
+//! outlive the sessions. Every task is tracked by one phase and ends when its signal fires (or
+//! sooner); nothing polls a counter.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::task::TaskTracker;
+
+/// A node's shutdown: its two signals and the tasks each waits for. Clones share them.
+#[derive(Clone, Debug, Default)]
+pub struct Drain {
+    draining: CancellationToken,
+    stopped: CancellationToken,
+    sessions: TaskTracker,
+    tasks: TaskTracker,
+}
+
+impl Drain {
+    /// A drain not begun.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Begins draining: the node takes no new clients and closes its sessions.
+    pub fn begin(&self) {
+        self.draining.cancel();
+    }
+
+    /// Whether draining has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    /// Resolves once draining has begun.
+    pub fn draining(&self) -> WaitForCancellationFuture<'_> {
+        self.draining.cancelled()
+    }
+
+    /// The node has drained (its sessions are gone, or the grace period is over): every task
+    /// still running ends after what it carries.
+    pub fn stop(&self) {
+        self.draining.cancel();
+        self.stopped.cancel();
+    }
+
+    /// Whether the node has drained.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.is_cancelled()
+    }
+
+    /// Resolves once the node has drained.
+    pub fn stopped(&self) -> WaitForCancellationFuture<'_> {
+        self.stopped.cancelled()
+    }
+
+    /// Runs one client's session; draining waits for it.
+    pub fn spawn_session<F>(&self, session: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.sessions.spawn(session)
+    }
+
+    /// Runs a task that ends once the node has stopped (a connection, a link, a background
+    /// job) or sooner; the end of the drain waits for it.
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tasks.spawn(task)
+    }
+
+    /// Waits up to `limit` for every session to end; returns whether they did.
+    pub async fn sessions_ended(&self, limit: Duration) -> bool {
+        self.sessions.close();
+        tokio::time::timeout(limit, self.sessions.wait())
+            .await
+            .is_ok()
+    }
+
+    /// Waits up to `limit` for every task, sessions included, to end; returns whether they did.
+    pub async fn all_ended(&self, limit: Duration) -> bool {
+        self.sessions.close();
+        self.tasks.close();
+        let both = async {
+            self.sessions.wait().await;
+            self.tasks.wait().await;
+        };
+        tokio::time::timeout(limit, both).await.is_ok()
+    }
+
+    /// Tasks still running, sessions included.
+    pub fn tasks_left(&self) -> usize {
+        self.sessions.len() + self.tasks.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn sessions_are_waited_for_within_the_limit_and_tasks_after_the_stop() {
+        let drain = Drain::new();
+        let session = {
+            let drain = drain.clone();
+            async move { drain.draining().await }
+        };
+        drain.spawn_session(session);
+        let task = {
+            let drain = drain.clone();
+            async move { drain.stopped().await }
+        };
+        drain.spawn(task);
+        assert!(!drain.sessions_ended(Duration::from_secs(1)).await);
+        drain.begin();
+        assert!(drain.is_draining());
+        assert!(drain.sessions_ended(Duration::from_secs(1)).await);
+        assert!(!drain.all_ended(Duration::from_secs(1)).await);
+        assert_eq!(drain.tasks_left(), 1);
+        drain.stop();
+        assert!(drain.all_ended(Duration::from_secs(1)).await);
+        assert_eq!(drain.tasks_left(), 0);
+    }
+}
