@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 /// Log output format (shared with the node).
-pub use ringcast_node::LogFormat;
+pub use ringcast_net::process::LogFormat;
 // Authentication flags: the node's too (same flags, same environment variables).
 use ringcast_protocol::auth::AuthArgs;
 
@@ -146,8 +146,8 @@ pub struct Config {
     /// only nodes on this host take links; a node that refuses the link is reached with one
     /// connection per client. Unused with `--node-transport tcp`.
     #[arg(long, env = "RINGCAST_LINK_SECRET", hide_env_values = true,
-          value_parser = ringcast_node::link::secret::SecretParser)]
-    pub link_secret: Option<ringcast_node::link::LinkSecret>,
+          value_parser = ringcast_net::link::secret::SecretParser)]
+    pub link_secret: Option<ringcast_net::link::LinkSecret>,
 
     /// Most nodes tried for one upgrade (the owner, then the ring's replica order).
     #[arg(long, env = "RINGCAST_MAX_ATTEMPTS", default_value_t = 3)]
@@ -239,14 +239,14 @@ impl Config {
     /// a gateway adds), so a gateway that accepted more would relay the node's 431.
     pub(crate) fn max_header_bytes(&self) -> usize {
         self.max_header_bytes
-            .clamp(8192, ringcast_node::head::MAX_HEAD_BYTES)
+            .clamp(8192, ringcast_net::http1::request::MAX_HEAD_BYTES)
     }
 
     pub(crate) fn handshake_timeout(&self) -> Duration {
         // Clamped: a deadline is computed from it for every connection.
         Duration::from_secs(
             self.handshake_timeout_secs
-                .clamp(1, ringcast_node::config::MAX_SECS),
+                .clamp(1, ringcast_net::process::MAX_SECS),
         )
     }
 

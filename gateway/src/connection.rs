@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ringcast_node::detect::{detect, Opening, Prefixed};
+use ringcast_net::detect::{detect, Opening, Prefixed};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 

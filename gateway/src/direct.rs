@@ -5,7 +5,7 @@
 //! Why: this connection makes exactly one request, and its socket belongs to the tunnel right
 //! after. hyper's server would spend a connection task, a dispatcher, request and response
 //! objects and an upgrade hand-over on it, and would write the 101 apart from the frames behind
-//! it. The request head is read by `ringcast_node::head` under the limits hyper had here (the
+//! it. The request head is read by `ringcast_net::http1_io` under the limits hyper had here (the
 //! handshake timeout; the header size limit, with 431 past it). Every answer
 //! but a 101 ends the connection. Connections that open otherwise (`/healthz`, `/metrics`,
 //! `/nodes`, or a head too short to tell) go to hyper as before.
@@ -15,14 +15,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
-use ringcast_node::head::{self, push_response_head, read_head_after, HeadError, HeadLimits};
+use ringcast_net::http1::request::{HeadError, HeadLimits};
+use ringcast_net::http1::response::{push_response_head, Body};
+use ringcast_net::http1_io::{self, read_head_after};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::http::Http;
 use crate::limits::ConnectionPermit;
-use crate::response::Body;
 use crate::tunnel;
 use crate::upstream::Switched;
 
@@ -100,5 +101,5 @@ pub async fn serve(
 
 /// Writes a refusal and ends the connection.
 async fn answer(http: &Http, stream: &mut TcpStream, resp: Response<Body>) {
-    head::answer(stream, resp, http.handshake_timeout).await;
+    http1_io::answer(stream, resp, http.handshake_timeout).await;
 }

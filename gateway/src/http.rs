@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::proxy::{PermitSlot, Proxy};
-use crate::response::{json, json_error, metrics_text, Body};
-use ringcast_node::detect::Prefixed;
+use ringcast_net::detect::Prefixed;
+use ringcast_net::http1::response::{json, json_error, metrics_text, Body};
 
 /// What the HTTP layer needs.
 pub struct Http {

@@ -18,7 +18,6 @@ pub mod metrics;
 pub mod node_io;
 pub mod origin;
 pub mod proxy;
-pub mod response;
 pub mod server;
 pub mod token;
 pub mod tunnel;

@@ -1,5 +1,5 @@
 //! The gateway's links: one TCP connection per node, carrying every client routed there (see
-//! `ringcast_node::link`).
+//! `ringcast_net::link`).
 //!
 //! A link is made on the first upgrade routed to a node and reused until it dies; concurrent
 //! upgrades to the same node wait for the one being made instead of each making their own. The
@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
-use ringcast_node::link::{self, Link, LinkSecret, LinkStream, Role, MAX_STREAMS};
+use ringcast_net::link::{self, Link, LinkSecret, LinkStream, Role, MAX_STREAMS};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 

@@ -4,7 +4,7 @@
 use clap::Parser;
 use ringcast_gateway::config::Command;
 use ringcast_gateway::Config;
-use ringcast_node::process;
+use ringcast_net::process;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

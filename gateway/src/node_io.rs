@@ -1,12 +1,12 @@
 //! The node's end of a tunnel: its own TCP connection, or a stream on the node's link (see
-//! `ringcast_node::link`).
+//! `ringcast_net::link`).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use ringcast_node::link::LinkStream;
+use ringcast_net::link::LinkStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 

@@ -15,7 +15,8 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
-use ringcast_node::detect::{self, Prefixed};
+use ringcast_net::detect::{self, Prefixed};
+use ringcast_net::http1::response::{json_error, Body};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,7 +29,6 @@ use crate::membership::ring::RingNode;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::node_io::NodeIo;
-use crate::response::{json_error, Body};
 use crate::tunnel;
 use crate::upstream::{self, Answer, Rejection, Switched};
 

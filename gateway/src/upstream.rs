@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::StatusCode;
-use ringcast_node::head::push_header;
+use ringcast_net::http1::response::push_header;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::node_io::NodeIo;
@@ -461,7 +461,7 @@ mod tests {
     mod fuzz {
         use super::super::*;
         use proptest::prelude::*;
-        use ringcast_testkit::ChunkedReader;
+        use ringcast_net::testing::chunked::ChunkedReader;
 
         /// A status line now and then, then header-ish lines and noise.
         fn answer_bytes() -> impl Strategy<Value = Vec<u8>> {

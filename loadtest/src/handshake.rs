@@ -5,7 +5,7 @@
 //! connection's read buffer whatever `WebSocketConfig::read_buffer_size` says. In a connection
 //! storm that is a good part of the load generator's CPU and memory per connection. Here the
 //! request is formatted once and sent in one write, the reply is read into a buffer of the
-//! configured read-buffer size and parsed in place ([`crate::head`]), and whatever arrived after
+//! configured read-buffer size and parsed in place ([`ringcast_net::http1::client`]), and whatever arrived after
 //! the head (often the server's first frame) is handed on with the stream, so nothing is lost and
 //! the buffer is reused as the connection's read buffer (tungstenite's, or the hand reader's in
 //! [`crate::raw`]).
@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::error::ConnectError;
-use crate::head::{parse_response_head, HeadError, MAX_HEAD_BYTES};
+use ringcast_net::http1::client::{parse_response_head, HeadError, MAX_HEAD_BYTES};
 
 /// Sends the upgrade request for `path` (path and query) with `Host: host` on `stream`, checks
 /// the server's answer, and returns the stream with the bytes the server sent after the

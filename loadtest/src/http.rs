@@ -1,5 +1,5 @@
 //! A minimal HTTP/1.1 GET, enough to read a server's `/stats` JSON after a run; the head is read
-//! by [`crate::head`], a chunked body is taken apart with `httparse`.
+//! by [`ringcast_net::http1::client`], a chunked body is taken apart with `httparse`.
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::http::Uri;
 
-use crate::head::parse_response_head;
+use ringcast_net::http1::client::parse_response_head;
 
 /// Largest response read.
 const MAX_RESPONSE: u64 = 1 << 20;

@@ -15,7 +15,6 @@ pub mod error;
 pub mod fanout;
 pub mod frame;
 pub mod handshake;
-pub mod head;
 pub mod http;
 pub mod latency;
 pub mod limits;

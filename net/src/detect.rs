@@ -232,8 +232,8 @@ mod tests {
 
     mod fuzz {
         use super::super::*;
+        use crate::testing::chunked::ChunkedReader;
         use proptest::prelude::*;
-        use ringcast_testkit::ChunkedReader;
 
         proptest! {
             #[test]

@@ -1,76 +1,17 @@
-//! Reading an HTTP/1.1 request head and writing an answer without hyper, for connections that
-//! open with `GET /ws` and so make exactly one request (node: `http.rs`; gateway: `direct.rs`;
-//! those connections are told apart by `crate::detect`).
-//!
-//! The head is parsed with `httparse`, hyper's own parser, under the limits hyper applies: the
-//! caller's timeout, a size limit (431 past it) and at most [`MAX_HEADERS`] headers from a
-//! client; a node allows a little more ([`HeadLimits::NODE`]) for what a gateway adds to the
-//! heads it forwards. Every answer written here ends the connection.
+//! The I/O half of [`crate::http1`] for connections that make exactly one request (those that
+//! open with `GET /ws` or `GET /link`, told apart by [`crate::detect`]): read the request head
+//! under a caller's timeout and limits, or write an answer that ends the connection.
 
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
 use http_body_util::BodyExt;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::response::Body;
-
-/// Most request headers a client may send, to a gateway or a node (hyper's limit).
-pub const MAX_HEADERS: usize = 100;
-
-/// Largest request head a client may send, to a gateway or a node (a gateway's
-/// `--max-header-bytes` is at most this).
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
-
-/// Headers a node accepts beyond [`MAX_HEADERS`]: room for what a gateway adds to the heads it
-/// forwards (`X-Forwarded-For`, `Via`), so a head a gateway accepts is one its node accepts.
-pub const FORWARDING_HEADERS: usize = 4;
-
-/// Bytes a node accepts beyond [`MAX_HEAD_BYTES`], for the same reason (a gateway adds under
-/// 100 bytes).
-pub const FORWARDING_BYTES: usize = 1024;
-
-/// The limits one request head is read under (431 past either).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeadLimits {
-    /// Most bytes, request line to blank line.
-    pub bytes: usize,
-    /// Most header lines.
-    pub headers: usize,
-}
-
-impl HeadLimits {
-    /// What a node accepts: a client's limits plus the room a gateway needs to forward them.
-    pub const NODE: HeadLimits = HeadLimits {
-        bytes: MAX_HEAD_BYTES + FORWARDING_BYTES,
-        headers: MAX_HEADERS + FORWARDING_HEADERS,
-    };
-
-    /// A client's head at a gateway: at most `bytes` (itself at most [`MAX_HEAD_BYTES`]) and
-    /// [`MAX_HEADERS`] headers.
-    pub fn client(bytes: usize) -> Self {
-        HeadLimits {
-            bytes: bytes.min(MAX_HEAD_BYTES),
-            headers: MAX_HEADERS,
-        }
-    }
-}
-
-/// Header slots on the stack: the most any [`HeadLimits`] allows.
-const SLOTS: usize = MAX_HEADERS + FORWARDING_HEADERS;
-
-/// Why no request head came.
-#[derive(Debug, PartialEq)]
-pub enum HeadError {
-    /// The client closed (or the connection failed) first.
-    Closed,
-    /// Past the header size limit.
-    TooLarge,
-    /// Not an HTTP/1.x request head.
-    Invalid(&'static str),
-}
+use crate::http1::request::{parse_request, HeadError, HeadLimits};
+use crate::http1::response::{date, push_response_head, Body};
 
 /// Reads the request head; returns it and the bytes read past it.
 pub async fn read_head<S: AsyncRead + Unpin>(
@@ -91,7 +32,7 @@ pub async fn read_head_after<S: AsyncRead + Unpin>(
     let limit = limits.bytes.max(1);
     loop {
         if !buf.is_empty() {
-            if let Some((req, len)) = parse_head(&buf, limits)? {
+            if let Some((req, len)) = parse_request(&buf, limits)? {
                 let rest = Bytes::from(buf).slice(len..);
                 return Ok((req, rest));
             }
@@ -110,71 +51,6 @@ pub async fn read_head_after<S: AsyncRead + Unpin>(
             _ => return Err(HeadError::Closed),
         }
     }
-}
-
-/// The request head at the start of `buf`, with its length; `None` while it is incomplete.
-fn parse_head(buf: &[u8], limits: HeadLimits) -> Result<Option<(Request<()>, usize)>, HeadError> {
-    let mut slots = [httparse::EMPTY_HEADER; SLOTS];
-    let mut parsed = httparse::Request::new(&mut slots[..limits.headers.min(SLOTS)]);
-    let len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => return Err(HeadError::Invalid("malformed request head")),
-    };
-    if len > limits.bytes {
-        return Err(HeadError::TooLarge);
-    }
-    let mut req = Request::new(());
-    *req.method_mut() = parsed
-        .method
-        .and_then(|m| m.parse().ok())
-        .ok_or(HeadError::Invalid("malformed method"))?;
-    *req.uri_mut() = parsed
-        .path
-        .and_then(|p| p.parse().ok())
-        .ok_or(HeadError::Invalid("malformed request target"))?;
-    *req.version_mut() = match parsed.version {
-        Some(1) => Version::HTTP_11,
-        _ => Version::HTTP_10,
-    };
-    let headers = req.headers_mut();
-    headers.reserve(parsed.headers.len());
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| HeadError::Invalid("malformed header name"))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| HeadError::Invalid("malformed header value"))?;
-        headers.append(name, value);
-    }
-    Ok(Some((req, len)))
-}
-
-/// Now, as an HTTP `Date` value (hyper added one to every answer; RFC 9110 asks for it).
-pub fn date() -> HeaderValue {
-    HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
-        .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
-}
-
-/// Appends one `name: value` line.
-pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Appends an answer head: the status line, `headers` and the blank line that ends it.
-pub fn push_response_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        push_header(out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes `resp` (a refusal) and ends the connection, within `timeout`.
@@ -204,48 +80,10 @@ pub async fn answer<S: AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn a_head_parses_into_a_request_and_keeps_its_length() {
-        let raw = b"GET /ws?client_id=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n\x81\x00";
-        let (req, len) = parse_head(raw, HeadLimits::NODE).unwrap().unwrap();
-        assert_eq!(req.uri().query(), Some("client_id=a"));
-        assert_eq!(req.version(), Version::HTTP_11);
-        assert_eq!(req.headers()["upgrade"], "websocket");
-        assert_eq!(&raw[len..], b"\x81\x00");
-        assert!(parse_head(&raw[..20], HeadLimits::NODE).unwrap().is_none());
-    }
-
-    #[test]
-    fn an_answer_head_is_status_line_headers_and_blank_line() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        let mut out = Vec::new();
-        push_response_head(&mut out, StatusCode::SWITCHING_PROTOCOLS, &headers);
-        assert_eq!(
-            out,
-            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n"
-        );
-    }
-
-    #[test]
-    fn garbage_and_oversized_heads_are_refused() {
-        assert_eq!(
-            parse_head(b"GET /ws HTTP/9\r\n\r\n", HeadLimits::NODE).unwrap_err(),
-            HeadError::Invalid("malformed request head")
-        );
-        let long = format!("GET /ws HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(100));
-        assert_eq!(
-            parse_head(long.as_bytes(), HeadLimits::client(64)).unwrap_err(),
-            HeadError::TooLarge
-        );
-    }
-
     mod fuzz {
         use super::super::*;
+        use crate::testing::chunked::ChunkedReader;
         use proptest::prelude::*;
-        use ringcast_testkit::ChunkedReader;
 
         /// Bytes that get past the request line now and then: a plausible head start, then
         /// anything (header-ish lines, CR/LF, NULs, high bytes), or nothing but noise.

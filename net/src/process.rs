@@ -7,7 +7,18 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// Longest duration any seconds flag of either binary may name (one year): every deadline
+/// computed from one stays far inside the clock's range, however it is added.
+pub const MAX_SECS: u64 = 365 * 86_400;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Accept backlog requested from the kernel (capped by `net.core.somaxconn`). The std default of
 /// 128 overflows during connection bursts and costs clients a 1 s SYN retry.

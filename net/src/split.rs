@@ -2,7 +2,7 @@
 //! our own writer.
 //!
 //! tungstenite parses what the client sends, but the node writes frames itself (see
-//! [`crate::wire`]): so the two halves of a connection are separate, and tungstenite sees a
+//! the node's `wire` module): so the two halves of a connection are separate, and tungstenite sees a
 //! read-only stream. The few frames tungstenite would write on its own (the answer to a ping or
 //! to a close) are sent by the session through the connection's queue instead; what tungstenite
 //! writes into [`ReadOnly`] goes nowhere.
@@ -29,7 +29,7 @@ pub trait SplitIo {
     fn split_io(self) -> (Self::Read, Self::Write);
 
     /// For a stream on a link: a handle that sends frames to it without waiting (see
-    /// [`crate::outbound::Outbound::send_directly`]).
+    /// the node's `Outbound::send_directly`).
     fn link_sender(&self) -> Option<LinkSender> {
         None
     }

@@ -3,8 +3,8 @@
 //! Everything a client can get wrong is answered with an HTTP status and a JSON body before any
 //! WebSocket exists, so a bad handshake never costs a session.
 
-use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, Request, StatusCode, Version};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, StatusCode, Version};
 use ringcast_protocol::{query_param, validate_client_id};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -108,7 +108,7 @@ pub fn check<B>(req: &Request<B>) -> Result<Accepted, Refusal> {
 mod tests {
     use super::*;
 
-    fn req(uri: &str) -> hyper::http::request::Builder {
+    fn req(uri: &str) -> http::request::Builder {
         Request::builder()
             .uri(uri)
             .header("upgrade", "websocket")

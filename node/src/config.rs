@@ -3,24 +3,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser, ValueEnum};
-
-/// Longest duration any seconds flag may name (one year): every deadline computed from one stays
-/// far inside the clock's range, however it is added.
-pub const MAX_SECS: u64 = 365 * 86_400;
+use clap::{ArgAction, Parser};
+use ringcast_net::process::{LogFormat, MAX_SECS};
 
 /// The parser of a seconds flag: `0..=MAX_SECS`, anything else a clear error at startup.
 fn secs() -> clap::builder::RangedU64ValueParser<u64> {
     clap::value_parser!(u64).range(..=MAX_SECS)
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Configuration of one ringcast node.
@@ -83,8 +71,8 @@ pub struct Config {
     /// loopback peers only (a gateway elsewhere then reaches this node with one connection per
     /// client).
     #[arg(long, env = "RINGCAST_LINK_SECRET", hide_env_values = true,
-          value_parser = crate::link::secret::SecretParser)]
-    pub link_secret: Option<crate::link::LinkSecret>,
+          value_parser = ringcast_net::link::secret::SecretParser)]
+    pub link_secret: Option<ringcast_net::link::LinkSecret>,
 
     /// Largest client message (and frame) in bytes; a larger one closes the connection with 1009.
     #[arg(long, env = "RINGCAST_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
@@ -145,7 +133,7 @@ pub struct Config {
     /// `HOST:PORT` gateways should use to reach this node. With `--redis-url`, the node
     /// registers itself there (TTL heartbeat) so gateways with the same Redis route to it.
     #[arg(long, env = "RINGCAST_ADVERTISE", requires = "redis_url",
-          value_parser = crate::registration::parse_advertise)]
+          value_parser = ringcast_net::registry::parse_advertise)]
     pub advertise: Option<String>,
 
     /// This node's share of clients on the gateways' hash ring, relative to the other nodes
@@ -281,7 +269,7 @@ mod tests {
             ];
             argv.extend_from_slice(args);
             let r = Config::parse_from(argv).registration().unwrap();
-            crate::registration::registry_value(&r.advertise, r.weight)
+            ringcast_net::registry::registry_value(&r.advertise, r.weight)
         };
         assert_eq!(reg(&[]), "h:9001", "weight 1 reads as before weights");
         assert_eq!(reg(&["--weight", "3"]), "h:9001*3");

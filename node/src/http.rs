@@ -16,20 +16,23 @@ use hyper::service::service_fn;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use ringcast_net::cork::{self, Uncork};
+use ringcast_net::detect::{self, detect, Opening, Prefixed};
+use ringcast_net::http1::request::{HeadError, HeadLimits};
+use ringcast_net::http1::response::{
+    self, json, json_error, metrics_text, push_response_head, Body,
+};
+use ringcast_net::http1_io::{self, read_head_after};
+use ringcast_net::link::{self, Link, LinkStream};
+use ringcast_net::split::SplitIo;
+use ringcast_net::ws_handshake;
 use ringcast_protocol::auth::Identity;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::cork::{self, Uncork};
-use crate::detect::{detect, Opening, Prefixed};
-use crate::head::{self, push_response_head, read_head_after, HeadError, HeadLimits};
-use crate::link::{self, Link, LinkStream};
-use crate::response::{json, json_error, metrics_text, Body};
 use crate::session::serve;
-use crate::split::SplitIo;
 use crate::state::{SessionSlot, Shared};
-use crate::upgrade;
 
 /// Largest request head accepted, on the direct path and through hyper alike (431 past it):
 /// a client's limit plus the room a gateway needs to forward a head it accepted.
@@ -177,7 +180,7 @@ async fn accept(on_upgrade: OnUpgrade) -> Option<Accepted> {
     Some(match upgraded.downcast::<TokioIo<Prefixed<TcpStream>>>() {
         Ok(parts) => {
             let (prefix, tcp) = parts.io.into_inner().into_parts();
-            Either::Left((tcp, crate::detect::unread(prefix, parts.read_buf)))
+            Either::Left((tcp, detect::unread(prefix, parts.read_buf)))
         }
         Err(upgraded) => Either::Right((TokioIo::new(upgraded), Bytes::new())),
     })
@@ -225,7 +228,7 @@ fn admit<B>(
 ) -> Result<Admitted, Box<Response<Body>>> {
     let refused =
         |status, code: &str, message: &str| Box::new(refuse(shared, status, code, message));
-    let accepted = upgrade::check(req).map_err(|r| refused(r.status, r.code, r.message))?;
+    let accepted = ws_handshake::check(req).map_err(|r| refused(r.status, r.code, r.message))?;
     if shared.is_draining() {
         return Err(refused(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -264,7 +267,7 @@ fn admit<B>(
     })
 }
 
-/// A connection that opened with `GET /ws`, served without hyper (see [`crate::head`]): the
+/// A connection that opened with `GET /ws`, served without hyper (see [`ringcast_net::http1_io`]): the
 /// head is read, the 101 written (held back by the cork until the welcome follows), and the
 /// session spawned on the stream.
 async fn serve_upgrade<S>(
@@ -284,11 +287,11 @@ async fn serve_upgrade<S>(
     };
     let admitted = match admit(&shared, &req, reserved) {
         Ok(admitted) => admitted,
-        Err(resp) => return head::answer(&mut stream, *resp, timeout).await,
+        Err(resp) => return http1_io::answer(&mut stream, *resp, timeout).await,
     };
     drop(req);
     let mut headers = admitted.switching_headers();
-    headers.insert(header::DATE, head::date());
+    headers.insert(header::DATE, response::date());
     let mut out = Vec::with_capacity(256);
     push_response_head(&mut out, StatusCode::SWITCHING_PROTOCOLS, &headers);
     if !matches!(
@@ -334,12 +337,12 @@ where
         Ok(Err(HeadError::Invalid(why))) => bad(why),
         Ok(Err(HeadError::Closed)) | Err(_) => return None,
     };
-    head::answer(stream, resp, timeout).await;
+    http1_io::answer(stream, resp, timeout).await;
     None
 }
 
 /// A connection that opened with `GET /link`: a gateway carrying its clients over this one
-/// connection (see [`crate::link`]). Each stream it opens is served like a connection that
+/// connection (see [`ringcast_net::link`]). Each stream it opens is served like a connection that
 /// opened with `GET /ws`, under the same handshake timeout, limits and checks. The link ends
 /// when the gateway closes it, breaks the link protocol, or the node has drained.
 ///
@@ -373,7 +376,7 @@ async fn serve_link(
             "bad_request",
             "a link is GET /link HTTP/1.1 with Upgrade: ringcast-link",
         );
-        return head::answer(&mut stream, resp, timeout).await;
+        return http1_io::answer(&mut stream, resp, timeout).await;
     }
     if let Err(refusal) =
         link::secret::admit(shared.config.link_secret.as_ref(), req.headers(), peer)
@@ -416,7 +419,7 @@ async fn serve_link(
                 "this node takes links from loopback peers only (it has no link secret)",
             ),
         };
-        return head::answer(&mut stream, resp, timeout).await;
+        return http1_io::answer(&mut stream, resp, timeout).await;
     }
     if shared.is_draining() {
         let resp = json_error(
@@ -424,12 +427,12 @@ async fn serve_link(
             "draining",
             "node is shutting down; reconnect",
         );
-        return head::answer(&mut stream, resp, timeout).await;
+        return http1_io::answer(&mut stream, resp, timeout).await;
     }
     let mut headers = HeaderMap::with_capacity(3);
     headers.insert(header::UPGRADE, HeaderValue::from_static(link::PROTOCOL));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::DATE, head::date());
+    headers.insert(header::DATE, response::date());
     let mut out = Vec::with_capacity(128);
     push_response_head(&mut out, StatusCode::SWITCHING_PROTOCOLS, &headers);
     if !matches!(
@@ -507,12 +510,12 @@ fn warn_now(refusal: link::secret::Refusal) -> bool {
 }
 
 /// The whole answer to a link stream opened at the connection limit: what a connection at the
-/// limit gets, as [`head::answer`] writes it (its `Date` is the link's opening time; the
+/// limit gets, as [`http1_io::answer`] writes it (its `Date` is the link's opening time; the
 /// gateway reads only the status and the code).
 async fn stream_refusal(timeout: Duration) -> Vec<u8> {
     let (status, code, message) = AT_LIMIT;
     let mut out = Vec::with_capacity(256);
-    head::answer(&mut out, refusal(status, code, message), timeout).await;
+    http1_io::answer(&mut out, refusal(status, code, message), timeout).await;
     out
 }
 

@@ -5,27 +5,19 @@
 
 pub mod bus;
 pub mod config;
-pub mod cork;
-pub mod detect;
 pub mod drain;
-pub mod head;
 pub mod http;
 pub mod hub;
-pub mod link;
 pub mod metrics;
 pub mod outbound;
-pub mod process;
 pub mod publisher;
 pub mod ratelimit;
 pub mod registration;
-pub mod response;
 pub mod server;
 pub mod session;
 pub mod shutdown;
-pub mod split;
 pub mod state;
 pub mod subscriptions;
-pub mod upgrade;
 pub mod wire;
 pub mod writer;
 
@@ -38,7 +30,7 @@ use tokio::sync::watch;
 use tracing::warn;
 
 pub use bus::memory::MemoryBroker;
-pub use config::{Config, LogFormat};
+pub use config::Config;
 
 use bus::redis::RedisBus;
 use bus::redis_config::RedisBusConfig;

@@ -1,7 +1,8 @@
 //! `ringcast-node`: parse the configuration, install logging, bind, run until SIGTERM/SIGINT.
 
 use clap::Parser;
-use ringcast_node::{process, Config};
+use ringcast_net::process;
+use ringcast_node::Config;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

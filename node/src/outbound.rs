@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 
-use crate::link::LinkSender;
+use ringcast_net::link::LinkSender;
 
 /// Process-unique id of one WebSocket connection.
 pub type ConnId = u64;

@@ -26,17 +26,17 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
 use crate::bus::Channel;
-use crate::cork::Uncork;
 use crate::hub::Ready;
 use crate::outbound::{
     Closing, Outbound, OutboundRx, Push, BUS_DOWN, FLOOD, IDLE, PROTOCOL_ERROR, TOKEN_EXPIRED,
     TOO_BIG,
 };
 use crate::ratelimit::{RateLimiter, Verdict};
-use crate::split::{ReadOnly, SplitIo};
 use crate::state::Shared;
 use crate::wire;
 use crate::writer::{give_up, write_loop, write_queued, CLOSE_TIMEOUT};
+use ringcast_net::cork::Uncork;
+use ringcast_net::split::{ReadOnly, SplitIo};
 
 mod guard;
 mod handlers;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringcast_node::link::{Link, Role, MAX_STREAMS};
+use ringcast_net::link::{Link, Role, MAX_STREAMS};
 use ringcast_node::Config;
 use ringcast_testkit::{http_raw, TestNode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

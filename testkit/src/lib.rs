@@ -5,13 +5,11 @@
 //! [`FreezableProxy`] stands between a node and Redis to starve a connection without closing it.
 //! Helpers panic with a clear message on failure: they are for tests.
 
-pub mod chunked;
 mod client;
 mod node;
 mod proxy;
 mod redis;
 
-pub use chunked::ChunkedReader;
 pub use client::Client;
 pub use node::TestNode;
 pub use proxy::FreezableProxy;

@@ -1,5 +1,5 @@
 //! Dynamic membership, gateway side: poll the Redis registry index that nodes keep leases in
-//! with `--advertise` (see `ringcast_node::registration`: a sorted set of ids scored by lease
+//! with `--advertise` (see `ringcast_net::registry`: a sorted set of ids scored by lease
 //! expiry and a hash of `HOST:PORT` / `HOST:PORT*WEIGHT` values, both under the hash tag
 //! `{PREFIX:nodes}`) and mirror it into membership, weights included. A lease appears → the
 //! node joins within one poll; it lapses (no heartbeat) or is given up (a draining node
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
-use ringcast_node::registration::{addrs_key, eval, index_key, READ_SCRIPT};
+use ringcast_net::registry::{addrs_key, eval, index_key, READ_SCRIPT};
 use tokio::sync::watch;
 use tracing::{info, warn};
 

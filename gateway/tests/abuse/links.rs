@@ -9,7 +9,7 @@ use ringcast_testkit::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use ringcast_node::link::frame::{self, CLOSE, DATA, OPEN, PING};
+use ringcast_net::link::frame::{self, CLOSE, DATA, OPEN, PING};
 
 use crate::support::NodeProcess;
 

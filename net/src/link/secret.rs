@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 
-use hyper::header::{self, HeaderMap};
+use http::header::{self, HeaderMap};
 
 /// The secret that authenticates links; [`LinkSecret::MIN_LEN`] to [`LinkSecret::MAX_LEN`]
 /// printable bytes.
@@ -217,7 +217,7 @@ pub fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::HeaderValue;
+    use http::header::HeaderValue;
 
     #[test]
     fn equal_only_for_the_same_bytes_of_the_same_length() {
@@ -292,7 +292,7 @@ mod tests {
         ] {
             let mut h = HeaderMap::new();
             h.insert(
-                hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
                 HeaderValue::from_static("10.1.2.3"),
             );
             assert_eq!(admit(None, &h, local), Err(Refusal::Proxied), "{name}");

@@ -7,11 +7,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use super::{Outbound, OutboundRx, Push, SERVICE_RESTART};
-use crate::link::tests::{open_stream, pair, within};
-use crate::link::{LinkStream, WINDOW};
-use crate::split::SplitIo;
 use crate::wire;
 use crate::writer::write_loop;
+use ringcast_net::link::{LinkStream, WINDOW};
+use ringcast_net::split::SplitIo;
+use ringcast_net::testing::link::{open_stream, pair, within};
 
 /// A link over loopback: the gateway's end of one stream, and the node's end of it.
 async fn stream_pair() -> (LinkStream, LinkStream) {

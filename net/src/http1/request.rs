@@ -1,0 +1,136 @@
+//! Server side of HTTP/1: the request head, parsed with `httparse` (hyper's own parser) under
+//! the limits hyper applies: a size limit (431 past it) and at most [`MAX_HEADERS`] headers from
+//! a client; a node allows a little more ([`HeadLimits::NODE`]) for what a gateway adds to the
+//! heads it forwards.
+//!
+//! Pure: [`parse_request`] is a function of the bytes read so far; the sibling `http1_io` reads.
+
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Version};
+
+/// Most request headers a client may send, to a gateway or a node (hyper's limit).
+pub const MAX_HEADERS: usize = 100;
+
+/// Largest request head a client may send, to a gateway or a node (a gateway's
+/// `--max-header-bytes` is at most this).
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Headers a node accepts beyond [`MAX_HEADERS`]: room for what a gateway adds to the heads it
+/// forwards (`X-Forwarded-For`, `Via`), so a head a gateway accepts is one its node accepts.
+pub const FORWARDING_HEADERS: usize = 4;
+
+/// Bytes a node accepts beyond [`MAX_HEAD_BYTES`], for the same reason (a gateway adds under
+/// 100 bytes).
+pub const FORWARDING_BYTES: usize = 1024;
+
+/// The limits one request head is read under (431 past either).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Most bytes, request line to blank line.
+    pub bytes: usize,
+    /// Most header lines.
+    pub headers: usize,
+}
+
+impl HeadLimits {
+    /// What a node accepts: a client's limits plus the room a gateway needs to forward them.
+    pub const NODE: HeadLimits = HeadLimits {
+        bytes: MAX_HEAD_BYTES + FORWARDING_BYTES,
+        headers: MAX_HEADERS + FORWARDING_HEADERS,
+    };
+
+    /// A client's head at a gateway: at most `bytes` (itself at most [`MAX_HEAD_BYTES`]) and
+    /// [`MAX_HEADERS`] headers.
+    pub fn client(bytes: usize) -> Self {
+        HeadLimits {
+            bytes: bytes.min(MAX_HEAD_BYTES),
+            headers: MAX_HEADERS,
+        }
+    }
+}
+
+/// Header slots on the stack: the most any [`HeadLimits`] allows.
+const SLOTS: usize = MAX_HEADERS + FORWARDING_HEADERS;
+
+/// Why no request head came.
+#[derive(Debug, PartialEq)]
+pub enum HeadError {
+    /// The client closed (or the connection failed) first.
+    Closed,
+    /// Past the header size limit.
+    TooLarge,
+    /// Not an HTTP/1.x request head.
+    Invalid(&'static str),
+}
+
+/// The request head at the start of `buf`, with its length; `None` while it is incomplete.
+pub fn parse_request(
+    buf: &[u8],
+    limits: HeadLimits,
+) -> Result<Option<(Request<()>, usize)>, HeadError> {
+    let mut slots = [httparse::EMPTY_HEADER; SLOTS];
+    let mut parsed = httparse::Request::new(&mut slots[..limits.headers.min(SLOTS)]);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(HeadError::Invalid("malformed request head")),
+    };
+    if len > limits.bytes {
+        return Err(HeadError::TooLarge);
+    }
+    let mut req = Request::new(());
+    *req.method_mut() = parsed
+        .method
+        .and_then(|m| m.parse().ok())
+        .ok_or(HeadError::Invalid("malformed method"))?;
+    *req.uri_mut() = parsed
+        .path
+        .and_then(|p| p.parse().ok())
+        .ok_or(HeadError::Invalid("malformed request target"))?;
+    *req.version_mut() = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let headers = req.headers_mut();
+    headers.reserve(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| HeadError::Invalid("malformed header name"))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| HeadError::Invalid("malformed header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some((req, len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_parses_into_a_request_and_keeps_its_length() {
+        let raw = b"GET /ws?client_id=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n\x81\x00";
+        let (req, len) = parse_request(raw, HeadLimits::NODE).unwrap().unwrap();
+        assert_eq!(req.uri().query(), Some("client_id=a"));
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers()["upgrade"], "websocket");
+        assert_eq!(&raw[len..], b"\x81\x00");
+        assert!(parse_request(&raw[..20], HeadLimits::NODE)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn garbage_and_oversized_heads_are_refused() {
+        assert_eq!(
+            parse_request(b"GET /ws HTTP/9\r\n\r\n", HeadLimits::NODE).unwrap_err(),
+            HeadError::Invalid("malformed request head")
+        );
+        let long = format!("GET /ws HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(100));
+        assert_eq!(
+            parse_request(long.as_bytes(), HeadLimits::client(64)).unwrap_err(),
+            HeadError::TooLarge
+        );
+    }
+}
