@@ -1,28 +1,40 @@
-//! The load generator's one HTTP/1 response-head reader, on `httparse`: the WebSocket upgrade
-//! answer and the `/stats` answer are both read with [`parse_response_head`].
+//! The client side of HTTP/1 on `httparse`: the request heads a gateway, its health checks and
+//! the load generator write ([`push_request_head`]), and the response heads they read back
+//! ([`parse_response_head`]).
 //!
-//! It is a pure function of the bytes read so far, with no I/O: the caller reads, calls it
-//! again with the longer buffer while it returns `Ok(None)`, and keeps what follows the head.
-//! It never reads past the head, never allocates for more than [`MAX_HEADERS`] headers, and
-//! refuses a head longer than [`MAX_HEAD_BYTES`], whether complete or still growing.
+//! Both are pure functions of bytes, with no I/O (the sibling `http1_io` drives them on a
+//! socket). The reader is called again with the longer buffer while it returns `Ok(None)`; it
+//! never reads past the head, never allocates (the headers stay in the buffer and in a fixed
+//! array of [`MAX_HEADERS`] slots), and refuses a head longer than [`MAX_HEAD_BYTES`], whether
+//! complete or still growing. The writer refuses what cannot stand in a request line or a
+//! header line, so what it writes is what a server on this crate reads back.
 
-/// The longest response head accepted; a longer one is not a WebSocket server's answer.
-pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+use std::fmt;
+
+/// The longest response head accepted; a node's or a WebSocket server's is a few hundred bytes.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Response headers parsed at most; a WebSocket server sends a handful.
 pub const MAX_HEADERS: usize = 32;
 
 /// A parsed response head; names and values borrow the buffer it was read from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct Head<'a> {
     /// The status code (`101`, `200`, …).
     pub status: u16,
-    /// The headers in the order they came, as name and raw value (leading and trailing
-    /// whitespace removed).
-    pub headers: Vec<(&'a str, &'a [u8])>,
+    /// The minor HTTP version: `1` for HTTP/1.1, `0` for HTTP/1.0.
+    pub version: u8,
+    headers: [(&'a str, &'a [u8]); MAX_HEADERS],
+    count: usize,
 }
 
 impl<'a> Head<'a> {
+    /// The headers in the order they came, as name and raw value (leading and trailing
+    /// whitespace removed).
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + '_ {
+        self.headers[..self.count].iter().copied()
+    }
+
     /// The value of the first header called `name` (in any case).
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
         self.values(name).next()
@@ -30,12 +42,35 @@ impl<'a> Head<'a> {
 
     /// The values of every header called `name` (in any case), in order.
     pub fn values<'h>(&'h self, name: &'h str) -> impl Iterator<Item = &'a [u8]> + 'h {
-        self.headers
-            .iter()
+        self.headers()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| *v)
+            .map(|(_, v)| v)
     }
 }
+
+impl fmt::Debug for Head<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, String)> = self
+            .headers()
+            .map(|(n, v)| (n, String::from_utf8_lossy(v).into_owned()))
+            .collect();
+        f.debug_struct("Head")
+            .field("status", &self.status)
+            .field("version", &self.version)
+            .field("headers", &headers)
+            .finish()
+    }
+}
+
+impl PartialEq for Head<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.status == other.status
+            && self.version == other.version
+            && self.headers().eq(other.headers())
+    }
+}
+
+impl Eq for Head<'_> {}
 
 /// Why the bytes at the start of a buffer are not an acceptable response head.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,8 +95,8 @@ pub enum HeadError {
 /// more and call again), else the head and its length in bytes (what follows it is the body,
 /// or the WebSocket byte stream).
 pub fn parse_response_head(buf: &[u8]) -> Result<Option<(Head<'_>, usize)>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut slots);
     let len = match response.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
@@ -78,19 +113,171 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<(Head<'_>, usize)>, Head
     if len > MAX_HEAD_BYTES {
         return Err(HeadError::TooLong(len));
     }
-    let head = Head {
-        // A complete response always has its code; 0 would only ever read as "not 101".
+    let mut head = Head {
+        // A complete response always has its code and version; 0 would only ever read as
+        // "not 101" and "not HTTP/1.1".
         status: response.code.unwrap_or_default(),
-        headers: response.headers.iter().map(|h| (h.name, h.value)).collect(),
+        version: response.version.unwrap_or_default(),
+        headers: [("", &[]); MAX_HEADERS],
+        count: response.headers.len(),
     };
+    for (slot, h) in head.headers.iter_mut().zip(response.headers.iter()) {
+        *slot = (h.name, h.value);
+    }
     Ok(Some((head, len)))
+}
+
+/// Why a request head cannot be written: a part that cannot stand where it would go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestHeadError {
+    /// The method is empty or not a token.
+    #[error("the method is not an HTTP token")]
+    Method,
+    /// The target is not an origin-form path and query (`/path?query`, no fragment, no space
+    /// or control characters, nothing a URI parser refuses).
+    #[error("the request target cannot stand in a request line")]
+    Target,
+    /// The header at this index has an empty or non-token name.
+    #[error("header {0} has a name that is not an HTTP token")]
+    HeaderName(usize),
+    /// The header at this index has a value with a control character, or leading or trailing
+    /// whitespace (which a reader would drop).
+    #[error("header {0} has a value that cannot stand in a header line")]
+    HeaderValue(usize),
+}
+
+/// Appends a whole request head to `out`: `METHOD target HTTP/1.1`, one line per header in the
+/// order given, and the blank line that ends the head. On an error nothing is appended.
+pub fn push_request_head<N, V>(
+    out: &mut Vec<u8>,
+    method: &str,
+    target: &str,
+    headers: impl IntoIterator<Item = (N, V)>,
+) -> Result<(), RequestHeadError>
+where
+    N: AsRef<[u8]>,
+    V: AsRef<[u8]>,
+{
+    let start = out.len();
+    let written = write_request_head(out, method, target, headers);
+    if written.is_err() {
+        out.truncate(start);
+    }
+    written
+}
+
+fn write_request_head<N, V>(
+    out: &mut Vec<u8>,
+    method: &str,
+    target: &str,
+    headers: impl IntoIterator<Item = (N, V)>,
+) -> Result<(), RequestHeadError>
+where
+    N: AsRef<[u8]>,
+    V: AsRef<[u8]>,
+{
+    if !is_token(method.as_bytes()) {
+        return Err(RequestHeadError::Method);
+    }
+    if !is_origin_form(target.as_bytes()) {
+        return Err(RequestHeadError::Target);
+    }
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (i, (name, value)) in headers.into_iter().enumerate() {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        if !is_token(name) {
+            return Err(RequestHeadError::HeaderName(i));
+        }
+        if !is_field_value(value) {
+            return Err(RequestHeadError::HeaderValue(i));
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// A token (RFC 9110 §5.6.2): one or more of letters, digits and ``!#$%&'*+-.^_`|~``.
+fn is_token(bytes: &[u8]) -> bool {
+    !bytes.is_empty()
+        && bytes.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+/// A field value (RFC 9110 §5.5): visible characters, spaces and tabs between them, and bytes
+/// past ASCII; no control characters, nothing a reader would trim.
+fn is_field_value(bytes: &[u8]) -> bool {
+    let edge = |b: Option<&u8>| !matches!(b, Some(b' ' | b'\t'));
+    edge(bytes.first())
+        && edge(bytes.last())
+        && bytes
+            .iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
+}
+
+/// An origin-form request target (RFC 9112 §3.2.1): `/`, then path characters, then
+/// optionally `?` and query characters, with the bytes the `http` crate's URI parser takes in
+/// each (so a server on this crate reads back exactly this target). A fragment is never sent.
+fn is_origin_form(bytes: &[u8]) -> bool {
+    // `http` refuses longer targets.
+    if bytes.len() >= usize::from(u16::MAX) {
+        return false;
+    }
+    let Some((b'/', rest)) = bytes.split_first() else {
+        return false;
+    };
+    let (path, query) = match rest.iter().position(|&b| b == b'?') {
+        Some(at) => (&rest[..at], &rest[at + 1..]),
+        None => (rest, &[][..]),
+    };
+    path.iter().all(|&b| is_path_byte(b)) && query.iter().all(|&b| is_query_byte(b))
+}
+
+/// What may stand in a path unescaped: a URL path's characters (WHATWG URL, path state), the
+/// `"`, `{` and `}` that clients send as they are, and bytes past ASCII (of UTF-8 text).
+fn is_path_byte(b: u8) -> bool {
+    matches!(b, b'!' | b'$'..=b';' | b'=' | b'@'..=b'_' | b'a'..=b'z' | b'|' | b'~')
+        || matches!(b, b'"' | b'{' | b'}')
+        || b >= 0x80
+}
+
+/// What may stand in a query unescaped (WHATWG URL, query state), and bytes past ASCII.
+fn is_query_byte(b: u8) -> bool {
+    matches!(b, b'!' | b'$'..=b';' | b'=' | b'?'..=b'~') || b >= 0x80
 }
 
 #[cfg(test)]
 mod tests {
+    use http::header::{HeaderMap, HeaderName, HeaderValue};
+    use http::StatusCode;
     use proptest::prelude::*;
 
     use super::*;
+    use crate::http1::response::push_response_head;
 
     const SWITCHING: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
 
@@ -101,7 +288,7 @@ mod tests {
         let (head, len) = parse_response_head(&bytes).unwrap().unwrap();
         assert_eq!(len, SWITCHING.len());
         assert_eq!(&bytes[len..], b"\x81\x02hi");
-        assert_eq!(head.status, 101);
+        assert_eq!((head.status, head.version), (101, 1));
         assert_eq!(head.header("upgrade"), Some(&b"websocket"[..]));
         assert_eq!(head.header("CONNECTION"), Some(&b"keep-alive, Upgrade"[..]));
         assert_eq!(
@@ -109,14 +296,15 @@ mod tests {
             Some(&b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="[..])
         );
         assert_eq!(head.header("content-length"), None);
+        assert_eq!(head.headers().count(), 3);
     }
 
     #[test]
     fn repeated_headers_are_all_kept_in_order() {
         let text =
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n";
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n";
         let (head, _) = parse_response_head(text.as_bytes()).unwrap().unwrap();
-        assert_eq!(head.status, 200);
+        assert_eq!((head.status, head.version), (200, 0));
         let values: Vec<&[u8]> = head.values("Transfer-Encoding").collect();
         assert_eq!(values, [&b"gzip"[..], &b"chunked"[..]]);
         assert_eq!(head.header("transfer-encoding"), Some(&b"gzip"[..]));
@@ -173,9 +361,95 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_request_head_is_request_line_headers_and_blank_line() {
+        let mut out = b"kept".to_vec();
+        push_request_head(
+            &mut out,
+            "GET",
+            "/ws?client_id=a",
+            [("Host", "gw:1"), ("Upgrade", "websocket"), ("x-empty", "")],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            b"keptGET /ws?client_id=a HTTP/1.1\r\nHost: gw:1\r\nUpgrade: websocket\r\nx-empty: \r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn what_cannot_stand_in_a_request_head_is_refused_and_nothing_is_written() {
+        let no_headers: [(&str, &str); 0] = [];
+        for (method, target, err) in [
+            ("", "/", RequestHeadError::Method),
+            ("G T", "/", RequestHeadError::Method),
+            ("GET", "", RequestHeadError::Target),
+            ("GET", "ws", RequestHeadError::Target),
+            ("GET", "/ws?a b", RequestHeadError::Target),
+            ("GET", "/ws\r\nX: y", RequestHeadError::Target),
+            ("GET", "/ws#frag", RequestHeadError::Target),
+            ("GET", "/w`s", RequestHeadError::Target),
+            ("GET", "/ws?a<b", RequestHeadError::Target),
+        ] {
+            let mut out = b"kept".to_vec();
+            assert_eq!(
+                push_request_head(&mut out, method, target, no_headers),
+                Err(err),
+                "{method:?} {target:?}"
+            );
+            assert_eq!(out, b"kept");
+        }
+        for (header, err) in [
+            (("", "x"), RequestHeadError::HeaderName(1)),
+            (("a b", "x"), RequestHeadError::HeaderName(1)),
+            (("a:", "x"), RequestHeadError::HeaderName(1)),
+            (
+                ("x", "a\r\nInjected: yes"),
+                RequestHeadError::HeaderValue(1),
+            ),
+            (("x", "a\0"), RequestHeadError::HeaderValue(1)),
+            (("x", " padded"), RequestHeadError::HeaderValue(1)),
+            (("x", "padded\t"), RequestHeadError::HeaderValue(1)),
+        ] {
+            let mut out = b"kept".to_vec();
+            assert_eq!(
+                push_request_head(&mut out, "GET", "/", [("host", "h"), header]),
+                Err(err),
+                "{header:?}"
+            );
+            assert_eq!(out, b"kept");
+        }
+    }
+
     /// A header value without leading or trailing whitespace, which `httparse` keeps as is.
     fn value() -> impl Strategy<Value = String> {
         "([!-~]{1,12}( [!-~]{1,12}){0,3})?"
+    }
+
+    /// A response head as a server on this crate writes it, its status and its headers.
+    fn written_head() -> impl Strategy<Value = (Vec<u8>, u16, Vec<(String, String)>)> {
+        (
+            100u16..1000,
+            proptest::collection::vec(("[a-z][a-z0-9-]{0,15}", value()), 0..MAX_HEADERS),
+        )
+            .prop_map(|(status, pairs)| {
+                let mut headers = HeaderMap::new();
+                for (name, value) in &pairs {
+                    headers.append(
+                        HeaderName::from_bytes(name.as_bytes()).expect("a token"),
+                        HeaderValue::from_str(value).expect("visible ASCII"),
+                    );
+                }
+                let status = StatusCode::from_u16(status).expect("three digits");
+                let mut out = Vec::new();
+                push_response_head(&mut out, status, &headers);
+                // The map's order: values grouped under the name that came first.
+                let written = headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_str().expect("ASCII").to_owned()))
+                    .collect();
+                (out, status.as_u16(), written)
+            })
     }
 
     proptest! {
@@ -200,28 +474,58 @@ mod tests {
         }
 
         #[test]
-        fn a_written_head_reads_back_as_written(
-            status in 100u16..1000,
-            headers in proptest::collection::vec(("[a-zA-Z][a-zA-Z0-9-]{0,15}", value()), 0..MAX_HEADERS),
+        fn a_written_response_head_reads_back_as_written(
+            (bytes, status, written) in written_head(),
             after in proptest::collection::vec(any::<u8>(), 0..64),
         ) {
-            let mut text = format!("HTTP/1.1 {status} Whatever\r\n");
-            for (name, value) in &headers {
-                text.push_str(&format!("{name}: {value}\r\n"));
-            }
-            text.push_str("\r\n");
-            let mut bytes = text.clone().into_bytes();
+            let len = bytes.len();
+            let mut bytes = bytes;
             bytes.extend_from_slice(&after);
-            let (head, len) = parse_response_head(&bytes).unwrap().unwrap();
-            prop_assert_eq!(len, text.len());
-            prop_assert_eq!(head.status, status);
-            let read: Vec<(&str, &[u8])> = head.headers.clone();
-            let written: Vec<(&str, &[u8])> =
-                headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+            let (head, read) = parse_response_head(&bytes).unwrap().unwrap();
+            prop_assert_eq!(read, len);
+            prop_assert_eq!((head.status, head.version), (status, 1));
+            let read: Vec<(String, String)> = head
+                .headers()
+                .map(|(n, v)| (n.to_owned(), String::from_utf8_lossy(v).into_owned()))
+                .collect();
             prop_assert_eq!(read, written);
-            for cut in [0, 1, len / 2, len - 1] {
-                prop_assert_eq!(parse_response_head(&bytes[..cut]), Ok(None));
+            // Every proper prefix is an incomplete head, never an error.
+            for cut in 0..len {
+                prop_assert_eq!(parse_response_head(&bytes[..cut]), Ok(None), "cut at {}", cut);
             }
+        }
+
+        #[test]
+        fn a_target_is_written_exactly_when_a_uri_parser_reads_it_back_unchanged(
+            target in "[/?#]?[\\x00-\\x7f\u{e9}\u{1f600}]{0,24}",
+        ) {
+            let mut out = Vec::new();
+            let written = push_request_head(&mut out, "GET", &target, [("host", "h")]).is_ok();
+            let read = target
+                .parse::<http::uri::PathAndQuery>()
+                .is_ok_and(|p| p.as_str() == target && target.starts_with('/'));
+            prop_assert_eq!(written, read, "{:?}", target);
+        }
+
+        #[test]
+        fn an_oversized_response_head_is_refused_complete_or_growing(
+            (bytes, _, _) in written_head(),
+            filler in (MAX_HEAD_BYTES..3 * MAX_HEAD_BYTES),
+        ) {
+            // The same head with a long header line after its status line.
+            let line = bytes.iter().position(|&b| b == b'\n').expect("a status line") + 1;
+            let mut long = bytes[..line].to_vec();
+            long.extend_from_slice(b"x-filler: ");
+            long.resize(long.len() + filler, b'a');
+            long.extend_from_slice(b"\r\n");
+            long.extend_from_slice(&bytes[line..]);
+            prop_assert_eq!(parse_response_head(&long), Err(HeadError::TooLong(long.len())));
+            // Still growing: refused as soon as the limit is reached, incomplete before.
+            prop_assert_eq!(
+                parse_response_head(&long[..MAX_HEAD_BYTES]),
+                Err(HeadError::Unterminated)
+            );
+            prop_assert_eq!(parse_response_head(&long[..MAX_HEAD_BYTES - 1]), Ok(None));
         }
     }
 }

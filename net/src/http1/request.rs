@@ -64,6 +64,9 @@ pub enum HeadError {
 }
 
 /// The request head at the start of `buf`, with its length; `None` while it is incomplete.
+/// [`HeadError::TooLarge`] once the head is past `limits`, whether it has ended or not (so a
+/// caller that reads until this says something never holds more than `limits.bytes`); it
+/// allocates only for the head it returns, never for the bytes that follow it.
 pub fn parse_request(
     buf: &[u8],
     limits: HeadLimits,
@@ -72,6 +75,10 @@ pub fn parse_request(
     let mut parsed = httparse::Request::new(&mut slots[..limits.headers.min(SLOTS)]);
     let len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
+        // Not ended within the limit: it would end past it.
+        Ok(httparse::Status::Partial) if buf.len() >= limits.bytes => {
+            return Err(HeadError::TooLarge)
+        }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(_) => return Err(HeadError::Invalid("malformed request head")),
@@ -107,6 +114,108 @@ pub fn parse_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use proptest::prelude::*;
+
+    use crate::http1::client::push_request_head;
+
+    /// A header value without leading or trailing whitespace, which `httparse` keeps as is.
+    fn value() -> impl Strategy<Value = String> {
+        "([!-~\\x80-\\u{ff}]{1,12}([ \t][!-~]{1,12}){0,3})?"
+    }
+
+    /// A request head written by the client side's writer, with what went into it.
+    fn written_request() -> impl Strategy<Value = (Vec<u8>, String, String, Vec<(String, String)>)>
+    {
+        (
+            prop_oneof![
+                Just("GET".to_owned()),
+                Just("POST".to_owned()),
+                "[A-Z]{1,10}",
+            ],
+            "/[a-zA-Z0-9._~%!$&'()*+,;=:@/-]{0,40}(\\?[a-zA-Z0-9._~%!$&'()*+,;=:@/?-]{0,40})?",
+            proptest::collection::vec(("[a-zA-Z][a-zA-Z0-9-]{0,15}", value()), 0..MAX_HEADERS),
+        )
+            .prop_map(|(method, target, headers)| {
+                let mut out = Vec::new();
+                push_request_head(
+                    &mut out,
+                    &method,
+                    &target,
+                    headers.iter().map(|(n, v)| (n, v)),
+                )
+                .expect("a method token, an origin-form target, token names, plain values");
+                (out, method, target, headers)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_written_request_head_reads_back_as_written(
+            (bytes, method, target, headers) in written_request(),
+            after in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let len = bytes.len();
+            let mut bytes = bytes;
+            bytes.extend_from_slice(&after);
+            let (req, read) = parse_request(&bytes, HeadLimits::NODE).unwrap().unwrap();
+            prop_assert_eq!(read, len);
+            prop_assert_eq!(req.method().as_str(), method.as_str());
+            prop_assert_eq!(req.uri().to_string(), target);
+            prop_assert_eq!(req.version(), Version::HTTP_11);
+            // Names come back lowercase and grouped by name, in the order each came first.
+            let mut expected = http::HeaderMap::new();
+            for (n, v) in &headers {
+                expected.append(
+                    HeaderName::from_bytes(n.as_bytes()).expect("a token"),
+                    HeaderValue::from_bytes(v.as_bytes()).expect("a field value"),
+                );
+            }
+            prop_assert_eq!(req.headers(), &expected);
+            // Every proper prefix is an incomplete head, never an error.
+            for cut in 0..len {
+                prop_assert!(matches!(parse_request(&bytes[..cut], HeadLimits::NODE), Ok(None)), "cut at {}", cut);
+            }
+        }
+
+        #[test]
+        fn an_oversized_request_head_is_too_large_complete_or_growing(
+            (bytes, ..) in written_request(),
+            limit in 64usize..=MAX_HEAD_BYTES,
+            over in 1usize..4096,
+        ) {
+            let limits = HeadLimits::client(limit);
+            // The head with a filler header after its request line, `over` bytes past the limit.
+            let line = bytes.iter().position(|&b| b == b'\n').expect("a request line") + 1;
+            let mut long = bytes[..line].to_vec();
+            long.extend_from_slice(b"x-filler: ");
+            let filler = (limit + over).saturating_sub(bytes.len() + "x-filler: \r\n".len()).max(1);
+            long.resize(long.len() + filler, b'a');
+            long.extend_from_slice(b"\r\n");
+            long.extend_from_slice(&bytes[line..]);
+            prop_assert!(long.len() > limit);
+            prop_assert_eq!(parse_request(&long, limits).err(), Some(HeadError::TooLarge));
+            // Still growing: too large once it holds the limit without an end.
+            prop_assert_eq!(parse_request(&long[..limit], limits).err(), Some(HeadError::TooLarge));
+        }
+
+        #[test]
+        fn random_bytes_never_panic(
+            start in prop_oneof![Just(&b"GET /ws HTTP/1.1\r\n"[..]), Just(&b""[..])],
+            bytes in proptest::collection::vec(any::<u8>(), 0..2 * MAX_HEAD_BYTES),
+        ) {
+            let mut buf = start.to_vec();
+            buf.extend_from_slice(&bytes);
+            for limits in [HeadLimits::NODE, HeadLimits::client(100)] {
+                if let Ok(Some((req, len))) = parse_request(&buf, limits) {
+                    prop_assert!(len <= buf.len() && len <= limits.bytes);
+                    prop_assert!(req.headers().len() <= limits.headers);
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_head_parses_into_a_request_and_keeps_its_length() {
