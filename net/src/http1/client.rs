@@ -497,8 +497,31 @@ mod tests {
 
         #[test]
         fn a_target_is_written_exactly_when_a_uri_parser_reads_it_back_unchanged(
-            target in "[/?#]?[\\x00-\\x7f\u{e9}\u{1f600}]{0,24}",
+            start in prop_oneof![7 => Just("/"), 1 => Just(""), 1 => Just("?"), 1 => Just("*")],
+            path in "[a-z0-9/%._~-]{0,8}",
+            query in proptest::option::of("[a-z0-9=&/?]{0,8}"),
+            odd in prop_oneof![
+                "[\\x00-\\x7f\u{e9}\u{1f600}]",
+                proptest::sample::select(
+                    [" ", "#", "<", ">", "\"", "`", "{", "}", "|", "\\", "^", "[", "]", "'", "\x7f"]
+                        .map(String::from).to_vec(),
+                ),
+            ],
+            odd_at in any::<prop::sample::Index>(),
         ) {
+            // A plain target with one character of any kind somewhere in its path or query.
+            let mut target = format!("{start}{path}");
+            if let Some(query) = query {
+                target.push('?');
+                target.push_str(&query);
+            }
+            let at = target
+                .char_indices()
+                .map(|(i, _)| i)
+                .chain([target.len()])
+                .nth(odd_at.index(target.chars().count() + 1))
+                .unwrap_or(target.len());
+            target.insert_str(at, &odd);
             let mut out = Vec::new();
             let written = push_request_head(&mut out, "GET", &target, [("host", "h")]).is_ok();
             let read = target
