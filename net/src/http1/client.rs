@@ -146,12 +146,15 @@ pub enum RequestHeadError {
     HeaderValue(usize),
 }
 
-/// Appends a whole request head to `out`: `METHOD target HTTP/1.1`, one line per header in the
-/// order given, and the blank line that ends the head. On an error nothing is appended.
+/// Appends a whole request head to `out`: `METHOD path?query HTTP/1.1` (no `?` without a
+/// query), one line per header in the order given, and the blank line that ends the head. On an
+/// error nothing is appended. The path and the query come apart so that a caller that adds one
+/// to the other (the gateway's `/ws` and a client's query) need not allocate to join them.
 pub fn push_request_head<N, V>(
     out: &mut Vec<u8>,
     method: &str,
-    target: &str,
+    path: &str,
+    query: Option<&str>,
     headers: impl IntoIterator<Item = (N, V)>,
 ) -> Result<(), RequestHeadError>
 where
@@ -159,7 +162,7 @@ where
     V: AsRef<[u8]>,
 {
     let start = out.len();
-    let written = write_request_head(out, method, target, headers);
+    let written = write_request_head(out, method, path, query, headers);
     if written.is_err() {
         out.truncate(start);
     }
@@ -169,7 +172,8 @@ where
 fn write_request_head<N, V>(
     out: &mut Vec<u8>,
     method: &str,
-    target: &str,
+    path: &str,
+    query: Option<&str>,
     headers: impl IntoIterator<Item = (N, V)>,
 ) -> Result<(), RequestHeadError>
 where
@@ -179,12 +183,16 @@ where
     if !is_token(method.as_bytes()) {
         return Err(RequestHeadError::Method);
     }
-    if !is_origin_form(target.as_bytes()) {
+    if !is_origin_form(path.as_bytes(), query.map(str::as_bytes)) {
         return Err(RequestHeadError::Target);
     }
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(path.as_bytes());
+    if let Some(query) = query {
+        out.push(b'?');
+        out.extend_from_slice(query.as_bytes());
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (i, (name, value)) in headers.into_iter().enumerate() {
         let (name, value) = (name.as_ref(), value.as_ref());
@@ -239,22 +247,17 @@ fn is_field_value(bytes: &[u8]) -> bool {
             .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
 }
 
-/// An origin-form request target (RFC 9112 §3.2.1): `/`, then path characters, then
-/// optionally `?` and query characters, with the bytes the `http` crate's URI parser takes in
-/// each (so a server on this crate reads back exactly this target). A fragment is never sent.
-fn is_origin_form(bytes: &[u8]) -> bool {
+/// An origin-form request target (RFC 9112 §3.2.1): a path that starts with `/`, of path
+/// characters, and a query of query characters, with the bytes the `http` crate's URI parser
+/// takes in each (so a server on this crate reads back exactly this target). A fragment is
+/// never sent.
+fn is_origin_form(path: &[u8], query: Option<&[u8]>) -> bool {
+    let query = query.unwrap_or_default();
     // `http` refuses longer targets.
-    if bytes.len() >= usize::from(u16::MAX) {
-        return false;
-    }
-    let Some((b'/', rest)) = bytes.split_first() else {
-        return false;
-    };
-    let (path, query) = match rest.iter().position(|&b| b == b'?') {
-        Some(at) => (&rest[..at], &rest[at + 1..]),
-        None => (rest, &[][..]),
-    };
-    path.iter().all(|&b| is_path_byte(b)) && query.iter().all(|&b| is_query_byte(b))
+    path.len() + 1 + query.len() < usize::from(u16::MAX)
+        && path.first() == Some(&b'/')
+        && path.iter().all(|&b| is_path_byte(b))
+        && query.iter().all(|&b| is_query_byte(b))
 }
 
 /// What may stand in a path unescaped: a URL path's characters (WHATWG URL, path state), the
@@ -361,16 +364,27 @@ mod tests {
         );
     }
 
+    fn no_headers() -> [(&'static str, &'static str); 0] {
+        []
+    }
+
     #[test]
     fn a_request_head_is_request_line_headers_and_blank_line() {
         let mut out = b"kept".to_vec();
         push_request_head(
             &mut out,
             "GET",
-            "/ws?client_id=a",
+            "/ws",
+            Some("client_id=a"),
             [("Host", "gw:1"), ("Upgrade", "websocket"), ("x-empty", "")],
         )
         .unwrap();
+        let mut bare = Vec::new();
+        push_request_head(&mut bare, "GET", "/healthz", None, no_headers()).unwrap();
+        assert_eq!(bare, b"GET /healthz HTTP/1.1\r\n\r\n");
+        let mut empty_query = Vec::new();
+        push_request_head(&mut empty_query, "GET", "/ws", Some(""), no_headers()).unwrap();
+        assert_eq!(empty_query, b"GET /ws? HTTP/1.1\r\n\r\n");
         assert_eq!(
             out,
             b"keptGET /ws?client_id=a HTTP/1.1\r\nHost: gw:1\r\nUpgrade: websocket\r\nx-empty: \r\n\r\n"
@@ -379,23 +393,24 @@ mod tests {
 
     #[test]
     fn what_cannot_stand_in_a_request_head_is_refused_and_nothing_is_written() {
-        let no_headers: [(&str, &str); 0] = [];
-        for (method, target, err) in [
-            ("", "/", RequestHeadError::Method),
-            ("G T", "/", RequestHeadError::Method),
-            ("GET", "", RequestHeadError::Target),
-            ("GET", "ws", RequestHeadError::Target),
-            ("GET", "/ws?a b", RequestHeadError::Target),
-            ("GET", "/ws\r\nX: y", RequestHeadError::Target),
-            ("GET", "/ws#frag", RequestHeadError::Target),
-            ("GET", "/w`s", RequestHeadError::Target),
-            ("GET", "/ws?a<b", RequestHeadError::Target),
+        for (method, path, query, err) in [
+            ("", "/", None, RequestHeadError::Method),
+            ("G T", "/", None, RequestHeadError::Method),
+            ("GET", "", None, RequestHeadError::Target),
+            ("GET", "ws", None, RequestHeadError::Target),
+            ("GET", "/ws?a", None, RequestHeadError::Target),
+            ("GET", "/ws", Some("a b"), RequestHeadError::Target),
+            ("GET", "/ws\r\nX: y", None, RequestHeadError::Target),
+            ("GET", "/ws#frag", None, RequestHeadError::Target),
+            ("GET", "/ws", Some("a#frag"), RequestHeadError::Target),
+            ("GET", "/w`s", None, RequestHeadError::Target),
+            ("GET", "/ws", Some("a<b"), RequestHeadError::Target),
         ] {
             let mut out = b"kept".to_vec();
             assert_eq!(
-                push_request_head(&mut out, method, target, no_headers),
+                push_request_head(&mut out, method, path, query, no_headers()),
                 Err(err),
-                "{method:?} {target:?}"
+                "{method:?} {path:?} {query:?}"
             );
             assert_eq!(out, b"kept");
         }
@@ -413,7 +428,7 @@ mod tests {
         ] {
             let mut out = b"kept".to_vec();
             assert_eq!(
-                push_request_head(&mut out, "GET", "/", [("host", "h"), header]),
+                push_request_head(&mut out, "GET", "/", None, [("host", "h"), header]),
                 Err(err),
                 "{header:?}"
             );
@@ -523,7 +538,11 @@ mod tests {
                 .unwrap_or(target.len());
             target.insert_str(at, &odd);
             let mut out = Vec::new();
-            let written = push_request_head(&mut out, "GET", &target, [("host", "h")]).is_ok();
+            let (path, query) = match target.split_once('?') {
+                Some((path, query)) => (path, Some(query)),
+                None => (target.as_str(), None),
+            };
+            let written = push_request_head(&mut out, "GET", path, query, [("host", "h")]).is_ok();
             let read = target
                 .parse::<http::uri::PathAndQuery>()
                 .is_ok_and(|p| p.as_str() == target && target.starts_with('/'));

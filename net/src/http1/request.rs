@@ -138,10 +138,15 @@ mod tests {
         )
             .prop_map(|(method, target, headers)| {
                 let mut out = Vec::new();
+                let (path, query) = match target.split_once('?') {
+                    Some((path, query)) => (path, Some(query)),
+                    None => (target.as_str(), None),
+                };
                 push_request_head(
                     &mut out,
                     &method,
-                    &target,
+                    path,
+                    query,
                     headers.iter().map(|(n, v)| (n, v)),
                 )
                 .expect("a method token, an origin-form target, token names, plain values");
