@@ -1,30 +1,29 @@
 //! One upgrade forwarded to a node, spoken directly on the TCP stream: the request head in one
-//! write, the answer head parsed with `httparse`, and the bytes read past it kept for the tunnel.
+//! write, the answer head read by `ringcast_net::http1_io`, and the bytes read past it kept for
+//! the tunnel. What is the gateway's own here is the policy: which headers go to the node, which
+//! answers count, and how much of a refusal's body is relayed.
 //!
 //! An upgrade is one request and one answer on a fresh connection whose socket then belongs to
 //! the tunnel. hyper's client spends a connection task, a dispatch channel, an upgrade hand-over
 //! and a header map on that; in a connection storm this was an eighth of the gateway's CPU.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::uri::PathAndQuery;
 use hyper::StatusCode;
-use ringcast_net::http1::response::push_header;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use ringcast_net::http1::client::{push_request_head, Head};
+use ringcast_net::http1_io;
+use tokio::io::AsyncReadExt;
 
 use crate::node_io::NodeIo;
-
-/// Largest answer head accepted from a node.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
-
-/// Most headers parsed in a node's answer.
-const MAX_HEADERS: usize = 32;
 
 /// Largest error body relayed from a node that refused an upgrade.
 pub const MAX_RELAYED_BODY: usize = 4 * 1024;
 
 /// How long a refusal's body may take to arrive once its head has.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The header that names the addresses a request came through (not among `http`'s names).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The start of the received-by name in every ringcast gateway's `Via` entry.
 const VIA_NAME: &str = "ringcast-gateway-";
@@ -65,29 +64,26 @@ pub fn request_head(
     forwarded: &HeaderValue,
     via: &HeaderValue,
 ) -> Option<Vec<u8>> {
-    let target = PathAndQuery::try_from(format!("/ws?{query}")).ok()?;
-    let mut head = Vec::with_capacity(512);
-    head.extend_from_slice(b"GET ");
-    head.extend_from_slice(target.as_str().as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        // Body framing (the upgrade has none), what only this hop means, and the chain we
-        // replace.
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || name == header::EXPECT
+    // Body framing (the upgrade has none), what only this hop means, and the chain we replace.
+    let forwarded_headers = headers.iter().filter(|(name, _)| {
+        !(*name == header::CONTENT_LENGTH
+            || *name == header::TRANSFER_ENCODING
+            || *name == header::EXPECT
             || matches!(
                 name.as_str(),
                 "keep-alive" | "proxy-connection" | "x-forwarded-for"
-            )
-        {
-            continue;
-        }
-        push_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
-    }
-    push_header(&mut head, b"x-forwarded-for", forwarded.as_bytes());
-    push_header(&mut head, b"via", via.as_bytes());
-    head.extend_from_slice(b"\r\n");
+            ))
+    });
+    let ours = [(&X_FORWARDED_FOR, forwarded), (&header::VIA, via)];
+    let mut head = Vec::with_capacity(512);
+    push_request_head(
+        &mut head,
+        "GET",
+        "/ws",
+        Some(query),
+        forwarded_headers.chain(ours),
+    )
+    .ok()?;
     Some(head)
 }
 
@@ -149,82 +145,66 @@ pub enum ExchangeError {
 /// Sends `head` on `stream` and reads the node's answer; an error says what went wrong on the
 /// way (the caller bounds the whole exchange in time).
 pub async fn exchange(mut stream: NodeIo, head: &[u8]) -> Result<Answer, ExchangeError> {
-    stream
-        .write_all(head)
-        .await
-        .map_err(|e| ExchangeError::Broken(format!("sending the upgrade: {e}")))?;
-    let (head, buf) = read_answer_head(&mut stream).await?;
-    Ok(answer(stream, buf, head).await)
-}
-
-/// Reads a node's answer head: it, and the buffer that holds it and whatever came behind it
-/// (never more than [`MAX_HEAD_BYTES`] in all).
-async fn read_answer_head<S: AsyncRead + Unpin>(
-    stream: &mut S,
-) -> Result<(Head, BytesMut), ExchangeError> {
     let mut buf = BytesMut::with_capacity(1024);
-    loop {
-        let room = MAX_HEAD_BYTES - buf.len();
-        let read = stream
-            .read_buf(&mut (&mut buf).limit(room))
-            .await
-            .map_err(|e| ExchangeError::Broken(format!("reading the answer: {e}")))?;
-        if let Some(head) = parse_head(&buf).map_err(ExchangeError::Invalid)? {
-            return Ok((head, buf));
-        }
-        if read == 0 {
-            let why = "the node closed the connection before answering";
-            return Err(ExchangeError::Broken(why.into()));
-        }
-        if buf.len() >= MAX_HEAD_BYTES {
-            let why = format!("answer head longer than {MAX_HEAD_BYTES} bytes");
-            return Err(ExchangeError::Invalid(why));
-        }
-    }
+    let (read, len) = http1_io::exchange(&mut stream, head, &mut buf, answer_head)
+        .await
+        .map_err(|e| match e {
+            http1_io::ExchangeError::Send(e) => {
+                ExchangeError::Broken(format!("sending the upgrade: {e}"))
+            }
+            http1_io::ExchangeError::Receive(e) => {
+                ExchangeError::Broken(format!("reading the answer: {e}"))
+            }
+            http1_io::ExchangeError::Closed(_) => {
+                ExchangeError::Broken("the node closed the connection before answering".into())
+            }
+            http1_io::ExchangeError::Head(e) => {
+                ExchangeError::Invalid(format!("the node's answer: {e}"))
+            }
+        })?;
+    let (status, headers) = read.map_err(ExchangeError::Invalid)?;
+    Ok(answer(
+        stream,
+        buf,
+        AnswerHead {
+            len,
+            status,
+            headers,
+        },
+    )
+    .await)
 }
 
 /// A complete answer head.
-struct Head {
+struct AnswerHead {
     len: usize,
     status: StatusCode,
     headers: HeaderMap,
 }
 
-/// The answer head at the start of `buf`, `None` while it is incomplete.
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut slots);
-    let len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(format!("unreadable answer from the node: {e}")),
-    };
-    if response.version != Some(1) {
+/// What a node's answer head says to an upgrade: its status and its headers (those `http`
+/// takes, for relaying), or why it is no answer to an upgrade.
+fn answer_head(head: &Head<'_>) -> Result<(StatusCode, HeaderMap), String> {
+    if head.version != 1 {
         return Err("the node did not answer in HTTP/1.1".into());
     }
-    let status = response
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or("the node answered with an invalid status")?;
+    let status = StatusCode::from_u16(head.status)
+        .map_err(|_| "the node answered with an invalid status")?;
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         return Err(format!("the node answered {status} to an upgrade"));
     }
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
-    for h in response.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes());
-        let value = HeaderValue::from_bytes(h.value);
+    let mut headers = HeaderMap::with_capacity(head.headers().count());
+    for (name, value) in head.headers() {
+        let name = HeaderName::from_bytes(name.as_bytes());
+        let value = HeaderValue::from_bytes(value);
         if let (Ok(name), Ok(value)) = (name, value) {
             headers.append(name, value);
         }
     }
-    Ok(Some(Head {
-        len,
-        status,
-        headers,
-    }))
+    Ok((status, headers))
 }
 
-async fn answer(mut stream: NodeIo, mut buf: BytesMut, head: Head) -> Answer {
+async fn answer(mut stream: NodeIo, mut buf: BytesMut, head: AnswerHead) -> Answer {
     let rest = buf.split_off(head.len);
     if head.status == StatusCode::SWITCHING_PROTOCOLS {
         return Answer::Switched(Switched {
@@ -270,6 +250,7 @@ async fn answer(mut stream: NodeIo, mut buf: BytesMut, head: Head) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
 
     /// A node stand-in: answers the first request on one connection with `chunks`, written
@@ -456,63 +437,5 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, ExchangeError::Broken(_)), "{e}");
         assert!(e.to_string().contains("closed"), "{e}");
-    }
-
-    mod fuzz {
-        use super::super::*;
-        use proptest::prelude::*;
-        use ringcast_net::testing::chunked::ChunkedReader;
-
-        /// A status line now and then, then header-ish lines and noise.
-        fn answer_bytes() -> impl Strategy<Value = Vec<u8>> {
-            let line = prop_oneof![
-                Just(b"upgrade: websocket\r\n".to_vec()),
-                Just(b"content-length: 13\r\n".to_vec()),
-                Just(b"\r\n".to_vec()),
-                "[a-zA-Z-]{1,12}: [ -~]{0,40}\r\n".prop_map(String::into_bytes),
-                proptest::collection::vec(any::<u8>(), 0..64),
-            ];
-            let start = prop_oneof![
-                Just(b"HTTP/1.1 101 Switching Protocols\r\n".to_vec()),
-                Just(b"HTTP/1.1 403 Forbidden\r\n".to_vec()),
-                Just(b"HTTP/1.0 200 OK\r\n".to_vec()),
-                Just(Vec::new()),
-            ];
-            (
-                start,
-                proptest::collection::vec(line, 0..500),
-                any::<bool>(),
-            )
-                .prop_map(|(mut head, lines, end)| {
-                    for l in lines {
-                        head.extend_from_slice(&l);
-                    }
-                    if end {
-                        head.extend_from_slice(b"\r\n\r\n\x81\x02hi");
-                    }
-                    head
-                })
-        }
-
-        proptest! {
-            #![proptest_config(ProptestConfig::with_cases(256))]
-
-            #[test]
-            fn any_answer_in_any_split_stays_within_the_head_limit(
-                bytes in answer_bytes(),
-                pieces in proptest::collection::vec(0usize..3000, 0..12),
-            ) {
-                let mut split = ChunkedReader::new(bytes, pieces);
-                let got = tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .expect("a current-thread runtime")
-                    .block_on(read_answer_head(&mut split));
-                prop_assert!(split.taken <= MAX_HEAD_BYTES);
-                if let Ok((head, buf)) = got {
-                    prop_assert!(head.len <= buf.len() && buf.len() <= MAX_HEAD_BYTES);
-                    prop_assert!(head.headers.len() <= MAX_HEADERS);
-                }
-            }
-        }
     }
 }

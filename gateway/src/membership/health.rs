@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::header::HeaderValue;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ringcast_net::http1::client::push_request_head;
+use ringcast_net::http1_io;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -60,27 +61,75 @@ pub async fn check(addr: &str, timeout: Duration, via: &HeaderValue) -> bool {
 }
 
 async fn get_status(addr: &str, via: &HeaderValue) -> Option<u16> {
+    let mut request = Vec::with_capacity(256);
+    let headers = [
+        ("Host", addr.as_bytes()),
+        ("Connection", b"close"),
+        ("User-Agent", b"ringcast-gateway"),
+        ("Via", via.as_bytes()),
+    ];
+    push_request_head(&mut request, "GET", "/healthz", None, headers).ok()?;
     let mut stream = TcpStream::connect(addr).await.ok()?;
-    let via = via.to_str().ok()?;
-    let request = format!(
-        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: ringcast-gateway\r\nVia: {via}\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.ok()?;
-    // The status line is all we need; read at most 512 bytes of it.
-    let mut buf = [0u8; 512];
-    let mut len = 0;
-    while len < buf.len() {
-        let n = stream.read(&mut buf[len..]).await.ok()?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if buf[..len].contains(&b'\n') {
-            break;
+    // The status is all we need: the head is read, the body left unread.
+    let mut buf = Vec::with_capacity(512);
+    let (status, _) = http1_io::exchange(&mut stream, &request, &mut buf, |head| head.status)
+        .await
+        .ok()?;
+    Some(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A node stand-in that answers one request with `answer` and returns what it was sent.
+    async fn answering(answer: &'static [u8]) -> (String, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let node = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            while !got.ends_with(b"\r\n\r\n") {
+                assert!(s.read_buf(&mut got).await.unwrap() > 0, "request cut short");
+            }
+            s.write_all(answer).await.unwrap();
+            got
+        });
+        (addr, node)
+    }
+
+    #[tokio::test]
+    async fn a_200_is_healthy_and_the_check_carries_the_gateways_via() {
+        let via = HeaderValue::from_static("1.1 ringcast-gateway-1");
+        let (addr, node) = answering(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+        assert!(check(&addr, Duration::from_secs(5), &via).await);
+        let sent = String::from_utf8(node.await.unwrap()).unwrap();
+        assert_eq!(
+            sent,
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+                 User-Agent: ringcast-gateway\r\nVia: 1.1 ringcast-gateway-1\r\n\r\n"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn anything_but_a_200_head_is_unhealthy() {
+        let via = HeaderValue::from_static("1.1 ringcast-gateway-1");
+        for answer in [
+            &b"HTTP/1.1 508 Loop Detected\r\ncontent-length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\n",
+            b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+        ] {
+            let (addr, _node) = answering(answer).await;
+            assert!(
+                !check(&addr, Duration::from_secs(5), &via).await,
+                "{:?}",
+                String::from_utf8_lossy(answer)
+            );
         }
     }
-    let line = std::str::from_utf8(&buf[..len]).ok()?;
-    let mut parts = line.split_whitespace();
-    parts.next().filter(|v| v.starts_with("HTTP/1."))?;
-    parts.next()?.parse().ok()
 }
