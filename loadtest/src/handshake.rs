@@ -4,21 +4,23 @@
 //! reply into an `http::Response`, and reads it into a 4 KiB buffer that then stays the
 //! connection's read buffer whatever `WebSocketConfig::read_buffer_size` says. In a connection
 //! storm that is a good part of the load generator's CPU and memory per connection. Here the
-//! request is formatted once and sent in one write, the reply is read into a buffer of the
-//! configured read-buffer size and parsed in place ([`ringcast_net::http1::client`]), and whatever arrived after
-//! the head (often the server's first frame) is handed on with the stream, so nothing is lost and
-//! the buffer is reused as the connection's read buffer (tungstenite's, or the hand reader's in
-//! [`crate::raw`]).
+//! request is written once and sent in one write, the reply is read into a buffer of the
+//! configured read-buffer size and parsed in place (both by `ringcast_net`'s HTTP/1 client
+//! side), and whatever arrived after the head (often the server's first frame) is handed on with
+//! the stream, so nothing is lost and the buffer is reused as the connection's read buffer
+//! (tungstenite's, or the hand reader's in [`crate::raw`]). What is this file's own is the
+//! WebSocket check of the 101.
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::error::ConnectError;
-use ringcast_net::http1::client::{parse_response_head, HeadError, MAX_HEAD_BYTES};
+use ringcast_net::http1::client::{push_request_head, Head};
+use ringcast_net::http1_io::{self, ExchangeError};
 
 /// Sends the upgrade request for `path` (path and query) with `Host: host` on `stream`, checks
 /// the server's answer, and returns the stream with the bytes the server sent after the
@@ -36,68 +38,54 @@ where
 {
     let failed = |detail: String| ConnectError::Handshake { addr, detail };
     let key = generate_key();
-    stream
-        .write_all(request(host, path, &key).as_bytes())
-        .await
-        .map_err(|e| failed(format!("sending the upgrade request: {e}")))?;
+    let (path, query) = match path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path, None),
+    };
+    let mut request = Vec::with_capacity(256);
+    let headers = [
+        ("Host", host),
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", key.as_str()),
+    ];
+    push_request_head(&mut request, "GET", path, query, headers)
+        .map_err(|e| failed(format!("writing the upgrade request: {e}")))?;
     // Sized as the read buffer it becomes, so handing it over does not reallocate.
     let mut buf = Vec::with_capacity(config.read_buffer_size.max(256));
-    let head_len = loop {
-        if buf.len() == buf.capacity() {
-            buf.reserve_exact(buf.len().min(MAX_HEAD_BYTES));
-        }
-        let read = stream
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| failed(format!("reading the response: {e}")))?;
-        match check_head(&buf, &key) {
-            Ok(Some(len)) => break len,
-            Ok(None) | Err(Refusal::Head(HeadError::Unterminated)) if read == 0 => {
-                return Err(failed(format!(
-                    "the server closed the connection after {} bytes of the response head",
-                    buf.len()
-                )))
-            }
-            Ok(None) => {}
-            Err(Refusal::Status(status)) => return Err(ConnectError::NotUpgraded { addr, status }),
-            Err(Refusal::Head(e)) => return Err(failed(e.to_string())),
-            Err(Refusal::Invalid(detail)) => return Err(failed(detail)),
-        }
-    };
+    let (checked, head_len) = http1_io::exchange(&mut stream, &request, &mut buf, |head| {
+        check_head(head, &key)
+    })
+    .await
+    .map_err(|e| match e {
+        ExchangeError::Send(e) => failed(format!("sending the upgrade request: {e}")),
+        ExchangeError::Receive(e) => failed(format!("reading the response: {e}")),
+        ExchangeError::Closed(read) => failed(format!(
+            "the server closed the connection after {read} bytes of the response head"
+        )),
+        ExchangeError::Head(e) => failed(e.to_string()),
+    })?;
+    match checked {
+        Ok(()) => {}
+        Err(Refusal::Status(status)) => return Err(ConnectError::NotUpgraded { addr, status }),
+        Err(Refusal::Invalid(detail)) => return Err(failed(detail)),
+    }
     buf.drain(..head_len);
     Ok((stream, buf))
-}
-
-/// The GET request that asks for the upgrade.
-fn request(host: &str, path: &str, key: &str) -> String {
-    format!(
-        "GET {path} HTTP/1.1\r\n\
-         Host: {host}\r\n\
-         Connection: Upgrade\r\n\
-         Upgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: {key}\r\n\
-         \r\n"
-    )
 }
 
 /// Why a response head does not accept the upgrade.
 #[derive(Debug, PartialEq)]
 enum Refusal {
-    /// Not an acceptable HTTP response head.
-    Head(HeadError),
     /// A complete HTTP response with a status other than 101.
     Status(u16),
     /// A 101 that breaks the WebSocket rules.
     Invalid(String),
 }
 
-/// Reads the response head at the start of `buf`: `Ok(None)` while it is incomplete, its
-/// length once it is complete and accepts the upgrade requested with `key`.
-fn check_head(buf: &[u8], key: &str) -> Result<Option<usize>, Refusal> {
-    let Some((head, head_len)) = parse_response_head(buf).map_err(Refusal::Head)? else {
-        return Ok(None);
-    };
+/// Whether a complete response head accepts the upgrade requested with `key`.
+fn check_head(head: &Head<'_>, key: &str) -> Result<(), Refusal> {
     if head.status != 101 {
         return Err(Refusal::Status(head.status));
     }
@@ -132,7 +120,7 @@ fn check_head(buf: &[u8], key: &str) -> Result<Option<usize>, Refusal> {
             accept,
         ));
     }
-    Ok(Some(head_len))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -140,6 +128,8 @@ mod tests {
     use std::time::Duration;
 
     use futures_util::StreamExt;
+    use ringcast_net::http1::client::{parse_response_head, MAX_HEAD_BYTES};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
     use tokio_tungstenite::tungstenite::protocol::Role;
     use tokio_tungstenite::tungstenite::Message;
@@ -306,7 +296,8 @@ mod tests {
             "HTTP/1.1 101 Switching Protocols\r\nUPGRADE: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
             derive_accept_key(key.as_bytes())
         );
-        assert_eq!(check_head(head.as_bytes(), key), Ok(Some(head.len())));
-        assert_eq!(check_head(&head.as_bytes()[..30], key), Ok(None));
+        let (parsed, len) = parse_response_head(head.as_bytes()).unwrap().unwrap();
+        assert_eq!(len, head.len());
+        assert_eq!(check_head(&parsed, key), Ok(()));
     }
 }
