@@ -244,43 +244,150 @@ pub fn ws_url(addr: std::net::SocketAddr, id: &str) -> String {
     }
 }
 
-/// GETs `http://{addr}{path}`; returns (status, body). A minimal HTTP/1.1 client over a raw
-/// socket, so tests see exactly what the server sent.
+/// GETs `http://{addr}{path}` with hyper's client; returns (status, body). Panics when no
+/// whole answer comes within 5 s.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    http_raw(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
-    )
-    .await
+    use http_body_util::BodyExt;
+    let what = format!("GET {path} from {addr}");
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::CONNECTION, "close")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let fetch = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: connect: {e}"));
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let answer = async move {
+            let response = sender
+                .send_request(request)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            // No second request: the connection ends once this answer has been read.
+            drop(sender);
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .unwrap_or_else(|e| panic!("{what}: body: {e}"))
+                .to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        };
+        tokio::join!(answer, connection).0
+    };
+    tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} from {addr}: no answer within 5 s"))
 }
 
-/// Sends raw request bytes and reads the whole response; returns (status, body).
+/// Sends `request` exactly as given (deliberately odd ones too) and reads the answer: its head
+/// with `ringcast_net`'s reader, its body up to its `Content-Length`, or else to the close (at
+/// most 5 s in all); returns (status, body). Panics on an answer that is no HTTP/1 head, or a
+/// chunked one (use [`http_get`]).
 pub async fn http_raw(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use ringcast_net::http1_io;
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.write_all(request.as_bytes())
-        .await
-        .expect("write request");
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in response: {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let exchange = http1_io::exchange(&mut s, request.as_bytes(), &mut buf, |head| {
+        let length = head
+            .header("content-length")
+            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok());
+        (
+            head.status,
+            length,
+            head.header("transfer-encoding").is_some(),
+        )
+    });
+    let ((status, length, encoded), len) = tokio::time::timeout_at(deadline, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("no answer head to {request:?} within 5 s"))
+        .unwrap_or_else(|e| panic!("no HTTP answer to {request:?}: {e}"));
+    assert!(!encoded, "http_raw reads no chunked answers: use http_get");
+    let mut body = buf.split_off(len);
+    // What arrives by the deadline: the announced length, or all until the close.
+    let _ = tokio::time::timeout_at(deadline, async {
+        match length {
+            Some(length) => {
+                while body.len() < length {
+                    match s.read_buf(&mut body).await {
+                        Ok(n) if n > 0 => {}
+                        _ => break,
+                    }
+                }
+                body.truncate(length);
+            }
+            None => {
+                let _ = s.read_to_end(&mut body).await;
+            }
+        }
+    })
+    .await;
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::DeadPort;
+
+    /// A server that reads one request head, answers `answer`, then keeps the connection open
+    /// for 10 s; returns its address and the bytes it received.
+    async fn answering(
+        answer: &'static [u8],
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Receiver<Vec<u8>>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (got_tx, got_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            while !got.ends_with(b"\r\n\r\n") {
+                assert!(s.read_buf(&mut got).await.unwrap() > 0, "request cut short");
+            }
+            s.write_all(answer).await.unwrap();
+            let _ = got_tx.send(got);
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        });
+        (addr, got_rx)
+    }
+
+    #[tokio::test]
+    async fn http_raw_sends_the_bytes_given_and_reads_the_announced_body() {
+        let (addr, server) =
+            answering(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 5\r\n\r\nhello and more").await;
+        let odd = "GET /ws?client_id=a HTTP/9.9\r\nno colon\r\n\r\n";
+        let started = std::time::Instant::now();
+        assert_eq!(super::http_raw(addr, odd).await, (400, "hello".to_owned()));
+        // Read to its length, not until the server gave up.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(server.await.unwrap(), odd.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn http_get_reads_a_chunked_body() {
+        let (addr, server) = answering(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(
+            super::http_get(addr, "/stats").await,
+            (200, "{\"a\":1}".to_owned())
+        );
+        let sent = String::from_utf8(server.await.unwrap()).unwrap();
+        assert!(sent.starts_with("GET /stats HTTP/1.1\r\n"), "{sent}");
+    }
 
     #[tokio::test]
     async fn a_dead_port_refuses_connections_and_cannot_be_bound_until_released() {
