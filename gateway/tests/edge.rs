@@ -8,7 +8,7 @@ use std::time::Duration;
 use ringcast_node::Config as NodeConfig;
 use ringcast_testkit::{http_raw, Client, DeadPort, TestNode};
 use serde_json::json;
-use support::{masked_text_frame, upgrade_request, TestGateway};
+use support::{answer_status, masked_text_frame, upgrade_request, TestGateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -52,7 +52,7 @@ async fn a_frame_pipelined_behind_the_upgrade_reaches_the_node_intact() {
     s.write_all(&bytes).await.expect("write");
     let got = read_until(&mut s, br#"{"event":"pong"}"#).await;
     let text = String::from_utf8_lossy(&got);
-    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert_eq!(answer_status(&got), Some(101), "{text}");
     assert!(text.contains(r#""event":"welcome""#), "{text}");
     assert!(
         text.contains(r#"{"event":"pong"}"#),
@@ -388,7 +388,7 @@ async fn a_tunnel_ends_when_the_node_closes_even_if_the_client_went_silent() {
         .await
         .expect("write");
     let got = read_until(&mut s, b"welcome").await;
-    assert!(got.starts_with(b"HTTP/1.1 101"));
+    assert_eq!(answer_status(&got), Some(101));
     assert_eq!(gw.metric("ringcast_gateway_open_connections").await, 1.0);
     // Keep the socket open but unread; the gateway must still let the tunnel go.
     ringcast_testkit::wait_until(Duration::from_secs(8), "tunnel released", || async {
@@ -438,7 +438,7 @@ async fn an_upgrade_sent_in_pieces_still_opens() {
     s.write_all(&bytes[3..]).await.expect("write");
     let got = read_until(&mut s, br#"{"event":"pong"}"#).await;
     let text = String::from_utf8_lossy(&got);
-    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert_eq!(answer_status(&got), Some(101), "{text}");
     assert!(text.contains(r#""event":"welcome""#), "{text}");
     assert!(text.contains(r#"{"event":"pong"}"#), "{text}");
 }

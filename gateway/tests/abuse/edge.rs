@@ -130,24 +130,17 @@ async fn a_first_byte_of_the_http2_preface_costs_no_wakeups_while_it_waits() {
     c.recv_event("pong").await;
 }
 
-/// Sends `request` and returns the status of the answer's first line (any answer: a 101 stays
-/// open, so this reads only up to the end of the head).
+/// Sends `request` and returns the status of the answer (any answer: a 101 stays open, so this
+/// reads only up to the end of the head).
 async fn status_of(addr: SocketAddr, request: &[u8]) -> u16 {
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request).await.expect("write");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
-            _ => break,
-        }
-    }
-    let text = String::from_utf8_lossy(&got);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"))
+    let mut buf = Vec::new();
+    let exchange = ringcast_net::http1_io::exchange(&mut s, request, &mut buf, |h| h.status);
+    let (status, _) = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("no answer head within 5 s"))
+        .unwrap_or_else(|e| panic!("no HTTP answer: {e}"));
+    status
 }
 
 /// An upgrade for `client_id` with `extra` header lines added, padded by one `X-Pad` header to

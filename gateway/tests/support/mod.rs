@@ -287,17 +287,33 @@ impl Drop for NodeProcess {
 
 /// Whether `GET /healthz` on `addr` answers 200 (false when nothing listens).
 pub async fn healthz_ok(addr: SocketAddr) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use ringcast_net::http1::client::push_request_head;
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
         return false;
     };
-    let req = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return false;
-    }
+    let mut req = Vec::new();
+    let host = addr.to_string();
+    push_request_head(
+        &mut req,
+        "GET",
+        "/healthz",
+        None,
+        [("Host", host.as_str()), ("Connection", "close")],
+    )
+    .expect("a plain request");
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
-    buf.starts_with(b"HTTP/1.1 200")
+    let status = ringcast_net::http1_io::exchange(&mut s, &req, &mut buf, |h| h.status);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), status).await,
+        Ok(Ok((200, _)))
+    )
+}
+
+/// The status of the answer head at the start of `got` (the bytes a raw client read), if a
+/// whole head is there.
+pub fn answer_status(got: &[u8]) -> Option<u16> {
+    let (head, _) = ringcast_net::http1::client::parse_response_head(got).ok()??;
+    Some(head.status)
 }
 
 /// A valid upgrade request head for `path_and_query` (ends with the blank line).
