@@ -7,8 +7,12 @@
 //! (`--max-connections-per-ip`) is told "429 too_many_connections_from_ip" the same way.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
+
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::StatusCode;
+use ringcast_net::http1::response::push_response_head;
 
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -30,21 +34,40 @@ enum Full {
     Address,
 }
 
-fn full_response(full: Full) -> String {
-    let (status, body) = match full {
-        Full::Gateway => (
-            "503 Service Unavailable",
+/// The whole answer to a connection refused for `full`, written once per process (by net's
+/// response writer) and sent as is to every such connection.
+fn full_response(full: Full) -> &'static [u8] {
+    static GATEWAY: LazyLock<Vec<u8>> = LazyLock::new(|| {
+        refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
             r#"{"error":"gateway_full","message":"too many connections; retry later"}"#,
-        ),
-        Full::Address => (
-            "429 Too Many Requests",
+        )
+    });
+    static ADDRESS: LazyLock<Vec<u8>> = LazyLock::new(|| {
+        refusal(
+            StatusCode::TOO_MANY_REQUESTS,
             r#"{"error":"too_many_connections_from_ip","message":"too many connections from your address; close one or retry later"}"#,
-        ),
-    };
-    format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
+        )
+    });
+    match full {
+        Full::Gateway => &GATEWAY,
+        Full::Address => &ADDRESS,
+    }
+}
+
+/// A JSON refusal that closes the connection: head and body.
+fn refusal(status: StatusCode, body: &'static str) -> Vec<u8> {
+    let mut headers = HeaderMap::with_capacity(3);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let mut out = Vec::with_capacity(128 + body.len());
+    push_response_head(&mut out, status, &headers);
+    out.extend_from_slice(body.as_bytes());
+    out
 }
 
 /// Answers 503 or 429 and closes; drains what the client sent first (bounded: 1 s, 16 KiB) so
@@ -52,7 +75,7 @@ fn full_response(full: Full) -> String {
 async fn refuse(stream: &mut tokio::net::TcpStream, full: Full) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        stream.write_all(full_response(full).as_bytes()).await?;
+        stream.write_all(full_response(full)).await?;
         stream.shutdown().await?;
         let mut buf = [0u8; 1024];
         let mut total = 0;
@@ -175,4 +198,28 @@ pub async fn serve(
         tunnels.wait().await;
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_a_whole_json_answer_that_closes() {
+        let body = r#"{"error":"gateway_full","message":"too many connections; retry later"}"#;
+        assert_eq!(
+            String::from_utf8_lossy(full_response(Full::Gateway)),
+            format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        );
+        let address = String::from_utf8_lossy(full_response(Full::Address)).into_owned();
+        assert!(
+            address.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+            "{address}"
+        );
+        assert!(address.ends_with("retry later\"}"), "{address}");
+    }
 }
