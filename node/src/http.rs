@@ -25,7 +25,7 @@ use ringcast_net::http1::response::{
 use ringcast_net::http1_io::{self, read_head_after};
 use ringcast_net::link::{self, Link, LinkStream};
 use ringcast_net::split::SplitIo;
-use ringcast_net::ws_handshake;
+use ringcast_net::ws_handshake::{self, Refusal};
 use ringcast_protocol::auth::Identity;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -144,6 +144,12 @@ fn refuse(shared: &Shared, status: StatusCode, code: &str, message: &str) -> Res
     refusal(status, code, message)
 }
 
+/// A refused upgrade's answer from the handshake table, counted.
+fn refuse_with(shared: &Shared, refusal: Refusal) -> Response<Body> {
+    count_refusal(shared, refusal.code());
+    refusal.response()
+}
+
 fn count_refusal(shared: &Shared, code: &str) {
     shared
         .metrics
@@ -228,7 +234,7 @@ fn admit<B>(
 ) -> Result<Admitted, Box<Response<Body>>> {
     let refused =
         |status, code: &str, message: &str| Box::new(refuse(shared, status, code, message));
-    let accepted = ws_handshake::check(req).map_err(|r| refused(r.status, r.code, r.message))?;
+    let accepted = ws_handshake::check(req).map_err(|r| Box::new(refuse_with(shared, r)))?;
     if shared.is_draining() {
         return Err(refused(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -280,7 +286,7 @@ async fn serve_upgrade<S>(
 ) where
     S: AsyncRead + AsyncWrite + Uncork + SplitIo + Unpin + Send + 'static,
 {
-    let bad = |why| refuse(&shared, StatusCode::BAD_REQUEST, "bad_request", why);
+    let bad = |why| refuse_with(&shared, Refusal::MalformedHead(why));
     let head = head_or_answer(&mut stream, prefix, deadline, timeout, bad).await;
     let Some((req, early)) = head else {
         return;
