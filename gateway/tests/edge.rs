@@ -479,8 +479,8 @@ async fn a_node_refusal_reaches_the_client_with_its_body() {
 
 #[tokio::test]
 async fn an_upgrade_sent_in_pieces_still_opens() {
-    // A first segment too short to tell `GET /ws` from anything else takes the general HTTP
-    // path; the upgrade works there too, welcome and pipelined frame included.
+    // A first segment too short to tell `GET /ws` from anything else: detection waits for the
+    // rest, and the upgrade opens on the one upgrade path, welcome and pipelined frame included.
     let (_node, gw) = one_node().await;
     let mut s = TcpStream::connect(gw.addr).await.expect("connect");
     let mut bytes = upgrade_request(gw.addr, "/ws?client_id=trickle").into_bytes();

@@ -6,19 +6,10 @@
 //! (`{"error": code, "message": …}`) before any WebSocket exists, so a bad handshake never costs
 //! a session. Pure: no I/O, no tokio; the request head is read by `crate::http1_io`.
 //!
-//! | status | code | when | also sent |
-//! |---|---|---|---|
-//! | 400 | `bad_request` | the request head is not HTTP/1 (`HTTP/2` or `HTTP/9` in the request line, a bad header line) | |
-//! | 431 | `headers_too_large` | the request head is past the size or header-count limit | |
-//! | 400 | `bad_http_version` | HTTP/1.0, or the HTTP/2 connection preface | |
-//! | 405 | `method_not_allowed` | not `GET` (`HEAD`, `POST`, …) | `Allow: GET` |
-//! | 426 | `upgrade_required` | no `Upgrade: websocket` or no `Connection: Upgrade` | `Upgrade: websocket` |
-//! | 400 | `bad_websocket_version` | `Sec-WebSocket-Version` missing or not `13` | `Sec-WebSocket-Version: 13` |
-//! | 400 | `bad_websocket_key` | `Sec-WebSocket-Key` missing, repeated, or not 16 bytes in base64 | |
-//! | 400 | `invalid_client_id` | `client_id` empty, over 64 characters, outside `[A-Za-z0-9_.:@-]`, or bad percent-encoding | |
-//! | 400 | `unsupported_upgrade` | an upgrade that passes every check above but does not open its connection with `GET /ws ` or `GET /ws?` (an absolute-form target, a second request on a kept-alive connection) | |
+//! The table of statuses, codes and headers is README's "Upgrade answers"; each [`Refusal`]
+//! is one of its rows, [`Refusal::status`] and [`Refusal::code`] say which.
 //!
-//! The checks run in the table's order and the first that fails answers. A wrong
+//! [`check`] runs in the table's order and the first check that fails answers. A wrong
 //! `Sec-WebSocket-Version` gets 400, as in RFC 6455 §4.4's example, with the version this server
 //! speaks: 426 here means "this is not a WebSocket upgrade at all", which a client that offered
 //! the wrong version did send.
