@@ -1,5 +1,7 @@
-//! Admission of a `/ws` upgrade before any node is picked: the `Origin` allow-list, then the
-//! token (when authentication is configured), then the client id the ring routes on.
+//! Admission of a `/ws` upgrade before any node is picked, once the handshake check
+//! (`ringcast_net::ws_handshake`, which also validates a requested `client_id`) has passed: the
+//! `Origin` allow-list, then the token (when authentication is configured), then the client id
+//! the ring routes on.
 //!
 //! Everything here runs on the request head alone, so a refused request never costs a
 //! connection to a node. With authentication the routing key is the token's `sub`; the request
@@ -9,7 +11,7 @@
 use hyper::header::HeaderMap;
 use hyper::StatusCode;
 use ringcast_protocol::auth::{AuthError, Authenticator};
-use ringcast_protocol::{generate_client_id, query_param, validate_client_id};
+use ringcast_protocol::{generate_client_id, query_param};
 
 use crate::origin::OriginPolicy;
 
@@ -63,8 +65,14 @@ impl From<AuthError> for Refusal {
 }
 
 impl Admission {
-    /// Decides on an upgrade from its headers and query.
-    pub fn admit(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Admitted, Refusal> {
+    /// Decides on an upgrade from its headers, its query and the client id the handshake check
+    /// read from that query (`asked`, already validated).
+    pub fn admit(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        asked: Option<String>,
+    ) -> Result<Admitted, Refusal> {
         if !self.origins.allows(headers) {
             return Err(Refusal::new(
                 StatusCode::FORBIDDEN,
@@ -80,9 +88,10 @@ impl Admission {
                     client_id: identity.sub,
                 })
             }
-            None => client_id_and_query(query)
-                .map(|(client_id, query)| Admitted { client_id, query })
-                .map_err(|why| Refusal::new(StatusCode::BAD_REQUEST, "invalid_client_id", why)),
+            None => {
+                let (client_id, query) = client_id_and_query(query, asked);
+                Ok(Admitted { client_id, query })
+            }
         }
     }
 }
@@ -100,18 +109,15 @@ fn with_client_id(query: Option<&str>, id: &str) -> String {
     }
 }
 
-/// The client_id (validated, or generated when absent) and the query to forward, which carries
-/// the generated id so the node and the gateway agree on it.
-fn client_id_and_query(query: Option<&str>) -> Result<(String, String), &'static str> {
-    match query_param(query, "client_id") {
-        Some(Ok(id)) => {
-            validate_client_id(&id).map_err(|_| "client_id must be 1-64 of [A-Za-z0-9_.:@-]")?;
-            Ok((id.into_owned(), query.unwrap_or_default().to_owned()))
-        }
-        Some(Err(())) => Err("client_id is not valid percent-encoded UTF-8"),
+/// The client_id (the one `asked` for, or one generated when none was) and the query to
+/// forward, which carries a generated id so the node and the gateway agree on it.
+fn client_id_and_query(query: Option<&str>, asked: Option<String>) -> (String, String) {
+    match asked {
+        Some(id) => (id, query.unwrap_or_default().to_owned()),
         None => {
             let id = generate_client_id(rand::random::<u8>);
-            Ok((id.clone(), with_client_id(query, &id)))
+            let query = with_client_id(query, &id);
+            (id, query)
         }
     }
 }
@@ -150,15 +156,13 @@ mod tests {
 
     #[test]
     fn generated_ids_are_forwarded() {
-        let (id, q) = client_id_and_query(None).expect("generated");
+        let (id, q) = client_id_and_query(None, None);
         assert_eq!(q, format!("client_id={id}"));
-        let (id, q) = client_id_and_query(Some("token=x")).expect("generated");
+        assert!(id.starts_with("anon-"), "{id}");
+        let (id, q) = client_id_and_query(Some("token=x"), None);
         assert_eq!(q, format!("token=x&client_id={id}"));
-        let (id, q) = client_id_and_query(Some("client_id=a%40b")).expect("given");
+        let (id, q) = client_id_and_query(Some("client_id=a%40b"), Some("a@b".into()));
         assert_eq!((id.as_str(), q.as_str()), ("a@b", "client_id=a%40b"));
-        assert!(client_id_and_query(Some("client_id=a b")).is_err());
-        assert!(client_id_and_query(Some("client_id=")).is_err());
-        assert!(client_id_and_query(Some("client_id=%zz")).is_err());
     }
 
     #[test]
@@ -169,18 +173,26 @@ mod tests {
             AUTHORIZATION,
             HeaderValue::from_str(&format!("Bearer {}", token("alice"))).unwrap(),
         );
-        let ok = a.admit(&h, None).unwrap();
+        let ok = a.admit(&h, None, None).unwrap();
         assert_eq!(ok.client_id, "alice");
         assert_eq!(ok.query, "client_id=alice");
-        let ok = a.admit(&h, Some("client_id=alice&x=1")).unwrap();
+        let ok = a
+            .admit(&h, Some("client_id=alice&x=1"), Some("alice".into()))
+            .unwrap();
         assert_eq!(ok.query, "client_id=alice&x=1");
-        let spoof = a.admit(&h, Some("client_id=mallory")).unwrap_err();
+        let spoof = a
+            .admit(&h, Some("client_id=mallory"), Some("mallory".into()))
+            .unwrap_err();
         assert_eq!(
             (spoof.status.as_u16(), spoof.code),
             (403, "client_id_mismatch")
         );
         let none = a
-            .admit(&HeaderMap::new(), Some("client_id=alice"))
+            .admit(
+                &HeaderMap::new(),
+                Some("client_id=alice"),
+                Some("alice".into()),
+            )
             .unwrap_err();
         assert_eq!((none.status.as_u16(), none.code), (401, "missing_token"));
     }
@@ -191,10 +203,10 @@ mod tests {
         let t = token("alice");
         let mut h = HeaderMap::new();
         h.insert(ORIGIN, HeaderValue::from_static("https://evil.io"));
-        let r = a.admit(&h, Some(&format!("token={t}"))).unwrap_err();
+        let r = a.admit(&h, Some(&format!("token={t}")), None).unwrap_err();
         assert_eq!((r.status.as_u16(), r.code), (403, "origin_not_allowed"));
         let bad = format!("token={t}x");
-        let r = a.admit(&HeaderMap::new(), Some(&bad)).unwrap_err();
+        let r = a.admit(&HeaderMap::new(), Some(&bad), None).unwrap_err();
         assert_eq!(r.code, "invalid_token");
         assert!(!r.message.contains(&t));
     }

@@ -1,6 +1,7 @@
 //! A client connection that opens with `GET /ws`, served without hyper: read the request head,
-//! forward the upgrade ([`Proxy::open`](crate::proxy::Proxy::open)), answer with the node's 101
-//! and its first frames in one write, then hand both sockets to the tunnel.
+//! check it ([`ringcast_net::ws_handshake`], as a node does), forward the upgrade
+//! ([`Proxy::open`](crate::proxy::Proxy::open)), answer with the node's 101 and its first frames
+//! in one write, then hand both sockets to the tunnel. This is the gateway's only upgrade path.
 //!
 //! Why: this connection makes exactly one request, and its socket belongs to the tunnel right
 //! after. hyper's server would spend a connection task, a dispatcher, request and response
@@ -8,16 +9,17 @@
 //! it. The request head is read by `ringcast_net::http1_io` under the limits hyper had here (the
 //! handshake timeout; the header size limit, with 431 past it). Every answer
 //! but a 101 ends the connection. Connections that open otherwise (`/healthz`, `/metrics`,
-//! `/nodes`, or a head too short to tell) go to hyper as before.
+//! `/nodes`) go to hyper, which upgrades nothing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
-use ringcast_net::http1::request::{HeadError, HeadLimits};
+use ringcast_net::http1::request::HeadLimits;
 use ringcast_net::http1::response::{push_response_head, Body};
 use ringcast_net::http1_io::{self, read_head_after};
+use ringcast_net::ws_handshake::{self, Refusal};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -34,7 +36,7 @@ pub async fn serve(
     mut stream: TcpStream,
     prefix: Vec<u8>,
     peer: SocketAddr,
-    permit: Option<ConnectionPermit>,
+    permit: ConnectionPermit,
     deadline: tokio::time::Instant,
 ) {
     let proxy = &http.proxy;
@@ -43,20 +45,19 @@ pub async fn serve(
     let head = tokio::time::timeout_at(deadline, read).await;
     let (req, client_early) = match head {
         Ok(Ok(parsed)) => parsed,
-        Ok(Err(HeadError::TooLarge)) => {
-            let resp = proxy.reject(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
-                "the request head is too large",
-            );
-            return answer(&http, &mut stream, resp).await;
-        }
-        Ok(Err(HeadError::Invalid(why))) => {
-            let resp = proxy.reject(StatusCode::BAD_REQUEST, "bad_upgrade", why);
-            return answer(&http, &mut stream, resp).await;
-        }
-        // Closed, or silent through the handshake timeout.
-        Ok(Err(HeadError::Closed)) | Err(_) => return,
+        Ok(Err(e)) => match Refusal::of_head(e) {
+            Some(refusal) => {
+                let resp = proxy.refuse_handshake(refusal);
+                return answer(&http, &mut stream, resp).await;
+            }
+            None => return, // closed
+        },
+        Err(_) => return, // silent through the handshake timeout
+    };
+    // The node's order: the handshake first, then whether this server takes upgrades at all.
+    let accepted = match ws_handshake::check(&req) {
+        Ok(accepted) => accepted,
+        Err(refusal) => return answer(&http, &mut stream, proxy.refuse_handshake(refusal)).await,
     };
     let opened = if http.is_draining() {
         Err(proxy.reject(
@@ -65,7 +66,7 @@ pub async fn serve(
             "the gateway is shutting down",
         ))
     } else {
-        proxy.open(&req, peer).await
+        proxy.open(&req, accepted, peer).await
     };
     let (node, switched) = match opened {
         Ok(opened) => opened,

@@ -1,6 +1,9 @@
-//! HTTP on the gateway's port, served by hyper: `/ws` goes to the proxy; `/healthz`,
-//! `/metrics`, `/nodes` are answered here. Connections reach it from the `connection` module,
-//! which sends upgrades that open with `GET /ws` down the direct path instead.
+//! HTTP on the gateway's port, served by hyper: `/healthz`, `/metrics`, `/nodes`. Connections
+//! reach it from the `connection` module, which sends those that open with `GET /ws ` or
+//! `GET /ws?` down the upgrade path (the `direct` module) instead; hyper upgrades nothing. A
+//! `/ws` request that reaches hyper anyway (another method, an absolute-form target, a second
+//! request on a kept-alive connection) gets the refusal the handshake check gives it, or, should
+//! it pass, 400 `unsupported_upgrade` — what a node answers to the same request.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,9 +19,11 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::proxy::{PermitSlot, Proxy};
+use crate::limits::ConnectionPermit;
+use crate::proxy::Proxy;
 use ringcast_net::detect::Prefixed;
 use ringcast_net::http1::response::{json, json_error, metrics_text, Body};
+use ringcast_net::ws_handshake::{self, Refusal};
 
 /// What the HTTP layer needs.
 pub struct Http {
@@ -40,50 +45,42 @@ impl Http {
 }
 
 /// Serves HTTP/1.1 with hyper on one client connection (`stream` replays the bytes detection
-/// read) until it closes, upgrades, or `force_close` fires.
+/// read) until it closes or `force_close` fires; `permit` is held as long.
 pub async fn serve(
     http: Arc<Http>,
     stream: Prefixed<TcpStream>,
     peer: SocketAddr,
-    permit: PermitSlot,
+    permit: ConnectionPermit,
     force_close: CancellationToken,
 ) {
     let io = TokioIo::new(stream);
     let svc_http = http.clone();
     let svc = service_fn(move |req| {
         let http = svc_http.clone();
-        let permit = permit.clone();
-        async move { Ok::<_, Infallible>(route(&http, req, peer, permit).await) }
+        async move { Ok::<_, Infallible>(route(&http, req)) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(http.handshake_timeout)
         .max_buf_size(http.max_header_bytes.max(8192))
-        .serve_connection(io, svc)
-        .with_upgrades();
+        .serve_connection(io, svc);
     tokio::select! {
         r = conn => if let Err(e) = r {
             debug!(%peer, error = %e, "client connection ended with an error");
         },
         _ = force_close.cancelled() => {}
     }
+    drop(permit);
 }
 
-async fn route(
-    http: &Arc<Http>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    permit: PermitSlot,
-) -> Response<Body> {
+fn route(http: &Arc<Http>, req: Request<Incoming>) -> Response<Body> {
     let draining = http.is_draining();
     let proxy = &http.proxy;
     match req.uri().path() {
-        "/ws" if draining => json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "the gateway is shutting down",
-        ),
-        "/ws" => proxy.upgrade(req, peer, permit).await,
+        "/ws" => {
+            let refusal = ws_handshake::check(&req).err();
+            proxy.refuse_handshake(refusal.unwrap_or(Refusal::UnsupportedUpgrade))
+        }
         // A gateway's health check that reached a gateway: its node address is wrong.
         "/healthz" if crate::upstream::from_a_gateway(req.headers()) => json_error(
             StatusCode::LOOP_DETECTED,

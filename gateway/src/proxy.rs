@@ -1,22 +1,20 @@
-//! The `/ws` upgrade proxy: pick the client_id's node on the ring, forward the HTTP/1.1 upgrade
-//! there (failing over along the ring's replica order; [`crate::upstream`] speaks to the node),
+//! The `/ws` upgrade proxy: admit a checked upgrade, pick the client_id's node on the ring,
+//! forward the HTTP/1.1 upgrade there (failing over along the ring's replica order; [`crate::upstream`] speaks to the node),
 //! relay the node's 101, then hand both sockets to [`crate::tunnel`]. After the 101 the gateway
 //! never parses a frame.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
-use ringcast_net::detect::{self, Prefixed};
+use hyper::{Request, Response, StatusCode};
 use ringcast_net::http1::response::{json_error, Body};
+use ringcast_net::ws_handshake::{self, Accepted};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -60,9 +58,6 @@ pub struct Proxy {
     pub via: HeaderValue,
 }
 
-/// The connection-limit permit of one client connection; an upgrade moves it into its tunnel.
-pub type PermitSlot = Arc<Mutex<Option<ConnectionPermit>>>;
-
 /// Why one attempt on one node failed.
 enum Attempt {
     /// Nothing listens there (connection refused): the node is down, take it out now.
@@ -87,72 +82,16 @@ fn says_full(refusal: &Rejection) -> bool {
 }
 
 impl Proxy {
-    /// Handles one `/ws` request from `peer` that reached hyper (see the `direct` module for
-    /// the usual way in): on a 101, the tunnel starts once hyper hands the connection over.
-    pub async fn upgrade(
-        self: &Arc<Self>,
-        mut req: Request<Incoming>,
-        peer: SocketAddr,
-        permit: PermitSlot,
-    ) -> Response<Body> {
-        let (node, switched) = match self.open(&req, peer).await {
-            Ok(opened) => opened,
-            Err(resp) => return resp,
-        };
-        let client_upgrade = hyper::upgrade::on(&mut req);
-        let Switched {
-            stream,
-            headers,
-            early,
-        } = switched;
-        let permit = permit.lock().ok().and_then(|mut p| p.take());
-        let this = self.clone();
-        self.tunnels.spawn(async move {
-            let upgraded = match client_upgrade.await {
-                Ok(upgraded) => upgraded,
-                Err(e) => {
-                    debug!(error = %e, "upgrade did not complete");
-                    return;
-                }
-            };
-            // Our listener is plain TCP, so the downcast succeeds; the generic fallback (boxed,
-            // so it does not enlarge every tunnel) keeps this correct should that change.
-            match upgraded.downcast::<TokioIo<Prefixed<TcpStream>>>() {
-                Ok(parts) => {
-                    let (prefix, client_stream) = parts.io.into_inner().into_parts();
-                    let client = tunnel::Client {
-                        stream: client_stream,
-                        early: detect::unread(prefix, parts.read_buf),
-                    };
-                    // A task of its own, so this one's state is gone while the tunnel runs.
-                    this.tunnels
-                        .spawn(this.tunnel(&node, client, stream, early, permit));
-                }
-                Err(upgraded) => {
-                    let (c, buf) = (TokioIo::new(upgraded), this.copy_buffer_bytes);
-                    let fallback =
-                        tunnel::generic(c, stream, early, buf, &this.metrics, &this.force_close);
-                    Box::pin(fallback).await;
-                }
-            }
-        });
-        let mut out = Response::new(Full::new(Bytes::new()));
-        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        *out.headers_mut() = headers;
-        out
-    }
-
-    /// Checks an upgrade request from `peer`, admits it and forwards it along its node's
-    /// candidates: the node and its 101, or the response the client gets instead.
+    /// Admits an upgrade request from `peer` that passed the handshake check (`accepted`) and
+    /// forwards it along its node's candidates: the node and its 101, or the response the
+    /// client gets instead.
     pub async fn open<B>(
         &self,
         req: &Request<B>,
+        accepted: Accepted,
         peer: SocketAddr,
     ) -> Result<(RingNode, Switched), Response<Body>> {
         let started = Instant::now();
-        if let Err(why) = check_upgrade(req) {
-            return Err(self.reject(StatusCode::BAD_REQUEST, "bad_upgrade", why));
-        }
         if upstream::from_a_gateway(req.headers()) {
             // Answered here, so the gateway that sent it tries its next node instead.
             return Err(self.reject(
@@ -161,7 +100,11 @@ impl Proxy {
                 "this is a ringcast gateway, not a node: a gateway's node address leads here",
             ));
         }
-        let (client_id, query) = match self.admission.admit(req.headers(), req.uri().query()) {
+        let asked = accepted.client_id;
+        let admitted = self
+            .admission
+            .admit(req.headers(), req.uri().query(), asked);
+        let (client_id, query) = match admitted {
             Ok(admitted) => (admitted.client_id, admitted.query),
             Err(refusal) => return Err(self.refuse_at_edge(refusal, peer)),
         };
@@ -179,11 +122,10 @@ impl Proxy {
         let forwarded = forwarded_for(req, peer);
         let Some(head) = upstream::request_head(&query, req.headers(), &forwarded, &self.via)
         else {
-            return Err(self.reject(
-                StatusCode::BAD_REQUEST,
-                "bad_upgrade",
-                "the query cannot be forwarded",
-            ));
+            // Not expected: the query came in a request line and the id added to it is a valid
+            // client id.
+            let refusal = ws_handshake::Refusal::MalformedHead("the query cannot be forwarded");
+            return Err(self.refuse_handshake(refusal));
         };
         let attempts = tokio::time::timeout(
             self.handshake_timeout,
@@ -220,7 +162,7 @@ impl Proxy {
         client: tunnel::Client,
         node_stream: NodeIo,
         node_early: Bytes,
-        permit: Option<ConnectionPermit>,
+        permit: ConnectionPermit,
     ) -> impl Future<Output = ()> + Send + 'static {
         let gauge = self
             .metrics
@@ -382,6 +324,16 @@ impl Proxy {
         resp
     }
 
+    /// The answer to a request refused by the handshake check (a node's answer to it too),
+    /// counted by status.
+    pub fn refuse_handshake(&self, refusal: ws_handshake::Refusal) -> Response<Body> {
+        self.metrics
+            .rejected
+            .with_label_values(&[refusal.status().as_str()])
+            .inc();
+        refusal.response()
+    }
+
     /// A JSON refusal that ends the connection, counted by status.
     pub fn reject(&self, status: StatusCode, code: &str, message: &str) -> Response<Body> {
         self.metrics
@@ -394,44 +346,6 @@ impl Proxy {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         resp
     }
-}
-
-/// Checks that the request is a WebSocket upgrade we can forward.
-fn check_upgrade<B>(req: &Request<B>) -> Result<(), &'static str> {
-    if req.version() != Version::HTTP_11 {
-        return Err("WebSocket upgrades need HTTP/1.1");
-    }
-    if req.method() != Method::GET {
-        return Err("a WebSocket upgrade is a GET");
-    }
-    let h = req.headers();
-    let has_token = |name: header::HeaderName, token: &str| {
-        h.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    if !has_token(header::UPGRADE, "websocket") {
-        return Err("missing `Upgrade: websocket`");
-    }
-    if !has_token(header::CONNECTION, "upgrade") {
-        return Err("missing `Connection: Upgrade`");
-    }
-    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        return Err("unsupported or missing Sec-WebSocket-Version (need 13)");
-    }
-    let key_ok = h.get(header::SEC_WEBSOCKET_KEY).is_some_and(|k| {
-        let k = k.as_bytes();
-        k.len() == 24
-            && k.ends_with(b"==")
-            && k[..22]
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
-    });
-    if !key_ok {
-        return Err("missing or malformed Sec-WebSocket-Key");
-    }
-    Ok(())
 }
 
 /// `X-Forwarded-For`: the incoming chain plus this peer.

@@ -7,7 +7,7 @@
 //! (`--max-connections-per-ip`) is told "429 too_many_connections_from_ip" the same way.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -160,12 +160,11 @@ pub async fn serve(
                 let http = http.clone();
                 let force_close = force_close.clone();
                 // An upgrade moves the permit into its tunnel, so tunnels count against the limit.
-                let slot = Arc::new(Mutex::new(Some(permit)));
                 connections.spawn(crate::connection::serve(
                     http,
                     stream,
                     peer,
-                    slot,
+                    permit,
                     force_close,
                 ));
             }

@@ -21,7 +21,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use prometheus::IntCounter;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -201,34 +201,6 @@ impl Pipe {
                 }
             }
         }
-    }
-}
-
-/// A buffered copy both ways, for a client connection that is not plain TCP; `node_early`
-/// goes to the client first.
-pub async fn generic<A>(
-    mut client: A,
-    mut node: NodeIo,
-    node_early: Bytes,
-    buf_size: usize,
-    metrics: &Metrics,
-    force_close: &CancellationToken,
-) where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    if client.write_all(&node_early).await.is_err() {
-        return;
-    }
-    metrics.bytes_node_to_client.inc_by(node_early.len() as u64);
-    let buf_size = buf_size.clamp(512, 1024 * 1024);
-    tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut node, buf_size, buf_size) => {
-            if let Ok((up, down)) = r {
-                metrics.bytes_client_to_node.inc_by(up);
-                metrics.bytes_node_to_client.inc_by(down);
-            }
-        }
-        _ = force_close.cancelled() => {}
     }
 }
 

@@ -61,57 +61,109 @@ async fn a_frame_pipelined_behind_the_upgrade_reaches_the_node_intact() {
 }
 
 #[tokio::test]
-async fn malformed_upgrades_get_400_and_a_normal_client_keeps_working() {
+async fn malformed_upgrades_get_the_handshake_answer_and_a_normal_client_keeps_working() {
     let (_node, gw) = one_node().await;
     let (mut normal, _) = Client::connect_welcomed(&gw.ws_url("steady")).await;
     let addr = gw.addr;
     let good = upgrade_request(addr, "/ws?client_id=x");
-    let cases: Vec<(&str, String)> = vec![
+    // The codes of README's table of upgrade answers (ringcast_net::ws_handshake).
+    let cases: Vec<(&str, String, u16, &str)> = vec![
         (
             "missing key",
             good.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
+            400,
+            "bad_websocket_key",
         ),
-        ("bad key", good.replace("dGhlIHNhbXBsZSBub25jZQ==", "short")),
-        ("wrong version", good.replace("Version: 13", "Version: 8")),
+        (
+            "bad key",
+            good.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"),
+            400,
+            "bad_websocket_key",
+        ),
+        (
+            "wrong version",
+            good.replace("Version: 13", "Version: 8"),
+            400,
+            "bad_websocket_version",
+        ),
         (
             "no upgrade header",
             good.replace("Upgrade: websocket\r\n", ""),
+            426,
+            "upgrade_required",
         ),
         (
             "h2c upgrade",
             good.replace("Upgrade: websocket", "Upgrade: h2c"),
+            426,
+            "upgrade_required",
         ),
         (
             "no connection upgrade",
             good.replace("Connection: Upgrade", "Connection: keep-alive"),
+            426,
+            "upgrade_required",
         ),
-        ("HTTP/1.0", good.replace("HTTP/1.1", "HTTP/1.0")),
-        ("POST", good.replace("GET ", "POST ")),
-        ("HTTP/2 request line", good.replace("HTTP/1.1", "HTTP/2")),
+        (
+            "HTTP/1.0",
+            good.replace("HTTP/1.1", "HTTP/1.0"),
+            400,
+            "bad_http_version",
+        ),
+        (
+            "POST",
+            good.replace("GET ", "POST "),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "HTTP/2 request line",
+            good.replace("HTTP/1.1", "HTTP/2"),
+            400,
+            "bad_request",
+        ),
         (
             "invalid client_id",
             upgrade_request(addr, "/ws?client_id=has%20space"),
+            400,
+            "invalid_client_id",
         ),
         (
             "too long client_id",
             upgrade_request(addr, &format!("/ws?client_id={}", "a".repeat(65))),
+            400,
+            "invalid_client_id",
         ),
-        ("bad escape", upgrade_request(addr, "/ws?client_id=%zz")),
-        ("empty client_id", upgrade_request(addr, "/ws?client_id=")),
+        (
+            "bad escape",
+            upgrade_request(addr, "/ws?client_id=%zz"),
+            400,
+            "invalid_client_id",
+        ),
+        (
+            "empty client_id",
+            upgrade_request(addr, "/ws?client_id="),
+            400,
+            "invalid_client_id",
+        ),
+        // The HTTP/2 connection preface is not HTTP/1.1 at all: refused, never forwarded.
+        (
+            "HTTP/2 preface",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_owned(),
+            400,
+            "bad_http_version",
+        ),
     ];
-    for (what, req) in cases {
-        let (status, body) = http_raw(addr, &req).await;
-        assert_eq!(status, 400, "{what}: {body}");
+    let count = cases.len() as f64;
+    for (what, req, status, code) in cases {
+        let (got, body) = http_raw(addr, &req).await;
+        assert_eq!(got, status, "{what}: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).expect("a JSON body");
+        assert_eq!(body["error"], code, "{what}");
+        normal.send_json(json!({"type":"ping"})).await;
+        normal.recv_event("pong").await;
     }
-    // The HTTP/2 connection preface is not HTTP/1.1 at all: refused, never forwarded.
-    let (status, _) = http_raw(addr, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
-    assert_eq!(status, 400);
-    let (status, body) = http_raw(addr, &upgrade_request(addr, "/ws?client_id=has%20space")).await;
-    assert_eq!(status, 400);
-    assert!(body.contains("invalid_client_id"), "{body}");
-    normal.send_json(json!({"type":"ping"})).await;
-    normal.recv_event("pong").await;
-    assert!(gw.metric("ringcast_gateway_rejected_upgrades_total").await >= 13.0);
+    assert!(gw.metric("ringcast_gateway_rejected_upgrades_total").await >= count);
 }
 
 #[tokio::test]
@@ -427,8 +479,8 @@ async fn a_node_refusal_reaches_the_client_with_its_body() {
 
 #[tokio::test]
 async fn an_upgrade_sent_in_pieces_still_opens() {
-    // A first segment too short to tell `GET /ws` from anything else takes the general HTTP
-    // path; the upgrade works there too, welcome and pipelined frame included.
+    // A first segment too short to tell `GET /ws` from anything else: detection waits for the
+    // rest, and the upgrade opens on the one upgrade path, welcome and pipelined frame included.
     let (_node, gw) = one_node().await;
     let mut s = TcpStream::connect(gw.addr).await.expect("connect");
     let mut bytes = upgrade_request(gw.addr, "/ws?client_id=trickle").into_bytes();

@@ -19,7 +19,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 pub enum Opening {
     /// The HTTP/2 prior-knowledge preface, which an HTTP/1.1 server cannot serve.
     Http2Preface,
-    /// `GET /ws`: most likely a WebSocket upgrade.
+    /// `GET /ws ` or `GET /ws?`: a WebSocket upgrade, or a refusal from the handshake check;
+    /// the only connections either binary upgrades.
     WsUpgrade,
     /// `GET /link`: a gateway asking for a link (see `crate::link`).
     Link,
@@ -83,22 +84,6 @@ impl<S> Prefixed<S> {
             prefix: prefix.into(),
             inner,
         }
-    }
-
-    /// The prefix bytes not read yet, and the stream.
-    pub fn into_parts(self) -> (Bytes, S) {
-        (self.prefix, self.inner)
-    }
-}
-
-/// What an upgraded connection has read but not used: the prefix hyper left unread (it takes
-/// the whole prefix with its first read, so this is normally empty) ahead of hyper's own
-/// read-past bytes.
-pub fn unread(prefix: Bytes, read_buf: Bytes) -> Bytes {
-    if prefix.is_empty() {
-        read_buf
-    } else {
-        [prefix, read_buf].concat().into()
     }
 }
 
@@ -226,8 +211,6 @@ mod tests {
         let mut rest = Vec::new();
         s.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"llo world");
-        let (left, _) = s.into_parts();
-        assert!(left.is_empty());
     }
 
     mod fuzz {

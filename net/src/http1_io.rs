@@ -138,7 +138,15 @@ pub async fn answer<S: AsyncWrite + Unpin>(
     };
     let mut headers = parts.headers;
     headers.insert(header::DATE, date());
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    // The answer ends the connection; a `Connection` that says so already (with an `upgrade`
+    // option beside it, as a 426 has) stays as it is.
+    let says_close = headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+    if !says_close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     let mut out = Vec::with_capacity(256 + body.len());
     push_response_head(&mut out, parts.status, &headers);

@@ -1,4 +1,10 @@
 //! HTTP on the node's port: `/ws` upgrades, `/healthz`, `/stats` and `/metrics`.
+//!
+//! A connection that opens with `GET /ws ` or `GET /ws?` is upgraded without hyper
+//! ([`serve_upgrade`]); hyper serves every other connection and never upgrades one. A `/ws`
+//! request that reaches hyper (another method, an absolute-form target, a second request on a
+//! kept-alive connection) gets the refusal [`ws_handshake::check`] gives it, or, should it pass,
+//! 400 `unsupported_upgrade`: one upgrade path, so one place where sessions start.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -6,18 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::Either;
 use futures_util::FutureExt;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use ringcast_net::cork::{self, Uncork};
-use ringcast_net::detect::{self, detect, Opening, Prefixed};
+use ringcast_net::detect::{detect, Opening, Prefixed};
 use ringcast_net::http1::request::{HeadError, HeadLimits};
 use ringcast_net::http1::response::{
     self, json, json_error, metrics_text, push_response_head, Body,
@@ -25,7 +28,7 @@ use ringcast_net::http1::response::{
 use ringcast_net::http1_io::{self, read_head_after};
 use ringcast_net::link::{self, Link, LinkStream};
 use ringcast_net::split::SplitIo;
-use ringcast_net::ws_handshake;
+use ringcast_net::ws_handshake::{self, Refusal};
 use ringcast_protocol::auth::Identity;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -59,7 +62,12 @@ pub async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: 
             let serve = serve_link(shared, stream, prefix, peer, deadline, handshake_timeout);
             return serve.await;
         }
-        Ok(Some((_, prefix))) => prefix,
+        Ok(Some((Opening::Http2Preface, _))) => {
+            // hyper's HTTP/1 server would drop it without a word; say why, as the gateway does.
+            let resp = refuse_with(&shared, Refusal::BadHttpVersion);
+            return http1_io::answer(&mut stream, resp, handshake_timeout).await;
+        }
+        Ok(Some((Opening::Other, prefix))) => prefix,
         Ok(None) | Err(_) => return, // closed, or silent through the handshake timeout
     };
     // hyper reads the detected bytes again first.
@@ -73,8 +81,7 @@ pub async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: 
         .timer(TokioTimer::new())
         .header_read_timeout(handshake_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
-        .serve_connection(io, svc)
-        .with_upgrades();
+        .serve_connection(io, svc);
     let mut conn = std::pin::pin!(conn);
     // Once the node has drained, a kept-alive connection ends after the request in progress
     // (the node waits for its connections before exiting).
@@ -92,7 +99,7 @@ pub async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: 
 
 fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
-        "/ws" => upgrade_ws(shared, req),
+        "/ws" => upgrade_elsewhere(&shared, &req),
         "/healthz" => health(&shared),
         "/stats" => {
             let s = shared.hub.stats();
@@ -144,6 +151,12 @@ fn refuse(shared: &Shared, status: StatusCode, code: &str, message: &str) -> Res
     refusal(status, code, message)
 }
 
+/// A refused upgrade's answer from the handshake table, counted.
+fn refuse_with(shared: &Shared, refusal: Refusal) -> Response<Body> {
+    count_refusal(shared, refusal.code());
+    refusal.response()
+}
+
 fn count_refusal(shared: &Shared, code: &str) {
     shared
         .metrics
@@ -159,31 +172,6 @@ fn refusal(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
-}
-
-/// An upgraded connection, with the bytes hyper read past the request: the TCP stream itself when
-/// hyper hands that back (always, for our listener), else hyper's boxed IO.
-type Accepted = Either<(TcpStream, Bytes), (TokioIo<Upgraded>, Bytes)>;
-
-/// Waits for hyper to hand over the upgraded connection.
-///
-/// Taking the `TcpStream` back out of hyper's `Upgraded` saves a boxed `dyn` IO and an
-/// indirection on every read and write.
-async fn accept(on_upgrade: OnUpgrade) -> Option<Accepted> {
-    let upgraded = match on_upgrade.await {
-        Ok(upgraded) => upgraded,
-        Err(e) => {
-            debug!(error = %e, "upgrade failed");
-            return None;
-        }
-    };
-    Some(match upgraded.downcast::<TokioIo<Prefixed<TcpStream>>>() {
-        Ok(parts) => {
-            let (prefix, tcp) = parts.io.into_inner().into_parts();
-            Either::Left((tcp, detect::unread(prefix, parts.read_buf)))
-        }
-        Err(upgraded) => Either::Right((TokioIo::new(upgraded), Bytes::new())),
-    })
 }
 
 /// An upgrade that passed every check: what its session needs and what its 101 says.
@@ -228,7 +216,7 @@ fn admit<B>(
 ) -> Result<Admitted, Box<Response<Body>>> {
     let refused =
         |status, code: &str, message: &str| Box::new(refuse(shared, status, code, message));
-    let accepted = ws_handshake::check(req).map_err(|r| refused(r.status, r.code, r.message))?;
+    let accepted = ws_handshake::check(req).map_err(|r| Box::new(refuse_with(shared, r)))?;
     if shared.is_draining() {
         return Err(refused(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -280,7 +268,7 @@ async fn serve_upgrade<S>(
 ) where
     S: AsyncRead + AsyncWrite + Uncork + SplitIo + Unpin + Send + 'static,
 {
-    let bad = |why| refuse(&shared, StatusCode::BAD_REQUEST, "bad_request", why);
+    let bad = |why| refuse_with(&shared, Refusal::MalformedHead(why));
     let head = head_or_answer(&mut stream, prefix, deadline, timeout, bad).await;
     let Some((req, early)) = head else {
         return;
@@ -519,51 +507,10 @@ async fn stream_refusal(timeout: Duration) -> Vec<u8> {
     out
 }
 
-/// A `/ws` request that reached hyper (its first segment was too short to recognise).
-fn upgrade_ws(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Body> {
-    let admitted = match admit(&shared, &req, None) {
-        Ok(admitted) => admitted,
-        Err(resp) => return *resp,
-    };
-    let mut resp = Response::new(Full::new(Bytes::new()));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    *resp.headers_mut() = admitted.switching_headers();
-    let Admitted {
-        slot,
-        client_id,
-        identity,
-        ..
-    } = admitted;
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    // This task lives as long as the connection and keeps whatever it captures: what the
-    // session needs is boxed until it starts, and the upgrade runs boxed.
-    let drain = shared.drain.clone();
-    let upgrade = Box::new((on_upgrade, slot, shared, client_id, identity, drain.clone()));
-    drain.spawn_session(async move {
-        // The inner block's locals are gone before the session runs.
-        let (_slot, session) = {
-            // Moved out of the capture first, so the box is freed now, not with the task.
-            let (on_upgrade, slot, shared, client_id, identity, drain) = {
-                let upgrade = upgrade;
-                *upgrade
-            };
-            let Some(accepted) = Box::pin(accept(on_upgrade)).await else {
-                return;
-            };
-            let (io, early) = match accepted {
-                Either::Left(tcp) => tcp,
-                Either::Right((io, early)) => {
-                    // Not expected: a task of its own, so it does not widen every connection's.
-                    drain.spawn_session(async move {
-                        let _slot = slot;
-                        serve(shared, io, early, client_id, identity).await;
-                    });
-                    return;
-                }
-            };
-            (slot, serve(shared, io, early, client_id, identity))
-        };
-        session.await;
-    });
-    resp
+/// A `/ws` request that reached hyper: its connection did not open with `GET /ws ` or
+/// `GET /ws?`. The handshake check's refusal, or `unsupported_upgrade` when it passes — hyper
+/// upgrades nothing (see the module doc).
+fn upgrade_elsewhere(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    let refusal = ws_handshake::check(req).err();
+    refuse_with(shared, refusal.unwrap_or(Refusal::UnsupportedUpgrade))
 }

@@ -319,7 +319,8 @@ async fn odd_upgrade_heads_are_answered_and_a_split_one_still_opens() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("bad_http_version"), "{body}");
     by.still_served().await;
-    // A first segment too short to recognise `GET /ws` goes through hyper; it opens all the same.
+    // A first segment too short to recognise `GET /ws`: detection waits for the rest, and it
+    // opens on the one upgrade path.
     let request = "GET /ws?client_id=split HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
                    Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
                    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
