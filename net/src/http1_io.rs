@@ -66,7 +66,13 @@ pub async fn answer<S: AsyncWrite + Unpin>(
     };
     let mut headers = parts.headers;
     headers.insert(header::DATE, date());
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    // A refusal that names other protocols (a 426's `Upgrade`) keeps its `Connection: Upgrade`,
+    // as RFC 9110 §7.8 asks, and adds `close`.
+    let connection = match headers.get(header::CONNECTION).map(HeaderValue::as_bytes) {
+        Some(b"Upgrade") => HeaderValue::from_static("Upgrade, close"),
+        _ => HeaderValue::from_static("close"),
+    };
+    headers.insert(header::CONNECTION, connection);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     let mut out = Vec::with_capacity(256 + body.len());
     push_response_head(&mut out, parts.status, &headers);

@@ -37,6 +37,7 @@
 pub mod frame;
 pub mod secret;
 mod stream;
+pub mod upgrade;
 
 use std::collections::HashMap;
 use std::future::poll_fn;
