@@ -53,15 +53,15 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use frame::{decode, CLOSE, CREDIT, DATA, FIN, HEADER_LEN, MAX_PAYLOAD, OPEN, PING, PONG};
+use frame::{
+    decode, GoAwayReason, CLOSE, CREDIT, DATA, FIN, GOAWAY, HEADER_LEN, MAX_PAYLOAD, OPEN, PING,
+    PONG,
+};
 pub use secret::LinkSecret;
 pub use stream::{LinkHalf, LinkSender, LinkStream};
 
 /// The request path that turns a connection into a link.
 pub const PATH: &str = "/link";
-
-/// The `Upgrade` token of a link.
-pub const PROTOCOL: &str = "ringcast-link";
 
 /// Unread bytes a stream may have in flight in one direction.
 pub const WINDOW: usize = 64 * 1024;
@@ -140,6 +140,14 @@ struct Inner {
     /// What a stream opened past `max_streams` gets before its `CLOSE` (see
     /// [`Link::set_full_reply`]).
     full_reply: Vec<u8>,
+    /// The highest stream id the peer opened (accepting end): a `GOAWAY`'s last stream.
+    last_opened: u32,
+    /// This end sent its `GOAWAY` (accepting end).
+    goaway_sent: bool,
+    /// The peer's `GOAWAY` (opening end): no new streams on this link.
+    goaway: Option<GoAwayReason>,
+    /// The task waiting in [`Link::goaway`].
+    goaway_waker: Option<Waker>,
 }
 
 /// One stream's state on this end.
@@ -207,6 +215,7 @@ impl Inner {
         self.dead = true;
         wake.extend(self.writer.take());
         wake.extend(self.reader.take());
+        wake.extend(self.goaway_waker.take());
         self.waiting.clear();
         for slot in self.streams.values_mut() {
             wake.extend(slot.rx_waker.take());
@@ -246,6 +255,7 @@ impl Inner {
                 let mut slot = Slot::new();
                 slot.rx.extend_from_slice(payload);
                 self.streams.insert(id, slot);
+                self.last_opened = self.last_opened.max(id);
                 Ok(Some(id))
             }
             DATA => {
@@ -291,6 +301,17 @@ impl Inner {
                 Ok(None)
             }
             PONG => Ok(None),
+            GOAWAY => {
+                if role != Role::Opener {
+                    return Err(invalid("GOAWAY from the opening end"));
+                }
+                // The first one stands; a repeat changes nothing.
+                if self.goaway.is_none() {
+                    self.goaway = Some(GoAwayReason::from_code(len));
+                    wake.extend(self.goaway_waker.take());
+                }
+                Ok(None)
+            }
             _ => Err(invalid("unknown frame kind")),
         }
     }
@@ -406,6 +427,9 @@ impl Link {
         if inner.dead {
             return Err(io::ErrorKind::NotConnected.into());
         }
+        if inner.goaway.is_some() {
+            return Err(io::Error::other("the peer sent GOAWAY: no new streams"));
+        }
         if inner.streams.len() >= inner.max_streams || inner.next_id == u32::MAX {
             return Err(io::Error::other("the link has no stream left"));
         }
@@ -417,10 +441,50 @@ impl Link {
         Ok(LinkStream::new(self.shared.clone(), id))
     }
 
-    /// Whether a stream can still be opened: the link is alive and has ids left.
+    /// Whether a stream can still be opened: the link is alive, has ids left and the peer has
+    /// not sent `GOAWAY`.
     pub fn is_usable(&self) -> bool {
         let inner = self.shared.lock();
-        !inner.dead && inner.next_id < u32::MAX && inner.streams.len() < inner.max_streams
+        !inner.dead
+            && inner.goaway.is_none()
+            && inner.next_id < u32::MAX
+            && inner.streams.len() < inner.max_streams
+    }
+
+    /// Tells the peer that this end takes no new streams on the link (accepting end, on a
+    /// link whose version has `GOAWAY`; see [`upgrade::Version::has_goaway`]). Streams already
+    /// open run on, and an `OPEN` that crossed the `GOAWAY` on the wire is still served. Sent
+    /// once; later calls do nothing.
+    pub fn go_away(&self, reason: GoAwayReason) {
+        let mut inner = self.shared.lock();
+        if inner.dead || inner.goaway_sent {
+            return;
+        }
+        inner.goaway_sent = true;
+        let last = inner.last_opened;
+        inner.push_frame(GOAWAY, last, reason.code(), &[]);
+    }
+
+    /// The peer's `GOAWAY`, if it sent one (opening end).
+    pub fn going_away(&self) -> Option<GoAwayReason> {
+        self.shared.lock().goaway
+    }
+
+    /// Resolves with the peer's `GOAWAY` once it arrives, or `None` once the link is dead
+    /// without one.
+    pub async fn goaway(&self) -> Option<GoAwayReason> {
+        poll_fn(|cx| {
+            let mut inner = self.shared.lock();
+            if let Some(reason) = inner.goaway {
+                return Poll::Ready(Some(reason));
+            }
+            if inner.dead {
+                return Poll::Ready(None);
+            }
+            inner.goaway_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     /// Whether the link still moves bytes.
