@@ -13,6 +13,19 @@
 //! any answer (reset, or closed with nothing said) says nothing about links: that upgrade goes
 //! direct and a link is tried again after [`RETRY_BROKEN`], doubling while it keeps happening.
 //!
+//! The request offers `Upgrade: ringcast-link/1`. A node of the release before versioning
+//! answers that with a 400 `bad_request`, and a node that does not know the version with a 426
+//! `link_version_unsupported`: either way the gateway asks again at once with the unversioned
+//! `ringcast-link`, and keeps asking that node with it for [`RETRY_UNSUPPORTED`] (then tries
+//! the versioned token first again, so an upgraded node is found out). A legacy link has no
+//! `GOAWAY`.
+//!
+//! A node that begins to drain sends `GOAWAY` on its link: the link takes no new streams, and
+//! until it ends every upgrade routed to that node moves on to the next candidate at once,
+//! without asking the node; the clients already on the link stay until the node closes them.
+//! A link that ends after its `GOAWAY` ended as planned: it is logged at info, not as a
+//! failure, and nothing counts against the node's health.
+//!
 //! Nodes come and go (a scaled deployment gives each new pod a new address), so a node's entry
 //! does not outlive its use: whenever an address is seen for the first time, the entries of
 //! every other address that has no live link and nothing left to remember are dropped.
@@ -23,6 +36,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
+use ringcast_net::link::frame::GoAwayReason;
+use ringcast_net::link::upgrade::Version;
 use ringcast_net::link::{self, Link, LinkSecret, LinkStream, Role, MAX_STREAMS};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
@@ -61,11 +76,13 @@ pub enum LinkError {
     Unreachable(String),
     /// The node answered with a 5xx (draining, full).
     Declined(hyper::StatusCode),
+    /// The node's link carries a `GOAWAY` for draining: it takes no new clients.
+    Draining,
 }
 
 /// Links by node address.
 pub struct Links {
-    nodes: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<State>>>>,
+    nodes: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<Entry>>>>,
     /// Every link made, for [`Links::close_all`]; dead ones are pruned as new ones come.
     made: Mutex<Vec<Link>>,
     /// Bound on a whole link attempt: the TCP connect and the node's answer.
@@ -78,18 +95,37 @@ pub struct Links {
     refusals: IntCounterVec,
     /// Link attempts that broke off before any answer.
     broken: IntCounter,
+    /// `GOAWAY`s received from nodes.
+    goaways: IntCounter,
+}
+
+/// One node's entry: its link as far as it got, and since when it is known to speak only the
+/// unversioned link token.
+struct Entry {
+    state: State,
+    legacy_since: Option<Instant>,
+}
+
+impl Entry {
+    /// The version to ask this node for first.
+    fn first_version(&self) -> Version {
+        match self.legacy_since {
+            Some(since) if since.elapsed() < RETRY_UNSUPPORTED => Version::Legacy,
+            _ => Version::V1,
+        }
+    }
 }
 
 /// Whether a node's entry can go: nobody is routing through it right now, and it holds neither
 /// a live link nor a verdict still standing (a refusal of links, a recent failure).
-fn forgettable(state: &Arc<tokio::sync::Mutex<State>>) -> bool {
-    if Arc::strong_count(state) > 1 {
+fn forgettable(entry: &Arc<tokio::sync::Mutex<Entry>>) -> bool {
+    if Arc::strong_count(entry) > 1 {
         return false;
     }
-    let Ok(state) = state.try_lock() else {
+    let Ok(entry) = entry.try_lock() else {
         return false;
     };
-    match &*state {
+    match &entry.state {
         State::None => true,
         State::Up(link) => !link.is_alive(),
         State::Unsupported(since, _) => since.elapsed() >= RETRY_UNSUPPORTED,
@@ -118,6 +154,9 @@ enum Made {
     Unsupported(&'static str),
     /// Broken off before any answer.
     Broken(String),
+    /// The node does not know the version asked for (a 426, or the 400 of a node from before
+    /// versioning), with the code to count if no version gets a link.
+    OtherVersion(&'static str),
 }
 
 impl Links {
@@ -129,6 +168,7 @@ impl Links {
             gauge: metrics.node_links.clone(),
             refusals: metrics.link_refusals.clone(),
             broken: metrics.link_attempts_broken.clone(),
+            goaways: metrics.link_goaways.clone(),
             nodes: Mutex::new(HashMap::new()),
             made: Mutex::new(Vec::new()),
             connect_timeout,
@@ -145,11 +185,24 @@ impl Links {
             }
             nodes
                 .entry(addr.clone())
-                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(State::None)))
+                .or_insert_with(|| {
+                    Arc::new(tokio::sync::Mutex::new(Entry {
+                        state: State::None,
+                        legacy_since: None,
+                    }))
+                })
                 .clone()
         };
-        let mut state = state.lock().await;
+        let mut entry = state.lock().await;
+        let first = entry.first_version();
+        let state = &mut entry.state;
         match &*state {
+            // Draining: the next node, without asking this one (a new link would be refused).
+            State::Up(link)
+                if link.going_away() == Some(GoAwayReason::Draining) && link.is_alive() =>
+            {
+                return Err(LinkError::Draining)
+            }
             State::Up(link) => match link.open() {
                 Ok(stream) => return Ok(Route::Stream(stream)),
                 Err(e) => debug!(%addr, error = %e, "link unusable; making a new one"),
@@ -161,7 +214,19 @@ impl Links {
             State::Failed(since, e) if since.elapsed() < RETRY_FAILED => return Err(e.clone()),
             _ => {}
         }
-        let made = match self.connect(addr).await {
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let mut made = self.connect(addr, first, deadline).await;
+        if first == Version::V1 && matches!(made, Ok(Made::OtherVersion(_))) {
+            // A node from before versioning (or one that dropped this version): ask again in
+            // the words of the release before.
+            made = self.connect(addr, Version::Legacy, deadline).await;
+            if matches!(made, Ok(Made::Link(_))) {
+                info!(%addr, "the node speaks only the unversioned link token (an older release); linked with it, without GOAWAY");
+                entry.legacy_since = Some(Instant::now());
+            }
+        }
+        let state = &mut entry.state;
+        let made = match made {
             Ok(made) => made,
             Err(e) => {
                 // Only a slow failure is worth sparing the upgrades queued behind it; a refusal
@@ -180,7 +245,7 @@ impl Links {
                 *state = State::Up(link);
                 Ok(Route::Stream(stream))
             }
-            Made::Unsupported(code) => {
+            Made::Unsupported(code) | Made::OtherVersion(code) => {
                 // Logged at warn once per change: asked again every minute, a node with another
                 // secret would otherwise warn forever (the counter has every refusal).
                 let again = matches!(&*state, State::Unsupported(_, was) if *was == code);
@@ -188,6 +253,7 @@ impl Links {
                     "link_unauthorized" => "the node wants another link secret (check --link-secret on both sides)",
                     "link_forbidden" => "the node has no link secret and takes links from its own host only (set --link-secret on both sides)",
                     "not_http" => "the server does not speak the link protocol",
+                    "link_version_unsupported" => "the node speaks no link version this gateway does",
                     _ => "the node does not take links",
                 };
                 if again {
@@ -218,9 +284,13 @@ impl Links {
         }
     }
 
-    /// Makes a link to `addr` within the connect timeout, or says why the node gave none.
-    async fn connect(&self, addr: &str) -> Result<Made, LinkError> {
-        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+    /// Makes a link of `version` to `addr` by `deadline`, or says why the node gave none.
+    async fn connect(
+        &self,
+        addr: &str,
+        version: Version,
+        deadline: tokio::time::Instant,
+    ) -> Result<Made, LinkError> {
         let socket = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
             .await
             .map_err(|_| LinkError::Unreachable("connect timed out".into()))?
@@ -232,7 +302,7 @@ impl Links {
         let head = format!(
             "GET {} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: {}\r\nConnection: Upgrade\r\n{}\r\n",
             link::PATH,
-            link::PROTOCOL,
+            version.token(),
             self.secret
                 .as_ref()
                 .map(LinkSecret::header_line)
@@ -254,7 +324,17 @@ impl Links {
                 return Err(LinkError::Declined(refusal.status));
             }
             Ok(Answer::Other(refusal)) => {
-                let code = match upstream::error_code(&refusal.body).as_deref() {
+                let code = upstream::error_code(&refusal.body);
+                if refusal.status == hyper::StatusCode::UPGRADE_REQUIRED {
+                    return Ok(Made::OtherVersion("link_version_unsupported"));
+                }
+                if refusal.status == hyper::StatusCode::BAD_REQUEST
+                    && code.as_deref() == Some("bad_request")
+                {
+                    // What a node from before versioning answers a token it does not know.
+                    return Ok(Made::OtherVersion("other"));
+                }
+                let code = match code.as_deref() {
                     Some("link_unauthorized") => "link_unauthorized",
                     Some("link_forbidden") => "link_forbidden",
                     _ => "other",
@@ -268,16 +348,33 @@ impl Links {
         let (link, driver) = Link::new(socket, switched.early, Role::Opener, MAX_STREAMS, |_| {});
         let addr_owned = addr.to_string();
         let gauge = self.gauge.clone();
+        let goaways = self.goaways.clone();
+        let watched = link.clone();
         gauge.inc();
         // Each driver ends with its link, which `close_all` ends at shutdown.
         tokio::spawn(async move {
-            match driver.await {
-                Ok(()) => info!(addr = %addr_owned, "link closed"),
-                Err(e) => warn!(addr = %addr_owned, error = %e, "link failed"),
+            let mut driver = std::pin::pin!(driver);
+            let result = tokio::select! {
+                r = &mut driver => r,
+                reason = watched.goaway() => {
+                    if let Some(reason) = reason {
+                        goaways.inc();
+                        info!(addr = %addr_owned, ?reason, "the node sent GOAWAY: no new clients on its link");
+                    }
+                    driver.await
+                }
+            };
+            match (result, watched.going_away()) {
+                (Ok(()), _) => info!(addr = %addr_owned, "link closed"),
+                // The node said it was going: its closing the link is no failure.
+                (Err(e), Some(_)) => {
+                    info!(addr = %addr_owned, error = %e, "link ended after GOAWAY")
+                }
+                (Err(e), None) => warn!(addr = %addr_owned, error = %e, "link failed"),
             }
             gauge.dec();
         });
-        info!(%addr, "link opened");
+        info!(%addr, version = version.token(), "link opened");
         let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
         made.retain(Link::is_alive);
         made.push(link.clone());
@@ -329,8 +426,8 @@ mod tests {
         leaving.stop().await.unwrap();
         let link = {
             let nodes = links.nodes.lock().unwrap();
-            let state = nodes[&leaving_addr].try_lock().unwrap();
-            match &*state {
+            let entry = nodes[&leaving_addr].try_lock().unwrap();
+            match &entry.state {
                 State::Up(link) => link.clone(),
                 _ => panic!("no link was made"),
             }

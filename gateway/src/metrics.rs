@@ -24,10 +24,12 @@ pub struct Metrics {
     /// Links open to nodes (each carries every client routed to its node).
     pub node_links: IntGauge,
     /// Link requests a node refused, by code (`link_unauthorized`, `link_forbidden`,
-    /// `not_http`, `other`).
+    /// `not_http`, `link_version_unsupported`, `other`).
     pub link_refusals: IntCounterVec,
     /// Link attempts that broke off before any answer (those upgrades went direct).
     pub link_attempts_broken: IntCounter,
+    /// `GOAWAY`s received on links (a node began to drain).
+    pub link_goaways: IntCounter,
     /// Healthy nodes on the ring.
     pub ring_size: IntGauge,
     /// Members known (healthy or not).
@@ -104,6 +106,11 @@ impl Metrics {
                 "Link attempts that broke off before any answer (those upgrades went direct)",
             )
             .expect("static metric definition"),
+            link_goaways: IntCounter::new(
+                "link_goaways_total",
+                "GOAWAYs received from nodes on links (the node drains; new clients go elsewhere)",
+            )
+            .expect("static metric definition"),
             ring_size: IntGauge::new("ring_size", "Healthy nodes on the ring")
                 .expect("static metric definition"),
             members: IntGauge::new("members", "Known nodes, healthy or not")
@@ -148,6 +155,7 @@ impl Metrics {
         let _ = r.register(Box::new(m.node_links.clone()));
         let _ = r.register(Box::new(m.link_refusals.clone()));
         let _ = r.register(Box::new(m.link_attempts_broken.clone()));
+        let _ = r.register(Box::new(m.link_goaways.clone()));
         let _ = r.register(Box::new(m.ring_size.clone()));
         let _ = r.register(Box::new(m.members.clone()));
         let _ = r.register(Box::new(m.health_checks.clone()));

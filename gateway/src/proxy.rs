@@ -70,6 +70,9 @@ enum Attempt {
     /// The node answered 503 at its connection limit: try the next one. Not a health failure;
     /// if no candidate takes the client, it gets 503 `node_full`.
     Full,
+    /// The node's link carries its `GOAWAY` (it drains): try the next one without asking it.
+    /// Not a health failure.
+    Draining,
 }
 
 /// Whether a node's 5xx says it is at its connection limit.
@@ -215,6 +218,9 @@ impl Proxy {
                 Err(Attempt::Declined(status)) => {
                     info!(node = %node.id, %status, "node refused the upgrade");
                 }
+                Err(Attempt::Draining) => {
+                    debug!(node = %node.id, "node is draining (GOAWAY on its link)");
+                }
                 Err(Attempt::Full) => {
                     info!(node = %node.id, "node is at its connection limit");
                     full = true;
@@ -242,6 +248,7 @@ impl Proxy {
                 LinkError::Refused(e) => Attempt::Refused(e),
                 LinkError::Unreachable(e) => Attempt::Unreachable(e),
                 LinkError::Declined(status) => Attempt::Declined(status),
+                LinkError::Draining => Attempt::Draining,
             })?,
             None => Route::Direct,
         };

@@ -12,7 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use ringcast_node::Config as NodeConfig;
 use ringcast_testkit::{Client, TestNode};
 use serde_json::json;
-use support::TestGateway;
+use support::{connect_to_node, signal, TestGateway};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_tungstenite::tungstenite::Message;
@@ -238,24 +238,6 @@ async fn a_node_without_links_is_reached_with_a_connection_per_client() {
         "the node's refusal is remembered"
     );
     assert_eq!(gw.metric("ringcast_gateway_node_links").await, 0.0);
-}
-
-/// Connects `id` through the gateway; returns the client and the node that welcomed it.
-async fn connect_to_node(gw: &TestGateway, id: &str) -> (Client, String) {
-    let mut c = Client::connect(&gw.ws_url(id)).await;
-    let w = c.recv_event("welcome").await;
-    let node = w["node"].as_str().expect("welcome.node").to_owned();
-    (c, node)
-}
-
-/// Sends `signal` to `pid` with kill(1).
-fn signal(pid: u32, signal: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .expect("run kill")
-        .success();
-    assert!(ok, "kill {signal} {pid}");
 }
 
 /// Whether every thread of `pid` is stopped (state `T` in `/proc/PID/task/*/stat`).

@@ -138,14 +138,21 @@ pub async fn answer<S: AsyncWrite + Unpin>(
     };
     let mut headers = parts.headers;
     headers.insert(header::DATE, date());
-    // The answer ends the connection; a `Connection` that says so already (with an `upgrade`
-    // option beside it, as a 426 has) stays as it is.
-    let says_close = headers
+    // The answer ends the connection. A `Connection` that says so already stays as it is; one
+    // that names only `Upgrade` (a 426 naming other protocols, RFC 9110 §7.8) keeps it and
+    // adds `close`.
+    let connection = headers
         .get(header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+        .and_then(|v| v.to_str().ok());
+    let says_close =
+        connection.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
     if !says_close {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let value = if connection.is_some_and(|v| v.trim().eq_ignore_ascii_case("upgrade")) {
+            HeaderValue::from_static("Upgrade, close")
+        } else {
+            HeaderValue::from_static("close")
+        };
+        headers.insert(header::CONNECTION, value);
     }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     let mut out = Vec::with_capacity(256 + body.len());

@@ -5,38 +5,143 @@
 //! epoll registration on both sides, and every message to a room costs the node one write and the
 //! gateway one read per member. Over a link a client is a *stream*: its bytes travel in frames
 //! on the link's one socket, a read there picks up frames for many clients at once, and a write
-//! carries whatever every stream queued since the last one.
+//! carries whatever every stream queued since the last one. The streams carry exactly the bytes
+//! a client connection would (the upgrade head, the 101, WebSocket frames), so the node serves a
+//! stream like an accepted socket and the gateway copies it like one.
 //!
-//! The streams still carry exactly the bytes a client connection would (the upgrade head, the
-//! 101, WebSocket frames), so the node serves a stream like an accepted socket and the gateway
-//! copies it like one.
+//! What follows is the protocol, as a peer written from scratch would need it. The gateway is
+//! the *opening end* (it opens streams), the node the *accepting end*.
 //!
-//! Wire format ([`frame`]): a 9-byte header, `kind: u8`, `stream: u32` and `len: u32`
-//! (big-endian), then `len` payload bytes for `OPEN` and `DATA`. `CREDIT` grants `len` more
-//! bytes; `FIN` says the sender will write no more on the stream; `CLOSE` that it dropped the
-//! stream altogether.
+//! # 1. The upgrade
 //!
-//! Only gateways that present the link secret may open a link ([`secret`]). Every reply the
-//! accepting end makes (`PONG`, `CREDIT`, a refusal) goes into the same bounded outgoing buffer
-//! as the streams' bytes: once [`OUT_CAP`] bytes wait for the socket, the accepting end stops
-//! reading the link until they drain; a link it has not read for three [`KEEPALIVE`]s (held
-//! back so, or silent) is closed with that reason. A peer cannot make the node hold more than
-//! that: about twice [`OUT_CAP`], since one batch is being written while the next one fills.
+//! The opening end connects and sends one HTTP/1.1 request ([`upgrade`] holds the tokens):
 //!
-//! A link that has been silent for [`KEEPALIVE`] gets a `PING` (answered with a `PONG`); one
-//! silent for three times that is dead, even if TCP never says so (a peer host that vanished
-//! leaves its connection "open" for many minutes).
+//! ```text
+//! GET /link HTTP/1.1
+//! Host: <node address>
+//! Upgrade: ringcast-link/1
+//! Connection: Upgrade
+//! Authorization: Bearer <link secret>        (when one is configured)
+//! ```
 //!
-//! Flow control keeps one slow client from holding up the others: each side may have at most
-//! [`WINDOW`] unread bytes in flight per stream and direction, and the reader grants them back
-//! as the stream's owner reads. The link's reader therefore never waits for a stream, every
-//! stream's unread bytes are bounded, and a stream nobody reads only stalls its own writer (on
-//! the node, that is the slow-client path: its queue fills and the node closes it). Writes that
-//! find [`OUT_CAP`] bytes already waiting for the socket wait for it to drain.
+//! The secret and who may present it are described in [`secret`]. The `Upgrade` header may
+//! list several tokens; the node takes the newest version it speaks
+//! among them, whatever their order. Versions:
+//!
+//! | token             | frames                                  |
+//! |-------------------|-----------------------------------------|
+//! | `ringcast-link/1` | all below, `GOAWAY` included            |
+//! | `ringcast-link`   | the release before versioning: no `GOAWAY`; still accepted for one release |
+//!
+//! The node checks, in this order, and answers the first that fails with a JSON body
+//! `{"error": <code>, "message": <text>}` and `Connection: close`:
+//!
+//! | status | `error`                    | when |
+//! |--------|----------------------------|------|
+//! | 431    | `headers_too_large`        | the head is over the node's head limit |
+//! | 400    | `bad_request`              | not `GET /link HTTP/1.1` with a link token in `Upgrade` |
+//! | 426    | `link_version_unsupported` | only `ringcast-link/<n>` tokens of unknown versions; the answer carries `Upgrade: ringcast-link/1, ringcast-link` (what it speaks, newest first) and `Connection: Upgrade, close` |
+//! | 401    | `link_unauthorized`        | a secret is configured and not presented |
+//! | 403    | `link_forbidden`           | no secret is configured and the peer is not loopback, or came through a proxy |
+//! | 503    | `draining`                 | the node is shutting down |
+//!
+//! Otherwise it answers `101 Switching Protocols` with `Upgrade: <the token it chose>` and
+//! `Connection: Upgrade`. From the byte after each side's head (the request's and the 101's),
+//! the connection carries frames only, in both directions.
+//!
+//! **Falling back.** The release before versioning answers `ringcast-link/1` with its `400
+//! bad_request`. On that 400 or on a 426, a gateway asks again at once, on a new connection,
+//! with `ringcast-link`, and keeps asking that node with it for a minute before it tries the
+//! newest version again (so a node upgraded meanwhile is found out). Any other 4xx, or an
+//! answer that is not HTTP, means no link: the gateway reaches that node with one TCP
+//! connection per client and asks again after a minute. A 5xx declines this attempt only (the
+//! upgrade moves on to the next node). A connection that ends before any answer says nothing
+//! about links: that upgrade goes direct, and a link is asked for again after a second,
+//! doubling while it keeps happening.
+//!
+//! # 2. Frames
+//!
+//! Every frame is a 9-byte header, then a payload ([`frame`] is the codec):
+//!
+//! ```text
+//! +--------+----------------+----------------+=================+
+//! | kind:8 | stream:32 (BE) | len:32 (BE)    | payload (len B) |  payload only for OPEN and DATA
+//! +--------+----------------+----------------+=================+
+//! ```
+//!
+//! | kind | name     | stream            | len                     | payload | sent by | meaning |
+//! |------|----------|-------------------|-------------------------|---------|---------|---------|
+//! | 1    | `OPEN`   | new id            | payload length          | first bytes (may be empty) | opener | opens a stream |
+//! | 2    | `DATA`   | id                | payload length          | bytes   | both    | bytes on the stream |
+//! | 3    | `FIN`    | id                | 0                       | —       | both    | the sender writes no more on the stream (half-close) |
+//! | 4    | `CLOSE`  | id                | close reason            | —       | both    | the sender dropped the stream: its reads and writes are over |
+//! | 5    | `CREDIT` | id                | bytes granted           | —       | both    | the receiver read that many bytes: the sender may send that many more |
+//! | 6    | `PING`   | 0                 | 0                       | —       | both    | asks for a `PONG` |
+//! | 7    | `PONG`   | 0                 | 0                       | —       | both    | answers a `PING` |
+//! | 8    | `GOAWAY` | last stream taken | go-away reason          | —       | acceptor, `/1` only | no new streams on this link (§5) |
+//!
+//! Close reasons ([`frame::CloseReason`]): `0` dropped (its owner let it go; also any unknown
+//! value), `1` full (the accepting end refused to open it: it is at its connection limit; the
+//! stream's only bytes before the `CLOSE` are the node's `503 too_many_connections` answer).
+//! Go-away reasons ([`frame::GoAwayReason`]): `1` draining (the node is shutting down), `0`
+//! other (also any unknown value).
+//!
+//! Stream ids are chosen by the opening end: 1, 2, 3, … never reused; a stream lives from its
+//! `OPEN` until both ends dropped it (a `CLOSE` each way, or one `CLOSE` and the link's end).
+//! Frames for a stream the receiver already dropped are ignored. It is a protocol error, on
+//! which the receiver closes the whole link, to send: an unknown kind, an `OPEN`/`DATA` payload
+//! over [`MAX_PAYLOAD`] (16 KiB; refused from the header, before the payload arrives), an `OPEN`
+//! from the accepting end or of an id already open, a `GOAWAY` from the opening end, `DATA`
+//! beyond the stream's window, or a `CREDIT` that lifts it above [`WINDOW`]. Because an unknown
+//! kind is an error, a new kind needs a new version token.
+//!
+//! # 3. Flow control
+//!
+//! Each stream has a window of [`WINDOW`] (64 KiB) unread bytes per direction. A sender starts
+//! with that much credit, spends one byte per payload byte of `OPEN`/`DATA`, and sends nothing
+//! on a stream whose credit is spent; the receiver grants bytes back with `CREDIT` as the
+//! stream's owner reads them (in grants of at least a quarter window). So the link's reader
+//! never waits for a stream, a stream nobody reads stalls only its own writer (on the node, the
+//! slow-client path: its queue fills and the node closes it), and one client cannot hold up the
+//! others. Writes that find [`OUT_CAP`] (1 MiB) already waiting for the socket wait for it to
+//! drain.
+//!
+//! Every reply the accepting end makes (`PONG`, `CREDIT`, a refusal) goes into the same bounded
+//! outgoing buffer as the streams' bytes: while [`OUT_CAP`] bytes wait for the socket, the
+//! accepting end stops reading the link, so a peer cannot make the node hold more than about
+//! twice [`OUT_CAP`] (one batch being written while the next fills).
+//!
+//! # 4. Keepalive and bounds
+//!
+//! A link on which nothing has been received for [`KEEPALIVE`] (5 s) gets a `PING`; one silent
+//! for three times that (15 s) is dead, even if TCP never says so, and is closed — as is a link
+//! the accepting end has not read for that long because the peer does not read its replies.
+//! At most [`MAX_STREAMS`] streams are open on a link; the node also counts every stream
+//! against `--max-connections` from its `OPEN` on (one past it gets `503
+//! too_many_connections` and `CLOSE` reason full). The decoder never allocates: a frame's
+//! payload is a slice of the read buffer, which never grows past one largest frame.
+//!
+//! # 5. GOAWAY
+//!
+//! When a node begins to drain it sends one `GOAWAY` (reason draining) on every
+//! `ringcast-link/1` link, `stream` set to the highest id it has seen opened. From then on:
+//! - the receiver opens no new stream on that link;
+//! - streams already open run to their end (on a drain: until the node closes its clients
+//!   with 1012 after `--drain-delay-secs`);
+//! - an `OPEN` that crossed the `GOAWAY` on the wire is still served (a draining node answers
+//!   its upgrade with `503 draining`), never dropped unanswered;
+//! - new clients get another node (reason draining: a new link to this node would be refused
+//!   too) or a new link to the same node (reason other);
+//! - once the node has drained it ends the link: it writes what its sessions wrote last, shuts
+//!   its side, and reads until the gateway closes; that end is no failure.
+//!
+//! A link of the legacy token never gets a `GOAWAY` (its peer would close the link on an
+//! unknown kind): its peer learns of a drain from the `503 draining` answers and `/healthz`.
 
 pub mod frame;
 pub mod secret;
 mod stream;
+pub mod upgrade;
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -52,15 +157,15 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use frame::{decode, CLOSE, CREDIT, DATA, FIN, HEADER_LEN, MAX_PAYLOAD, OPEN, PING, PONG};
+use frame::{
+    decode, GoAwayReason, CLOSE, CREDIT, DATA, FIN, GOAWAY, HEADER_LEN, MAX_PAYLOAD, OPEN, PING,
+    PONG,
+};
 pub use secret::LinkSecret;
 pub use stream::{LinkHalf, LinkSender, LinkStream};
 
 /// The request path that turns a connection into a link.
 pub const PATH: &str = "/link";
-
-/// The `Upgrade` token of a link.
-pub const PROTOCOL: &str = "ringcast-link";
 
 /// Unread bytes a stream may have in flight in one direction.
 pub const WINDOW: usize = 64 * 1024;
@@ -139,6 +244,14 @@ struct Inner {
     /// What a stream opened past `max_streams` gets before its `CLOSE` (see
     /// [`Link::set_full_reply`]).
     full_reply: Vec<u8>,
+    /// The highest stream id the peer opened (accepting end): a `GOAWAY`'s last stream.
+    last_opened: u32,
+    /// This end sent its `GOAWAY` (accepting end).
+    goaway_sent: bool,
+    /// The peer's `GOAWAY` (opening end): no new streams on this link.
+    goaway: Option<GoAwayReason>,
+    /// The task waiting in [`Link::goaway`].
+    goaway_waker: Option<Waker>,
 }
 
 /// One stream's state on this end.
@@ -206,6 +319,7 @@ impl Inner {
         self.dead = true;
         wake.extend(self.writer.take());
         wake.extend(self.reader.take());
+        wake.extend(self.goaway_waker.take());
         self.waiting.clear();
         for slot in self.streams.values_mut() {
             wake.extend(slot.rx_waker.take());
@@ -245,6 +359,7 @@ impl Inner {
                 let mut slot = Slot::new();
                 slot.rx.extend_from_slice(payload);
                 self.streams.insert(id, slot);
+                self.last_opened = self.last_opened.max(id);
                 Ok(Some(id))
             }
             DATA => {
@@ -290,6 +405,17 @@ impl Inner {
                 Ok(None)
             }
             PONG => Ok(None),
+            GOAWAY => {
+                if role != Role::Opener {
+                    return Err(invalid("GOAWAY from the opening end"));
+                }
+                // The first one stands; a repeat changes nothing.
+                if self.goaway.is_none() {
+                    self.goaway = Some(GoAwayReason::from_code(len));
+                    wake.extend(self.goaway_waker.take());
+                }
+                Ok(None)
+            }
             _ => Err(invalid("unknown frame kind")),
         }
     }
@@ -405,6 +531,9 @@ impl Link {
         if inner.dead {
             return Err(io::ErrorKind::NotConnected.into());
         }
+        if inner.goaway.is_some() {
+            return Err(io::Error::other("the peer sent GOAWAY: no new streams"));
+        }
         if inner.streams.len() >= inner.max_streams || inner.next_id == u32::MAX {
             return Err(io::Error::other("the link has no stream left"));
         }
@@ -416,10 +545,50 @@ impl Link {
         Ok(LinkStream::new(self.shared.clone(), id))
     }
 
-    /// Whether a stream can still be opened: the link is alive and has ids left.
+    /// Whether a stream can still be opened: the link is alive, has ids left and the peer has
+    /// not sent `GOAWAY`.
     pub fn is_usable(&self) -> bool {
         let inner = self.shared.lock();
-        !inner.dead && inner.next_id < u32::MAX && inner.streams.len() < inner.max_streams
+        !inner.dead
+            && inner.goaway.is_none()
+            && inner.next_id < u32::MAX
+            && inner.streams.len() < inner.max_streams
+    }
+
+    /// Tells the peer that this end takes no new streams on the link (accepting end, on a
+    /// link whose version has `GOAWAY`; see [`upgrade::Version::has_goaway`]). Streams already
+    /// open run on, and an `OPEN` that crossed the `GOAWAY` on the wire is still served. Sent
+    /// once; later calls do nothing.
+    pub fn go_away(&self, reason: GoAwayReason) {
+        let mut inner = self.shared.lock();
+        if inner.dead || inner.goaway_sent {
+            return;
+        }
+        inner.goaway_sent = true;
+        let last = inner.last_opened;
+        inner.push_frame(GOAWAY, last, reason.code(), &[]);
+    }
+
+    /// The peer's `GOAWAY`, if it sent one (opening end).
+    pub fn going_away(&self) -> Option<GoAwayReason> {
+        self.shared.lock().goaway
+    }
+
+    /// Resolves with the peer's `GOAWAY` once it arrives, or `None` once the link is dead
+    /// without one.
+    pub async fn goaway(&self) -> Option<GoAwayReason> {
+        poll_fn(|cx| {
+            let mut inner = self.shared.lock();
+            if let Some(reason) = inner.goaway {
+                return Poll::Ready(Some(reason));
+            }
+            if inner.dead {
+                return Poll::Ready(None);
+            }
+            inner.goaway_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     /// Whether the link still moves bytes.

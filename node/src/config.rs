@@ -74,6 +74,13 @@ pub struct Config {
           value_parser = ringcast_net::link::secret::SecretParser)]
     pub link_secret: Option<ringcast_net::link::LinkSecret>,
 
+    /// For rolling-upgrade tests only: answer link upgrades exactly as the release before
+    /// link versioning did (only the unversioned `ringcast-link` token gets a link, anything
+    /// else its 400, and no GOAWAY on drain), so that a current gateway can be tested against
+    /// an "old" node.
+    #[arg(long, env = "RINGCAST_LINK_LEGACY_ONLY", hide = true)]
+    pub link_legacy_only: bool,
+
     /// Largest client message (and frame) in bytes; a larger one closes the connection with 1009.
     #[arg(long, env = "RINGCAST_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,

@@ -26,6 +26,8 @@ use ringcast_net::http1::response::{
     self, json, json_error, metrics_text, push_response_head, Body,
 };
 use ringcast_net::http1_io::{self, read_head_after};
+use ringcast_net::link::frame::GoAwayReason;
+use ringcast_net::link::upgrade::{self, Offer, Version};
 use ringcast_net::link::{self, Link, LinkStream};
 use ringcast_net::split::SplitIo;
 use ringcast_net::ws_handshake::{self, Refusal};
@@ -351,21 +353,10 @@ async fn serve_link(
     let Some((req, early)) = head else {
         return;
     };
-    let asks_for_link = req.method() == hyper::Method::GET
-        && req.version() == hyper::Version::HTTP_11
-        && req
-            .headers()
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case(link::PROTOCOL));
-    if !asks_for_link {
-        let resp = json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "a link is GET /link HTTP/1.1 with Upgrade: ringcast-link",
-        );
-        return http1_io::answer(&mut stream, resp, timeout).await;
-    }
+    let version = match link_version(&shared, &req) {
+        Ok(version) => version,
+        Err(resp) => return http1_io::answer(&mut stream, *resp, timeout).await,
+    };
     if let Err(refusal) =
         link::secret::admit(shared.config.link_secret.as_ref(), req.headers(), peer)
     {
@@ -410,6 +401,11 @@ async fn serve_link(
         return http1_io::answer(&mut stream, resp, timeout).await;
     }
     if shared.is_draining() {
+        shared
+            .metrics
+            .link_refusals
+            .with_label_values(&["draining"])
+            .inc();
         let resp = json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
@@ -418,7 +414,7 @@ async fn serve_link(
         return http1_io::answer(&mut stream, resp, timeout).await;
     }
     let mut headers = HeaderMap::with_capacity(3);
-    headers.insert(header::UPGRADE, HeaderValue::from_static(link::PROTOCOL));
+    headers.insert(header::UPGRADE, HeaderValue::from_static(version.token()));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::DATE, response::date());
     let mut out = Vec::with_capacity(128);
@@ -429,7 +425,7 @@ async fn serve_link(
     ) {
         return;
     }
-    debug!("link opened");
+    debug!(version = version.token(), "link opened");
     let gauge = shared.metrics.links.clone();
     gauge.inc();
     let drain = shared.drain.clone();
@@ -458,21 +454,90 @@ async fn serve_link(
     // Past the table's own bound a stream is refused as one at the connection limit is.
     link.set_full_reply(&full_reply);
     let mut driver = std::pin::pin!(driver);
-    tokio::select! {
-        r = &mut driver => match r {
-            Ok(()) => debug!(%peer, "link ended"),
-            Err(e) => warn!(%peer, reason = %e, "link closed"),
-        },
-        _ = drain.stopped() => {
+    // Once the node begins to drain, the gateway is told to open no new streams here, so that
+    // it sends new clients elsewhere at once; the streams open run on until their sessions end.
+    let mut goaway_due = version.has_goaway();
+    let ended = loop {
+        tokio::select! {
+            r = &mut driver => break Some(r),
+            _ = drain.draining(), if goaway_due => {
+                link.go_away(GoAwayReason::Draining);
+                goaway_due = false;
+            }
+            _ = drain.stopped() => break None,
+        }
+    };
+    match ended {
+        Some(Ok(())) => debug!(%peer, "link ended"),
+        Some(Err(e)) => warn!(%peer, reason = %e, "link closed"),
+        None => {
             // The node has drained: what its sessions wrote last (their close frames) still
             // goes out before the link ends.
             link.finish();
-            if tokio::time::timeout(crate::writer::CLOSE_TIMEOUT, driver).await.is_err() {
+            if tokio::time::timeout(crate::writer::CLOSE_TIMEOUT, driver)
+                .await
+                .is_err()
+            {
                 link.close();
             }
         }
     }
     gauge.dec();
+}
+
+/// The link version a `/link` request asks for, or the answer that refuses it: 400 for a
+/// request that is no link upgrade, 426 (listing the tokens this node speaks in `Upgrade`) for
+/// one that offers only versions it does not know. With `--link-legacy-only`, answered as the
+/// release before versioning did: only the unversioned token, everything else its 400.
+fn link_version<B>(shared: &Shared, req: &Request<B>) -> Result<Version, Box<Response<Body>>> {
+    let is_get = req.method() == hyper::Method::GET && req.version() == hyper::Version::HTTP_11;
+    let offer = if shared.config.link_legacy_only {
+        let legacy = req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case(upgrade::LEGACY_PROTOCOL));
+        if legacy {
+            Offer::Link(Version::Legacy)
+        } else {
+            Offer::NotALink
+        }
+    } else {
+        upgrade::offered(req.headers())
+    };
+    let (status, code, message) = match offer {
+        Offer::Link(version) if is_get => return Ok(version),
+        Offer::UnknownVersion if is_get => {
+            shared
+                .metrics
+                .link_refusals
+                .with_label_values(&["unknown_version"])
+                .inc();
+            (
+                StatusCode::UPGRADE_REQUIRED,
+                "link_version_unsupported",
+                "this node speaks ringcast-link/1 and ringcast-link; ask again with one of them",
+            )
+        }
+        _ if shared.config.link_legacy_only => (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a link is GET /link HTTP/1.1 with Upgrade: ringcast-link",
+        ),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a link is GET /link HTTP/1.1 with Upgrade: ringcast-link/1",
+        ),
+    };
+    let mut resp = json_error(status, code, message);
+    if status == StatusCode::UPGRADE_REQUIRED {
+        // RFC 9110 §15.5.22: a 426 names the protocols that would be served.
+        let h = resp.headers_mut();
+        h.insert(header::UPGRADE, HeaderValue::from_static(upgrade::SPOKEN));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    }
+    Err(Box::new(resp))
 }
 
 /// Whether a refused link request is logged at warn: the first for its reason, then at most one

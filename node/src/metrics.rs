@@ -44,7 +44,8 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// HTTP upgrades refused, by reason.
     pub upgrades_refused: IntCounterVec,
-    /// Link requests refused, by reason (`unauthorized`, `not_loopback`, `proxied`).
+    /// Link requests refused, by reason (`unauthorized`, `not_loopback`, `proxied`,
+    /// `unknown_version`, `draining`).
     pub link_refusals: IntCounterVec,
 }
 

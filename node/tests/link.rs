@@ -1,11 +1,15 @@
 //! The node's end of a gateway link: only a gateway with the link secret (or, without one, on
-//! loopback) gets a link, a bad link request gets a clear 400, a bad upgrade on one stream gets
-//! its own 400 while the link keeps serving the others, and the link closes once the node has
+//! loopback) gets a link, a bad link request gets a clear 400, an unknown link version a 426
+//! naming the ones the node speaks, the unversioned token of the release before still gets a
+//! link, a bad upgrade on one stream gets its own 400 while the link keeps serving the others,
+//! a draining node sends `GOAWAY` on versioned links, and the link closes once the node has
 //! drained.
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use ringcast_net::link::frame::GoAwayReason;
+use ringcast_net::link::upgrade::{LEGACY_PROTOCOL, PROTOCOL};
 use ringcast_net::link::{Link, Role, MAX_STREAMS};
 use ringcast_node::Config;
 use ringcast_testkit::{http_raw, TestNode};
@@ -14,12 +18,19 @@ use tokio::net::TcpStream;
 
 /// Opens a link to `node` the way the gateway does; returns it and its driver.
 async fn link_to(node: &TestNode) -> (Link, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let (link, driver, _) = link_with(node, PROTOCOL).await;
+    (link, driver)
+}
+
+/// Opens a link to `node` asking for `token`; returns it, its driver and the 101's head.
+async fn link_with(
+    node: &TestNode,
+    token: &str,
+) -> (Link, tokio::task::JoinHandle<std::io::Result<()>>, String) {
     let mut sock = TcpStream::connect(node.addr).await.unwrap();
-    sock.write_all(
-        b"GET /link HTTP/1.1\r\nHost: n\r\nUpgrade: ringcast-link\r\nConnection: Upgrade\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let request =
+        format!("GET /link HTTP/1.1\r\nHost: n\r\nUpgrade: {token}\r\nConnection: Upgrade\r\n\r\n");
+    sock.write_all(request.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
@@ -33,7 +44,15 @@ async fn link_to(node: &TestNode) -> (Link, tokio::task::JoinHandle<std::io::Res
     let head = String::from_utf8(head).unwrap();
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     let (link, driver) = Link::new(sock, Bytes::new(), Role::Opener, MAX_STREAMS, |_| {});
-    (link, tokio::spawn(driver))
+    (link, tokio::spawn(driver), head)
+}
+
+/// A WebSocket upgrade for `id`, as a gateway forwards it on a stream.
+fn ws_upgrade(id: &str) -> String {
+    format!(
+        "GET /ws?client_id={id} HTTP/1.1\r\nHost: n\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
 }
 
 /// Reads from `s` until `pattern` has arrived (within 5 s); returns everything read.
@@ -113,11 +132,16 @@ async fn the_link_closes_once_the_node_has_drained() {
     assert!(!link.is_usable());
 }
 
-/// The answer head to a `/link` request from `from` to `to`, with `extra` header lines.
+/// The answer to a `/link` request to `to`, with `extra` header lines.
 async fn link_answer(to: std::net::SocketAddr, extra: &str) -> String {
+    link_answer_to(to, PROTOCOL, extra).await
+}
+
+/// The answer to a `/link` request for `token` to `to`, with `extra` header lines.
+async fn link_answer_to(to: std::net::SocketAddr, token: &str, extra: &str) -> String {
     let mut sock = TcpStream::connect(to).await.unwrap();
     let head = format!(
-        "GET /link HTTP/1.1\r\nHost: n\r\nUpgrade: ringcast-link\r\nConnection: Upgrade\r\n{extra}\r\n"
+        "GET /link HTTP/1.1\r\nHost: n\r\nUpgrade: {token}\r\nConnection: Upgrade\r\n{extra}\r\n"
     );
     sock.write_all(head.as_bytes()).await.unwrap();
     let mut got = Vec::new();
@@ -225,4 +249,114 @@ async fn without_a_secret_a_link_through_a_local_proxy_is_refused() {
     // The gateway's own request, from the same host, still gets its link.
     let answer = link_answer(node.addr, "").await;
     assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+}
+
+#[tokio::test]
+async fn the_versioned_and_the_legacy_token_each_get_a_working_link() {
+    let node = TestNode::start(Config::for_tests()).await;
+    for token in [PROTOCOL, LEGACY_PROTOCOL] {
+        let (link, _driver, head) = link_with(&node, token).await;
+        // The 101 confirms the token asked for: a gateway of the release before reads its own.
+        let confirmed = head.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("upgrade: ")
+                .map(str::to_owned)
+        });
+        assert_eq!(confirmed.as_deref(), Some(token), "{head}");
+        let mut stream = link.open().unwrap();
+        let id = token.replace('/', "-");
+        stream.write_all(ws_upgrade(&id).as_bytes()).await.unwrap();
+        let got = read_until(&mut stream, b"welcome").await;
+        assert!(got.starts_with(b"HTTP/1.1 101 "), "{token}");
+    }
+    assert_eq!(node.metric("ringcast_node_links").await, 2.0);
+}
+
+#[tokio::test]
+async fn an_unknown_link_version_gets_a_426_naming_the_versions_the_node_speaks() {
+    let node = TestNode::start(Config::for_tests()).await;
+    let answer = link_answer_to(node.addr, "ringcast-link/7", "").await;
+    assert!(answer.starts_with("HTTP/1.1 426 "), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(
+        lower.contains("\r\nupgrade: ringcast-link/1, ringcast-link\r\n"),
+        "{answer}"
+    );
+    assert!(
+        lower.contains("\r\nconnection: upgrade, close\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("\"error\":\"link_version_unsupported\""),
+        "{answer}"
+    );
+    let refused = node
+        .metric("ringcast_node_link_refusals_total{reason=\"unknown_version\"}")
+        .await;
+    assert_eq!(refused, 1.0);
+    // Offered beside a version it speaks, the unknown one is passed over.
+    let answer = link_answer_to(node.addr, "ringcast-link/7, ringcast-link/1", "").await;
+    assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+    let (status, _) = node.get("/healthz").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_legacy_only_node_answers_link_requests_as_the_release_before_did() {
+    let mut config = Config::for_tests();
+    config.link_legacy_only = true;
+    let node = TestNode::start(config).await;
+    // What a node of the release before answers the versioned token: its 400, word for word.
+    for token in [PROTOCOL, "ringcast-link/7"] {
+        let answer = link_answer_to(node.addr, token, "").await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(
+            answer.contains(
+                r#"{"error":"bad_request","message":"a link is GET /link HTTP/1.1 with Upgrade: ringcast-link"}"#
+            ),
+            "{answer}"
+        );
+    }
+    let (_link, _driver, head) = link_with(&node, LEGACY_PROTOCOL).await;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\nupgrade: ringcast-link\r\n"),
+        "{head}"
+    );
+}
+
+#[tokio::test]
+async fn a_draining_node_sends_goaway_on_a_versioned_link_and_its_streams_run_on() {
+    let mut config = Config::for_tests();
+    config.drain_delay_secs = 2;
+    config.shutdown_grace_secs = 1;
+    let node = TestNode::start(config).await;
+    let (link, driver) = link_to(&node).await;
+    let (legacy, legacy_driver, _) = link_with(&node, LEGACY_PROTOCOL).await;
+    let mut open = link.open().unwrap();
+    open.write_all(ws_upgrade("early").as_bytes())
+        .await
+        .unwrap();
+    read_until(&mut open, b"welcome").await;
+
+    node.signal_stop();
+    let reason = tokio::time::timeout(Duration::from_secs(5), link.goaway())
+        .await
+        .expect("a GOAWAY in time");
+    assert_eq!(reason, Some(GoAwayReason::Draining));
+    assert!(!link.is_usable());
+    assert!(link.open().is_err(), "no new stream after GOAWAY");
+    // The stream already open runs on until the node closes its session (1012 after the delay).
+    let got = read_until(&mut open, b"node shutting down").await;
+    let close = got.iter().position(|&b| b == 0x88).expect("a close frame");
+    assert_eq!(got[close + 2..close + 4], [0x03, 0xf4], "closed with 1012");
+    // A link of the release before gets no GOAWAY (its driver would fail on the unknown kind):
+    // it just ends, cleanly, once the node has drained.
+    assert_eq!(legacy.going_away(), None);
+    let ended = tokio::time::timeout(Duration::from_secs(10), legacy_driver)
+        .await
+        .expect("the legacy link ended in time")
+        .unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+    let _ = tokio::time::timeout(Duration::from_secs(10), driver).await;
 }

@@ -333,3 +333,21 @@ pub fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     frame
 }
+
+/// Connects `id` through the gateway; returns the client and the node that welcomed it.
+pub async fn connect_to_node(gw: &TestGateway, id: &str) -> (ringcast_testkit::Client, String) {
+    let mut c = ringcast_testkit::Client::connect(&gw.ws_url(id)).await;
+    let w = c.recv_event("welcome").await;
+    let node = w["node"].as_str().expect("welcome.node").to_owned();
+    (c, node)
+}
+
+/// Sends `signal` (`-TERM`, `-STOP`, …) to `pid` with kill(1).
+pub fn signal(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill {signal} {pid}");
+}

@@ -3,7 +3,8 @@
 //!
 //! A frame is a 9-byte header, `kind: u8`, `stream: u32` and `len: u32` (big-endian), then `len`
 //! payload bytes for `OPEN` and `DATA` (for `CREDIT`, `len` is the grant; for `CLOSE`, a
-//! [`CloseReason`]; the other kinds carry no payload and ignore it). [`decode`] is a pure function
+//! [`CloseReason`]; for `GOAWAY`, a [`GoAwayReason`]; the other kinds carry no payload and ignore
+//! it). The whole protocol is specified in the `link` module's documentation. [`decode`] is a pure function
 //! over the bytes received so far: it never panics and never allocates — a frame's payload is a
 //! slice of the input, and a header announcing more than [`MAX_PAYLOAD`] is an error before a
 //! byte of it is awaited, so the reader's buffer never has to grow past one frame of that size.
@@ -30,6 +31,9 @@ pub const CREDIT: u8 = 5;
 pub const PING: u8 = 6;
 /// Answers a [`PING`].
 pub const PONG: u8 = 7;
+/// The sender takes no new streams on this link; `stream` is the last stream it took and `len`
+/// a [`GoAwayReason`]. Only the accepting end sends it, and only on a `ringcast-link/1` link.
+pub const GOAWAY: u8 = 8;
 
 /// Why a stream was closed, carried in a `CLOSE` frame's `len` (the receiving end reads the end
 /// of the stream either way; a refused one has had its answer, such as a 503, first).
@@ -59,14 +63,45 @@ impl CloseReason {
     }
 }
 
+/// Why the accepting end sent a [`GOAWAY`], carried in its `len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoAwayReason {
+    /// The node is draining: a new link to it would be refused too, so new clients go to
+    /// another node.
+    Draining,
+    /// Any other reason (or one from a newer peer): new streams go on a new link to the same
+    /// node.
+    Other,
+}
+
+impl GoAwayReason {
+    /// The value in a `GOAWAY` frame's `len`.
+    pub fn code(self) -> u32 {
+        match self {
+            GoAwayReason::Draining => 1,
+            GoAwayReason::Other => 0,
+        }
+    }
+
+    /// The reason a `GOAWAY` frame's `len` names.
+    pub fn from_code(code: u32) -> Self {
+        match code {
+            1 => GoAwayReason::Draining,
+            _ => GoAwayReason::Other,
+        }
+    }
+}
+
 /// One frame, its payload borrowed from the buffer it was decoded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame<'a> {
-    /// One of [`OPEN`], [`DATA`], [`FIN`], [`CLOSE`], [`CREDIT`], [`PING`], [`PONG`].
+    /// One of [`OPEN`], [`DATA`], [`FIN`], [`CLOSE`], [`CREDIT`], [`PING`], [`PONG`],
+    /// [`GOAWAY`].
     pub kind: u8,
-    /// The stream it is about (0 for [`PING`] and [`PONG`]).
+    /// The stream it is about (0 for [`PING`] and [`PONG`]; the last stream taken for
+    /// [`GOAWAY`]).
     pub stream: u32,
-    /// The header's `len`: the payload length, a grant or a close reason.
+    /// The header's `len`: the payload length, a grant, a close reason or a go-away reason.
     pub len: u32,
     /// The payload (empty for the kinds without one).
     pub payload: &'a [u8],
@@ -98,7 +133,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
             }
             len as usize
         }
-        FIN | CLOSE | CREDIT | PING | PONG => 0,
+        FIN | CLOSE | CREDIT | PING | PONG | GOAWAY => 0,
         other => return Err(FrameError::UnknownKind(other)),
     };
     let end = HEADER_LEN + payload_len;
@@ -160,6 +195,49 @@ mod tests {
         }
     }
 
+    /// Every kind, with the fields it carries.
+    const EVERY_KIND: [(u8, u32, u32, &[u8]); 8] = [
+        (OPEN, 1, 18, b"GET /ws HTTP/1.1\r\n"),
+        (DATA, u32::MAX, 3, b"abc"),
+        (FIN, 9, 0, b""),
+        (CLOSE, 9, 1, b""),
+        (CREDIT, 9, WINDOW_GRANT, b""),
+        (PING, 0, 0, b""),
+        (PONG, 0, 0, b""),
+        (GOAWAY, 41, 1, b""),
+    ];
+
+    /// A grant as a reader makes them.
+    const WINDOW_GRANT: u32 = 16 * 1024;
+
+    #[test]
+    fn every_kind_round_trips_and_waits_for_its_last_byte() {
+        for (kind, stream, len, payload) in EVERY_KIND {
+            let mut out = Vec::new();
+            encode(&mut out, kind, stream, len, payload);
+            assert_eq!(out.len(), HEADER_LEN + payload.len(), "kind {kind}");
+            let want = Frame {
+                kind,
+                stream,
+                len,
+                payload,
+            };
+            assert_eq!(decode(&out), Ok(Some((want, out.len()))), "kind {kind}");
+            for cut in 0..out.len() {
+                assert_eq!(decode(&out[..cut]), Ok(None), "kind {kind} cut at {cut}");
+            }
+            // Whatever follows is the next frame's, not this one's.
+            out.extend_from_slice(&[PING, 0, 0]);
+            assert_eq!(decode(&out), Ok(Some((want, HEADER_LEN + payload.len()))));
+        }
+        assert_eq!(
+            GoAwayReason::from_code(GoAwayReason::Draining.code()),
+            GoAwayReason::Draining
+        );
+        assert_eq!(GoAwayReason::from_code(77), GoAwayReason::Other);
+        assert_eq!(CloseReason::from_code(77), CloseReason::Dropped);
+    }
+
     #[test]
     fn an_oversized_or_unknown_frame_is_an_error_before_its_payload_arrives() {
         let mut out = Vec::new();
@@ -168,6 +246,20 @@ mod tests {
         let mut out = Vec::new();
         encode(&mut out, 99, 1, 0, &[]);
         assert_eq!(decode(&out), Err(FrameError::UnknownKind(99)));
+        for kind in [0, GOAWAY + 1, u8::MAX] {
+            assert_eq!(
+                decode(&[kind, 0, 0, 0, 1, 0, 0, 0, 0]),
+                Err(FrameError::UnknownKind(kind))
+            );
+        }
+        // The largest payload is fine; one byte more is not.
+        let mut out = Vec::new();
+        encode(&mut out, DATA, 1, MAX_PAYLOAD as u32, &[7; MAX_PAYLOAD]);
+        assert_eq!(decode(&out).unwrap().unwrap().1, HEADER_LEN + MAX_PAYLOAD);
+        let over = MAX_PAYLOAD as u32 + 1;
+        let mut out = Vec::new();
+        encode(&mut out, OPEN, 1, over, &[]);
+        assert_eq!(decode(&out), Err(FrameError::TooLarge(over)));
         // A CLOSE's len is its reason, not a payload.
         let mut out = Vec::new();
         encode(&mut out, CLOSE, 1, CloseReason::Full.code(), &[]);
@@ -177,7 +269,7 @@ mod tests {
 
     fn arb_frame() -> impl Strategy<Value = Owned> {
         (
-            1u8..=7,
+            1u8..=GOAWAY,
             any::<u32>(),
             any::<u32>(),
             prop::collection::vec(any::<u8>(), 0..64),
