@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
+use ringcast_net::http1::client::push_request_head;
 use ringcast_net::link::frame::GoAwayReason;
 use ringcast_net::link::upgrade::Version;
 use ringcast_net::link::{self, Link, LinkSecret, LinkStream, Role, MAX_STREAMS};
@@ -299,21 +300,24 @@ impl Links {
                 _ => LinkError::Unreachable(e.to_string()),
             })?;
         let _ = socket.set_nodelay(true);
-        let head = format!(
-            "GET {} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: {}\r\nConnection: Upgrade\r\n{}\r\n",
-            link::PATH,
-            version.token(),
-            self.secret
-                .as_ref()
-                .map(LinkSecret::header_line)
-                .unwrap_or_default(),
-        );
-        let answer = tokio::time::timeout_at(
-            deadline,
-            upstream::exchange(NodeIo::Tcp(socket), head.as_bytes()),
-        )
-        .await
-        .map_err(|_| LinkError::Unreachable("no answer to the link request in time".into()))?;
+        let authorization = self.secret.as_ref().map(LinkSecret::authorization);
+        let mut headers = vec![
+            ("Host", addr),
+            ("Upgrade", version.token()),
+            ("Connection", "Upgrade"),
+        ];
+        if let Some(value) = &authorization {
+            headers.push(("Authorization", value.as_str()));
+        }
+        let mut head = Vec::with_capacity(256);
+        push_request_head(&mut head, "GET", link::PATH, None, headers)
+            .map_err(|e| LinkError::Unreachable(format!("cannot write the link request: {e}")))?;
+        let answer =
+            tokio::time::timeout_at(deadline, upstream::exchange(NodeIo::Tcp(socket), &head))
+                .await
+                .map_err(|_| {
+                    LinkError::Unreachable("no answer to the link request in time".into())
+                })?;
         let switched = match answer {
             Ok(Answer::Switched(switched)) => switched,
             // It answered, but not in HTTP: a server that does not speak links.

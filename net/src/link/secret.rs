@@ -121,9 +121,9 @@ impl LinkSecret {
         Ok(LinkSecret(s.to_owned()))
     }
 
-    /// The `Authorization` header line that presents it, CRLF-terminated.
-    pub fn header_line(&self) -> String {
-        format!("Authorization: Bearer {}\r\n", self.0)
+    /// The `Authorization` header value that presents it (`Bearer <secret>`).
+    pub fn authorization(&self) -> String {
+        format!("Bearer {}", self.0)
     }
 
     /// Whether `headers` present this secret: `Authorization: Bearer <secret>`, the scheme in
@@ -326,8 +326,8 @@ mod tests {
         // A file's trailing newline is not part of the secret.
         for raw in ["0123456789abcdef\n", "0123456789abcdef\r\n"] {
             assert_eq!(
-                raw.parse::<LinkSecret>().unwrap().header_line(),
-                s.header_line()
+                raw.parse::<LinkSecret>().unwrap().authorization(),
+                s.authorization()
             );
         }
     }
