@@ -1,9 +1,11 @@
-//! The HTTP/1 head parsers that face the network, fed any bytes under a capped allocator: what
-//! they allocate is bounded by their head limits, never by how many bytes they are handed.
+//! The decoders that face the network, fed any bytes under a capped allocator: the HTTP/1 head
+//! parsers allocate within their head limits (a response head: nothing), never in proportion to
+//! the bytes they are handed; the link frame decoder allocates nothing at all (a frame's payload
+//! is a slice of the input, so a peer cannot make it hold memory by announcing a large frame).
 //!
-//! The cap is armed around each parse only: the allocator refuses (and the process aborts, which
-//! fails the test loudly) any allocation that would take the live total past the bound. One
-//! `#[test]` runs everything, so no other test thread allocates while the cap is armed.
+//! The cap is armed around each decode only: the allocator refuses (and the process aborts,
+//! which fails the test loudly) any allocation that would take the live total past the bound.
+//! One `#[test]` runs everything, so no other test thread allocates while the cap is armed.
 
 use std::alloc::System;
 
@@ -12,6 +14,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use ringcast_net::http1::client::{parse_response_head, MAX_HEAD_BYTES};
 use ringcast_net::http1::request::{parse_request, HeadLimits};
+use ringcast_net::link::frame::{self, decode, FrameError, GOAWAY, HEADER_LEN, MAX_PAYLOAD};
 
 #[global_allocator]
 static ALLOC: Cap<System> = Cap::new(System, usize::MAX);
@@ -24,6 +27,12 @@ fn capped<T>(bound: usize, f: impl FnOnce() -> T) -> T {
     let out = f();
     ALLOC.set_limit(usize::MAX).expect("no limit");
     out
+}
+
+#[test]
+fn decoders_allocate_within_their_bounds_on_any_input() {
+    head_parsers_allocate_within_their_bounds_on_any_input();
+    link_frame_decoding_allocates_nothing_on_any_input();
 }
 
 /// What a request head read under `limits` may cost: the request it becomes (a copy of the
@@ -65,7 +74,6 @@ fn head_then_more(start: &'static [&'static [u8]]) -> impl Strategy<Value = Vec<
         })
 }
 
-#[test]
 fn head_parsers_allocate_within_their_bounds_on_any_input() {
     let mut runner = TestRunner::new(Config {
         cases: 500,
@@ -132,4 +140,77 @@ fn head_parsers_allocate_within_their_bounds_on_any_input() {
         parse_response_head(&big).map(|r| r.map(|(head, _)| head.headers().count()))
     });
     assert_eq!(read, Ok(Some(31)));
+}
+
+/// Decodes every frame at the front of `buf` with no allocation allowed; the frames' kinds and
+/// the bytes used, or the error.
+fn decode_all_unallocating(buf: &[u8]) -> (usize, usize, Option<FrameError>) {
+    let mut kinds = [0u8; 64];
+    let (mut frames, mut at) = (0, 0);
+    let error = capped(0, || loop {
+        match decode(&buf[at..]) {
+            Ok(Some((f, n))) => {
+                kinds[frames % kinds.len()] = f.kind;
+                frames += 1;
+                at += n;
+            }
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    });
+    assert!(kinds.iter().all(|&k| k <= GOAWAY));
+    (frames, at, error)
+}
+
+/// Bytes that look like frames: valid headers mixed with random ones and random lengths.
+fn framed_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let piece = (
+        0u8..=GOAWAY + 1,
+        any::<u32>(),
+        prop_oneof![0u32..64, any::<u32>()],
+        prop::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(kind, stream, len, payload)| {
+            let mut out = Vec::new();
+            frame::encode(&mut out, kind, stream, len, &payload);
+            out
+        });
+    prop::collection::vec(piece, 0..16).prop_map(|pieces| pieces.concat())
+}
+
+fn link_frame_decoding_allocates_nothing_on_any_input() {
+    // Fixed cases first: a frame at the payload limit, an announced oversize, an empty buffer.
+    let mut big = Vec::new();
+    frame::encode(
+        &mut big,
+        frame::DATA,
+        1,
+        MAX_PAYLOAD as u32,
+        &vec![1; MAX_PAYLOAD],
+    );
+    assert_eq!(decode_all_unallocating(&big), (1, big.len(), None));
+    let mut huge = Vec::new();
+    frame::encode(&mut huge, frame::OPEN, 1, u32::MAX, &[]);
+    assert_eq!(
+        decode_all_unallocating(&huge),
+        (0, 0, Some(FrameError::TooLarge(u32::MAX)))
+    );
+    assert_eq!(decode_all_unallocating(&[]), (0, 0, None));
+    assert_eq!(
+        decode_all_unallocating(&huge[..HEADER_LEN - 1]),
+        (0, 0, None)
+    );
+
+    let mut runner = TestRunner::new(Config {
+        cases: 2048,
+        ..Config::default()
+    });
+    let inputs = prop_oneof![prop::collection::vec(any::<u8>(), 0..2048), framed_bytes()];
+    runner
+        .run(&inputs, |bytes| {
+            let (_, used, _) = decode_all_unallocating(&bytes);
+            prop_assert!(used <= bytes.len());
+            Ok(())
+        })
+        .unwrap();
 }
