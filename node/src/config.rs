@@ -134,6 +134,15 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE_SECS", default_value_t = 10, value_parser = secs())]
     pub shutdown_grace_secs: u64,
 
+    /// Options for rooms whose name matches a glob pattern (`*` any run, `?` one character,
+    /// `\` escapes): `PATTERN:key=value,...` with keys `post=members|anyone`,
+    /// `announce=on|off`, `max_members=N`, `history=N`, `history_ttl=DURATION` and
+    /// `presence=on|off`. Repeatable (`;` between entries in the environment); the first
+    /// matching entry wins, a built-in `*` with the defaults comes last. Give every node the same.
+    #[arg(long = "room-options", env = "RINGCAST_ROOM_OPTIONS", value_delimiter = ';',
+          value_parser = crate::room_options::parse_entry)]
+    pub room_options: Vec<crate::room_options::RoomRule>,
+
     /// Authentication (JWT) settings.
     #[command(flatten)]
     pub auth: ringcast_protocol::auth::AuthArgs,
@@ -204,6 +213,16 @@ impl Config {
             interval: Duration::from_millis(self.register_interval_ms.max(50)),
             ttl: Duration::from_millis(self.register_ttl_ms.max(100)),
         })
+    }
+
+    /// The room options the entries describe, or why they cannot work (too many entries).
+    pub fn room_options(&self) -> Result<crate::room_options::RoomOptions, String> {
+        crate::room_options::RoomOptions::new(self.room_options.clone())
+    }
+
+    /// Checks what clap cannot check entry by entry; `--check-config` and `run` both call it.
+    pub fn validate(&self) -> Result<(), String> {
+        self.room_options().map(|_| ())
     }
 
     pub(crate) fn bus_timeout(&self) -> Duration {

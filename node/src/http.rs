@@ -1,4 +1,4 @@
-//! HTTP on the node's port: `/ws` upgrades, `/healthz`, `/stats` and `/metrics`.
+//! HTTP on the node's port: `/ws` upgrades, the admin views (`admin.rs`) and `/metrics`.
 //!
 //! A connection that opens with `GET /ws ` or `GET /ws?` is upgraded without hyper
 //! ([`serve_upgrade`]); hyper serves every other connection and never upgrades one. A `/ws`
@@ -22,9 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use ringcast_net::cork::{self, Uncork};
 use ringcast_net::detect::{detect, Opening, Prefixed};
 use ringcast_net::http1::request::{HeadError, HeadLimits};
-use ringcast_net::http1::response::{
-    self, json, json_error, metrics_text, push_response_head, Body,
-};
+use ringcast_net::http1::response::{self, json_error, metrics_text, push_response_head, Body};
 use ringcast_net::http1_io::{self, read_head_after};
 use ringcast_net::link::frame::GoAwayReason;
 use ringcast_net::link::upgrade::{self, Offer, Version};
@@ -36,6 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
+use crate::admin;
 use crate::session::serve;
 use crate::state::{SessionSlot, Shared};
 
@@ -102,42 +101,16 @@ pub async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: 
 fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/ws" => upgrade_elsewhere(&shared, &req),
-        "/healthz" => health(&shared),
-        "/stats" => {
-            let s = shared.hub.stats();
-            json(
-                StatusCode::OK,
-                serde_json::json!({
-                    "node": &*shared.node_id,
-                    "local_connections": s.connections,
-                    "rooms": s.rooms,
-                    "clients": s.clients,
-                    "draining": shared.is_draining(),
-                    "bus_healthy": *shared.bus_healthy.borrow(),
-                }),
-            )
-        }
+        "/healthz" => admin::health(&shared),
+        "/stats" => admin::stats(&shared),
+        "/rooms" => admin::rooms(&shared, req.uri().query()),
         "/metrics" => metrics_text(shared.metrics.render()),
         _ => json_error(
             StatusCode::NOT_FOUND,
             "not_found",
-            "try /ws, /healthz, /stats or /metrics",
+            "try /ws, /healthz, /stats, /rooms or /metrics",
         ),
     }
-}
-
-fn health(shared: &Shared) -> Response<Body> {
-    let (status, state) = if shared.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else if !*shared.bus_healthy.borrow() {
-        (StatusCode::SERVICE_UNAVAILABLE, "bus_down")
-    } else {
-        (StatusCode::OK, "ok")
-    };
-    json(
-        status,
-        serde_json::json!({"status": state, "node": &*shared.node_id}),
-    )
 }
 
 /// The status, code and message of an upgrade refused at `--max-connections`.

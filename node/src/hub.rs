@@ -95,6 +95,10 @@ pub struct HubStats {
     pub rooms: usize,
 }
 
+/// A join refused: the room has its `max_members` here already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomFull;
+
 /// A subscription to set up: `Some(rx)` resolves when the channel is active on the bus.
 pub type Ready = Option<oneshot::Receiver<()>>;
 
@@ -269,20 +273,57 @@ impl Hub {
         last
     }
 
-    /// Adds a connection to a room. The returned receiver resolves once the room's channel is
-    /// active on the bus (`None`: it already is).
-    pub fn join(&self, room: &str, out: &Arc<Outbound>) -> Ready {
+    /// Adds a connection to a room that takes at most `max_members` here (checked under the
+    /// same lock as the insert, so concurrent joins cannot overshoot). The returned receiver
+    /// resolves once the room's channel is active on the bus (`None`: it already is).
+    pub fn join(
+        &self,
+        room: &str,
+        out: &Arc<Outbound>,
+        max_members: Option<usize>,
+    ) -> Result<Ready, RoomFull> {
         let mut state = self.state.write().unwrap_or_else(recover);
         let State {
             rooms, resuming, ..
         } = &mut *state;
+        if let Some(topic) = rooms.get(room) {
+            if max_members.is_some_and(|max| topic.members.len() >= max)
+                && !topic.members.contains_key(&out.id)
+            {
+                return Err(RoomFull);
+            }
+        }
         let topic = rooms.entry(room.to_owned()).or_default();
         if topic.members.is_empty() {
             self.rooms_occupied.fetch_add(1, Ordering::Relaxed);
             self.metrics.rooms.inc();
         }
         topic.members.insert(out.id, out.clone());
-        self.ready_for(topic, resuming, Channel::Room(room.to_owned()))
+        Ok(self.ready_for(topic, resuming, Channel::Room(room.to_owned())))
+    }
+
+    /// The rooms with local members, the most members first: at most `limit` of them, and how
+    /// many there are in all. (Names are copied only for the rooms returned.)
+    pub fn rooms(&self, limit: usize) -> (Vec<(String, usize)>, usize) {
+        let state = self.state.read().unwrap_or_else(recover);
+        let mut occupied: Vec<(&String, usize)> = state
+            .rooms
+            .iter()
+            .filter(|(_, t)| !t.members.is_empty())
+            .map(|(name, t)| (name, t.members.len()))
+            .collect();
+        let total = occupied.len();
+        let by_size = |a: &(&String, usize), b: &(&String, usize)| b.1.cmp(&a.1).then(a.0.cmp(b.0));
+        if occupied.len() > limit && limit > 0 {
+            occupied.select_nth_unstable_by(limit - 1, by_size);
+        }
+        occupied.truncate(limit);
+        occupied.sort_unstable_by(by_size);
+        let rooms = occupied
+            .into_iter()
+            .map(|(name, n)| (name.clone(), n))
+            .collect();
+        (rooms, total)
     }
 
     /// Removes a connection from a room.
@@ -677,13 +718,19 @@ mod tests {
     fn join_waits_for_subscription_and_leave_unsubscribes() {
         let hub = hub();
         let (a, _ra) = conn(&hub, "a");
-        let mut ready = hub.join("r", &a).expect("inactive room must wait");
+        let mut ready = hub
+            .join("r", &a, None)
+            .unwrap()
+            .expect("inactive room must wait");
         assert_eq!(hub.plan(), (vec![room("r")], vec![]));
         assert!(ready.try_recv().is_err());
         hub.subscribed(&[room("r")]);
         assert!(ready.try_recv().is_ok());
         let (b, _rb) = conn(&hub, "b");
-        assert!(hub.join("r", &b).is_none(), "active room is ready at once");
+        assert!(
+            hub.join("r", &b, None).unwrap().is_none(),
+            "active room is ready at once"
+        );
         hub.leave("r", a.id);
         assert_eq!(hub.plan(), (vec![], vec![]));
         hub.leave("r", b.id);
@@ -697,13 +744,16 @@ mod tests {
     fn join_racing_unsubscribe_resubscribes() {
         let hub = hub();
         let (a, _ra) = conn(&hub, "a");
-        let _ = hub.join("r", &a);
+        let _ = hub.join("r", &a, None).unwrap();
         hub.plan();
         hub.subscribed(&[room("r")]);
         hub.leave("r", a.id);
         assert_eq!(hub.plan(), (vec![], vec![room("r")]));
         // A join lands while the unsubscribe is in flight: it must wait, not trust the old one.
-        let mut ready = hub.join("r", &a).expect("must wait for resubscription");
+        let mut ready = hub
+            .join("r", &a, None)
+            .unwrap()
+            .expect("must wait for resubscription");
         hub.unsubscribed(&[room("r")]);
         assert_eq!(hub.plan(), (vec![room("r")], vec![]));
         hub.subscribed(&[room("r")]);
@@ -716,13 +766,14 @@ mod tests {
         let (live_tx, live_rx) = watch::channel(true);
         hub.follow_bus(live_rx);
         let (a, _ra) = conn(&hub, "a");
-        let _ = hub.join("r", &a);
+        let _ = hub.join("r", &a, None).unwrap();
         hub.plan();
         hub.subscribed(&[room("r")]);
         live_tx.send_replace(false);
         let (b, _rb) = conn(&hub, "b");
         let mut ready = hub
-            .join("r", &b)
+            .join("r", &b, None)
+            .unwrap()
             .expect("an active room waits while the bus is down");
         assert_eq!(
             hub.plan(),
@@ -731,7 +782,7 @@ mod tests {
         );
         // A channel subscribed while the bus is down again does not wake its waiters either.
         let (c, _rc) = conn(&hub, "c");
-        let mut other = hub.join("s", &c).expect("new room");
+        let mut other = hub.join("s", &c, None).unwrap().expect("new room");
         hub.plan();
         hub.subscribed(&[room("s")]);
         hub.resume();
@@ -739,7 +790,10 @@ mod tests {
         live_tx.send_replace(true);
         hub.resume();
         assert!(ready.try_recv().is_ok() && other.try_recv().is_ok());
-        assert!(hub.join("r", &c).is_none(), "live again: ready at once");
+        assert!(
+            hub.join("r", &c, None).unwrap().is_none(),
+            "live again: ready at once"
+        );
     }
 
     #[test]
@@ -750,7 +804,7 @@ mod tests {
         // Many rooms subscribed, one of them with members about to rejoin.
         let (a, _ra) = conn(&hub, "a");
         for i in 0..1000 {
-            let _ = hub.join(&format!("r{i}"), &a);
+            let _ = hub.join(&format!("r{i}"), &a, None).unwrap();
         }
         hub.plan();
         hub.subscribed(
@@ -765,7 +819,8 @@ mod tests {
         for i in 0..JOINS {
             let (o, rx) = conn(&hub, &format!("c{i}"));
             waiting.push(
-                hub.join("r0", &o)
+                hub.join("r0", &o, None)
+                    .unwrap()
                     .expect("waits while the bus resubscribes"),
             );
             outs.push((o, rx));
@@ -778,7 +833,7 @@ mod tests {
         // Half of them give up (time out): the list is pruned, the others still wait.
         waiting.truncate(JOINS / 2);
         for (o, _) in &outs {
-            let _ = hub.join("r1", o);
+            let _ = hub.join("r1", o, None).unwrap();
         }
         live_tx.send_replace(true);
         hub.resume();
@@ -797,7 +852,7 @@ mod tests {
     fn leave_racing_subscribe_unsubscribes_afterwards() {
         let hub = hub();
         let (a, _ra) = conn(&hub, "a");
-        let _ = hub.join("r", &a);
+        let _ = hub.join("r", &a, None).unwrap();
         assert_eq!(hub.plan(), (vec![room("r")], vec![]));
         hub.leave("r", a.id);
         hub.subscribed(&[room("r")]);
@@ -829,7 +884,7 @@ mod tests {
         for i in 0..20 {
             let (out, rx) = Outbound::new(hub.next_conn_id(), format!("c{i}").into(), 1, 1 << 20);
             hub.register(out.clone());
-            let _ = hub.join("r", &out);
+            let _ = hub.join("r", &out, None).unwrap();
             rxs.push(rx);
         }
         let free = Arc::new(Mutex::new(Vec::new()));
@@ -864,7 +919,7 @@ mod tests {
         let (b, rb) = conn(&hub, "b");
         hub.register(a.clone());
         hub.register(b.clone());
-        let _ = hub.join("r", &b);
+        let _ = hub.join("r", &b, None).unwrap();
         let send = |target| {
             hub.deliver(
                 Envelope::new("n", now_micros(), target, b"{}")

@@ -3,6 +3,7 @@
 //!
 //! The binary is a thin wrapper over [`run`]; tests call the same function on port 0.
 
+pub mod admin;
 pub mod bus;
 pub mod config;
 pub mod drain;
@@ -13,6 +14,7 @@ pub mod outbound;
 pub mod publisher;
 pub mod ratelimit;
 pub mod registration;
+pub mod room_options;
 pub mod server;
 pub mod session;
 pub mod shutdown;
@@ -102,6 +104,7 @@ async fn run_on_bus(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
     let auth = Authenticator::from_args(&config.auth).map_err(NodeError::Config)?;
+    let room_options = config.room_options().map_err(NodeError::Config)?;
     // Bounded: a bus that is down must not keep the node from serving. A bus that can fail keeps
     // the broadcast channel wanted and follows it once it is back.
     match tokio::time::timeout(config.bus_timeout(), bus.subscribe(&[Channel::Broadcast])).await {
@@ -122,6 +125,7 @@ async fn run_on_bus(
     };
     let shared = Arc::new(Shared::new(
         config,
+        room_options,
         auth,
         hub.clone(),
         bus.clone(),

@@ -7,6 +7,10 @@ use ringcast_node::Config;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
+    if let Err(e) = config.validate() {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::from(2);
+    }
     if config.check_config {
         println!("config ok");
         return std::process::ExitCode::SUCCESS;

@@ -13,12 +13,15 @@ use crate::drain::Drain;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::publisher::Publisher;
+use crate::room_options::RoomOptions;
 use ringcast_protocol::auth::Authenticator;
 
 /// What every connection of a node shares.
 pub struct Shared {
     /// The configuration the node runs with.
     pub config: Config,
+    /// What each kind of room does (`--room-options`), resolved once per join.
+    pub room_options: RoomOptions,
     /// This node's id.
     pub node_id: Arc<str>,
     /// Local membership.
@@ -55,6 +58,7 @@ impl Shared {
     /// state is dropped). Must be called within a Tokio runtime.
     pub fn new(
         config: Config,
+        room_options: RoomOptions,
         auth: Option<Authenticator>,
         hub: Arc<Hub>,
         bus: Arc<dyn Bus>,
@@ -77,6 +81,7 @@ impl Shared {
             node_id,
             bus_healthy: bus.healthy(),
             config,
+            room_options,
             hub,
             metrics,
             ws_config,

@@ -119,6 +119,8 @@ pub enum ErrorCode {
     RateLimited,
     /// Joining would exceed the rooms-per-connection limit.
     TooManyRooms,
+    /// The room has its `max_members` (room options) already; the join was refused.
+    RoomFull,
     /// Binary frames are not part of the protocol.
     BinaryUnsupported,
     /// The message bus (Redis) is unreachable; the message was not delivered to anyone.
@@ -131,7 +133,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and metrics.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::MissingField,
@@ -141,6 +143,7 @@ impl ErrorCode {
         ErrorCode::TargetOffline,
         ErrorCode::RateLimited,
         ErrorCode::TooManyRooms,
+        ErrorCode::RoomFull,
         ErrorCode::BinaryUnsupported,
         ErrorCode::BusUnavailable,
         ErrorCode::Forbidden,
@@ -159,6 +162,7 @@ impl ErrorCode {
             ErrorCode::TargetOffline => "target_offline",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::RoomFull => "room_full",
             ErrorCode::BinaryUnsupported => "binary_unsupported",
             ErrorCode::BusUnavailable => "bus_unavailable",
             ErrorCode::Forbidden => "forbidden",

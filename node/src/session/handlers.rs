@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{reply, reply_error, Session};
 use crate::bus::Channel;
+use crate::room_options::Post;
 use crate::state::Shared;
 
 /// A text frame that makes the session panic, in the node's own unit tests only (the drop
@@ -108,7 +109,9 @@ impl Session {
                 if !self.may_use_room(&room) {
                     return self.error(ErrorCode::Forbidden, "your token does not allow this room");
                 }
-                if !self.rooms.contains(room.as_ref()) {
+                if !self.rooms.contains(room.as_ref())
+                    && self.shared.room_options.resolve(&room).settings.post != Post::Anyone
+                {
                     return self.error(ErrorCode::NotInRoom, "join the room before posting to it");
                 }
                 let frame = ServerEvent::Chat {
@@ -213,8 +216,13 @@ impl Session {
                 "rooms-per-connection limit reached",
             );
         }
+        let settings = self.shared.room_options.resolve(room).settings;
         let hub = &self.shared.hub;
-        if let Some(ready) = hub.join(room, &self.out) {
+        let max_members = settings.max_members.map(|n| n as usize);
+        let Ok(ready) = hub.join(room, &self.out, max_members) else {
+            return self.error(ErrorCode::RoomFull, "the room has all the members it takes");
+        };
+        if let Some(ready) = ready {
             if !matches!(
                 timeout(self.shared.config.bus_timeout(), ready).await,
                 Ok(Ok(()))
@@ -227,6 +235,10 @@ impl Session {
         // so its own user_joined doubles as "ready". The joiner gets it queued directly; the bus
         // echo skips it, since a pipelined leave may have removed it before the echo arrives.
         self.rooms.insert(room.to_owned());
+        if !settings.announce {
+            // Nobody else is told; the joiner's ack alone.
+            return reply(&self.shared, &self.out, joined);
+        }
         let target = Target::RoomExcept {
             room: room.to_owned(),
             conn: self.out.id,
@@ -252,6 +264,9 @@ impl Session {
         let left = ServerEvent::UserLeft { user_id: &me, room }.encode();
         // The leaver is no longer routed to: tell it directly, and the remaining members via the bus.
         reply(&self.shared, &self.out, left.clone());
+        if !self.shared.room_options.resolve(room).settings.announce {
+            return;
+        }
         let _ = self
             .shared
             .publisher
@@ -292,7 +307,7 @@ impl Session {
     }
 }
 
-/// Publishes `user_left` to each of `rooms` and, when `last`, `user_disconnected` (with
+/// Publishes `user_left` to each of `rooms` that announces (room options) and, when `last`, `user_disconnected` (with
 /// `--announce-connections`): `me` is gone from this node.
 pub(super) async fn announce_gone(
     shared: Arc<Shared>,
@@ -301,6 +316,9 @@ pub(super) async fn announce_gone(
     last: bool,
 ) {
     for room in rooms {
+        if !shared.room_options.resolve(&room).settings.announce {
+            continue;
+        }
         let left = ServerEvent::UserLeft {
             user_id: &me,
             room: &room,
