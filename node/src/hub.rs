@@ -715,6 +715,43 @@ mod tests {
     }
 
     #[test]
+    fn a_full_room_refuses_newcomers_but_not_members_and_rooms_lists_the_largest_first() {
+        let hub = hub();
+        let conns: Vec<_> = (0..40).map(|i| conn(&hub, &format!("c{i}"))).collect();
+        assert!(hub.join("full", &conns[0].0, Some(2)).is_ok());
+        assert!(hub.join("full", &conns[1].0, Some(2)).is_ok());
+        assert!(matches!(
+            hub.join("full", &conns[2].0, Some(2)),
+            Err(RoomFull)
+        ));
+        assert!(
+            hub.join("full", &conns[1].0, Some(2)).is_ok(),
+            "already a member"
+        );
+        hub.leave("full", conns[0].0.id);
+        assert!(hub.join("full", &conns[2].0, Some(2)).is_ok());
+        // Rooms r1..r30 with i members each, among the 40 connections.
+        for i in 1..=30 {
+            for (c, _) in &conns[..i] {
+                let _ = hub.join(&format!("r{i}"), c, None).unwrap();
+            }
+        }
+        let (top, total) = hub.rooms(3);
+        assert_eq!(total, 31);
+        assert_eq!(
+            top,
+            [
+                ("r30".to_owned(), 30),
+                ("r29".to_owned(), 29),
+                ("r28".to_owned(), 28)
+            ]
+        );
+        let (all, total) = hub.rooms(1000);
+        assert_eq!((all.len(), total), (31, 31));
+        assert_eq!(all.last(), Some(&("r1".to_owned(), 1)));
+    }
+
+    #[test]
     fn join_waits_for_subscription_and_leave_unsubscribes() {
         let hub = hub();
         let (a, _ra) = conn(&hub, "a");
