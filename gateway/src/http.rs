@@ -107,6 +107,7 @@ fn route(http: &Arc<Http>, req: Request<Incoming>) -> Response<Body> {
             StatusCode::OK,
             serde_json::json!({
                 "ring_size": proxy.membership.ring().len(),
+                "room_options_mismatch": proxy.membership.room_options_mismatch(),
                 "nodes": proxy.membership.view(),
             }),
         ),

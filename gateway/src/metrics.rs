@@ -38,6 +38,8 @@ pub struct Metrics {
     pub health_checks: IntCounterVec,
     /// 1 while a node is healthy, 0 while down.
     pub node_up: IntGaugeVec,
+    /// 1 while the healthy nodes report different room options.
+    pub room_options_mismatch: IntGauge,
     /// Upgrades refused, by HTTP status.
     pub rejected: IntCounterVec,
     /// Failures to read the Redis registry.
@@ -123,6 +125,11 @@ impl Metrics {
                 &["node", "result"],
             )
             .expect("static metric definition"),
+            room_options_mismatch: IntGauge::new(
+                "room_options_mismatch",
+                "1 while the healthy nodes report different room options",
+            )
+            .expect("static metric definition"),
             node_up: IntGaugeVec::new(Opts::new("node_up", "1 while a node is healthy"), &["node"])
                 .expect("static metric definition"),
             rejected: IntCounterVec::new(
@@ -160,6 +167,7 @@ impl Metrics {
         let _ = r.register(Box::new(m.members.clone()));
         let _ = r.register(Box::new(m.health_checks.clone()));
         let _ = r.register(Box::new(m.node_up.clone()));
+        let _ = r.register(Box::new(m.room_options_mismatch.clone()));
         let _ = r.register(Box::new(m.rejected.clone()));
         let _ = r.register(Box::new(m.membership_errors.clone()));
         let _ = r.register(Box::new(m.edge_refusals.clone()));

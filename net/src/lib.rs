@@ -8,11 +8,13 @@
 //! - [`ws_handshake`]: the one check of a WebSocket upgrade request, with its status codes.
 //! - [`detect`]: what a connection's first bytes say it is, and the prefixed stream that hands
 //!   them on.
+//! - [`health`]: what a node's `/healthz` tells a gateway beyond its status.
 //! - [`registry`]: the layout of the node registry in Redis (written by nodes, read by gateways).
 //! - [`cork`], [`split`], [`process`]: small transport and process helpers both binaries use.
 
 pub mod cork;
 pub mod detect;
+pub mod health;
 pub mod http1;
 pub mod http1_io;
 pub mod link;

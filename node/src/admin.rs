@@ -4,13 +4,11 @@
 
 use hyper::header::HeaderValue;
 use hyper::{Response, StatusCode};
+use ringcast_net::health::ROOM_OPTIONS_HEADER;
 use ringcast_net::http1::response::{json, json_error, Body};
 use serde_json::{json, Value};
 
 use crate::state::Shared;
-
-/// The header carrying the room options hash on `/healthz`, read by gateways.
-pub const OPTIONS_HEADER: &str = "ringcast-room-options";
 
 /// Rooms `/rooms` lists when not asked for a number.
 pub const ROOMS_DEFAULT: usize = 100;
@@ -32,7 +30,7 @@ pub fn health(shared: &Shared) -> Response<Body> {
         json!({"status": state, "node": &*shared.node_id, "room_options": hash}),
     );
     if let Ok(v) = HeaderValue::from_str(hash) {
-        resp.headers_mut().insert(OPTIONS_HEADER, v);
+        resp.headers_mut().insert(ROOM_OPTIONS_HEADER, v);
     }
     resp
 }

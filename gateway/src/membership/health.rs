@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::header::HeaderValue;
+use ringcast_net::health::{parse_room_options, ROOM_OPTIONS_HEADER};
 use ringcast_net::http1::client::push_request_head;
 use ringcast_net::http1_io;
 use tokio::net::TcpStream;
@@ -36,31 +37,50 @@ pub async fn run(
         for (id, addr) in membership.targets() {
             let via = via.clone();
             checks.spawn(async move {
-                let ok = check(&addr, timeout, &via).await;
-                (id, addr, ok)
+                let checked = check(&addr, timeout, &via).await;
+                (id, addr, checked)
             });
         }
         while let Some(done) = checks.join_next().await {
-            let Ok((id, addr, ok)) = done else { continue };
-            if !ok {
+            let Ok((id, addr, checked)) = done else {
+                continue;
+            };
+            if !checked.healthy {
                 debug!(node = %id, %addr, "health check failed");
             }
-            membership.report_check(&id, &addr, ok);
+            membership.report_check(&id, &addr, checked.healthy);
+            if checked.healthy {
+                membership.report_room_options(&id, &addr, checked.room_options);
+            }
         }
     }
 }
 
-/// One `GET /healthz` from the gateway whose `Via` entry is `via`: healthy when the node
-/// answers 200 within `timeout`.
-pub async fn check(addr: &str, timeout: Duration, via: &HeaderValue) -> bool {
-    tokio::time::timeout(timeout, get_status(addr, via))
-        .await
-        .ok()
-        .flatten()
-        == Some(200)
+/// What one health check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// The node answered 200 in time.
+    pub healthy: bool,
+    /// The hash of its room options, when it sent one.
+    pub room_options: Option<String>,
 }
 
-async fn get_status(addr: &str, via: &HeaderValue) -> Option<u16> {
+/// One `GET /healthz` from the gateway whose `Via` entry is `via`: healthy when the node
+/// answers 200 within `timeout`.
+pub async fn check(addr: &str, timeout: Duration, via: &HeaderValue) -> Checked {
+    match tokio::time::timeout(timeout, get_status(addr, via)).await {
+        Ok(Some((200, room_options))) => Checked {
+            healthy: true,
+            room_options,
+        },
+        _ => Checked {
+            healthy: false,
+            room_options: None,
+        },
+    }
+}
+
+async fn get_status(addr: &str, via: &HeaderValue) -> Option<(u16, Option<String>)> {
     let mut request = Vec::with_capacity(256);
     let headers = [
         ("Host", addr.as_bytes()),
@@ -70,12 +90,17 @@ async fn get_status(addr: &str, via: &HeaderValue) -> Option<u16> {
     ];
     push_request_head(&mut request, "GET", "/healthz", None, headers).ok()?;
     let mut stream = TcpStream::connect(addr).await.ok()?;
-    // The status is all we need: the head is read, the body left unread.
+    // The head is all we need: the body is left unread.
     let mut buf = Vec::with_capacity(512);
-    let (status, _) = http1_io::exchange(&mut stream, &request, &mut buf, |head| head.status)
-        .await
-        .ok()?;
-    Some(status)
+    let (answer, _) = http1_io::exchange(&mut stream, &request, &mut buf, |head| {
+        let options = head
+            .header(ROOM_OPTIONS_HEADER)
+            .and_then(parse_room_options);
+        (head.status, options)
+    })
+    .await
+    .ok()?;
+    Some(answer)
 }
 
 #[cfg(test)]
@@ -103,8 +128,18 @@ mod tests {
     #[tokio::test]
     async fn a_200_is_healthy_and_the_check_carries_the_gateways_via() {
         let via = HeaderValue::from_static("1.1 ringcast-gateway-1");
-        let (addr, node) = answering(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-        assert!(check(&addr, Duration::from_secs(5), &via).await);
+        let (addr, node) = answering(
+            b"HTTP/1.1 200 OK\r\nringcast-room-options: 00112233aabbccdd\r\n\
+              content-length: 2\r\n\r\nok",
+        )
+        .await;
+        assert_eq!(
+            check(&addr, Duration::from_secs(5), &via).await,
+            Checked {
+                healthy: true,
+                room_options: Some("00112233aabbccdd".into())
+            }
+        );
         let sent = String::from_utf8(node.await.unwrap()).unwrap();
         assert_eq!(
             sent,
@@ -126,7 +161,7 @@ mod tests {
         ] {
             let (addr, _node) = answering(answer).await;
             assert!(
-                !check(&addr, Duration::from_secs(5), &via).await,
+                !check(&addr, Duration::from_secs(5), &via).await.healthy,
                 "{:?}",
                 String::from_utf8_lossy(answer)
             );

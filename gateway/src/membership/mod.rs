@@ -14,6 +14,7 @@ pub mod registry;
 pub mod ring;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
@@ -52,6 +53,8 @@ pub struct MemberView {
     pub consecutive_failures: u32,
     /// Open tunnels to it.
     pub open_connections: i64,
+    /// The hash of its room options, from its last passed health check.
+    pub room_options: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +65,7 @@ struct Member {
     healthy: bool,
     passes: u32,
     failures: u32,
+    room_options: Option<Arc<str>>,
 }
 
 /// Health thresholds.
@@ -80,6 +84,8 @@ pub struct Membership {
     vnodes: usize,
     thresholds: Thresholds,
     metrics: Arc<Metrics>,
+    /// Whether the healthy members disagree on their room options (last computed).
+    options_mismatch: AtomicBool,
 }
 
 impl Membership {
@@ -92,6 +98,7 @@ impl Membership {
             vnodes,
             thresholds,
             metrics,
+            options_mismatch: AtomicBool::new(false),
         }
     }
 
@@ -204,6 +211,46 @@ impl Membership {
         }
     }
 
+    /// Records the room options hash a member's passed health check carried (`None`: it sent
+    /// none, as a node before room options).
+    pub fn report_room_options(&self, id: &str, addr: &str, hash: Option<String>) {
+        let mut members = self.lock();
+        let Some(m) = members.get_mut(id) else { return };
+        if *m.addr != *addr || m.room_options.as_deref() == hash.as_deref() {
+            return;
+        }
+        m.room_options = hash.map(Arc::from);
+        self.check_options(&members);
+    }
+
+    /// Whether the healthy members report different room options.
+    pub fn room_options_mismatch(&self) -> bool {
+        self.options_mismatch.load(Ordering::Relaxed)
+    }
+
+    /// Recomputes the mismatch over the healthy members that reported a hash; logs a change.
+    fn check_options(&self, members: &BTreeMap<Arc<str>, Member>) {
+        let mut hashes = members
+            .values()
+            .filter(|m| m.healthy)
+            .filter_map(|m| m.room_options.as_deref());
+        let first = hashes.next();
+        let mismatch = first.is_some_and(|f| hashes.any(|h| h != f));
+        self.metrics.room_options_mismatch.set(i64::from(mismatch));
+        if self.options_mismatch.swap(mismatch, Ordering::Relaxed) != mismatch {
+            if mismatch {
+                let by_node: Vec<String> = members
+                    .iter()
+                    .filter(|(_, m)| m.healthy)
+                    .map(|(id, m)| format!("{id}={}", m.room_options.as_deref().unwrap_or("?")))
+                    .collect();
+                warn!(nodes = %by_node.join(","), "nodes run different room options: give every node the same --room-options");
+            } else {
+                info!("every node runs the same room options again");
+            }
+        }
+    }
+
     /// Passive marking: nothing listens at the node's address, so take it out now; the active
     /// checks bring it back.
     pub fn mark_down(&self, id: &str) {
@@ -234,6 +281,7 @@ impl Membership {
                     .get_metric_with_label_values(&[id])
                     .map(|g| g.get())
                     .unwrap_or(0),
+                room_options: m.room_options.as_deref().map(str::to_owned),
             })
             .collect()
     }
@@ -256,6 +304,7 @@ impl Membership {
         }
         self.metrics.ring_size.set(ring.len() as i64);
         self.metrics.members.set(members.len() as i64);
+        self.check_options(members);
         self.ring_tx.send_replace(Arc::new(ring));
     }
 }
@@ -275,6 +324,7 @@ fn upsert_locked(
                 m.addr = addr.into();
                 m.healthy = true;
                 m.failures = 0;
+                m.room_options = None;
             }
             m.weight = weight;
             m.source = source;
@@ -290,6 +340,7 @@ fn upsert_locked(
                     healthy: true,
                     passes: 0,
                     failures: 0,
+                    room_options: None,
                 },
             );
         }
