@@ -19,10 +19,11 @@ pub struct EmbeddedNode {
 }
 
 impl EmbeddedNode {
-    /// Starts the node. Its settings come from the same `RINGCAST_*` environment as the node
-    /// binary's (limits, heartbeat, announce); its id is `embedded` unless `RINGCAST_NODE_ID`
-    /// says otherwise; its authentication is the gateway's (`auth`), flags included.
-    pub async fn start(auth: &ringcast_protocol::auth::AuthArgs) -> Result<Self, String> {
+    /// The embedded node's configuration, checked (the gateway's `--check-config` calls this
+    /// too, so a bad `RINGCAST_ROOM_OPTIONS` fails there and not only at start).
+    pub fn config(
+        auth: &ringcast_protocol::auth::AuthArgs,
+    ) -> Result<ringcast_node::Config, String> {
         let mut config = <ringcast_node::Config as clap::Parser>::try_parse_from(["ringcast-node"])
             .map_err(|e| format!("embedded node configuration: {e}"))?;
         if config.node_id.is_none() {
@@ -30,6 +31,17 @@ impl EmbeddedNode {
         }
         config.redis_url = None;
         config.auth = auth.clone();
+        config
+            .validate()
+            .map_err(|e| format!("embedded node configuration: {e}"))?;
+        Ok(config)
+    }
+
+    /// Starts the node. Its settings come from the same `RINGCAST_*` environment as the node
+    /// binary's (limits, heartbeat, announce); its id is `embedded` unless `RINGCAST_NODE_ID`
+    /// says otherwise; its authentication is the gateway's (`auth`), flags included.
+    pub async fn start(auth: &ringcast_protocol::auth::AuthArgs) -> Result<Self, String> {
+        let config = Self::config(auth)?;
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("cannot bind the embedded node: {e}"))?;

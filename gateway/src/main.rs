@@ -22,6 +22,12 @@ async fn main() -> std::process::ExitCode {
         };
     }
     if config.check_config {
+        if config.embedded() {
+            if let Err(e) = ringcast_gateway::embedded::EmbeddedNode::config(&config.auth) {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
         println!("config ok");
         return std::process::ExitCode::SUCCESS;
     }

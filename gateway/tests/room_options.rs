@@ -86,3 +86,83 @@ async fn the_gateway_flags_nodes_whose_room_options_differ_until_the_odd_one_lea
         0.0
     );
 }
+
+/// `ringcast-gateway` with `RINGCAST_ROOM_OPTIONS` set to `options` for its embedded node.
+fn gateway_command(options: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast-gateway"));
+    cmd.env("RINGCAST_ROOM_OPTIONS", options)
+        .env_remove("RINGCAST_NODES")
+        .env_remove("RINGCAST_REDIS_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+#[test]
+fn a_bare_gateway_checks_its_embedded_nodes_room_options() {
+    let out = gateway_command("ok:*:announce=off;bad:*:colour=red")
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("bad:*:colour=red") && err.contains("unknown key"),
+        "{err}"
+    );
+    let out = gateway_command("ok:*:announce=off")
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "config ok");
+}
+
+#[tokio::test]
+async fn a_bare_gateway_applies_room_options_a_tutorial_client_posts_without_joining() {
+    let (child, port) = ringcast_testkit::spawn_listening(
+        env!("CARGO_BIN_EXE_ringcast-gateway"),
+        Duration::from_secs(10),
+        |port| {
+            let mut cmd = gateway_command("open:*:post=anyone");
+            cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            cmd
+        },
+    );
+    let _gateway = Killed(child);
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let (mut member, _) =
+        ringcast_testkit::Client::connect_welcomed(&ringcast_testkit::ws_url(addr, "m")).await;
+    let (mut poster, _) =
+        ringcast_testkit::Client::connect_welcomed(&ringcast_testkit::ws_url(addr, "p")).await;
+    for room in ["open:lobby", "closed"] {
+        member
+            .send_json(serde_json::json!({"type":"join_room","room":room}))
+            .await;
+        assert_eq!(member.recv_event("user_joined").await["room"], room);
+    }
+    poster
+        .send_json(serde_json::json!({"type":"room_message","room":"closed","content":"no"}))
+        .await;
+    assert_eq!(poster.recv_error_code().await, "not_in_room");
+    poster
+        .send_json(serde_json::json!({"type":"room_message","room":"open:lobby","content":"hi"}))
+        .await;
+    let got = member.recv_event("chat").await;
+    assert_eq!(
+        got,
+        serde_json::json!({"event":"chat","from":"p","room":"open:lobby","content":"hi"})
+    );
+}
+
+/// A child process killed and reaped when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
