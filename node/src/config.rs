@@ -143,6 +143,24 @@ pub struct Config {
           value_parser = crate::room_options::parse_entry)]
     pub room_options: Vec<crate::room_options::RoomRule>,
 
+    /// Messages each room keeps for recovery (`join_room` with `since`, `history`) unless its
+    /// room options say `history=N`; 0: rooms keep nothing and their messages carry no offset.
+    #[arg(long, env = "RINGCAST_HISTORY_SIZE", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::room_options::MAX_HISTORY)))]
+    pub history_size: u32,
+
+    /// Seconds a room's history lives after its last message, unless its room options say
+    /// `history_ttl`.
+    #[arg(long, env = "RINGCAST_HISTORY_TTL_SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=30 * 86_400))]
+    pub history_ttl_secs: u64,
+
+    /// Seconds a room's offset counter and epoch live after its last message (at least its
+    /// history's): for this long a client that missed nothing rejoins with `recovered:true`.
+    #[arg(long, env = "RINGCAST_HISTORY_META_TTL_SECS", default_value_t = 7 * 86_400,
+          value_parser = clap::value_parser!(u64).range(1..=365 * 86_400))]
+    pub history_meta_ttl_secs: u64,
+
     /// Authentication (JWT) settings.
     #[command(flatten)]
     pub auth: ringcast_protocol::auth::AuthArgs,
@@ -223,6 +241,28 @@ impl Config {
     /// Checks what clap cannot check entry by entry; `--check-config` and `run` both call it.
     pub fn validate(&self) -> Result<(), String> {
         self.room_options().map(|_| ())
+    }
+
+    /// How a room with these options keeps its messages; `None`: it keeps none.
+    pub fn keep(&self, settings: &crate::room_options::RoomSettings) -> Option<crate::bus::Keep> {
+        let size = settings.history.unwrap_or(self.history_size);
+        if size == 0 {
+            return None;
+        }
+        let ttl = settings.history_ttl.map_or(
+            Duration::from_secs(self.history_ttl_secs),
+            Duration::from_millis,
+        );
+        Some(crate::bus::Keep {
+            size,
+            ttl,
+            meta_ttl: Duration::from_secs(self.history_meta_ttl_secs).max(ttl),
+        })
+    }
+
+    /// How long a room's counter and epoch live (for reads of rooms that keep history).
+    pub fn meta_ttl(&self) -> Duration {
+        Duration::from_secs(self.history_meta_ttl_secs)
     }
 
     pub(crate) fn bus_timeout(&self) -> Duration {

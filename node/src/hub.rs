@@ -20,7 +20,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use prometheus::IntCounter;
-use ringcast_protocol::{Envelope, EnvelopeError, Target};
+use ringcast_protocol::stored::{StoredMessage, STORED_TAG};
+use ringcast_protocol::{Envelope, EnvelopeError, ServerEvent, Target};
 use tokio::sync::{oneshot, watch, Notify};
 use tracing::warn;
 
@@ -28,6 +29,10 @@ use crate::bus::Channel;
 use crate::metrics::Metrics;
 use crate::outbound::{ConnId, Outbound, Push, SLOW_CONSUMER};
 use crate::wire;
+
+pub mod stream;
+
+use stream::{Admit, RoomMembers, PAUSED};
 
 /// Local members of one channel and the state of its bus subscription.
 struct Topic<M> {
@@ -78,7 +83,7 @@ impl<M> Topic<M> {
 struct State {
     conns: HashMap<ConnId, Arc<Outbound>>,
     clients: HashMap<Arc<str>, Topic<Vec<Arc<Outbound>>>>,
-    rooms: HashMap<String, Topic<HashMap<ConnId, Arc<Outbound>>>>,
+    rooms: HashMap<String, Topic<RoomMembers>>,
     /// Channels whose waiters only [`Hub::resume`] wakes: marked active while the bus was not
     /// live. Filled only during an outage and emptied by the resume after it.
     resuming: HashSet<Channel>,
@@ -282,6 +287,27 @@ impl Hub {
         out: &Arc<Outbound>,
         max_members: Option<usize>,
     ) -> Result<Ready, RoomFull> {
+        self.join_as(room, out, max_members, false)
+    }
+
+    /// [`Hub::join`] for a member to be brought up to date first: no live message of the room
+    /// reaches it until [`Hub::caught_up`].
+    pub fn join_paused(
+        &self,
+        room: &str,
+        out: &Arc<Outbound>,
+        max_members: Option<usize>,
+    ) -> Result<Ready, RoomFull> {
+        self.join_as(room, out, max_members, true)
+    }
+
+    fn join_as(
+        &self,
+        room: &str,
+        out: &Arc<Outbound>,
+        max_members: Option<usize>,
+        paused: bool,
+    ) -> Result<Ready, RoomFull> {
         let mut state = self.state.write().unwrap_or_else(recover);
         let State {
             rooms, resuming, ..
@@ -299,6 +325,9 @@ impl Hub {
             self.metrics.rooms.inc();
         }
         topic.members.insert(out.id, out.clone());
+        if paused {
+            topic.members.stream().recovering.insert(out.id, PAUSED);
+        }
         Ok(self.ready_for(topic, resuming, Channel::Room(room.to_owned())))
     }
 
@@ -332,6 +361,7 @@ impl Hub {
         let Some(topic) = state.rooms.get_mut(room) else {
             return;
         };
+        topic.members.stream().recovering.remove(&id);
         if topic.members.remove(&id).is_some() && topic.members.is_empty() {
             self.rooms_occupied.fetch_sub(1, Ordering::Relaxed);
             self.metrics.rooms.dec();
@@ -371,10 +401,52 @@ impl Hub {
         }
     }
 
+    /// The last offset and epoch of `room` delivered on this node, if any.
+    pub fn position(&self, room: &str) -> Option<(u64, Arc<str>)> {
+        let state = self.state.read().unwrap_or_else(recover);
+        let topic = state.rooms.get(room)?;
+        let stream = topic.members.stream();
+        stream.last.clone()
+    }
+
+    /// Ends the replay of member `out` in `room`: queues `frames` (the last of them the ack)
+    /// and lets live messages after offset `through` of `epoch` reach it. Refused, with the
+    /// room's position, while this node has already delivered past `through` in that epoch:
+    /// the caller replays those too and tries again.
+    pub fn caught_up(
+        &self,
+        room: &str,
+        out: &Outbound,
+        through: u64,
+        epoch: &str,
+        frames: &[Bytes],
+    ) -> Result<(), u64> {
+        let state = self.state.read().unwrap_or_else(recover);
+        let Some(topic) = state.rooms.get(room) else {
+            return Ok(());
+        };
+        let mut stream = topic.members.stream();
+        if let Some((last, e)) = &stream.last {
+            if **e == *epoch && *last > through {
+                return Err(*last);
+            }
+        }
+        if stream.recovering.contains_key(&out.id) {
+            for frame in frames {
+                out.push(frame);
+            }
+            stream.recovering.insert(out.id, through);
+        }
+        Ok(())
+    }
+
     /// Hands one bus payload to its local recipients. Never blocks: a recipient whose queue is
     /// full is closed as a slow consumer instead.
     pub fn deliver(&self, payload: Bytes) {
         self.metrics.bus_received.inc();
+        if payload.first() == Some(&STORED_TAG) {
+            return self.deliver_stored(&payload);
+        }
         let envelope = match Envelope::decode(&payload) {
             Ok(e) => e,
             Err(e) => {
@@ -439,6 +511,72 @@ impl Hub {
         // Logged only now: a log line can block (a full stdout pipe), and must not hold up
         // joins, leaves and connects waiting for the lock. One line however many there were:
         // this runs on the bus's reader, which must not stall on logging either.
+        slow.log();
+    }
+
+    /// Delivers a numbered room message: in order, each once, and with a `history_reset` first
+    /// when the room's stream on this node broke (new epoch, reissued or skipped offsets).
+    fn deliver_stored(&self, payload: &[u8]) {
+        let msg = match StoredMessage::decode(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "rejected stored room message");
+                self.metrics
+                    .bus_rejected
+                    .with_label_values(&["malformed"])
+                    .inc();
+                return;
+            }
+        };
+        let age = now_micros().saturating_sub(msg.sent_at_micros);
+        self.metrics
+            .delivery_latency
+            .observe(age as f64 / 1_000_000.0);
+        let frame = wire::text(msg.frame);
+        let mut slow = SlowConsumers::default();
+        let state = self.state.read().unwrap_or_else(recover);
+        let Some(topic) = state.rooms.get(msg.room) else {
+            return;
+        };
+        let mut stream = topic.members.stream();
+        let admit = stream.admit(msg.offset, msg.epoch);
+        if admit == Admit::Duplicate {
+            self.metrics.history_duplicates.inc();
+            return;
+        }
+        if let Admit::Reset { missed } = admit {
+            self.metrics.history_resets.inc();
+            warn!(
+                room = msg.room,
+                offset = msg.offset,
+                missed,
+                "room stream broke here: members told history_reset"
+            );
+            let reset = wire::text(
+                std::str::from_utf8(
+                    &ServerEvent::HistoryReset {
+                        room: msg.room,
+                        epoch: msg.epoch,
+                    }
+                    .encode(),
+                )
+                .unwrap_or_default(),
+            );
+            self.fan_out(topic.members.values(), &reset, &mut slow);
+        }
+        let sent = if stream.recovering.is_empty() {
+            self.fan_out(topic.members.values(), &frame, &mut slow)
+        } else {
+            let targets: Vec<&Arc<Outbound>> = topic
+                .members
+                .values()
+                .filter(|o| stream.wants(o.id, msg.offset))
+                .collect();
+            self.fan_out(targets.into_iter(), &frame, &mut slow)
+        };
+        drop(stream);
+        drop(state);
+        self.out_room.inc_by(sent);
         slow.log();
     }
 
@@ -624,7 +762,7 @@ impl Members for Vec<Arc<Outbound>> {
         Vec::is_empty(self)
     }
 }
-impl Members for HashMap<ConnId, Arc<Outbound>> {
+impl Members for RoomMembers {
     fn is_empty(&self) -> bool {
         HashMap::is_empty(self)
     }

@@ -47,6 +47,14 @@ pub struct Metrics {
     /// Link requests refused, by reason (`unauthorized`, `not_loopback`, `proxied`,
     /// `unknown_version`, `draining`).
     pub link_refusals: IntCounterVec,
+    /// Numbered room messages that arrived twice and were delivered once.
+    pub history_duplicates: IntCounter,
+    /// Times a room's stream broke on this node and its members were told `history_reset`.
+    pub history_resets: IntCounter,
+    /// Joins with `since`, by outcome (`recovered`, `not_recovered`).
+    pub recoveries: IntCounterVec,
+    /// Messages replayed to joiners from history.
+    pub replayed: IntCounter,
 }
 
 impl Metrics {
@@ -167,6 +175,23 @@ impl Metrics {
                 "ringcast_node_link_refusals_total",
                 "Link (/link) requests refused, by reason",
                 "reason",
+            ),
+            history_duplicates: counter(
+                "ringcast_node_history_duplicates_total",
+                "Numbered room messages that arrived twice and were delivered once",
+            ),
+            history_resets: counter(
+                "ringcast_node_history_resets_total",
+                "Room streams that broke here (members told history_reset)",
+            ),
+            recoveries: counter_vec(
+                "ringcast_node_recoveries_total",
+                "Joins with since, by outcome",
+                "outcome",
+            ),
+            replayed: counter(
+                "ringcast_node_replayed_total",
+                "Messages replayed to joiners from history",
             ),
             registry,
         }

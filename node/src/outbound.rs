@@ -244,6 +244,14 @@ impl Outbound {
         outcome
     }
 
+    /// Whether `frames` more frames of `bytes` in all fit in the queue now (an empty queue
+    /// takes anything, as [`Outbound::push`] does).
+    pub fn has_room(&self, frames: usize, bytes: usize) -> bool {
+        let queued = self.queued_bytes.load(Ordering::Relaxed);
+        let len = self.lock().frames.len();
+        (queued == 0 || queued + bytes <= self.max_bytes) && len + frames <= self.max_frames
+    }
+
     /// Asks the writer to close the connection. The first call wins; returns whether it was it.
     pub fn close(&self, closing: Closing) -> bool {
         let mut state = self.lock();

@@ -17,7 +17,7 @@ use ringcast_protocol::{Envelope, Target};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::bus::{Bus, BusError, Channel};
+use crate::bus::{Bus, BusError, Channel, Keep, Publish, Published, StoredPublish};
 use crate::hub::now_micros;
 use crate::metrics::Metrics;
 
@@ -29,22 +29,20 @@ const BATCH: usize = 256;
 const QUEUE: usize = 1024;
 
 /// Called with the outcome of a publish nobody waits for.
-pub type Then = Box<dyn FnOnce(&Result<usize, BusError>) + Send>;
+pub type Then = Box<dyn FnOnce(&Result<Published, BusError>) + Send>;
 
 /// What to do with a publish's outcome.
 enum Done {
     /// Hand the outcome back to a waiting sender.
-    Reply(oneshot::Sender<Result<usize, BusError>>),
+    Reply(oneshot::Sender<Result<Published, BusError>>),
     /// Nobody waits; run this with the outcome (it tells the sender about failures).
     Then(Then),
 }
 
-/// One envelope to publish.
+/// One publish and what to do with its outcome.
 struct Job {
-    /// Where to publish it.
-    channel: Channel,
-    /// The encoded envelope.
-    payload: Bytes,
+    /// What to publish.
+    publish: Publish,
     /// What to do with the outcome.
     done: Done,
 }
@@ -73,6 +71,11 @@ impl Publisher {
         }
     }
 
+    /// The bus it publishes on (history reads go straight to it).
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
+    }
+
     /// Wraps a client frame in an envelope and publishes it, after everything queued before it:
     /// the one place frames enter the bus. Returns how many nodes were subscribed.
     pub async fn publish(
@@ -81,14 +84,34 @@ impl Publisher {
         target: Target,
         frame: &Bytes,
     ) -> Result<usize, BusError> {
+        let publish = self.plain(channel, target, frame)?;
         if !self.bus.batches_publishes() {
-            return self.publish_now(channel, target, frame).await;
+            return self.publish_now(publish).await.map(|p| p.subscribers());
         }
         let (tx, rx) = oneshot::channel();
-        self.enqueue(channel, target, frame, Done::Reply(tx))
-            .await?;
+        self.enqueue(publish, Done::Reply(tx)).await?;
         rx.await
             .unwrap_or_else(|_| Err(BusError::Unavailable("node is shutting down".into())))
+            .map(|p| p.subscribers())
+    }
+
+    /// Queues a room message for history (see [`StoredPublish`]): numbered, kept and published
+    /// in one step by the bus; `then` runs with the offset and epoch it got, or the failure.
+    pub async fn publish_stored(&self, room: &str, head: Vec<u8>, keep: Keep, then: Then) {
+        let publish = Publish::Stored(StoredPublish {
+            room: room.to_owned(),
+            head: Bytes::from(head),
+            sent_at_micros: now_micros(),
+            keep,
+        });
+        if !self.bus.batches_publishes() {
+            let result = self.publish_now(publish).await;
+            then(&result);
+            return;
+        }
+        if let Err(e) = self.enqueue(publish, Done::Then(then)).await {
+            warn!(error = %e, "publish not queued");
+        }
     }
 
     /// Like [`Publisher::publish`] but returns once the envelope is queued (waiting only while
@@ -100,63 +123,45 @@ impl Publisher {
         frame: &Bytes,
         then: Then,
     ) {
+        let publish = match self.plain(channel, target, frame) {
+            Ok(p) => p,
+            Err(e) => return then(&Err(e)),
+        };
         if !self.bus.batches_publishes() {
-            let result = self.publish_now(channel, target, frame).await;
+            let result = self.publish_now(publish).await;
             then(&result);
             return;
         }
-        if let Err(e) = self.enqueue(channel, target, frame, Done::Then(then)).await {
+        if let Err(e) = self.enqueue(publish, Done::Then(then)).await {
             warn!(error = %e, "publish not queued");
         }
     }
 
-    /// Publishes right away, on the caller's task (for a bus without round trips).
-    async fn publish_now(
-        &self,
-        channel: Channel,
-        target: Target,
-        frame: &Bytes,
-    ) -> Result<usize, BusError> {
+    /// Wraps a frame in an envelope from this node.
+    fn plain(&self, channel: Channel, target: Target, frame: &Bytes) -> Result<Publish, BusError> {
         let envelope = Envelope::new(&self.node_id, now_micros(), target, frame);
         let payload = envelope
             .encode()
             .map_err(|e| BusError::Unavailable(e.to_string()))?;
-        match self.bus.publish(&channel, payload).await {
-            Ok(n) => {
-                self.metrics.bus_published.inc();
-                Ok(n)
-            }
-            Err(e) => {
-                self.metrics.bus_publish_failures.inc();
-                warn!(error = %e, channel = %channel, "publish failed");
-                Err(e)
-            }
-        }
+        Ok(Publish::Plain(channel, payload))
     }
 
-    async fn enqueue(
-        &self,
-        channel: Channel,
-        target: Target,
-        frame: &Bytes,
-        done: Done,
-    ) -> Result<(), BusError> {
-        let envelope = Envelope::new(&self.node_id, now_micros(), target, frame);
-        let payload = match envelope.encode() {
-            Ok(p) => p,
-            Err(e) => {
-                let e = BusError::Unavailable(e.to_string());
-                if let Done::Then(f) = done {
-                    f(&Err(e.clone()));
-                }
-                return Err(e);
-            }
+    /// Publishes right away, on the caller's task (for a bus without round trips).
+    async fn publish_now(&self, publish: Publish) -> Result<Published, BusError> {
+        let result = match &publish {
+            Publish::Plain(channel, payload) => self
+                .bus
+                .publish(channel, payload.clone())
+                .await
+                .map(Published::Plain),
+            Publish::Stored(msg) => self.bus.publish_stored(msg).await.map(Published::Stored),
         };
-        let job = Job {
-            channel,
-            payload,
-            done,
-        };
+        count(&self.metrics, &publish, &result);
+        result
+    }
+
+    async fn enqueue(&self, publish: Publish, done: Done) -> Result<(), BusError> {
+        let job = Job { publish, done };
         if let Err(mpsc::error::SendError(job)) = self.publish_tx.send(job).await {
             let e = BusError::Unavailable("node is shutting down".into());
             if let Done::Then(f) = job.done {
@@ -168,23 +173,30 @@ impl Publisher {
     }
 }
 
+/// Counts a publish's outcome (and logs a failure).
+fn count(metrics: &Metrics, publish: &Publish, result: &Result<Published, BusError>) {
+    match result {
+        Ok(_) => metrics.bus_published.inc(),
+        Err(e) => {
+            metrics.bus_publish_failures.inc();
+            match publish {
+                Publish::Plain(channel, _) => {
+                    warn!(error = %e, channel = %channel, "publish failed")
+                }
+                Publish::Stored(msg) => warn!(error = %e, room = %msg.room, "publish failed"),
+            }
+        }
+    }
+}
+
 /// Publishes queued jobs in batches until every sender is gone.
 async fn run(bus: Arc<dyn Bus>, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut jobs, BATCH).await > 0 {
-        let (items, dones): (Vec<_>, Vec<_>) = jobs
-            .drain(..)
-            .map(|j| ((j.channel, j.payload), j.done))
-            .unzip();
-        let results = bus.publish_batch(&items).await;
-        for (((channel, _), done), result) in items.iter().zip(dones).zip(results) {
-            match &result {
-                Ok(_) => metrics.bus_published.inc(),
-                Err(e) => {
-                    metrics.bus_publish_failures.inc();
-                    warn!(error = %e, channel = %channel, "publish failed");
-                }
-            }
+        let (items, dones): (Vec<_>, Vec<_>) = jobs.drain(..).map(|j| (j.publish, j.done)).unzip();
+        let results = bus.publish_all(&items).await;
+        for ((item, done), result) in items.iter().zip(dones).zip(results) {
+            count(&metrics, item, &result);
             match done {
                 Done::Reply(tx) => {
                     let _ = tx.send(result);

@@ -5,7 +5,7 @@
 //! the connection's own [`Outbound`] queue like everyone else does, so a client that stops reading
 //! fills only its own queue and is then closed, without slowing anyone down.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
-use crate::bus::Channel;
+use crate::bus::{Channel, Keep};
 use crate::hub::Ready;
 use crate::outbound::{
     Closing, Outbound, OutboundRx, Push, BUS_DOWN, FLOOD, IDLE, PROTOCOL_ERROR, TOKEN_EXPIRED,
@@ -40,6 +40,7 @@ use ringcast_net::split::{ReadOnly, SplitIo};
 
 mod guard;
 mod handlers;
+mod rooms;
 
 /// What tungstenite reads the client's frames from.
 type Reader<R> = WebSocketStream<ReadOnly<R>>;
@@ -237,7 +238,8 @@ struct Session {
     /// What the connection's token grants; `None` when authentication is off (boxed: it is
     /// held for the connection's whole life and is mostly absent).
     identity: Option<Box<Identity>>,
-    rooms: HashSet<String>,
+    /// The rooms it is in, and how each keeps its messages (resolved once, at the join).
+    rooms: HashMap<String, Option<Keep>>,
     limiter: RateLimiter,
     /// Whether the connection is still in the hub: cleared by `withdraw`. While it is set, the
     /// drop guard (`guard.rs`) takes the connection out of the hub, however the session ends.
@@ -282,7 +284,7 @@ impl Session {
             shared,
             out,
             identity,
-            rooms: HashSet::new(),
+            rooms: HashMap::new(),
             limiter,
             registered: true,
         };

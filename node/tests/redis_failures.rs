@@ -144,7 +144,7 @@ async fn node_recovers_when_redis_drops_it_as_a_slow_subscriber() {
     for _ in 0..200 {
         flood
             .cmd("PUBLISH")
-            .arg("ringcast:room:r")
+            .arg("{ringcast:room:r}")
             .arg(&payload[..])
             .ignore();
     }

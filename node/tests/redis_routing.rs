@@ -64,8 +64,13 @@ async fn three_nodes_deliver_broadcast_room_and_direct_to_exactly_the_right_clie
     c.send_json(json!({"type":"room_message","room":"r","content":"in r"}))
         .await;
     let room_chat = json!({"event":"chat","from":"carol","room":"r","content":"in r"});
+    let mut numbered = None;
     for cl in [&mut a, &mut c, &mut e] {
-        assert_eq!(cl.recv().await, room_chat);
+        let got = cl.recv().await;
+        assert_eq!(ringcast_testkit::unnumbered(&got), room_chat);
+        assert_eq!(got["offset"], 1, "{got}");
+        // One message, the same bytes for every member, wherever they are.
+        assert_eq!(*numbered.get_or_insert(got.clone()), got);
     }
 
     a.send_json(json!({"type":"direct_message","target":"dave","content":"psst"}))

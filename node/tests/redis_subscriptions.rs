@@ -8,7 +8,7 @@ use std::time::Duration;
 use ringcast_testkit::{wait_until, Client, RedisServer, TestNode};
 use support::{channels, config, inspector, join, leave, numsub, start_with};
 
-const ROOM_CHANNEL: &str = "ringcast:room:r";
+const ROOM_CHANNEL: &str = "{ringcast:room:r}";
 
 async fn quiet_nodes(redis: &RedisServer, n: usize) -> Vec<TestNode> {
     let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
@@ -69,7 +69,7 @@ async fn numsub_equals_nodes_with_members_at_every_step() {
     leave(&mut d, "d", "r").await;
     settle_numsub(&mut con, ROOM_CHANNEL, 0).await;
     assert!(
-        channels(&mut con, "ringcast:room:*").await.is_empty(),
+        channels(&mut con, "{ringcast:room:*").await.is_empty(),
         "no room channel survives an empty room"
     );
     for n in &nodes {
@@ -144,7 +144,7 @@ async fn fifty_concurrent_joiners_and_leavers_leave_numsub_equal_to_nodes_with_m
     );
     drop(clients);
     settle_numsub(&mut con, ROOM_CHANNEL, 0).await;
-    assert!(channels(&mut con, "ringcast:room:*").await.is_empty());
+    assert!(channels(&mut con, "{ringcast:room:*").await.is_empty());
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use ringcast_node::room_options::parse_entry;
 use ringcast_node::{Config, MemoryBroker};
 use ringcast_protocol::auth::{mint_hs256, now_secs, Claims};
-use ringcast_testkit::{wait_until, Client, TestNode};
+use ringcast_testkit::{unnumbered, wait_until, Client, TestNode};
 use serde_json::{json, Value};
 
 fn config(id: &str, entries: &[&str]) -> Config {
@@ -50,7 +50,7 @@ async fn post_anyone_lets_a_tutorial_client_post_without_joining_and_members_is_
     assert_eq!(err["code"], "not_in_room", "{err}");
     post(&mut poster, "open:1", "hello").await;
     assert_eq!(
-        member.recv().await,
+        unnumbered(&member.recv().await),
         json!({"event":"chat","from":"poster","room":"open:1","content":"hello"}),
         "the refused post to `closed` reached nobody; the open one reached the member"
     );
@@ -103,7 +103,7 @@ async fn announce_round(entries: &[&str], room: &str) -> Vec<Value> {
     let (mut alice, _) = Client::connect_welcomed(&n1.ws_url("alice")).await;
     // The joiner's own ack comes either way.
     assert_eq!(
-        join(&mut alice, room).await,
+        unnumbered(&join(&mut alice, room).await),
         json!({"event":"user_joined","user_id":"alice","room":room})
     );
     post(&mut alice, room, "one").await;

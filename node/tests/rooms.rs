@@ -30,8 +30,10 @@ async fn room_traffic_reaches_members_only_across_nodes() {
     a.send_json(json!({"type":"room_message","room":"r","content":"hi"}))
         .await;
     let expected = json!({"event":"chat","from":"alice","room":"r","content":"hi"});
-    assert_eq!(a.recv_event("chat").await, expected);
-    assert_eq!(b.recv_event("chat").await, expected);
+    let got = a.recv_event("chat").await;
+    assert_eq!(ringcast_testkit::unnumbered(&got), expected);
+    assert_eq!(got["offset"], 1);
+    assert_eq!(b.recv_event("chat").await, got);
 
     c.send_json(json!({"type":"room_message","room":"r","content":"x"}))
         .await;

@@ -20,10 +20,12 @@ pub enum ClientMessage<'a> {
         /// Raw JSON content.
         content: &'a RawValue,
     },
-    /// `{"type":"join_room","room":R}`.
+    /// `{"type":"join_room","room":R,"since":{"offset":N,"epoch":"E"}?}`.
     JoinRoom {
         /// Validated room name.
         room: Cow<'a, str>,
+        /// Where the client's copy ends, to replay from; `Err` when malformed.
+        since: Option<Result<Since, String>>,
     },
     /// `{"type":"leave_room","room":R}`.
     LeaveRoom {
@@ -53,6 +55,50 @@ pub enum ClientMessage<'a> {
         /// The new token (never logged).
         token: Cow<'a, str>,
     },
+    /// `{"type":"history","room":R,"since":{...}?,"limit":L?}`: stored messages of a room.
+    History {
+        /// Validated room name.
+        room: Cow<'a, str>,
+        /// Page from after this point; `None`: the newest messages; `Err` when malformed.
+        since: Option<Result<Since, String>>,
+        /// Messages wanted, within 1..=[`HISTORY_LIMIT_MAX`].
+        limit: usize,
+    },
+}
+
+/// Where a client's copy of a room ends: `{"offset":N,"epoch":"E"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Since {
+    /// The last offset the client has.
+    pub offset: u64,
+    /// The epoch that offset belongs to.
+    pub epoch: String,
+}
+
+/// Messages a `history` request returns when it names no `limit`.
+pub const HISTORY_LIMIT_DEFAULT: usize = 100;
+/// Most messages one `history` request returns.
+pub const HISTORY_LIMIT_MAX: usize = 1000;
+
+/// Reads a `since` leniently: its faults are the request's business (`invalid_since`), not a
+/// reason to refuse the whole message.
+fn since(raw: Option<&RawValue>) -> Option<Result<Since, String>> {
+    let raw = raw?;
+    if raw.get() == "null" {
+        return None;
+    }
+    Some(
+        serde_json::from_str::<Since>(raw.get())
+            .map_err(|e| format!("since must be {{\"offset\":N,\"epoch\":\"E\"}}: {e}"))
+            .and_then(|s| {
+                if s.epoch.is_empty() || s.epoch.len() > 64 {
+                    Err("since.epoch must be 1-64 characters".to_owned())
+                } else {
+                    Ok(s)
+                }
+            }),
+    )
 }
 
 #[derive(Deserialize)]
@@ -69,6 +115,10 @@ struct RawMessage<'a> {
     target_user: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     token: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    since: Option<&'a RawValue>,
+    #[serde(default)]
+    limit: Option<u64>,
 }
 
 impl<'a> ClientMessage<'a> {
@@ -99,6 +149,16 @@ impl<'a> ClientMessage<'a> {
             }),
             "join_room" => Ok(ClientMessage::JoinRoom {
                 room: need_room("join_room", raw.room)?,
+                since: since(raw.since),
+            }),
+            "history" => Ok(ClientMessage::History {
+                room: need_room("history", raw.room)?,
+                since: since(raw.since),
+                limit: raw.limit.map_or(HISTORY_LIMIT_DEFAULT, |l| {
+                    usize::try_from(l)
+                        .unwrap_or(usize::MAX)
+                        .clamp(1, HISTORY_LIMIT_MAX)
+                }),
             }),
             "leave_room" => Ok(ClientMessage::LeaveRoom {
                 room: need_room("leave_room", raw.room)?,
@@ -147,6 +207,7 @@ impl<'a> ClientMessage<'a> {
             ClientMessage::Ping => "ping",
             ClientMessage::Pong => "pong",
             ClientMessage::Refresh { .. } => "refresh",
+            ClientMessage::History { .. } => "history",
         }
     }
 }
@@ -168,7 +229,10 @@ mod tests {
             m => panic!("{m:?}"),
         }
         match ClientMessage::parse(r#"{"type":"join_room","room":"r1"}"#).unwrap() {
-            ClientMessage::JoinRoom { room } => assert_eq!(room, "r1"),
+            ClientMessage::JoinRoom { room, since } => {
+                assert_eq!(room, "r1");
+                assert_eq!(since, None);
+            }
             m => panic!("{m:?}"),
         }
         match ClientMessage::parse(r#"{"type":"leave_room","room":"r\u00e91"}"#).unwrap() {

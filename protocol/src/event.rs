@@ -35,12 +35,30 @@ pub enum ServerEvent<'a> {
         /// The sender's content, verbatim.
         content: &'a RawValue,
     },
-    /// Someone joined a room (the joiner receives it too: it is the join's acknowledgement).
+    /// Someone joined a room (the joiner receives it too: it is the join's acknowledgement,
+    /// and for a room that keeps history it carries `recovered`, `offset` and `epoch`).
     UserJoined {
         /// Who.
         user_id: &'a str,
         /// Which room.
         room: &'a str,
+        /// In the joiner's ack: whether everything after its `since` was replayed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        /// In the joiner's ack: the last offset it has now been given (or the room's top).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        /// In the joiner's ack: the room's epoch.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+    },
+    /// The room's history may have been lost or its offsets reissued (or a gap could not be
+    /// filled): what a member holds may not match the room's history any more.
+    HistoryReset {
+        /// Which room.
+        room: &'a str,
+        /// The room's epoch now.
+        epoch: &'a str,
     },
     /// Someone left a room, or disconnected while in it.
     UserLeft {
@@ -89,6 +107,35 @@ impl ServerEvent<'_> {
     }
 }
 
+/// `{"event":"history","room":R,"messages":[…],"offset":TOP,"epoch":E,"complete":B}`, with
+/// `messages` the stored chat frames as they are (each already a JSON object).
+pub fn history_event(
+    room: &str,
+    messages: &[&str],
+    top: u64,
+    epoch: &str,
+    complete: bool,
+) -> Bytes {
+    let len: usize = messages.iter().map(|m| m.len() + 1).sum();
+    let mut out = Vec::with_capacity(len + room.len() + epoch.len() + 96);
+    out.extend_from_slice(br#"{"event":"history","room":"#);
+    serde_json::to_writer(&mut out, room).expect("writing to a Vec cannot fail");
+    out.extend_from_slice(br#","messages":["#);
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(m.as_bytes());
+    }
+    out.extend_from_slice(br#"],"offset":"#);
+    out.extend_from_slice(top.to_string().as_bytes());
+    out.extend_from_slice(br#","epoch":"#);
+    serde_json::to_writer(&mut out, epoch).expect("writing to a Vec cannot fail");
+    out.extend_from_slice(br#","complete":"#);
+    out.extend_from_slice(if complete { b"true}" } else { b"false}" });
+    Bytes::from(out)
+}
+
 /// Why a connection was taken out of a room (`room_revoked`). New reasons may be added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -127,13 +174,15 @@ pub enum ErrorCode {
     BusUnavailable,
     /// The connection's token does not allow this (room, chat, or a refresh for another subject).
     Forbidden,
+    /// A `since` is malformed, or names an offset beyond the top of the room's epoch.
+    InvalidSince,
     /// A `refresh` token is invalid or expired (or authentication is off).
     InvalidToken,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and metrics.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::MissingField,
@@ -147,6 +196,7 @@ impl ErrorCode {
         ErrorCode::BinaryUnsupported,
         ErrorCode::BusUnavailable,
         ErrorCode::Forbidden,
+        ErrorCode::InvalidSince,
         ErrorCode::InvalidToken,
     ];
 
@@ -166,6 +216,7 @@ impl ErrorCode {
             ErrorCode::BinaryUnsupported => "binary_unsupported",
             ErrorCode::BusUnavailable => "bus_unavailable",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::InvalidSince => "invalid_since",
             ErrorCode::InvalidToken => "invalid_token",
         }
     }
@@ -208,9 +259,32 @@ mod tests {
         assert_eq!(
             text(&ServerEvent::UserJoined {
                 user_id: "a",
-                room: "r"
+                room: "r",
+                recovered: None,
+                offset: None,
+                epoch: None,
             }),
             r#"{"event":"user_joined","user_id":"a","room":"r"}"#
+        );
+        assert_eq!(
+            text(&ServerEvent::UserJoined {
+                user_id: "a",
+                room: "r",
+                recovered: Some(true),
+                offset: Some(7),
+                epoch: Some("E"),
+            }),
+            r#"{"event":"user_joined","user_id":"a","room":"r","recovered":true,"offset":7,"epoch":"E"}"#
+        );
+        let h = history_event("r\"1", &[r#"{"a":1}"#, r#"{"b":2}"#], 9, "E", false);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&h).unwrap(),
+            serde_json::json!({"event":"history","room":"r\"1","messages":[{"a":1},{"b":2}],
+                               "offset":9,"epoch":"E","complete":false})
+        );
+        assert_eq!(
+            &history_event("r", &[], 0, "E", true)[..],
+            br#"{"event":"history","room":"r","messages":[],"offset":0,"epoch":"E","complete":true}"#
         );
         assert_eq!(text(&ServerEvent::Pong), r#"{"event":"pong"}"#);
         assert_eq!(

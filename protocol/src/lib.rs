@@ -16,8 +16,9 @@ pub mod error;
 pub mod event;
 pub mod ids;
 pub mod query;
+pub mod stored;
 
-pub use client::ClientMessage;
+pub use client::{ClientMessage, Since};
 pub use envelope::{Envelope, Target, ENVELOPE_VERSION};
 pub use error::{EnvelopeError, IdError, ParseError};
 pub use event::{ErrorCode, RevokeReason, ServerEvent};

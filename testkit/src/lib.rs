@@ -235,6 +235,18 @@ pub fn metric_sum(exposition: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// A room event without what history adds to it (`offset`, `epoch`; in a join ack also
+/// `recovered`): what the tutorial's protocol promised, for comparing with a literal.
+pub fn unnumbered(v: &serde_json::Value) -> serde_json::Value {
+    let mut v = v.clone();
+    if let Some(map) = v.as_object_mut() {
+        for key in ["offset", "epoch", "recovered"] {
+            map.remove(key);
+        }
+    }
+    v
+}
+
 /// `ws://ADDR/ws?client_id=ID` (no query when `id` is empty).
 pub fn ws_url(addr: std::net::SocketAddr, id: &str) -> String {
     if id.is_empty() {

@@ -27,10 +27,17 @@ async def recv(ws, timeout=TIMEOUT):
     return json.loads(raw)
 
 
-async def expect(ws, want, who):
+async def expect(ws, want, who, extra=()):
+    """The next frame is `want`, plus exactly the keys named in `extra` (history's `offset` and
+    `epoch`, which a tutorial client ignores); returns it."""
     got = await recv(ws)
-    if got != want:
-        raise Failure("%s: expected %s, got %s" % (who, want, got))
+    rest = {k: v for k, v in got.items() if k not in extra}
+    if rest != want or any(k not in got for k in extra):
+        raise Failure("%s: expected %s (and %s), got %s" % (who, want, list(extra), got))
+    return got
+
+
+NUMBERED = ("offset", "epoch")
 
 
 async def silence(ws, who, timeout=0.4):
@@ -82,17 +89,22 @@ async def main(base):
 
     # Join: every member including the joiner.
     await alice.send(json.dumps({"type": "join_room", "room": room}))
-    await expect(alice, {"event": "user_joined", "user_id": alice_id, "room": room}, "alice join ack")
+    ack = await expect(alice, {"event": "user_joined", "user_id": alice_id, "room": room},
+                       "alice join ack", NUMBERED)
+    if ack["offset"] != 0:
+        raise Failure("a new room's join ack: offset %s, not 0" % ack["offset"])
     await bob.send(json.dumps({"type": "join_room", "room": room}))
     joined = {"event": "user_joined", "user_id": bob_id, "room": room}
-    await expect(bob, joined, "bob join ack")
+    await expect(bob, joined, "bob join ack", NUMBERED)
     await expect(alice, joined, "alice sees bob join")
 
     # Room message: members only, sender included.
     await bob.send(json.dumps({"type": "room_message", "room": room, "content": {"n": 1}}))
     want = {"event": "chat", "from": bob_id, "room": room, "content": {"n": 1}}
-    await expect(bob, want, "bob gets own room message")
-    await expect(alice, want, "alice gets room message")
+    got = await expect(bob, want, "bob gets own room message", NUMBERED)
+    if got["offset"] != 1 or got["epoch"] != ack["epoch"]:
+        raise Failure("first room message: offset %s epoch %s" % (got["offset"], got["epoch"]))
+    await expect(alice, got, "alice gets room message")
     await silence(carol, "carol (not a member) gets nothing")
 
     # Non-member posting: not_in_room, nobody receives.

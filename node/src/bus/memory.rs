@@ -12,7 +12,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::{Bus, BusError, Channel, Inbox};
+use ringcast_protocol::stored::StoredMessage;
+
+use super::memory_history::MemoryHistory;
+use super::{Bus, BusError, Channel, HistoryPage, HistoryQuery, Inbox, Stored, StoredPublish};
 
 type NodeKey = u64;
 
@@ -26,6 +29,7 @@ pub struct MemoryBroker {
 struct BrokerState {
     next_key: AtomicU64,
     subscribers: RwLock<HashMap<Channel, Vec<(NodeKey, Inbox)>>>,
+    history: MemoryHistory,
 }
 
 impl MemoryBroker {
@@ -63,19 +67,62 @@ fn poisoned<T>(e: std::sync::PoisonError<T>) -> T {
     e.into_inner()
 }
 
+impl MemoryBus {
+    fn inboxes(&self, channel: &Channel) -> Vec<Inbox> {
+        let subs = self.broker.subscribers.read().unwrap_or_else(poisoned);
+        subs.get(channel)
+            .map(|v| v.iter().map(|(_, inbox)| inbox.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
 #[async_trait]
 impl Bus for MemoryBus {
     async fn publish(&self, channel: &Channel, payload: Bytes) -> Result<usize, BusError> {
-        let inboxes: Vec<Inbox> = {
-            let subs = self.broker.subscribers.read().unwrap_or_else(poisoned);
-            subs.get(channel)
-                .map(|v| v.iter().map(|(_, inbox)| inbox.clone()).collect())
-                .unwrap_or_default()
-        };
+        let inboxes = self.inboxes(channel);
         for inbox in &inboxes {
             inbox(payload.clone());
         }
         Ok(inboxes.len())
+    }
+
+    async fn publish_stored(&self, msg: &StoredPublish) -> Result<Stored, BusError> {
+        let channel = Channel::Room(msg.room.clone());
+        let (offset, epoch, subscribers) =
+            self.broker
+                .history
+                .store(&msg.room, &msg.head, msg.keep, |offset, epoch, frame| {
+                    let payload = Bytes::from(
+                        StoredMessage {
+                            offset,
+                            epoch,
+                            sent_at_micros: msg.sent_at_micros,
+                            room: &msg.room,
+                            frame,
+                        }
+                        .encode(),
+                    );
+                    let inboxes = self.inboxes(&channel);
+                    for inbox in &inboxes {
+                        inbox(payload.clone());
+                    }
+                    inboxes.len()
+                });
+        Ok(Stored {
+            offset,
+            epoch,
+            subscribers,
+        })
+    }
+
+    async fn history(
+        &self,
+        room: &str,
+        query: HistoryQuery,
+        limit: usize,
+        meta_ttl: std::time::Duration,
+    ) -> Result<HistoryPage, BusError> {
+        Ok(self.broker.history.read(room, query, limit, meta_ttl))
     }
 
     async fn subscribe(&self, channels: &[Channel]) -> Result<(), BusError> {

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -16,10 +17,12 @@ use tokio::sync::watch;
 
 mod liveness;
 pub mod memory;
+mod memory_history;
 mod probe;
 pub mod redis;
 pub mod redis_config;
 mod redis_conn;
+mod redis_history;
 
 /// A bus channel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,6 +45,93 @@ impl fmt::Display for Channel {
     }
 }
 
+/// How a room keeps its messages (from its room options and the node's defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    /// Messages kept (≥ 1).
+    pub size: u32,
+    /// How long the history lives after the room's last message.
+    pub ttl: Duration,
+    /// How long the room's offset counter and epoch live after its last message (at least
+    /// `ttl`): a client that missed nothing is told `recovered:true` for this long.
+    pub meta_ttl: Duration,
+}
+
+/// A room message for history: the bus gives it the room's next offset, keeps it and publishes
+/// it, as one step, so offset order is delivery order.
+#[derive(Debug, Clone)]
+pub struct StoredPublish {
+    /// The room.
+    pub room: String,
+    /// The chat frame up to `"offset":` (`ringcast_protocol::stored::chat_head`).
+    pub head: Bytes,
+    /// When it was published, for delivery latency.
+    pub sent_at_micros: u64,
+    /// How the room keeps messages.
+    pub keep: Keep,
+}
+
+/// What storing a room message gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Its offset.
+    pub offset: u64,
+    /// The room's epoch.
+    pub epoch: Arc<str>,
+    /// Nodes subscribed to the room's channel.
+    pub subscribers: usize,
+}
+
+/// One publish of a batch.
+#[derive(Debug, Clone)]
+pub enum Publish {
+    /// An envelope to a channel, not kept.
+    Plain(Channel, Bytes),
+    /// A room message to number, keep and publish.
+    Stored(StoredPublish),
+}
+
+/// The outcome of one [`Publish`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Nodes subscribed to the channel.
+    Plain(usize),
+    /// What storing gave the message.
+    Stored(Stored),
+}
+
+impl Published {
+    /// Nodes that were subscribed.
+    pub fn subscribers(&self) -> usize {
+        match self {
+            Published::Plain(n) => *n,
+            Published::Stored(s) => s.subscribers,
+        }
+    }
+}
+
+/// Which part of a room's history to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryQuery {
+    /// The oldest messages after this offset.
+    After(u64),
+    /// The newest messages.
+    Newest,
+}
+
+/// A page of a room's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The room's last offset (0: nothing stored yet in this epoch).
+    pub top: u64,
+    /// The room's epoch (created by the read if the room had none).
+    pub epoch: Arc<str>,
+    /// The oldest offset still kept, if any.
+    pub first: Option<u64>,
+    /// `(offset, frame)`, ascending.
+    pub messages: Vec<(u64, String)>,
+}
+
 /// Where a bus hands each received payload (an encoded envelope). Called from the bus's own task;
 /// it must not block.
 pub type Inbox = Arc<dyn Fn(Bytes) + Send + Sync>;
@@ -60,15 +150,34 @@ pub trait Bus: Send + Sync + 'static {
     /// Publishes a payload; returns how many nodes were subscribed to the channel.
     async fn publish(&self, channel: &Channel, payload: Bytes) -> Result<usize, BusError>;
 
-    /// Publishes several payloads in this order; one result per payload. The default publishes
-    /// them one by one; a bus with a round trip per command should send them as one batch.
-    async fn publish_batch(&self, batch: &[(Channel, Bytes)]) -> Vec<Result<usize, BusError>> {
+    /// Numbers, keeps and publishes one room message (see [`StoredPublish`]).
+    async fn publish_stored(&self, msg: &StoredPublish) -> Result<Stored, BusError>;
+
+    /// Publishes several items in this order; one result per item. The default publishes them
+    /// one by one; a bus with a round trip per command should send them as one batch.
+    async fn publish_all(&self, batch: &[Publish]) -> Vec<Result<Published, BusError>> {
         let mut results = Vec::with_capacity(batch.len());
-        for (channel, payload) in batch {
-            results.push(self.publish(channel, payload.clone()).await);
+        for item in batch {
+            results.push(match item {
+                Publish::Plain(channel, payload) => self
+                    .publish(channel, payload.clone())
+                    .await
+                    .map(Published::Plain),
+                Publish::Stored(msg) => self.publish_stored(msg).await.map(Published::Stored),
+            });
         }
         results
     }
+
+    /// Reads up to `limit` messages of a room's history, with its top offset and epoch (a room
+    /// without an epoch gets one, kept for `meta_ttl`).
+    async fn history(
+        &self,
+        room: &str,
+        query: HistoryQuery,
+        limit: usize,
+        meta_ttl: Duration,
+    ) -> Result<HistoryPage, BusError>;
 
     /// Whether publishing costs a round trip, so senders should queue their publishes for
     /// batching (`publisher.rs`) instead of awaiting each one. An in-process bus delivers within

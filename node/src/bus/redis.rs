@@ -22,9 +22,15 @@ use redis::{Client, IntoConnectionInfo, ProtocolVersion};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use ringcast_protocol::stored::new_epoch;
+
 use super::redis_config::RedisBusConfig;
 use super::redis_conn::{supervise_publisher, supervise_subscriber, unavailable, Inner};
-use super::{Bus, BusError, Channel, Inbox};
+use super::redis_history::{parse_page, parse_stored, publish_cmd, read_cmd, room_channel};
+use super::{
+    Bus, BusError, Channel, HistoryPage, HistoryQuery, Inbox, Publish, Published, Stored,
+    StoredPublish,
+};
 use crate::metrics::Metrics;
 
 /// A [`Bus`] over Redis pub/sub.
@@ -83,8 +89,13 @@ impl RedisBus {
         up.is_ok()
     }
 
+    /// A channel's Redis name: `PREFIX:broadcast`, `PREFIX:client:ID`, and for a room the
+    /// hash-tagged `{PREFIX:room:R}` its history keys share a slot with.
     fn name(&self, channel: &Channel) -> String {
-        format!("{}:{channel}", self.inner.prefix())
+        match channel {
+            Channel::Room(room) => room_channel(self.inner.prefix(), room),
+            _ => format!("{}:{channel}", self.inner.prefix()),
+        }
     }
 }
 
@@ -108,23 +119,63 @@ impl Bus for RedisBus {
         true
     }
 
-    async fn publish_batch(&self, batch: &[(Channel, Bytes)]) -> Vec<Result<usize, BusError>> {
-        let named: Vec<(String, &[u8])> = batch
-            .iter()
-            .map(|(c, p)| (self.name(c), p.as_ref()))
-            .collect();
-        let err = match self.inner.publish_pipeline(&named).await {
-            Ok(counts) if counts.len() == batch.len() => {
-                return counts.into_iter().map(Ok).collect()
+    async fn publish_stored(&self, msg: &StoredPublish) -> Result<Stored, BusError> {
+        let epoch = new_epoch(rand::random::<u8>);
+        let cmd = publish_cmd(self.inner.prefix(), msg, &epoch);
+        parse_stored(&self.inner.query(&cmd).await?)
+    }
+
+    async fn publish_all(&self, batch: &[Publish]) -> Vec<Result<Published, BusError>> {
+        let mut pipe = redis::pipe();
+        for item in batch {
+            match item {
+                Publish::Plain(channel, payload) => {
+                    pipe.cmd("PUBLISH")
+                        .arg(self.name(channel))
+                        .arg(payload.as_ref());
+                }
+                Publish::Stored(msg) => {
+                    let epoch = new_epoch(rand::random::<u8>);
+                    pipe.add_command(publish_cmd(self.inner.prefix(), msg, &epoch));
+                }
             }
-            Ok(counts) => BusError::Unavailable(format!(
+        }
+        let err = match self.inner.pipeline(&pipe).await {
+            Ok(values) if values.len() == batch.len() => {
+                return batch
+                    .iter()
+                    .zip(values)
+                    .map(|(item, value)| match item {
+                        Publish::Plain(..) => match value {
+                            redis::Value::Int(n) => Ok(Published::Plain(n.max(0) as usize)),
+                            other => Err(BusError::Unavailable(format!(
+                                "Redis answered a PUBLISH with {other:?}"
+                            ))),
+                        },
+                        Publish::Stored(_) => parse_stored(&value).map(Published::Stored),
+                    })
+                    .collect();
+            }
+            Ok(values) => BusError::Unavailable(format!(
                 "Redis answered {} publishes with {} replies",
                 batch.len(),
-                counts.len()
+                values.len()
             )),
             Err(e) => e,
         };
         batch.iter().map(|_| Err(err.clone())).collect()
+    }
+
+    async fn history(
+        &self,
+        room: &str,
+        query: HistoryQuery,
+        limit: usize,
+        meta_ttl: Duration,
+    ) -> Result<HistoryPage, BusError> {
+        let epoch = new_epoch(rand::random::<u8>);
+        let cmd = read_cmd(self.inner.prefix(), room, query, limit, &epoch, meta_ttl);
+        parse_page(&self.inner.query(&cmd).await?, query)
     }
 
     async fn subscribe(&self, channels: &[Channel]) -> Result<(), BusError> {

@@ -218,26 +218,37 @@ impl Inner {
         })
     }
 
-    /// Publishes several payloads as one pipeline (one write, one round trip), in order.
-    pub(super) async fn publish_pipeline(
-        &self,
-        items: &[(String, &[u8])],
-    ) -> Result<Vec<usize>, BusError> {
+    /// Sends a pipeline (one write, one round trip) on the publisher connection and returns
+    /// one value per command, in order; a failure that may have broken the connection hands it
+    /// to the supervisor for rebuilding.
+    pub(super) async fn pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, BusError> {
         let Some(mut link) = self.publisher() else {
             return Err(BusError::Unavailable(
                 "Redis publisher is reconnecting".into(),
             ));
         };
-        let mut pipe = redis::pipe();
-        for (channel, payload) in items {
-            pipe.cmd("PUBLISH").arg(channel.as_bytes()).arg(*payload);
-        }
-        let result: Result<Vec<usize>, RedisError> = pipe.query_async(&mut link.conn).await;
+        let result: Result<Vec<Value>, RedisError> = pipe.query_async(&mut link.conn).await;
         result.map_err(|e| {
             if !matches!(e.kind(), ErrorKind::Server(_)) {
                 report_failure(&self.publisher_failed_tx, link.generation);
             }
             unavailable("Redis publish failed", e)
+        })
+    }
+
+    /// Runs one command on the publisher connection (as [`Inner::pipeline`]).
+    pub(super) async fn query(&self, cmd: &redis::Cmd) -> Result<Value, BusError> {
+        let Some(mut link) = self.publisher() else {
+            return Err(BusError::Unavailable(
+                "Redis publisher is reconnecting".into(),
+            ));
+        };
+        let result: Result<Value, RedisError> = cmd.query_async(&mut link.conn).await;
+        result.map_err(|e| {
+            if !matches!(e.kind(), ErrorKind::Server(_)) {
+                report_failure(&self.publisher_failed_tx, link.generation);
+            }
+            unavailable("Redis command failed", e)
         })
     }
 

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ringcast_protocol::{ClientMessage, ErrorCode, RevokeReason, ServerEvent, Target};
-use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{reply, reply_error, Session};
 use crate::bus::Channel;
 use crate::room_options::Post;
 use crate::state::Shared;
+use ringcast_protocol::stored::chat_head;
 
 /// A text frame that makes the session panic, in the node's own unit tests only (the drop
 /// guard's tests inject a panic with it).
@@ -21,33 +21,20 @@ use crate::state::Shared;
 pub(super) const PANIC_FRAME: &str = "{\"type\":\"ping\",\"panic\":\"injected by a test\"}";
 
 impl Session {
-    async fn publish(&self, channel: Channel, target: Target, frame: &Bytes) -> Option<usize> {
-        match self.shared.publisher.publish(channel, target, frame).await {
-            Ok(n) => Some(n),
-            Err(_) => {
-                self.error(
-                    ErrorCode::BusUnavailable,
-                    "message bus unavailable; not delivered",
-                );
-                None
-            }
-        }
-    }
-
     /// Queues a message and returns at once (no bus round trip per message); the client gets
     /// `bus_unavailable` if publishing it fails later and, for a direct message (`direct`),
     /// `target_offline` when no node had the target.
     async fn publish_queued(&self, channel: Channel, target: Target, frame: &Bytes, direct: bool) {
         let (shared, out) = (self.shared.clone(), self.out.clone());
         let then = Box::new(
-            move |result: &Result<usize, crate::bus::BusError>| match result {
+            move |result: &Result<crate::bus::Published, crate::bus::BusError>| match result {
                 Err(_) => reply_error(
                     &shared,
                     &out,
                     ErrorCode::BusUnavailable,
                     "message bus unavailable; not delivered",
                 ),
-                Ok(0) if direct => reply_error(
+                Ok(p) if direct && p.subscribers() == 0 => reply_error(
                     &shared,
                     &out,
                     ErrorCode::TargetOffline,
@@ -103,16 +90,45 @@ impl Session {
                 )
                 .await;
             }
-            ClientMessage::JoinRoom { room } => self.join(&room).await,
+            ClientMessage::JoinRoom { room, since } => self.join(&room, since).await,
+            ClientMessage::History { room, since, limit } => {
+                self.history(&room, since, limit).await
+            }
             ClientMessage::LeaveRoom { room } => self.leave(&room).await,
             ClientMessage::RoomMessage { room, content } => {
                 if !self.may_use_room(&room) {
                     return self.error(ErrorCode::Forbidden, "your token does not allow this room");
                 }
-                if !self.rooms.contains(room.as_ref())
-                    && self.shared.room_options.resolve(&room).settings.post != Post::Anyone
-                {
-                    return self.error(ErrorCode::NotInRoom, "join the room before posting to it");
+                // A member's room keeps what the join resolved; anyone else's is resolved now.
+                let keep = match self.rooms.get(room.as_ref()) {
+                    Some(keep) => *keep,
+                    None => {
+                        let settings = self.shared.room_options.resolve(&room).settings;
+                        if settings.post != Post::Anyone {
+                            return self
+                                .error(ErrorCode::NotInRoom, "join the room before posting to it");
+                        }
+                        self.shared.config.keep(&settings)
+                    }
+                };
+                if let Some(keep) = keep {
+                    let head = chat_head(&me, &room, content);
+                    let (shared, out) = (self.shared.clone(), self.out.clone());
+                    let then: crate::publisher::Then = Box::new(move |result| {
+                        if result.is_err() {
+                            reply_error(
+                                &shared,
+                                &out,
+                                ErrorCode::BusUnavailable,
+                                "message bus unavailable; not stored, not delivered",
+                            );
+                        }
+                    });
+                    return self
+                        .shared
+                        .publisher
+                        .publish_stored(&room, head, keep, then)
+                        .await;
                 }
                 let frame = ServerEvent::Chat {
                     from: &me,
@@ -140,7 +156,7 @@ impl Session {
         }
     }
 
-    fn may_use_room(&self, room: &str) -> bool {
+    pub(super) fn may_use_room(&self, room: &str) -> bool {
         self.identity.as_ref().is_none_or(|i| i.may_use_room(room))
     }
 
@@ -178,7 +194,7 @@ impl Session {
     async fn revoke_rooms(&mut self) {
         let revoked: HashSet<String> = self
             .rooms
-            .iter()
+            .keys()
             .filter(|room| !self.may_use_room(room))
             .cloned()
             .collect();
@@ -200,84 +216,6 @@ impl Session {
         Box::pin(announce_gone(shared, me, revoked, false)).await;
     }
 
-    async fn join(&mut self, room: &str) {
-        let me = self.out.client_id.clone();
-        let joined = ServerEvent::UserJoined { user_id: &me, room }.encode();
-        if self.rooms.contains(room) {
-            // Already a member: acknowledge again, to this connection only.
-            return reply(&self.shared, &self.out, joined);
-        }
-        if !self.may_use_room(room) {
-            return self.error(ErrorCode::Forbidden, "your token does not allow this room");
-        }
-        if self.rooms.len() >= self.shared.config.max_rooms_per_connection {
-            return self.error(
-                ErrorCode::TooManyRooms,
-                "rooms-per-connection limit reached",
-            );
-        }
-        let settings = self.shared.room_options.resolve(room).settings;
-        let hub = &self.shared.hub;
-        let max_members = settings.max_members.map(|n| n as usize);
-        let Ok(ready) = hub.join(room, &self.out, max_members) else {
-            return self.error(ErrorCode::RoomFull, "the room has all the members it takes");
-        };
-        if let Some(ready) = ready {
-            if !matches!(
-                timeout(self.shared.config.bus_timeout(), ready).await,
-                Ok(Ok(()))
-            ) {
-                hub.leave(room, self.out.id);
-                return self.error(ErrorCode::BusUnavailable, "could not join: bus unavailable");
-            }
-        }
-        // The room's channel is active: everything published from now on reaches this client,
-        // so its own user_joined doubles as "ready". The joiner gets it queued directly; the bus
-        // echo skips it, since a pipelined leave may have removed it before the echo arrives.
-        self.rooms.insert(room.to_owned());
-        if !settings.announce {
-            // Nobody else is told; the joiner's ack alone.
-            return reply(&self.shared, &self.out, joined);
-        }
-        let target = Target::RoomExcept {
-            room: room.to_owned(),
-            conn: self.out.id,
-        };
-        match self
-            .publish(Channel::Room(room.to_owned()), target, &joined)
-            .await
-        {
-            Some(_) => reply(&self.shared, &self.out, joined),
-            None => {
-                self.rooms.remove(room);
-                hub.leave(room, self.out.id);
-            }
-        }
-    }
-
-    async fn leave(&mut self, room: &str) {
-        if !self.rooms.remove(room) {
-            return self.error(ErrorCode::NotInRoom, "not a member of that room");
-        }
-        self.shared.hub.leave(room, self.out.id);
-        let me = self.out.client_id.clone();
-        let left = ServerEvent::UserLeft { user_id: &me, room }.encode();
-        // The leaver is no longer routed to: tell it directly, and the remaining members via the bus.
-        reply(&self.shared, &self.out, left.clone());
-        if !self.shared.room_options.resolve(room).settings.announce {
-            return;
-        }
-        let _ = self
-            .shared
-            .publisher
-            .publish(
-                Channel::Room(room.to_owned()),
-                Target::Room(room.to_owned()),
-                &left,
-            )
-            .await;
-    }
-
     /// Leaves every room and unregisters the connection, then tells the rooms' members and,
     /// for the client's last connection here, everyone.
     pub(super) async fn cleanup(&mut self) {
@@ -297,7 +235,7 @@ impl Session {
     /// and whether it was its client id's last connection here. Called once: by `cleanup`, or
     /// by the drop guard when the session never got there.
     pub(super) fn withdraw(&mut self) -> (HashSet<String>, bool) {
-        let rooms = std::mem::take(&mut self.rooms);
+        let rooms: HashSet<String> = std::mem::take(&mut self.rooms).into_keys().collect();
         for room in &rooms {
             self.shared.hub.leave(room, self.out.id);
         }

@@ -1,0 +1,215 @@
+//! Room history in Redis: the key layout and the two scripts, and reading their answers.
+//!
+//! A room `R` under prefix `P` has its channel `{P:room:R}`, a hash `{P:room:R}:meta` (`epoch`,
+//! `top`) and a stream `{P:room:R}:log` whose entry ids are `OFFSET-0`. The braces are a hash
+//! tag: a room's keys and channel share one slot, so on Redis Cluster the publish script touches
+//! one shard and can `SPUBLISH` from within.
+//!
+//! [`PUBLISH_SCRIPT`] numbers, keeps and publishes a message in one step, so offset order is
+//! delivery order on every subscriber. The counter and epoch outlive the log (`meta_ttl` vs
+//! `ttl`), so a quiet room whose messages expired still tells a client that missed nothing
+//! `recovered:true`. When the meta hash is gone (expired, or Redis lost it) the next publish
+//! or read starts a new epoch with a fresh log, so offsets are never reissued under an epoch a
+//! client already holds — as long as Redis keeps what it acknowledged (README: persistence).
+
+use std::sync::Arc;
+
+use redis::Value;
+use ringcast_protocol::stored::STORED_TAG;
+
+use super::{BusError, HistoryPage, HistoryQuery, Keep, Stored, StoredPublish};
+
+/// The room's channel name.
+pub(super) fn room_channel(prefix: &str, room: &str) -> String {
+    format!("{{{prefix}:room:{room}}}")
+}
+
+fn meta_key(prefix: &str, room: &str) -> String {
+    format!("{}:meta", room_channel(prefix, room))
+}
+
+fn log_key(prefix: &str, room: &str) -> String {
+    format!("{}:log", room_channel(prefix, room))
+}
+
+/// `KEYS` = [meta, log]; `ARGV` = [frame head, candidate epoch, size, ttl ms, meta ttl ms,
+/// channel, sent-at micros, room]. Returns `{offset, epoch, subscribers}`. An `XADD` refused
+/// because the log holds higher ids than the counter (restored from an older snapshot) starts a
+/// new epoch rather than fail or reuse offsets.
+pub(super) const PUBLISH_SCRIPT: &str = r#"
+local function fresh()
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'top', 0)
+  return ARGV[2]
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then epoch = fresh() end
+local top = redis.call('HINCRBY', KEYS[1], 'top', 1)
+local frame = ARGV[1] .. top .. ',"epoch":"' .. epoch .. '"}'
+local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[3], top .. '-0', 'f', frame)
+if type(added) == 'table' and added.err then
+  epoch = fresh()
+  top = redis.call('HINCRBY', KEYS[1], 'top', 1)
+  frame = ARGV[1] .. top .. ',"epoch":"' .. epoch .. '"}'
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], top .. '-0', 'f', frame)
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local n = redis.call('PUBLISH', ARGV[6],
+  '\2' .. top .. '\n' .. epoch .. '\n' .. ARGV[7] .. '\n' .. ARGV[8] .. '\n' .. frame)
+return {top, epoch, n}
+"#;
+
+/// `KEYS` = [meta, log]; `ARGV` = [`after` or `newest`, offset, limit, candidate epoch, meta
+/// ttl ms]. Returns `{top, epoch, oldest id or '', id1, frame1, …}` (newest: descending).
+pub(super) const READ_SCRIPT: &str = r#"
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'top')
+local epoch = meta[1]
+local top = tonumber(meta[2]) or 0
+if not epoch then
+  epoch = ARGV[4]
+  top = 0
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+local entries = {}
+if tonumber(ARGV[3]) == 0 then
+  entries = {}
+elseif ARGV[1] == 'after' then
+  entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[2] .. '-0', '+', 'COUNT', ARGV[3])
+else
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
+end
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+local out = {top, epoch, first[1] and first[1][1] or ''}
+for _, e in ipairs(entries) do
+  out[#out + 1] = e[1]
+  out[#out + 1] = e[2][2]
+end
+return out
+"#;
+
+fn ms(d: std::time::Duration) -> u64 {
+    d.as_millis().clamp(1, u128::from(u64::MAX)) as u64
+}
+
+/// The `EVAL` that stores and publishes `msg`.
+pub(super) fn publish_cmd(prefix: &str, msg: &StoredPublish, epoch: &str) -> redis::Cmd {
+    let Keep {
+        size,
+        ttl,
+        meta_ttl,
+    } = msg.keep;
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(PUBLISH_SCRIPT)
+        .arg(2)
+        .arg(meta_key(prefix, &msg.room))
+        .arg(log_key(prefix, &msg.room))
+        .arg(msg.head.as_ref())
+        .arg(epoch)
+        .arg(size.max(1))
+        .arg(ms(ttl))
+        .arg(ms(meta_ttl.max(ttl)))
+        .arg(room_channel(prefix, &msg.room))
+        .arg(msg.sent_at_micros)
+        .arg(&msg.room);
+    cmd
+}
+
+/// The `EVAL` that reads a page.
+pub(super) fn read_cmd(
+    prefix: &str,
+    room: &str,
+    query: HistoryQuery,
+    limit: usize,
+    epoch: &str,
+    meta_ttl: std::time::Duration,
+) -> redis::Cmd {
+    let (mode, after) = match query {
+        HistoryQuery::After(n) => ("after", n),
+        HistoryQuery::Newest => ("newest", 0),
+    };
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(READ_SCRIPT)
+        .arg(2)
+        .arg(meta_key(prefix, room))
+        .arg(log_key(prefix, room))
+        .arg(mode)
+        .arg(after)
+        .arg(limit)
+        .arg(epoch)
+        .arg(ms(meta_ttl));
+    cmd
+}
+
+fn bad(what: &str) -> BusError {
+    BusError::Unavailable(format!("unexpected answer from the history script: {what}"))
+}
+
+fn int(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> Option<&str> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// An entry id `OFFSET-0` as its offset.
+fn id_offset(id: &str) -> Option<u64> {
+    id.strip_suffix("-0")?.parse().ok()
+}
+
+/// Reads [`PUBLISH_SCRIPT`]'s answer.
+pub(super) fn parse_stored(v: &Value) -> Result<Stored, BusError> {
+    let Value::Array(items) = v else {
+        return Err(bad("not an array"));
+    };
+    match items.as_slice() {
+        [top, epoch, n] => Ok(Stored {
+            offset: int(top).ok_or_else(|| bad("offset"))?,
+            epoch: Arc::from(text(epoch).ok_or_else(|| bad("epoch"))?),
+            subscribers: int(n).ok_or_else(|| bad("count"))? as usize,
+        }),
+        _ => Err(bad("length")),
+    }
+}
+
+/// Reads [`READ_SCRIPT`]'s answer.
+pub(super) fn parse_page(v: &Value, query: HistoryQuery) -> Result<HistoryPage, BusError> {
+    let Value::Array(items) = v else {
+        return Err(bad("not an array"));
+    };
+    let [top, epoch, first, rest @ ..] = items.as_slice() else {
+        return Err(bad("length"));
+    };
+    let mut messages = Vec::with_capacity(rest.len() / 2);
+    for pair in rest.chunks_exact(2) {
+        let offset = text(&pair[0])
+            .and_then(id_offset)
+            .ok_or_else(|| bad("id"))?;
+        let frame = text(&pair[1]).ok_or_else(|| bad("frame"))?;
+        messages.push((offset, frame.to_owned()));
+    }
+    if query == HistoryQuery::Newest {
+        messages.reverse();
+    }
+    Ok(HistoryPage {
+        top: int(top).ok_or_else(|| bad("top"))?,
+        epoch: Arc::from(text(epoch).ok_or_else(|| bad("epoch"))?),
+        first: text(first).and_then(id_offset),
+        messages,
+    })
+}
+
+/// The tag byte the script writes, checked against the codec's at compile time.
+const _: () = assert!(STORED_TAG == 2, "PUBLISH_SCRIPT writes '\\2'");

@@ -1,0 +1,386 @@
+//! A session's rooms: joining (plainly, or from a point in the room's history, which is
+//! replayed before the join is acknowledged), leaving, and reading history.
+//!
+//! A join with `since` puts the connection in the room paused (the hub delivers no live message
+//! of the room to it), replays what history holds after `since` page by page, paced by the
+//! connection's send queue, and then asks the hub to let it go live after the last offset it
+//! was given. If the node delivered past that meanwhile, those are replayed too first, so the
+//! seam between replay and live has no gap, no duplicate and no reordering.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringcast_protocol::event::history_event;
+use ringcast_protocol::{ErrorCode, ServerEvent, Since, Target};
+use tokio::time::{timeout, Instant};
+
+use super::{reply, text, Session};
+use crate::bus::{Channel, HistoryPage, HistoryQuery, Keep};
+use crate::wire;
+
+/// Messages fetched per history page while replaying.
+const REPLAY_PAGE: usize = 256;
+/// Longest wait for a client's send queue to take the next page of a replay.
+const REPLAY_STALL: Duration = Duration::from_secs(10);
+
+/// Why a join did not go through.
+enum JoinFailed {
+    /// The bus could not be reached.
+    Bus,
+    /// The client did not read its replay within [`REPLAY_STALL`].
+    Stalled,
+}
+
+impl Session {
+    pub(super) async fn join(&mut self, room: &str, since: Option<Result<Since, String>>) {
+        let me = self.out.client_id.clone();
+        if self.rooms.contains_key(room) {
+            // Already a member: acknowledge again, to this connection only.
+            let joined = ServerEvent::UserJoined {
+                user_id: &me,
+                room,
+                recovered: None,
+                offset: None,
+                epoch: None,
+            };
+            return reply(&self.shared, &self.out, joined.encode());
+        }
+        if !self.may_use_room(room) {
+            return self.error(ErrorCode::Forbidden, "your token does not allow this room");
+        }
+        if self.rooms.len() >= self.shared.config.max_rooms_per_connection {
+            return self.error(
+                ErrorCode::TooManyRooms,
+                "rooms-per-connection limit reached",
+            );
+        }
+        let since = match since {
+            Some(Err(why)) => {
+                self.error(ErrorCode::InvalidSince, &why);
+                Some(None)
+            }
+            Some(Ok(s)) => Some(Some(s)),
+            None => None,
+        };
+        let settings = self.shared.room_options.resolve(room).settings;
+        let keep = self.shared.config.keep(&settings);
+        let hub = &self.shared.hub;
+        let max_members = settings.max_members.map(|n| n as usize);
+        let paused = keep.is_some() && since.is_some();
+        let joined = if paused {
+            hub.join_paused(room, &self.out, max_members)
+        } else {
+            hub.join(room, &self.out, max_members)
+        };
+        let Ok(ready) = joined else {
+            return self.error(ErrorCode::RoomFull, "the room has all the members it takes");
+        };
+        if let Some(ready) = ready {
+            if !matches!(
+                timeout(self.shared.config.bus_timeout(), ready).await,
+                Ok(Ok(()))
+            ) {
+                hub.leave(room, self.out.id);
+                return self.error(ErrorCode::BusUnavailable, "could not join: bus unavailable");
+            }
+        }
+        // The room's channel is active: everything published from now on reaches this client
+        // (or, paused, is held back from it until its replay is done).
+        self.rooms.insert(room.to_owned(), keep);
+        if settings.announce {
+            // The others are told through the bus; the joiner's own copy is its ack, queued
+            // directly (the echo skips it: a pipelined leave could remove it before the echo).
+            let others = ServerEvent::UserJoined {
+                user_id: &me,
+                room,
+                recovered: None,
+                offset: None,
+                epoch: None,
+            }
+            .encode();
+            let target = Target::RoomExcept {
+                room: room.to_owned(),
+                conn: self.out.id,
+            };
+            let published = self
+                .shared
+                .publisher
+                .publish(Channel::Room(room.to_owned()), target, &others)
+                .await;
+            if published.is_err() {
+                return self.join_failed(room, JoinFailed::Bus);
+            }
+        }
+        let Some(keep) = keep else {
+            let ack = ServerEvent::UserJoined {
+                user_id: &me,
+                room,
+                recovered: since.map(|_| false),
+                offset: None,
+                epoch: None,
+            };
+            return reply(&self.shared, &self.out, ack.encode());
+        };
+        let done = match since {
+            None => self.ack_plain(room, keep).await,
+            Some(since) => self.recover(room, since, keep).await,
+        };
+        if let Err(why) = done {
+            self.join_failed(room, why);
+        }
+    }
+
+    /// Leaves a room the join could not complete in, and says why.
+    fn join_failed(&mut self, room: &str, why: JoinFailed) {
+        self.rooms.remove(room);
+        self.shared.hub.leave(room, self.out.id);
+        match why {
+            JoinFailed::Bus => {
+                self.error(ErrorCode::BusUnavailable, "could not join: bus unavailable")
+            }
+            JoinFailed::Stalled => self.error(
+                ErrorCode::BusUnavailable,
+                "could not join: the replay was not read in time",
+            ),
+        }
+    }
+
+    async fn page(
+        &self,
+        room: &str,
+        query: HistoryQuery,
+        limit: usize,
+    ) -> Result<HistoryPage, JoinFailed> {
+        let read =
+            self.shared
+                .publisher
+                .bus()
+                .history(room, query, limit, self.shared.config.meta_ttl());
+        match timeout(self.shared.config.bus_timeout(), read).await {
+            Ok(Ok(page)) => Ok(page),
+            _ => Err(JoinFailed::Bus),
+        }
+    }
+
+    /// A plain join's ack: the room's current top and epoch. Anything numbered after that top
+    /// was published after the subscription was active, so it arrives live.
+    async fn ack_plain(&self, room: &str, _keep: Keep) -> Result<(), JoinFailed> {
+        let page = self.page(room, HistoryQuery::Newest, 0).await?;
+        let ack = ServerEvent::UserJoined {
+            user_id: &self.out.client_id,
+            room,
+            recovered: None,
+            offset: Some(page.top),
+            epoch: Some(&page.epoch),
+        };
+        reply(&self.shared, &self.out, ack.encode());
+        Ok(())
+    }
+
+    /// Replays history after `since` (when it still holds all of it), then goes live.
+    async fn recover(
+        &self,
+        room: &str,
+        since: Option<Since>,
+        keep: Keep,
+    ) -> Result<(), JoinFailed> {
+        let metrics = &self.shared.metrics;
+        let first_query = since
+            .as_ref()
+            .map_or(HistoryQuery::Newest, |s| HistoryQuery::After(s.offset));
+        let mut page = self.page(room, first_query, REPLAY_PAGE).await?;
+        let epoch: Arc<str> = page.epoch.clone();
+        let recoverable = match &since {
+            None => false,
+            Some(s) if *s.epoch != *epoch => false,
+            Some(s) if s.offset > page.top => {
+                self.error(
+                    ErrorCode::InvalidSince,
+                    "since.offset is beyond the room's last offset",
+                );
+                false
+            }
+            Some(s) if s.offset == page.top => true,
+            // Everything after `since` must still be kept, and not more than the room keeps.
+            Some(s) => {
+                page.first.is_some_and(|f| f <= s.offset + 1)
+                    && page.top - s.offset <= u64::from(keep.size)
+            }
+        };
+        let mut recovered = recoverable;
+        // The last offset this connection has been given.
+        let mut cursor = match (&since, recoverable) {
+            (Some(s), true) => s.offset,
+            _ => page.top,
+        };
+        if !recoverable {
+            page.messages.clear();
+        }
+        let stall_deadline = Instant::now() + REPLAY_STALL;
+        loop {
+            let full = page.messages.len() >= REPLAY_PAGE;
+            if *page.epoch != *epoch {
+                // The room's history was reset while replaying: what follows is live.
+                break;
+            }
+            let mut frames: Vec<Bytes> = Vec::with_capacity(page.messages.len());
+            for (offset, frame) in page.messages.drain(..) {
+                if offset <= cursor {
+                    continue;
+                }
+                if offset != cursor + 1 {
+                    // Trimmed while we paged: some can no longer be replayed.
+                    recovered = false;
+                }
+                frames.push(wire::text(&frame));
+                cursor = offset;
+            }
+            if !frames.is_empty() {
+                self.paced_push(&frames, stall_deadline).await?;
+                metrics.replayed.inc_by(frames.len() as u64);
+            }
+            if !full {
+                let ack = ServerEvent::UserJoined {
+                    user_id: &self.out.client_id,
+                    room,
+                    recovered: Some(recovered),
+                    offset: Some(cursor),
+                    epoch: Some(&epoch),
+                };
+                let ack = [text(ack.encode())];
+                // Refused when this node delivered past `cursor` meanwhile: replay those too.
+                if self
+                    .shared
+                    .hub
+                    .caught_up(room, &self.out, cursor, &epoch, &ack)
+                    .is_ok()
+                {
+                    let outcome = if recovered {
+                        "recovered"
+                    } else {
+                        "not_recovered"
+                    };
+                    metrics.recoveries.with_label_values(&[outcome]).inc();
+                    return Ok(());
+                }
+            }
+            page = self
+                .page(room, HistoryQuery::After(cursor), REPLAY_PAGE)
+                .await?;
+            if page.messages.first().is_some_and(|(o, _)| *o != cursor + 1)
+                || (page.messages.is_empty() && page.top > cursor && *page.epoch == *epoch)
+            {
+                recovered = false;
+            }
+        }
+        // The epoch changed under the replay: go live from here, not recovered.
+        let ack = ServerEvent::UserJoined {
+            user_id: &self.out.client_id,
+            room,
+            recovered: Some(false),
+            offset: Some(cursor),
+            epoch: Some(&epoch),
+        };
+        let ack = [text(ack.encode())];
+        let _ = self
+            .shared
+            .hub
+            .caught_up(room, &self.out, u64::MAX - 1, &page.epoch, &ack);
+        metrics
+            .recoveries
+            .with_label_values(&["not_recovered"])
+            .inc();
+        Ok(())
+    }
+
+    /// Queues `frames` as the client's queue makes room for them, waiting at most until
+    /// `deadline` for it to: a replay never overflows the queue (which would close the
+    /// connection as a slow consumer).
+    async fn paced_push(&self, frames: &[Bytes], deadline: Instant) -> Result<(), JoinFailed> {
+        for chunk in frames.chunks(32) {
+            let bytes: usize = chunk.iter().map(Bytes::len).sum();
+            while !self.out.has_room(chunk.len(), bytes) {
+                if self.out.is_closing() || Instant::now() >= deadline {
+                    return Err(JoinFailed::Stalled);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            for frame in chunk {
+                self.out.push(frame);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn leave(&mut self, room: &str) {
+        if self.rooms.remove(room).is_none() {
+            return self.error(ErrorCode::NotInRoom, "not a member of that room");
+        }
+        self.shared.hub.leave(room, self.out.id);
+        let me = self.out.client_id.clone();
+        let left = ServerEvent::UserLeft { user_id: &me, room }.encode();
+        // The leaver is no longer routed to: tell it directly, and the remaining members via the bus.
+        reply(&self.shared, &self.out, left.clone());
+        if !self.shared.room_options.resolve(room).settings.announce {
+            return;
+        }
+        let _ = self
+            .shared
+            .publisher
+            .publish(
+                Channel::Room(room.to_owned()),
+                Target::Room(room.to_owned()),
+                &left,
+            )
+            .await;
+    }
+
+    /// `history`: members only; a page after `since`, or the newest messages.
+    pub(super) async fn history(
+        &mut self,
+        room: &str,
+        since: Option<Result<Since, String>>,
+        limit: usize,
+    ) {
+        let Some(keep) = self.rooms.get(room).copied() else {
+            return self.error(ErrorCode::NotInRoom, "join the room to read its history");
+        };
+        let since = match since {
+            Some(Err(why)) => return self.error(ErrorCode::InvalidSince, &why),
+            Some(Ok(s)) => Some(s),
+            None => None,
+        };
+        if keep.is_none() {
+            let answer = history_event(room, &[], 0, "", true);
+            return reply(&self.shared, &self.out, answer);
+        }
+        let query = since
+            .as_ref()
+            .map_or(HistoryQuery::Newest, |s| HistoryQuery::After(s.offset));
+        let Ok(mut page) = self.page(room, query, limit).await else {
+            return self.error(ErrorCode::BusUnavailable, "history unavailable: bus down");
+        };
+        if let Some(s) = &since {
+            if *s.epoch != *page.epoch {
+                // Another epoch: the client's offsets mean nothing here; page from the start.
+                let Ok(again) = self.page(room, HistoryQuery::After(0), limit).await else {
+                    return self.error(ErrorCode::BusUnavailable, "history unavailable: bus down");
+                };
+                page = again;
+            } else if s.offset > page.top {
+                return self.error(
+                    ErrorCode::InvalidSince,
+                    "since.offset is beyond the room's last offset",
+                );
+            }
+        }
+        let complete = match query {
+            HistoryQuery::Newest => true,
+            HistoryQuery::After(_) => page.messages.last().is_none_or(|(o, _)| *o >= page.top),
+        };
+        let frames: Vec<&str> = page.messages.iter().map(|(_, f)| f.as_str()).collect();
+        let answer = history_event(room, &frames, page.top, &page.epoch, complete);
+        reply(&self.shared, &self.out, answer);
+    }
+}
