@@ -10,10 +10,12 @@
 //!   them on.
 //! - [`health`]: what a node's `/healthz` tells a gateway beyond its status.
 //! - [`registry`]: the layout of the node registry in Redis (written by nodes, read by gateways).
+//! - [`drain`]: a process's two-phase shutdown, the one value both binaries pass down.
 //! - [`cork`], [`split`], [`process`]: small transport and process helpers both binaries use.
 
 pub mod cork;
 pub mod detect;
+pub mod drain;
 pub mod health;
 pub mod http1;
 pub mod http1_io;

@@ -6,7 +6,6 @@
 pub mod admin;
 pub mod bus;
 pub mod config;
-pub mod drain;
 pub mod http;
 pub mod hub;
 pub mod metrics;
@@ -37,9 +36,9 @@ pub use config::Config;
 use bus::redis::RedisBus;
 use bus::redis_config::RedisBusConfig;
 use bus::{Bus, Channel, Inbox};
-use drain::Drain;
 use hub::Hub;
 use metrics::Metrics;
+use ringcast_net::drain::Drain;
 use state::Shared;
 
 /// Why a node could not start.

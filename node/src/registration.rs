@@ -13,7 +13,7 @@ use ringcast_net::registry::{
 };
 use tracing::{info, warn};
 
-use crate::drain::Drain;
+use ringcast_net::drain::Drain;
 
 /// What a node registers, and how often.
 #[derive(Debug, Clone)]

@@ -7,10 +7,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::drain::Drain;
 use crate::outbound::SERVICE_RESTART;
 use crate::state::Shared;
 use crate::writer::CLOSE_TIMEOUT;
+use ringcast_net::drain::Drain;
 
 /// Waits for the drain to begin, then runs it to the end; returns once every task has ended or
 /// the time limit is over.

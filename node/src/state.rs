@@ -9,11 +9,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::drain::Drain;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::publisher::Publisher;
 use crate::room_options::RoomOptions;
+use ringcast_net::drain::Drain;
 use ringcast_protocol::auth::Authenticator;
 
 /// What every connection of a node shares.

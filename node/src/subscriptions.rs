@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::bus::Bus;
-use crate::drain::Drain;
 use crate::hub::Hub;
+use ringcast_net::drain::Drain;
 
 /// Pause before retrying subscriptions after a bus error.
 const RETRY_AFTER: Duration = Duration::from_millis(250);

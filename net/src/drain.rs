@@ -1,17 +1,19 @@
-//! The node's shutdown as one value, [`Drain`], made at the top (`run`) and handed to every
-//! part that spawns a task or must notice the shutdown.
+//! A process's shutdown as one value, [`Drain`], made at the top (`run`) and handed to every
+//! part that spawns a task or must notice the shutdown. The node and the gateway both drain
+//! through it.
 //!
 //! A drain has two phases, each a signal and the tasks it waits for:
-//! - *draining* ([`Drain::begin`]): the node takes no new clients (`/healthz` 503, upgrades and
-//!   links refused, its registry lease given up) and closes its sessions; the top waits for the
-//!   session tasks ([`Drain::spawn_session`]) up to the grace period ([`Drain::sessions_ended`]).
-//! - *stopped* ([`Drain::stop`]): the accept loop ends, idle connections and links end once
-//!   what they carry is written, background tasks return, and the top waits for every task of
-//!   both phases ([`Drain::spawn`]) with a time limit ([`Drain::all_ended`]).
+//! - *draining* ([`Drain::begin`]): the process takes no new clients (say, `/healthz` 503 and new
+//!   connections refused or no longer accepted) and its clients' sessions wind down; the top
+//!   waits for the session tasks ([`Drain::spawn_session`]) up to a grace period
+//!   ([`Drain::sessions_ended`]).
+//! - *stopped* ([`Drain::stop`]): whatever is still open is closed or ends once what it carries
+//!   is written, background tasks return, and the top waits for every task of both phases
+//!   ([`Drain::spawn`]) with a time limit ([`Drain::all_ended`]).
 //!
-//! Two phases because the links and connections that carry the sessions' close frames must
-//! outlive the sessions. Every task is tracked by one phase and ends when its signal fires (or
-//! sooner); nothing polls a counter.
+//! Two phases because what carries the sessions' last bytes (connections, links) must outlive
+//! the sessions. Every task is tracked by one phase and ends when its signal fires (or sooner);
+//! nothing polls a counter.
 
 use std::future::Future;
 use std::time::Duration;
@@ -20,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
-/// A node's shutdown: its two signals and the tasks each waits for. Clones share them.
+/// A process's shutdown: its two signals and the tasks each waits for. Clones share them.
 #[derive(Clone, Debug, Default)]
 pub struct Drain {
     draining: CancellationToken,
@@ -35,7 +37,7 @@ impl Drain {
         Self::default()
     }
 
-    /// Begins draining: the node takes no new clients and closes its sessions.
+    /// Begins draining: the process takes no new clients and its sessions wind down.
     pub fn begin(&self) {
         self.draining.cancel();
     }
@@ -50,24 +52,24 @@ impl Drain {
         self.draining.cancelled()
     }
 
-    /// The node has drained (its sessions are gone, or the grace period is over): every task
-    /// still running ends after what it carries.
+    /// The process has drained (its sessions are gone, or the grace period is over): every task
+    /// still running ends after what it carries, or is closed.
     pub fn stop(&self) {
         self.draining.cancel();
         self.stopped.cancel();
     }
 
-    /// Whether the node has drained.
+    /// Whether the process has drained.
     pub fn is_stopped(&self) -> bool {
         self.stopped.is_cancelled()
     }
 
-    /// Resolves once the node has drained.
+    /// Resolves once the process has drained.
     pub fn stopped(&self) -> WaitForCancellationFuture<'_> {
         self.stopped.cancelled()
     }
 
-    /// Runs one client's session; draining waits for it.
+    /// Runs one client's session (what the grace period is for); draining waits for it.
     pub fn spawn_session<F>(&self, session: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
@@ -76,7 +78,7 @@ impl Drain {
         self.sessions.spawn(session)
     }
 
-    /// Runs a task that ends once the node has stopped (a connection, a link, a background
+    /// Runs a task that ends once the process has stopped (a connection, a link, a background
     /// job) or sooner; the end of the drain waits for it.
     pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
     where
