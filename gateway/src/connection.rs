@@ -13,20 +13,13 @@ use ringcast_net::detect::{detect, Opening, Prefixed};
 use ringcast_net::http1_io;
 use ringcast_net::ws_handshake::Refusal;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 use crate::direct;
 use crate::http::{self, Http};
 use crate::limits::ConnectionPermit;
 
-/// Serves one client connection until it closes, upgrades, or `force_close` fires.
-pub async fn serve(
-    http: Arc<Http>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    permit: ConnectionPermit,
-    force_close: CancellationToken,
-) {
+/// Serves one client connection until it closes, upgrades, or the gateway's drain is over.
+pub async fn serve(http: Arc<Http>, stream: TcpStream, peer: SocketAddr, permit: ConnectionPermit) {
     let mut stream = stream;
     // One deadline for the first bytes and the whole head, as hyper had.
     let deadline = tokio::time::Instant::now() + http.handshake_timeout;
@@ -44,12 +37,5 @@ pub async fn serve(
         }
         Ok(None) | Err(_) => return, // closed or silent through the handshake timeout
     };
-    http::serve(
-        http,
-        Prefixed::new(prefix, stream),
-        peer,
-        permit,
-        force_close,
-    )
-    .await;
+    http::serve(http, Prefixed::new(prefix, stream), peer, permit).await;
 }

@@ -97,7 +97,7 @@ pub async fn serve(
     };
     // A task of its own, so this one's state (the head, the answer) is gone while it runs.
     let tunnel = proxy.tunnel(&node, client, node_stream, Bytes::new(), permit);
-    proxy.tunnels.spawn(tunnel);
+    proxy.drain.spawn_session(tunnel);
 }
 
 /// Writes a refusal and ends the connection.

@@ -1,11 +1,14 @@
 //! The embedded default: with no nodes and no Redis configured, the gateway runs one node
 //! in-process (memory bus) on a loopback port and routes to it, so a bare
 //! `ringcast-gateway` serves a working `/ws`.
+//!
+//! The node is a task of the gateway's drain: it begins its own drain (its clients get 1012
+//! through their tunnels) when the gateway's begins, and the gateway's end waits for it.
 
+use ringcast_net::drain::Drain;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 /// The id the embedded node reports in `welcome`.
 pub const EMBEDDED_NODE_ID: &str = "embedded";
@@ -14,8 +17,6 @@ pub const EMBEDDED_NODE_ID: &str = "embedded";
 pub struct EmbeddedNode {
     /// `127.0.0.1:PORT` it listens on.
     pub addr: String,
-    shutdown_tx: watch::Sender<bool>,
-    task: JoinHandle<Result<(), ringcast_node::NodeError>>,
 }
 
 impl EmbeddedNode {
@@ -39,8 +40,12 @@ impl EmbeddedNode {
 
     /// Starts the node. Its settings come from the same `RINGCAST_*` environment as the node
     /// binary's (limits, heartbeat, announce); its id is `embedded` unless `RINGCAST_NODE_ID`
-    /// says otherwise; its authentication is the gateway's (`auth`), flags included.
-    pub async fn start(auth: &ringcast_protocol::auth::AuthArgs) -> Result<Self, String> {
+    /// says otherwise; its authentication is the gateway's (`auth`), flags included. It runs on
+    /// `drain` and drains with it.
+    pub async fn start(
+        auth: &ringcast_protocol::auth::AuthArgs,
+        drain: &Drain,
+    ) -> Result<Self, String> {
         let config = Self::config(auth)?;
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -49,19 +54,25 @@ impl EmbeddedNode {
             .local_addr()
             .map_err(|e| format!("embedded node address: {e}"))?
             .to_string();
+        // The node's `run` takes its shutdown as a `watch`; it turns true when the gateway's
+        // drain begins.
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(ringcast_node::run(listener, config, shutdown_rx));
+        let begin = {
+            let drain = drain.clone();
+            async move {
+                drain.draining().await;
+                let _ = shutdown_tx.send(true);
+            }
+        };
+        let node = async move {
+            if let Err(e) = ringcast_node::run(listener, config, shutdown_rx).await {
+                warn!(error = %e, "embedded node failed");
+            }
+        };
+        drain.spawn(async move {
+            tokio::join!(node, begin);
+        });
         info!(%addr, "no nodes configured: running an embedded node");
-        Ok(EmbeddedNode {
-            addr,
-            shutdown_tx,
-            task,
-        })
-    }
-
-    /// Drains the node (its clients get 1012) and waits for it to finish.
-    pub async fn stop(self) {
-        let _ = self.shutdown_tx.send(true);
-        let _ = self.task.await;
+        Ok(EmbeddedNode { addr })
     }
 }

@@ -7,7 +7,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -16,7 +15,6 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::limits::ConnectionPermit;
@@ -29,8 +27,6 @@ use ringcast_net::ws_handshake::{self, Refusal};
 pub struct Http {
     /// The upgrade proxy (and through it membership and metrics).
     pub proxy: Arc<Proxy>,
-    /// Set once shutdown begins: `/healthz` turns 503 and upgrades are refused.
-    pub draining: AtomicBool,
     /// Seconds a client has to send its request head.
     pub handshake_timeout: std::time::Duration,
     /// Largest request head.
@@ -38,20 +34,19 @@ pub struct Http {
 }
 
 impl Http {
-    /// Whether shutdown has begun.
+    /// Whether shutdown has begun: `/healthz` answers 503 and upgrades are refused.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.proxy.drain.is_draining()
     }
 }
 
 /// Serves HTTP/1.1 with hyper on one client connection (`stream` replays the bytes detection
-/// read) until it closes or `force_close` fires; `permit` is held as long.
+/// read) until it closes or the gateway's drain is over; `permit` is held as long.
 pub async fn serve(
     http: Arc<Http>,
     stream: Prefixed<TcpStream>,
     peer: SocketAddr,
     permit: ConnectionPermit,
-    force_close: CancellationToken,
 ) {
     let io = TokioIo::new(stream);
     let svc_http = http.clone();
@@ -68,7 +63,7 @@ pub async fn serve(
         r = conn => if let Err(e) = r {
             debug!(%peer, error = %e, "client connection ended with an error");
         },
-        _ = force_close.cancelled() => {}
+        _ = http.proxy.drain.stopped() => {}
     }
     drop(permit);
 }

@@ -19,19 +19,17 @@ pub mod node_io;
 pub mod origin;
 pub mod proxy;
 pub mod server;
+pub mod shutdown;
 pub mod token;
 pub mod tunnel;
 pub mod upstream;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use config::{Config, LogFormat, NodeSpec, NodeTransport};
 
@@ -42,6 +40,7 @@ use membership::{health, registry, Membership, Source, Thresholds};
 use metrics::Metrics;
 use origin::OriginPolicy;
 use proxy::Proxy;
+use ringcast_net::drain::Drain;
 use ringcast_protocol::auth::Authenticator;
 use tracing::{info, warn};
 
@@ -56,11 +55,12 @@ pub enum GatewayError {
     Config(String),
 }
 
-/// Runs a gateway on `listener` until `shutdown` turns true, then drains and returns.
+/// Runs a gateway on `listener` until `shutdown` turns true (or its sender is gone), then
+/// drains (see [`shutdown`]) and returns.
 pub async fn run(
     listener: TcpListener,
     config: Config,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), GatewayError> {
     let auth = Authenticator::from_args(&config.auth).map_err(GatewayError::Config)?;
     if auth.is_some() {
@@ -79,35 +79,34 @@ pub async fn run(
     for node in &config.nodes {
         membership.upsert(&node.id, &node.addr, node.weight, Source::Static);
     }
-    let embedded = if config.embedded() {
-        let node = EmbeddedNode::start(&config.auth)
+    // The one shutdown value every part gets and every task runs on; `shutdown` only begins it.
+    let drain = Drain::new();
+    if config.embedded() {
+        // It drains together with the gateway: its clients get 1012 through their tunnels and
+        // reconnect once the process is back.
+        let node = EmbeddedNode::start(&config.auth, &drain)
             .await
             .map_err(GatewayError::Embedded)?;
         membership.upsert(EMBEDDED_NODE_ID, &node.addr, 1, Source::Embedded);
-        Some(node)
-    } else {
-        None
-    };
+    }
 
     let via = upstream::own_via();
-    let (tasks_stop_tx, tasks_stop_rx) = watch::channel(false);
-    let mut background = Vec::new();
-    background.push(tokio::spawn(health::run(
+    drain.spawn(health::run(
         membership.clone(),
         config.health_interval(),
         config.health_timeout(),
         via.clone(),
-        tasks_stop_rx.clone(),
-    )));
+        drain.clone(),
+    ));
     if let Some(url) = config.redis_url.clone() {
-        background.push(tokio::spawn(registry::run(
+        drain.spawn(registry::run(
             url,
             config.redis_prefix.clone(),
             config.poll_interval(),
             membership.clone(),
             metrics.clone(),
-            tasks_stop_rx.clone(),
-        )));
+            drain.clone(),
+        ));
     }
 
     if config.node_transport == NodeTransport::Tcp && config.link_secret.is_some() {
@@ -118,14 +117,14 @@ pub async fn run(
             config.connect_timeout(),
             config.link_secret.clone(),
             &metrics,
+            drain.clone(),
         )
     });
     let proxy = Arc::new(Proxy {
         membership,
         metrics,
         admission: Admission { auth, origins },
-        tunnels: TaskTracker::new(),
-        force_close: CancellationToken::new(),
+        drain: drain.clone(),
         connect_timeout: config.connect_timeout(),
         handshake_timeout: config.handshake_timeout(),
         max_attempts: config.max_attempts,
@@ -134,7 +133,6 @@ pub async fn run(
         links,
         via,
     });
-    let proxy_after = proxy.clone();
     if config.max_header_bytes != config.max_header_bytes() {
         tracing::warn!(
             asked = config.max_header_bytes,
@@ -144,39 +142,19 @@ pub async fn run(
     }
     let http = Arc::new(http::Http {
         proxy,
-        draining: AtomicBool::new(false),
         handshake_timeout: config.handshake_timeout(),
         max_header_bytes: config.max_header_bytes(),
     });
-    let grace = Duration::from_secs(config.shutdown_grace_secs);
-    // The embedded node drains together with the gateway: its clients get 1012 through their
-    // tunnels and reconnect once the process is back.
-    let embedded_stop = async {
-        if let Some(node) = embedded {
-            let mut shutdown = shutdown.clone();
-            let _ = shutdown.wait_for(|s| *s).await;
-            node.stop().await;
-        }
+    let begin = async {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        drain.begin();
     };
-    tokio::join!(
-        server::serve(
-            listener,
-            http,
-            server::Limits {
-                max_connections: config.max_connections,
-                max_connections_per_ip: config.max_connections_per_ip,
-            },
-            grace,
-            shutdown.clone()
-        ),
-        embedded_stop
-    );
-    if let Some(links) = &proxy_after.links {
-        links.close_all();
-    }
-    let _ = tasks_stop_tx.send(true);
-    for task in background {
-        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
-    }
+    let limits = server::Limits {
+        max_connections: config.max_connections,
+        max_connections_per_ip: config.max_connections_per_ip,
+    };
+    let serve = server::serve(listener, http, limits, drain.clone());
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    tokio::join!(begin, serve, shutdown::drain(&drain, grace));
     Ok(())
 }

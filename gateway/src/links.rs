@@ -26,6 +26,9 @@
 //! A link that ends after its `GOAWAY` ended as planned: it is logged at info, not as a
 //! failure, and nothing counts against the node's health.
 //!
+//! Each link's driver is a task of the gateway's drain: once the drain is over (its grace period
+//! ended, or every tunnel did) the link is closed and its driver returns.
+//!
 //! Nodes come and go (a scaled deployment gives each new pod a new address), so a node's entry
 //! does not outlive its use: whenever an address is seen for the first time, the entries of
 //! every other address that has no live link and nothing left to remember are dropped.
@@ -36,6 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
+use ringcast_net::drain::Drain;
 use ringcast_net::http1::client::push_request_head;
 use ringcast_net::link::frame::GoAwayReason;
 use ringcast_net::link::upgrade::Version;
@@ -84,8 +88,9 @@ pub enum LinkError {
 /// Links by node address.
 pub struct Links {
     nodes: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<Entry>>>>,
-    /// Every link made, for [`Links::close_all`]; dead ones are pruned as new ones come.
-    made: Mutex<Vec<Link>>,
+    /// The gateway's shutdown: every link's driver runs on it, and its link closes once it
+    /// stops.
+    drain: Drain,
     /// Bound on a whole link attempt: the TCP connect and the node's answer.
     connect_timeout: Duration,
     /// Presented in every link request.
@@ -163,15 +168,20 @@ enum Made {
 impl Links {
     /// No links yet; each is made within `connect_timeout` (TCP connect and 101 together),
     /// presenting `secret`.
-    /// Counted in `metrics`.
-    pub fn new(connect_timeout: Duration, secret: Option<LinkSecret>, metrics: &Metrics) -> Self {
+    /// Counted in `metrics`; closed once `drain` stops.
+    pub fn new(
+        connect_timeout: Duration,
+        secret: Option<LinkSecret>,
+        metrics: &Metrics,
+        drain: Drain,
+    ) -> Self {
         Links {
             gauge: metrics.node_links.clone(),
             refusals: metrics.link_refusals.clone(),
             broken: metrics.link_attempts_broken.clone(),
             goaways: metrics.link_goaways.clone(),
             nodes: Mutex::new(HashMap::new()),
-            made: Mutex::new(Vec::new()),
+            drain,
             connect_timeout,
             secret,
         }
@@ -355,8 +365,9 @@ impl Links {
         let goaways = self.goaways.clone();
         let watched = link.clone();
         gauge.inc();
-        // Each driver ends with its link, which `close_all` ends at shutdown.
-        tokio::spawn(async move {
+        let drain = self.drain.clone();
+        // Each driver ends with its link, which is closed once the drain is over.
+        self.drain.spawn(async move {
             let mut driver = std::pin::pin!(driver);
             let result = tokio::select! {
                 r = &mut driver => r,
@@ -365,6 +376,16 @@ impl Links {
                         goaways.inc();
                         info!(addr = %addr_owned, ?reason, "the node sent GOAWAY: no new clients on its link");
                     }
+                    tokio::select! {
+                        r = &mut driver => r,
+                        _ = drain.stopped() => {
+                            watched.close();
+                            driver.await
+                        }
+                    }
+                }
+                _ = drain.stopped() => {
+                    watched.close();
                     driver.await
                 }
             };
@@ -379,9 +400,6 @@ impl Links {
             gauge.dec();
         });
         info!(%addr, version = version.token(), "link opened");
-        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
-        made.retain(Link::is_alive);
-        made.push(link.clone());
         Ok(Made::Link(link))
     }
 
@@ -391,12 +409,6 @@ impl Links {
         let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
         nodes.keys().cloned().collect()
     }
-
-    /// Closes every link (their tunnels end with them).
-    pub fn close_all(&self) {
-        let made = std::mem::take(&mut *self.made.lock().unwrap_or_else(|e| e.into_inner()));
-        made.iter().for_each(Link::close);
-    }
 }
 
 #[cfg(test)]
@@ -405,7 +417,7 @@ mod tests {
     use ringcast_testkit::{DeadPort, TestNode};
 
     fn links() -> Links {
-        Links::new(Duration::from_secs(2), None, &Metrics::new())
+        Links::new(Duration::from_secs(2), None, &Metrics::new(), Drain::new())
     }
 
     #[tokio::test]

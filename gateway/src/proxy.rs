@@ -13,11 +13,10 @@ use futures_util::FutureExt;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
+use ringcast_net::drain::Drain;
 use ringcast_net::http1::response::{json_error, Body};
 use ringcast_net::ws_handshake::{self, Accepted};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Refusal};
@@ -38,10 +37,9 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// Origin and token checks, done before any node is contacted.
     pub admission: Admission,
-    /// Tunnels, so shutdown can wait for them.
-    pub tunnels: TaskTracker,
-    /// Fires when the shutdown grace period is over: every tunnel closes.
-    pub force_close: CancellationToken,
+    /// The gateway's shutdown: client connections and tunnels are its sessions, which the
+    /// grace period waits for; once it stops, every tunnel closes.
+    pub drain: Drain,
     /// TCP connect timeout per candidate.
     pub connect_timeout: Duration,
     /// Bound on the whole upgrade, node answer included.
@@ -179,7 +177,7 @@ impl Proxy {
             self.copy_buffer_bytes,
             self.tunnel_linger,
             &self.metrics,
-            self.force_close.clone(),
+            self.drain.stopped_owned(),
         )
         .map(move |()| {
             gauge.dec();

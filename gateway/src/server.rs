@@ -1,22 +1,20 @@
-//! The accept loop: a bounded number of client connections, and graceful shutdown — stop
-//! accepting, keep tunnels up for the grace period, then close what is left.
+//! The accept loop: a bounded number of client connections, each a session of the gateway's
+//! drain, until the drain begins (then the listener closes; `shutdown` runs the rest).
 //!
 //! At the connection limit a new connection is still accepted (up to [`OVERFLOW`] at a time)
 //! but only to tell the client "503 gateway_full" and close, so clients learn to back off
 //! instead of hanging in the kernel's backlog. A client address at its own limit
 //! (`--max-connections-per-ip`) is told "429 too_many_connections_from_ip" the same way.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::StatusCode;
+use ringcast_net::drain::Drain;
 use ringcast_net::http1::response::push_response_head;
-
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tokio_util::task::TaskTracker;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::http::Http;
@@ -100,30 +98,25 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
 }
 
-/// Accepts until `shutdown` turns true, then drains for up to `grace`.
-pub async fn serve(
-    listener: TcpListener,
-    http: Arc<Http>,
-    limits: Limits,
-    grace: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let connections = TaskTracker::new();
+/// Accepts until `drain` begins, each connection a session of it (an upgrade's tunnel too), each
+/// refusal a task of it; then closes the listener and returns.
+pub async fn serve(listener: TcpListener, http: Arc<Http>, limits: Limits, drain: Drain) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let per_ip = IpLimiter::new(limits.max_connections_per_ip);
     let overflow = Arc::new(Semaphore::new(OVERFLOW));
-    let force_close = http.proxy.force_close.clone();
     info!(addr = ?listener.local_addr().ok(), "gateway listening");
-    while !*shutdown.borrow() {
+    loop {
         // Wait while refusals are in flight, so the overflow stays bounded too.
         let spare = tokio::select! {
+            biased;
+            _ = drain.draining() => break,
             p = overflow.clone().acquire_owned() => p,
-            _ = shutdown.changed() => break,
         };
         let Ok(spare) = spare else { break };
         let accepted = tokio::select! {
+            biased;
+            _ = drain.draining() => break,
             a = listener.accept() => a,
-            _ = shutdown.changed() => break,
         };
         match accepted {
             Ok((mut stream, peer)) => {
@@ -133,7 +126,7 @@ pub async fn serve(
                         .rejected
                         .with_label_values(&["503"])
                         .inc();
-                    tokio::spawn(async move {
+                    drain.spawn(async move {
                         refuse(&mut stream, Full::Gateway).await;
                         drop(spare);
                     });
@@ -148,7 +141,7 @@ pub async fn serve(
                         .with_label_values(&["too_many_connections_from_ip"])
                         .inc();
                     debug!(peer = %peer.ip(), "connection refused: per-address limit");
-                    tokio::spawn(async move {
+                    drain.spawn(async move {
                         refuse(&mut stream, Full::Address).await;
                         drop(spare);
                     });
@@ -157,46 +150,20 @@ pub async fn serve(
                 let permit = ConnectionPermit::new(permit, ip_slot);
                 drop(spare);
                 let _ = stream.set_nodelay(true);
-                let http = http.clone();
-                let force_close = force_close.clone();
                 // An upgrade moves the permit into its tunnel, so tunnels count against the limit.
-                connections.spawn(crate::connection::serve(
-                    http,
-                    stream,
-                    peer,
-                    permit,
-                    force_close,
-                ));
+                drain.spawn_session(crate::connection::serve(http.clone(), stream, peer, permit));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::select! {
+                    _ = drain.draining() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
             }
         }
     }
     drop(listener);
-    http.draining.store(true, Ordering::Release);
-    let tunnels = http.proxy.tunnels.clone();
-    info!(
-        grace_secs = grace.as_secs(),
-        "draining: no new connections; open tunnels stay up for the grace period"
-    );
-    connections.close();
-    tunnels.close();
-    let all_done = async {
-        connections.wait().await;
-        tunnels.wait().await;
-    };
-    if tokio::time::timeout(grace, all_done).await.is_err() {
-        warn!("grace period over; closing the remaining tunnels");
-    }
-    force_close.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        connections.wait().await;
-        tunnels.wait().await;
-    })
-    .await;
 }
 
 #[cfg(test)]

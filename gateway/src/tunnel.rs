@@ -23,7 +23,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use prometheus::IntCounter;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::debug;
 
 use crate::metrics::Metrics;
@@ -38,7 +38,7 @@ pub struct Client {
 }
 
 /// Copies bytes between `client` and `node` until both directions end (the second within
-/// `linger` of the first), one fails, or `force_close` fires. `node_early` is what the node
+/// `linger` of the first), one fails, or `stopped` resolves (the gateway's drain is over). `node_early` is what the node
 /// sent behind its 101 and has not reached the client yet; it goes first.
 ///
 /// A plain function returning an `async move` block: the returned future lives as long as the
@@ -50,7 +50,7 @@ pub fn run(
     buf_size: usize,
     linger: std::time::Duration,
     metrics: &Metrics,
-    force_close: CancellationToken,
+    stopped: WaitForCancellationFutureOwned,
 ) -> impl Future<Output = ()> + Send + 'static {
     let mut tunnel = Tunnel {
         client: client.stream,
@@ -61,11 +61,12 @@ pub fn run(
         down_first: false,
     };
     async move {
+        let mut stopped = std::pin::pin!(stopped);
         // When one direction ends cleanly (a half-close), the other gets `linger` to finish the
         // WebSocket close handshake; then the tunnel ends even if that peer vanished silently.
         let first = tokio::select! {
             r = poll_fn(|cx| tunnel.poll_ended(cx, 1)) => r,
-            _ = force_close.cancelled() => {
+            _ = &mut stopped => {
                 debug!("tunnel closed at the end of the shutdown grace");
                 return;
             }
@@ -80,7 +81,7 @@ pub fn run(
                     debug!(error = %e, "tunnel ended with an error");
                 }
             }
-            _ = force_close.cancelled() => {}
+            _ = &mut stopped => {}
         }
     }
 }

@@ -19,7 +19,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::{
+    CancellationToken, WaitForCancellationFuture, WaitForCancellationFutureOwned,
+};
 use tokio_util::task::TaskTracker;
 
 /// A process's shutdown: its two signals and the tasks each waits for. Clones share them.
@@ -67,6 +69,12 @@ impl Drain {
     /// Resolves once the process has drained.
     pub fn stopped(&self) -> WaitForCancellationFuture<'_> {
         self.stopped.cancelled()
+    }
+
+    /// Resolves once the process has drained, owning what it waits on: for a long-lived future
+    /// that should not hold a whole [`Drain`] (a tunnel, say).
+    pub fn stopped_owned(&self) -> WaitForCancellationFutureOwned {
+        self.stopped.clone().cancelled_owned()
     }
 
     /// Runs one client's session (what the grace period is for); draining waits for it.

@@ -6,17 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::header::HeaderValue;
+use ringcast_net::drain::Drain;
 use ringcast_net::health::{parse_room_options, ROOM_OPTIONS_HEADER};
 use ringcast_net::http1::client::push_request_head;
 use ringcast_net::http1_io;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::membership::Membership;
 
-/// Checks every member every `interval` until `shutdown` turns true. Each check carries the
+/// Checks every member every `interval` until the gateway's drain is over (`drain` stops). Each check carries the
 /// gateway's `via` entry, so a "node" that is really a gateway answers 508 and is taken out of
 /// the ring like any node that fails its checks.
 pub async fn run(
@@ -24,14 +24,14 @@ pub async fn run(
     interval: Duration,
     timeout: Duration,
     via: HeaderValue,
-    mut shutdown: watch::Receiver<bool>,
+    drain: Drain,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
+            _ = drain.stopped() => return,
         }
         let mut checks = JoinSet::new();
         for (id, addr) in membership.targets() {

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
+use ringcast_net::drain::Drain;
 use ringcast_net::registry::{addrs_key, eval, index_key, READ_SCRIPT};
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::membership::{Membership, Source};
@@ -25,14 +25,14 @@ use crate::metrics::Metrics;
 /// Most registered nodes read per poll (bounds one poll's work and memory).
 const MAX_NODES: usize = 1024;
 
-/// Polls the registry every `interval` until `shutdown` turns true.
+/// Polls the registry every `interval` until the gateway's drain is over (`drain` stops).
 pub async fn run(
     redis_url: String,
     prefix: String,
     interval: Duration,
     membership: Arc<Membership>,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    drain: Drain,
 ) {
     let client = match redis::Client::open(redis_url.as_str()) {
         Ok(c) => c,
@@ -54,7 +54,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
+            _ = drain.stopped() => return,
         }
         if conn.is_none() {
             conn = client
