@@ -390,6 +390,34 @@ async fn graceful_shutdown_keeps_tunnels_for_the_grace_period_then_closes_them()
 }
 
 #[tokio::test]
+async fn a_drain_ends_once_its_tunnels_end_each_to_a_clean_close() {
+    // A grace period far past the 30 s `stop` allows: the gateway must stop because its last
+    // tunnel ended, not because the grace period ran out.
+    let (_node, spec) = named_node("n1").await;
+    let gw = TestGateway::start(&["--node", &spec, "--shutdown-grace-secs", "300"]).await;
+    let (mut a, _) = Client::connect_welcomed(&gw.ws_url("drain-a")).await;
+    let (mut b, _) = Client::connect_welcomed(&gw.ws_url("drain-b")).await;
+    let addr = gw.addr;
+    gw.signal_stop();
+    ringcast_testkit::wait_until(Duration::from_secs(5), "listener closed", || async {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    // The tunnels opened before the drain still carry traffic both ways...
+    a.send_json(json!({"type":"chat","content":"still here"}))
+        .await;
+    assert_eq!(b.recv_event("chat").await["content"], "still here");
+    // ...and each ends with the node's answer to its close, never a dropped connection (1006).
+    assert_eq!(a.close_with(1000, Duration::from_secs(5)).await, Some(1000));
+    drop(a);
+    b.send_json(json!({"type":"ping"})).await;
+    b.recv_event("pong").await;
+    assert_eq!(b.close_with(1000, Duration::from_secs(5)).await, Some(1000));
+    drop(b);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn past_the_connection_limit_clients_get_503_until_a_slot_frees() {
     let (_node, spec) = named_node("n1").await;
     let gw = TestGateway::start(&["--node", &spec, "--max-connections", "2"]).await;

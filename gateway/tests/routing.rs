@@ -209,4 +209,8 @@ async fn with_no_nodes_and_no_redis_an_embedded_node_serves() {
     // Shutdown drains the embedded node too: its clients are told to reconnect (1012).
     gw.signal_stop();
     assert_eq!(a.expect_close(Duration::from_secs(10)).await, Some(1012));
+    assert_eq!(b.expect_close(Duration::from_secs(10)).await, Some(1012));
+    drop((a, b));
+    // The gateway's drain ends once the embedded node's has.
+    gw.stop().await;
 }
