@@ -365,8 +365,9 @@ async fn upgraded_until(s: &mut tokio::net::TcpStream, needle: &str) {
         assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
         got.extend_from_slice(&buf[..n]);
     }
-    assert!(
-        got.starts_with(b"HTTP/1.1 101"),
+    assert_eq!(
+        ringcast_testkit::answer_status(&got),
+        Some(101),
         "{}",
         String::from_utf8_lossy(&got)
     );

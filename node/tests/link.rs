@@ -12,7 +12,7 @@ use ringcast_net::link::frame::GoAwayReason;
 use ringcast_net::link::upgrade::{LEGACY_PROTOCOL, PROTOCOL};
 use ringcast_net::link::{Link, Role, MAX_STREAMS};
 use ringcast_node::Config;
-use ringcast_testkit::{http_raw, TestNode};
+use ringcast_testkit::{answer_status, http_raw, TestNode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -42,7 +42,7 @@ async fn link_with(
         head.push(byte[0]);
     }
     let head = String::from_utf8(head).unwrap();
-    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert_eq!(answer_status(head.as_bytes()), Some(101), "{head}");
     let (link, driver) = Link::new(sock, Bytes::new(), Role::Opener, MAX_STREAMS, |_| {});
     (link, tokio::spawn(driver), head)
 }
@@ -102,7 +102,7 @@ async fn a_bad_upgrade_on_one_stream_leaves_the_link_serving_the_others() {
         .expect("in time")
         .unwrap();
     let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert_eq!(answer_status(answer.as_bytes()), Some(400), "{answer}");
 
     let mut good = link.open().unwrap();
     good.write_all(
@@ -112,7 +112,7 @@ async fn a_bad_upgrade_on_one_stream_leaves_the_link_serving_the_others() {
     .await
     .unwrap();
     let got = read_until(&mut good, b"welcome").await;
-    assert!(got.starts_with(b"HTTP/1.1 101 "));
+    assert_eq!(answer_status(&got), Some(101));
     assert!(link.is_usable());
 }
 
@@ -154,7 +154,7 @@ async fn link_answer_to(to: std::net::SocketAddr, token: &str, extra: &str) -> S
             }
         }
         // A refusal's body follows its head.
-        if !got.starts_with(b"HTTP/1.1 101") {
+        if answer_status(&got) != Some(101) {
             let _ = sock.read_to_end(&mut got).await;
         }
     })
@@ -173,7 +173,11 @@ async fn a_link_needs_the_secret_when_one_is_set() {
         "Authorization: Bearer node-tests-link-secret-012\r\n",
     ] {
         let answer = link_answer(node.addr, extra).await;
-        assert!(answer.starts_with("HTTP/1.1 401 "), "{extra:?}: {answer}");
+        assert_eq!(
+            answer_status(answer.as_bytes()),
+            Some(401),
+            "{extra:?}: {answer}"
+        );
         assert!(answer.contains("link_unauthorized"), "{answer}");
     }
     let answer = link_answer(
@@ -181,7 +185,7 @@ async fn a_link_needs_the_secret_when_one_is_set() {
         "Authorization: Bearer node-tests-link-secret-0123\r\n",
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+    assert_eq!(answer_status(answer.as_bytes()), Some(101), "{answer}");
     // Each refusal is counted, so a gateway with another secret shows up in /metrics.
     let refused = node
         .metric("ringcast_node_link_refusals_total{reason=\"unauthorized\"}")
@@ -220,10 +224,10 @@ async fn without_a_secret_only_loopback_peers_get_a_link() {
     })
     .await;
     let answer = link_answer(remote, "").await;
-    assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
+    assert_eq!(answer_status(answer.as_bytes()), Some(403), "{answer}");
     assert!(answer.contains("link_forbidden"), "{answer}");
     let answer = link_answer(local, "").await;
-    assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+    assert_eq!(answer_status(answer.as_bytes()), Some(101), "{answer}");
     // A client from the same remote address is served as ever.
     let url = ringcast_testkit::ws_url(remote, "remote");
     let (_c, _) = ringcast_testkit::Client::connect_welcomed(&url).await;
@@ -243,12 +247,16 @@ async fn without_a_secret_a_link_through_a_local_proxy_is_refused() {
         "l5d-dst-override: node:9001",
     ] {
         let answer = link_answer(node.addr, &format!("{header}\r\n")).await;
-        assert!(answer.starts_with("HTTP/1.1 403 "), "{header}: {answer}");
+        assert_eq!(
+            answer_status(answer.as_bytes()),
+            Some(403),
+            "{header}: {answer}"
+        );
         assert!(answer.contains("link_forbidden"), "{header}: {answer}");
     }
     // The gateway's own request, from the same host, still gets its link.
     let answer = link_answer(node.addr, "").await;
-    assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+    assert_eq!(answer_status(answer.as_bytes()), Some(101), "{answer}");
 }
 
 #[tokio::test]
@@ -267,7 +275,7 @@ async fn the_versioned_and_the_legacy_token_each_get_a_working_link() {
         let id = token.replace('/', "-");
         stream.write_all(ws_upgrade(&id).as_bytes()).await.unwrap();
         let got = read_until(&mut stream, b"welcome").await;
-        assert!(got.starts_with(b"HTTP/1.1 101 "), "{token}");
+        assert_eq!(answer_status(&got), Some(101), "{token}");
     }
     assert_eq!(node.metric("ringcast_node_links").await, 2.0);
 }
@@ -276,7 +284,7 @@ async fn the_versioned_and_the_legacy_token_each_get_a_working_link() {
 async fn an_unknown_link_version_gets_a_426_naming_the_versions_the_node_speaks() {
     let node = TestNode::start(Config::for_tests()).await;
     let answer = link_answer_to(node.addr, "ringcast-link/7", "").await;
-    assert!(answer.starts_with("HTTP/1.1 426 "), "{answer}");
+    assert_eq!(answer_status(answer.as_bytes()), Some(426), "{answer}");
     let lower = answer.to_ascii_lowercase();
     assert!(
         lower.contains("\r\nupgrade: ringcast-link/1, ringcast-link\r\n"),
@@ -296,7 +304,7 @@ async fn an_unknown_link_version_gets_a_426_naming_the_versions_the_node_speaks(
     assert_eq!(refused, 1.0);
     // Offered beside a version it speaks, the unknown one is passed over.
     let answer = link_answer_to(node.addr, "ringcast-link/7, ringcast-link/1", "").await;
-    assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+    assert_eq!(answer_status(answer.as_bytes()), Some(101), "{answer}");
     let (status, _) = node.get("/healthz").await;
     assert_eq!(status, 200);
 }
@@ -309,7 +317,7 @@ async fn a_legacy_only_node_answers_link_requests_as_the_release_before_did() {
     // What a node of the release before answers the versioned token: its 400, word for word.
     for token in [PROTOCOL, "ringcast-link/7"] {
         let answer = link_answer_to(node.addr, token, "").await;
-        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert_eq!(answer_status(answer.as_bytes()), Some(400), "{answer}");
         assert!(
             answer.contains(
                 r#"{"error":"bad_request","message":"a link is GET /link HTTP/1.1 with Upgrade: ringcast-link"}"#

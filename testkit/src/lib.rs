@@ -297,6 +297,13 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_else(|_| panic!("GET {path} from {addr}: no answer within 5 s"))
 }
 
+/// The status of the answer head at the start of `got` (bytes a raw client read), parsed by
+/// `ringcast_net`'s response head parser; `None` unless a whole, well-formed head is there.
+pub fn answer_status(got: &[u8]) -> Option<u16> {
+    let (head, _) = ringcast_net::http1::client::parse_response_head(got).ok()??;
+    Some(head.status)
+}
+
 /// Sends `request` exactly as given (deliberately odd ones too) and reads the answer: its head
 /// with `ringcast_net`'s reader, its body up to its `Content-Length`, or else to the close (at
 /// most 5 s in all); returns (status, body). Panics on an answer that is no HTTP/1 head, or a

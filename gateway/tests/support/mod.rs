@@ -309,13 +309,6 @@ pub async fn healthz_ok(addr: SocketAddr) -> bool {
     )
 }
 
-/// The status of the answer head at the start of `got` (the bytes a raw client read), if a
-/// whole head is there.
-pub fn answer_status(got: &[u8]) -> Option<u16> {
-    let (head, _) = ringcast_net::http1::client::parse_response_head(got).ok()??;
-    Some(head.status)
-}
-
 /// A valid upgrade request head for `path_and_query` (ends with the blank line).
 pub fn upgrade_request(addr: SocketAddr, path_and_query: &str) -> String {
     format!(
