@@ -30,9 +30,10 @@ use crate::metrics::Metrics;
 use crate::outbound::{ConnId, Outbound, Push, SLOW_CONSUMER};
 use crate::wire;
 
+mod fill;
 pub mod stream;
 
-use stream::{Admit, RoomMembers, PAUSED};
+use stream::{RoomMembers, Stream, Then, PAUSED};
 
 /// Local members of one channel and the state of its bus subscription.
 struct Topic<M> {
@@ -113,6 +114,9 @@ pub struct Hub {
     state: RwLock<State>,
     dirty: Mutex<HashSet<Channel>>,
     dirty_notify: Notify,
+    /// Rooms waiting for a gap fill (each at most once: see `fill.rs`).
+    fills: Mutex<Vec<String>>,
+    fill_notify: Notify,
     /// Whether the bus's subscriptions are live; unset: always.
     bus_live: OnceLock<watch::Receiver<bool>>,
     metrics: Arc<Metrics>,
@@ -152,6 +156,8 @@ impl Hub {
             state: RwLock::new(State::default()),
             dirty: Mutex::new(HashSet::new()),
             dirty_notify: Notify::new(),
+            fills: Mutex::new(Vec::new()),
+            fill_notify: Notify::new(),
             bus_live: OnceLock::new(),
             next_conn: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
@@ -401,14 +407,6 @@ impl Hub {
         }
     }
 
-    /// The last offset and epoch of `room` delivered on this node, if any.
-    pub fn position(&self, room: &str) -> Option<(u64, Arc<str>)> {
-        let state = self.state.read().unwrap_or_else(recover);
-        let topic = state.rooms.get(room)?;
-        let stream = topic.members.stream();
-        stream.last.clone()
-    }
-
     /// Ends the replay of member `out` in `room`: queues `frames` (the last of them the ack)
     /// and lets live messages after offset `through` of `epoch` reach it. Refused, with the
     /// room's position, while this node has already delivered past `through` in that epoch:
@@ -539,45 +537,62 @@ impl Hub {
             return;
         };
         let mut stream = topic.members.stream();
-        let admit = stream.admit(msg.offset, msg.epoch);
-        if admit == Admit::Duplicate {
-            self.metrics.history_duplicates.inc();
-            return;
-        }
-        if let Admit::Reset { missed } = admit {
-            self.metrics.history_resets.inc();
+        let live = stream.live(msg.offset, msg.epoch, &frame);
+        if live.reset {
             warn!(
                 room = msg.room,
                 offset = msg.offset,
-                missed,
-                "room stream broke here: members told history_reset"
+                "room history was lost or reissued: members told history_reset"
             );
-            let reset = wire::text(
-                std::str::from_utf8(
-                    &ServerEvent::HistoryReset {
-                        room: msg.room,
-                        epoch: msg.epoch,
-                    }
-                    .encode(),
-                )
-                .unwrap_or_default(),
-            );
-            self.fan_out(topic.members.values(), &reset, &mut slow);
+            self.send_reset(msg.room, &topic.members, msg.epoch, &mut slow);
         }
-        let sent = if stream.recovering.is_empty() {
-            self.fan_out(topic.members.values(), &frame, &mut slow)
-        } else {
-            let targets: Vec<&Arc<Outbound>> = topic
-                .members
-                .values()
-                .filter(|o| stream.wants(o.id, msg.offset))
-                .collect();
-            self.fan_out(targets.into_iter(), &frame, &mut slow)
+        let sent = match live.then {
+            Then::Deliver => {
+                self.fan_out_stored(&topic.members, &mut stream, msg.offset, &frame, &mut slow)
+            }
+            Then::Drop => {
+                self.metrics.history_duplicates.inc();
+                0
+            }
+            Then::Hold { start_fill } => {
+                if start_fill {
+                    self.request_fill(msg.room);
+                }
+                0
+            }
         };
         drop(stream);
         drop(state);
         self.out_room.inc_by(sent);
         slow.log();
+    }
+
+    /// Tells every member of `room` `history_reset` (the one frame shared by all).
+    fn send_reset(&self, room: &str, members: &RoomMembers, epoch: &str, slow: &mut SlowConsumers) {
+        self.metrics.history_resets.inc();
+        let event = ServerEvent::HistoryReset { room, epoch }.encode();
+        let frame = wire::text(std::str::from_utf8(&event).unwrap_or_default());
+        self.fan_out(members.values(), &frame, slow);
+    }
+
+    /// Queues numbered message `offset` for the members that want it (not those whose replay
+    /// already gave it to them).
+    fn fan_out_stored(
+        &self,
+        members: &RoomMembers,
+        stream: &mut Stream,
+        offset: u64,
+        frame: &Bytes,
+        slow: &mut SlowConsumers,
+    ) -> u64 {
+        if stream.recovering.is_empty() {
+            return self.fan_out(members.values(), frame, slow);
+        }
+        let targets: Vec<&Arc<Outbound>> = members
+            .values()
+            .filter(|o| stream.wants(o.id, offset))
+            .collect();
+        self.fan_out(targets.into_iter(), frame, slow)
     }
 
     /// Queues `frame` for every target; the ones this call closed as slow consumers are added

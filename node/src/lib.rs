@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod bus;
 pub mod config;
+pub mod gap_fill;
 pub mod http;
 pub mod hub;
 pub mod metrics;
@@ -115,6 +116,11 @@ async fn run_on_bus(
     }
     let registration = config.registration();
     hub.follow_bus(bus.subscriptions_live());
+    let reader = gap_fill::Reader {
+        bus: bus.clone(),
+        bus_timeout: config.bus_timeout(),
+        meta_ttl: config.meta_ttl(),
+    };
     // The one shutdown value every part gets; `shutdown` (which ends when it turns true or its
     // sender is gone) only begins it.
     let drain = Drain::new();
@@ -131,6 +137,7 @@ async fn run_on_bus(
         metrics,
         drain.clone(),
     ));
+    drain.spawn(gap_fill::run(hub.clone(), reader, drain.clone()));
     drain.spawn(subscriptions::run(hub, bus, drain.clone()));
     // Runs beside the server in this same future (not spawned), so a node that stops or is
     // dropped stops heartbeating; once draining begins it deregisters.

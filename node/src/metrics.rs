@@ -55,6 +55,8 @@ pub struct Metrics {
     pub recoveries: IntCounterVec,
     /// Messages replayed to joiners from history.
     pub replayed: IntCounter,
+    /// Messages this node missed on the bus and delivered from history (gap fill).
+    pub gap_filled: IntCounter,
 }
 
 impl Metrics {
@@ -192,6 +194,10 @@ impl Metrics {
             replayed: counter(
                 "ringcast_node_replayed_total",
                 "Messages replayed to joiners from history",
+            ),
+            gap_filled: counter(
+                "ringcast_node_gap_filled_total",
+                "Room messages missed on the bus and delivered from history instead",
             ),
             registry,
         }

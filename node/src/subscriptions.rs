@@ -11,7 +11,8 @@
 //! churn, what changes within a window goes out as one command, a millisecond later at most.
 //!
 //! It also follows whether the bus's subscriptions are live: once a bus that lost them has them
-//! all again, it tells the hub, which wakes the joins that waited meanwhile.
+//! all again, it tells the hub, which wakes the joins that waited meanwhile and fills the rooms'
+//! gaps from history (`gap_fill.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,6 +112,8 @@ fn follow(
     }
     if *live_rx.borrow_and_update() {
         hub.resume();
+        // What was published while the subscriptions were down is in history only.
+        hub.refill_all();
     }
     true
 }

@@ -167,6 +167,7 @@ impl Session {
     /// was published after the subscription was active, so it arrives live.
     async fn ack_plain(&self, room: &str, _keep: Keep) -> Result<(), JoinFailed> {
         let page = self.page(room, HistoryQuery::Newest, 0).await?;
+        self.shared.hub.note_joined(room, page.top, &page.epoch);
         let ack = ServerEvent::UserJoined {
             user_id: &self.out.client_id,
             room,
@@ -256,6 +257,7 @@ impl Session {
                     .caught_up(room, &self.out, cursor, &epoch, &ack)
                     .is_ok()
                 {
+                    self.shared.hub.note_joined(room, cursor, &epoch);
                     let outcome = if recovered {
                         "recovered"
                     } else {
