@@ -612,3 +612,41 @@ async fn with_appendfsync_always_members_who_stay_connected_through_a_redis_rest
     }
     assert_exact("publisher", &own_chats);
 }
+
+#[tokio::test]
+async fn the_last_message_published_while_nodes_resubscribe_arrives_without_a_next_one() {
+    let redis = RedisServer::start();
+    let nodes = support::start_nodes(&redis, &["n1", "n2"]).await;
+    let (mut m, _) = Client::connect_welcomed(&nodes[1].ws_url("m")).await;
+    join(&mut m, "m", "r", None).await;
+    let (mut p, _) = Client::connect_welcomed(&nodes[0].ws_url("p")).await;
+    join(&mut p, "p", "r", None).await;
+    post(&mut p, "r", 1).await;
+    assert_eq!(m.recv_event("chat").await["offset"], 1);
+    // Existing connections stay; the subscribers Redis now drops cannot come back until the
+    // limit is lifted, so the next message is published with no node subscribed.
+    let mut admin = support::inspector(&redis).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "maxclients", "1"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    post(&mut p, "r", 2).await;
+    m.expect_silence(Duration::from_millis(500)).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "maxclients", "10000"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    // Once resubscribed, the node reads what it missed: no later message needed to notice.
+    let chat = m.recv_event("chat").await;
+    assert_eq!((chat["offset"].clone(), chat["content"].clone()), (json!(2), json!(2)));
+    assert_eq!(p.recv_event("chat").await["offset"], 1);
+    assert_eq!(p.recv_event("chat").await["offset"], 2);
+    assert!(nodes[1].metric("ringcast_node_gap_filled_total").await >= 1.0);
+}
