@@ -645,7 +645,10 @@ async fn the_last_message_published_while_nodes_resubscribe_arrives_without_a_ne
         .unwrap();
     // Once resubscribed, the node reads what it missed: no later message needed to notice.
     let chat = m.recv_event("chat").await;
-    assert_eq!((chat["offset"].clone(), chat["content"].clone()), (json!(2), json!(2)));
+    assert_eq!(
+        (chat["offset"].clone(), chat["content"].clone()),
+        (json!(2), json!(2))
+    );
     assert_eq!(p.recv_event("chat").await["offset"], 1);
     assert_eq!(p.recv_event("chat").await["offset"], 2);
     assert!(nodes[1].metric("ringcast_node_gap_filled_total").await >= 1.0);
