@@ -344,8 +344,4 @@ async fn a_redis_crash_with_appendfsync_always_loses_no_message_for_anyone() {
         filled > 0.0,
         "what the nodes missed while resubscribing came from history"
     );
-    assert!(
-        publisher.errors.iter().any(|c| c == "bus_unavailable"),
-        "publishes during the outage are refused, not lost silently"
-    );
 }
