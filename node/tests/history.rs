@@ -653,3 +653,25 @@ async fn the_last_message_published_while_nodes_resubscribe_arrives_without_a_ne
     assert_eq!(p.recv_event("chat").await["offset"], 2);
     assert!(nodes[1].metric("ringcast_node_gap_filled_total").await >= 1.0);
 }
+
+#[tokio::test]
+async fn a_flushed_script_cache_costs_nothing_and_publishes_nothing_twice() {
+    let redis = RedisServer::start();
+    let nodes = support::start_nodes(&redis, &["n1"]).await;
+    let (mut p, _) = Client::connect_welcomed(&nodes[0].ws_url("p")).await;
+    join(&mut p, "p", "r", None).await;
+    for round in 0..3u64 {
+        // Redis forgets the publish script (as after `SCRIPT FLUSH` or a restart): the node
+        // finds out from NOSCRIPT and sends it again.
+        redis.cli(&["SCRIPT", "FLUSH"]).unwrap();
+        for n in 1..=20 {
+            post(&mut p, "r", round * 100 + n).await;
+        }
+        let got = chats_through(&mut p, round * 100 + 20).await;
+        assert_eq!(
+            got,
+            (round * 100 + 1..=round * 100 + 20).collect::<Vec<_>>()
+        );
+    }
+    p.expect_silence(Duration::from_millis(200)).await;
+}

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# What history costs on the standard fan-out bench: the same two scenarios through the gateway
+# with every room keeping history (the default, `history` 500) and with none
+# (RINGCAST_ROOM_OPTIONS='*:history=0'), alternating off, on, off, on… so both see the same
+# machine. Each pass starts a fresh Redis, two nodes and a gateway. Prints a Markdown table.
+#
+#   loadtest/bench-history.sh [--bin-dir DIR] [--rounds N] [--duration-secs S]
+# Needs redis-server, curl and python3; builds the release binaries unless --bin-dir is given.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+BIN="" ROUNDS=2 SECS=10
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --bin-dir) BIN="$2"; shift ;;
+        --rounds) ROUNDS="$2"; shift ;;
+        --duration-secs) SECS="$2"; shift ;;
+        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+for c in redis-server redis-cli curl python3; do command -v "$c" >/dev/null || die "$c not found"; done
+if [ -z "$BIN" ]; then
+    cargo build --release --quiet -p ringcast-node -p ringcast-gateway -p ringcast-loadtest
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+fi
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/ringcast-bench-history.XXXXXX")"
+PIDS=()
+down() {
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill "${PIDS[i]}" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    PIDS=()
+}
+trap 'down; rm -rf "$WORK"' EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() {
+    for _ in $(seq 1 200); do curl -s -o /dev/null --max-time 1 "$1" && return 0; sleep 0.05; done
+    die "$1 did not answer within 10 s"
+}
+up() { # up OPTIONS: Redis, two nodes with RINGCAST_ROOM_OPTIONS=OPTIONS, a gateway
+    local rp; rp=$(free_port)
+    redis-server --port "$rp" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 &
+    PIDS+=("$!")
+    for _ in $(seq 1 100); do redis-cli -p "$rp" ping >/dev/null 2>&1 && break; sleep 0.05; done
+    local nodes=()
+    for i in 1 2; do
+        local p; p=$(free_port)
+        RINGCAST_ROOM_OPTIONS="$1" "$BIN/ringcast-node" --listen "127.0.0.1:$p" --node-id "node$i" \
+            --redis-url "redis://127.0.0.1:$rp" --announce-connections=false \
+            --rate-limit-per-sec 1000000 --rate-limit-burst 1000000 >"$WORK/node$i.log" 2>&1 &
+        PIDS+=("$!")
+        nodes+=(--node "node$i=127.0.0.1:$p")
+        wait_http "http://127.0.0.1:$p/healthz"
+    done
+    GW_PORT=$(free_port)
+    "$BIN/ringcast-gateway" --listen "127.0.0.1:$GW_PORT" "${nodes[@]}" >"$WORK/gateway.log" 2>&1 &
+    PIDS+=("$!")
+    wait_http "http://127.0.0.1:$GW_PORT/healthz"
+}
+SCENARIOS=(
+    "fan-out 100 members, 4 pub × 2 500/s|fanout --subscribers 100 --rooms 1 --publishers 4 --rate 2500"
+    "1 000 rooms × 2 members, 1 000 pub × 60/s|fanout --subscribers 2000 --rooms 1000 --publishers 1000 --rate 60"
+)
+echo "| scenario | history | run | result | loss | p50 | p99 | p99.9 |"
+echo "|---|---|---|---|---|---|---|---|"
+for round in $(seq 1 "$ROUNDS"); do
+    for mode in off on; do
+        if [ "$mode" = off ]; then opts='*:history=0'; else opts='*:history=500'; fi
+        up "$opts"
+        for s in "${SCENARIOS[@]}"; do
+            label="${s%%|*}" args="${s#*|}"
+            # shellcheck disable=SC2086
+            "$BIN/ringcast-loadtest" --no-progress --json --url "ws://127.0.0.1:$GW_PORT/ws" \
+                $args --duration-secs "$SECS" >"$WORK/out.json" 2>"$WORK/lt.log" || true
+            python3 - "$label" "$mode" "$round" "$WORK/out.json" <<'PY'
+import json, sys
+label, mode, rnd, path = sys.argv[1:]
+try:
+    r = json.load(open(path))
+except Exception as e:
+    print(f"| {label} | {mode} | {rnd} | failed: {e} | | | | |"); sys.exit()
+lat = r.get("latency") or {}
+f = lambda k: "–" if lat.get(k) is None else f"{lat[k] / 1000:.1f} ms"
+print(f"| {label} | {mode} | {rnd} | **{r['deliveries_per_sec']:,.0f} deliveries/s** "
+      f"(offered {r['expected'] / r['duration_secs']:,.0f}/s) | {r['lost']} of {r['expected']} "
+      f"| {f('p50_us')} | {f('p99_us')} | {f('p999_us')} |")
+PY
+        done
+        down
+    done
+done
