@@ -335,13 +335,6 @@ async fn a_redis_crash_with_appendfsync_always_loses_no_message_for_anyone() {
     let (publisher, members) = stream_through(&mut c, |c, _| c.redis.restart()).await;
     // Nobody reconnects: the nodes keep their clients through the outage and fill the gap.
     assert_everyone_got_exactly_what_was_stored("Redis SIGKILL", &publisher, &members, false);
-    let mut filled = 0.0;
-    for node in &c.nodes {
-        let (_, text) = ringcast_testkit::http_get(node.addr, "/metrics").await;
-        filled += ringcast_testkit::metric_sum(&text, "ringcast_node_gap_filled_total");
-    }
-    assert!(
-        filled > 0.0,
-        "what the nodes missed while resubscribing came from history"
-    );
+    // Whether anything was published inside a node's resubscribe window depends on timing
+    // (all publishes may have been refused meanwhile); node/tests/history.rs forces that case.
 }
