@@ -234,7 +234,9 @@ pub struct FaultsArgs {
     pub cluster: std::path::PathBuf,
 
     /// The node drained and crashed (a cluster.sh name such as node-2), or `busiest`: the one
-    /// serving the most of this run's clients when the fault starts (from their `welcome`).
+    /// serving the most subscribers when the fault starts (from their `welcome`), other than
+    /// the publisher's while another node serves anyone — so the stream goes on through the
+    /// fault and the subscribers must recover what they missed. Give it 3 nodes or more.
     #[arg(long, env = "RINGCAST_LOADTEST_NODE", default_value = "busiest")]
     pub node: String,
 

@@ -285,7 +285,9 @@ pub async fn run(
         phase.store(k + 1, Ordering::Relaxed);
         bar.set_message(format!("{fault:?}"));
         let node = match args.node.as_str() {
-            "busiest" => placement.busiest().unwrap_or_else(|| "node-1".into()),
+            "busiest" => placement
+                .busiest(Some(args.subscribers))
+                .unwrap_or_else(|| "node-1".into()),
             n => n.to_owned(),
         };
         let target = match fault {

@@ -260,11 +260,22 @@ impl Placement {
         }
     }
 
-    /// The node serving the most clients right now, if any is known.
-    pub fn busiest(&self) -> Option<String> {
+    /// The node serving the most clients right now, if any is known; with `spare`, a node that
+    /// does not serve client `spare` (a fault there leaves that client — the publisher — going),
+    /// unless it is the only one serving anybody.
+    pub fn busiest(&self, spare: Option<usize>) -> Option<String> {
         let p = self.0.lock().ok()?;
+        let spared = spare.and_then(|i| p.get(i)).cloned().flatten();
+        let others = p
+            .iter()
+            .flatten()
+            .filter(|n| Some(*n) != spared.as_ref())
+            .count();
         let mut counts: Vec<(&str, usize)> = Vec::new();
         for node in p.iter().flatten() {
+            if others > 0 && Some(node) == spared.as_ref() {
+                continue;
+            }
             match counts.iter_mut().find(|(n, _)| *n == node.as_str()) {
                 Some((_, c)) => *c += 1,
                 None => counts.push((node.as_str(), 1)),
@@ -559,22 +570,31 @@ mod tests {
 
     #[test]
     fn busiest_node_is_the_one_serving_most_clients() {
-        let p = Placement::new(5);
-        assert_eq!(p.busiest(), None);
+        let p = Placement::new(6);
+        assert_eq!(p.busiest(None), None);
         for (i, n) in ["node-2", "node-1", "node-2", "node-1"].iter().enumerate() {
             p.set(i, Some((*n).into()));
         }
         assert_eq!(
-            p.busiest().as_deref(),
+            p.busiest(None).as_deref(),
             Some("node-1"),
             "a tie goes to the smaller name"
         );
         p.set(4, Some("node-2".into()));
         p.set(99, Some("node-3".into())); // out of range: ignored
-        assert_eq!(p.busiest().as_deref(), Some("node-2"));
-        p.set(4, None);
-        p.set(0, None);
-        assert_eq!(p.busiest().as_deref(), Some("node-1"));
+        assert_eq!(p.busiest(None).as_deref(), Some("node-2"));
+        // Client 5 (the publisher) is on node-2: spare it while anyone else is elsewhere.
+        p.set(5, Some("node-2".into()));
+        assert_eq!(p.busiest(Some(5)).as_deref(), Some("node-1"));
+        p.set(1, None);
+        p.set(3, None);
+        assert_eq!(
+            p.busiest(Some(5)).as_deref(),
+            Some("node-2"),
+            "nobody elsewhere"
+        );
+        p.set(5, None);
+        assert_eq!(p.busiest(Some(5)).as_deref(), Some("node-2"));
     }
 
     #[test]
