@@ -302,6 +302,15 @@ async fn stopped(stop_rx: &mut watch::Receiver<bool>) {
     let _ = stop_rx.wait_for(|s| *s).await;
 }
 
+/// Sends one text frame, giving up after `limit` (a connection nobody reads any more).
+async fn send_within(ws: &mut Ws, text: String, limit: Duration) -> Result<(), String> {
+    match tokio::time::timeout(limit, ws.send(Message::text(text))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("send blocked for {limit:?}")),
+    }
+}
+
 /// Longest wait between reconnection attempts.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -366,7 +375,7 @@ pub async fn stay<F: Frames>(
             stats[i].reconnects += 1;
         }
         let join = join_frame(&member.room, since.as_ref());
-        if let Err(e) = ws.send(Message::text(join)).await {
+        if let Err(e) = send_within(&mut ws, join, c.timeout()).await {
             if let Some(tx) = ready_tx.take() {
                 let _ = tx
                     .send(Err(fail(format!("sending join_room failed: {e}"))))
@@ -468,7 +477,7 @@ pub async fn stay<F: Frames>(
                 } => {
                     if let Some(p) = pacer.as_ref() {
                         let seq = p.next_seq.load(Ordering::Relaxed);
-                        if ws.send(Message::text(p.builder.frame(seq))).await.is_err() {
+                        if send_within(&mut ws, p.builder.frame(seq), c.timeout()).await.is_err() {
                             continue 'connections;
                         }
                         p.next_seq.store(seq + 1, Ordering::Relaxed);
