@@ -8,14 +8,13 @@
 //! offsets, its own join acks, `history_reset`, `bus_unavailable` — into [`RecoverStats`] per
 //! phase, so the `faults` scenario can say which fault caused what. A publisher paces numbered
 //! room messages on the same connection ([`Pacer`]) and carries its sequence across reconnects.
+//! What the frames say is read in [`crate::rejoin`]; this file owns the connection.
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -23,89 +22,10 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::conn::Ws;
 use crate::connect::Connector;
 use crate::error::ConnectError;
+use crate::placement::Placement;
 use crate::receiver::Receiver;
+use crate::rejoin::{classify, join_frame, Event, Position};
 use crate::stamp::{now_micros, FrameBuilder};
-
-/// Where a client's copy of the room ends: the `since` of its next rejoin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Position {
-    /// The last offset it has.
-    pub offset: u64,
-    /// The epoch of that offset.
-    pub epoch: String,
-}
-
-/// What recovery needs to know about one frame.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Event {
-    /// A room message of this room, with its offset.
-    Chat(Position),
-    /// This client's own `user_joined` in this room: `recovered` (only after a join with
-    /// `since`) and where the server says the client now is.
-    Ack {
-        /// Whether everything after `since` was replayed.
-        recovered: Option<bool>,
-        /// The offset and epoch the ack carries.
-        at: Option<Position>,
-    },
-    /// The room's history was lost.
-    HistoryReset,
-    /// An `error` event, with its code.
-    Error(String),
-    /// Anything else.
-    Other,
-}
-
-/// The fields of an event recovery looks at; serde skips the rest.
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(borrow)]
-    event: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    user_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    room: Option<Cow<'a, str>>,
-    offset: Option<u64>,
-    #[serde(borrow)]
-    epoch: Option<Cow<'a, str>>,
-    recovered: Option<bool>,
-    #[serde(borrow)]
-    code: Option<Cow<'a, str>>,
-}
-
-/// Classifies one text frame for client `me` in `room`; anything unparsable is [`Event::Other`].
-pub fn classify(frame: &[u8], me: &str, room: &str) -> Event {
-    let Ok(h) = serde_json::from_slice::<Head<'_>>(frame) else {
-        return Event::Other;
-    };
-    let in_room = h.room.as_deref() == Some(room);
-    let at = match (h.offset, h.epoch) {
-        (Some(offset), Some(epoch)) => Some(Position {
-            offset,
-            epoch: epoch.into_owned(),
-        }),
-        _ => None,
-    };
-    match h.event.as_deref() {
-        Some("chat") if in_room => at.map_or(Event::Other, Event::Chat),
-        Some("user_joined") if in_room && h.user_id.as_deref() == Some(me) => Event::Ack {
-            recovered: h.recovered,
-            at,
-        },
-        Some("history_reset") if in_room => Event::HistoryReset,
-        Some("error") => Event::Error(h.code.map(Cow::into_owned).unwrap_or_default()),
-        _ => Event::Other,
-    }
-}
-
-/// The `join_room` request, with `since` when the client has a position.
-pub fn join_frame(room: &str, since: Option<&Position>) -> String {
-    let mut join = serde_json::json!({"type": "join_room", "room": room});
-    if let Some(p) = since {
-        join["since"] = serde_json::json!({"offset": p.offset, "epoch": p.epoch});
-    }
-    join.to_string()
-}
 
 /// Exponential backoff between reconnection attempts: from `first`, doubling, at most `max`.
 #[derive(Debug, Clone)]
@@ -239,52 +159,6 @@ pub struct Member {
     pub phases: usize,
     /// Where to note the node that serves it (from `welcome`), if the run wants to know.
     pub placement: Option<Placement>,
-}
-
-/// The node serving each client, by client index (`None` while it has no connection).
-#[derive(Debug, Clone, Default)]
-pub struct Placement(Arc<Mutex<Vec<Option<String>>>>);
-
-impl Placement {
-    /// Room for `clients` clients.
-    pub fn new(clients: usize) -> Self {
-        Placement(Arc::new(Mutex::new(vec![None; clients])))
-    }
-
-    /// Notes that client `index` is served by `node`.
-    pub fn set(&self, index: usize, node: Option<String>) {
-        if let Ok(mut p) = self.0.lock() {
-            if let Some(slot) = p.get_mut(index) {
-                *slot = node;
-            }
-        }
-    }
-
-    /// The node serving the most clients right now, if any is known; with `spare`, a node that
-    /// does not serve client `spare` (a fault there leaves that client — the publisher — going),
-    /// unless it is the only one serving anybody.
-    pub fn busiest(&self, spare: Option<usize>) -> Option<String> {
-        let p = self.0.lock().ok()?;
-        let spared = spare.and_then(|i| p.get(i)).cloned().flatten();
-        let others = p
-            .iter()
-            .flatten()
-            .filter(|n| Some(*n) != spared.as_ref())
-            .count();
-        let mut counts: Vec<(&str, usize)> = Vec::new();
-        for node in p.iter().flatten() {
-            if others > 0 && Some(node) == spared.as_ref() {
-                continue;
-            }
-            match counts.iter_mut().find(|(n, _)| *n == node.as_str()) {
-                Some((_, c)) => *c += 1,
-                None => counts.push((node.as_str(), 1)),
-            }
-        }
-        // Ties go to the smallest name, so the choice is stable.
-        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        counts.first().map(|(n, _)| (*n).to_owned())
-    }
 }
 
 /// What a recovering client hands back when the run stops.
@@ -502,109 +376,6 @@ pub async fn stay<F: Frames>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pos(offset: u64, epoch: &str) -> Position {
-        Position {
-            offset,
-            epoch: epoch.into(),
-        }
-    }
-
-    #[test]
-    fn classifies_what_recovery_needs() {
-        let c = |f: &str| classify(f.as_bytes(), "me", "r");
-        assert_eq!(
-            c(
-                r#"{"event":"chat","from":"p","room":"r","content":"lt1 0 1 2","offset":7,"epoch":"E"}"#
-            ),
-            Event::Chat(pos(7, "E"))
-        );
-        // Another room's message, or one without an offset, moves nothing.
-        assert_eq!(
-            c(r#"{"event":"chat","room":"x","content":"a","offset":7,"epoch":"E"}"#),
-            Event::Other
-        );
-        assert_eq!(
-            c(r#"{"event":"chat","room":"r","content":"a"}"#),
-            Event::Other
-        );
-        assert_eq!(
-            c(
-                r#"{"event":"user_joined","user_id":"me","room":"r","recovered":false,"offset":3,"epoch":"F"}"#
-            ),
-            Event::Ack {
-                recovered: Some(false),
-                at: Some(pos(3, "F"))
-            }
-        );
-        assert_eq!(
-            c(r#"{"event":"user_joined","user_id":"me","room":"r","offset":0,"epoch":"F"}"#),
-            Event::Ack {
-                recovered: None,
-                at: Some(pos(0, "F"))
-            }
-        );
-        // Someone else's join is not an ack.
-        assert_eq!(
-            c(r#"{"event":"user_joined","user_id":"you","room":"r","recovered":true}"#),
-            Event::Other
-        );
-        assert_eq!(
-            c(r#"{"event":"history_reset","room":"r","epoch":"G"}"#),
-            Event::HistoryReset
-        );
-        assert_eq!(
-            c(r#"{"event":"error","code":"bus_unavailable","message":"x"}"#),
-            Event::Error("bus_unavailable".into())
-        );
-        for junk in [
-            "",
-            "{",
-            "[1]",
-            r#"{"event":5}"#,
-            r#"{"event":"chat","offset":-1}"#,
-        ] {
-            assert_eq!(c(junk), Event::Other, "{junk}");
-        }
-    }
-
-    #[test]
-    fn join_carries_since_only_with_a_position() {
-        let v: serde_json::Value = serde_json::from_str(&join_frame("r", None)).unwrap();
-        assert_eq!(v, serde_json::json!({"type":"join_room","room":"r"}));
-        let v: serde_json::Value =
-            serde_json::from_str(&join_frame("r", Some(&pos(9, "E")))).unwrap();
-        assert_eq!(v["since"], serde_json::json!({"offset":9,"epoch":"E"}));
-    }
-
-    #[test]
-    fn busiest_node_is_the_one_serving_most_clients() {
-        let p = Placement::new(6);
-        assert_eq!(p.busiest(None), None);
-        for (i, n) in ["node-2", "node-1", "node-2", "node-1"].iter().enumerate() {
-            p.set(i, Some((*n).into()));
-        }
-        assert_eq!(
-            p.busiest(None).as_deref(),
-            Some("node-1"),
-            "a tie goes to the smaller name"
-        );
-        p.set(4, Some("node-2".into()));
-        p.set(99, Some("node-3".into())); // out of range: ignored
-        assert_eq!(p.busiest(None).as_deref(), Some("node-2"));
-        // Client 5 (the publisher) is on node-2: spare it while anyone else is elsewhere.
-        p.set(5, Some("node-2".into()));
-        assert_eq!(p.busiest(Some(5)).as_deref(), Some("node-1"));
-        p.set(1, None);
-        p.set(3, None);
-        assert_eq!(
-            p.busiest(Some(5)).as_deref(),
-            Some("node-2"),
-            "nobody elsewhere"
-        );
-        p.set(5, None);
-        assert_eq!(p.busiest(Some(5)).as_deref(), Some("node-2"));
-    }
 
     #[test]
     fn backoff_doubles_up_to_its_bound_and_resets() {
