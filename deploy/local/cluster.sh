@@ -4,6 +4,8 @@
 #   cluster.sh up [--nodes N] [--gateway-port P] [--redis-port P] [--build] [--release]
 #   cluster.sh add             one more node, registering through the same Redis
 #   cluster.sh drain NAME      SIGTERM one node (e.g. node-2): /healthz 503, 1012 to its clients
+#   cluster.sh kill NAME       SIGKILL one node or redis (a crash; nothing is restarted)
+#   cluster.sh restart NAME    start a stopped node or redis again: same port, same flags
 #   cluster.sh status          each process, its URL and health
 #   cluster.sh down            stops exactly what `up`/`add` started (by PID, identity checked)
 #
@@ -14,6 +16,11 @@
 # Binaries: $RINGCAST_BIN_DIR if set; else the newer of target/release and target/debug that
 # holds both; when neither does (or with --build) they are built with `cargo build --locked`
 # (add --release for an optimized build). The script says which it uses.
+#
+# Extra node flags (e.g. `--rate-limit-per-sec 1000`): $RINGCAST_LOCAL_NODE_ARGS at `up`, split on
+# spaces; recorded, so `add` and `restart` give later nodes the same.
+# `kill` and `restart` are for fault drills (ringcast-loadtest faults): a restarted node keeps its
+# node id and port, a restarted Redis its port and flags (no persistence: its data is gone).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -23,11 +30,13 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 # delay (time for the gateway to take the node off its ring), then up to the grace to close.
 DRAIN_DELAY_SECS="${RINGCAST_LOCAL_DRAIN_DELAY_SECS:-2}"
 SHUTDOWN_GRACE_SECS="${RINGCAST_LOCAL_SHUTDOWN_GRACE_SECS:-5}"
+# shellcheck disable=SC2206 # split on spaces on purpose: a flag list
+NODE_ARGS=(${RINGCAST_LOCAL_NODE_ARGS:-})
 
 log() { printf '%s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 # --- processes ------------------------------------------------------------------------------
 
@@ -166,16 +175,21 @@ find_binaries() {
 # flags below configure them. (Used inline: `env … BINARY &` keeps $! the binary's own PID.)
 CLEAN_ENV=($(env | sed -n 's/^\(RINGCAST_[A-Za-z0-9_]*\)=.*/-u \1/p') "RUST_LOG=${RUST_LOG:-info}")
 
+# The log of NAME's previous run (before a restart) stays as NAME.prev.log.
+keep_log() { [ ! -f "$STATE/$1.log" ] || mv -f "$STATE/$1.log" "$STATE/$1.prev.log"; }
+
+# start_node INDEX [PORT]: PORT (a restart) is tried first, then free ports.
 start_node() {
-    local index="$1" name="node-$1" port redis_port pid try
+    local index="$1" name="node-$1" port redis_port pid try want="${2:-}"
     redis_port="$(cat "$STATE/redis.port")"
     for try in 1 2 3; do
-        port="$(free_port)"
+        if [ -n "$want" ]; then port="$want"; want=""; else port="$(free_port)"; fi
+        keep_log "$name"
         env "${CLEAN_ENV[@]}" "$BIN/ringcast-node" \
             --listen "127.0.0.1:$port" --node-id "$name" \
             --redis-url "redis://127.0.0.1:$redis_port" --advertise "127.0.0.1:$port" \
             --drain-delay-secs "$DRAIN_DELAY_SECS" --shutdown-grace-secs "$SHUTDOWN_GRACE_SECS" \
-            > "$STATE/$name.log" 2>&1 < /dev/null &
+            ${NODE_ARGS[@]+"${NODE_ARGS[@]}"} > "$STATE/$name.log" 2>&1 < /dev/null &
         pid=$!
         record "$name" "$pid" "?"
         sleep 0.2
@@ -192,6 +206,20 @@ start_node() {
     log "started $name (pid $(ours "$name")) ws://127.0.0.1:$port/ws"
     [ "$index" -gt "$(cat "$STATE/nodes" 2>/dev/null || echo 0)" ] && printf '%s\n' "$index" > "$STATE/nodes"
     return 0
+}
+
+# start_redis PORT: a private redis-server without persistence.
+start_redis() {
+    local port="$1" pid
+    keep_log redis
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$STATE" --daemonize no > "$STATE/redis.log" 2>&1 < /dev/null &
+    pid=$!
+    record redis "$pid" "?"
+    printf '%s\n' "$port" > "$STATE/redis.port"
+    wait_for redis "redis-server" 10 redis_up "$port"
+    record redis "$pid"
+    log "started redis (pid $(ours redis)) redis://127.0.0.1:$port"
 }
 
 node_names() { local f; for f in "$STATE"/node-*.pid; do [ -e "$f" ] && basename "$f" .pid; done | sort -t- -k2 -n; }
@@ -218,6 +246,7 @@ cmd_up() {
     done
     rm -f "$STATE"/*.pid "$STATE"/*.port "$STATE/nodes"
     find_binaries "$build" "$release"
+    printf '%s\n' "${NODE_ARGS[*]:-}" > "$STATE/node_args"
     [ -n "$redis_port" ] || redis_port="$(free_port)"
     port_busy "$gateway_port" && die "gateway port $gateway_port is in use: pass --gateway-port"
     port_busy "$redis_port" && die "redis port $redis_port is in use: pass --redis-port"
@@ -225,14 +254,7 @@ cmd_up() {
     trap 'log "up failed; stopping what was started"; cmd_down >/dev/null 2>&1 || true' EXIT
     local pid
 
-    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-        --dir "$STATE" --daemonize no > "$STATE/redis.log" 2>&1 < /dev/null &
-    pid=$!
-    record redis "$pid" "?"
-    printf '%s\n' "$redis_port" > "$STATE/redis.port"
-    wait_for redis "redis-server" 10 redis_up "$redis_port"
-    record redis "$pid"
-    log "started redis (pid $(ours redis)) redis://127.0.0.1:$redis_port"
+    start_redis "$redis_port"
 
     local i
     for ((i = 1; i <= nodes; i++)); do start_node "$i"; done
@@ -251,9 +273,16 @@ cmd_up() {
     printf 'ws://127.0.0.1:%s/ws\n' "$gateway_port"
 }
 
+# The node flags `up` was given (not the caller's $RINGCAST_LOCAL_NODE_ARGS now).
+recorded_node_args() {
+    # shellcheck disable=SC2207 # split on spaces on purpose: a flag list
+    [ ! -f "$STATE/node_args" ] || NODE_ARGS=($(cat "$STATE/node_args"))
+}
+
 cmd_add() {
     [ -f "$STATE/bin_dir" ] && ours redis >/dev/null || die "no cluster is up (run '$0 up' first)"
     BIN="$(cat "$STATE/bin_dir")"
+    recorded_node_args
     local next=$(( $(cat "$STATE/nodes" 2>/dev/null || echo 0) + 1 ))
     start_node "$next"
     printf 'node-%s\n' "$next"
@@ -264,6 +293,33 @@ cmd_drain() {
     [[ "$name" == node-* ]] || die "only nodes are drained; use down for the rest"
     ours "$name" >/dev/null || die "$name is not running"
     stop_one "$name" $((DRAIN_DELAY_SECS + SHUTDOWN_GRACE_SECS + 5))
+}
+
+cmd_kill() {
+    local name="${1:?kill needs a name, e.g. node-2 or redis}" pid i
+    [[ "$name" == node-* || "$name" == redis ]] || die "only nodes and redis are killed; use down for the rest"
+    pid="$(ours "$name")" || die "$name is not running"
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do ours "$name" >/dev/null || break; sleep 0.1; done
+    ours "$name" >/dev/null && die "$name (pid $pid) still alive 5 s after SIGKILL"
+    log "killed $name (pid $pid)"
+}
+
+# Starts NAME again from what the state folder recorded (its port, the binaries of `up`). Its
+# .pid file stays, so `down` still finds it.
+cmd_restart() {
+    local name="${1:?restart needs a name, e.g. node-2 or redis}" port
+    [ -f "$STATE/bin_dir" ] || die "no cluster was started from $STATE (run '$0 up' first)"
+    ours "$name" >/dev/null && die "$name is running; drain or kill it first"
+    port="$(cat "$STATE/$name.port" 2>/dev/null)" || die "no port recorded for $name"
+    BIN="$(cat "$STATE/bin_dir")"
+    recorded_node_args
+    case "$name" in
+        redis) start_redis "$port" ;;
+        node-*) [[ "${name#node-}" =~ ^[0-9]+$ ]] || die "bad node name $name"
+                start_node "${name#node-}" "$port" ;;
+        *) die "only nodes and redis are restarted" ;;
+    esac
 }
 
 cmd_down() {
@@ -303,6 +359,8 @@ case "${1:-}" in
     up) shift; cmd_up "$@" ;;
     add) cmd_add ;;
     drain) shift; cmd_drain "$@" ;;
+    kill) shift; cmd_kill "$@" ;;
+    restart) shift; cmd_restart "$@" ;;
     down) cmd_down ;;
     status) cmd_status ;;
     *) usage ;;

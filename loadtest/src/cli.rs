@@ -119,6 +119,9 @@ pub enum Scenario {
     Direct(DirectArgs),
     /// Connect/join/leave/disconnect cycles; then checks /stats returns to zero.
     Churn(ChurnArgs),
+    /// A numbered stream in one room through node drain/crash and Redis crash on a
+    /// deploy/local/cluster.sh cluster; per fault: sent, stored, refused, missing, duplicated.
+    Faults(FaultsArgs),
 }
 
 impl Scenario {
@@ -169,6 +172,97 @@ pub struct FanoutArgs {
     /// A tiny smoke run: 20 subscribers, 2 rooms, 2 publishers at 20 msg/s for 1 s.
     #[arg(long, env = "RINGCAST_LOADTEST_QUICK")]
     pub quick: bool,
+
+    /// Keep every client in its room through closes: reconnect (bounded backoff) with the same
+    /// client_id and rejoin with `since`; loss then counts against what each publisher saw
+    /// stored. Clients read on tungstenite, not the faster hand reader; needs a --rate.
+    #[arg(long, env = "RINGCAST_LOADTEST_RECOVER")]
+    pub recover: bool,
+}
+
+/// A fault the `faults` scenario applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// SIGTERM one node (`cluster.sh drain`: 1012 to its clients), then restart it.
+    Drain,
+    /// SIGKILL one node (`cluster.sh kill`), then restart it.
+    Crash,
+    /// SIGKILL Redis, then restart it with the same port and flags.
+    Redis,
+}
+
+impl Fault {
+    /// The fault's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Drain => "drain",
+            Fault::Crash => "crash",
+            Fault::Redis => "redis",
+        }
+    }
+}
+
+/// Flags of `faults`.
+#[derive(Debug, Clone, Args)]
+pub struct FaultsArgs {
+    /// Subscribers in the room.
+    #[arg(long, env = "RINGCAST_LOADTEST_SUBSCRIBERS", default_value_t = 60)]
+    pub subscribers: usize,
+
+    /// Messages per second of the one publisher (over the node's default limit of 100/s: start
+    /// the cluster with RINGCAST_LOCAL_NODE_ARGS='--rate-limit-per-sec 1000 --rate-limit-burst 2000').
+    #[arg(long, env = "RINGCAST_LOADTEST_RATE", default_value_t = 200.0)]
+    pub rate: f64,
+
+    /// The faults, applied in this order.
+    #[arg(
+        long,
+        env = "RINGCAST_LOADTEST_FAULTS",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "drain,crash,redis"
+    )]
+    pub faults: Vec<Fault>,
+
+    /// The cluster script that started the cluster; it finds the processes in its state folder
+    /// ($RINGCAST_LOCAL_STATE, passed through).
+    #[arg(
+        long,
+        env = "RINGCAST_LOADTEST_CLUSTER",
+        default_value = "deploy/local/cluster.sh"
+    )]
+    pub cluster: std::path::PathBuf,
+
+    /// The node drained and crashed (a cluster.sh name such as node-2), or `busiest`: the one
+    /// serving the most subscribers when the fault starts (from their `welcome`), other than
+    /// the publisher's while another node serves anyone — so the stream goes on through the
+    /// fault and the subscribers must recover what they missed. Give it 3 nodes or more.
+    #[arg(long, env = "RINGCAST_LOADTEST_NODE", default_value = "busiest")]
+    pub node: String,
+
+    /// Seconds of stream before the first fault and after each one.
+    #[arg(long, env = "RINGCAST_LOADTEST_SETTLE_SECS", default_value_t = 5.0)]
+    pub settle_secs: f64,
+
+    /// Seconds a crashed node or Redis stays down before its restart.
+    #[arg(long, env = "RINGCAST_LOADTEST_DOWN_SECS", default_value_t = 1.0)]
+    pub down_secs: f64,
+
+    /// Seconds one cluster.sh command (drain, kill, restart) may take.
+    #[arg(
+        long,
+        env = "RINGCAST_LOADTEST_FAULT_TIMEOUT_SECS",
+        default_value_t = 30.0
+    )]
+    pub fault_timeout_secs: f64,
+
+    /// Seconds without any new delivery, after the publisher stops, before giving up on the rest.
+    #[arg(
+        long,
+        env = "RINGCAST_LOADTEST_DRAIN_TIMEOUT_SECS",
+        default_value_t = 3.0
+    )]
+    pub drain_timeout_secs: f64,
 }
 
 /// Flags of `connections`.

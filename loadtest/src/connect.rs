@@ -84,6 +84,18 @@ impl Connector {
         index: usize,
         client_id: &str,
     ) -> Result<(C, String), ConnectError> {
+        self.connect_on(index, client_id)
+            .await
+            .map(|(ws, id, _)| (ws, id))
+    }
+
+    /// Like [`Connector::connect`], and also returns the `node` the `welcome` named (ringcast
+    /// says which node serves the client; behind a gateway that is how a run learns it).
+    pub async fn connect_on<C: Conn>(
+        &self,
+        index: usize,
+        client_id: &str,
+    ) -> Result<(C, String, Option<String>), ConnectError> {
         let target = self.target(index);
         let addr = target.addr;
         let secs = self.timeout.as_secs_f64();
@@ -91,7 +103,7 @@ impl Connector {
             .await
             .map_err(|_| ConnectError::Timeout { addr, secs })??;
         if !self.require_welcome {
-            return Ok((ws, client_id.to_owned()));
+            return Ok((ws, client_id.to_owned(), None));
         }
         let welcome = tokio::time::timeout(self.timeout, next_json(&mut ws, addr, "the `welcome` event"))
             .await
@@ -114,7 +126,8 @@ impl Connector {
             .as_str()
             .unwrap_or(client_id)
             .to_owned();
-        Ok((ws, id))
+        let node = welcome["node"].as_str().map(str::to_owned);
+        Ok((ws, id, node))
     }
 
     async fn upgrade<C: Conn>(

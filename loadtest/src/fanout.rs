@@ -8,13 +8,19 @@
 //!
 //! Subscribers, which take in nearly all the traffic and only listen once joined, read on
 //! [`RawWs`]; publishers send and read their echoes on tungstenite.
+//!
+//! With `--recover` every client stays in its room through closes ([`crate::recover`]): it
+//! reconnects and rejoins with `since`, and a publisher's accepted messages are those it saw
+//! stored (its own echoes, live or replayed), since a message sent into a dying connection may
+//! or may not have been. Everyone then reads on tungstenite.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -26,6 +32,7 @@ use crate::error::{ConnectError, RunError};
 use crate::latency::{Latencies, LatencySummary};
 use crate::raw::RawWs;
 use crate::receiver::Receiver;
+use crate::recover::{stay, Member, Pace, Pacer, RecoverStats};
 use crate::report::{per_sec, Outcome};
 use crate::stamp::FrameBuilder;
 use crate::tracker::SeqTracker;
@@ -41,6 +48,7 @@ struct Plan {
     duration: Duration,
     payload_bytes: usize,
     drain_timeout: Duration,
+    recover: bool,
 }
 
 impl Plan {
@@ -53,6 +61,7 @@ impl Plan {
             duration: secs(a.duration_secs, "--duration-secs")?,
             payload_bytes: a.payload_bytes,
             drain_timeout: secs(a.drain_timeout_secs, "--drain-timeout-secs")?,
+            recover: a.recover,
         };
         if a.quick {
             p.subscribers = 20;
@@ -64,6 +73,11 @@ impl Plan {
         if p.subscribers == 0 || p.rooms == 0 || p.publishers == 0 {
             return Err(RunError::Usage(
                 "--subscribers, --rooms and --publishers must be at least 1".into(),
+            ));
+        }
+        if p.recover && p.rate == 0.0 {
+            return Err(RunError::Usage(
+                "--recover paces its publishers: give a positive --rate".into(),
             ));
         }
         if !(p.rate >= 0.0 && p.rate.is_finite()) {
@@ -93,12 +107,31 @@ struct Shared {
 struct SubscriberEnd {
     room: usize,
     receiver: Receiver,
+    /// With `--recover`: what its recovery went through.
+    recovery: RecoverStats,
 }
 
 struct PublisherEnd {
     sent: u64,
     send_error: Option<String>,
     reader: Receiver,
+    /// With `--recover`: what its recovery went through.
+    recovery: RecoverStats,
+}
+
+impl Shared {
+    /// A recovering client: connection `index` as `role`, staying in `room`.
+    fn member(&self, index: usize, role: &str, room: usize) -> Member {
+        Member {
+            connector: self.connector.clone(),
+            index,
+            client_id: self.connector.client_id(role, index),
+            room: self.room_names[room].clone(),
+            phase: Arc::new(AtomicUsize::new(0)),
+            phases: 1,
+            placement: None,
+        }
+    }
 }
 
 /// Runs the scenario.
@@ -119,6 +152,7 @@ pub async fn run(
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let (start_tx, start_rx) = watch::channel(false);
+    let (pace_tx, pace_rx) = watch::channel(Pace::Wait);
     let latencies = Latencies::default();
     let received = Counters::default();
     let sent_counter = Counters::default();
@@ -138,11 +172,27 @@ pub async fn run(
             received.clone(),
         );
         let room = i % plan.rooms;
+        if plan.recover {
+            let member = shared.member(i, "s", room);
+            subs.push(tokio::spawn(async move {
+                let stayed = stay(member, receiver, None, ready_tx, stop_rx).await?;
+                Some(SubscriberEnd {
+                    room,
+                    receiver: stayed.frames,
+                    recovery: stayed.stats[0],
+                })
+            }));
+            continue;
+        }
         subs.push(tokio::spawn(async move {
             let joined = join_as::<RawWs>(&shared, i, "s", room).await;
             let ws = crate::progress::report_ready(joined, &ready_tx).await?;
             let receiver = ws.receive_until(receiver, stop_rx).await;
-            Some(SubscriberEnd { room, receiver })
+            Some(SubscriberEnd {
+                room,
+                receiver,
+                recovery: RecoverStats::default(),
+            })
         }));
     }
     // Publishers: connect, join, wait for the start, send, then read until stopped.
@@ -162,6 +212,43 @@ pub async fn run(
         );
         let sent_counter = sent_counter.clone();
         let plan = plan.clone();
+        if plan.recover {
+            let room = j % plan.rooms;
+            let member = shared.member(plan.subscribers + j, "p", room);
+            let (sent_tx, sent_rx) = oneshot::channel();
+            let next_seq = Arc::new(AtomicU64::new(0));
+            let pacer = Pacer {
+                builder: FrameBuilder::room_message(
+                    &shared.room_names[room],
+                    j as u32,
+                    plan.payload_bytes,
+                ),
+                rate: plan.rate,
+                pace_rx: pace_rx.clone(),
+                next_seq: next_seq.clone(),
+                done_tx: Some(sent_tx),
+            };
+            pubs.push(tokio::spawn(async move {
+                let forward = async {
+                    if let Ok(sent) = sent_rx.await {
+                        sent_counter.add(j, sent);
+                        let _ = done_tx.send((room, sent)).await;
+                    }
+                };
+                let (stayed, ()) = tokio::join!(
+                    stay(member, reader, Some(pacer), ready_tx, stop_rx),
+                    forward
+                );
+                let stayed = stayed?;
+                Some(PublisherEnd {
+                    sent: next_seq.load(Ordering::Relaxed),
+                    send_error: None,
+                    reader: stayed.frames,
+                    recovery: stayed.stats[0],
+                })
+            }));
+            continue;
+        }
         pubs.push(tokio::spawn(async move {
             let room = j % plan.rooms;
             let ws = crate::progress::report_ready(
@@ -192,6 +279,7 @@ pub async fn run(
                 sent,
                 send_error,
                 reader,
+                recovery: RecoverStats::default(),
             })
         }));
     }
@@ -209,6 +297,14 @@ pub async fn run(
     let bar = crate::progress::bar(progress, duration_ms, "publishing");
     let started = Instant::now();
     let _ = start_tx.send(true);
+    let _ = pace_tx.send(Pace::Send);
+    let halt = tokio::spawn({
+        let duration = plan.duration;
+        async move {
+            tokio::time::sleep(duration).await;
+            let _ = pace_tx.send(Pace::Halt);
+        }
+    });
     let mut in_room = vec![0u64; plan.rooms];
     for i in 0..plan.subscribers {
         in_room[i % plan.rooms] += 1;
@@ -240,6 +336,7 @@ pub async fn run(
     let finished = drain(&received, expected_deliveries, plan.drain_timeout).await;
     let elapsed = (finished - started).as_secs_f64().max(1e-6);
     let _ = stop_tx.send(true);
+    halt.abort();
 
     let mut publishers = Vec::with_capacity(plan.publishers);
     for h in pubs {
@@ -291,14 +388,29 @@ fn summarize(
     echo_counter: &Counters,
 ) -> Outcome {
     let mut problems = Vec::new();
-    // What each publisher got through: sent minus what the server refused.
+    // What each publisher got through: sent minus what the server refused; with --recover,
+    // what it saw stored (its own distinct echoes), as a send into a dying connection may or
+    // may not have been stored.
     let accepted: Vec<u64> = publishers
         .iter()
-        .map(|p| {
-            p.as_ref()
-                .map_or(0, |p| p.sent.saturating_sub(p.reader.rate_limited))
+        .enumerate()
+        .map(|(j, p)| {
+            p.as_ref().map_or(0, |p| {
+                if plan.recover {
+                    p.reader.trackers.get(j).map_or(0, |t| t.distinct)
+                } else {
+                    p.sent.saturating_sub(p.reader.rate_limited)
+                }
+            })
         })
         .collect();
+    let mut recovery = RecoverStats::default();
+    for s in subscribers.iter().flatten() {
+        recovery.add(&s.recovery);
+    }
+    for p in publishers.iter().flatten() {
+        recovery.add(&p.recovery);
+    }
     let sent: u64 = publishers.iter().flatten().map(|p| p.sent).sum();
     let rate_limited: u64 = publishers
         .iter()
@@ -408,7 +520,8 @@ fn summarize(
         "sent_per_sec": sent as f64 / elapsed,
         "latency": latency,
     });
-    let human = format!(
+    let mut json = json;
+    let mut human = format!(
         "fanout: {} subscribers in {} rooms, {} publishers at {} msg/s each for {:.1} s (setup {:.1} s)\n\
          sent {sent}, expected {expected} deliveries, received {received} ({} distinct)\n\
          lost {lost} ({with_loss} subscribers), duplicates {}, out of order {}, rate-limited {rate_limited}\n\
@@ -428,5 +541,18 @@ fn summarize(
         echo_counter.total(),
         latency.human(),
     );
+    if plan.recover {
+        if let Some(o) = json.as_object_mut() {
+            o.insert("recover".into(), recovery.json());
+        }
+        human.push_str(&format!(
+            "\nrecover: {} reconnects, rejoins recovered:true {} / recovered:false {}, history_reset {}, refused (bus_unavailable) {}",
+            recovery.reconnects,
+            recovery.recovered,
+            recovery.not_recovered,
+            recovery.history_resets,
+            recovery.refused
+        ));
+    }
     Outcome::new(json, human, problems)
 }

@@ -13,15 +13,20 @@ pub mod counters;
 pub mod direct;
 pub mod error;
 pub mod fanout;
+pub mod faults;
 pub mod frame;
 pub mod handshake;
 pub mod http;
 pub mod latency;
 pub mod limits;
+pub mod placement;
 pub mod progress;
 pub mod raw;
 pub mod receiver;
+pub mod recover;
+pub mod rejoin;
 pub mod report;
+pub mod seqcounts;
 pub mod stamp;
 pub mod target;
 pub mod tracker;
@@ -67,6 +72,7 @@ pub async fn run(cli: &Cli) -> Result<Outcome, RunError> {
         Scenario::Connections(a) => connections::run(a, connector, concurrency, progress).await,
         Scenario::Direct(a) => direct::run(a, connector, concurrency, progress).await,
         Scenario::Churn(a) => churn::run(a, connector, concurrency, progress).await,
+        Scenario::Faults(a) => faults::run(a, connector, progress).await,
     }?;
     if let Some(obj) = outcome.json.as_object_mut() {
         obj.insert("urls".into(), urls.into());

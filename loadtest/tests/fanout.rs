@@ -56,6 +56,34 @@ async fn quick_fanout_loses_nothing_with_announcements_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_fanout_with_recover_counts_the_same_and_reports_no_recovery_without_faults() {
+    let (node, url) = node_with(|_| {}).await;
+    let run = loadtest(&["--url", &url, "--json", "fanout", "--quick", "--recover"]).await;
+    let v = run.ok_json();
+    assert_clean(&v);
+    // Accepted is what each publisher saw stored: every message, each reaching 10 subscribers.
+    assert_eq!(
+        v["expected"].as_u64().unwrap(),
+        v["sent"].as_u64().unwrap() * 10,
+        "{v}"
+    );
+    let r = &v["recover"];
+    for zero in [
+        "reconnects",
+        "rejoins_recovered",
+        "rejoins_not_recovered",
+        "history_resets",
+        "refused",
+    ] {
+        assert_eq!(r[zero], 0, "recover.{zero} in {v}");
+    }
+    // Without --recover the JSON has no recovery section.
+    let plain = loadtest(&["--url", &url, "--json", "fanout", "--quick"]).await;
+    assert!(plain.ok_json().get("recover").is_none());
+    node.stop().await.expect("node stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uneven_rooms_count_each_subscribers_own_publishers() {
     let (_node, url) = node_with(|c| {
         c.announce_connections = false;

@@ -37,14 +37,21 @@ impl Run {
 
 /// Runs `ringcast-loadtest ARGS` (no progress bar) and waits at most 20 s.
 pub async fn loadtest(args: &[&str]) -> Run {
+    loadtest_with(args, &[], Duration::from_secs(20)).await
+}
+
+/// Runs `ringcast-loadtest ARGS` (no progress bar) with extra environment `envs` and waits at
+/// most `limit`.
+pub async fn loadtest_with(args: &[&str], envs: &[(&str, &str)], limit: Duration) -> Run {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ringcast-loadtest"));
     cmd.arg("--no-progress")
         .args(args)
         .kill_on_drop(true)
-        .env_remove("RINGCAST_LOADTEST_URL");
-    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+        .env_remove("RINGCAST_LOADTEST_URL")
+        .envs(envs.iter().copied());
+    let out = tokio::time::timeout(limit, cmd.output())
         .await
-        .expect("ringcast-loadtest did not finish within 20 s")
+        .unwrap_or_else(|_| panic!("ringcast-loadtest did not finish within {limit:?}"))
         .expect("ringcast-loadtest could not be started");
     Run {
         code: out.status.code().unwrap_or(-1),
