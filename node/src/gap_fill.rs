@@ -7,6 +7,7 @@
 //! whole again. A bus that is down is retried with capped backoff for as long as the room has
 //! members here: the members are not told anything is lost unless history no longer has it.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,8 @@ use crate::hub::stream::Filled;
 use crate::hub::Hub;
 use ringcast_net::drain::Drain;
 
-/// Messages read per page.
+/// Messages read per page (with [`crate::hub::stream::MAX_HELD`], what one step of a fill may
+/// queue per member).
 pub const FILL_PAGE: usize = 256;
 /// Rooms filled at once (after an outage every numbered room needs one).
 const CONCURRENT: usize = 16;
@@ -41,10 +43,13 @@ pub struct Reader {
 /// Runs until the node has drained.
 pub async fn run(hub: Arc<Hub>, reader: Reader, drain: Drain) {
     let mut running: JoinSet<()> = JoinSet::new();
-    let mut queued: Vec<String> = Vec::new();
+    // First come, first filled.
+    let mut queued: VecDeque<String> = VecDeque::new();
     loop {
         while running.len() < CONCURRENT {
-            let Some(room) = queued.pop() else { break };
+            let Some(room) = queued.pop_front() else {
+                break;
+            };
             running.spawn(fill(hub.clone(), reader.clone(), room, drain.clone()));
         }
         tokio::select! {
@@ -58,7 +63,17 @@ pub async fn run(hub: Arc<Hub>, reader: Reader, drain: Drain) {
 /// Fills one room until its stream is whole, it has no members here, or the node stops.
 async fn fill(hub: Arc<Hub>, reader: Reader, room: String, drain: Drain) {
     let mut pause = RETRY_FIRST;
+    let mut previous = None;
     while let Some(asked) = hub.fill_position(&room) {
+        if previous.as_ref() == Some(&asked) {
+            // Another read from the same place (messages published after the last read):
+            // not in a tight loop.
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_FIRST) => {}
+                _ = drain.stopped() => return,
+            }
+        }
+        previous = Some(asked.clone());
         let read = reader.bus.history(
             &room,
             HistoryQuery::After(asked.0),

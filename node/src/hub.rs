@@ -369,6 +369,9 @@ impl Hub {
         };
         topic.members.stream().recovering.remove(&id);
         if topic.members.remove(&id).is_some() && topic.members.is_empty() {
+            // Where the stream stood means nothing to whoever joins next (its ack says where
+            // it starts), and a fill for nobody ends here.
+            *topic.members.stream() = Stream::default();
             self.rooms_occupied.fetch_sub(1, Ordering::Relaxed);
             self.metrics.rooms.dec();
             self.mark_dirty(Channel::Room(room.to_owned()));
@@ -526,6 +529,14 @@ impl Hub {
                 return;
             }
         };
+        if msg.offset == 0 {
+            // Offsets start at 1: no script of ours sent this.
+            self.metrics
+                .bus_rejected
+                .with_label_values(&["malformed"])
+                .inc();
+            return;
+        }
         let age = now_micros().saturating_sub(msg.sent_at_micros);
         self.metrics
             .delivery_latency
@@ -544,6 +555,7 @@ impl Hub {
                 offset = msg.offset,
                 "room history was lost or reissued: members told history_reset"
             );
+            stream.forget_replays();
             self.send_reset(msg.room, &topic.members, msg.epoch, &mut slow);
         }
         let sent = match live.then {

@@ -27,7 +27,7 @@ use ringcast_protocol::stored::new_epoch;
 use super::redis_config::RedisBusConfig;
 use super::redis_conn::{supervise_publisher, supervise_subscriber, unavailable, Inner};
 use super::redis_history::{
-    is_noscript, parse_page, parse_stored, publish_cmd, read_cmd, room_channel,
+    parse_page, parse_stored, publish_cmd, read_cmd, room_channel, PUBLISH_SCRIPT,
 };
 use super::{
     Bus, BusError, Channel, HistoryPage, HistoryQuery, Inbox, Publish, Published, Stored,
@@ -101,40 +101,6 @@ impl RedisBus {
     }
 }
 
-impl RedisBus {
-    /// Sends again, by `EVAL` and in their order, the stored publishes of `batch` that Redis
-    /// answered `NOSCRIPT` (its script cache was empty), and puts their answers in `values`.
-    /// Those publishes did nothing the first time, so nothing is published twice.
-    async fn retry_uncached(
-        &self,
-        batch: &[Publish],
-        epochs: &[String],
-        values: &mut [redis::Value],
-    ) -> Result<(), BusError> {
-        let mut again = Vec::new();
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        let stored = batch.iter().enumerate().filter_map(|(i, item)| match item {
-            Publish::Stored(msg) => Some((i, msg)),
-            Publish::Plain(..) => None,
-        });
-        for ((i, msg), epoch) in stored.zip(epochs) {
-            if is_noscript(&values[i]) {
-                pipe.add_command(publish_cmd(self.inner.prefix(), msg, epoch, false));
-                again.push(i);
-            }
-        }
-        if again.is_empty() {
-            return Ok(());
-        }
-        let answers = self.inner.pipeline(&pipe).await?;
-        for (i, answer) in again.into_iter().zip(answers) {
-            values[i] = answer;
-        }
-        Ok(())
-    }
-}
-
 impl Drop for RedisBus {
     fn drop(&mut self) {
         for task in &self.tasks {
@@ -156,27 +122,26 @@ impl Bus for RedisBus {
     }
 
     async fn publish_stored(&self, msg: &StoredPublish) -> Result<Stored, BusError> {
-        let epoch = new_epoch(rand::random::<u8>);
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors()
-            .add_command(publish_cmd(self.inner.prefix(), msg, &epoch, true));
-        let mut answer = self
-            .inner
-            .pipeline(&pipe)
-            .await?
+        self.publish_all(&[Publish::Stored(msg.clone())])
+            .await
             .pop()
-            .unwrap_or(redis::Value::Nil);
-        if is_noscript(&answer) {
-            let cmd = publish_cmd(self.inner.prefix(), msg, &epoch, false);
-            answer = self.inner.query(&cmd).await?;
-        }
-        parse_stored(&answer)
+            .unwrap_or_else(|| Err(BusError::Unavailable("no reply".into())))
+            .and_then(|p| match p {
+                Published::Stored(s) => Ok(s),
+                Published::Plain(_) => Err(BusError::Unavailable("not a stored reply".into())),
+            })
     }
 
     async fn publish_all(&self, batch: &[Publish]) -> Vec<Result<Published, BusError>> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        let mut epochs = Vec::new();
+        // The script goes by its SHA; loading it first in the same pipeline (one `SCRIPT LOAD`
+        // per batch, not per message) means Redis has it for every `EVALSHA` after, even just
+        // after a restart or a `SCRIPT FLUSH` — and a NOSCRIPT can never reorder a batch.
+        let stored = batch.iter().any(|p| matches!(p, Publish::Stored(_)));
+        if stored {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(PUBLISH_SCRIPT).ignore();
+        }
         for item in batch {
             match item {
                 Publish::Plain(channel, payload) => {
@@ -186,16 +151,12 @@ impl Bus for RedisBus {
                 }
                 Publish::Stored(msg) => {
                     let epoch = new_epoch(rand::random::<u8>);
-                    pipe.add_command(publish_cmd(self.inner.prefix(), msg, &epoch, true));
-                    epochs.push(epoch);
+                    pipe.add_command(publish_cmd(self.inner.prefix(), msg, &epoch));
                 }
             }
         }
         let err = match self.inner.pipeline(&pipe).await {
-            Ok(mut values) if values.len() == batch.len() => {
-                if let Err(e) = self.retry_uncached(batch, &epochs, &mut values).await {
-                    return batch.iter().map(|_| Err(e.clone())).collect();
-                }
+            Ok(values) if values.len() == batch.len() => {
                 return batch
                     .iter()
                     .zip(values)

@@ -94,28 +94,16 @@ fn ms(d: std::time::Duration) -> u64 {
     d.as_millis().clamp(1, u128::from(u64::MAX)) as u64
 }
 
-/// The `EVAL` that stores and publishes `msg`.
-pub(super) fn publish_cmd(
-    prefix: &str,
-    msg: &StoredPublish,
-    epoch: &str,
-    by_sha: bool,
-) -> redis::Cmd {
+/// The `EVALSHA` that stores and publishes `msg` (the script must be loaded: see `redis.rs`).
+pub(super) fn publish_cmd(prefix: &str, msg: &StoredPublish, epoch: &str) -> redis::Cmd {
     let Keep {
         size,
         ttl,
         meta_ttl,
     } = msg.keep;
-    let mut cmd = if by_sha {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(PUBLISH_SHA.as_str());
-        cmd
-    } else {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(PUBLISH_SCRIPT);
-        cmd
-    };
-    cmd.arg(2)
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(PUBLISH_SHA.as_str())
+        .arg(2)
         .arg(meta_key(prefix, &msg.room))
         .arg(log_key(prefix, &msg.room))
         .arg(msg.head.as_ref())
@@ -130,16 +118,9 @@ pub(super) fn publish_cmd(
 }
 
 /// [`PUBLISH_SCRIPT`]'s SHA-1, for `EVALSHA`: the script's 1 KB are not sent (nor hashed by
-/// Redis) with every message. A Redis that does not have it cached (restarted, `SCRIPT FLUSH`)
-/// answers `NOSCRIPT`, and the caller sends that message again with [`publish_cmd`]'s `EVAL`,
-/// which caches it.
+/// Redis) with every message; the publisher loads it once per batch (`redis.rs`).
 static PUBLISH_SHA: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| redis::Script::new(PUBLISH_SCRIPT).get_hash().to_owned());
-
-/// Whether `v` is Redis saying it does not have the script cached.
-pub(super) fn is_noscript(v: &Value) -> bool {
-    matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
-}
 
 /// The `EVAL` that reads a page.
 pub(super) fn read_cmd(

@@ -76,7 +76,10 @@ impl Hub {
         let mut from_history = 0;
         for step in &steps {
             match step {
-                Step::Reset(epoch) => self.send_reset(room, &topic.members, epoch, &mut slow),
+                Step::Reset(epoch) => {
+                    stream.forget_replays();
+                    self.send_reset(room, &topic.members, epoch, &mut slow);
+                }
                 Step::Deliver(offset, frame) => {
                     from_history += 1;
                     sent +=

@@ -28,8 +28,10 @@ use crate::wire;
 pub const PAUSED: u64 = u64::MAX;
 
 /// Live messages held back while a gap is filled; past it they are dropped and read from
-/// history instead (they are there: every live message was stored first).
-pub const MAX_HELD: usize = 4096;
+/// history instead (they are there: every live message was stored first). Small, so finishing
+/// a fill queues at most a page plus this many frames per member, well inside the default
+/// 1 024-frame send queue: a fill must not close a busy room's members as slow consumers.
+pub const MAX_HELD: usize = 256;
 
 /// A position in a room's stream: an offset and its epoch.
 pub type Position = (u64, Arc<str>);
@@ -112,6 +114,12 @@ pub struct Stream {
     filled: Option<(u64, u64)>,
     /// The epoch this fill already announced with `history_reset`.
     told: Option<Arc<str>>,
+    /// How many of `held` had arrived when the fill's current read was made: those are in
+    /// history if history still has them.
+    read_mark: usize,
+    /// The bus lost its subscriptions again while a fill was reading: read once more before
+    /// calling the stream whole.
+    refill: bool,
 }
 
 impl Stream {
@@ -120,6 +128,14 @@ impl Stream {
     /// new reckoning, so judging the message again gives `Next` or `Gap`.
     pub fn admit(&mut self, offset: u64, epoch: &str) -> Admit {
         let Some((last, known)) = &self.last else {
+            // Nothing delivered here yet; a member told it joined at `floor` expects what
+            // follows it.
+            if let Some((floor, e)) = &self.floor {
+                if **e == *epoch && offset > floor.saturating_add(1) {
+                    self.last = self.floor.clone();
+                    return Admit::Gap;
+                }
+            }
             self.last = Some((offset, Arc::from(epoch)));
             return Admit::Next;
         };
@@ -140,7 +156,7 @@ impl Stream {
             self.filled = None;
             return Admit::Reset;
         }
-        if offset > last + 1 {
+        if offset > last.saturating_add(1) {
             return Admit::Gap;
         }
         // In channel order, nothing a fill delivered can come after this.
@@ -208,6 +224,8 @@ impl Stream {
     /// fill from and none is running yet.
     pub fn begin_fill(&mut self) -> bool {
         if self.filling {
+            // Its read may predate the outage: read once more before finishing.
+            self.refill = true;
             return false;
         }
         if self.last.is_none() {
@@ -217,14 +235,24 @@ impl Stream {
         self.filling
     }
 
-    /// Where a running fill reads history from (`None`: no fill is running).
-    pub fn fill_from(&self) -> Option<Position> {
+    /// Where a running fill reads history from (`None`: no fill is running). The read made
+    /// from it sees every message held so far.
+    pub fn fill_from(&mut self) -> Option<Position> {
+        self.read_mark = self.held.len();
+        self.refill = false;
         self.last.clone().filter(|_| self.filling)
+    }
+
+    /// A reset makes finished replays' thresholds meaningless (they counted in the old
+    /// reckoning): those members take every message from here on.
+    pub fn forget_replays(&mut self) {
+        self.recovering.retain(|_, through| *through == PAUSED);
     }
 
     /// Ends a fill without finishing it (the room has no members left here).
     pub fn abandon_fill(&mut self) {
         self.filling = false;
+        self.refill = false;
         self.told = None;
         self.overflowed = false;
         self.held = Vec::new();
@@ -247,7 +275,10 @@ impl Stream {
         }
         let (after, epoch) = asked.clone();
         if *page.epoch != *epoch {
-            // The room's history was lost: its offsets start again in the page's epoch.
+            // The room's history was lost: its offsets start again in the page's epoch. What
+            // is held of the old epoch came before all of the new one and is gone with it.
+            self.held.retain(|(_, e, _)| **e != *epoch);
+            self.read_mark = 0;
             self.reset(steps, &page.epoch);
             self.last = Some((0, page.epoch));
             self.filled = None;
@@ -260,8 +291,11 @@ impl Stream {
             self.filled = None;
             return Filled::More;
         }
-        let first = page.messages.first().map_or(page.top + 1, |(o, _)| *o);
-        if first > after + 1 {
+        let first = page
+            .messages
+            .first()
+            .map_or(page.top.saturating_add(1), |(o, _)| *o);
+        if first > after.saturating_add(1) {
             // Trimmed or expired before this node read them: lost here.
             self.reset(steps, &epoch);
         }
@@ -283,9 +317,16 @@ impl Stream {
         if page.messages.len() >= limit {
             return Filled::More;
         }
-        // History is read through its top as of the read: now what was held meanwhile.
-        let mut held = std::mem::take(&mut self.held).into_iter();
-        while let Some((offset, e, frame)) = held.next() {
+        // History is read through its top as of the read: now what was held meanwhile. A held
+        // message that arrived before the read and still does not follow on was lost from
+        // history (or belongs to an epoch history no longer has): it is dropped, not waited for.
+        let before_read = std::mem::take(&mut self.read_mark);
+        let mut held = std::mem::take(&mut self.held).into_iter().enumerate();
+        while let Some((i, (offset, e, frame))) = held.next() {
+            let stale = i < before_read;
+            if stale && self.last.as_ref().is_some_and(|(_, known)| **known != *e) {
+                continue;
+            }
             let mut was_reset = false;
             loop {
                 match self.admit(offset, &e) {
@@ -297,14 +338,21 @@ impl Stream {
                         continue;
                     }
                     Admit::Reset => steps.push(Step::Deliver(offset, frame.clone())),
+                    // History, read after it arrived, does not lead up to it: dropped.
+                    Admit::Gap if stale => {}
                     Admit::Gap => {
                         // Published after the read: read again, this one first.
-                        self.held = std::iter::once((offset, e, frame)).chain(held).collect();
+                        self.held = std::iter::once((offset, e, frame))
+                            .chain(held.map(|(_, h)| h))
+                            .collect();
                         return Filled::More;
                     }
                 }
                 break;
             }
+        }
+        if std::mem::take(&mut self.refill) {
+            return Filled::More;
         }
         if std::mem::take(&mut self.overflowed) {
             return Filled::More;
@@ -589,6 +637,100 @@ mod tests {
             Filled::Done
         );
         assert_eq!(delivered(&steps), (2..=top).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_held_message_of_a_lost_epoch_ends_the_fill_instead_of_looping() {
+        let mut s = Stream::default();
+        s.live(5, "E", &frame(5));
+        s.live(8, "E", &frame(8)); // a gap: held, fill starts
+        let from = s.fill_from().unwrap();
+        let mut steps = Vec::new();
+        // Redis came back empty: epoch B has 1 and 2.
+        assert_eq!(
+            s.apply(&from, page("B", 2, 1..=2), 100, &mut steps),
+            Filled::More
+        );
+        let from = s.fill_from().unwrap();
+        assert_eq!(
+            s.apply(&from, page("B", 2, 1..=2), 100, &mut steps),
+            Filled::Done
+        );
+        assert_eq!(resets(&steps), ["B"], "told once");
+        assert_eq!(
+            delivered(&steps),
+            [1, 2],
+            "the old epoch's 8 is gone with it"
+        );
+    }
+
+    #[test]
+    fn a_held_message_history_no_longer_leads_up_to_is_dropped_not_waited_for() {
+        let mut s = Stream::default();
+        s.live(100, "E", &frame(100));
+        s.live(103, "E", &frame(103)); // before Redis rolled back to 97
+        let from = s.fill_from().unwrap();
+        let mut steps = Vec::new();
+        assert_eq!(
+            s.apply(&from, page("E", 97, std::iter::empty()), 100, &mut steps),
+            Filled::More
+        );
+        let from = s.fill_from().unwrap();
+        assert_eq!(from.0, 97);
+        assert_eq!(
+            s.apply(&from, page("E", 97, std::iter::empty()), 100, &mut steps),
+            Filled::Done
+        );
+        assert_eq!(resets(&steps), ["E"]);
+        assert!(delivered(&steps).is_empty());
+        // The reissued 98.. arrive live and are delivered.
+        assert_eq!(s.live(98, "E", &frame(98)).then, Then::Deliver);
+    }
+
+    #[test]
+    fn a_member_told_it_joined_at_a_floor_gets_what_followed_even_before_any_delivery() {
+        let mut s = Stream::default();
+        s.note_joined(5, &Arc::from("A"));
+        // 6 and 7 were lost with the subscription; 8 arrives before the refill starts.
+        assert_eq!(
+            s.live(8, "A", &frame(8)).then,
+            Then::Hold { start_fill: true }
+        );
+        assert_eq!(s.fill_from(), Some((5, Arc::from("A"))));
+        // A member who joined later than the floor is still fine: 3 is at or below it.
+        let mut t = Stream::default();
+        t.note_joined(5, &Arc::from("A"));
+        assert_eq!(t.live(3, "A", &frame(3)).then, Then::Deliver);
+    }
+
+    #[test]
+    fn losing_the_subscriptions_again_during_a_fill_forces_one_more_read() {
+        let mut s = Stream::default();
+        s.live(1, "A", &frame(1));
+        s.live(3, "A", &frame(3));
+        let from = s.fill_from().unwrap();
+        assert!(!s.begin_fill(), "already filling");
+        let mut steps = Vec::new();
+        assert_eq!(
+            s.apply(&from, page("A", 3, 2..=3), 100, &mut steps),
+            Filled::More
+        );
+        let from = s.fill_from().unwrap();
+        assert_eq!(
+            s.apply(&from, page("A", 5, 4..=5), 100, &mut steps),
+            Filled::Done
+        );
+        assert_eq!(delivered(&steps), [2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_reset_lets_members_past_their_replay_take_everything_again() {
+        let mut s = Stream::default();
+        s.recovering.insert(1, 100);
+        s.recovering.insert(2, PAUSED);
+        s.forget_replays();
+        assert!(s.wants(1, 1), "counted in the old reckoning: forgotten");
+        assert!(!s.wants(2, 1), "still replaying");
     }
 
     #[test]

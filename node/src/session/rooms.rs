@@ -276,19 +276,21 @@ impl Session {
                 recovered = false;
             }
         }
-        // The epoch changed under the replay: go live from here, not recovered.
+        // The epoch changed under the replay: go live from the new epoch's top, not recovered
+        // (what the client holds is of the old one).
         let ack = ServerEvent::UserJoined {
             user_id: &self.out.client_id,
             room,
             recovered: Some(false),
-            offset: Some(cursor),
-            epoch: Some(&epoch),
+            offset: Some(page.top),
+            epoch: Some(&page.epoch),
         };
         let ack = [text(ack.encode())];
-        let _ = self
-            .shared
-            .hub
-            .caught_up(room, &self.out, u64::MAX - 1, &page.epoch, &ack);
+        let hub = &self.shared.hub;
+        if let Err(delivered) = hub.caught_up(room, &self.out, page.top, &page.epoch, &ack) {
+            // This node is past that top already; the client reloads anyway (recovered:false).
+            let _ = hub.caught_up(room, &self.out, delivered, &page.epoch, &ack);
+        }
         metrics
             .recoveries
             .with_label_values(&["not_recovered"])
