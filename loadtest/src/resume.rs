@@ -120,7 +120,10 @@ pub async fn run(
         rejoins.spawn(async move {
             let r = i % rooms.len();
             let sender = u32::try_from(r).unwrap_or(u32::MAX);
-            rejoin(&connector, &slots, i, &rooms[r], since, sender, missed, limit).await
+            rejoin(
+                &connector, &slots, i, &rooms[r], since, sender, missed, limit,
+            )
+            .await
         });
     }
     let mut results = Vec::with_capacity(args.clients);
@@ -197,7 +200,9 @@ async fn rejoin(
             .await
         {
             Ok((ws, me)) => (ws, me, started),
-            Err(e @ ConnectError::Timeout { .. }) => return failed(Failure::Timeout(e.to_string())),
+            Err(e @ ConnectError::Timeout { .. }) => {
+                return failed(Failure::Timeout(e.to_string()))
+            }
             Err(e) => return failed(Failure::Error(e.to_string())),
         }
     };
