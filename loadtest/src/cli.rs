@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "ringcast-loadtest",
     version,
-    about = "Load generator for ringcast (or any seed-protocol server): fanout, connections, direct, churn"
+    about = "Load generator for ringcast (or any seed-protocol server): fanout, connections, direct, churn, faults, resume"
 )]
 pub struct Cli {
     /// Flags every scenario understands.
@@ -122,6 +122,10 @@ pub enum Scenario {
     /// A numbered stream in one room through node drain/crash and Redis crash on a
     /// deploy/local/cluster.sh cluster; per fault: sent, stored, refused, missing, duplicated.
     Faults(FaultsArgs),
+    /// C clients note their room position, leave, miss M messages, then all rejoin at once
+    /// with `since`; time to caught up (p50/p99/p99.9/max), wall time, and every client that
+    /// did not get exactly the missed messages in order with `recovered:true`.
+    Resume(ResumeArgs),
 }
 
 impl Scenario {
@@ -263,6 +267,33 @@ pub struct FaultsArgs {
         default_value_t = 3.0
     )]
     pub drain_timeout_secs: f64,
+}
+
+/// Flags of `resume`.
+#[derive(Debug, Clone, Args)]
+pub struct ResumeArgs {
+    /// Clients that leave and rejoin with `since`.
+    #[arg(long, env = "RINGCAST_LOADTEST_CLIENTS", default_value_t = 1000)]
+    pub clients: usize,
+
+    /// Rooms; client i joins room i mod R, and the publisher joins them all.
+    #[arg(long, env = "RINGCAST_LOADTEST_ROOMS", default_value_t = 1)]
+    pub rooms: usize,
+
+    /// Messages published into each room while its clients are away (the node keeps
+    /// --history-size, default 500, per room; the publisher sends them as fast as it can, so
+    /// --rooms x --missed must stay under the node's --rate-limit-burst, default 200).
+    #[arg(long, env = "RINGCAST_LOADTEST_MISSED", default_value_t = 100)]
+    pub missed: u64,
+
+    /// Seconds a rejoining client waits, from its `join_room`, for its ack (and the publisher
+    /// for the echo of its last message).
+    #[arg(
+        long,
+        env = "RINGCAST_LOADTEST_CATCH_UP_TIMEOUT_SECS",
+        default_value_t = 30.0
+    )]
+    pub catch_up_timeout_secs: f64,
 }
 
 /// Flags of `connections`.

@@ -4,6 +4,7 @@
 //!
 //! `main.rs` parses the [`cli::Cli`], builds a multi-threaded runtime and calls [`run`].
 
+pub mod catchup;
 pub mod churn;
 pub mod cli;
 pub mod conn;
@@ -26,6 +27,7 @@ pub mod receiver;
 pub mod recover;
 pub mod rejoin;
 pub mod report;
+pub mod resume;
 pub mod seqcounts;
 pub mod stamp;
 pub mod target;
@@ -73,6 +75,7 @@ pub async fn run(cli: &Cli) -> Result<Outcome, RunError> {
         Scenario::Direct(a) => direct::run(a, connector, concurrency, progress).await,
         Scenario::Churn(a) => churn::run(a, connector, concurrency, progress).await,
         Scenario::Faults(a) => faults::run(a, connector, progress).await,
+        Scenario::Resume(a) => resume::run(a, connector, concurrency, progress).await,
     }?;
     if let Some(obj) = outcome.json.as_object_mut() {
         obj.insert("urls".into(), urls.into());
