@@ -3,7 +3,7 @@
 //! each after `since`, and the ack must say `recovered:true`.
 //!
 //! Pure, so every way a replay can go wrong has a unit test; the `resume` scenario
-//! ([`crate::resume`]) owns the connections and hands each client's record here.
+//! (`resume.rs`) owns the connections and hands each client's record here.
 
 use std::collections::HashSet;
 
