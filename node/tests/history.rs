@@ -522,15 +522,7 @@ fn assert_exact(who: &str, chats: &[(u64, u64)]) {
 async fn members_who_stay_connected_miss_nothing_when_the_bus_drops_their_subscriptions() {
     let redis = RedisServer::start();
     let nodes = support::start_nodes(&redis, &["n1", "n2"]).await;
-    let mut members = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        let me = format!("m{i}");
-        let (mut m, _) = Client::connect_welcomed(&node.ws_url(&me)).await;
-        join(&mut m, &me, "r", None).await;
-        members.push(m);
-    }
-    let (mut p, _) = Client::connect_welcomed(&nodes[0].ws_url("p")).await;
-    join(&mut p, "p", "r", None).await;
+    let (mut members, p) = room_r_on(&nodes).await;
     let n = 600;
     let posting = tokio::spawn(post_stream(p, "r", n, Duration::from_millis(2)));
     // Redis drops every subscriber connection, again and again, while the stream runs: what is
@@ -562,6 +554,20 @@ async fn members_who_stay_connected_miss_nothing_when_the_bus_drops_their_subscr
     }
 }
 
+/// A member of room `r` on each node (`m0`, `m1`, …) and a publisher in it on the first.
+async fn room_r_on(nodes: &[TestNode]) -> (Vec<Client>, Client) {
+    let mut members = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let me = format!("m{i}");
+        let (mut m, _) = Client::connect_welcomed(&node.ws_url(&me)).await;
+        join(&mut m, &me, "r", None).await;
+        members.push(m);
+    }
+    let (mut p, _) = Client::connect_welcomed(&nodes[0].ws_url("p")).await;
+    join(&mut p, "p", "r", None).await;
+    (members, p)
+}
+
 /// Every member's frames until quiet, by name.
 async fn futures_frames(members: &mut [Client]) -> Vec<(String, Vec<Value>)> {
     let mut all = Vec::new();
@@ -579,15 +585,7 @@ async fn with_appendfsync_always_members_who_stay_connected_through_a_redis_rest
     let mut redis =
         RedisServer::start_with_args(&["--appendonly", "yes", "--appendfsync", "always"]);
     let nodes = support::start_nodes(&redis, &["n1", "n2"]).await;
-    let mut members = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        let me = format!("m{i}");
-        let (mut m, _) = Client::connect_welcomed(&node.ws_url(&me)).await;
-        join(&mut m, &me, "r", None).await;
-        members.push(m);
-    }
-    let (mut p, _) = Client::connect_welcomed(&nodes[0].ws_url("p")).await;
-    join(&mut p, "p", "r", None).await;
+    let (mut members, p) = room_r_on(&nodes).await;
     let n = 1500;
     let posting = tokio::spawn(post_stream(p, "r", n, Duration::from_millis(2)));
     tokio::time::sleep(Duration::from_millis(600)).await;
