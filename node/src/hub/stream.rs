@@ -174,24 +174,26 @@ impl Stream {
                 then: Then::Hold { start_fill: false },
             };
         }
-        let mut reset = false;
-        loop {
-            let then = match self.admit(offset, epoch) {
-                Admit::Next => Then::Deliver,
-                Admit::Duplicate => Then::Drop,
-                Admit::Reset if !reset => {
-                    reset = true;
-                    continue;
-                }
-                // (A second reset cannot happen: the first re-based the stream on this message.)
-                Admit::Reset => Then::Deliver,
-                Admit::Gap => {
-                    self.filling = true;
-                    self.hold(offset, epoch, frame);
-                    Then::Hold { start_fill: true }
-                }
-            };
-            return Live { reset, then };
+        let (reset, verdict) = self.judge(offset, epoch);
+        let then = match verdict {
+            Admit::Next | Admit::Reset => Then::Deliver,
+            Admit::Duplicate => Then::Drop,
+            Admit::Gap => {
+                self.filling = true;
+                self.hold(offset, epoch, frame);
+                Then::Hold { start_fill: true }
+            }
+        };
+        Live { reset, then }
+    }
+
+    /// [`Stream::admit`], judged once more after a reset (which re-bases the stream on this
+    /// message): whether a reset came first, and the verdict on the message itself.
+    fn judge(&mut self, offset: u64, epoch: &str) -> (bool, Admit) {
+        match self.admit(offset, epoch) {
+            // (A second reset cannot happen: the first re-based the stream on this message.)
+            Admit::Reset => (true, self.admit(offset, epoch)),
+            verdict => (false, verdict),
         }
     }
 
@@ -327,34 +329,27 @@ impl Stream {
             if stale && self.last.as_ref().is_some_and(|(_, known)| **known != *e) {
                 continue;
             }
-            let mut was_reset = false;
-            loop {
-                match self.admit(offset, &e) {
-                    Admit::Next => steps.push(Step::Deliver(offset, frame.clone())),
-                    Admit::Duplicate => {}
-                    Admit::Reset if !was_reset => {
-                        was_reset = true;
-                        self.reset(steps, &e);
-                        continue;
-                    }
-                    Admit::Reset => steps.push(Step::Deliver(offset, frame.clone())),
-                    // History, read after it arrived, does not lead up to it: dropped.
-                    Admit::Gap if stale => {}
-                    Admit::Gap => {
-                        // Published after the read: read again, this one first.
-                        self.held = std::iter::once((offset, e, frame))
-                            .chain(held.map(|(_, h)| h))
-                            .collect();
-                        return Filled::More;
-                    }
+            let (reset, verdict) = self.judge(offset, &e);
+            if reset {
+                self.reset(steps, &e);
+            }
+            match verdict {
+                Admit::Next | Admit::Reset => steps.push(Step::Deliver(offset, frame)),
+                Admit::Duplicate => {}
+                // History, read after it arrived, does not lead up to it: dropped.
+                Admit::Gap if stale => {}
+                Admit::Gap => {
+                    // Published after the read: read again, this one first.
+                    self.held = std::iter::once((offset, e, frame))
+                        .chain(held.map(|(_, h)| h))
+                        .collect();
+                    return Filled::More;
                 }
-                break;
             }
         }
-        if std::mem::take(&mut self.refill) {
-            return Filled::More;
-        }
-        if std::mem::take(&mut self.overflowed) {
+        // Subscriptions lost again during the read, or live messages dropped from `held`: the
+        // history they are in was not read yet.
+        if std::mem::take(&mut self.refill) | std::mem::take(&mut self.overflowed) {
             return Filled::More;
         }
         self.filling = false;
