@@ -34,17 +34,10 @@ enum JoinFailed {
 
 impl Session {
     pub(super) async fn join(&mut self, room: &str, since: Option<Result<Since, String>>) {
-        let me = self.out.client_id.clone();
         if self.rooms.contains_key(room) {
             // Already a member: acknowledge again, to this connection only.
-            let joined = ServerEvent::UserJoined {
-                user_id: &me,
-                room,
-                recovered: None,
-                offset: None,
-                epoch: None,
-            };
-            return reply(&self.shared, &self.out, joined.encode());
+            let joined = self.joined(room, None, None);
+            return reply(&self.shared, &self.out, joined);
         }
         if !self.may_use_room(room) {
             return self.error(ErrorCode::Forbidden, "your token does not allow this room");
@@ -91,14 +84,7 @@ impl Session {
         if settings.announce {
             // The others are told through the bus; the joiner's own copy is its ack, queued
             // directly (the echo skips it: a pipelined leave could remove it before the echo).
-            let others = ServerEvent::UserJoined {
-                user_id: &me,
-                room,
-                recovered: None,
-                offset: None,
-                epoch: None,
-            }
-            .encode();
+            let others = self.joined(room, None, None);
             let target = Target::RoomExcept {
                 room: room.to_owned(),
                 conn: self.out.id,
@@ -113,14 +99,8 @@ impl Session {
             }
         }
         let Some(keep) = keep else {
-            let ack = ServerEvent::UserJoined {
-                user_id: &me,
-                room,
-                recovered: since.map(|_| false),
-                offset: None,
-                epoch: None,
-            };
-            return reply(&self.shared, &self.out, ack.encode());
+            let ack = self.joined(room, since.map(|_| false), None);
+            return reply(&self.shared, &self.out, ack);
         };
         let done = match since {
             None => self.ack_plain(room, keep).await,
@@ -129,6 +109,19 @@ impl Session {
         if let Err(why) = done {
             self.join_failed(room, why);
         }
+    }
+
+    /// A `user_joined` of this connection's client in `room` (the joiner's own copy is its
+    /// ack), with where its stream stands when the room keeps history; encoded.
+    fn joined(&self, room: &str, recovered: Option<bool>, at: Option<(u64, &str)>) -> Bytes {
+        ServerEvent::UserJoined {
+            user_id: &self.out.client_id,
+            room,
+            recovered,
+            offset: at.map(|(offset, _)| offset),
+            epoch: at.map(|(_, epoch)| epoch),
+        }
+        .encode()
     }
 
     /// Leaves a room the join could not complete in, and says why.
@@ -168,14 +161,8 @@ impl Session {
     async fn ack_plain(&self, room: &str, _keep: Keep) -> Result<(), JoinFailed> {
         let page = self.page(room, HistoryQuery::Newest, 0).await?;
         self.shared.hub.note_joined(room, page.top, &page.epoch);
-        let ack = ServerEvent::UserJoined {
-            user_id: &self.out.client_id,
-            room,
-            recovered: None,
-            offset: Some(page.top),
-            epoch: Some(&page.epoch),
-        };
-        reply(&self.shared, &self.out, ack.encode());
+        let ack = self.joined(room, None, Some((page.top, &page.epoch)));
+        reply(&self.shared, &self.out, ack);
         Ok(())
     }
 
@@ -242,14 +229,8 @@ impl Session {
                 metrics.replayed.inc_by(frames.len() as u64);
             }
             if !full {
-                let ack = ServerEvent::UserJoined {
-                    user_id: &self.out.client_id,
-                    room,
-                    recovered: Some(recovered),
-                    offset: Some(cursor),
-                    epoch: Some(&epoch),
-                };
-                let ack = [text(ack.encode())];
+                let ack = self.joined(room, Some(recovered), Some((cursor, &epoch)));
+                let ack = [text(ack)];
                 // Refused when this node delivered past `cursor` meanwhile: replay those too.
                 if self
                     .shared
@@ -278,14 +259,8 @@ impl Session {
         }
         // The epoch changed under the replay: go live from the new epoch's top, not recovered
         // (what the client holds is of the old one).
-        let ack = ServerEvent::UserJoined {
-            user_id: &self.out.client_id,
-            room,
-            recovered: Some(false),
-            offset: Some(page.top),
-            epoch: Some(&page.epoch),
-        };
-        let ack = [text(ack.encode())];
+        let ack = self.joined(room, Some(false), Some((page.top, &page.epoch)));
+        let ack = [text(ack)];
         let hub = &self.shared.hub;
         if let Err(delivered) = hub.caught_up(room, &self.out, page.top, &page.epoch, &ack) {
             // This node is past that top already; the client reloads anyway (recovered:false).
