@@ -583,7 +583,7 @@ impl Hub {
     fn send_reset(&self, room: &str, members: &RoomMembers, epoch: &str, slow: &mut SlowConsumers) {
         self.metrics.history_resets.inc();
         let event = ServerEvent::HistoryReset { room, epoch }.encode();
-        let frame = wire::text(std::str::from_utf8(&event).unwrap_or_default());
+        let frame = wire::event(&event);
         self.fan_out(members.values(), &frame, slow);
     }
 

@@ -158,8 +158,7 @@ fn deadline_after(now: Instant, after: Duration) -> Instant {
 
 /// The text frame of an encoded event.
 fn text(event: Bytes) -> Bytes {
-    // Events come from serde_json, which only writes UTF-8.
-    wire::text(std::str::from_utf8(&event).unwrap_or("{}"))
+    wire::event(&event)
 }
 
 fn reply(shared: &Shared, out: &Outbound, event: Bytes) {

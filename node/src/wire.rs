@@ -39,6 +39,12 @@ pub fn text(payload: &str) -> Bytes {
     frame(TEXT, payload.as_bytes())
 }
 
+/// A text frame carrying an encoded server event (serde_json writes only UTF-8; anything else
+/// becomes `{}` rather than an invalid frame).
+pub fn event(event: &[u8]) -> Bytes {
+    text(std::str::from_utf8(event).unwrap_or("{}"))
+}
+
 /// A ping with no payload.
 pub fn ping() -> Bytes {
     Bytes::from_static(&[FIN | PING, 0])
