@@ -57,6 +57,11 @@ pub struct Metrics {
     pub replayed: IntCounter,
     /// Messages this node missed on the bus and delivered from history (gap fill).
     pub gap_filled: IntCounter,
+    /// Room messages with an `id` acknowledged to their sender (repeats included).
+    pub acks: IntCounter,
+    /// Room messages with an `id` that repeated one still in history: acknowledged with the
+    /// first one's offset, not stored or delivered again.
+    pub deduped: IntCounter,
 }
 
 impl Metrics {
@@ -198,6 +203,14 @@ impl Metrics {
             gap_filled: counter(
                 "ringcast_node_gap_filled_total",
                 "Room messages missed on the bus and delivered from history instead",
+            ),
+            acks: counter(
+                "ringcast_node_publish_acks_total",
+                "Room messages with an id acknowledged to their sender (repeats included)",
+            ),
+            deduped: counter(
+                "ringcast_node_publish_deduped_total",
+                "Room messages with an id that repeated one still in history (not stored again)",
             ),
             registry,
         }

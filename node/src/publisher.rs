@@ -96,13 +96,22 @@ impl Publisher {
     }
 
     /// Queues a room message for history (see [`StoredPublish`]): numbered, kept and published
-    /// in one step by the bus; `then` runs with the offset and epoch it got, or the failure.
-    pub async fn publish_stored(&self, room: &str, head: Vec<u8>, keep: Keep, then: Then) {
+    /// in one step by the bus (once per `dedupe` key while the first is kept); `then` runs with
+    /// the offset and epoch it got, or the failure.
+    pub async fn publish_stored(
+        &self,
+        room: &str,
+        head: Vec<u8>,
+        keep: Keep,
+        dedupe: Option<Arc<str>>,
+        then: Then,
+    ) {
         let publish = Publish::Stored(StoredPublish {
             room: room.to_owned(),
             head: Bytes::from(head),
             sent_at_micros: now_micros(),
             keep,
+            dedupe,
         });
         if !self.bus.batches_publishes() {
             let result = self.publish_now(publish).await;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use ringcast_protocol::auth::{now_secs, Identity};
+use ringcast_protocol::client::frame_message_id;
 use ringcast_protocol::{ErrorCode, ServerEvent, Target};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::task::JoinHandle;
@@ -173,12 +174,27 @@ fn push_or_drop(shared: &Shared, out: &Outbound, frame: Bytes) {
 }
 
 fn reply_error(shared: &Shared, out: &Outbound, code: ErrorCode, message: &str) {
+    reply_error_for(shared, out, code, message, None);
+}
+
+/// Sends an error caused by the message with `id` (when it had one), naming it.
+fn reply_error_for(
+    shared: &Shared,
+    out: &Outbound,
+    code: ErrorCode,
+    message: &str,
+    id: Option<&str>,
+) {
     shared
         .metrics
         .errors
         .with_label_values(&[code.as_str()])
         .inc();
-    reply(shared, out, ServerEvent::Error { code, message }.encode());
+    reply(
+        shared,
+        out,
+        ServerEvent::Error { code, message, id }.encode(),
+    );
 }
 
 /// Why the read loop ended.
@@ -410,7 +426,7 @@ impl Session {
                 Step::Next
             }
             Some(Ok(Message::Text(frame))) => {
-                if self.admit(now) {
+                if self.admit_text(now, &frame) {
                     Step::Serve(frame)
                 } else {
                     Step::Next
@@ -462,12 +478,29 @@ impl Session {
         }
     }
 
+    /// [`Session::admit`] for a text frame: a dropped message with an `id` is always answered
+    /// with a `rate_limited` error naming it (its sender must know which ones to send again);
+    /// a sustained flood still ends in 1008, which bounds those answers.
+    fn admit_text(&mut self, now: Instant, frame: &str) -> bool {
+        self.admit_with(now, || frame_message_id(frame))
+    }
+
     /// Applies the rate limit; returns whether to serve the message.
     fn admit(&mut self, now: Instant) -> bool {
+        self.admit_with(now, || None)
+    }
+
+    fn admit_with(&mut self, now: Instant, id: impl FnOnce() -> Option<String>) -> bool {
         match self.limiter.check(now) {
             Verdict::Allow => true,
             Verdict::Limited { notify } => {
-                if notify {
+                if let Some(id) = id() {
+                    self.error_for(
+                        ErrorCode::RateLimited,
+                        "too many messages; slow down",
+                        Some(&id),
+                    );
+                } else if notify {
                     self.error(ErrorCode::RateLimited, "too many messages; slow down");
                 } else {
                     self.shared
@@ -488,6 +521,11 @@ impl Session {
 
     fn error(&self, code: ErrorCode, message: &str) {
         reply_error(&self.shared, &self.out, code, message);
+    }
+
+    /// An error caused by the message with `id` (when it had one), naming it.
+    fn error_for(&self, code: ErrorCode, message: &str, id: Option<&str>) {
+        reply_error_for(&self.shared, &self.out, code, message, id);
     }
 }
 

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::error::ParseError;
-use crate::ids::{validate_client_id, validate_room};
+use crate::ids::{validate_client_id, validate_message_id, validate_room};
 
 /// One parsed client message. Borrows from the frame it was parsed from.
 #[derive(Debug)]
@@ -32,12 +32,15 @@ pub enum ClientMessage<'a> {
         /// Validated room name.
         room: Cow<'a, str>,
     },
-    /// `{"type":"room_message","room":R,"content":…}`: to every member of R.
+    /// `{"type":"room_message","room":R,"content":…,"id":MSG_ID?}`: to every member of R; with
+    /// an `id`, the sender gets an `ack` once it is stored, and a retry is stored once.
     RoomMessage {
         /// Validated room name.
         room: Cow<'a, str>,
         /// Raw JSON content.
         content: &'a RawValue,
+        /// The sender's message id ([`validate_message_id`]), if it wants an ack.
+        id: Option<Cow<'a, str>>,
     },
     /// `{"type":"direct_message","target":T,"content":…}` (`target_user` is an alias).
     DirectMessage {
@@ -119,6 +122,22 @@ struct RawMessage<'a> {
     since: Option<&'a RawValue>,
     #[serde(default)]
     limit: Option<u64>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+}
+
+/// The valid `id` of a frame, if it has one, whatever else is wrong with it: an error caused by
+/// a message with an id carries that id (a refused frame, a rate-limited one), so the sender
+/// knows which of its messages failed.
+pub fn frame_message_id(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow, default)]
+        id: Option<Cow<'a, str>>,
+    }
+    let id = serde_json::from_str::<IdOnly>(text).ok()?.id?;
+    validate_message_id(&id).ok()?;
+    Some(id.into_owned())
 }
 
 impl<'a> ClientMessage<'a> {
@@ -165,9 +184,13 @@ impl<'a> ClientMessage<'a> {
             }),
             "room_message" => {
                 let room = need_room("room_message", raw.room)?;
+                if let Some(id) = &raw.id {
+                    validate_message_id(id).map_err(ParseError::InvalidId)?;
+                }
                 Ok(ClientMessage::RoomMessage {
                     room,
                     content: need_content("room_message")?,
+                    id: raw.id,
                 })
             }
             "direct_message" => {
@@ -242,7 +265,7 @@ mod tests {
         match ClientMessage::parse(r#"{"type":"room_message","room":"r","content":{"a":[1,2]}}"#)
             .unwrap()
         {
-            ClientMessage::RoomMessage { room, content } => {
+            ClientMessage::RoomMessage { room, content, .. } => {
                 assert_eq!(room, "r");
                 assert_eq!(content.get(), r#"{"a":[1,2]}"#);
             }
@@ -265,6 +288,46 @@ mod tests {
             ClientMessage::parse(r#"{"type":"pong","extra":1}"#),
             Ok(ClientMessage::Pong)
         ));
+    }
+
+    #[test]
+    fn a_room_message_id_is_checked_and_errors_can_name_it() {
+        match ClientMessage::parse(
+            r#"{"type":"room_message","room":"r","content":1,"id":"a.b:c-9_"}"#,
+        )
+        .unwrap()
+        {
+            ClientMessage::RoomMessage { id, .. } => assert_eq!(id.as_deref(), Some("a.b:c-9_")),
+            m => panic!("{m:?}"),
+        }
+        let too_long = format!(
+            r#"{{"type":"room_message","room":"r","content":1,"id":"{}"}}"#,
+            "x".repeat(65)
+        );
+        for bad in [
+            r#"{"type":"room_message","room":"r","content":1,"id":""}"#,
+            r#"{"type":"room_message","room":"r","content":1,"id":"a b"}"#,
+            r#"{"type":"room_message","room":"r","content":1,"id":"a@b"}"#,
+            &too_long,
+        ] {
+            assert_eq!(code(bad), ErrorCode::InvalidId, "{bad}");
+            assert_eq!(frame_message_id(bad), None, "{bad}");
+        }
+        assert_eq!(
+            code(r#"{"type":"room_message","room":"r","content":1,"id":7}"#),
+            ErrorCode::BadJson
+        );
+        // A frame refused for another reason still names its valid id.
+        assert_eq!(
+            frame_message_id(r#"{"type":"room_message","room":"a b","content":1,"id":"m1"}"#),
+            Some("m1".to_owned())
+        );
+        assert_eq!(
+            frame_message_id(r#"{"type":"room_message","id":"m2"}"#),
+            Some("m2".into())
+        );
+        assert_eq!(frame_message_id("not json"), None);
+        assert_eq!(frame_message_id(r#"{"type":"ping"}"#), None);
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub enum ParseError {
     /// A direct-message target is not a valid client id.
     #[error(transparent)]
     InvalidTarget(IdError),
+    /// A message `id` broke its rules (1–64 characters of `[A-Za-z0-9_.:-]`).
+    #[error(transparent)]
+    InvalidId(IdError),
 }
 
 impl ParseError {
@@ -38,6 +41,7 @@ impl ParseError {
             ParseError::MissingField { .. } => ErrorCode::MissingField,
             ParseError::InvalidRoom(_) => ErrorCode::InvalidRoom,
             ParseError::InvalidTarget(_) => ErrorCode::InvalidTarget,
+            ParseError::InvalidId(_) => ErrorCode::InvalidId,
         }
     }
 }
@@ -48,13 +52,13 @@ pub enum IdError {
     /// Empty string.
     #[error("{what} must not be empty")]
     Empty {
-        /// "client_id" or "room".
+        /// "client_id", "room" or "id".
         what: &'static str,
     },
     /// Longer than the limit.
     #[error("{what} is longer than {max} characters")]
     TooLong {
-        /// "client_id" or "room".
+        /// "client_id", "room" or "id".
         what: &'static str,
         /// The limit.
         max: usize,
@@ -62,7 +66,7 @@ pub enum IdError {
     /// Contains a character outside the allowed set.
     #[error("{what} contains a character that is not allowed")]
     BadChar {
-        /// "client_id" or "room".
+        /// "client_id", "room" or "id".
         what: &'static str,
     },
 }

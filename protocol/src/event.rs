@@ -89,12 +89,29 @@ pub enum ServerEvent<'a> {
         /// New expiry, seconds since the Unix epoch.
         expires_at: u64,
     },
+    /// A room message with an `id` was stored (or, without history, published); a retry of a
+    /// stored one gets the original's ack again.
+    Ack {
+        /// The sender's message id.
+        id: &'a str,
+        /// Which room.
+        room: &'a str,
+        /// Its offset, when the room keeps history.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        /// The room's epoch, when the room keeps history.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+    },
     /// Something the client sent could not be served. The connection stays open.
     Error {
         /// Stable machine-readable code.
         code: ErrorCode,
         /// Human-readable detail.
         message: &'a str,
+        /// The `id` of the message that caused it, when it had one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
     },
 }
 
@@ -178,11 +195,13 @@ pub enum ErrorCode {
     InvalidSince,
     /// A `refresh` token is invalid or expired (or authentication is off).
     InvalidToken,
+    /// A message `id` is not 1–64 characters of `[A-Za-z0-9_.:-]`.
+    InvalidId,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and metrics.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::MissingField,
@@ -198,6 +217,7 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::InvalidSince,
         ErrorCode::InvalidToken,
+        ErrorCode::InvalidId,
     ];
 
     /// The code as it appears on the wire.
@@ -218,6 +238,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::InvalidSince => "invalid_since",
             ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::InvalidId => "invalid_id",
         }
     }
 }
@@ -297,9 +318,36 @@ mod tests {
         assert_eq!(
             text(&ServerEvent::Error {
                 code: ErrorCode::NotInRoom,
-                message: "m\"x"
+                message: "m\"x",
+                id: None,
             }),
             r#"{"event":"error","code":"not_in_room","message":"m\"x"}"#
+        );
+        assert_eq!(
+            text(&ServerEvent::Error {
+                code: ErrorCode::BusUnavailable,
+                message: "down",
+                id: Some("m-1"),
+            }),
+            r#"{"event":"error","code":"bus_unavailable","message":"down","id":"m-1"}"#
+        );
+        assert_eq!(
+            text(&ServerEvent::Ack {
+                id: "m-1",
+                room: "r",
+                offset: Some(7),
+                epoch: Some("E"),
+            }),
+            r#"{"event":"ack","id":"m-1","room":"r","offset":7,"epoch":"E"}"#
+        );
+        assert_eq!(
+            text(&ServerEvent::Ack {
+                id: "m-1",
+                room: "r",
+                offset: None,
+                epoch: None,
+            }),
+            r#"{"event":"ack","id":"m-1","room":"r"}"#
         );
     }
 

@@ -1,4 +1,4 @@
-//! Validation of client ids and room names, and generation of ids for anonymous clients.
+//! Validation of client ids, room names and message ids, and generation of ids for anonymous clients.
 
 use crate::error::IdError;
 
@@ -47,6 +47,31 @@ pub fn validate_room(room: &str) -> Result<(), IdError> {
         return Err(IdError::BadChar { what: WHAT });
     }
     Ok(())
+}
+
+/// The longest message id a client may choose.
+pub const MAX_MESSAGE_ID_LEN: usize = 64;
+
+/// Checks a message id: 1–64 characters of `[A-Za-z0-9_.:-]`.
+pub fn validate_message_id(id: &str) -> Result<(), IdError> {
+    const WHAT: &str = "id";
+    if id.is_empty() {
+        return Err(IdError::Empty { what: WHAT });
+    }
+    if id.len() > MAX_MESSAGE_ID_LEN {
+        return Err(IdError::TooLong {
+            what: WHAT,
+            max: MAX_MESSAGE_ID_LEN,
+        });
+    }
+    let ok = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(IdError::BadChar { what: WHAT })
+    }
 }
 
 /// Makes a client id for a client that did not bring one: `anon-` plus 20 random alphanumerics

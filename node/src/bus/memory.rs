@@ -88,30 +88,34 @@ impl Bus for MemoryBus {
 
     async fn publish_stored(&self, msg: &StoredPublish) -> Result<Stored, BusError> {
         let channel = Channel::Room(msg.room.clone());
-        let (offset, epoch, subscribers) =
-            self.broker
-                .history
-                .store(&msg.room, &msg.head, msg.keep, |offset, epoch, frame| {
-                    let payload = Bytes::from(
-                        StoredMessage {
-                            offset,
-                            epoch,
-                            sent_at_micros: msg.sent_at_micros,
-                            room: &msg.room,
-                            frame,
-                        }
-                        .encode(),
-                    );
-                    let inboxes = self.inboxes(&channel);
-                    for inbox in &inboxes {
-                        inbox(payload.clone());
+        let (offset, epoch, subscribers) = self.broker.history.store(
+            &msg.room,
+            &msg.head,
+            msg.keep,
+            msg.dedupe.as_ref(),
+            |offset, epoch, frame| {
+                let payload = Bytes::from(
+                    StoredMessage {
+                        offset,
+                        epoch,
+                        sent_at_micros: msg.sent_at_micros,
+                        room: &msg.room,
+                        frame,
                     }
-                    inboxes.len()
-                });
+                    .encode(),
+                );
+                let inboxes = self.inboxes(&channel);
+                for inbox in &inboxes {
+                    inbox(payload.clone());
+                }
+                inboxes.len()
+            },
+        );
         Ok(Stored {
             offset,
             epoch,
-            subscribers,
+            subscribers: subscribers.unwrap_or(0),
+            duplicate: subscribers.is_none(),
         })
     }
 

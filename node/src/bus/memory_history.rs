@@ -2,6 +2,9 @@
 //! a bounded log that expires after `ttl`, a counter and epoch that live `meta_ttl`) kept in
 //! this process, for the embedded default and tests without Redis.
 //!
+//! A message with a dedupe key is remembered with its offset while it is in the log: a repeat
+//! in that time is not stored again and gets the first one's offset.
+//!
 //! Each room has its own lock, held while a message is numbered *and* handed to the
 //! subscribers, so delivery order is offset order as with Redis. The table of rooms is pruned of
 //! expired rooms whenever it has doubled since the last pruning, so it stays bounded by the
@@ -18,11 +21,16 @@ use super::{HistoryPage, HistoryQuery, Keep};
 /// A table shorter than this is never pruned.
 const PRUNE_FROM: usize = 1024;
 
+/// One kept message: offset, frame, dedupe key.
+type Entry = (u64, Arc<str>, Option<Arc<str>>);
+
 /// One room's log.
 struct RoomLog {
     epoch: Arc<str>,
     top: u64,
-    entries: VecDeque<(u64, Arc<str>)>,
+    entries: VecDeque<Entry>,
+    /// Dedupe key → offset, for the entries in the log that had one.
+    ids: HashMap<Arc<str>, u64>,
     /// When the entries expire.
     expires: Instant,
     /// When the counter and epoch expire.
@@ -35,6 +43,7 @@ impl RoomLog {
             epoch: new_epoch(rand::random::<u8>).into(),
             top: 0,
             entries: VecDeque::new(),
+            ids: HashMap::new(),
             expires: now,
             meta_expires: now + meta_ttl,
         }
@@ -46,6 +55,7 @@ impl RoomLog {
             *self = RoomLog::new(now, meta_ttl);
         } else if self.expires <= now {
             self.entries.clear();
+            self.ids.clear();
         }
     }
 }
@@ -82,30 +92,42 @@ impl MemoryHistory {
     }
 
     /// Numbers a message, keeps it and, still holding the room's lock, calls `deliver` with its
-    /// offset, epoch and frame (so deliveries happen in offset order). Returns offset and epoch.
+    /// offset, epoch and frame (so deliveries happen in offset order). Returns offset and epoch,
+    /// and `None` instead of `deliver`'s result for a repeat of a kept message's `dedupe` key
+    /// (then nothing is stored or delivered, and the offset is the first one's).
     pub(super) fn store<R>(
         &self,
         room: &str,
         head: &[u8],
         keep: Keep,
+        dedupe: Option<&Arc<str>>,
         deliver: impl FnOnce(u64, &str, &str) -> R,
-    ) -> (u64, Arc<str>, R) {
+    ) -> (u64, Arc<str>, Option<R>) {
         let log = self.room(room, keep.meta_ttl);
         let mut log = log.lock().unwrap_or_else(unpoison);
         let now = Instant::now();
         log.refresh(now, keep.meta_ttl);
+        if let Some(first) = dedupe.and_then(|key| log.ids.get(key)) {
+            return (*first, log.epoch.clone(), None);
+        }
         log.top += 1;
         let offset = log.top;
         let frame: Arc<str> = finish_chat(head, offset, &log.epoch).into();
-        log.entries.push_back((offset, frame.clone()));
+        if let Some(key) = dedupe {
+            log.ids.insert(key.clone(), offset);
+        }
+        log.entries
+            .push_back((offset, frame.clone(), dedupe.cloned()));
         while log.entries.len() > keep.size as usize {
-            log.entries.pop_front();
+            if let Some((_, _, Some(key))) = log.entries.pop_front() {
+                log.ids.remove(&key);
+            }
         }
         log.expires = now + keep.ttl;
         log.meta_expires = now + keep.meta_ttl.max(keep.ttl);
         let epoch = log.epoch.clone();
         let delivered = deliver(offset, &epoch, &frame);
-        (offset, epoch, delivered)
+        (offset, epoch, Some(delivered))
     }
 
     /// Reads a page of a room's history.
@@ -119,12 +141,12 @@ impl MemoryHistory {
         let log = self.room(room, meta_ttl);
         let mut log = log.lock().unwrap_or_else(unpoison);
         log.refresh(Instant::now(), meta_ttl);
-        let pick = |(o, f): &(u64, Arc<str>)| (*o, f.to_string());
+        let pick = |(o, f, _): &Entry| (*o, f.to_string());
         let messages: Vec<(u64, String)> = match query {
             HistoryQuery::After(after) => log
                 .entries
                 .iter()
-                .filter(|(o, _)| *o > after)
+                .filter(|(o, _, _)| *o > after)
                 .take(limit)
                 .map(pick)
                 .collect(),
@@ -136,7 +158,7 @@ impl MemoryHistory {
         HistoryPage {
             top: log.top,
             epoch: log.epoch.clone(),
-            first: log.entries.front().map(|(o, _)| *o),
+            first: log.entries.front().map(|(o, _, _)| *o),
             messages,
         }
     }
@@ -158,9 +180,11 @@ mod tests {
         let head = br#"{"event":"chat","from":"a","room":"r","content":1,"offset":"#;
         let mut epoch = None;
         for n in 1..=5 {
-            let (offset, e, seen) =
-                h.store("r", head, KEEP, |o, e, f| (o, e.to_owned(), f.to_owned()));
+            let (offset, e, seen) = h.store("r", head, KEEP, None, |o, e, f| {
+                (o, e.to_owned(), f.to_owned())
+            });
             assert_eq!(offset, n);
+            let seen = seen.expect("stored");
             assert_eq!(seen.0, n);
             assert!(seen
                 .2
@@ -194,7 +218,7 @@ mod tests {
             ttl: Duration::from_millis(20),
             meta_ttl: Duration::from_millis(500),
         };
-        let (_, e1, ()) = h.store("r", head, short, |_, _, _| ());
+        let (_, e1, _) = h.store("r", head, short, None, |_, _, _| ());
         std::thread::sleep(Duration::from_millis(50));
         let page = h.read("r", HistoryQuery::After(0), 10, short.meta_ttl);
         assert_eq!(
@@ -206,5 +230,43 @@ mod tests {
         let page = h.read("r", HistoryQuery::After(0), 10, short.meta_ttl);
         assert_eq!(page.top, 0);
         assert_ne!(page.epoch, e1, "a new epoch");
+    }
+
+    #[test]
+    fn a_repeated_key_is_stored_once_while_its_first_is_kept() {
+        let h = MemoryHistory::default();
+        let head = b"{\"offset\":";
+        let (a, b) = (
+            super::super::dedupe_key("c1", "m1"),
+            super::super::dedupe_key("c2", "m1"),
+        );
+        let (first, epoch, delivered) = h.store("r", head, KEEP, Some(&a), |o, _, _| o);
+        assert_eq!((first, delivered), (1, Some(1)));
+        let (again, e2, delivered) = h.store("r", head, KEEP, Some(&a), |o, _, _| o);
+        assert_eq!(
+            (again, &*e2, delivered),
+            (1, &*epoch, None),
+            "not stored twice"
+        );
+        let (other, _, delivered) = h.store("r", head, KEEP, Some(&b), |o, _, _| o);
+        assert_eq!(
+            (other, delivered),
+            (2, Some(2)),
+            "another sender's same id is its own"
+        );
+        let (other_room, _, _) = h.store("r2", head, KEEP, Some(&a), |o, _, _| o);
+        assert_eq!(other_room, 1, "dedupe is per room");
+        // Three more push the first out of the 3-message log: a repeat now is new.
+        for _ in 0..3 {
+            h.store("r", head, KEEP, None, |_, _, _| ());
+        }
+        let (late, _, delivered) = h.store("r", head, KEEP, Some(&a), |o, _, _| o);
+        assert_eq!((late, delivered), (6, Some(6)));
+        assert_eq!(
+            h.read("r", HistoryQuery::After(0), 10, KEEP.meta_ttl)
+                .messages
+                .len(),
+            3
+        );
     }
 }

@@ -69,6 +69,16 @@ pub struct StoredPublish {
     pub sent_at_micros: u64,
     /// How the room keeps messages.
     pub keep: Keep,
+    /// The sender's dedupe key (`ID\nSENDER`, see [`dedupe_key`]) for a message with an `id`:
+    /// while a message stored under the same key is still in the room's history, this one is
+    /// not stored or published again, and its answer is the first one's offset.
+    pub dedupe: Option<Arc<str>>,
+}
+
+/// The key a message id is deduplicated under: the id, a newline (which neither an id nor a
+/// client id may contain), the sender. One sender's ids never collide with another's.
+pub fn dedupe_key(sender: &str, id: &str) -> Arc<str> {
+    format!("{id}\n{sender}").into()
 }
 
 /// What storing a room message gave it.
@@ -78,8 +88,11 @@ pub struct Stored {
     pub offset: u64,
     /// The room's epoch.
     pub epoch: Arc<str>,
-    /// Nodes subscribed to the room's channel.
+    /// Nodes subscribed to the room's channel (0 for a duplicate, which is not published).
     pub subscribers: usize,
+    /// It repeated a message still in history ([`StoredPublish::dedupe`]): nothing was stored
+    /// or published, and `offset` is the first one's.
+    pub duplicate: bool,
 }
 
 /// One publish of a batch.

@@ -27,7 +27,7 @@ use ringcast_protocol::stored::new_epoch;
 use super::redis_config::RedisBusConfig;
 use super::redis_conn::{supervise_publisher, supervise_subscriber, unavailable, Inner};
 use super::redis_history::{
-    parse_page, parse_stored, publish_cmd, read_cmd, room_channel, PUBLISH_SCRIPT,
+    parse_page, parse_stored, publish_cmd, read_cmd, room_channel, PUBLISH_SCRIPT, SCRIPT_RUN,
 };
 use super::{
     Bus, BusError, Channel, HistoryPage, HistoryQuery, Inbox, Publish, Published, Stored,
@@ -133,47 +133,61 @@ impl Bus for RedisBus {
     }
 
     async fn publish_all(&self, batch: &[Publish]) -> Vec<Result<Published, BusError>> {
+        let steps = plan(batch);
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         // The script goes by its SHA; loading it first in the same pipeline (one `SCRIPT LOAD`
         // per batch, not per message) means Redis has it for every `EVALSHA` after, even just
         // after a restart or a `SCRIPT FLUSH` — and a NOSCRIPT can never reorder a batch.
-        let stored = batch.iter().any(|p| matches!(p, Publish::Stored(_)));
-        if stored {
+        if steps.iter().any(|s| matches!(s, Step::Script(_))) {
             pipe.cmd("SCRIPT").arg("LOAD").arg(PUBLISH_SCRIPT).ignore();
         }
-        for item in batch {
-            match item {
-                Publish::Plain(channel, payload) => {
+        let epoch = new_epoch(rand::random::<u8>);
+        for step in &steps {
+            match step {
+                Step::Plain(i) => {
+                    let Publish::Plain(channel, payload) = &batch[*i] else {
+                        unreachable!("plan() makes a Plain step of a plain publish only")
+                    };
                     pipe.cmd("PUBLISH")
                         .arg(self.name(channel))
                         .arg(payload.as_ref());
                 }
-                Publish::Stored(msg) => {
-                    let epoch = new_epoch(rand::random::<u8>);
-                    pipe.add_command(publish_cmd(self.inner.prefix(), msg, &epoch));
+                Step::Script(run) => {
+                    let msgs: Vec<&StoredPublish> = batch[run.clone()]
+                        .iter()
+                        .filter_map(|p| match p {
+                            Publish::Stored(m) => Some(m),
+                            Publish::Plain(..) => None,
+                        })
+                        .collect();
+                    pipe.add_command(publish_cmd(self.inner.prefix(), &msgs, &epoch));
                 }
             }
         }
         let err = match self.inner.pipeline(&pipe).await {
-            Ok(values) if values.len() == batch.len() => {
-                return batch
-                    .iter()
-                    .zip(values)
-                    .map(|(item, value)| match item {
-                        Publish::Plain(..) => match value {
+            Ok(values) if values.len() == steps.len() => {
+                let mut out = Vec::with_capacity(batch.len());
+                for (step, value) in steps.iter().zip(values) {
+                    match step {
+                        Step::Plain(_) => out.push(match value {
                             redis::Value::Int(n) => Ok(Published::Plain(n.max(0) as usize)),
                             other => Err(BusError::Unavailable(format!(
                                 "Redis answered a PUBLISH with {other:?}"
                             ))),
-                        },
-                        Publish::Stored(_) => parse_stored(&value).map(Published::Stored),
-                    })
-                    .collect();
+                        }),
+                        Step::Script(run) => out.extend(
+                            parse_stored(&value, run.len())
+                                .into_iter()
+                                .map(|r| r.map(Published::Stored)),
+                        ),
+                    }
+                }
+                return out;
             }
             Ok(values) => BusError::Unavailable(format!(
-                "Redis answered {} publishes with {} replies",
-                batch.len(),
+                "Redis answered {} commands with {} replies",
+                steps.len(),
                 values.len()
             )),
             Err(e) => e,
@@ -216,6 +230,30 @@ impl Bus for RedisBus {
     }
 }
 
+/// One command of a publish pipeline: a plain `PUBLISH` of the batch's item `i`, or one
+/// script call for a run of consecutive stored messages (never across a plain publish, so the
+/// pipeline keeps the batch's order exactly).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Plain(usize),
+    Script(std::ops::Range<usize>),
+}
+
+/// Cuts a batch into [`Step`]s: runs of stored messages of at most [`SCRIPT_RUN`].
+fn plan(batch: &[Publish]) -> Vec<Step> {
+    let mut steps: Vec<Step> = Vec::new();
+    for (i, item) in batch.iter().enumerate() {
+        match (item, steps.last_mut()) {
+            (Publish::Plain(..), _) => steps.push(Step::Plain(i)),
+            (Publish::Stored(_), Some(Step::Script(run))) if run.len() < SCRIPT_RUN => {
+                run.end = i + 1
+            }
+            (Publish::Stored(_), _) => steps.push(Step::Script(i..i + 1)),
+        }
+    }
+    steps
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +265,45 @@ mod tests {
         c.redis_url = Some(url.into());
         c.node_id = Some("n1".into());
         RedisBusConfig::from_config(&c).expect("url set")
+    }
+
+    #[test]
+    fn a_batch_is_cut_into_runs_of_stored_messages_that_keep_its_order() {
+        let plain = || Publish::Plain(Channel::Broadcast, Bytes::new());
+        let stored = || {
+            Publish::Stored(StoredPublish {
+                room: "r".into(),
+                head: Bytes::new(),
+                sent_at_micros: 0,
+                keep: crate::bus::Keep {
+                    size: 1,
+                    ttl: Duration::from_secs(1),
+                    meta_ttl: Duration::from_secs(1),
+                },
+                dedupe: None,
+            })
+        };
+        let batch = vec![stored(), stored(), plain(), stored(), plain(), plain()];
+        assert_eq!(
+            plan(&batch),
+            [
+                Step::Script(0..2),
+                Step::Plain(2),
+                Step::Script(3..4),
+                Step::Plain(4),
+                Step::Plain(5)
+            ]
+        );
+        let long: Vec<_> = (0..SCRIPT_RUN * 2 + 1).map(|_| stored()).collect();
+        assert_eq!(
+            plan(&long),
+            [
+                Step::Script(0..SCRIPT_RUN),
+                Step::Script(SCRIPT_RUN..2 * SCRIPT_RUN),
+                Step::Script(2 * SCRIPT_RUN..2 * SCRIPT_RUN + 1)
+            ]
+        );
+        assert!(plan(&[]).is_empty());
     }
 
     #[tokio::test]

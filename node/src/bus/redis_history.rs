@@ -1,7 +1,8 @@
 //! Room history in Redis: the key layout and the two scripts, and reading their answers.
 //!
 //! A room `R` under prefix `P` has its channel `{P:room:R}`, a hash `{P:room:R}:meta` (`epoch`,
-//! `top`) and a stream `{P:room:R}:log` whose entry ids are `OFFSET-0`. The braces are a hash
+//! `top`), a stream `{P:room:R}:log` whose entry ids are `OFFSET-0` and a sorted set
+//! `{P:room:R}:ids` of the dedupe keys of the messages in the log, scored by offset. The braces are a hash
 //! tag: a room's keys and channel share one slot, so on Redis Cluster the publish script touches
 //! one shard and can `SPUBLISH` from within.
 //!
@@ -32,33 +33,76 @@ fn log_key(prefix: &str, room: &str) -> String {
     format!("{}:log", room_channel(prefix, room))
 }
 
-/// `KEYS` = [meta, log]; `ARGV` = [frame head, candidate epoch, size, ttl ms, meta ttl ms,
-/// channel, sent-at micros, room]. Returns `{offset, epoch, subscribers}`. An `XADD` refused
-/// because the log holds higher ids than the counter (restored from an older snapshot) starts a
-/// new epoch rather than fail or reuse offsets.
+fn ids_key(prefix: &str, room: &str) -> String {
+    format!("{}:ids", room_channel(prefix, room))
+}
+
+/// Stores and publishes a run of room messages, in order. Message `i` (from 0) has `KEYS` meta,
+/// log, ids at `3i+1..=3i+3` and `ARGV` [`ARGS_PER_MESSAGE`] values from `2+8i`: frame head,
+/// size, ttl ms, meta ttl ms, channel, sent-at micros, room, dedupe key or `''`; `ARGV[1]` is
+/// a random candidate epoch (suffixed with `i`, so no two fresh starts in one call share one).
+/// Returns `{offset, epoch, subscribers, duplicate}` per message, flattened.
+///
+/// One call per run, not per message: a call's own cost (argument vectors, the script's entry
+/// and its reply) is paid once for up to [`SCRIPT_RUN`] messages. An `XADD` refused because the
+/// log holds higher ids than the counter (restored from an older snapshot) starts a new epoch
+/// rather than fail or reuse offsets. The dedupe keys of a room sit in a sorted set scored by
+/// offset and trimmed with the log, so a repeat is caught exactly while its first is kept.
 pub(super) const PUBLISH_SCRIPT: &str = r#"
-local function fresh()
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'top', 0)
-  return ARGV[2]
+local out = {}
+for i = 0, #KEYS / 3 - 1 do
+  local meta, log, ids = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
+  local a = 8 * i + 1
+  local head, size, ttl, mttl = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local key = ARGV[a + 8]
+  local function fresh()
+    redis.call('DEL', log, ids)
+    local e = ARGV[1] .. i
+    redis.call('HSET', meta, 'epoch', e, 'top', 0)
+    return e
+  end
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then epoch = fresh() end
+  local first = false
+  if key ~= '' then first = redis.call('ZSCORE', ids, key) end
+  if first then
+    out[#out + 1] = tonumber(first)
+    out[#out + 1] = epoch
+    out[#out + 1] = 0
+    out[#out + 1] = 1
+  else
+    local top = redis.call('HINCRBY', meta, 'top', 1)
+    local frame = head .. top .. ',"epoch":"' .. epoch .. '"}'
+    local added = redis.pcall('XADD', log, 'MAXLEN', size, top .. '-0', 'f', frame)
+    if type(added) == 'table' and added.err then
+      epoch = fresh()
+      top = redis.call('HINCRBY', meta, 'top', 1)
+      frame = head .. top .. ',"epoch":"' .. epoch .. '"}'
+      redis.call('XADD', log, 'MAXLEN', size, top .. '-0', 'f', frame)
+    end
+    redis.call('PEXPIRE', log, ttl)
+    redis.call('PEXPIRE', meta, mttl)
+    if key ~= '' then
+      redis.call('ZADD', ids, top, key)
+      redis.call('ZREMRANGEBYSCORE', ids, '-inf', top - tonumber(size))
+      redis.call('PEXPIRE', ids, ttl)
+    end
+    out[#out + 1] = top
+    out[#out + 1] = epoch
+    out[#out + 1] = redis.call('PUBLISH', ARGV[a + 5],
+      '\2' .. top .. '\n' .. epoch .. '\n' .. ARGV[a + 6] .. '\n' .. ARGV[a + 7] .. '\n' .. frame)
+    out[#out + 1] = 0
+  end
 end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then epoch = fresh() end
-local top = redis.call('HINCRBY', KEYS[1], 'top', 1)
-local frame = ARGV[1] .. top .. ',"epoch":"' .. epoch .. '"}'
-local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[3], top .. '-0', 'f', frame)
-if type(added) == 'table' and added.err then
-  epoch = fresh()
-  top = redis.call('HINCRBY', KEYS[1], 'top', 1)
-  frame = ARGV[1] .. top .. ',"epoch":"' .. epoch .. '"}'
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], top .. '-0', 'f', frame)
-end
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-local n = redis.call('PUBLISH', ARGV[6],
-  '\2' .. top .. '\n' .. epoch .. '\n' .. ARGV[7] .. '\n' .. ARGV[8] .. '\n' .. frame)
-return {top, epoch, n}
+return out
 "#;
+
+/// Values of `ARGV` per message in [`PUBLISH_SCRIPT`].
+const ARGS_PER_MESSAGE: usize = 8;
+
+/// Most messages one [`PUBLISH_SCRIPT`] call stores: Redis runs a script to its end, serving
+/// no one else meanwhile, so a run is cut to keep that pause well under a millisecond or two.
+pub(super) const SCRIPT_RUN: usize = 64;
 
 /// `KEYS` = [meta, log]; `ARGV` = [`after` or `newest`, offset, limit, candidate epoch, meta
 /// ttl ms]. Returns `{top, epoch, oldest id or '', id1, frame1, …}` (newest: descending).
@@ -94,26 +138,35 @@ fn ms(d: std::time::Duration) -> u64 {
     d.as_millis().clamp(1, u128::from(u64::MAX)) as u64
 }
 
-/// The `EVALSHA` that stores and publishes `msg` (the script must be loaded: see `redis.rs`).
-pub(super) fn publish_cmd(prefix: &str, msg: &StoredPublish, epoch: &str) -> redis::Cmd {
-    let Keep {
-        size,
-        ttl,
-        meta_ttl,
-    } = msg.keep;
+/// The `EVALSHA` that stores and publishes a run of messages, in order (the script must be
+/// loaded: see `redis.rs`).
+pub(super) fn publish_cmd(prefix: &str, run: &[&StoredPublish], epoch: &str) -> redis::Cmd {
+    let mut keys = Vec::with_capacity(3 * run.len());
+    let mut args: Vec<Vec<u8>> = Vec::with_capacity(ARGS_PER_MESSAGE * run.len() + 1);
+    args.push(epoch.as_bytes().to_vec());
+    for msg in run {
+        let Keep {
+            size,
+            ttl,
+            meta_ttl,
+        } = msg.keep;
+        keys.push(meta_key(prefix, &msg.room));
+        keys.push(log_key(prefix, &msg.room));
+        keys.push(ids_key(prefix, &msg.room));
+        args.push(msg.head.to_vec());
+        args.push(size.max(1).to_string().into_bytes());
+        args.push(ms(ttl).to_string().into_bytes());
+        args.push(ms(meta_ttl.max(ttl)).to_string().into_bytes());
+        args.push(room_channel(prefix, &msg.room).into_bytes());
+        args.push(msg.sent_at_micros.to_string().into_bytes());
+        args.push(msg.room.as_bytes().to_vec());
+        args.push(msg.dedupe.as_deref().unwrap_or("").as_bytes().to_vec());
+    }
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(PUBLISH_SHA.as_str())
-        .arg(2)
-        .arg(meta_key(prefix, &msg.room))
-        .arg(log_key(prefix, &msg.room))
-        .arg(msg.head.as_ref())
-        .arg(epoch)
-        .arg(size.max(1))
-        .arg(ms(ttl))
-        .arg(ms(meta_ttl.max(ttl)))
-        .arg(room_channel(prefix, &msg.room))
-        .arg(msg.sent_at_micros)
-        .arg(&msg.room);
+        .arg(keys.len())
+        .arg(keys)
+        .arg(args);
     cmd
 }
 
@@ -174,19 +227,28 @@ fn id_offset(id: &str) -> Option<u64> {
     id.strip_suffix("-0")?.parse().ok()
 }
 
-/// Reads [`PUBLISH_SCRIPT`]'s answer.
-pub(super) fn parse_stored(v: &Value) -> Result<Stored, BusError> {
-    let Value::Array(items) = v else {
-        return Err(bad("not an array"));
+/// Reads [`PUBLISH_SCRIPT`]'s answer for a run of `n` messages: one result each.
+pub(super) fn parse_stored(v: &Value, n: usize) -> Vec<Result<Stored, BusError>> {
+    let items = match v {
+        Value::Array(items) if items.len() == 4 * n => items,
+        Value::Array(_) => return vec![Err(bad("length")); n],
+        Value::ServerError(e) => {
+            let e = BusError::Unavailable(format!("the publish script failed: {e:?}"));
+            return vec![Err(e); n];
+        }
+        _ => return vec![Err(bad("not an array")); n],
     };
-    match items.as_slice() {
-        [top, epoch, n] => Ok(Stored {
-            offset: int(top).ok_or_else(|| bad("offset"))?,
-            epoch: Arc::from(text(epoch).ok_or_else(|| bad("epoch"))?),
-            subscribers: int(n).ok_or_else(|| bad("count"))? as usize,
-        }),
-        _ => Err(bad("length")),
-    }
+    items
+        .chunks_exact(4)
+        .map(|one| {
+            Ok(Stored {
+                offset: int(&one[0]).ok_or_else(|| bad("offset"))?,
+                epoch: Arc::from(text(&one[1]).ok_or_else(|| bad("epoch"))?),
+                subscribers: int(&one[2]).ok_or_else(|| bad("count"))? as usize,
+                duplicate: int(&one[3]).ok_or_else(|| bad("duplicate"))? == 1,
+            })
+        })
+        .collect()
 }
 
 /// Reads [`READ_SCRIPT`]'s answer.

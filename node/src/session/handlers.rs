@@ -6,11 +6,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use ringcast_protocol::client::frame_message_id;
 use ringcast_protocol::{ClientMessage, ErrorCode, RevokeReason, ServerEvent, Target};
+use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{reply, reply_error, Session};
-use crate::bus::Channel;
+use super::{reply, reply_error, reply_error_for, Session};
+use crate::bus::{dedupe_key, Channel, Published};
 use crate::room_options::Post;
 use crate::state::Shared;
 use ringcast_protocol::stored::chat_head;
@@ -23,30 +25,130 @@ pub(super) const PANIC_FRAME: &str = "{\"type\":\"ping\",\"panic\":\"injected by
 impl Session {
     /// Queues a message and returns at once (no bus round trip per message); the client gets
     /// `bus_unavailable` if publishing it fails later and, for a direct message (`direct`),
-    /// `target_offline` when no node had the target.
-    async fn publish_queued(&self, channel: Channel, target: Target, frame: &Bytes, direct: bool) {
+    /// `target_offline` when no node had the target. A room message with an `id` (`ack`: the
+    /// id and room) is acknowledged once published, and its errors name the id.
+    async fn publish_queued(
+        &self,
+        channel: Channel,
+        target: Target,
+        frame: &Bytes,
+        direct: bool,
+        ack: Option<(String, String)>,
+    ) {
         let (shared, out) = (self.shared.clone(), self.out.clone());
         let then = Box::new(
-            move |result: &Result<crate::bus::Published, crate::bus::BusError>| match result {
-                Err(_) => reply_error(
-                    &shared,
-                    &out,
-                    ErrorCode::BusUnavailable,
-                    "message bus unavailable; not delivered",
-                ),
-                Ok(p) if direct && p.subscribers() == 0 => reply_error(
-                    &shared,
-                    &out,
-                    ErrorCode::TargetOffline,
-                    "the target is not connected",
-                ),
-                Ok(_) => {}
+            move |result: &Result<crate::bus::Published, crate::bus::BusError>| {
+                let id = ack.as_ref().map(|(id, _)| id.as_str());
+                match result {
+                    Err(_) => reply_error_for(
+                        &shared,
+                        &out,
+                        ErrorCode::BusUnavailable,
+                        "message bus unavailable; not delivered",
+                        id,
+                    ),
+                    Ok(p) if direct && p.subscribers() == 0 => reply_error(
+                        &shared,
+                        &out,
+                        ErrorCode::TargetOffline,
+                        "the target is not connected",
+                    ),
+                    Ok(_) => {
+                        if let Some((id, room)) = &ack {
+                            shared.metrics.acks.inc();
+                            let event = ServerEvent::Ack {
+                                id,
+                                room,
+                                offset: None,
+                                epoch: None,
+                            };
+                            reply(&shared, &out, event.encode());
+                        }
+                    }
+                }
             },
         );
         self.shared
             .publisher
             .publish_queued(channel, target, frame, then)
             .await;
+    }
+
+    /// A room message: checked against the token and the room's posting rights, then stored
+    /// (history on) or published. With an `id`, the sender gets an `ack` or an error naming it;
+    /// a repeat of a message still in history is acknowledged with the first one's offset and
+    /// not stored or delivered again.
+    async fn room_message(&self, room: &str, content: &RawValue, id: Option<&str>) {
+        let me = self.out.client_id.clone();
+        if !self.may_use_room(room) {
+            return self.error_for(
+                ErrorCode::Forbidden,
+                "your token does not allow this room",
+                id,
+            );
+        }
+        // A member's room keeps what the join resolved; anyone else's is resolved now.
+        let keep = match self.rooms.get(room) {
+            Some(keep) => *keep,
+            None => {
+                let settings = self.shared.room_options.resolve(room).settings;
+                if settings.post != Post::Anyone {
+                    return self.error_for(
+                        ErrorCode::NotInRoom,
+                        "join the room before posting to it",
+                        id,
+                    );
+                }
+                self.shared.config.keep(&settings)
+            }
+        };
+        let Some(keep) = keep else {
+            let frame = ServerEvent::Chat {
+                from: &me,
+                room: Some(room),
+                content,
+            }
+            .encode();
+            let ack = id.map(|id| (id.to_owned(), room.to_owned()));
+            let (channel, target) = (Channel::Room(room.into()), Target::Room(room.into()));
+            return self
+                .publish_queued(channel, target, &frame, false, ack)
+                .await;
+        };
+        let head = chat_head(&me, room, content);
+        let (shared, out) = (self.shared.clone(), self.out.clone());
+        let ack = id.map(|id| (id.to_owned(), room.to_owned()));
+        let then: crate::publisher::Then = Box::new(move |result| {
+            let id = ack.as_ref().map(|(id, _)| id.as_str());
+            match (result, &ack) {
+                (Err(_), _) => reply_error_for(
+                    &shared,
+                    &out,
+                    ErrorCode::BusUnavailable,
+                    "message bus unavailable; not stored, not delivered",
+                    id,
+                ),
+                (Ok(Published::Stored(stored)), Some((id, room))) => {
+                    shared.metrics.acks.inc();
+                    if stored.duplicate {
+                        shared.metrics.deduped.inc();
+                    }
+                    let event = ServerEvent::Ack {
+                        id,
+                        room,
+                        offset: Some(stored.offset),
+                        epoch: Some(&stored.epoch),
+                    };
+                    reply(&shared, &out, event.encode());
+                }
+                (Ok(_), _) => {}
+            }
+        });
+        let dedupe = id.map(|id| dedupe_key(&me, id));
+        self.shared
+            .publisher
+            .publish_stored(room, head, keep, dedupe, then)
+            .await
     }
 
     pub(super) async fn handle(&mut self, frame: Utf8Bytes) {
@@ -62,7 +164,8 @@ impl Session {
                     .messages_in
                     .with_label_values(&["invalid"])
                     .inc();
-                return self.error(e.code(), &e.to_string());
+                let id = frame_message_id(frame.as_str());
+                return self.error_for(e.code(), &e.to_string(), id.as_deref());
             }
         };
         self.shared
@@ -87,6 +190,7 @@ impl Session {
                     Target::AllExcept(Some(me.to_string())),
                     &frame,
                     false,
+                    None,
                 )
                 .await;
             }
@@ -95,59 +199,14 @@ impl Session {
                 self.history(&room, since, limit).await
             }
             ClientMessage::LeaveRoom { room } => self.leave(&room).await,
-            ClientMessage::RoomMessage { room, content } => {
-                if !self.may_use_room(&room) {
-                    return self.error(ErrorCode::Forbidden, "your token does not allow this room");
-                }
-                // A member's room keeps what the join resolved; anyone else's is resolved now.
-                let keep = match self.rooms.get(room.as_ref()) {
-                    Some(keep) => *keep,
-                    None => {
-                        let settings = self.shared.room_options.resolve(&room).settings;
-                        if settings.post != Post::Anyone {
-                            return self
-                                .error(ErrorCode::NotInRoom, "join the room before posting to it");
-                        }
-                        self.shared.config.keep(&settings)
-                    }
-                };
-                if let Some(keep) = keep {
-                    let head = chat_head(&me, &room, content);
-                    let (shared, out) = (self.shared.clone(), self.out.clone());
-                    let then: crate::publisher::Then = Box::new(move |result| {
-                        if result.is_err() {
-                            reply_error(
-                                &shared,
-                                &out,
-                                ErrorCode::BusUnavailable,
-                                "message bus unavailable; not stored, not delivered",
-                            );
-                        }
-                    });
-                    return self
-                        .shared
-                        .publisher
-                        .publish_stored(&room, head, keep, then)
-                        .await;
-                }
-                let frame = ServerEvent::Chat {
-                    from: &me,
-                    room: Some(&room),
-                    content,
-                }
-                .encode();
-                self.publish_queued(
-                    Channel::Room(room.to_string()),
-                    Target::Room(room.into_owned()),
-                    &frame,
-                    false,
-                )
-                .await;
+            ClientMessage::RoomMessage { room, content, id } => {
+                self.room_message(&room, content, id.as_deref()).await
             }
             ClientMessage::DirectMessage { target, content } => {
                 let frame = ServerEvent::DirectMessage { from: &me, content }.encode();
                 let channel = Channel::Client(target.to_string());
-                self.publish_queued(channel, Target::Client(target.into_owned()), &frame, true)
+                let target = Target::Client(target.into_owned());
+                self.publish_queued(channel, target, &frame, true, None)
                     .await;
             }
             ClientMessage::Ping => reply(&self.shared, &self.out, ServerEvent::Pong.encode()),
