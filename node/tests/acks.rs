@@ -1,0 +1,298 @@
+//! Publish acknowledgements and dedupe as a sender sees them: a room message with an `id` gets
+//! an `ack` with its offset, a retry of it is stored once (on any node, across a Redis restart
+//! that kept its data), and every error a message with an id causes names that id.
+
+mod support;
+
+use std::time::Duration;
+
+use ringcast_node::room_options::parse_entry;
+use ringcast_node::Config;
+use ringcast_testkit::{metric_sum, Client, RedisServer, TestNode};
+use serde_json::{json, Value};
+
+fn config(id: &str, entries: &[&str]) -> Config {
+    let mut c = Config::for_tests();
+    c.node_id = Some(id.into());
+    c.announce_connections = false;
+    c.rate_limit_per_sec = 1_000_000.0;
+    c.rate_limit_burst = 1_000_000.0;
+    c.room_options = entries.iter().map(|e| parse_entry(e).unwrap()).collect();
+    c
+}
+
+/// Joins `room` and waits for the joiner's own `user_joined`.
+async fn join(c: &mut Client, me: &str, room: &str) {
+    c.send_json(json!({"type":"join_room","room":room})).await;
+    loop {
+        let v = c.recv().await;
+        if v["event"] == "user_joined" && v["user_id"] == me {
+            return;
+        }
+    }
+}
+
+async fn post_id(c: &mut Client, room: &str, content: Value, id: &str) {
+    c.send_json(json!({"type":"room_message","room":room,"content":content,"id":id}))
+        .await;
+}
+
+/// Reads until an `ack` or an `error` arrives (chats and announcements pass by).
+async fn answer(c: &mut Client) -> Value {
+    loop {
+        let v = c.recv().await;
+        if v["event"] == "ack" || v["event"] == "error" {
+            return v;
+        }
+    }
+}
+
+/// Every chat a member reads until `quiet` passes without a frame: (offset, content).
+async fn chats(c: &mut Client, quiet: Duration) -> Vec<(u64, Value)> {
+    let mut got = Vec::new();
+    while let Ok(v) = c.next_json(quiet).await {
+        if v["event"] == "chat" {
+            got.push((v["offset"].as_u64().unwrap(), v["content"].clone()));
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn an_id_gets_an_ack_with_its_offset_and_a_retry_is_stored_and_delivered_once() {
+    let node = TestNode::start(config("n1", &[])).await;
+    let (mut a, _) = Client::connect_welcomed(&node.ws_url("a")).await;
+    let (mut b, _) = Client::connect_welcomed(&node.ws_url("b")).await;
+    let (mut m, _) = Client::connect_welcomed(&node.ws_url("m")).await;
+    for (c, me) in [(&mut a, "a"), (&mut b, "b"), (&mut m, "m")] {
+        join(c, me, "r").await;
+    }
+
+    post_id(&mut a, "r", json!("first"), "x-1").await;
+    let ack = answer(&mut a).await;
+    let epoch = ack["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(
+        ack,
+        json!({"event":"ack","id":"x-1","room":"r","offset":1,"epoch":epoch})
+    );
+
+    // The retry (even with other content: the id is what counts) is answered with the first
+    // one's ack and not stored or delivered again.
+    post_id(&mut a, "r", json!("first, again"), "x-1").await;
+    assert_eq!(answer(&mut a).await, ack);
+    // The same id from another sender is another message.
+    post_id(&mut b, "r", json!("b's"), "x-1").await;
+    let b_ack = answer(&mut b).await;
+    assert_eq!(
+        (b_ack["offset"].as_u64(), &b_ack["id"]),
+        (Some(2), &json!("x-1"))
+    );
+    // Without an id there is no ack; the next id'd message is acked with the offset after it.
+    a.send_json(json!({"type":"room_message","room":"r","content":"plain"}))
+        .await;
+    post_id(&mut a, "r", json!("last"), "x-2").await;
+    let last = answer(&mut a).await;
+    assert_eq!(
+        (last["id"].as_str(), last["offset"].as_u64()),
+        (Some("x-2"), Some(4))
+    );
+
+    assert_eq!(
+        chats(&mut m, Duration::from_millis(500)).await,
+        [
+            (1, json!("first")),
+            (2, json!("b's")),
+            (3, json!("plain")),
+            (4, json!("last"))
+        ],
+        "each message once, the retry not at all"
+    );
+    let metrics = node.get("/metrics").await.1;
+    assert_eq!(
+        metric_sum(&metrics, "ringcast_node_publish_acks_total"),
+        4.0
+    );
+    assert_eq!(
+        metric_sum(&metrics, "ringcast_node_publish_deduped_total"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn errors_caused_by_a_message_with_an_id_name_it() {
+    let mut c = config("n1", &["open*:post=anyone", "quiet*:history=0"]);
+    c.rate_limit_per_sec = 0.001;
+    c.rate_limit_burst = 6.0;
+    c.flood_strikes = 100.0;
+    let node = TestNode::start(c).await;
+    let (mut a, _) = Client::connect_welcomed(&node.ws_url("a")).await;
+
+    // Posting to a members-only room without joining it.
+    post_id(&mut a, "r", json!(1), "e-1").await;
+    let e = answer(&mut a).await;
+    assert_eq!(
+        (&e["code"], &e["id"]),
+        (&json!("not_in_room"), &json!("e-1")),
+        "{e}"
+    );
+    // A frame refused by the parser still names its (valid) id.
+    post_id(&mut a, "bad room", json!(1), "e-2").await;
+    let e = answer(&mut a).await;
+    assert_eq!(
+        (&e["code"], &e["id"]),
+        (&json!("invalid_room"), &json!("e-2")),
+        "{e}"
+    );
+    // An invalid id is refused as such, with no id to name.
+    post_id(&mut a, "open", json!(1), "not ok").await;
+    let e = answer(&mut a).await;
+    assert_eq!(e["code"], "invalid_id", "{e}");
+    assert_eq!(e.get("id"), None, "{e}");
+    // A room anyone may post to, and one without history: acked, the latter without an offset.
+    post_id(&mut a, "open", json!(1), "e-3").await;
+    let ack = answer(&mut a).await;
+    assert_eq!(
+        (&ack["event"], ack["offset"].as_u64()),
+        (&json!("ack"), Some(1)),
+        "{ack}"
+    );
+    join(&mut a, "a", "quiet").await;
+    post_id(&mut a, "quiet", json!(1), "e-4").await;
+    assert_eq!(
+        answer(&mut a).await,
+        json!({"event":"ack","id":"e-4","room":"quiet"}),
+        "no history: published, no offset"
+    );
+
+    // The burst (6) is spent: each message past it is refused with rate_limited and its id —
+    // every one, not just the first of a run, so the sender knows what to send again.
+    for i in 0..3 {
+        post_id(&mut a, "open", json!(i), &format!("late-{i}")).await;
+    }
+    for i in 0..3 {
+        let e = answer(&mut a).await;
+        assert_eq!(
+            (&e["code"], e["id"].as_str()),
+            (&json!("rate_limited"), Some(format!("late-{i}").as_str())),
+            "{e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn on_redis_a_retry_through_another_node_is_stored_once() {
+    let redis = RedisServer::start();
+    let nodes = support::start_nodes(&redis, &["n1", "n2"]).await;
+    let (mut m, _) = Client::connect_welcomed(&nodes[1].ws_url("m")).await;
+    join(&mut m, "m", "r").await;
+    let (mut p, _) = Client::connect_welcomed(&nodes[0].ws_url("p")).await;
+    join(&mut p, "p", "r").await;
+    post_id(&mut p, "r", json!("once"), "k-1").await;
+    let ack = answer(&mut p).await;
+    assert_eq!(ack["offset"], 1, "{ack}");
+    p.close().await;
+
+    // The publisher's node is gone as far as it knows: it reconnects elsewhere and resends.
+    let (mut p, _) = Client::connect_welcomed(&nodes[1].ws_url("p")).await;
+    join(&mut p, "p", "r").await;
+    post_id(&mut p, "r", json!("once"), "k-1").await;
+    assert_eq!(
+        answer(&mut p).await,
+        ack,
+        "the original ack, from the other node"
+    );
+    post_id(&mut p, "r", json!("next"), "k-2").await;
+    assert_eq!(answer(&mut p).await["offset"], 2);
+    assert_eq!(
+        chats(&mut m, Duration::from_millis(500)).await,
+        [(1, json!("once")), (2, json!("next"))]
+    );
+}
+
+#[tokio::test]
+async fn on_redis_dedupe_is_bounded_by_the_room_history() {
+    let redis = RedisServer::start();
+    let nodes = support::start_with(&["n1"], |id| {
+        let mut c = support::config(id, &redis.url());
+        c.room_options = vec![parse_entry("small*:history=3").unwrap()];
+        c
+    })
+    .await;
+    let (mut p, _) = Client::connect_welcomed(&nodes[0].ws_url("p")).await;
+    join(&mut p, "p", "small").await;
+    for i in 1..=3 {
+        post_id(&mut p, "small", json!(i), &format!("d-{i}")).await;
+        assert_eq!(answer(&mut p).await["offset"], i);
+    }
+    // d-1 is still in the 3-message history: deduped.
+    post_id(&mut p, "small", json!(1), "d-1").await;
+    assert_eq!(answer(&mut p).await["offset"], 1);
+    post_id(&mut p, "small", json!(4), "d-4").await;
+    assert_eq!(answer(&mut p).await["offset"], 4);
+    // Now d-1 has left history, and its dedupe record with it: a repeat is a new message.
+    post_id(&mut p, "small", json!(1), "d-1").await;
+    assert_eq!(answer(&mut p).await["offset"], 5);
+    let mut con = support::inspector(&redis).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*small*:ids")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let kept: i64 = redis::cmd("ZCARD")
+        .arg(&keys[0])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(kept, 3, "the dedupe set holds what history holds");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "the dedupe set expires with the history ({ttl})");
+}
+
+#[tokio::test]
+async fn redis_down_the_error_names_the_id_and_the_retry_after_is_stored_once() {
+    let mut redis =
+        RedisServer::start_with_args(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let nodes = support::start_nodes(&redis, &["n1"]).await;
+    let (mut m, _) = Client::connect_welcomed(&nodes[0].ws_url("m")).await;
+    join(&mut m, "m", "r").await;
+    let (mut p, _) = Client::connect_welcomed(&nodes[0].ws_url("p")).await;
+    join(&mut p, "p", "r").await;
+    post_id(&mut p, "r", json!("before"), "r-1").await;
+    let before = answer(&mut p).await;
+    assert_eq!(before["offset"], 1);
+
+    redis.kill();
+    post_id(&mut p, "r", json!("during"), "r-2").await;
+    let e = answer(&mut p).await;
+    assert_eq!(
+        (&e["code"], &e["id"]),
+        (&json!("bus_unavailable"), &json!("r-2")),
+        "{e}"
+    );
+
+    redis.restart();
+    support::wait_healthy(&nodes[0], Duration::from_secs(10)).await;
+    // The sender does not know whether r-1 was kept through the restart: it resends both.
+    // Redis kept r-1 (appendfsync always), so r-1 is answered with its first ack; r-2 is new.
+    post_id(&mut p, "r", json!("before"), "r-1").await;
+    assert_eq!(answer(&mut p).await, before);
+    post_id(&mut p, "r", json!("during"), "r-2").await;
+    let after = answer(&mut p).await;
+    assert_eq!(
+        (&after["event"], after["offset"].as_u64(), &after["epoch"]),
+        (&json!("ack"), Some(2), &before["epoch"]),
+        "{after}"
+    );
+    post_id(&mut p, "r", json!("during"), "r-2").await;
+    assert_eq!(answer(&mut p).await, after);
+    assert_eq!(
+        chats(&mut m, Duration::from_millis(800)).await,
+        [(1, json!("before")), (2, json!("during"))],
+        "a member that stayed sees each message once"
+    );
+}
