@@ -6,8 +6,10 @@
 //! What must hold: every subscriber ends with exactly what the publisher saw stored (its own
 //! echoes, which it also recovers), once each and in order; every rejoin says `recovered:true`
 //! and nobody is told `history_reset`. Publishes refused with `bus_unavailable` were not stored
-//! and show up nowhere; a publish sent into a dying connection may or may not have been stored
-//! (the publish-ack issue closes that), and counts only when the publisher saw it.
+//! and show up nowhere; a publish sent into a dying connection may or may not have been stored,
+//! and counts only when the publisher saw it — unless the publisher gives its messages ids: then
+//! it resends every unacknowledged one after reconnecting, and with its own node killed
+//! mid-stream every member still ends with every message, exactly once.
 
 mod support;
 
@@ -44,6 +46,20 @@ struct Log {
     nodes: Vec<String>,
     /// Whether its first join was acknowledged.
     joined: bool,
+    /// A publisher with ids: the messages acknowledged, and how many it sent again.
+    acked: std::collections::BTreeSet<u64>,
+    resent: usize,
+}
+
+/// How the member publishes, if at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Publishes {
+    No,
+    /// Posts `1..=SENT` without ids.
+    Plain,
+    /// Posts `1..=SENT` with ids (`p-N`), and after every reconnect (once its rejoin is acked)
+    /// first sends again every message not acknowledged yet.
+    WithIds,
 }
 
 /// A client that stays in [`ROOM`] through any close: it reconnects (the gateway picks the
@@ -51,14 +67,19 @@ struct Log {
 async fn member(
     url: String,
     me: String,
-    publish: bool,
+    publishes: Publishes,
     log: Arc<Mutex<Log>>,
     go: watch::Receiver<bool>,
     stop: watch::Receiver<bool>,
 ) {
+    let publish = publishes != Publishes::No;
     let mut since: Option<Value> = None;
     let mut next = 1u64;
     let mut due = Instant::now();
+    // Sent with an id and not acknowledged yet; what to send again once rejoined.
+    let mut unacked = std::collections::BTreeSet::<u64>::new();
+    let mut resend = std::collections::VecDeque::<u64>::new();
+    let mut rejoined = false;
     loop {
         if *stop.borrow() {
             return;
@@ -75,12 +96,27 @@ async fn member(
         if !send(&mut c, join).await {
             continue;
         }
+        rejoined = false;
+        resend = unacked.iter().copied().collect();
         loop {
             if next == 1 && !*go.borrow() {
                 due = Instant::now();
             }
-            if publish && *go.borrow() && next <= SENT && Instant::now() >= due {
-                let post = json!({"type":"room_message","room":ROOM,"content":next});
+            let ready = rejoined || publishes != Publishes::WithIds;
+            if ready && !resend.is_empty() {
+                let n = resend[0];
+                let post = json!({"type":"room_message","room":ROOM,"content":n,"id":format!("p-{n}")});
+                if !send(&mut c, post).await {
+                    break;
+                }
+                resend.pop_front();
+                log.lock().unwrap().resent += 1;
+            } else if ready && publish && *go.borrow() && next <= SENT && Instant::now() >= due {
+                let mut post = json!({"type":"room_message","room":ROOM,"content":next});
+                if publishes == Publishes::WithIds {
+                    post["id"] = json!(format!("p-{next}"));
+                    unacked.insert(next);
+                }
                 if !send(&mut c, post).await {
                     break;
                 }
@@ -108,8 +144,25 @@ async fn member(
                     log.offsets.push(v["offset"].as_u64().unwrap());
                     since = Some(json!({"offset": v["offset"], "epoch": v["epoch"]}));
                 }
+                "ack" => {
+                    let n = v["id"].as_str().and_then(|id| id.strip_prefix("p-"));
+                    if let Some(n) = n.and_then(|n| n.parse().ok()) {
+                        unacked.remove(&n);
+                        log.acked.insert(n);
+                    }
+                }
+                "error" if v["id"].is_string() => {
+                    // Not stored (the bus was down, the rate limit): send it again.
+                    let n = v["id"].as_str().and_then(|id| id.strip_prefix("p-"));
+                    if let Some(n) = n.and_then(|n| n.parse().ok()) {
+                        resend.push_back(n);
+                    }
+                    log.errors
+                        .push(v["code"].as_str().unwrap_or_default().to_owned());
+                }
                 "user_joined" if v["user_id"] == me.as_str() => {
                     log.joined = true;
+                    rejoined = true;
                     if v.get("recovered").is_some() {
                         log.rejoins.push(v.clone());
                     }
@@ -177,6 +230,14 @@ async fn stream_through<F>(cluster: &mut Cluster, fault: F) -> (Log, Vec<Log>)
 where
     F: FnOnce(&mut Cluster, &[Arc<Mutex<Log>>]),
 {
+    stream_with(cluster, Publishes::Plain, fault).await
+}
+
+/// [`stream_through`] with the publisher publishing as `publishes` says.
+async fn stream_with<F>(cluster: &mut Cluster, publishes: Publishes, fault: F) -> (Log, Vec<Log>)
+where
+    F: FnOnce(&mut Cluster, &[Arc<Mutex<Log>>]),
+{
     let (stop_tx, stop_rx) = watch::channel(false);
     let (go_tx, go_rx) = watch::channel(false);
     let mut logs = Vec::new();
@@ -192,7 +253,7 @@ where
         tasks.push(tokio::spawn(member(
             url,
             me,
-            i == 0,
+            if i == 0 { publishes } else { Publishes::No },
             log.clone(),
             go_rx.clone(),
             stop_rx.clone(),
@@ -337,4 +398,26 @@ async fn a_redis_crash_with_appendfsync_always_loses_no_message_for_anyone() {
     assert_everyone_got_exactly_what_was_stored("Redis SIGKILL", &publisher, &members, false);
     // Whether anything was published inside a node's resubscribe window depends on timing
     // (all publishes may have been refused meanwhile); node/tests/history.rs forces that case.
+}
+
+#[tokio::test]
+async fn a_publisher_whose_node_is_killed_resends_what_was_not_acked_and_everyone_gets_it_once() {
+    let mut c = cluster(&[]).await;
+    let (publisher, members) = stream_with(&mut c, Publishes::WithIds, |c, logs| {
+        let victim = logs[0].lock().unwrap().nodes.last().cloned().unwrap();
+        c.nodes.iter_mut().find(|n| n.id == victim).unwrap().kill();
+    })
+    .await;
+    // With ids nothing is lost on the publisher's side either: every message was acked and
+    // stored once, so everyone has all of 1..=SENT, in order, once each.
+    let all: Vec<u64> = (1..=SENT).collect();
+    assert_eq!(publisher.acked.len() as u64, SENT, "acked: {}", publisher.acked.len());
+    assert_eq!(publisher.contents, all, "publisher's echoes");
+    assert!(
+        publisher.nodes.len() >= 2,
+        "the publisher must have moved: {:?}",
+        publisher.nodes
+    );
+    assert!(publisher.resent > 0, "the kill must have left something unacked");
+    assert_everyone_got_exactly_what_was_stored("SIGKILL publisher's node", &publisher, &members, true);
 }
