@@ -61,10 +61,15 @@ for i = 0, #KEYS / 3 - 1 do
     redis.call('HSET', meta, 'epoch', e, 'top', 0)
     return e
   end
-  local epoch = redis.call('HGET', meta, 'epoch')
+  local m = redis.call('HMGET', meta, 'epoch', 'top')
+  local epoch = m[1]
   if not epoch then epoch = fresh() end
   local first = false
-  if key ~= '' then first = redis.call('ZSCORE', ids, key) end
+  if key ~= '' then
+    first = redis.call('ZSCORE', ids, key)
+    -- A record whose message has left the log (trimmed by messages without ids) is stale.
+    if first and tonumber(first) <= (tonumber(m[2]) or 0) - tonumber(size) then first = false end
+  end
   if first then
     out[#out + 1] = tonumber(first)
     out[#out + 1] = epoch
@@ -85,8 +90,9 @@ for i = 0, #KEYS / 3 - 1 do
     if key ~= '' then
       redis.call('ZADD', ids, top, key)
       redis.call('ZREMRANGEBYSCORE', ids, '-inf', top - tonumber(size))
-      redis.call('PEXPIRE', ids, ttl)
     end
+    -- Every message keeps the records alive as long as the log (a no-op when there are none).
+    redis.call('PEXPIRE', ids, ttl)
     out[#out + 1] = top
     out[#out + 1] = epoch
     out[#out + 1] = redis.call('PUBLISH', ARGV[a + 5],
