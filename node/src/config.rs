@@ -61,6 +61,24 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_ANNOUNCE_CONNECTIONS", default_value_t = true, action = ArgAction::Set)]
     pub announce_connections: bool,
 
+    /// Keep presence (who is in each room, across nodes) unless a room's options say
+    /// `presence=off`. With it, `user_joined`/`user_left` are per client id, not per connection.
+    #[arg(long, env = "RINGCAST_PRESENCE", default_value_t = true, action = ArgAction::Set)]
+    pub presence: bool,
+
+    /// Most client ids one `presence` answer lists (`truncated:true` past it; `count` is
+    /// always the total).
+    #[arg(long, env = "RINGCAST_PRESENCE_MAX_MEMBERS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub presence_max_members: u32,
+
+    /// Milliseconds a node's presence lease lasts without a renewal (renewed every third of
+    /// it). A node killed without a drain has its clients removed from presence, and announced
+    /// gone, within about this plus half a second.
+    #[arg(long, env = "RINGCAST_PRESENCE_LEASE_MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(300..=600_000))]
+    pub presence_lease_ms: u64,
+
     /// Most WebSocket connections this node holds; further upgrades get HTTP 503.
     #[arg(long, env = "RINGCAST_MAX_CONNECTIONS", default_value_t = 50_000)]
     pub max_connections: usize,
@@ -258,6 +276,16 @@ impl Config {
             ttl,
             meta_ttl: Duration::from_secs(self.history_meta_ttl_secs).max(ttl),
         })
+    }
+
+    /// How long a node's presence lease lasts.
+    pub fn presence_lease(&self) -> Duration {
+        Duration::from_millis(self.presence_lease_ms)
+    }
+
+    /// Whether a room with these options keeps presence.
+    pub fn keeps_presence(&self, settings: &crate::room_options::RoomSettings) -> bool {
+        settings.presence.unwrap_or(self.presence)
     }
 
     /// How long a room's counter and epoch live (for reads of rooms that keep history).

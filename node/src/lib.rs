@@ -11,6 +11,8 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod outbound;
+pub mod presence;
+pub mod presence_lease;
 pub mod publisher;
 pub mod ratelimit;
 pub mod registration;
@@ -138,6 +140,7 @@ async fn run_on_bus(
         drain.clone(),
     ));
     drain.spawn(gap_fill::run(hub.clone(), reader, drain.clone()));
+    drain.spawn(presence_lease::run(shared.clone(), bus.clone()));
     drain.spawn(subscriptions::run(hub, bus, drain.clone()));
     // Runs beside the server in this same future (not spawned), so a node that stops or is
     // dropped stops heartbeating; once draining begins it deregisters.

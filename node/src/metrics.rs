@@ -62,6 +62,12 @@ pub struct Metrics {
     /// Room messages with an `id` that repeated one still in history: acknowledged with the
     /// first one's offset, not stored or delivered again.
     pub deduped: IntCounter,
+    /// Sweeps of a dead node's presence this node made.
+    pub presence_sweeps: IntCounter,
+    /// `user_left` announcements those sweeps sent.
+    pub presence_sweep_announcements: IntCounter,
+    /// Times this node found itself swept (it was unresponsive past its lease).
+    pub presence_swept_self: IntCounter,
 }
 
 impl Metrics {
@@ -211,6 +217,18 @@ impl Metrics {
             deduped: counter(
                 "ringcast_node_publish_deduped_total",
                 "Room messages with an id that repeated one still in history (not stored again)",
+            ),
+            presence_sweeps: counter(
+                "ringcast_node_presence_sweeps_total",
+                "Dead nodes whose presence this node swept",
+            ),
+            presence_sweep_announcements: counter(
+                "ringcast_node_presence_sweep_announcements_total",
+                "user_left announcements sent by presence sweeps",
+            ),
+            presence_swept_self: counter(
+                "ringcast_node_presence_swept_self_total",
+                "Times this node found it had been swept (unresponsive past its lease)",
             ),
             registry,
         }

@@ -41,6 +41,7 @@ use ringcast_net::split::{ReadOnly, SplitIo};
 
 mod guard;
 mod handlers;
+mod presence;
 mod rooms;
 
 /// What tungstenite reads the client's frames from.

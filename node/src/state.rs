@@ -34,6 +34,8 @@ pub struct Shared {
     pub ws_config: WebSocketConfig,
     /// Whether the bus is up.
     pub bus_healthy: watch::Receiver<bool>,
+    /// What this node counts in presence.
+    pub presence: crate::presence::Tracker,
     /// Token validation; `None` when authentication is off.
     pub auth: Option<Authenticator>,
     /// The node's shutdown: every connection's task, session and the tasks that finish a
@@ -78,6 +80,7 @@ impl Shared {
         let node_id: Arc<str> = config.resolved_node_id().into();
         Shared {
             publisher: Publisher::start(node_id.clone(), bus.clone(), metrics.clone()),
+            presence: crate::presence::Tracker::new(bus.clone(), node_id.clone()),
             node_id,
             bus_healthy: bus.healthy(),
             config,

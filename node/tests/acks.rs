@@ -247,7 +247,10 @@ async fn on_redis_dedupe_is_bounded_by_the_room_history() {
         .query_async(&mut con)
         .await
         .unwrap();
-    assert_eq!(kept, 2, "the dedupe set holds the ids of what history holds (4-6: d-1, d-6)");
+    assert_eq!(
+        kept, 2,
+        "the dedupe set holds the ids of what history holds (4-6: d-1, d-6)"
+    );
     let ttl: i64 = redis::cmd("PTTL")
         .arg(&keys[0])
         .query_async(&mut con)

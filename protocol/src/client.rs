@@ -58,6 +58,16 @@ pub enum ClientMessage<'a> {
         /// The new token (never logged).
         token: Cow<'a, str>,
     },
+    /// `{"type":"presence","room":R}`: the client ids in a room, on every node.
+    Presence {
+        /// Validated room name.
+        room: Cow<'a, str>,
+    },
+    /// `{"type":"presence_stats","room":R}`: how many client ids and connections a room has.
+    PresenceStats {
+        /// Validated room name.
+        room: Cow<'a, str>,
+    },
     /// `{"type":"history","room":R,"since":{...}?,"limit":L?}`: stored messages of a room.
     History {
         /// Validated room name.
@@ -122,8 +132,21 @@ struct RawMessage<'a> {
     since: Option<&'a RawValue>,
     #[serde(default)]
     limit: Option<u64>,
+    /// Read as raw JSON: only a `room_message` gives `id` a meaning (other types ignore it,
+    /// whatever its type, as they ignore any unknown field).
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    id: Option<&'a RawValue>,
+}
+
+/// A `room_message`'s `id`: `None` when absent, else a string that passed the rules.
+fn message_id<'a>(raw: Option<&'a RawValue>) -> Result<Option<Cow<'a, str>>, ParseError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let id: Cow<'a, str> = serde_json::from_str(raw.get())
+        .map_err(|_| ParseError::BadJson("id must be a string".to_owned()))?;
+    validate_message_id(&id).map_err(ParseError::InvalidId)?;
+    Ok(Some(id))
 }
 
 /// The valid `id` of a frame, if it has one, whatever else is wrong with it: an error caused by
@@ -182,15 +205,18 @@ impl<'a> ClientMessage<'a> {
             "leave_room" => Ok(ClientMessage::LeaveRoom {
                 room: need_room("leave_room", raw.room)?,
             }),
+            "presence" => Ok(ClientMessage::Presence {
+                room: need_room("presence", raw.room)?,
+            }),
+            "presence_stats" => Ok(ClientMessage::PresenceStats {
+                room: need_room("presence_stats", raw.room)?,
+            }),
             "room_message" => {
                 let room = need_room("room_message", raw.room)?;
-                if let Some(id) = &raw.id {
-                    validate_message_id(id).map_err(ParseError::InvalidId)?;
-                }
                 Ok(ClientMessage::RoomMessage {
                     room,
                     content: need_content("room_message")?,
-                    id: raw.id,
+                    id: message_id(raw.id)?,
                 })
             }
             "direct_message" => {
@@ -231,6 +257,8 @@ impl<'a> ClientMessage<'a> {
             ClientMessage::Pong => "pong",
             ClientMessage::Refresh { .. } => "refresh",
             ClientMessage::History { .. } => "history",
+            ClientMessage::Presence { .. } => "presence",
+            ClientMessage::PresenceStats { .. } => "presence_stats",
         }
     }
 }
@@ -327,6 +355,12 @@ mod tests {
             Some("m2".into())
         );
         assert_eq!(frame_message_id("not json"), None);
+        // Other types ignore an id of any type, as they ignore unknown fields.
+        assert!(matches!(
+            ClientMessage::parse(r#"{"type":"ping","id":1}"#),
+            Ok(ClientMessage::Ping)
+        ));
+        assert!(ClientMessage::parse(r#"{"type":"join_room","room":"r","id":{"x":1}}"#).is_ok());
         assert_eq!(frame_message_id(r#"{"type":"ping"}"#), None);
     }
 

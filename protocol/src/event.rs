@@ -82,6 +82,26 @@ pub enum ServerEvent<'a> {
         /// The sender's content, verbatim.
         content: &'a RawValue,
     },
+    /// Reply to `{"type":"presence"}`: the client ids in a room on every node.
+    Presence {
+        /// Which room.
+        room: &'a str,
+        /// Client ids, each once, at most the server's limit.
+        members: Vec<&'a str>,
+        /// Client ids in all.
+        count: u64,
+        /// Whether `members` stopped at the limit.
+        truncated: bool,
+    },
+    /// Reply to `{"type":"presence_stats"}`.
+    PresenceStats {
+        /// Which room.
+        room: &'a str,
+        /// Client ids with a connection in the room.
+        clients: u64,
+        /// Their connections.
+        connections: u64,
+    },
     /// Reply to `{"type":"ping"}`.
     Pong,
     /// A `refresh` was accepted: the connection now lives until `expires_at`.
@@ -197,11 +217,13 @@ pub enum ErrorCode {
     InvalidToken,
     /// A message `id` is not 1–64 characters of `[A-Za-z0-9_.:-]`.
     InvalidId,
+    /// The room keeps no presence (`presence=off`).
+    PresenceDisabled,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and metrics.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::MissingField,
@@ -218,6 +240,7 @@ impl ErrorCode {
         ErrorCode::InvalidSince,
         ErrorCode::InvalidToken,
         ErrorCode::InvalidId,
+        ErrorCode::PresenceDisabled,
     ];
 
     /// The code as it appears on the wire.
@@ -239,6 +262,7 @@ impl ErrorCode {
             ErrorCode::InvalidSince => "invalid_since",
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::InvalidId => "invalid_id",
+            ErrorCode::PresenceDisabled => "presence_disabled",
         }
     }
 }
@@ -308,6 +332,23 @@ mod tests {
             br#"{"event":"history","room":"r","messages":[],"offset":0,"epoch":"E","complete":true}"#
         );
         assert_eq!(text(&ServerEvent::Pong), r#"{"event":"pong"}"#);
+        assert_eq!(
+            text(&ServerEvent::Presence {
+                room: "r",
+                members: vec!["a", "b"],
+                count: 3,
+                truncated: true,
+            }),
+            r#"{"event":"presence","room":"r","members":["a","b"],"count":3,"truncated":true}"#
+        );
+        assert_eq!(
+            text(&ServerEvent::PresenceStats {
+                room: "r",
+                clients: 2,
+                connections: 5,
+            }),
+            r#"{"event":"presence_stats","room":"r","clients":2,"connections":5}"#
+        );
         assert_eq!(
             text(&ServerEvent::RoomRevoked {
                 room: "secret",

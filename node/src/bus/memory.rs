@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use ringcast_protocol::stored::StoredMessage;
 
 use super::memory_history::MemoryHistory;
+use super::memory_presence::MemoryPresence;
 use super::{Bus, BusError, Channel, HistoryPage, HistoryQuery, Inbox, Stored, StoredPublish};
 
 type NodeKey = u64;
@@ -30,6 +31,7 @@ struct BrokerState {
     next_key: AtomicU64,
     subscribers: RwLock<HashMap<Channel, Vec<(NodeKey, Inbox)>>>,
     history: MemoryHistory,
+    presence: MemoryPresence,
 }
 
 impl MemoryBroker {
@@ -160,6 +162,10 @@ impl Bus for MemoryBus {
 
     fn healthy(&self) -> watch::Receiver<bool> {
         self.healthy_tx.subscribe()
+    }
+
+    fn presence(&self) -> &dyn super::presence::Presence {
+        &self.broker.presence
     }
 }
 

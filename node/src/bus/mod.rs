@@ -18,11 +18,14 @@ use tokio::sync::watch;
 mod liveness;
 pub mod memory;
 mod memory_history;
+mod memory_presence;
+pub mod presence;
 mod probe;
 pub mod redis;
 pub mod redis_config;
 mod redis_conn;
 mod redis_history;
+mod redis_presence;
 
 /// A bus channel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -208,6 +211,9 @@ pub trait Bus: Send + Sync + 'static {
 
     /// `true` while the bus can publish and receive.
     fn healthy(&self) -> watch::Receiver<bool>;
+
+    /// Where this bus keeps presence.
+    fn presence(&self) -> &dyn presence::Presence;
 
     /// `true` while every subscription [`Bus::subscribe`] confirmed is in effect: false from the
     /// moment the connection carrying them is lost until a new one has them all again. What is

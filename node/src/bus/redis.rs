@@ -91,6 +91,24 @@ impl RedisBus {
         up.is_ok()
     }
 
+    /// The key prefix.
+    pub(super) fn prefix(&self) -> &str {
+        self.inner.prefix()
+    }
+
+    /// Sends a pipeline on the command connection.
+    pub(super) async fn pipeline(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<redis::Value>, BusError> {
+        self.inner.pipeline(pipe).await
+    }
+
+    /// Sends one command on the command connection.
+    pub(super) async fn query(&self, cmd: &redis::Cmd) -> Result<redis::Value, BusError> {
+        self.inner.query(cmd).await
+    }
+
     /// A channel's Redis name: `PREFIX:broadcast`, `PREFIX:client:ID`, and for a room the
     /// hash-tagged `{PREFIX:room:R}` its history keys share a slot with.
     fn name(&self, channel: &Channel) -> String {
@@ -223,6 +241,10 @@ impl Bus for RedisBus {
 
     fn healthy(&self) -> watch::Receiver<bool> {
         self.inner.healthy_rx()
+    }
+
+    fn presence(&self) -> &dyn super::presence::Presence {
+        self
     }
 
     fn subscriptions_live(&self) -> watch::Receiver<bool> {

@@ -199,6 +199,8 @@ impl Session {
                 self.history(&room, since, limit).await
             }
             ClientMessage::LeaveRoom { room } => self.leave(&room).await,
+            ClientMessage::Presence { room } => self.presence(&room, false).await,
+            ClientMessage::PresenceStats { room } => self.presence(&room, true).await,
             ClientMessage::RoomMessage { room, content, id } => {
                 self.room_message(&room, content, id.as_deref()).await
             }
@@ -304,16 +306,31 @@ impl Session {
     }
 }
 
-/// Publishes `user_left` to each of `rooms` that announces (room options) and, when `last`, `user_disconnected` (with
-/// `--announce-connections`): `me` is gone from this node.
+/// Takes `me` out of the presence of `rooms` and publishes `user_left` to each that announces
+/// (room options) where this was its last connection anywhere (with presence; every time
+/// without) and, when `last`, `user_disconnected` (with `--announce-connections`): `me` is gone
+/// from this node. While the node drains, presence with leases keeps its clients: one that
+/// reconnects elsewhere is never announced gone, and the others go when the lease is swept.
 pub(super) async fn announce_gone(
     shared: Arc<Shared>,
     me: Arc<str>,
     rooms: HashSet<String>,
     last: bool,
 ) {
+    let keep_for_sweep = shared.drain.is_draining() && shared.presence.has_leases();
     for room in rooms {
-        if !shared.room_options.resolve(&room).settings.announce {
+        let settings = shared.room_options.resolve(&room).settings;
+        if shared.config.keeps_presence(&settings) {
+            if keep_for_sweep {
+                shared.presence.forget(&room, &me);
+                continue;
+            }
+            let gone = Box::pin(shared.presence.remove(&room, &me)).await;
+            if !gone.unwrap_or(false) {
+                continue;
+            }
+        }
+        if !settings.announce {
             continue;
         }
         let left = ServerEvent::UserLeft {

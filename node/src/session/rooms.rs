@@ -81,7 +81,17 @@ impl Session {
         // The room's channel is active: everything published from now on reaches this client
         // (or, paused, is held back from it until its replay is done).
         self.rooms.insert(room.to_owned(), keep);
-        if settings.announce {
+        // With presence, the others hear of a client id's first connection in the room only.
+        let first = if self.shared.config.keeps_presence(&settings) {
+            let added = self.shared.presence.add(room, &self.out.client_id);
+            match timeout(self.shared.config.bus_timeout(), added).await {
+                Ok(Ok(first)) => first,
+                _ => return self.join_failed(room, JoinFailed::Bus).await,
+            }
+        } else {
+            true
+        };
+        if settings.announce && first {
             // The others are told through the bus; the joiner's own copy is its ack, queued
             // directly (the echo skips it: a pipelined leave could remove it before the echo).
             let others = self.joined(room, None, None);
@@ -95,7 +105,7 @@ impl Session {
                 .publish(Channel::Room(room.to_owned()), target, &others)
                 .await;
             if published.is_err() {
-                return self.join_failed(room, JoinFailed::Bus);
+                return self.join_failed(room, JoinFailed::Bus).await;
             }
         }
         let Some(keep) = keep else {
@@ -107,7 +117,7 @@ impl Session {
             Some(since) => self.recover(room, since, keep).await,
         };
         if let Err(why) = done {
-            self.join_failed(room, why);
+            self.join_failed(room, why).await;
         }
     }
 
@@ -124,10 +134,15 @@ impl Session {
         .encode()
     }
 
-    /// Leaves a room the join could not complete in, and says why.
-    fn join_failed(&mut self, room: &str, why: JoinFailed) {
+    /// Leaves a room the join could not complete in, and says why. Presence is undone quietly:
+    /// the others may have heard of the join, but a client that retries comes back at once.
+    async fn join_failed(&mut self, room: &str, why: JoinFailed) {
         self.rooms.remove(room);
         self.shared.hub.leave(room, self.out.id);
+        if self.keeps_presence(room) {
+            let removed = self.shared.presence.remove(room, &self.out.client_id);
+            let _ = timeout(self.shared.config.bus_timeout(), removed).await;
+        }
         match why {
             JoinFailed::Bus => {
                 self.error(ErrorCode::BusUnavailable, "could not join: bus unavailable")
@@ -299,9 +314,24 @@ impl Session {
         self.shared.hub.leave(room, self.out.id);
         let me = self.out.client_id.clone();
         let left = ServerEvent::UserLeft { user_id: &me, room }.encode();
-        // The leaver is no longer routed to: tell it directly, and the remaining members via the bus.
+        // The leaver is no longer routed to: tell it directly, and the remaining members via the
+        // bus when this was the client id's last connection in the room.
         reply(&self.shared, &self.out, left.clone());
         if !self.shared.room_options.resolve(room).settings.announce {
+            if self.keeps_presence(room) {
+                let _ = self.shared.presence.remove(room, &me).await;
+            }
+            return;
+        }
+        if self.keeps_presence(room)
+            && !self
+                .shared
+                .presence
+                .remove(room, &me)
+                .await
+                .unwrap_or(false)
+        {
+            // Not its last connection; or the bus failed, and the presence retry announces it.
             return;
         }
         let _ = self
@@ -313,6 +343,12 @@ impl Session {
                 &left,
             )
             .await;
+    }
+
+    /// Whether `room` keeps presence (its options, else the node's default).
+    pub(super) fn keeps_presence(&self, room: &str) -> bool {
+        let settings = self.shared.room_options.resolve(room).settings;
+        self.shared.config.keeps_presence(&settings)
     }
 
     /// `history`: members only; a page after `since`, or the newest messages.

@@ -1,0 +1,96 @@
+//! Presence on the bus: which client ids have connections in a room, across every node, and the
+//! node leases that let survivors remove a dead node's clients.
+//!
+//! Each node process counts under an *instance* id (its node id plus a random suffix, new after
+//! it was swept), so what a node that froze and woke up writes never mixes with what was
+//! already removed for it. A room's presence keeps, per client id, its connections in all and
+//! per instance; adding the first connection anywhere and removing the last one anywhere are
+//! what the node announces (`user_joined` / `user_left` per client id).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::BusError;
+
+/// Who is in a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceList {
+    /// Client ids, at most the asked-for number, each once.
+    pub members: Vec<String>,
+    /// Client ids in all.
+    pub clients: u64,
+    /// Connections in all.
+    pub connections: u64,
+}
+
+/// What renewing a node's lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// The lease was live and is renewed.
+    Held,
+    /// There was no lease (the first one, or Redis lost it): it is taken now, and what the node
+    /// counts must be written again ([`Presence::resync`]).
+    Taken,
+    /// Another node swept this instance: its clients are no longer counted anywhere.
+    Swept,
+}
+
+/// One (room, client id, connections) a node counts, for [`Presence::resync`].
+pub type Entry = (String, Arc<str>, u32);
+
+/// Presence storage. The in-memory bus keeps it in the process and has no leases (its nodes
+/// share one process: none dies alone).
+#[async_trait]
+pub trait Presence: Send + Sync {
+    /// One more connection of `client` in `room` on `instance`; true when it is the client's
+    /// first connection there anywhere.
+    async fn add(&self, room: &str, client: &str, instance: &str) -> Result<bool, BusError>;
+
+    /// One connection fewer; true when it was the client's last one there anywhere. A removal
+    /// for an instance that was swept meanwhile changes nothing and says false.
+    async fn remove(&self, room: &str, client: &str, instance: &str) -> Result<bool, BusError>;
+
+    /// Up to `max` members of `room`, with the totals.
+    async fn list(&self, room: &str, max: usize) -> Result<PresenceList, BusError>;
+
+    /// Whether nodes hold leases that survivors sweep ([`Presence::renew`] and the rest work).
+    fn has_leases(&self) -> bool {
+        false
+    }
+
+    /// Renews `instance`'s lease for `ttl`.
+    async fn renew(&self, _instance: &str, _ttl: Duration) -> Result<Renewal, BusError> {
+        Ok(Renewal::Held)
+    }
+
+    /// Writes what `instance` counts again, as absolute numbers (after [`Renewal::Taken`], or
+    /// for entries whose last write failed). Returns the indexes of the entries that this left
+    /// with no connection anywhere (to announce).
+    async fn resync(&self, _instance: &str, _entries: &[Entry]) -> Result<Vec<usize>, BusError> {
+        Ok(Vec::new())
+    }
+
+    /// Instances whose lease ran out, at most `limit`.
+    async fn expired(&self, _limit: usize) -> Result<Vec<String>, BusError> {
+        Ok(Vec::new())
+    }
+
+    /// Sweeps `dead` if this caller wins the claim (`by` names it): removes its connections from
+    /// every room and returns, per room, the client ids left with no connection anywhere. `None`
+    /// when the lease is live again or another node sweeps.
+    async fn sweep(
+        &self,
+        _dead: &str,
+        _by: &str,
+    ) -> Result<Option<Vec<(String, Vec<String>)>>, BusError> {
+        Ok(None)
+    }
+}
+
+/// A node instance id: the node id and a random suffix, so a process that was swept (or a
+/// restarted one) never counts under the name whose connections were removed.
+pub fn new_instance(node_id: &str) -> Arc<str> {
+    format!("{node_id}.{:08x}", rand::random::<u32>()).into()
+}
