@@ -83,8 +83,6 @@ async fn member(
     let mut due = Instant::now();
     // Sent with an id and not acknowledged yet; what to send again once rejoined.
     let mut unacked = std::collections::BTreeSet::<u64>::new();
-    let mut resend = std::collections::VecDeque::<u64>::new();
-    let mut rejoined = false;
     loop {
         if *stop.borrow() {
             return;
@@ -101,8 +99,8 @@ async fn member(
         if !send(&mut c, join).await {
             continue;
         }
-        rejoined = false;
-        resend = {
+        let mut rejoined = false;
+        let mut resend: std::collections::VecDeque<u64> = {
             let log = log.lock().unwrap();
             let acked = log.acked.keys().rev().take(DISTRUSTED).copied();
             let mut again: Vec<u64> = acked.chain(unacked.iter().copied()).collect();
