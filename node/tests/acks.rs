@@ -4,8 +4,13 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use ringcast_node::bus::redis::RedisBus;
+use ringcast_node::bus::redis_config::RedisBusConfig;
+use ringcast_node::bus::{dedupe_key, Bus, Channel, Keep, Publish, Published, StoredPublish};
+use ringcast_node::metrics::Metrics;
 use ringcast_node::room_options::parse_entry;
 use ringcast_node::Config;
 use ringcast_testkit::{metric_sum, Client, RedisServer, TestNode};
@@ -301,4 +306,73 @@ async fn redis_down_the_error_names_the_id_and_the_retry_after_is_stored_once() 
         [(1, json!("before")), (2, json!("during"))],
         "a member that stayed sees each message once"
     );
+}
+
+/// A stored publish of `n` to `room`, with `id` from sender `s`.
+fn stored(room: &str, n: u64, id: Option<&str>) -> Publish {
+    Publish::Stored(StoredPublish {
+        room: room.into(),
+        head: bytes::Bytes::from(format!(
+            r#"{{"event":"chat","from":"s","room":"{room}","content":{n},"offset":"#
+        )),
+        sent_at_micros: 1,
+        keep: Keep {
+            size: 500,
+            ttl: Duration::from_secs(60),
+            meta_ttl: Duration::from_secs(600),
+        },
+        dedupe: id.map(|id| dedupe_key("s", id)),
+    })
+}
+
+#[tokio::test]
+async fn one_batch_of_many_rooms_is_stored_in_order_and_one_bad_key_fails_only_its_message() {
+    let redis = RedisServer::start();
+    let config = support::config("n1", &redis.url());
+    let settings = RedisBusConfig::from_config(&config).unwrap();
+    let bus = RedisBus::start(settings, Arc::new(|_| {}), Arc::new(Metrics::new())).unwrap();
+    assert!(bus.wait_healthy(Duration::from_secs(5)).await);
+    // A key of the wrong type makes the script fail for room `bad` only.
+    redis.cli(&["SET", "{ringcast:room:bad}:ids", "x"]).unwrap();
+    // 150 messages over three rooms (more than one script run), plain publishes between them,
+    // a repeat of an id inside the same run, and the bad room in the middle.
+    let mut batch = Vec::new();
+    for n in 0..150u64 {
+        let room = ["a", "b", "c"][(n % 3) as usize];
+        batch.push(stored(room, n, Some(&format!("m{n}"))));
+        if n % 50 == 7 {
+            batch.push(Publish::Plain(
+                Channel::Broadcast,
+                bytes::Bytes::from_static(b"x"),
+            ));
+        }
+        if n == 20 {
+            batch.push(stored("a", 999, Some("m18")));
+            batch.push(stored("bad", 0, Some("z")));
+        }
+    }
+    let results = bus.publish_all(&batch).await;
+    assert_eq!(results.len(), batch.len());
+    let mut next = std::collections::HashMap::new();
+    for (item, result) in batch.iter().zip(&results) {
+        match (item, result) {
+            (Publish::Plain(..), r) => assert!(r.is_ok(), "{r:?}"),
+            (Publish::Stored(m), Err(e)) => {
+                assert_eq!(m.room, "bad", "{e}");
+                assert!(e.to_string().contains("WRONGTYPE"), "{e}");
+            }
+            (Publish::Stored(m), Ok(Published::Stored(s))) if s.duplicate => {
+                assert_eq!((m.room.as_str(), s.offset), ("a", 7), "m18 was a's 7th");
+            }
+            (Publish::Stored(m), Ok(Published::Stored(s))) => {
+                let offset = next.entry(m.room.clone()).or_insert(1u64);
+                assert_eq!(s.offset, *offset, "{}: offsets in batch order", m.room);
+                *offset += 1;
+            }
+            (_, r) => panic!("{r:?}"),
+        }
+    }
+    assert_eq!(next["a"], 51, "a stored 50, the repeat not");
+    let log = redis.cli(&["XLEN", "{ringcast:room:a}:log"]).unwrap();
+    assert_eq!(log.trim(), "50");
 }

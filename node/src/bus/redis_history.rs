@@ -2,9 +2,11 @@
 //!
 //! A room `R` under prefix `P` has its channel `{P:room:R}`, a hash `{P:room:R}:meta` (`epoch`,
 //! `top`), a stream `{P:room:R}:log` whose entry ids are `OFFSET-0` and a sorted set
-//! `{P:room:R}:ids` of the dedupe keys of the messages in the log, scored by offset. The braces are a hash
-//! tag: a room's keys and channel share one slot, so on Redis Cluster the publish script touches
-//! one shard and can `SPUBLISH` from within.
+//! `{P:room:R}:ids` of the dedupe keys of the messages in the log, scored by offset. The braces
+//! are a hash tag: a room's keys and channel share one slot, so each message's part of the
+//! publish script touches one shard and can `SPUBLISH` from within. One call stores a *run* of
+//! messages, which may be of several rooms: on Redis Cluster a run must be cut where the slot
+//! changes (the Cluster issue; one Redis takes any run).
 //!
 //! [`PUBLISH_SCRIPT`] numbers, keeps and publishes a message in one step, so offset order is
 //! delivery order on every subscriber. The counter and epoch outlive the log (`meta_ttl` vs
@@ -41,16 +43,21 @@ fn ids_key(prefix: &str, room: &str) -> String {
 /// log, ids at `3i+1..=3i+3` and `ARGV` [`ARGS_PER_MESSAGE`] values from `2+8i`: frame head,
 /// size, ttl ms, meta ttl ms, channel, sent-at micros, room, dedupe key or `''`; `ARGV[1]` is
 /// a random candidate epoch (suffixed with `i`, so no two fresh starts in one call share one).
-/// Returns `{offset, epoch, subscribers, duplicate}` per message, flattened.
+/// Returns `{offset, epoch, subscribers, outcome}` per message, flattened; outcome 0 stored,
+/// 1 a duplicate (`offset` the first one's), 2 failed (`epoch` holds Redis's error). Each
+/// message runs under `pcall`: Redis does not undo a script, so one that fails (a key of the
+/// wrong type) must not make the messages before it, already published, look failed too.
 ///
 /// One call per run, not per message: a call's own cost (argument vectors, the script's entry
 /// and its reply) is paid once for up to [`SCRIPT_RUN`] messages. An `XADD` refused because the
 /// log holds higher ids than the counter (restored from an older snapshot) starts a new epoch
 /// rather than fail or reuse offsets. The dedupe keys of a room sit in a sorted set scored by
-/// offset and trimmed with the log, so a repeat is caught exactly while its first is kept.
+/// offset and trimmed with the log; a record counts only while the log still holds its offset
+/// (checked on a hit only), so a repeat is caught exactly while its first is kept. Every new
+/// epoch (here and in [`READ_SCRIPT`]) deletes the records with the log.
 pub(super) const PUBLISH_SCRIPT: &str = r#"
 local out = {}
-for i = 0, #KEYS / 3 - 1 do
+local function one(i)
   local meta, log, ids = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
   local a = 8 * i + 1
   local head, size, ttl, mttl = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
@@ -61,44 +68,47 @@ for i = 0, #KEYS / 3 - 1 do
     redis.call('HSET', meta, 'epoch', e, 'top', 0)
     return e
   end
-  local m = redis.call('HMGET', meta, 'epoch', 'top')
-  local epoch = m[1]
+  local epoch = redis.call('HGET', meta, 'epoch')
   if not epoch then epoch = fresh() end
-  local first = false
   if key ~= '' then
-    first = redis.call('ZSCORE', ids, key)
-    -- A record whose message has left the log (trimmed by messages without ids) is stale.
-    if first and tonumber(first) <= (tonumber(m[2]) or 0) - tonumber(size) then first = false end
-  end
-  if first then
-    out[#out + 1] = tonumber(first)
-    out[#out + 1] = epoch
-    out[#out + 1] = 0
-    out[#out + 1] = 1
-  else
-    local top = redis.call('HINCRBY', meta, 'top', 1)
-    local frame = head .. top .. ',"epoch":"' .. epoch .. '"}'
-    local added = redis.pcall('XADD', log, 'MAXLEN', size, top .. '-0', 'f', frame)
-    if type(added) == 'table' and added.err then
-      epoch = fresh()
-      top = redis.call('HINCRBY', meta, 'top', 1)
-      frame = head .. top .. ',"epoch":"' .. epoch .. '"}'
-      redis.call('XADD', log, 'MAXLEN', size, top .. '-0', 'f', frame)
+    local first = redis.call('ZSCORE', ids, key)
+    if first then
+      -- Live only while the log still holds it (trimmed by messages without ids, or a log
+      -- that expired before its records: stale).
+      local id = first .. '-0'
+      if #redis.call('XRANGE', log, id, id) > 0 then
+        return {tonumber(first), epoch, 0, 1}
+      end
     end
-    redis.call('PEXPIRE', log, ttl)
-    redis.call('PEXPIRE', meta, mttl)
-    if key ~= '' then
-      redis.call('ZADD', ids, top, key)
-      redis.call('ZREMRANGEBYSCORE', ids, '-inf', top - tonumber(size))
-    end
-    -- Every message keeps the records alive as long as the log (a no-op when there are none).
-    redis.call('PEXPIRE', ids, ttl)
-    out[#out + 1] = top
-    out[#out + 1] = epoch
-    out[#out + 1] = redis.call('PUBLISH', ARGV[a + 5],
-      '\2' .. top .. '\n' .. epoch .. '\n' .. ARGV[a + 6] .. '\n' .. ARGV[a + 7] .. '\n' .. frame)
-    out[#out + 1] = 0
   end
+  local top = redis.call('HINCRBY', meta, 'top', 1)
+  local frame = head .. top .. ',"epoch":"' .. epoch .. '"}'
+  local added = redis.pcall('XADD', log, 'MAXLEN', size, top .. '-0', 'f', frame)
+  if type(added) == 'table' and added.err then
+    epoch = fresh()
+    top = redis.call('HINCRBY', meta, 'top', 1)
+    frame = head .. top .. ',"epoch":"' .. epoch .. '"}'
+    redis.call('XADD', log, 'MAXLEN', size, top .. '-0', 'f', frame)
+  end
+  redis.call('PEXPIRE', log, ttl)
+  redis.call('PEXPIRE', meta, mttl)
+  if key ~= '' then
+    redis.call('ZADD', ids, top, key)
+    redis.call('ZREMRANGEBYSCORE', ids, '-inf', top - tonumber(size))
+  end
+  -- Every message keeps the records alive as long as the log (a no-op when there are none).
+  redis.call('PEXPIRE', ids, ttl)
+  local n = redis.call('PUBLISH', ARGV[a + 5],
+    '\2' .. top .. '\n' .. epoch .. '\n' .. ARGV[a + 6] .. '\n' .. ARGV[a + 7] .. '\n' .. frame)
+  return {top, epoch, n, 0}
+end
+for i = 0, #KEYS / 3 - 1 do
+  local ok, r = pcall(one, i)
+  if not ok then
+    local why = type(r) == 'table' and r.err or tostring(r)
+    r = {0, why, 0, 2}
+  end
+  for _, v in ipairs(r) do out[#out + 1] = v end
 end
 return out
 "#;
@@ -110,7 +120,7 @@ const ARGS_PER_MESSAGE: usize = 8;
 /// no one else meanwhile, so a run is cut to keep that pause well under a millisecond or two.
 pub(super) const SCRIPT_RUN: usize = 64;
 
-/// `KEYS` = [meta, log]; `ARGV` = [`after` or `newest`, offset, limit, candidate epoch, meta
+/// `KEYS` = [meta, log, ids]; `ARGV` = [`after` or `newest`, offset, limit, candidate epoch, meta
 /// ttl ms]. Returns `{top, epoch, oldest id or '', id1, frame1, …}` (newest: descending).
 pub(super) const READ_SCRIPT: &str = r#"
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'top')
@@ -119,7 +129,7 @@ local top = tonumber(meta[2]) or 0
 if not epoch then
   epoch = ARGV[4]
   top = 0
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[3])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
 end
@@ -196,9 +206,10 @@ pub(super) fn read_cmd(
     };
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(READ_SCRIPT)
-        .arg(2)
+        .arg(3)
         .arg(meta_key(prefix, room))
         .arg(log_key(prefix, room))
+        .arg(ids_key(prefix, room))
         .arg(mode)
         .arg(after)
         .arg(limit)
@@ -247,11 +258,18 @@ pub(super) fn parse_stored(v: &Value, n: usize) -> Vec<Result<Stored, BusError>>
     items
         .chunks_exact(4)
         .map(|one| {
+            let outcome = int(&one[3]).ok_or_else(|| bad("outcome"))?;
+            if outcome == 2 {
+                let why = text(&one[1]).unwrap_or("unknown");
+                return Err(BusError::Unavailable(format!(
+                    "the publish script failed for this message: {why}"
+                )));
+            }
             Ok(Stored {
                 offset: int(&one[0]).ok_or_else(|| bad("offset"))?,
                 epoch: Arc::from(text(&one[1]).ok_or_else(|| bad("epoch"))?),
                 subscribers: int(&one[2]).ok_or_else(|| bad("count"))? as usize,
-                duplicate: int(&one[3]).ok_or_else(|| bad("duplicate"))? == 1,
+                duplicate: outcome == 1,
             })
         })
         .collect()
