@@ -333,7 +333,7 @@ async fn one_batch_of_many_rooms_is_stored_in_order_and_one_bad_key_fails_only_i
     let bus = RedisBus::start(settings, Arc::new(|_| {}), Arc::new(Metrics::new())).unwrap();
     assert!(bus.wait_healthy(Duration::from_secs(5)).await);
     // A key of the wrong type makes the script fail for room `bad` only.
-    redis.cli(&["SET", "{ringcast:room:bad}:ids", "x"]).unwrap();
+    redis.cli(&["SET", "{ringcast:room:bad}:meta", "x"]).unwrap();
     // 150 messages over three rooms (more than one script run), plain publishes between them,
     // a repeat of an id inside the same run, and the bad room in the middle.
     let mut batch = Vec::new();
@@ -354,12 +354,14 @@ async fn one_batch_of_many_rooms_is_stored_in_order_and_one_bad_key_fails_only_i
     let results = bus.publish_all(&batch).await;
     assert_eq!(results.len(), batch.len());
     let mut next = std::collections::HashMap::new();
+    let mut failed = 0;
     for (item, result) in batch.iter().zip(&results) {
         match (item, result) {
             (Publish::Plain(..), r) => assert!(r.is_ok(), "{r:?}"),
             (Publish::Stored(m), Err(e)) => {
                 assert_eq!(m.room, "bad", "{e}");
                 assert!(e.to_string().contains("WRONGTYPE"), "{e}");
+                failed += 1;
             }
             (Publish::Stored(m), Ok(Published::Stored(s))) if s.duplicate => {
                 assert_eq!((m.room.as_str(), s.offset), ("a", 7), "m18 was a's 7th");
@@ -372,6 +374,7 @@ async fn one_batch_of_many_rooms_is_stored_in_order_and_one_bad_key_fails_only_i
             (_, r) => panic!("{r:?}"),
         }
     }
+    assert_eq!(failed, 1, "the bad room's message, and only it");
     assert_eq!(next["a"], 51, "a stored 50, the repeat not");
     let log = redis.cli(&["XLEN", "{ringcast:room:a}:log"]).unwrap();
     assert_eq!(log.trim(), "50");
