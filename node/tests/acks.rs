@@ -333,7 +333,9 @@ async fn one_batch_of_many_rooms_is_stored_in_order_and_one_bad_key_fails_only_i
     let bus = RedisBus::start(settings, Arc::new(|_| {}), Arc::new(Metrics::new())).unwrap();
     assert!(bus.wait_healthy(Duration::from_secs(5)).await);
     // A key of the wrong type makes the script fail for room `bad` only.
-    redis.cli(&["SET", "{ringcast:room:bad}:meta", "x"]).unwrap();
+    redis
+        .cli(&["SET", "{ringcast:room:bad}:meta", "x"])
+        .unwrap();
     // 150 messages over three rooms (more than one script run), plain publishes between them,
     // a repeat of an id inside the same run, and the bad room in the middle.
     let mut batch = Vec::new();

@@ -1,0 +1,222 @@
+//! Presence as clients see it: who is in a room on every node, how many, the errors for rooms a
+//! client may not ask about, and announcements per client id (a second tab joins and leaves in
+//! silence). Node deaths and freezes are in `gateway/tests/presence.rs`, with real processes.
+
+mod support;
+
+use std::time::Duration;
+
+use ringcast_node::room_options::parse_entry;
+use ringcast_node::{Config, MemoryBroker};
+use ringcast_protocol::auth::{mint_hs256, now_secs, Claims};
+use ringcast_testkit::{Client, RedisServer, TestNode};
+use serde_json::{json, Value};
+
+fn config(id: &str) -> Config {
+    let mut c = Config::for_tests();
+    c.node_id = Some(id.into());
+    c.announce_connections = false;
+    c.room_options = vec![parse_entry("quiet*:presence=off").unwrap()];
+    c
+}
+
+async fn join(c: &mut Client, me: &str, room: &str) {
+    c.send_json(json!({"type":"join_room","room":room})).await;
+    loop {
+        let v = c.recv().await;
+        if v["event"] == "user_joined" && v["user_id"] == me {
+            return;
+        }
+    }
+}
+
+/// Sends `msg` and returns the first frame with `event` (or an error).
+async fn ask(c: &mut Client, msg: Value, event: &str) -> Value {
+    c.send_json(msg).await;
+    loop {
+        let v = c.recv().await;
+        if v["event"] == event || v["event"] == "error" {
+            return v;
+        }
+    }
+}
+
+fn sorted(v: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Every frame until `quiet` passes without one.
+async fn frames(c: &mut Client, quiet: Duration) -> Vec<Value> {
+    let mut got = Vec::new();
+    while let Ok(v) = c.next_json(quiet).await {
+        got.push(v);
+    }
+    got
+}
+
+#[tokio::test]
+async fn presence_lists_every_client_id_once_with_counts_and_a_limit() {
+    let broker = MemoryBroker::new();
+    let mut c1 = config("n1");
+    c1.presence_max_members = 2;
+    let n1 = TestNode::start_on(c1, broker.clone()).await;
+    let n2 = TestNode::start_on(config("n2"), broker).await;
+    let (mut a1, _) = Client::connect_welcomed(&n1.ws_url("a")).await;
+    let (mut a2, _) = Client::connect_welcomed(&n2.ws_url("a")).await;
+    let (mut b, _) = Client::connect_welcomed(&n2.ws_url("b")).await;
+    for (c, me) in [(&mut a1, "a"), (&mut a2, "a"), (&mut b, "b")] {
+        join(c, me, "r").await;
+    }
+    let p = ask(&mut b, json!({"type":"presence","room":"r"}), "presence").await;
+    assert_eq!(sorted(&p), ["a", "b"], "{p}");
+    assert_eq!(
+        (&p["count"], &p["truncated"]),
+        (&json!(2), &json!(false)),
+        "{p}"
+    );
+    let s = ask(
+        &mut b,
+        json!({"type":"presence_stats","room":"r"}),
+        "presence_stats",
+    )
+    .await;
+    assert_eq!(
+        s,
+        json!({"event":"presence_stats","room":"r","clients":2,"connections":3})
+    );
+    // n1 lists at most 2 ids: a third client id makes its answer truncated, the count exact.
+    let (mut c, _) = Client::connect_welcomed(&n2.ws_url("c")).await;
+    join(&mut c, "c", "r").await;
+    let p = ask(&mut a1, json!({"type":"presence","room":"r"}), "presence").await;
+    assert_eq!(p["members"].as_array().unwrap().len(), 2, "{p}");
+    assert_eq!(
+        (&p["count"], &p["truncated"]),
+        (&json!(3), &json!(true)),
+        "{p}"
+    );
+    // Leaving takes a connection out; the client id stays while another tab is in.
+    a1.send_json(json!({"type":"leave_room","room":"r"})).await;
+    a1.recv_event("user_left").await;
+    let s = ask(
+        &mut b,
+        json!({"type":"presence_stats","room":"r"}),
+        "presence_stats",
+    )
+    .await;
+    assert_eq!(
+        (&s["clients"], &s["connections"]),
+        (&json!(3), &json!(3)),
+        "{s}"
+    );
+    a2.close().await;
+    let p = ask(&mut b, json!({"type":"presence","room":"r"}), "presence").await;
+    assert_eq!(sorted(&p), ["b", "c"], "{p}");
+}
+
+#[tokio::test]
+async fn asking_about_a_room_you_are_not_in_or_without_presence_is_an_error() {
+    let node = TestNode::start(config("n1")).await;
+    let (mut a, _) = Client::connect_welcomed(&node.ws_url("a")).await;
+    for kind in ["presence", "presence_stats"] {
+        let e = ask(&mut a, json!({"type":kind,"room":"r"}), kind).await;
+        assert_eq!(e["code"], "not_in_room", "{e}");
+    }
+    join(&mut a, "a", "quiet-1").await;
+    for kind in ["presence", "presence_stats"] {
+        let e = ask(&mut a, json!({"type":kind,"room":"quiet-1"}), kind).await;
+        assert_eq!(e["code"], "presence_disabled", "{e}");
+    }
+    let e = ask(&mut a, json!({"type":"presence"}), "presence").await;
+    assert_eq!(e["code"], "missing_field", "{e}");
+    // Still served.
+    join(&mut a, "a", "r").await;
+    let p = ask(&mut a, json!({"type":"presence","room":"r"}), "presence").await;
+    assert_eq!(sorted(&p), ["a"]);
+}
+
+#[tokio::test]
+async fn a_room_the_token_does_not_allow_is_forbidden() {
+    const SECRET: &str = "test-secret-0123456789abcdef";
+    let mut c = config("n1");
+    c.auth.jwt_secret = Some(SECRET.into());
+    c.auth.jwt_audience = Some("ringcast".into());
+    let node = TestNode::start(c).await;
+    let claims = Claims {
+        sub: "a".into(),
+        exp: now_secs() + 3600,
+        nbf: None,
+        aud: Some("ringcast".into()),
+        iss: None,
+        rooms: Some(vec!["mine".into()]),
+        chat: None,
+    };
+    let token = mint_hs256(SECRET, &claims).unwrap();
+    let url = format!("ws://{}/ws?token={token}", node.addr);
+    let (mut a, _) = Client::connect_welcomed(&url).await;
+    let e = ask(
+        &mut a,
+        json!({"type":"presence","room":"other"}),
+        "presence",
+    )
+    .await;
+    assert_eq!(e["code"], "forbidden", "{e}");
+    join(&mut a, "a", "mine").await;
+    let p = ask(&mut a, json!({"type":"presence","room":"mine"}), "presence").await;
+    assert_eq!(sorted(&p), ["a"]);
+}
+
+#[tokio::test]
+async fn on_redis_a_second_tab_on_another_node_joins_and_leaves_in_silence() {
+    let redis = RedisServer::start();
+    let nodes = support::start_with(&["n1", "n2"], |id| {
+        let mut c = support::config(id, &redis.url());
+        c.announce_connections = false;
+        c
+    })
+    .await;
+    let (mut m, _) = Client::connect_welcomed(&nodes[0].ws_url("m")).await;
+    join(&mut m, "m", "r").await;
+    let (mut tab1, _) = Client::connect_welcomed(&nodes[0].ws_url("a")).await;
+    join(&mut tab1, "a", "r").await;
+    let (mut tab2, _) = Client::connect_welcomed(&nodes[1].ws_url("a")).await;
+    join(&mut tab2, "a", "r").await;
+    tab1.send_json(json!({"type":"leave_room","room":"r"}))
+        .await;
+    assert_eq!(
+        tab1.recv_event("user_left").await["user_id"],
+        "a",
+        "the leaver's own copy"
+    );
+    let seen = frames(&mut m, Duration::from_millis(500)).await;
+    let about_a: Vec<&Value> = seen.iter().filter(|v| v["user_id"] == "a").collect();
+    assert_eq!(
+        about_a,
+        [&json!({"event":"user_joined","user_id":"a","room":"r"})],
+        "one user_joined for the client id, nothing for its second tab coming and going"
+    );
+    let p = ask(&mut m, json!({"type":"presence","room":"r"}), "presence").await;
+    assert_eq!(sorted(&p), ["a", "m"], "tab2 is still in: {p}");
+    tab2.close().await;
+    let left = m.recv_event("user_left").await;
+    assert_eq!(left["user_id"], "a", "its last connection anywhere: {left}");
+    let p = ask(&mut m, json!({"type":"presence","room":"r"}), "presence").await;
+    assert_eq!(sorted(&p), ["m"]);
+    let s = ask(
+        &mut m,
+        json!({"type":"presence_stats","room":"r"}),
+        "presence_stats",
+    )
+    .await;
+    assert_eq!(
+        (&s["clients"], &s["connections"]),
+        (&json!(1), &json!(1)),
+        "{s}"
+    );
+}
