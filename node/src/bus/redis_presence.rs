@@ -87,6 +87,12 @@ if redis.call('GET', KEYS[2]) == 'done' then return 2 end
 return 0
 "#;
 
+/// `KEYS` = [swept]; `ARGV` = [sweeper]: gives up a claim that is still the sweeper's.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
 /// `KEYS` = [pr, pn]. Removes the instance's connections from the room; returns the client ids
 /// left with none.
 const SWEEP: &str = r#"
@@ -157,11 +163,36 @@ fn text(v: &Value) -> Option<String> {
 
 fn texts(v: &Value) -> Result<Vec<String>, BusError> {
     match v {
-        Value::Array(items) => items
+        // RESP3 answers SMEMBERS with a set.
+        Value::Array(items) | Value::Set(items) => items
             .iter()
             .map(|i| text(i).ok_or_else(|| bad("id")))
             .collect(),
-        _ => Err(bad("not an array")),
+        other => Err(bad(&format!("not an array: {other:?}"))),
+    }
+}
+
+impl RedisBus {
+    /// Removes instance `dead`'s connections from every room it listed; returns, per room, the
+    /// client ids left with none.
+    async fn sweep_rooms(
+        &self,
+        dead: &str,
+        rooms_key: &str,
+    ) -> Result<Vec<(String, Vec<String>)>, BusError> {
+        let prefix = self.prefix();
+        let mut smembers = redis::cmd("SMEMBERS");
+        smembers.arg(rooms_key);
+        let rooms = texts(&self.query(&smembers).await?)?;
+        let mut gone_by_room = Vec::with_capacity(rooms.len());
+        for room in rooms {
+            let (pr, pn) = (total_key(prefix, &room), instance_key(prefix, &room, dead));
+            let gone = texts(&self.query(&eval(SWEEP, &[&pr, &pn])).await?)?;
+            if !gone.is_empty() {
+                gone_by_room.push((room, gone));
+            }
+        }
+        Ok(gone_by_room)
     }
 }
 
@@ -300,17 +331,16 @@ impl Presence for RedisBus {
             }
             _ => return Ok(None),
         }
-        let mut smembers = redis::cmd("SMEMBERS");
-        smembers.arg(&rooms_key);
-        let rooms = texts(&self.query(&smembers).await?)?;
-        let mut gone_by_room = Vec::with_capacity(rooms.len());
-        for room in rooms {
-            let (pr, pn) = (total_key(prefix, &room), instance_key(prefix, &room, dead));
-            let gone = texts(&self.query(&eval(SWEEP, &[&pr, &pn])).await?)?;
-            if !gone.is_empty() {
-                gone_by_room.push((room, gone));
+        let gone_by_room = match self.sweep_rooms(dead, &rooms_key).await {
+            Ok(gone) => gone,
+            Err(e) => {
+                // Give the claim up at once, so the next poll (here or elsewhere) retries
+                // rather than wait out the claim. Sweeping a room twice is harmless.
+                let release = eval(RELEASE, &[&swept]).arg(by).to_owned();
+                let _ = self.query(&release).await;
+                return Err(e);
             }
-        }
+        };
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(&swept)
