@@ -62,6 +62,8 @@ pub struct Metrics {
     /// Room messages with an `id` that repeated one still in history: acknowledged with the
     /// first one's offset, not stored or delivered again.
     pub deduped: IntCounter,
+    /// Connections this node counts in presence (room memberships with presence on).
+    pub presence_entries: IntGauge,
     /// Sweeps of a dead node's presence this node made.
     pub presence_sweeps: IntCounter,
     /// `user_left` announcements those sweeps sent.
@@ -217,6 +219,10 @@ impl Metrics {
             deduped: counter(
                 "ringcast_node_publish_deduped_total",
                 "Room messages with an id that repeated one still in history (not stored again)",
+            ),
+            presence_entries: gauge(
+                "ringcast_node_presence_entries",
+                "Room memberships this node counts in presence",
             ),
             presence_sweeps: counter(
                 "ringcast_node_presence_sweeps_total",

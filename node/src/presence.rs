@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::bus::presence::{new_instance, Entry};
 use crate::bus::{Bus, BusError};
+use crate::metrics::Metrics;
 
 /// Most entries waiting for a retry after a failed removal; beyond it they are left to the
 /// lease (a node's entries all go when it is swept).
@@ -29,6 +30,7 @@ struct State {
 pub struct Tracker {
     bus: Arc<dyn Bus>,
     node_id: Arc<str>,
+    metrics: Arc<Metrics>,
     state: Mutex<State>,
 }
 
@@ -39,9 +41,10 @@ fn unpoison<T>(e: std::sync::PoisonError<T>) -> T {
 
 impl Tracker {
     /// A tracker for `node_id` on `bus`, under a fresh instance.
-    pub fn new(bus: Arc<dyn Bus>, node_id: Arc<str>) -> Self {
+    pub fn new(bus: Arc<dyn Bus>, node_id: Arc<str>, metrics: Arc<Metrics>) -> Self {
         Tracker {
             bus,
+            metrics,
             state: Mutex::new(State {
                 instance: new_instance(&node_id),
                 local: HashMap::new(),
@@ -77,6 +80,7 @@ impl Tracker {
         let instance = {
             let mut state = self.state.lock().unwrap_or_else(unpoison);
             *state.local.entry(key.clone()).or_default() += 1;
+            self.metrics.presence_entries.inc();
             state.instance.clone()
         };
         let added = self.bus.presence().add(room, client, &instance).await;
@@ -84,7 +88,9 @@ impl Tracker {
             // The caller undoes the join; the bus may or may not have counted it.
             let mut state = self.state.lock().unwrap_or_else(unpoison);
             if state.instance == instance {
-                decrement(&mut state.local, &key);
+                if decrement(&mut state.local, &key) {
+                    self.metrics.presence_entries.dec();
+                }
                 mark(&mut state.dirty, key);
             }
         }
@@ -100,6 +106,7 @@ impl Tracker {
             if !decrement(&mut state.local, &key) {
                 return Ok(false);
             }
+            self.metrics.presence_entries.dec();
             state.instance.clone()
         };
         let removed = self.bus.presence().remove(room, client, &instance).await;
@@ -116,7 +123,9 @@ impl Tracker {
     /// stay present until they reconnect elsewhere or the node's lease is swept.
     pub fn forget(&self, room: &str, client: &Arc<str>) {
         let key = (room.to_owned(), client.clone());
-        decrement(&mut self.state.lock().unwrap_or_else(unpoison).local, &key);
+        if decrement(&mut self.state.lock().unwrap_or_else(unpoison).local, &key) {
+            self.metrics.presence_entries.dec();
+        }
     }
 
     /// Everything this node counts, under its instance (to write it again).
@@ -159,6 +168,7 @@ impl Tracker {
         let mut state = self.state.lock().unwrap_or_else(unpoison);
         state.local.clear();
         state.dirty.clear();
+        self.metrics.presence_entries.set(0);
         state.instance = new_instance(&self.node_id);
         state.instance.clone()
     }
@@ -205,11 +215,13 @@ mod tests {
     async fn a_swept_node_counts_anew_and_old_removals_change_nothing() {
         let broker = MemoryBroker::new();
         let bus: Arc<dyn Bus> = Arc::new(broker.attach(Arc::new(|_| {})));
-        let t = Tracker::new(bus.clone(), "n1".into());
+        let metrics = Arc::new(Metrics::new());
+        let t = Tracker::new(bus.clone(), "n1".into(), metrics.clone());
         let a: Arc<str> = "a".into();
         assert!(t.add("r", &a).await.unwrap());
         assert!(!t.add("r", &a).await.unwrap(), "a second connection");
         assert_eq!(t.len(), 2);
+        assert_eq!(metrics.presence_entries.get(), 2);
         let before = t.instance();
         assert_ne!(t.swept(), before);
         assert!(t.is_empty());

@@ -80,7 +80,7 @@ impl Shared {
         let node_id: Arc<str> = config.resolved_node_id().into();
         Shared {
             publisher: Publisher::start(node_id.clone(), bus.clone(), metrics.clone()),
-            presence: crate::presence::Tracker::new(bus.clone(), node_id.clone()),
+            presence: crate::presence::Tracker::new(bus.clone(), node_id.clone(), metrics.clone()),
             node_id,
             bus_healthy: bus.healthy(),
             config,
