@@ -7,6 +7,7 @@ pub mod admin;
 pub mod bus;
 pub mod config;
 pub mod gap_fill;
+pub mod history_request;
 pub mod http;
 pub mod hub;
 pub mod metrics;

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringcast_protocol::event::history_event;
 use ringcast_protocol::{ErrorCode, ServerEvent, Since, Target};
 use tokio::time::{timeout, Instant};
 
 use super::{reply, text, Session};
 use crate::bus::{Channel, HistoryPage, HistoryQuery, Keep};
+use crate::history_request::HistoryError;
 use crate::wire;
 
 /// Messages fetched per history page while replaying.
@@ -366,36 +366,29 @@ impl Session {
             Some(Ok(s)) => Some(s),
             None => None,
         };
-        if keep.is_none() {
-            let answer = history_event(room, &[], 0, "", true);
-            return reply(&self.shared, &self.out, answer);
-        }
-        let query = since
-            .as_ref()
-            .map_or(HistoryQuery::Newest, |s| HistoryQuery::After(s.offset));
-        let Ok(mut page) = self.page(room, query, limit).await else {
-            return self.error(ErrorCode::BusUnavailable, "history unavailable: bus down");
-        };
-        if let Some(s) = &since {
-            if *s.epoch != *page.epoch {
-                // Another epoch: the client's offsets mean nothing here; page from the start.
-                let Ok(again) = self.page(room, HistoryQuery::After(0), limit).await else {
-                    return self.error(ErrorCode::BusUnavailable, "history unavailable: bus down");
-                };
-                page = again;
-            } else if s.offset > page.top {
+        let config = &self.shared.config;
+        let answer = crate::history_request::answer(
+            self.shared.publisher.bus(),
+            room,
+            since.as_ref(),
+            limit,
+            keep.is_some(),
+            config.meta_ttl(),
+            config.bus_timeout(),
+        )
+        .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(HistoryError::Bus) => {
+                return self.error(ErrorCode::BusUnavailable, "history unavailable: bus down")
+            }
+            Err(HistoryError::BeyondTop) => {
                 return self.error(
                     ErrorCode::InvalidSince,
                     "since.offset is beyond the room's last offset",
-                );
+                )
             }
-        }
-        let complete = match query {
-            HistoryQuery::Newest => true,
-            HistoryQuery::After(_) => page.messages.last().is_none_or(|(o, _)| *o >= page.top),
         };
-        let frames: Vec<&str> = page.messages.iter().map(|(_, f)| f.as_str()).collect();
-        let answer = history_event(room, &frames, page.top, &page.epoch, complete);
         reply(&self.shared, &self.out, answer);
     }
 }
