@@ -1,4 +1,5 @@
-//! HTTP on the node's port: `/ws` upgrades, the admin views (`admin.rs`) and `/metrics`.
+//! HTTP on the node's port: `/ws` upgrades, the admin views (`admin.rs`), `/metrics` and the
+//! server API (`api/`).
 //!
 //! A connection that opens with `GET /ws ` or `GET /ws?` is upgraded without hyper
 //! ([`serve_upgrade`]); hyper serves every other connection and never upgrades one. A `/ws`
@@ -74,9 +75,14 @@ pub async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: 
     // hyper reads the detected bytes again first.
     let io = TokioIo::new(Prefixed::new(prefix, stream));
     let drain = shared.drain.clone();
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(route(shared, req)) }
+        async move {
+            if crate::api::is_api(req.uri().path()) {
+                return Ok::<_, Infallible>(crate::api::serve(shared, req).await);
+            }
+            Ok::<_, Infallible>(route(shared, req))
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

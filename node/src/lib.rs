@@ -4,6 +4,7 @@
 //! The binary is a thin wrapper over [`run`]; tests call the same function on port 0.
 
 pub mod admin;
+pub mod api;
 pub mod bus;
 pub mod config;
 pub mod gap_fill;

@@ -62,6 +62,10 @@ pub struct Metrics {
     /// Room messages with an `id` that repeated one still in history: acknowledged with the
     /// first one's offset, not stored or delivered again.
     pub deduped: IntCounter,
+    /// Server API calls by method and result (`ok` or the error code).
+    pub api_calls: IntCounterVec,
+    /// Seconds a server API call took, by method.
+    pub api_latency: prometheus::HistogramVec,
     /// Connections this node counts in presence (room memberships with presence on).
     pub presence_entries: IntGauge,
     /// Sweeps of a dead node's presence this node made.
@@ -219,6 +223,32 @@ impl Metrics {
             deduped: counter(
                 "ringcast_node_publish_deduped_total",
                 "Room messages with an id that repeated one still in history (not stored again)",
+            ),
+            api_calls: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ringcast_node_api_calls_total",
+                        "Server API calls by method and result",
+                    ),
+                    &["method", "result"],
+                )
+                .expect("static metric options are valid"),
+            ),
+            api_latency: reg(
+                &registry,
+                prometheus::HistogramVec::new(
+                    HistogramOpts::new(
+                        "ringcast_node_api_latency_seconds",
+                        "Seconds a server API call took, by method",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0, 2.5,
+                    ]),
+                    &["method"],
+                )
+                .expect("static metric options are valid"),
             ),
             presence_entries: gauge(
                 "ringcast_node_presence_entries",
