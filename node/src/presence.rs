@@ -2,9 +2,13 @@
 //! under which instance, and the one place sessions add and remove themselves.
 //!
 //! The local table is the truth the node can vouch for: after Redis lost its data the node
-//! writes it again, after a removal failed it reconciles that entry, and after the node was
-//! swept (it froze and survivors removed its clients) it forgets everything and counts under
-//! a new instance, so the old connections' removals change nothing.
+//! writes it again, after a write failed (or was cut short) it writes that entry again, and
+//! after the node was swept (it froze and survivors removed its clients) it forgets everything
+//! and counts under a new instance, so the old connections' removals change nothing.
+//!
+//! One writer per entry: while an entry is being written again from the table (`busy`), joins
+//! and leaves of it only change the table and leave the entry for the next pass, so an
+//! absolute write never lands on top of a newer relative one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -13,8 +17,7 @@ use crate::bus::presence::{new_instance, Entry};
 use crate::bus::{Bus, BusError};
 use crate::metrics::Metrics;
 
-/// Most entries waiting for a retry after a failed removal; beyond it they are left to the
-/// lease (a node's entries all go when it is swept).
+/// Most entries waiting to be written again; past it the next pass writes every entry.
 const MAX_DIRTY: usize = 65_536;
 
 type Key = (String, Arc<str>);
@@ -24,6 +27,10 @@ struct State {
     local: HashMap<Key, u32>,
     /// Entries whose last write may not have reached the bus.
     dirty: HashSet<Key>,
+    /// Entries being written again right now.
+    busy: HashSet<Key>,
+    /// Too many dirty entries were dropped: write everything again.
+    all_dirty: bool,
 }
 
 /// What this node counts in presence.
@@ -39,6 +46,28 @@ fn unpoison<T>(e: std::sync::PoisonError<T>) -> T {
     e.into_inner()
 }
 
+/// Marks its entry dirty unless disarmed: a write whose future is dropped half-way (a timeout)
+/// may or may not have reached the bus.
+struct Unfinished<'a> {
+    tracker: &'a Tracker,
+    key: Option<Key>,
+    instance: Arc<str>,
+}
+
+impl Unfinished<'_> {
+    fn done(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.tracker.mark_dirty(&self.instance, key);
+        }
+    }
+}
+
 impl Tracker {
     /// A tracker for `node_id` on `bus`, under a fresh instance.
     pub fn new(bus: Arc<dyn Bus>, node_id: Arc<str>, metrics: Arc<Metrics>) -> Self {
@@ -49,6 +78,8 @@ impl Tracker {
                 instance: new_instance(&node_id),
                 local: HashMap::new(),
                 dirty: HashSet::new(),
+                busy: HashSet::new(),
+                all_dirty: false,
             }),
             node_id,
         }
@@ -73,6 +104,13 @@ impl Tracker {
         self.state.lock().unwrap_or_else(unpoison).instance.clone()
     }
 
+    fn mark_dirty(&self, instance: &str, key: Key) {
+        let mut state = self.state.lock().unwrap_or_else(unpoison);
+        if *state.instance == *instance {
+            mark(&mut state, key);
+        }
+    }
+
     /// One more connection of `client` in `room`; true when it is the client's first there on
     /// any node (announce it).
     pub async fn add(&self, room: &str, client: &Arc<str>) -> Result<bool, BusError> {
@@ -81,20 +119,41 @@ impl Tracker {
             let mut state = self.state.lock().unwrap_or_else(unpoison);
             *state.local.entry(key.clone()).or_default() += 1;
             self.metrics.presence_entries.inc();
+            if state.busy.contains(&key) {
+                // Being written again: that pass (or the next) counts this one too.
+                mark(&mut state, key);
+                return Ok(false);
+            }
             state.instance.clone()
         };
+        let guard = Unfinished {
+            tracker: self,
+            key: Some(key.clone()),
+            instance: instance.clone(),
+        };
         let added = self.bus.presence().add(room, client, &instance).await;
-        if added.is_err() {
-            // The caller undoes the join; the bus may or may not have counted it.
-            let mut state = self.state.lock().unwrap_or_else(unpoison);
-            if state.instance == instance {
-                if decrement(&mut state.local, &key) {
-                    self.metrics.presence_entries.dec();
+        guard.done();
+        let rotated = *self.instance() != *instance;
+        match added {
+            Ok(_) if rotated => {
+                // Swept while this was on its way: it was written under the old instance,
+                // which no one will sweep again. Take it back out.
+                let _ = self.bus.presence().remove(room, client, &instance).await;
+                Ok(false)
+            }
+            Ok(first) => Ok(first),
+            Err(e) => {
+                // The caller undoes the join; the bus may or may not have counted it.
+                let mut state = self.state.lock().unwrap_or_else(unpoison);
+                if state.instance == instance {
+                    if decrement(&mut state.local, &key) {
+                        self.metrics.presence_entries.dec();
+                    }
+                    mark(&mut state, key);
                 }
-                mark(&mut state.dirty, key);
+                Err(e)
             }
         }
-        added
     }
 
     /// One connection fewer; true when it was the client's last one there on any node
@@ -107,14 +166,21 @@ impl Tracker {
                 return Ok(false);
             }
             self.metrics.presence_entries.dec();
+            if state.busy.contains(&key) {
+                mark(&mut state, key);
+                return Ok(false);
+            }
             state.instance.clone()
         };
+        let guard = Unfinished {
+            tracker: self,
+            key: Some(key.clone()),
+            instance: instance.clone(),
+        };
         let removed = self.bus.presence().remove(room, client, &instance).await;
+        guard.done();
         if removed.is_err() {
-            let mut state = self.state.lock().unwrap_or_else(unpoison);
-            if state.instance == instance {
-                mark(&mut state.dirty, key);
-            }
+            self.mark_dirty(&instance, key);
         }
         removed
     }
@@ -128,49 +194,50 @@ impl Tracker {
         }
     }
 
-    /// Everything this node counts, under its instance (to write it again).
-    pub fn entries(&self) -> (Arc<str>, Vec<Entry>) {
-        let state = self.state.lock().unwrap_or_else(unpoison);
-        let entries = state
-            .local
-            .iter()
-            .map(|((room, client), n)| (room.clone(), client.clone(), *n))
-            .collect();
-        (state.instance.clone(), entries)
+    /// Everything this node counts, under its instance, marked busy (to write it again);
+    /// give it back with [`Tracker::written`].
+    pub fn take_all(&self) -> (Arc<str>, Vec<Entry>) {
+        let mut state = self.state.lock().unwrap_or_else(unpoison);
+        state.dirty.clear();
+        state.all_dirty = false;
+        let keys: Vec<Key> = state.local.keys().cloned().collect();
+        take(&mut state, keys)
     }
 
-    /// Takes the entries waiting for a retry, with what this node counts for each now.
-    pub fn take_dirty(&self) -> (Arc<str>, Vec<Entry>) {
+    /// The entries waiting to be written again, with what this node counts for each now,
+    /// marked busy; `None` when everything must be written ([`Tracker::take_all`]).
+    pub fn take_dirty(&self) -> Option<(Arc<str>, Vec<Entry>)> {
         let mut state = self.state.lock().unwrap_or_else(unpoison);
-        let dirty = std::mem::take(&mut state.dirty);
-        let entries = dirty
-            .into_iter()
-            .map(|key| {
-                let n = state.local.get(&key).copied().unwrap_or(0);
-                (key.0, key.1, n)
-            })
-            .collect();
-        (state.instance.clone(), entries)
+        if state.all_dirty {
+            return None;
+        }
+        let keys: Vec<Key> = std::mem::take(&mut state.dirty).into_iter().collect();
+        Some(take(&mut state, keys))
     }
 
-    /// Puts entries back for another retry.
-    pub fn redirty(&self, instance: &str, entries: Vec<Entry>) {
+    /// Ends a pass of writing `entries` again; when it failed they wait for the next.
+    pub fn written(&self, instance: &str, entries: &[Entry], ok: bool) {
         let mut state = self.state.lock().unwrap_or_else(unpoison);
-        if *state.instance == *instance {
-            for (room, client, _) in entries {
-                mark(&mut state.dirty, (room, client));
+        for (room, client, _) in entries {
+            let key = (room.clone(), client.clone());
+            state.busy.remove(&key);
+            if !ok && *state.instance == *instance {
+                mark(&mut state, key);
             }
         }
     }
 
     /// This node was swept: forget everything and count under a new instance from now on.
-    pub fn swept(&self) -> Arc<str> {
+    /// Returns the old instance and the new one.
+    pub fn swept(&self) -> (Arc<str>, Arc<str>) {
         let mut state = self.state.lock().unwrap_or_else(unpoison);
         state.local.clear();
         state.dirty.clear();
+        state.busy.clear();
+        state.all_dirty = false;
         self.metrics.presence_entries.set(0);
-        state.instance = new_instance(&self.node_id);
-        state.instance.clone()
+        let old = std::mem::replace(&mut state.instance, new_instance(&self.node_id));
+        (old, state.instance.clone())
     }
 
     /// Connections counted here.
@@ -183,6 +250,19 @@ impl Tracker {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Marks `keys` busy and returns them with their counts.
+fn take(state: &mut State, keys: Vec<Key>) -> (Arc<str>, Vec<Entry>) {
+    let entries = keys
+        .into_iter()
+        .map(|key| {
+            let n = state.local.get(&key).copied().unwrap_or(0);
+            state.busy.insert(key.clone());
+            (key.0, key.1, n)
+        })
+        .collect();
+    (state.instance.clone(), entries)
 }
 
 /// One fewer for `key`; false when there was none.
@@ -200,9 +280,11 @@ fn decrement(local: &mut HashMap<Key, u32>, key: &Key) -> bool {
     }
 }
 
-fn mark(dirty: &mut HashSet<Key>, key: Key) {
-    if dirty.len() < MAX_DIRTY {
-        dirty.insert(key);
+fn mark(state: &mut State, key: Key) {
+    if state.dirty.len() < MAX_DIRTY {
+        state.dirty.insert(key);
+    } else {
+        state.all_dirty = true;
     }
 }
 
@@ -222,14 +304,29 @@ mod tests {
         assert!(!t.add("r", &a).await.unwrap(), "a second connection");
         assert_eq!(t.len(), 2);
         assert_eq!(metrics.presence_entries.get(), 2);
-        let before = t.instance();
-        assert_ne!(t.swept(), before);
+        let (old, new) = t.swept();
+        assert_ne!(old, new);
         assert!(t.is_empty());
-        assert!(
-            !t.remove("r", &a).await.unwrap(),
-            "counted under the swept instance"
-        );
+        assert_eq!(metrics.presence_entries.get(), 0);
+        assert!(!t.remove("r", &a).await.unwrap(), "counted under the swept instance");
         t.forget("r", &a);
-        assert!(t.entries().1.is_empty());
+        assert!(t.take_all().1.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_entry_being_written_again_takes_joins_and_leaves_into_the_next_pass() {
+        let broker = MemoryBroker::new();
+        let bus: Arc<dyn Bus> = Arc::new(broker.attach(Arc::new(|_| {})));
+        let t = Tracker::new(bus, "n1".into(), Arc::new(Metrics::new()));
+        let a: Arc<str> = "a".into();
+        assert!(t.add("r", &a).await.unwrap());
+        let (instance, entries) = t.take_all();
+        assert_eq!(entries, [("r".to_owned(), a.clone(), 1)]);
+        // Busy: neither goes to the bus now, and neither is announced now.
+        assert!(!t.add("r", &a).await.unwrap());
+        assert!(!t.remove("r", &a).await.unwrap());
+        t.written(&instance, &entries, true);
+        let (_, again) = t.take_dirty().expect("a few");
+        assert_eq!(again, [("r".to_owned(), a.clone(), 1)], "the next pass writes 1");
     }
 }

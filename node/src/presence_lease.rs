@@ -1,24 +1,27 @@
-//! The node's presence lease, and the sweep of nodes whose lease ran out.
+//! The node's presence lease, and the sweep of nodes whose lease ran out. Two tasks, so a long
+//! sweep never delays the node's own renewal:
 //!
-//! Every `lease / 6` the task renews this node's lease (at most every `lease / 3`), retries the
-//! presence writes that failed, and polls the lease index for instances whose lease ran out:
-//! one survivor wins each sweep's claim, removes the dead instance's connections from every
-//! room's presence and tells each room `user_left` once per client id left with no connection
-//! anywhere. A node only sweeps others once its own lease has held for a whole lease: after
-//! Redis was away, everyone's lease has lapsed, and the others must get the chance to renew
-//! theirs before anybody is taken for dead.
-//!
-//! A renewal that finds this node swept (it froze past its lease) closes every client with
-//! 1012: survivors already told the rooms they left, so they reconnect and are counted anew.
+//! - **renew**, every third of the lease: renews it. Found gone (Redis lost it, or the first
+//!   one), the node removes what its instance had and writes its table again. Found swept (it
+//!   froze past its lease), it closes every client with 1012 — survivors already told the
+//!   rooms they left, so they reconnect and are counted anew — counts under a new instance, and
+//!   removes what the old one still had (joins it served between waking and finding out),
+//!   announcing those that leaves gone.
+//! - **sweep**, every sixth of the lease: writes again the entries whose last write failed, and
+//!   polls the lease index (timed by Redis's clock) for instances whose lease ran out; one
+//!   survivor wins each claim, removes the dead instance's connections from every room and
+//!   tells each room `user_left` once per client id left with no connection anywhere. A node
+//!   only sweeps others once its own lease has held for a whole lease: after Redis was away
+//!   everyone's lease has lapsed, and the others must get the chance to renew first.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ringcast_protocol::{ServerEvent, Target};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::bus::presence::Renewal;
+use crate::bus::presence::{Change, Entry, Renewal};
 use crate::bus::{Bus, Channel};
 use crate::outbound::Closing;
 use crate::state::Shared;
@@ -33,64 +36,65 @@ const SWEPT: Closing = Closing::Server {
     drain: true,
 };
 
-/// Runs until the node's drain has stopped everything.
+/// Since when this node's lease has held without a break (shared by the two tasks).
+type HeldSince = Arc<Mutex<Option<Instant>>>;
+
+/// Runs both tasks until the node's drain has stopped everything.
 pub async fn run(shared: Arc<Shared>, bus: Arc<dyn Bus>) {
     if !bus.presence().has_leases() {
         return;
     }
+    let held: HeldSince = Arc::new(Mutex::new(None));
+    tokio::join!(
+        renew_loop(shared.clone(), bus.clone(), held.clone()),
+        sweep_loop(shared, bus, held),
+    );
+}
+
+fn set_held(held: &HeldSince, value: Option<Instant>, keep: bool) {
+    let mut h = held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    *h = if keep { h.or(value) } else { value };
+}
+
+async fn renew_loop(shared: Arc<Shared>, bus: Arc<dyn Bus>, held: HeldSince) {
     let lease = shared.config.presence_lease();
-    let mut tick = tokio::time::interval((lease / 6).max(Duration::from_millis(20)));
+    let mut tick = tokio::time::interval((lease / 3).max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut renewed: Option<Instant> = None;
-    let mut held_since: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = shared.drain.stopped() => return,
             _ = tick.tick() => {}
         }
         let now = Instant::now();
-        if renewed.is_none_or(|at| now.duration_since(at) >= lease / 3) {
-            match renew(&shared, &bus, lease).await {
-                Some(true) => {
-                    renewed = Some(now);
-                    held_since.get_or_insert(now);
-                }
-                Some(false) => {
-                    renewed = Some(now);
-                    held_since = Some(now);
-                }
-                None => {
-                    renewed = None;
-                    held_since = None;
-                }
-            }
-        }
-        retry_dirty(&shared, &bus).await;
-        if held_since.is_some_and(|since| now.duration_since(since) >= lease) {
-            sweep_dead(&shared, &bus).await;
+        match renew(&shared, &bus, lease).await {
+            Some(true) => set_held(&held, Some(now), true),
+            Some(false) => set_held(&held, Some(now), false),
+            None => set_held(&held, None, false),
         }
     }
 }
 
-/// Renews the lease: `Some(true)` held, `Some(false)` taken anew (or after a sweep), `None`
-/// failed.
+/// Renews the lease: `Some(true)` held, `Some(false)` taken anew, `None` failed.
 async fn renew(shared: &Shared, bus: &Arc<dyn Bus>, lease: Duration) -> Option<bool> {
     let presence = bus.presence();
     let tracker = &shared.presence;
     match presence.renew(&tracker.instance(), lease).await {
         Ok(Renewal::Held) => Some(true),
         Ok(Renewal::Taken) => {
-            // Redis lost the lease (a restart) or this is the first one: write what we count.
-            let (instance, entries) = tracker.entries();
-            if let Err(e) = presence.resync(&instance, &entries).await {
-                warn!(error = %e, "presence not written again; retrying");
+            // Redis lost the lease (a restart, maybe from an older snapshot) or this is the
+            // first one: what the instance had there goes, and the table is written again.
+            let (instance, entries) = tracker.take_all();
+            let purged = presence.purge(&instance, false).await;
+            let ok = purged.is_ok() && presence.resync(&instance, &entries).await.is_ok();
+            tracker.written(&instance, &entries, ok);
+            if !ok {
+                warn!("presence not written again; retrying");
                 return None;
             }
             Some(false)
         }
         Ok(Renewal::Swept) => {
-            let old = tracker.instance();
-            let new = tracker.swept();
+            let (old, new) = tracker.swept();
             shared.metrics.presence_swept_self.inc();
             warn!(
                 old = %old,
@@ -98,10 +102,12 @@ async fn renew(shared: &Shared, bus: &Arc<dyn Bus>, lease: Duration) -> Option<b
                 "this node was swept while unresponsive; closing its clients so they reconnect"
             );
             shared.hub.close_all(SWEPT);
-            match presence.renew(&new, lease).await {
-                Ok(_) => Some(false),
-                Err(_) => None,
+            let renewed = presence.renew(&new, lease).await.is_ok();
+            match presence.purge(&old, true).await {
+                Ok(gone) => announce_all(shared, gone).await,
+                Err(e) => warn!(error = %e, "the old instance's presence is left to a sweep"),
             }
+            renewed.then_some(false)
         }
         Err(e) => {
             warn!(error = %e, "presence lease not renewed");
@@ -110,44 +116,81 @@ async fn renew(shared: &Shared, bus: &Arc<dyn Bus>, lease: Duration) -> Option<b
     }
 }
 
-/// Writes again the entries whose last write failed, telling rooms about clients that turn
-/// out to be gone.
-async fn retry_dirty(shared: &Shared, bus: &Arc<dyn Bus>) {
-    let (instance, entries) = shared.presence.take_dirty();
-    if entries.is_empty() {
-        return;
-    }
-    match bus.presence().resync(&instance, &entries).await {
-        Ok(gone) => {
-            for i in gone {
-                let (room, client, _) = &entries[i];
-                announce_left(shared, room, client).await;
-            }
+async fn sweep_loop(shared: Arc<Shared>, bus: Arc<dyn Bus>, held: HeldSince) {
+    let lease = shared.config.presence_lease();
+    let mut tick = tokio::time::interval((lease / 6).max(Duration::from_millis(20)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.drain.stopped() => return,
+            _ = tick.tick() => {}
         }
-        Err(e) => {
-            warn!(error = %e, "presence retry failed");
-            shared.presence.redirty(&instance, entries);
+        rewrite_dirty(&shared, &bus).await;
+        let since = *held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if since.is_some_and(|since| since.elapsed() >= lease) {
+            sweep_dead(&shared, &bus).await;
         }
     }
 }
 
-/// Tells `room` that `client` left it (when the room announces), through the bus.
-async fn announce_left(shared: &Shared, room: &str, client: &str) -> bool {
+/// Writes again the entries whose last write failed (all of them after an overflow), and
+/// announces the client ids that turn out gone or newly present.
+async fn rewrite_dirty(shared: &Shared, bus: &Arc<dyn Bus>) {
+    let tracker = &shared.presence;
+    let (instance, entries): (Arc<str>, Vec<Entry>) = match tracker.take_dirty() {
+        Some(dirty) => dirty,
+        None => tracker.take_all(),
+    };
+    if entries.is_empty() {
+        return;
+    }
+    let written = bus.presence().resync(&instance, &entries).await;
+    tracker.written(&instance, &entries, written.is_ok());
+    match written {
+        Ok(changed) => {
+            for (i, change) in changed {
+                let (room, client, _) = &entries[i];
+                announce(shared, room, client, change).await;
+            }
+        }
+        Err(e) => warn!(error = %e, "presence retry failed"),
+    }
+}
+
+/// Tells `room` that `client` left or joined it (when the room announces), through the bus.
+async fn announce(shared: &Shared, room: &str, client: &str, change: Change) -> bool {
     if !shared.room_options.resolve(room).settings.announce {
         return false;
     }
-    let left = ServerEvent::UserLeft {
-        user_id: client,
-        room,
-    }
-    .encode();
+    let frame = match change {
+        Change::Gone => ServerEvent::UserLeft {
+            user_id: client,
+            room,
+        }
+        .encode(),
+        Change::Appeared => ServerEvent::UserJoined {
+            user_id: client,
+            room,
+            recovered: None,
+            offset: None,
+            epoch: None,
+        }
+        .encode(),
+    };
     let channel = Channel::Room(room.to_owned());
     let target = Target::Room(room.to_owned());
-    shared
-        .publisher
-        .publish(channel, target, &left)
-        .await
-        .is_ok()
+    shared.publisher.publish(channel, target, &frame).await.is_ok()
+}
+
+/// Announces every client id a sweep or purge left gone.
+async fn announce_all(shared: &Shared, gone: Vec<(String, Vec<String>)>) {
+    for (room, ids) in gone {
+        for id in ids {
+            if announce(shared, &room, &id, Change::Gone).await {
+                shared.metrics.presence_sweep_announcements.inc();
+            }
+        }
+    }
 }
 
 /// Sweeps instances whose lease ran out, announcing the client ids they took with them.
@@ -162,24 +205,13 @@ async fn sweep_dead(shared: &Shared, bus: &Arc<dyn Bus>) {
             Ok(Some(swept)) => swept,
             Ok(None) => continue,
             Err(e) => {
-                warn!(error = %e, instance, "sweep failed; another poll retries");
+                warn!(error = %e, instance, "sweep failed; retried once its claim is old");
                 continue;
             }
         };
         shared.metrics.presence_sweeps.inc();
         let gone: usize = swept.iter().map(|(_, ids)| ids.len()).sum();
-        info!(
-            instance,
-            rooms = swept.len(),
-            gone,
-            "swept a dead node's presence"
-        );
-        for (room, ids) in swept {
-            for id in ids {
-                if announce_left(shared, &room, &id).await {
-                    shared.metrics.presence_sweep_announcements.inc();
-                }
-            }
-        }
+        info!(instance, rooms = swept.len(), gone, "swept a dead node's presence");
+        announce_all(shared, swept).await;
     }
 }

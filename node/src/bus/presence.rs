@@ -37,6 +37,15 @@ pub enum Renewal {
     Swept,
 }
 
+/// What writing an entry again changed for its client id in its room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// It has no connection there anywhere now (announce `user_left`).
+    Gone,
+    /// It had none and has one now (announce `user_joined`).
+    Appeared,
+}
+
 /// One (room, client id, connections) a node counts, for [`Presence::resync`].
 pub type Entry = (String, Arc<str>, u32);
 
@@ -66,9 +75,24 @@ pub trait Presence: Send + Sync {
     }
 
     /// Writes what `instance` counts again, as absolute numbers (after [`Renewal::Taken`], or
-    /// for entries whose last write failed). Returns the indexes of the entries that this left
-    /// with no connection anywhere (to announce).
-    async fn resync(&self, _instance: &str, _entries: &[Entry]) -> Result<Vec<usize>, BusError> {
+    /// for entries whose last write failed). Returns the indexes of the entries whose client
+    /// this left with no connection anywhere, or gave its first one (to announce).
+    async fn resync(
+        &self,
+        _instance: &str,
+        _entries: &[Entry],
+    ) -> Result<Vec<(usize, Change)>, BusError> {
+        Ok(Vec::new())
+    }
+
+    /// Removes every connection `instance` counted, in every room, without a claim (the node's
+    /// own instance); `finished`: it is done with (swept), so its lease and index entry go too.
+    /// Returns, per room, the client ids left with none.
+    async fn purge(
+        &self,
+        _instance: &str,
+        _finished: bool,
+    ) -> Result<Vec<(String, Vec<String>)>, BusError> {
         Ok(Vec::new())
     }
 

@@ -8,12 +8,12 @@
 //! index `P:presence:leases` (instance → lease expiry, ms) is what survivors poll. Keyspace
 //! notifications would be lazy and per shard; a sorted set by expiry is one range read.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Value;
 
-use super::presence::{Entry, Presence, PresenceList, Renewal};
+use super::presence::{Change, Entry, Presence, PresenceList, Renewal};
 use super::redis::RedisBus;
 use super::redis_history::room_channel;
 use super::BusError;
@@ -21,8 +21,8 @@ use super::BusError;
 /// How long a finished sweep is remembered: a node frozen for less than this finds out, when
 /// it wakes, that its clients were removed.
 const SWEPT_MEMORY: Duration = Duration::from_secs(24 * 3600);
-/// How long a claim protects a sweep in progress; a sweeper that dies leaves it to another
-/// node after this.
+/// How long a claim protects a sweep in progress; a sweeper that dies or fails leaves it to
+/// another node (or itself) after this.
 const CLAIM: Duration = Duration::from_secs(30);
 
 /// `KEYS` = [pr, pn]; `ARGV` = [client]. Returns the client's connections in all.
@@ -55,7 +55,8 @@ return out
 "#;
 
 /// `KEYS` = [pr, pn]; `ARGV` = [client, connections]: sets the instance's count, and the total
-/// by the difference. Returns 1 when that left the client with no connection anywhere.
+/// by the difference. Returns 1 when that left the client with no connection anywhere, 2 when
+/// it gave a client that had none its first, else 0.
 const RESYNC: &str = r#"
 local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1])) or 0
 local new = tonumber(ARGV[2])
@@ -65,11 +66,27 @@ local t = redis.call('HINCRBY', KEYS[1], ARGV[1], new - old)
 if t <= 0 then
   redis.call('HDEL', KEYS[1], ARGV[1])
   if before > 0 then return 1 end
+elseif before <= 0 then
+  return 2
 end
 return 0
 "#;
 
-/// `KEYS` = [lease, swept]; `ARGV` = [ttl ms]. Returns 0 swept, 1 held, 2 taken anew.
+/// Milliseconds on Redis's clock, in a script (every node's lease is timed by the same clock).
+const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)";
+
+/// `KEYS` = [index]; `ARGV` = [instance, ttl ms]: the instance's lease expiry in the index.
+fn index_script() -> String {
+    format!("{NOW} return redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])")
+}
+
+/// `KEYS` = [index]; `ARGV` = [limit]: instances whose lease expiry has passed.
+fn expired_script() -> String {
+    format!("{NOW} return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])")
+}
+
+/// `KEYS` = [lease, swept]; `ARGV` = [ttl ms]. Returns 0 swept (or being swept), 1 held, 2
+/// taken anew.
 const RENEW: &str = r#"
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local had = redis.call('EXISTS', KEYS[1])
@@ -78,20 +95,24 @@ if had == 1 then return 1 end
 return 2
 "#;
 
-/// `KEYS` = [lease, swept]; `ARGV` = [sweeper, claim ms]. Returns 1 claimed, 2 swept already,
-/// 0 live again or claimed by another.
-const CLAIM_SCRIPT: &str = r#"
+/// `KEYS` = [lease, swept]; `ARGV` = [sweeper, claim ms, memory ms]. Returns 1 claimed, 2
+/// swept already, 0 live again or claimed by another within `claim ms`. A claim stays (for
+/// `memory ms`, like a finished sweep), so the instance can never renew its lease behind a
+/// sweep that failed half-way; another sweeper takes over a claim older than `claim ms`.
+fn claim_script() -> String {
+    format!(
+        "{NOW}
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('GET', KEYS[2]) == 'done' then return 2 end
-return 0
-"#;
-
-/// `KEYS` = [swept]; `ARGV` = [sweeper]: gives up a claim that is still the sweeper's.
-const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
+local v = redis.call('GET', KEYS[2])
+if v == 'done' then return 2 end
+if v then
+  local at = tonumber(string.match(v, '^(%d+):'))
+  if at and now - at < tonumber(ARGV[2]) then return 0 end
+end
+redis.call('SET', KEYS[2], now .. ':' .. ARGV[1], 'PX', ARGV[3])
+return 1"
+    )
+}
 
 /// `KEYS` = [pr, pn]. Removes the instance's connections from the room; returns the client ids
 /// left with none.
@@ -133,12 +154,6 @@ fn eval(script: &str, keys: &[&str]) -> redis::Cmd {
 
 fn ms(d: Duration) -> u64 {
     d.as_millis().clamp(1, u128::from(u64::MAX)) as u64
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn bad(what: &str) -> BusError {
@@ -254,10 +269,8 @@ impl Presence for RedisBus {
         );
         let mut pipe = redis::pipe();
         pipe.add_command(eval(RENEW, &[&lease, &swept]).arg(ms(ttl)).to_owned());
-        pipe.cmd("ZADD")
-            .arg(index_key(prefix))
-            .arg(now_ms() + ms(ttl))
-            .arg(instance)
+        let index = index_key(prefix);
+        pipe.add_command(eval(&index_script(), &[&index]).arg(instance).arg(ms(ttl)).to_owned())
             .ignore();
         let values = self.pipeline(&pipe).await?;
         match values.first().and_then(int) {
@@ -268,9 +281,13 @@ impl Presence for RedisBus {
         }
     }
 
-    async fn resync(&self, instance: &str, entries: &[Entry]) -> Result<Vec<usize>, BusError> {
+    async fn resync(
+        &self,
+        instance: &str,
+        entries: &[Entry],
+    ) -> Result<Vec<(usize, Change)>, BusError> {
         let prefix = self.prefix();
-        let mut gone = Vec::new();
+        let mut changed = Vec::new();
         for (c, chunk) in entries.chunks(256).enumerate() {
             let mut pipe = redis::pipe();
             for (room, client, n) in chunk {
@@ -285,24 +302,20 @@ impl Presence for RedisBus {
                 pipe.add_command(eval(RESYNC, &[&pr, &pn]).arg(&**client).arg(*n).to_owned());
             }
             let answers = self.pipeline(&pipe).await?;
-            let left = answers
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| int(v) == Some(1));
-            gone.extend(left.map(|(i, _)| c * 256 + i));
+            for (i, v) in answers.iter().enumerate() {
+                match int(v) {
+                    Some(1) => changed.push((c * 256 + i, Change::Gone)),
+                    Some(2) => changed.push((c * 256 + i, Change::Appeared)),
+                    _ => {}
+                }
+            }
         }
-        Ok(gone)
+        Ok(changed)
     }
 
     async fn expired(&self, limit: usize) -> Result<Vec<String>, BusError> {
-        let mut cmd = redis::cmd("ZRANGEBYSCORE");
-        cmd.arg(index_key(self.prefix()))
-            .arg("-inf")
-            .arg(now_ms())
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit);
-        texts(&self.query(&cmd).await?)
+        let index = index_key(self.prefix());
+        texts(&self.query(eval(&expired_script(), &[&index]).arg(limit)).await?)
     }
 
     async fn sweep(
@@ -311,14 +324,14 @@ impl Presence for RedisBus {
         by: &str,
     ) -> Result<Option<Vec<(String, Vec<String>)>>, BusError> {
         let prefix = self.prefix();
-        let (lease, swept, rooms_key) = (
+        let (lease, swept) = (
             node_key(prefix, dead, "lease"),
             node_key(prefix, dead, "swept"),
-            node_key(prefix, dead, "rooms"),
         );
-        let claim = eval(CLAIM_SCRIPT, &[&lease, &swept])
+        let claim = eval(&claim_script(), &[&lease, &swept])
             .arg(by)
             .arg(ms(CLAIM))
+            .arg(ms(SWEPT_MEMORY))
             .to_owned();
         match int(&self.query(&claim).await?) {
             Some(1) => {}
@@ -331,26 +344,33 @@ impl Presence for RedisBus {
             }
             _ => return Ok(None),
         }
-        let gone_by_room = match self.sweep_rooms(dead, &rooms_key).await {
-            Ok(gone) => gone,
-            Err(e) => {
-                // Give the claim up at once, so the next poll (here or elsewhere) retries
-                // rather than wait out the claim. Sweeping a room twice is harmless.
-                let release = eval(RELEASE, &[&swept]).arg(by).to_owned();
-                let _ = self.query(&release).await;
-                return Err(e);
-            }
-        };
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(&swept)
-            .arg("done")
-            .arg("PX")
-            .arg(ms(SWEPT_MEMORY))
-            .ignore();
-        pipe.cmd("DEL").arg(&rooms_key).ignore();
-        pipe.cmd("ZREM").arg(index_key(prefix)).arg(dead).ignore();
-        self.pipeline(&pipe).await?;
-        Ok(Some(gone_by_room))
+        // A failure here leaves the claim: another poll takes it over once it is old.
+        self.purge(dead, true).await.map(Some)
+    }
+
+    async fn purge(
+        &self,
+        instance: &str,
+        finished: bool,
+    ) -> Result<Vec<(String, Vec<String>)>, BusError> {
+        let prefix = self.prefix();
+        let rooms_key = node_key(prefix, instance, "rooms");
+        let gone = self.sweep_rooms(instance, &rooms_key).await?;
+        if finished {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(node_key(prefix, instance, "swept"))
+                .arg("done")
+                .arg("PX")
+                .arg(ms(SWEPT_MEMORY))
+                .ignore();
+            pipe.cmd("DEL").arg(&rooms_key).ignore();
+            pipe.cmd("DEL")
+                .arg(node_key(prefix, instance, "lease"))
+                .ignore();
+            pipe.cmd("ZREM").arg(index_key(prefix)).arg(instance).ignore();
+            self.pipeline(&pipe).await?;
+        }
+        Ok(gone)
     }
 }

@@ -134,14 +134,23 @@ impl Session {
         .encode()
     }
 
-    /// Leaves a room the join could not complete in, and says why. Presence is undone quietly:
-    /// the others may have heard of the join, but a client that retries comes back at once.
+    /// Leaves a room the join could not complete in, and says why; presence is undone, and
+    /// announced when it was the client id's only connection there.
     async fn join_failed(&mut self, room: &str, why: JoinFailed) {
         self.rooms.remove(room);
         self.shared.hub.leave(room, self.out.id);
         if self.keeps_presence(room) {
             let removed = self.shared.presence.remove(room, &self.out.client_id);
-            let _ = timeout(self.shared.config.bus_timeout(), removed).await;
+            let last = timeout(self.shared.config.bus_timeout(), removed).await;
+            // The others may have been told of the join: tell them it is undone.
+            if matches!(last, Ok(Ok(true)))
+                && self.shared.room_options.resolve(room).settings.announce
+            {
+                let me = self.out.client_id.clone();
+                let left = ServerEvent::UserLeft { user_id: &me, room }.encode();
+                let (channel, target) = (Channel::Room(room.into()), Target::Room(room.into()));
+                let _ = self.shared.publisher.publish(channel, target, &left).await;
+            }
         }
         match why {
             JoinFailed::Bus => {
