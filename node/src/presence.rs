@@ -308,7 +308,10 @@ mod tests {
         assert_ne!(old, new);
         assert!(t.is_empty());
         assert_eq!(metrics.presence_entries.get(), 0);
-        assert!(!t.remove("r", &a).await.unwrap(), "counted under the swept instance");
+        assert!(
+            !t.remove("r", &a).await.unwrap(),
+            "counted under the swept instance"
+        );
         t.forget("r", &a);
         assert!(t.take_all().1.is_empty());
     }
@@ -327,6 +330,10 @@ mod tests {
         assert!(!t.remove("r", &a).await.unwrap());
         t.written(&instance, &entries, true);
         let (_, again) = t.take_dirty().expect("a few");
-        assert_eq!(again, [("r".to_owned(), a.clone(), 1)], "the next pass writes 1");
+        assert_eq!(
+            again,
+            [("r".to_owned(), a.clone(), 1)],
+            "the next pass writes 1"
+        );
     }
 }

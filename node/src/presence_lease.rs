@@ -52,7 +52,9 @@ pub async fn run(shared: Arc<Shared>, bus: Arc<dyn Bus>) {
 }
 
 fn set_held(held: &HeldSince, value: Option<Instant>, keep: bool) {
-    let mut h = held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut h = held
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     *h = if keep { h.or(value) } else { value };
 }
 
@@ -126,7 +128,9 @@ async fn sweep_loop(shared: Arc<Shared>, bus: Arc<dyn Bus>, held: HeldSince) {
             _ = tick.tick() => {}
         }
         rewrite_dirty(&shared, &bus).await;
-        let since = *held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let since = *held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if since.is_some_and(|since| since.elapsed() >= lease) {
             sweep_dead(&shared, &bus).await;
         }
@@ -179,7 +183,11 @@ async fn announce(shared: &Shared, room: &str, client: &str, change: Change) -> 
     };
     let channel = Channel::Room(room.to_owned());
     let target = Target::Room(room.to_owned());
-    shared.publisher.publish(channel, target, &frame).await.is_ok()
+    shared
+        .publisher
+        .publish(channel, target, &frame)
+        .await
+        .is_ok()
 }
 
 /// Announces every client id a sweep or purge left gone.
@@ -211,7 +219,12 @@ async fn sweep_dead(shared: &Shared, bus: &Arc<dyn Bus>) {
         };
         shared.metrics.presence_sweeps.inc();
         let gone: usize = swept.iter().map(|(_, ids)| ids.len()).sum();
-        info!(instance, rooms = swept.len(), gone, "swept a dead node's presence");
+        info!(
+            instance,
+            rooms = swept.len(),
+            gone,
+            "swept a dead node's presence"
+        );
         announce_all(shared, swept).await;
     }
 }

@@ -220,3 +220,74 @@ async fn on_redis_a_second_tab_on_another_node_joins_and_leaves_in_silence() {
         "{s}"
     );
 }
+
+/// A node config on `redis` with a short presence lease (the tests wait on it).
+fn leased(id: &str, redis: &RedisServer) -> Config {
+    let mut c = support::config(id, &redis.url());
+    c.announce_connections = false;
+    c.presence_lease_ms = 600;
+    c
+}
+
+/// Asks `presence` until it lists exactly `expect` (or `limit` passes); returns the last answer.
+async fn presence_until(
+    c: &mut Client,
+    room: &str,
+    expect: &[&str],
+    limit: Duration,
+) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let p = ask(c, json!({"type":"presence","room":room}), "presence").await;
+        let got = if p["event"] == "presence" {
+            sorted(&p)
+        } else {
+            Vec::new()
+        };
+        if got == expect || tokio::time::Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn after_redis_lost_its_data_every_node_writes_its_presence_again() {
+    let mut redis = RedisServer::start();
+    let nodes = support::start_with(&["n1", "n2"], |id| leased(id, &redis)).await;
+    let (mut a, _) = Client::connect_welcomed(&nodes[0].ws_url("a")).await;
+    let (mut b, _) = Client::connect_welcomed(&nodes[1].ws_url("b")).await;
+    join(&mut a, "a", "r").await;
+    join(&mut b, "b", "r").await;
+    redis.restart(); // no persistence: every key is gone
+    for n in &nodes {
+        support::wait_healthy(n, Duration::from_secs(10)).await;
+    }
+    let got = presence_until(&mut a, "r", &["a", "b"], Duration::from_secs(10)).await;
+    assert_eq!(got, ["a", "b"], "both nodes wrote their clients again");
+}
+
+#[tokio::test]
+async fn a_leave_while_redis_is_down_is_written_and_announced_once_it_is_back() {
+    let mut redis =
+        RedisServer::start_with_args(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let nodes = support::start_with(&["n1", "n2"], |id| leased(id, &redis)).await;
+    let (mut m, _) = Client::connect_welcomed(&nodes[0].ws_url("m")).await;
+    join(&mut m, "m", "r").await;
+    let (mut a, _) = Client::connect_welcomed(&nodes[1].ws_url("a")).await;
+    join(&mut a, "a", "r").await;
+    m.recv_event("user_joined").await;
+    redis.kill();
+    a.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart();
+    let left = m.recv_event("user_left").await;
+    assert_eq!(left["user_id"], "a", "{left}");
+    let got = presence_until(&mut m, "r", &["m"], Duration::from_secs(10)).await;
+    assert_eq!(got, ["m"]);
+    let seen = frames(&mut m, Duration::from_millis(1500)).await;
+    assert!(
+        !seen.iter().any(|v| v["user_id"] == "a"),
+        "one user_left, nothing more: {seen:?}"
+    );
+}

@@ -270,8 +270,13 @@ impl Presence for RedisBus {
         let mut pipe = redis::pipe();
         pipe.add_command(eval(RENEW, &[&lease, &swept]).arg(ms(ttl)).to_owned());
         let index = index_key(prefix);
-        pipe.add_command(eval(&index_script(), &[&index]).arg(instance).arg(ms(ttl)).to_owned())
-            .ignore();
+        pipe.add_command(
+            eval(&index_script(), &[&index])
+                .arg(instance)
+                .arg(ms(ttl))
+                .to_owned(),
+        )
+        .ignore();
         let values = self.pipeline(&pipe).await?;
         match values.first().and_then(int) {
             Some(0) => Ok(Renewal::Swept),
@@ -315,7 +320,11 @@ impl Presence for RedisBus {
 
     async fn expired(&self, limit: usize) -> Result<Vec<String>, BusError> {
         let index = index_key(self.prefix());
-        texts(&self.query(eval(&expired_script(), &[&index]).arg(limit)).await?)
+        texts(
+            &self
+                .query(eval(&expired_script(), &[&index]).arg(limit))
+                .await?,
+        )
     }
 
     async fn sweep(
@@ -368,7 +377,10 @@ impl Presence for RedisBus {
             pipe.cmd("DEL")
                 .arg(node_key(prefix, instance, "lease"))
                 .ignore();
-            pipe.cmd("ZREM").arg(index_key(prefix)).arg(instance).ignore();
+            pipe.cmd("ZREM")
+                .arg(index_key(prefix))
+                .arg(instance)
+                .ignore();
             self.pipeline(&pipe).await?;
         }
         Ok(gone)
