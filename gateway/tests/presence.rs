@@ -236,16 +236,26 @@ async fn presence_until(
     expect: &BTreeSet<String>,
     limit: Duration,
 ) -> BTreeSet<String> {
+    presence_of(gw, ROOM, expect, limit).await
+}
+
+/// [`presence_until`] for any room.
+async fn presence_of(
+    gw: &TestGateway,
+    room: &str,
+    expect: &BTreeSet<String>,
+    limit: Duration,
+) -> BTreeSet<String> {
     let deadline = Instant::now() + limit;
     let mut last = BTreeSet::new();
     let (mut probe, _) = Client::connect_welcomed(&gw.ws_url("probe")).await;
     probe
-        .send_json(json!({"type":"join_room","room":ROOM}))
+        .send_json(json!({"type":"join_room","room":room}))
         .await;
     probe.recv_event("user_joined").await;
     while Instant::now() < deadline {
         probe
-            .send_json(json!({"type":"presence","room":ROOM}))
+            .send_json(json!({"type":"presence","room":room}))
             .await;
         let Ok(v) = probe.next_json(Duration::from_secs(2)).await else {
             continue;
@@ -316,8 +326,13 @@ async fn a_frozen_node_is_swept_and_when_it_wakes_its_clients_are_closed_and_com
     let mut c = Cluster::start().await;
     let (victim, frozen) = c.busiest();
     let marks = c.marks();
+    // A second tab of a frozen client (same id, same node) whose join the node reads only
+    // after it wakes, before it finds out it was swept: it must not stay present for ever.
+    let (mut tab, _) = Client::connect_welcomed(&c.gw.ws_url(&frozen[0])).await;
     let pid = c.node(&victim).pid();
     signal(pid, "-STOP");
+    tab.send_json(json!({"type":"join_room","room":"side"}))
+        .await;
     let expect: BTreeSet<String> = ids(&c.members)
         .into_iter()
         .filter(|id| !frozen.contains(id))
@@ -333,6 +348,13 @@ async fn a_frozen_node_is_swept_and_when_it_wakes_its_clients_are_closed_and_com
         let closes = c.member(id).log.lock().unwrap().closes.clone();
         assert!(closes.contains(&Some(1012)), "{id} closes: {closes:?}");
     }
+    let nobody = BTreeSet::new();
+    let side = presence_of(&c.gw, "side", &nobody, Duration::from_secs(10)).await;
+    assert_eq!(
+        side, nobody,
+        "the tab's join, served after waking, did not stay"
+    );
+    drop(tab);
     tokio::time::sleep(Duration::from_millis(500)).await;
     for m in &expect {
         for id in &frozen {
