@@ -291,3 +291,35 @@ async fn a_leave_while_redis_is_down_is_written_and_announced_once_it_is_back() 
         "one user_left, nothing more: {seen:?}"
     );
 }
+
+#[tokio::test]
+async fn a_node_that_finds_itself_swept_closes_its_clients_and_leaves_no_ghost() {
+    let redis = RedisServer::start();
+    let nodes = support::start_with(&["n1", "n2"], |id| {
+        let mut c = leased(id, &redis);
+        c.presence_lease_ms = 3000;
+        c
+    })
+    .await;
+    let (mut m, _) = Client::connect_welcomed(&nodes[1].ws_url("m")).await;
+    join(&mut m, "m", "r").await;
+    let (mut a, _) = Client::connect_welcomed(&nodes[0].ws_url("a")).await;
+    join(&mut a, "a", "r").await;
+    // What a survivor's sweep leaves behind while n1 is frozen: its instance marked swept.
+    // n1 serves one more join before its next renewal finds out, as a node waking up does.
+    let leases = redis
+        .cli(&["--scan", "--pattern", "{ringcast:node:n1.*}:lease"])
+        .unwrap();
+    let lease = leases.lines().next().expect("n1 holds a lease").to_owned();
+    let swept = lease.replace(":lease", ":swept");
+    redis.cli(&["SET", &swept, "done"]).unwrap();
+    a.send_json(json!({"type":"join_room","room":"late"})).await;
+    assert_eq!(a.expect_close(Duration::from_secs(5)).await, Some(1012));
+    let left = m.recv_event("user_left").await;
+    assert_eq!(left["user_id"], "a", "told once the old instance is purged");
+    let got = presence_until(&mut m, "r", &["m"], Duration::from_secs(5)).await;
+    assert_eq!(got, ["m"], "a is gone from r");
+    join(&mut m, "m", "late").await;
+    let got = presence_until(&mut m, "late", &["m"], Duration::from_secs(5)).await;
+    assert_eq!(got, ["m"], "the join served after being swept did not stay");
+}
