@@ -24,6 +24,7 @@ impl EmbeddedNode {
     /// too, so a bad `RINGCAST_ROOM_OPTIONS` fails there and not only at start).
     pub fn config(
         auth: &ringcast_protocol::auth::AuthArgs,
+        api_keys: &[String],
     ) -> Result<ringcast_node::Config, String> {
         let mut config = <ringcast_node::Config as clap::Parser>::try_parse_from(["ringcast-node"])
             .map_err(|e| format!("embedded node configuration: {e}"))?;
@@ -32,6 +33,7 @@ impl EmbeddedNode {
         }
         config.redis_url = None;
         config.auth = auth.clone();
+        config.api_keys = api_keys.to_vec();
         config
             .validate()
             .map_err(|e| format!("embedded node configuration: {e}"))?;
@@ -44,9 +46,10 @@ impl EmbeddedNode {
     /// `drain` and drains with it.
     pub async fn start(
         auth: &ringcast_protocol::auth::AuthArgs,
+        api_keys: &[String],
         drain: &Drain,
     ) -> Result<Self, String> {
-        let config = Self::config(auth)?;
+        let config = Self::config(auth, api_keys)?;
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("cannot bind the embedded node: {e}"))?;

@@ -31,6 +31,8 @@ pub struct Http {
     pub handshake_timeout: std::time::Duration,
     /// Largest request head.
     pub max_header_bytes: usize,
+    /// The server API when it is served here (not on `--api-listen`).
+    pub api: Option<Arc<crate::api::Api>>,
 }
 
 impl Http {
@@ -50,9 +52,16 @@ pub async fn serve(
 ) {
     let io = TokioIo::new(stream);
     let svc_http = http.clone();
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |req: Request<Incoming>| {
         let http = svc_http.clone();
-        async move { Ok::<_, Infallible>(route(&http, req)) }
+        async move {
+            if crate::api::is_api(req.uri().path()) {
+                if let Some(api) = &http.api {
+                    return Ok::<_, Infallible>(api.serve(req).await);
+                }
+            }
+            Ok::<_, Infallible>(route(&http, req))
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -107,6 +116,11 @@ fn route(http: &Arc<Http>, req: Request<Incoming>) -> Response<Body> {
             }),
         ),
         "/metrics" => metrics_text(proxy.metrics.render()),
+        path if crate::api::is_api(path) => ringcast_net::api_auth::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the server API is served on --api-listen, not here",
+        ),
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such path"),
     }
 }

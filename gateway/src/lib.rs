@@ -6,6 +6,7 @@
 //! The binary is a thin wrapper over [`run`]; tests call the same function on port 0.
 
 pub mod admission;
+pub mod api;
 pub mod config;
 pub mod connection;
 pub mod direct;
@@ -84,7 +85,7 @@ pub async fn run(
     if config.embedded() {
         // It drains together with the gateway: its clients get 1012 through their tunnels and
         // reconnect once the process is back.
-        let node = EmbeddedNode::start(&config.auth, &drain)
+        let node = EmbeddedNode::start(&config.auth, &config.api_keys, &drain)
             .await
             .map_err(GatewayError::Embedded)?;
         membership.upsert(EMBEDDED_NODE_ID, &node.addr, 1, Source::Embedded);
@@ -140,10 +141,24 @@ pub async fn run(
             "--max-header-bytes is 8192..=16384 (what a node accepts); using the nearest"
         );
     }
+    let api = Arc::new(api::Api::new(
+        config.api_keys.clone(),
+        config.api_max_body_bytes as usize,
+        proxy.membership.clone(),
+        config.connect_timeout(),
+        Duration::from_secs(30),
+    ));
+    if let Some(addr) = config.api_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| GatewayError::Config(format!("--api-listen {addr}: {e}")))?;
+        drain.spawn(api::serve_listener(listener, api.clone(), drain.clone()));
+    }
     let http = Arc::new(http::Http {
         proxy,
         handshake_timeout: config.handshake_timeout(),
         max_header_bytes: config.max_header_bytes(),
+        api: config.api_listen.is_none().then_some(api),
     });
     let begin = async {
         let _ = shutdown.wait_for(|stop| *stop).await;

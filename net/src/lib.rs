@@ -13,6 +13,7 @@
 //! - [`drain`]: a process's two-phase shutdown, the one value both binaries pass down.
 //! - [`cork`], [`split`], [`process`]: small transport and process helpers both binaries use.
 
+pub mod api_auth;
 pub mod cork;
 pub mod detect;
 pub mod drain;

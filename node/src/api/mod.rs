@@ -10,11 +10,10 @@ mod methods;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header;
+use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -22,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::state::Shared;
 use methods::Pending;
+use ringcast_net::api_auth::{self, answer};
 use ringcast_net::http1::response::Body;
 
 /// Most commands in one `batch`.
@@ -58,58 +58,19 @@ pub fn is_api(path: &str) -> bool {
     path == "/api" || path.starts_with("/api/")
 }
 
-/// Compares two keys in time that depends on their lengths only.
-pub fn same_key(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Whether `auth` (an `Authorization` header) carries one of `keys`, comparing with every key
-/// in constant time.
-pub fn authorized(keys: &[String], auth: Option<&HeaderValue>) -> bool {
-    let Some(given) = auth.and_then(|v| v.as_bytes().strip_prefix(b"apikey ")) else {
-        return false;
-    };
-    keys.iter()
-        .fold(false, |ok, key| same_key(key.as_bytes(), given) | ok)
-}
-
-fn answer(status: StatusCode, body: &Value) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
 fn error(e: &ApiError) -> Response<Body> {
     answer(e.status, &e.json())
 }
 
 /// Serves one API request.
 pub async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    let keys = &shared.config.api_keys;
-    if keys.is_empty() {
-        return error(&ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "not_found",
-            message: "the server API is off (no --api-key configured)".into(),
-        });
-    }
-    if !authorized(keys, req.headers().get(header::AUTHORIZATION)) {
-        return error(&ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            code: "unauthorized",
-            message: "send Authorization: apikey KEY with a configured key".into(),
-        });
-    }
-    if req.method() != Method::POST {
-        return error(&ApiError {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            code: "method_not_allowed",
-            message: "the server API takes POST".into(),
-        });
+    let refused = api_auth::refuse(
+        &shared.config.api_keys,
+        req.method(),
+        req.headers().get(header::AUTHORIZATION),
+    );
+    if let Some(refused) = refused {
+        return refused;
     }
     let method = req
         .uri()
@@ -120,13 +81,7 @@ pub async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body
     let limit = shared.config.api_max_body_bytes as usize;
     let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return error(&ApiError {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                code: "too_large",
-                message: format!("the body is over {limit} bytes (--api-max-body-bytes)"),
-            })
-        }
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return api_auth::too_large(limit),
         Err(_) => return error(&ApiError::bad("the body could not be read")),
     };
     let started = Instant::now();
@@ -207,28 +162,4 @@ async fn batch(shared: &Shared, body: &[u8]) -> Result<Vec<Value>, ApiError> {
         });
     }
     Ok(replies)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_checked_whole_with_the_scheme() {
-        let keys = vec!["old-key".to_owned(), "new-key".to_owned()];
-        let h = |s: &'static str| HeaderValue::from_static(s);
-        assert!(authorized(&keys, Some(&h("apikey new-key"))));
-        assert!(authorized(&keys, Some(&h("apikey old-key"))));
-        for bad in [
-            "apikey new-ke",
-            "apikey new-key2",
-            "Bearer new-key",
-            "new-key",
-            "apikey ",
-        ] {
-            assert!(!authorized(&keys, Some(&h(bad))), "{bad}");
-        }
-        assert!(!authorized(&keys, None));
-        assert!(!authorized(&[], Some(&h("apikey x"))));
-    }
 }
