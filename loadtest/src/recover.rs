@@ -317,9 +317,9 @@ pub async fn stay<F: Frames>(
                                 }
                             }
                             Event::HistoryReset => stats[i].history_resets += 1,
-                            Event::Error(code) if code == "bus_unavailable" => stats[i].refused += 1,
-                            Event::Error(code) if code == "rate_limited" => stats[i].rate_limited += 1,
-                            Event::Error(_) | Event::Other => {}
+                            Event::Error { code, .. } if code == "bus_unavailable" => stats[i].refused += 1,
+                            Event::Error { code, .. } if code == "rate_limited" => stats[i].rate_limited += 1,
+                            Event::Error { .. } | Event::Published { .. } | Event::Other => {}
                         }
                         frames.on_text(t.as_bytes(), now_micros());
                     }
