@@ -29,8 +29,9 @@ use crate::connect::Connector;
 use crate::counters::Counters;
 use crate::error::RunError;
 use crate::fanout::secs;
+use crate::pacer::{Pace, Pacer};
 use crate::placement::Placement;
-use crate::recover::{stay, Frames, Member, Pace, Pacer, RecoverStats, Stayed};
+use crate::recover::{stay, Frames, Member, RecoverStats, Stayed};
 use crate::report::Outcome;
 use crate::seqcounts::{tally, SeqCounts, Tally};
 use crate::stamp::{FrameBuilder, StampFinder};
@@ -188,6 +189,7 @@ pub async fn run(
         pace_rx,
         next_seq: next_seq.clone(),
         done_tx: None,
+        outbox: None,
     };
     let publisher = tokio::spawn(stay(
         member(args.subscribers, "p"),
