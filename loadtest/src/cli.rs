@@ -120,7 +120,8 @@ pub enum Scenario {
     /// Connect/join/leave/disconnect cycles; then checks /stats returns to zero.
     Churn(ChurnArgs),
     /// A numbered stream in one room through node drain/crash and Redis crash on a
-    /// deploy/local/cluster.sh cluster; per fault: sent, stored, refused, missing, duplicated.
+    /// deploy/local/cluster.sh cluster; per fault: sent, stored, acked, lost, refused, resent,
+    /// repeat acks, missing, duplicated.
     Faults(FaultsArgs),
     /// C clients note their room position, leave, miss M messages, then all rejoin at once
     /// with `since`; time to caught up (p50/p99/p99.9/max), wall time, and every client that
@@ -191,6 +192,9 @@ pub enum Fault {
     Drain,
     /// SIGKILL one node (`cluster.sh kill`), then restart it.
     Crash,
+    /// SIGKILL the node serving the publisher, then restart it: the publisher reconnects to
+    /// another node and sends again what was not acknowledged (and its rechecks).
+    CrashPublisher,
     /// SIGKILL Redis, then restart it with the same port and flags.
     Redis,
 }
@@ -201,9 +205,22 @@ impl Fault {
         match self {
             Fault::Drain => "drain",
             Fault::Crash => "crash",
+            Fault::CrashPublisher => "crash-publisher",
             Fault::Redis => "redis",
         }
     }
+}
+
+/// The publisher of the `faults` scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PublisherKind {
+    /// Messages carry ids (issue 20): each is acknowledged, what is not is sent again after a
+    /// reconnect or a transient error, and the server's dedupe keeps a retry from being stored
+    /// twice; reports acked, lost, resent and repeat acks.
+    Ids,
+    /// Plain numbered messages without ids, never sent again (the issue 19 drill): a message
+    /// refused while Redis is down is gone.
+    Plain,
 }
 
 /// Flags of `faults`.
@@ -224,9 +241,24 @@ pub struct FaultsArgs {
         env = "RINGCAST_LOADTEST_FAULTS",
         value_enum,
         value_delimiter = ',',
-        default_value = "drain,crash,redis"
+        default_value = "drain,crash,crash-publisher,redis"
     )]
     pub faults: Vec<Fault>,
+
+    /// The publisher: `ids` (acknowledged messages, sent again until acknowledged) or `plain`.
+    #[arg(
+        long,
+        env = "RINGCAST_LOADTEST_PUBLISHER",
+        value_enum,
+        default_value = "ids"
+    )]
+    pub publisher: PublisherKind,
+
+    /// With `--publisher ids`: after each reconnect, also send again the last N acknowledged
+    /// messages (as a client whose acks were lost in a failover would); the server must answer
+    /// each with its first offset and deliver none of them again.
+    #[arg(long, env = "RINGCAST_LOADTEST_RECHECK", default_value_t = 8)]
+    pub recheck: usize,
 
     /// The cluster script that started the cluster; it finds the processes in its state folder
     /// ($RINGCAST_LOCAL_STATE, passed through).
@@ -241,6 +273,7 @@ pub struct FaultsArgs {
     /// serving the most subscribers when the fault starts (from their `welcome`), other than
     /// the publisher's while another node serves anyone — so the stream goes on through the
     /// fault and the subscribers must recover what they missed. Give it 3 nodes or more.
+    /// (`crash-publisher` always hits the publisher's node.)
     #[arg(long, env = "RINGCAST_LOADTEST_NODE", default_value = "busiest")]
     pub node: String,
 

@@ -30,9 +30,10 @@ use crate::connect::Connector;
 use crate::counters::Counters;
 use crate::error::{ConnectError, RunError};
 use crate::latency::{Latencies, LatencySummary};
+use crate::pacer::{Pace, Pacer};
 use crate::raw::RawWs;
 use crate::receiver::Receiver;
-use crate::recover::{stay, Member, Pace, Pacer, RecoverStats};
+use crate::recover::{stay, Member, RecoverStats};
 use crate::report::{per_sec, Outcome};
 use crate::stamp::FrameBuilder;
 use crate::tracker::SeqTracker;
@@ -227,6 +228,7 @@ pub async fn run(
                 pace_rx: pace_rx.clone(),
                 next_seq: next_seq.clone(),
                 done_tx: Some(sent_tx),
+                outbox: None,
             };
             pubs.push(tokio::spawn(async move {
                 let forward = async {

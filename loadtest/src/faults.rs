@@ -1,42 +1,51 @@
 //! The `faults` scenario: a numbered stream in one room through the routine faults of a local
-//! cluster (deploy/local/cluster.sh) — a node drain, a node crash, a Redis crash — one after
-//! another, with every client recovering (`--recover` semantics), and an exact account per
-//! fault of what was sent, stored, refused, missed and duplicated.
+//! cluster (deploy/local/cluster.sh) — a node drain, a node crash, a crash of the publisher's
+//! node, a Redis crash — one after another, with every client recovering (`--recover`
+//! semantics), and an exact account per fault of what was sent, stored, acknowledged, lost,
+//! sent again, missed and duplicated.
 //!
-//! The faults are applied through the cluster script itself (`drain`, `kill`, `restart`), so the
-//! processes are found, checked and restarted the one way the script knows; the scenario only
-//! needs its path (and the script its `$RINGCAST_LOCAL_STATE`, passed through).
+//! The faults are applied through the cluster script itself ([`cluster`]), so the processes
+//! are found, checked and restarted the one way the script knows; the scenario only needs its
+//! path (and the script its `$RINGCAST_LOCAL_STATE`, passed through).
 //!
 //! One publisher numbers its messages 0, 1, 2…; "stored" is what it saw echoed (live, or
-//! replayed on its own rejoin), which is what the room's history holds. Each subscriber keeps a
-//! count per number, so missing (stored, never received) and duplicated (received again) are
-//! exact ([`crate::seqcounts`]). The stream is cut into phases at the publisher's next number
-//! when a fault starts: phase 0 is the baseline before any fault, phase k the k-th fault and the
-//! settling after it. Events (reconnects, `recovered:false`, `history_reset`, refusals) count in
-//! the phase they arrive in.
+//! replayed on its own rejoin), which is what the room's history holds. By default its
+//! messages carry ids ([`crate::outbox`]): it keeps its client_id across reconnects, sends
+//! again whatever was not acknowledged, and a message it never got an ack for by the end of
+//! the run is lost. Each subscriber keeps a count per number, so missing (stored, never
+//! received) and duplicated (received again) are exact ([`crate::seqcounts`]). The stream is
+//! cut into phases at the publisher's next number when a fault starts: phase 0 is the baseline
+//! before any fault, phase k the k-th fault and the settling after it. A message belongs to the
+//! phase it was first sent in; events (reconnects, resends, repeat acks, `recovered:false`,
+//! `history_reset`, refusals) count in the phase they happen in.
 
-use std::path::PathBuf;
+mod cluster;
+mod report;
+
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use crate::cli::{Fault, FaultsArgs};
+use crate::cli::{Fault, FaultsArgs, PublisherKind};
 use crate::connect::Connector;
 use crate::counters::Counters;
 use crate::error::RunError;
 use crate::fanout::secs;
+use crate::outbox::Outbox;
+use crate::pacer::{Pace, Pacer};
 use crate::placement::Placement;
-use crate::recover::{stay, Frames, Member, Pace, Pacer, RecoverStats, Stayed};
+use crate::recover::{stay, Frames, Member, Stayed};
 use crate::report::Outcome;
-use crate::seqcounts::{tally, SeqCounts, Tally};
+use crate::seqcounts::SeqCounts;
 use crate::stamp::{FrameBuilder, StampFinder};
+use cluster::Cluster;
 
 /// Stamps of the one publisher (sender 0), counted per number.
-struct Record {
+pub(crate) struct Record {
     finder: StampFinder,
     counts: SeqCounts,
     received: Counters,
@@ -50,68 +59,6 @@ impl Frames for Record {
             self.received.add(self.index, 1);
         }
     }
-}
-
-/// Runs `deploy/local/cluster.sh VERB NAME`, each call bounded.
-struct Cluster {
-    script: PathBuf,
-    timeout: Duration,
-}
-
-impl Cluster {
-    async fn run(&self, verb: &str, name: &str) -> Result<(), String> {
-        let what = format!("{} {verb} {name}", self.script.display());
-        let out = tokio::process::Command::new("bash")
-            .arg(&self.script)
-            .args([verb, name])
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(self.timeout, out)
-            .await
-            .map_err(|_| format!("{what}: no answer within {:?}", self.timeout))?
-            .map_err(|e| format!("{what}: {e}"))?;
-        if out.status.success() {
-            return Ok(());
-        }
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().last().unwrap_or_default();
-        Err(format!("{what}: {} {last}", out.status))
-    }
-
-    /// Applies `fault` to `node` (or Redis) and brings it back.
-    async fn apply(&self, fault: Fault, node: &str, down: Duration) -> Result<(), String> {
-        match fault {
-            Fault::Drain => {
-                self.run("drain", node).await?;
-                self.run("restart", node).await
-            }
-            Fault::Crash => {
-                self.run("kill", node).await?;
-                tokio::time::sleep(down).await;
-                self.run("restart", node).await
-            }
-            Fault::Redis => {
-                self.run("kill", "redis").await?;
-                tokio::time::sleep(down).await;
-                self.run("restart", "redis").await
-            }
-        }
-    }
-}
-
-/// What one phase came to, over every client.
-#[derive(Debug, Clone, Default)]
-struct PhaseReport {
-    name: String,
-    /// What the fault hit (a node name, `redis`; empty for the baseline).
-    target: String,
-    sent: u64,
-    stored: u64,
-    tally: Tally,
-    subscribers_missing: u64,
-    recovery: RecoverStats,
-    error: Option<String>,
 }
 
 /// Runs the scenario.
@@ -182,12 +129,18 @@ pub async fn run(
             stop_rx.clone(),
         )));
     }
+    let outbox = match args.publisher {
+        PublisherKind::Ids => Some(Outbox::new(0, capacity, args.recheck, phases)),
+        PublisherKind::Plain => None,
+    };
+    let unacked = outbox.as_ref().map(Outbox::unacked_gauge);
     let pacer = Pacer {
         builder: FrameBuilder::room_message(&room, 0, 0),
         rate: args.rate,
         pace_rx,
         next_seq: next_seq.clone(),
         done_tx: None,
+        outbox,
     };
     let publisher = tokio::spawn(stay(
         member(args.subscribers, "p"),
@@ -217,15 +170,18 @@ pub async fn run(
         cuts.push(next_seq.load(Ordering::Relaxed));
         phase.store(k + 1, Ordering::Relaxed);
         bar.set_message(format!("{fault:?}"));
-        let node = match args.node.as_str() {
-            "busiest" => placement
+        let node = match (fault, args.node.as_str()) {
+            (Fault::CrashPublisher, _) => {
+                publisher_node(&placement, args.subscribers, fault_timeout).await
+            }
+            (_, "busiest") => placement
                 .busiest(Some(args.subscribers))
                 .unwrap_or_else(|| "node-1".into()),
-            n => n.to_owned(),
+            (_, n) => n.to_owned(),
         };
         let target = match fault {
             Fault::Redis => "redis".to_owned(),
-            _ => node.clone(),
+            Fault::Drain | Fault::Crash | Fault::CrashPublisher => node.clone(),
         };
         targets.push(target);
         let result = cluster.apply(*fault, &node, down).await;
@@ -242,6 +198,13 @@ pub async fn run(
     let sent = next_seq.load(Ordering::Relaxed);
     cuts.push(sent);
     bar.finish_and_clear();
+    if let Some(unacked) = &unacked {
+        // The last messages' acks (and whatever is still being sent again), one settle at most.
+        let deadline = Instant::now() + settle;
+        while unacked.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     crate::traffic::drain(&received, sent * args.subscribers as u64, stall).await;
     let _ = stop_tx.send(true);
 
@@ -253,149 +216,30 @@ pub async fn run(
     let names: Vec<String> = std::iter::once("baseline".to_owned())
         .chain(args.faults.iter().map(|f| f.name().to_owned()))
         .collect();
-    let mut reports = account(&names, &cuts, errors, publisher.as_ref(), &subscribers);
+    let mut reports = report::account(&names, &cuts, errors, publisher.as_ref(), &subscribers);
     for (r, t) in reports.iter_mut().zip(targets) {
         r.target = t;
     }
-    Ok(summarize(args, &reports, &subscribers))
+    let subscribers_failed = subscribers.iter().filter(|s| s.is_none()).count();
+    Ok(report::summarize(
+        args,
+        &reports,
+        publisher.is_none(),
+        subscribers_failed,
+    ))
 }
 
-/// Adds up each phase from the publisher's stored numbers and every subscriber's counts.
-fn account(
-    names: &[String],
-    cuts: &[u64],
-    errors: Vec<Option<String>>,
-    publisher: Option<&Stayed<Record>>,
-    subscribers: &[Option<Stayed<Record>>],
-) -> Vec<PhaseReport> {
-    let empty = SeqCounts::default();
-    let stored = publisher.map_or(&empty, |p| &p.frames.counts);
-    let mut reports = Vec::new();
-    for (k, error) in errors.into_iter().enumerate() {
-        let range = cuts[k]..cuts[k + 1];
-        let mut r = PhaseReport {
-            name: names[k].clone(),
-            sent: range.end - range.start,
-            stored: range.clone().filter(|s| stored.get(*s) > 0).count() as u64,
-            error,
-            ..PhaseReport::default()
-        };
-        if let Some(p) = publisher {
-            r.recovery.add(&p.stats[k]);
+/// The node serving the publisher (client `index`), waiting up to `limit` for it to have one
+/// (it may be between connections); `node-1` if it never does.
+async fn publisher_node(placement: &Placement, index: usize, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(node) = placement.node_of(index) {
+            return node;
         }
-        for s in subscribers.iter().flatten() {
-            let t = tally(stored, &s.frames.counts, range.clone());
-            r.tally.missing += t.missing;
-            r.tally.duplicated += t.duplicated;
-            r.tally.unconfirmed += t.unconfirmed;
-            r.subscribers_missing += u64::from(t.missing > 0);
-            r.recovery.add(&s.stats[k]);
+        if Instant::now() >= deadline {
+            return "node-1".into();
         }
-        reports.push(r);
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    reports
-}
-
-fn summarize(
-    args: &FaultsArgs,
-    reports: &[PhaseReport],
-    subscribers: &[Option<Stayed<Record>>],
-) -> Outcome {
-    let mut problems = Vec::new();
-    let failed = subscribers.iter().filter(|s| s.is_none()).count();
-    if failed > 0 {
-        problems.push(format!("{failed} subscriber tasks failed"));
-    }
-    for r in reports {
-        if let Some(e) = &r.error {
-            problems.push(format!("{}: the fault could not be applied: {e}", r.name));
-        }
-        if r.tally.missing > 0 {
-            problems.push(format!(
-                "{}: {} stored messages missing over {} subscribers",
-                r.name, r.tally.missing, r.subscribers_missing
-            ));
-        }
-        if r.tally.duplicated > 0 {
-            problems.push(format!(
-                "{}: {} duplicate deliveries",
-                r.name, r.tally.duplicated
-            ));
-        }
-        if r.recovery.rate_limited > 0 {
-            problems.push(format!(
-                "{}: {} publishes refused with rate_limited: lower --rate or raise the nodes' limit \
-                 (RINGCAST_LOCAL_NODE_ARGS='--rate-limit-per-sec 1000 --rate-limit-burst 2000' cluster.sh up)",
-                r.name, r.recovery.rate_limited
-            ));
-        }
-    }
-    let phases: Vec<serde_json::Value> = reports
-        .iter()
-        .map(|r| {
-            let mut v = json!({
-                "fault": r.name,
-                "target": r.target,
-                "sent": r.sent,
-                "stored": r.stored,
-                "missing": r.tally.missing,
-                "duplicated": r.tally.duplicated,
-                "received_unconfirmed": r.tally.unconfirmed,
-                "subscribers_missing": r.subscribers_missing,
-                "error": r.error,
-            });
-            if let (Some(o), Some(extra)) = (v.as_object_mut(), r.recovery.json().as_object()) {
-                o.extend(extra.clone());
-            }
-            v
-        })
-        .collect();
-    let json = json!({
-        "scenario": "faults",
-        "subscribers": args.subscribers,
-        "rate": args.rate,
-        "node": args.node,
-        "settle_secs": args.settle_secs,
-        "down_secs": args.down_secs,
-        "phases": phases,
-    });
-    let mut human = format!(
-        "faults: 1 publisher at {} msg/s, {} subscribers, one room; node chosen: {}\n\
-         {:<16} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10} {:>13} {:>8}\n",
-        args.rate,
-        args.subscribers,
-        args.node,
-        "phase",
-        "sent",
-        "stored",
-        "refused",
-        "missing",
-        "dup",
-        "reconnects",
-        "recov:false",
-        "resets"
-    );
-    for r in reports {
-        human.push_str(&format!(
-            "{:<16} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10} {:>13} {:>8}{}\n",
-            if r.target.is_empty() {
-                r.name.clone()
-            } else {
-                format!("{} {}", r.name, r.target)
-            },
-            r.sent,
-            r.stored,
-            r.recovery.refused,
-            r.tally.missing,
-            r.tally.duplicated,
-            r.recovery.reconnects,
-            r.recovery.not_recovered,
-            r.recovery.history_resets,
-            r.error
-                .as_deref()
-                .map(|e| format!("  FAILED: {e}"))
-                .unwrap_or_default()
-        ));
-    }
-    Outcome::new(json, human.trim_end().to_owned(), problems)
 }

@@ -4,6 +4,7 @@
 //!
 //! `main.rs` parses the [`cli::Cli`], builds a multi-threaded runtime and calls [`run`].
 
+pub mod acks;
 pub mod catchup;
 pub mod churn;
 pub mod cli;
@@ -20,6 +21,8 @@ pub mod handshake;
 pub mod http;
 pub mod latency;
 pub mod limits;
+pub mod outbox;
+pub mod pacer;
 pub mod placement;
 pub mod progress;
 pub mod raw;

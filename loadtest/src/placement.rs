@@ -22,6 +22,11 @@ impl Placement {
         }
     }
 
+    /// The node serving client `index` right now, if it has a connection.
+    pub fn node_of(&self, index: usize) -> Option<String> {
+        self.0.lock().ok()?.get(index).cloned().flatten()
+    }
+
     /// The node serving the most clients right now, if any is known; with `spare`, a node that
     /// does not serve client `spare` (a fault there leaves that client — the publisher — going),
     /// unless it is the only one serving anybody.
@@ -78,7 +83,10 @@ mod tests {
             Some("node-2"),
             "nobody elsewhere"
         );
+        assert_eq!(p.node_of(5).as_deref(), Some("node-2"));
         p.set(5, None);
         assert_eq!(p.busiest(Some(5)).as_deref(), Some("node-2"));
+        assert_eq!(p.node_of(5), None);
+        assert_eq!(p.node_of(99), None);
     }
 }

@@ -6,26 +6,29 @@
 //! The loop reads on tungstenite and hands every text frame to a [`Frames`] (the stamp-reading
 //! [`Receiver`], or a scenario's own record); it classifies only what recovery needs — chat
 //! offsets, its own join acks, `history_reset`, `bus_unavailable` — into [`RecoverStats`] per
-//! phase, so the `faults` scenario can say which fault caused what. A publisher paces numbered
-//! room messages on the same connection ([`Pacer`]) and carries its sequence across reconnects.
-//! What the frames say is read in [`crate::rejoin`]; this file owns the connection.
+//! phase, so the `faults` scenario can say which fault caused what. A publisher sends numbered
+//! room messages on the same connection ([`Pacer`], with ids and resends when it has an
+//! outbox) and carries its sequence across reconnects. What the frames say is read in
+//! [`crate::rejoin`], what to send when in [`crate::pacer`]; this file owns the connection.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::conn::Ws;
 use crate::connect::Connector;
 use crate::error::ConnectError;
+use crate::outbox::Outbox;
+use crate::pacer::{Pace, Pacer, Schedule};
 use crate::placement::Placement;
 use crate::receiver::Receiver;
 use crate::rejoin::{classify, join_frame, Event, Position};
-use crate::stamp::{now_micros, FrameBuilder};
+use crate::stamp::now_micros;
 
 /// Exponential backoff between reconnection attempts: from `first`, doubling, at most `max`.
 #[derive(Debug, Clone)]
@@ -116,33 +119,6 @@ impl Frames for Receiver {
     }
 }
 
-/// What a publisher is told to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pace {
-    /// Not yet.
-    Wait,
-    /// Send at the rate.
-    Send,
-    /// Stop sending (reading goes on until the run stops).
-    Halt,
-}
-
-/// Numbered room messages one recovering client sends: `rate` a second while `pace_rx` says
-/// [`Pace::Send`]. After a reconnect it goes on from the next number at the rate, without
-/// catching up on what it could not send while it was away.
-pub struct Pacer {
-    /// The frames.
-    pub builder: FrameBuilder,
-    /// Messages per second (positive).
-    pub rate: f64,
-    /// When to send.
-    pub pace_rx: watch::Receiver<Pace>,
-    /// The next sequence number, i.e. messages sent so far; read by the run to cut phases.
-    pub next_seq: Arc<AtomicU64>,
-    /// Told the count sent when sending halts.
-    pub done_tx: Option<oneshot::Sender<u64>>,
-}
-
 /// Who the recovering client is and where it reports.
 pub struct Member {
     /// Opens its connections.
@@ -169,6 +145,8 @@ pub struct Stayed<F> {
     pub stats: Vec<RecoverStats>,
     /// Where it ended.
     pub position: Option<Position>,
+    /// A publisher's outbox, as it ended.
+    pub outbox: Option<Outbox>,
 }
 
 /// Resolves when `stop_rx` turns true or its sender is gone (the run ended).
@@ -261,18 +239,10 @@ pub async fn stay<F: Frames>(
         let join_deadline = Instant::now() + c.timeout();
         let mut joined = false;
         // The pacer's schedule restarts on every connection.
-        let mut paced_from: Option<(Instant, u64)> = None;
+        let mut schedule = Schedule::default();
         loop {
-            let sending = joined
-                && pacer
-                    .as_ref()
-                    .is_some_and(|p| *p.pace_rx.borrow() == Pace::Send);
-            let due = match (&pacer, sending) {
-                (Some(p), true) => {
-                    let next = p.next_seq.load(Ordering::Relaxed);
-                    let (t0, s0) = *paced_from.get_or_insert((Instant::now(), next));
-                    Some(t0 + Duration::from_secs_f64((next - s0) as f64 / p.rate))
-                }
+            let due = match &pacer {
+                Some(p) if joined => p.due(&mut schedule, Instant::now()),
                 _ => None,
             };
             tokio::select! {
@@ -290,16 +260,18 @@ pub async fn stay<F: Frames>(
                     }
                     if let Some(p) = pacer.as_mut() {
                         if *p.pace_rx.borrow() == Pace::Halt {
-                            if let Some(tx) = p.done_tx.take() {
-                                let _ = tx.send(p.next_seq.load(Ordering::Relaxed));
-                            }
+                            p.report_done();
                         }
                     }
                 }
                 next = ws.next() => match next {
                     Some(Ok(Message::Text(t))) => {
                         let i = phase();
-                        match classify(t.as_bytes(), &member.client_id, &member.room) {
+                        let event = classify(t.as_bytes(), &member.client_id, &member.room);
+                        if let Some(o) = pacer.as_mut().and_then(|p| p.outbox.as_mut()) {
+                            o.on_event(t.as_bytes(), &event, i, Instant::now());
+                        }
+                        match event {
                             Event::Chat(p) => since = Some(p),
                             Event::Ack { recovered, at } => {
                                 if let Some(at) = at {
@@ -317,9 +289,9 @@ pub async fn stay<F: Frames>(
                                 }
                             }
                             Event::HistoryReset => stats[i].history_resets += 1,
-                            Event::Error(code) if code == "bus_unavailable" => stats[i].refused += 1,
-                            Event::Error(code) if code == "rate_limited" => stats[i].rate_limited += 1,
-                            Event::Error(_) | Event::Other => {}
+                            Event::Error { code, .. } if code == "bus_unavailable" => stats[i].refused += 1,
+                            Event::Error { code, .. } if code == "rate_limited" => stats[i].rate_limited += 1,
+                            Event::Error { .. } | Event::Published { .. } | Event::Other => {}
                         }
                         frames.on_text(t.as_bytes(), now_micros());
                     }
@@ -349,27 +321,28 @@ pub async fn stay<F: Frames>(
                         None => std::future::pending().await,
                     }
                 } => {
-                    if let Some(p) = pacer.as_ref() {
-                        let seq = p.next_seq.load(Ordering::Relaxed);
-                        if send_within(&mut ws, p.builder.frame(seq), c.timeout()).await.is_err() {
-                            continue 'connections;
+                    if let Some(p) = pacer.as_mut() {
+                        if let Some(out) = p.take(Instant::now()) {
+                            if send_within(&mut ws, out.text, c.timeout()).await.is_err() {
+                                continue 'connections;
+                            }
+                            p.sent(out.next, phase());
+                            schedule.sent(Instant::now());
                         }
-                        p.next_seq.store(seq + 1, Ordering::Relaxed);
                     }
                 }
             }
         }
     }
     if let Some(p) = pacer.as_mut() {
-        if let Some(tx) = p.done_tx.take() {
-            let _ = tx.send(p.next_seq.load(Ordering::Relaxed));
-        }
+        p.report_done();
     }
     frames.finish();
     Some(Stayed {
         frames,
         stats,
         position: since,
+        outbox: pacer.and_then(|p| p.outbox),
     })
 }
 

@@ -1,6 +1,7 @@
 //! What a recovering client reads and writes to rejoin a room: the `join_room` request with
 //! `since`, and the few events recovery needs (chat offsets, its own join ack with `recovered`,
-//! `history_reset`, error codes) picked out of a frame without the I/O around it.
+//! publish acks, `history_reset`, error codes and the message id they name) picked out of a
+//! frame without the I/O around it.
 
 use std::borrow::Cow;
 
@@ -28,10 +29,22 @@ pub enum Event {
         /// The offset and epoch the ack carries.
         at: Option<Position>,
     },
+    /// A publish `ack` for the sender's message `id` in this room, with where it was stored.
+    Published {
+        /// The message id the sender chose.
+        id: String,
+        /// Its offset and epoch (absent when the room keeps no history).
+        at: Option<Position>,
+    },
     /// The room's history was lost.
     HistoryReset,
-    /// An `error` event, with its code.
-    Error(String),
+    /// An `error` event, with its code and the id of the message that caused it, if it had one.
+    Error {
+        /// The error code.
+        code: String,
+        /// The message id the error names.
+        id: Option<String>,
+    },
     /// Anything else.
     Other,
 }
@@ -51,6 +64,8 @@ struct Head<'a> {
     recovered: Option<bool>,
     #[serde(borrow)]
     code: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
 }
 
 /// Classifies one text frame for client `me` in `room`; anything unparsable is [`Event::Other`].
@@ -72,8 +87,18 @@ pub fn classify(frame: &[u8], me: &str, room: &str) -> Event {
             recovered: h.recovered,
             at,
         },
+        Some("ack") if in_room => match h.id {
+            Some(id) => Event::Published {
+                id: id.into_owned(),
+                at,
+            },
+            None => Event::Other,
+        },
         Some("history_reset") if in_room => Event::HistoryReset,
-        Some("error") => Event::Error(h.code.map(Cow::into_owned).unwrap_or_default()),
+        Some("error") => Event::Error {
+            code: h.code.map(Cow::into_owned).unwrap_or_default(),
+            id: h.id.map(Cow::into_owned),
+        },
         _ => Event::Other,
     }
 }
@@ -143,7 +168,40 @@ mod tests {
         );
         assert_eq!(
             c(r#"{"event":"error","code":"bus_unavailable","message":"x"}"#),
-            Event::Error("bus_unavailable".into())
+            Event::Error {
+                code: "bus_unavailable".into(),
+                id: None
+            }
+        );
+        assert_eq!(
+            c(r#"{"event":"error","code":"rate_limited","message":"x","id":"m7"}"#),
+            Event::Error {
+                code: "rate_limited".into(),
+                id: Some("m7".into())
+            }
+        );
+        assert_eq!(
+            c(r#"{"event":"ack","id":"m7","room":"r","offset":9,"epoch":"E"}"#),
+            Event::Published {
+                id: "m7".into(),
+                at: Some(pos(9, "E"))
+            }
+        );
+        assert_eq!(
+            c(r#"{"event":"ack","id":"m7","room":"r"}"#),
+            Event::Published {
+                id: "m7".into(),
+                at: None
+            }
+        );
+        // Another room's ack, or one without an id, is not ours.
+        assert_eq!(
+            c(r#"{"event":"ack","id":"m7","room":"x","offset":9,"epoch":"E"}"#),
+            Event::Other
+        );
+        assert_eq!(
+            c(r#"{"event":"ack","room":"r","offset":9,"epoch":"E"}"#),
+            Event::Other
         );
         for junk in [
             "",

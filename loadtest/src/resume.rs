@@ -270,8 +270,10 @@ async fn join_reading(
                     acked: Instant::now(),
                 })
             }
-            Event::Error(code) => return Err(Failure::Error(format!("error event {code:?}"))),
-            Event::HistoryReset | Event::Other => {}
+            Event::Error { code, .. } => {
+                return Err(Failure::Error(format!("error event {code:?}")))
+            }
+            Event::HistoryReset | Event::Published { .. } | Event::Other => {}
         }
     }
 }
@@ -313,7 +315,7 @@ async fn publish(
             Incoming::Binary => continue,
             other => return Err(fail(format!("connection ended: {other:?}"))),
         };
-        if let Event::Error(code) = classify(t.as_bytes(), me, "") {
+        if let Event::Error { code, .. } = classify(t.as_bytes(), me, "") {
             let hint = if code == "rate_limited" {
                 " (raise the node's --rate-limit-burst above --rooms x --missed)"
             } else {

@@ -70,6 +70,14 @@ impl FrameBuilder {
         let _ = write!(s, "{seq} {}{}\"}}", now_micros(), self.padding);
         s
     }
+
+    /// [`FrameBuilder::frame`] with the message `"id"` a sender chooses to be acknowledged.
+    pub fn frame_with_id(&self, seq: u64, id: &str) -> String {
+        let mut s = self.frame(seq);
+        s.pop();
+        let _ = write!(s, ",\"id\":{}}}", serde_json::Value::from(id));
+        s
+    }
 }
 
 /// Finds stamps in received frames.
@@ -133,6 +141,13 @@ mod tests {
         let s = StampFinder::default().find(event.as_bytes()).unwrap();
         assert_eq!((s.sender, s.seq), (7, 42));
         assert!(s.sent_micros > 1_600_000_000_000_000);
+        let with_id: serde_json::Value = serde_json::from_str(&b.frame_with_id(43, "m43")).unwrap();
+        assert_eq!(with_id["id"], "m43");
+        assert_eq!(with_id["room"], "room-1");
+        let s = StampFinder::default()
+            .find(with_id.to_string().as_bytes())
+            .unwrap();
+        assert_eq!((s.sender, s.seq), (7, 43));
         let d = FrameBuilder::direct_message("bob", 3, 0).frame(0);
         assert!(StampFinder::default().find(d.as_bytes()).is_some());
     }

@@ -1,8 +1,10 @@
 //! `faults` for real: deploy/local/cluster.sh starts a real redis-server, three `ringcast-node`
 //! processes and a gateway in a state folder of its own; `ringcast-loadtest faults` drains one
-//! node and then SIGKILLs one (restarting each through the script), with every client
-//! reconnecting and rejoining with `since`. Nothing stored may be missing or arrive twice, and
-//! the faults must really have moved clients.
+//! node, SIGKILLs one, SIGKILLs the publisher's, then SIGKILLs Redis (restarting each through
+//! the script), with every client reconnecting and rejoining with `since` and the publisher
+//! sending again, with the same ids, whatever was not acknowledged. Nothing stored may be
+//! missing or arrive twice, nothing sent may go unacknowledged, and the faults must really have
+//! moved clients and forced messages to be sent again.
 
 mod support;
 
@@ -125,7 +127,7 @@ impl Drop for Cluster {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_drain_and_a_node_crash_lose_and_duplicate_nothing() {
+async fn faults_lose_and_duplicate_nothing_and_retries_are_stored_once() {
     let cluster = tokio::task::spawn_blocking(|| Cluster::up(3))
         .await
         .expect("cluster up");
@@ -137,7 +139,7 @@ async fn a_node_drain_and_a_node_crash_lose_and_duplicate_nothing() {
             "--json",
             "faults",
             "--faults",
-            "drain,crash",
+            "drain,crash,crash-publisher,redis",
             "--cluster",
             CLUSTER,
             "--subscribers",
@@ -152,13 +154,18 @@ async fn a_node_drain_and_a_node_crash_lose_and_duplicate_nothing() {
             "1",
         ],
         &[("RINGCAST_LOCAL_STATE", &state)],
-        Duration::from_secs(45),
+        Duration::from_secs(90),
     )
     .await;
     let v = run.json();
+    assert_eq!(v["publisher"], "ids", "{v:#}");
     let phases = v["phases"].as_array().expect("phases");
     let names: Vec<&str> = phases.iter().filter_map(|p| p["fault"].as_str()).collect();
-    assert_eq!(names, ["baseline", "drain", "crash"], "{v:#}");
+    assert_eq!(
+        names,
+        ["baseline", "drain", "crash", "crash-publisher", "redis"],
+        "{v:#}"
+    );
     for p in phases {
         let fault = &p["fault"];
         assert_eq!(p["error"], serde_json::Value::Null, "{fault}: {p}");
@@ -169,9 +176,13 @@ async fn a_node_drain_and_a_node_crash_lose_and_duplicate_nothing() {
         assert_eq!(p["missing"], 0, "{fault}: stored messages missing: {p}");
         assert_eq!(p["duplicated"], 0, "{fault}: duplicate deliveries: {p}");
         assert_eq!(p["rate_limited"], 0, "{fault}: {p}");
+        // Every message the publisher sent was acknowledged, none at a second offset.
+        assert_eq!(p["lost"], 0, "{fault}: sent, never acknowledged: {p}");
+        assert_eq!(p["acked"], p["sent"], "{fault}: {p}");
+        assert_eq!(p["ack_conflicts"], 0, "{fault}: stored twice: {p}");
     }
-    for fault in &phases[1..] {
-        // The fault hit the node serving the most clients: someone had to come back.
+    for fault in &phases[1..4] {
+        // The fault hit a node serving clients: someone had to come back.
         assert!(
             fault["reconnects"].as_u64() > Some(0),
             "{}: no client reconnected, so no fault happened: {fault}",
@@ -184,6 +195,30 @@ async fn a_node_drain_and_a_node_crash_lose_and_duplicate_nothing() {
             "{fault}"
         );
     }
+    // The publisher's node died: it came back elsewhere, sent its last acknowledged messages
+    // again, and the server's dedupe answered every one with its first offset.
+    let crash = &phases[3];
+    assert!(crash["publisher_reconnects"].as_u64() > Some(0), "{crash}");
+    let rechecked = crash["rechecked"].as_u64().unwrap_or(0);
+    assert!(
+        rechecked > 0,
+        "nothing sent again after the reconnect: {crash}"
+    );
+    assert!(
+        crash["repeat_acks"].as_u64() >= Some(rechecked),
+        "a message sent again was not answered by the dedupe: {crash}"
+    );
+    // Redis went away: publishes were refused, and every refused one was sent again.
+    let redis = &phases[4];
+    let refused = redis["refused"].as_u64().unwrap_or(0);
+    assert!(
+        refused > 0,
+        "no publish was refused while Redis was down: {redis}"
+    );
+    assert!(
+        redis["resent"].as_u64() > Some(0),
+        "refused messages were not sent again: {redis}"
+    );
     assert_eq!(run.code, 0, "problems: {}", run.stderr);
     assert_eq!(v["ok"], true, "{v:#}");
 }
