@@ -32,6 +32,16 @@ if ! python3 -c 'import websockets' 2>/dev/null; then
         || apt_install python3-websockets
     python3 -c 'import websockets' || die "python3 cannot import websockets after installing it"
 fi
+# The server API tests check every answer against docs/api/openapi.json with a real validator.
+if ! python3 -c 'import openapi_spec_validator, openapi_schema_validator' 2>/dev/null; then
+    command -v pip3 >/dev/null || python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+    log "installing openapi-spec-validator (pip)"
+    python3 -m pip install --quiet 'openapi-spec-validator>=0.7' 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages 'openapi-spec-validator>=0.7' 2>/dev/null \
+        || die "could not install openapi-spec-validator with pip"
+    python3 -c 'import openapi_spec_validator, openapi_schema_validator' \
+        || die "python3 cannot import openapi_spec_validator after installing it"
+fi
 
 log "cargo fmt --check"
 cargo fmt --all -- --check || die "code is not formatted: run 'cargo fmt --all'"

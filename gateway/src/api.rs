@@ -91,7 +91,9 @@ impl Api {
         for node in ring.candidates(&key, ATTEMPTS) {
             match self.forward(&node.addr, &path, auth.as_ref(), &body).await {
                 Ok(resp) => return resp,
-                Err(e) => warn!(node = %node.id, error = %e, "API call not forwarded; trying the next node"),
+                Err(e) => {
+                    warn!(node = %node.id, error = %e, "API call not forwarded; trying the next node")
+                }
             }
         }
         api_auth::error(

@@ -166,7 +166,12 @@ pub struct Config {
     /// A key the server API accepts (`Authorization: apikey KEY`); repeat it to rotate keys.
     /// Without any, `/api/*` answers 404: the API is off, never open. Nodes check the same
     /// keys (give them the same `RINGCAST_API_KEYS`); the embedded node gets these.
-    #[arg(long = "api-key", env = "RINGCAST_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "api-key",
+        env = "RINGCAST_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub api_keys: Vec<String>,
 
     /// Serve the server API on this address only (not on `--listen`), to keep it off the

@@ -23,7 +23,9 @@ async fn main() -> std::process::ExitCode {
     }
     if config.check_config {
         if config.embedded() {
-            if let Err(e) = ringcast_gateway::embedded::EmbeddedNode::config(&config.auth, &config.api_keys) {
+            if let Err(e) =
+                ringcast_gateway::embedded::EmbeddedNode::config(&config.auth, &config.api_keys)
+            {
                 eprintln!("error: {e}");
                 return std::process::ExitCode::from(2);
             }

@@ -90,7 +90,13 @@ mod tests {
         let h = |s: &'static str| HeaderValue::from_static(s);
         assert!(authorized(&keys, Some(&h("apikey new-key"))));
         assert!(authorized(&keys, Some(&h("apikey old-key"))));
-        for bad in ["apikey new-ke", "apikey new-key2", "Bearer new-key", "new-key", "apikey "] {
+        for bad in [
+            "apikey new-ke",
+            "apikey new-key2",
+            "Bearer new-key",
+            "new-key",
+            "apikey ",
+        ] {
             assert!(!authorized(&keys, Some(&h(bad))), "{bad}");
         }
         assert!(!authorized(&keys, None));
