@@ -33,6 +33,9 @@ const IDLE_PER_NODE: usize = 64;
 /// Nodes tried per call.
 const ATTEMPTS: usize = 3;
 
+/// One kept-alive HTTP/1.1 connection to a node.
+type Sender = SendRequest<Full<Bytes>>;
+
 /// What forwarding needs.
 pub struct Api {
     /// Keys accepted (`--api-key`); none: the API is off.
@@ -45,7 +48,7 @@ pub struct Api {
     pub connect_timeout: Duration,
     /// Time a node has to answer a call.
     pub call_timeout: Duration,
-    idle: Mutex<HashMap<Arc<str>, Vec<SendRequest<Full<Bytes>>>>>,
+    idle: Mutex<HashMap<Arc<str>, Vec<Sender>>>,
     next: AtomicUsize,
 }
 
@@ -134,7 +137,7 @@ impl Api {
     }
 
     /// An idle connection to `addr`, or a new one.
-    async fn sender(&self, addr: &Arc<str>) -> Result<SendRequest<Full<Bytes>>, String> {
+    async fn sender(&self, addr: &Arc<str>) -> Result<Sender, String> {
         loop {
             let idle = {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -163,7 +166,7 @@ impl Api {
         Ok(sender)
     }
 
-    fn put_back(&self, addr: &Arc<str>, sender: SendRequest<Full<Bytes>>) {
+    fn put_back(&self, addr: &Arc<str>, sender: Sender) {
         if sender.is_closed() {
             return;
         }
