@@ -11,7 +11,7 @@
 //! must answer each with its first offset and deliver none of them again. Whether an ack was a
 //! repeat or a conflict is told in [`crate::acks`].
 //!
-//! Pure state, no I/O: the connection loop ([`crate::recover`]) feeds it events and asks it
+//! Pure state, no I/O: the connection loop (`recover.rs`) feeds it events and asks it
 //! what to send.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::acks::{judge, parse_id, Verdict};
-use crate::recover::Backoff;
+use crate::backoff::Backoff;
 use crate::rejoin::{Event, Position};
 use crate::seqcounts::SeqCounts;
 use crate::stamp::StampFinder;

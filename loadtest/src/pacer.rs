@@ -2,7 +2,7 @@
 //! schedule that starts over on every connection (no catching up on what it could not send
 //! while it was away), and — with an [`Outbox`] — message ids, resends and rechecks.
 //!
-//! The connection loop ([`crate::recover::stay`]) asks [`Pacer::due`] when to wake, takes the
+//! The connection loop (`recover.rs`, `stay`) asks [`Pacer::due`] when to wake, takes the
 //! frame from [`Pacer::take`] and reports it sent with [`Pacer::sent`]; the pacer owns no I/O.
 
 use std::sync::atomic::{AtomicU64, Ordering};

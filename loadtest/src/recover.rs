@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::backoff::Backoff;
 use crate::conn::Ws;
 use crate::connect::Connector;
 use crate::error::ConnectError;
@@ -29,37 +30,6 @@ use crate::placement::Placement;
 use crate::receiver::Receiver;
 use crate::rejoin::{classify, join_frame, Event, Position};
 use crate::stamp::now_micros;
-
-/// Exponential backoff between reconnection attempts: from `first`, doubling, at most `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    first: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    /// A backoff from `first` up to `max`.
-    pub fn new(first: Duration, max: Duration) -> Self {
-        Backoff {
-            first,
-            max,
-            next: first,
-        }
-    }
-
-    /// The wait before the next attempt; doubles the one after.
-    pub fn step(&mut self) -> Duration {
-        let now = self.next;
-        self.next = (self.next * 2).min(self.max);
-        now
-    }
-
-    /// Back to the first wait (after a successful rejoin).
-    pub fn reset(&mut self) {
-        self.next = self.first;
-    }
-}
 
 /// What one client's recovery went through in one phase of the run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
