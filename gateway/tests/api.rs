@@ -222,6 +222,76 @@ async fn every_method_and_error_through_the_gateway() {
         assert_eq!(chat(m).await["content"], "b3");
     }
 
+    // subscribe / unsubscribe: server-side membership, with the usual ack and announcements.
+    let (s, v) = call(gw, "subscribe", json!({"client_id":"m0","room":"vip"})).await;
+    assert_eq!(s, 200, "{v}");
+    let ack = members[0].recv_event("user_joined").await;
+    assert_eq!(
+        (&ack["user_id"], &ack["room"]),
+        (&json!("m0"), &json!("vip"))
+    );
+    let (s, _) = call(gw, "publish", json!({"room":"vip","data":"for vip"})).await;
+    assert_eq!(s, 200);
+    assert_eq!(chat(&mut members[0]).await["content"], "for vip");
+    let (_, r) = call(gw, "rooms", json!({"pattern":"v*"})).await;
+    assert_eq!(
+        r["result"],
+        json!({"rooms":[{"room":"vip","members":1}],"truncated":false}),
+        "{r}"
+    );
+    let (_, r) = call(gw, "rooms", json!({})).await;
+    assert_eq!(
+        r["result"]["rooms"].as_array().unwrap().len(),
+        2,
+        "news and vip: {r}"
+    );
+    let (s, _) = call(gw, "unsubscribe", json!({"client_id":"m0","room":"vip"})).await;
+    assert_eq!(s, 200);
+    let left = members[0].recv_event("user_left").await;
+    assert_eq!(
+        (&left["user_id"], &left["room"]),
+        (&json!("m0"), &json!("vip"))
+    );
+    for method in ["subscribe", "unsubscribe"] {
+        let (s, e) = call(gw, method, json!({"client_id":"nobody","room":"vip"})).await;
+        assert_eq!(
+            (s, &e["error"]["code"]),
+            (404, &json!("target_offline")),
+            "{e}"
+        );
+    }
+    // info: every node and the connections on each (as of its last renewal).
+    let (_, i) = call(gw, "info", json!({})).await;
+    let nodes = i["result"]["nodes"].as_array().unwrap();
+    let mut ids: Vec<&str> = nodes.iter().map(|n| n["node"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["a1", "a2"], "{i}");
+    // disconnect: closed with the code and reason given; bad codes refused.
+    let (s, e) = call(gw, "disconnect", json!({"client_id":"m1","code":3000})).await;
+    assert_eq!(
+        (s, &e["error"]["code"]),
+        (400, &json!("bad_request")),
+        "{e}"
+    );
+    let (s, _) = call(
+        gw,
+        "disconnect",
+        json!({"client_id":"m1","code":4321,"reason":"banned"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let mut m1 = members.remove(1);
+    assert_eq!(
+        m1.expect_close(std::time::Duration::from_secs(5)).await,
+        Some(4321)
+    );
+    let (s, e) = call(gw, "disconnect", json!({"client_id":"nobody"})).await;
+    assert_eq!(
+        (s, &e["error"]["code"]),
+        (404, &json!("target_offline")),
+        "{e}"
+    );
+
     // Errors.
     let (s, e) = call(gw, "nosuch", json!({})).await;
     assert_eq!((s, &e["error"]["code"]), (404, &json!("unknown_method")));

@@ -506,6 +506,16 @@ impl Hub {
                 ),
                 None => (0, &self.out_direct),
             },
+            Target::Command { client, command } => {
+                if let Some(t) = state.clients.get(client.as_str()) {
+                    for out in t.members.iter() {
+                        if !out.command(command.clone()) {
+                            warn!(client_id = %client, "server API command dropped: too many waiting");
+                        }
+                    }
+                }
+                (0, &self.out_direct)
+            }
         };
         drop(state);
         counter.inc_by(sent);

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 
 use ringcast_net::link::LinkSender;
+use ringcast_protocol::ClientCommand;
 
 /// Process-unique id of one WebSocket connection.
 pub type ConnId = u64;
@@ -145,7 +146,13 @@ struct State {
     /// The writer took frames (or a ping) it may not have written whole yet: nothing may be
     /// handed to the link past it. Cleared when the writer finds the queue empty.
     writing: bool,
+    /// What the server API asked the connection to do, for its reader (allocates nothing
+    /// until the first one; at most [`MAX_COMMANDS`]).
+    commands: VecDeque<ClientCommand>,
 }
+
+/// Most server API commands waiting for one connection's reader; past it they are refused.
+pub const MAX_COMMANDS: usize = 32;
 
 /// The receiving half, owned by the connection's writer.
 pub struct OutboundRx {
@@ -176,6 +183,7 @@ impl Outbound {
             client_id,
             state: Mutex::new(State {
                 frames: VecDeque::new(),
+                commands: VecDeque::new(),
                 closing: None,
                 writing: false,
             }),
@@ -287,6 +295,29 @@ impl Outbound {
         } else {
             Poll::Pending
         }
+    }
+
+    /// Hands a server API command to the connection's reader; false when too many wait.
+    pub fn command(&self, command: ClientCommand) -> bool {
+        {
+            let mut state = self.lock();
+            if state.commands.len() >= MAX_COMMANDS {
+                return false;
+            }
+            state.commands.push_back(command);
+        }
+        self.reader_waker.wake();
+        true
+    }
+
+    /// The next command for the reader, if any (after [`Outbound::poll_close`] registered it).
+    pub fn next_command(&self) -> Option<ClientCommand> {
+        let mut state = self.lock();
+        let next = state.commands.pop_front();
+        if state.commands.is_empty() {
+            state.commands = VecDeque::new();
+        }
+        next
     }
 }
 

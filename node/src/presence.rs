@@ -99,6 +99,16 @@ impl Tracker {
         self.bus.presence().list(room, max).await
     }
 
+    /// The live node instances and their connections (with leases; else empty).
+    pub async fn nodes(&self) -> Result<Vec<(String, u64)>, BusError> {
+        self.bus.presence().nodes().await
+    }
+
+    /// Rooms with presence anywhere, with their client ids counted (up to `max`).
+    pub async fn rooms(&self, max: usize) -> Result<(Vec<(String, u64)>, bool), BusError> {
+        self.bus.presence().rooms(max).await
+    }
+
     /// The instance this node counts under now.
     pub fn instance(&self) -> Arc<str> {
         self.state.lock().unwrap_or_else(unpoison).instance.clone()

@@ -80,7 +80,11 @@ async fn renew_loop(shared: Arc<Shared>, bus: Arc<dyn Bus>, held: HeldSince) {
 async fn renew(shared: &Shared, bus: &Arc<dyn Bus>, lease: Duration) -> Option<bool> {
     let presence = bus.presence();
     let tracker = &shared.presence;
-    match presence.renew(&tracker.instance(), lease).await {
+    let connections = shared.hub.connection_count();
+    match presence
+        .renew(&tracker.instance(), lease, connections)
+        .await
+    {
         Ok(Renewal::Held) => Some(true),
         Ok(Renewal::Taken) => {
             // Redis lost the lease (a restart, maybe from an older snapshot) or this is the
@@ -104,7 +108,7 @@ async fn renew(shared: &Shared, bus: &Arc<dyn Bus>, lease: Duration) -> Option<b
                 "this node was swept while unresponsive; closing its clients so they reconnect"
             );
             shared.hub.close_all(SWEPT);
-            let renewed = presence.renew(&new, lease).await.is_ok();
+            let renewed = presence.renew(&new, lease, 0).await.is_ok();
             match presence.purge(&old, true).await {
                 Ok(gone) => announce_all(shared, gone).await,
                 Err(e) => warn!(error = %e, "the old instance's presence is left to a sweep"),

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use ringcast_protocol::auth::{now_secs, Identity};
 use ringcast_protocol::client::frame_message_id;
-use ringcast_protocol::{ErrorCode, ServerEvent, Target};
+use ringcast_protocol::{ClientCommand, ErrorCode, ServerEvent, Target};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant};
@@ -39,6 +39,7 @@ use crate::writer::{give_up, write_loop, write_queued, CLOSE_TIMEOUT};
 use ringcast_net::cork::Uncork;
 use ringcast_net::split::{ReadOnly, SplitIo};
 
+mod commands;
 mod guard;
 mod handlers;
 mod presence;
@@ -234,6 +235,8 @@ where
 /// What woke the read loop.
 enum Wake {
     Close,
+    /// The server API asked something of this connection.
+    Command(ClientCommand),
     Read(Option<Result<Message, WsError>>),
     Timer,
 }
@@ -242,6 +245,8 @@ enum Wake {
 enum Step {
     /// Serve this message.
     Serve(Utf8Bytes),
+    /// Do what the server API asked.
+    Command(ClientCommand),
     /// Read on.
     Next,
     /// Stop reading.
@@ -372,6 +377,9 @@ impl Session {
                     if self.out.poll_close(cx).is_ready() {
                         return Poll::Ready(Wake::Close);
                     }
+                    if let Some(command) = self.out.next_command() {
+                        return Poll::Ready(Wake::Command(command));
+                    }
                     if let Poll::Ready(next) = stream.poll_next_unpin(cx) {
                         return Poll::Ready(Wake::Read(next));
                     }
@@ -384,6 +392,10 @@ impl Session {
                 }
                 let frame = match self.on_wake(wake, token_first, now) {
                     Step::Serve(frame) => frame,
+                    Step::Command(command) => {
+                        Box::pin(self.command(command)).await;
+                        continue;
+                    }
                     Step::Next => continue,
                     Step::End(end) => return end,
                 };
@@ -400,6 +412,7 @@ impl Session {
         let next = match wake {
             Wake::Read(next) => next,
             Wake::Close => return Step::End(ReadEnd::ServerClose),
+            Wake::Command(command) => return Step::Command(command),
             Wake::Timer if token_first => {
                 self.server_close(TOKEN_EXPIRED, "token_expired");
                 return Step::End(ReadEnd::ServerClose);

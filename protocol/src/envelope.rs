@@ -32,6 +32,30 @@ pub enum Target {
     },
     /// Every local connection of one client id.
     Client(String),
+    /// Not a frame for clients: every local connection of `client` is to act on `command` (the
+    /// server API's `subscribe`, `unsubscribe`, `disconnect`). The envelope's frame is empty.
+    Command {
+        /// The client id.
+        client: String,
+        /// What its connections do.
+        command: ClientCommand,
+    },
+}
+
+/// What the server API asks a client's connections to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientCommand {
+    /// Join a room, as if the client had sent `join_room` (announcements and ack included).
+    Subscribe(String),
+    /// Leave a room, as if the client had sent `leave_room`.
+    Unsubscribe(String),
+    /// Close with this code (1000, 1012 or 4000–4999) and reason.
+    Disconnect {
+        /// The close code.
+        code: u16,
+        /// The close reason (at most 123 bytes).
+        reason: String,
+    },
 }
 
 /// One message on the bus.

@@ -19,7 +19,7 @@ pub mod query;
 pub mod stored;
 
 pub use client::{ClientMessage, Since};
-pub use envelope::{Envelope, Target, ENVELOPE_VERSION};
+pub use envelope::{ClientCommand, Envelope, Target, ENVELOPE_VERSION};
 pub use error::{EnvelopeError, IdError, ParseError};
 pub use event::{ErrorCode, RevokeReason, ServerEvent};
 pub use ids::{generate_client_id, validate_client_id, validate_message_id, validate_room};

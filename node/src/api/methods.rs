@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use hyper::StatusCode;
 use ringcast_protocol::stored::chat_head;
+use ringcast_protocol::ClientCommand;
 use ringcast_protocol::{
     validate_client_id, validate_message_id, validate_room, ServerEvent, Since, Target,
 };
@@ -23,15 +24,22 @@ use crate::history_request::{self, HistoryError};
 use crate::state::Shared;
 
 /// Every method but `batch`.
-const METHODS: [&str; 7] = [
+const METHODS: [&str; 11] = [
     "publish",
     "broadcast",
     "send",
+    "subscribe",
+    "unsubscribe",
+    "disconnect",
     "presence",
     "presence_stats",
     "history",
+    "rooms",
     "info",
 ];
+
+/// Most rooms one `rooms` answer lists.
+const MAX_ROOMS: usize = 1000;
 
 /// Whether `method` is one of the API's (for metrics labels).
 pub fn known(method: &str) -> bool {
@@ -152,6 +160,47 @@ struct HistoryParams {
 #[serde(deny_unknown_fields)]
 struct NoParams {}
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembershipParams {
+    client_id: String,
+    room: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectParams {
+    client_id: String,
+    code: Option<u16>,
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomsParams {
+    pattern: Option<String>,
+}
+
+/// Asks every connection of `client` (on whichever node) to do `command`; 404 when it is
+/// connected nowhere.
+async fn command(shared: &Shared, client: String, command: ClientCommand) -> Pending {
+    let channel = Channel::Client(client.clone());
+    let target = Target::Command { client, command };
+    let no_frame = Bytes::new();
+    queue(shared, channel, target, &no_frame, |n| {
+        if n == 0 {
+            Err(offline())
+        } else {
+            Ok(json!({}))
+        }
+    })
+    .await
+}
+
+fn client_ok(id: &str) -> Result<(), ApiError> {
+    validate_client_id(id).map_err(|e| ApiError::bad(format!("client_id: {e}")))
+}
+
 /// Checks a call and starts it.
 pub async fn start(shared: &Shared, method: &str, raw: &RawValue) -> Result<Pending, ApiError> {
     match method {
@@ -192,6 +241,42 @@ pub async fn start(shared: &Shared, method: &str, raw: &RawValue) -> Result<Pend
             })
             .await)
         }
+        "subscribe" | "unsubscribe" => {
+            let p: MembershipParams = owned(raw)?;
+            client_ok(&p.client_id)?;
+            room_ok(&p.room)?;
+            let c = if method == "subscribe" {
+                ClientCommand::Subscribe(p.room)
+            } else {
+                ClientCommand::Unsubscribe(p.room)
+            };
+            Ok(command(shared, p.client_id, c).await)
+        }
+        "disconnect" => {
+            let p: DisconnectParams = owned(raw)?;
+            client_ok(&p.client_id)?;
+            let code = p.code.unwrap_or(1000);
+            if !(code == 1000 || code == 1012 || (4000..=4999).contains(&code)) {
+                return Err(ApiError::bad("code: 1000, 1012 or 4000-4999"));
+            }
+            let reason = p.reason.unwrap_or_default();
+            if reason.len() > 123 {
+                return Err(ApiError::bad("reason: at most 123 bytes"));
+            }
+            let c = ClientCommand::Disconnect { code, reason };
+            Ok(command(shared, p.client_id, c).await)
+        }
+        "rooms" => {
+            let p: RoomsParams = owned(raw)?;
+            let glob = match p.pattern.as_deref() {
+                Some(pattern) => Some(
+                    crate::room_options::Glob::new(pattern)
+                        .map_err(|e| ApiError::bad(format!("pattern: {e}")))?,
+                ),
+                None => None,
+            };
+            Ok(Pending::Ready(rooms(shared, glob).await))
+        }
         "presence" | "presence_stats" => {
             let p: RoomParams = owned(raw)?;
             room_ok(&p.room)?;
@@ -206,11 +291,7 @@ pub async fn start(shared: &Shared, method: &str, raw: &RawValue) -> Result<Pend
         }
         "info" => {
             let _: NoParams = owned(raw)?;
-            Ok(Pending::Ready(Ok(json!({
-                "version": env!("CARGO_PKG_VERSION"),
-                "node": &*shared.node_id,
-                "connections": shared.hub.connection_count(),
-            }))))
+            Ok(Pending::Ready(info(shared).await))
         }
         _ => Err(ApiError {
             status: StatusCode::NOT_FOUND,
@@ -278,6 +359,61 @@ async fn queue(
         .publish_queued(channel, target, frame, then)
         .await;
     Pending::Wait(rx)
+}
+
+/// The version, and every live node with its connections (as of its last lease renewal; the
+/// answering node alone on the in-memory bus).
+async fn info(shared: &Shared) -> Result<Value, ApiError> {
+    let listed = timeout(shared.config.bus_timeout(), shared.presence.nodes()).await;
+    let Ok(Ok(mut nodes)) = listed else {
+        return Err(unavailable());
+    };
+    if nodes.is_empty() {
+        let here = shared.hub.connection_count() as u64;
+        nodes.push((shared.presence.instance().to_string(), here));
+    }
+    let connections: u64 = nodes.iter().map(|(_, n)| n).sum();
+    let nodes: Vec<Value> = nodes
+        .into_iter()
+        .map(|(instance, n)| {
+            // An instance is `NODE_ID.SUFFIX`.
+            let node = instance
+                .rsplit_once('.')
+                .map_or(instance.as_str(), |(id, _)| id);
+            json!({"node": node, "instance": instance, "connections": n})
+        })
+        .collect();
+    Ok(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "node": &*shared.node_id,
+        "nodes": nodes,
+        "connections": connections,
+    }))
+}
+
+/// Active rooms (with presence anywhere) and their members, optionally those matching a glob.
+async fn rooms(
+    shared: &Shared,
+    glob: Option<crate::room_options::Glob>,
+) -> Result<Value, ApiError> {
+    let listed = timeout(
+        shared.config.bus_timeout(),
+        shared.presence.rooms(usize::MAX),
+    )
+    .await;
+    let Ok(Ok((all, _))) = listed else {
+        return Err(unavailable());
+    };
+    let mut matching = all
+        .into_iter()
+        .filter(|(room, _)| glob.as_ref().is_none_or(|g| g.matches(room)));
+    let rooms: Vec<Value> = matching
+        .by_ref()
+        .take(MAX_ROOMS)
+        .map(|(room, n)| json!({"room": room, "members": n}))
+        .collect();
+    let truncated = matching.next().is_some();
+    Ok(json!({"rooms": rooms, "truncated": truncated}))
 }
 
 async fn presence(shared: &Shared, room: &str, stats: bool) -> Result<Value, ApiError> {

@@ -54,6 +54,18 @@ impl Presence for MemoryPresence {
         Ok(true)
     }
 
+    async fn rooms(&self, max: usize) -> Result<(Vec<(String, u64)>, bool), BusError> {
+        let rooms = self.rooms.lock().unwrap_or_else(unpoison);
+        let mut all: Vec<(String, u64)> = rooms
+            .iter()
+            .map(|(room, members)| (room.clone(), members.len() as u64))
+            .collect();
+        all.sort();
+        let more = all.len() > max;
+        all.truncate(max);
+        Ok((all, more))
+    }
+
     async fn list(&self, room: &str, max: usize) -> Result<PresenceList, BusError> {
         let rooms = self.rooms.lock().unwrap_or_else(unpoison);
         let Some(members) = rooms.get(room) else {

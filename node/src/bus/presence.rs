@@ -64,14 +64,29 @@ pub trait Presence: Send + Sync {
     /// Up to `max` members of `room`, with the totals.
     async fn list(&self, room: &str, max: usize) -> Result<PresenceList, BusError>;
 
+    /// Rooms with presence on some live node, with their client ids counted: up to `max`, and
+    /// whether more were left out.
+    async fn rooms(&self, max: usize) -> Result<(Vec<(String, u64)>, bool), BusError>;
+
     /// Whether nodes hold leases that survivors sweep ([`Presence::renew`] and the rest work).
     fn has_leases(&self) -> bool {
         false
     }
 
-    /// Renews `instance`'s lease for `ttl`.
-    async fn renew(&self, _instance: &str, _ttl: Duration) -> Result<Renewal, BusError> {
+    /// Renews `instance`'s lease for `ttl`, noting the node's `connections`.
+    async fn renew(
+        &self,
+        _instance: &str,
+        _ttl: Duration,
+        _connections: usize,
+    ) -> Result<Renewal, BusError> {
         Ok(Renewal::Held)
+    }
+
+    /// The live node instances and the connections each noted at its last renewal (none
+    /// without leases).
+    async fn nodes(&self) -> Result<Vec<(String, u64)>, BusError> {
+        Ok(Vec::new())
     }
 
     /// Writes what `instance` counts again, as absolute numbers (after [`Renewal::Taken`], or

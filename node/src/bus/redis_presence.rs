@@ -85,12 +85,13 @@ fn expired_script() -> String {
     format!("{NOW} return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])")
 }
 
-/// `KEYS` = [lease, swept]; `ARGV` = [ttl ms]. Returns 0 swept (or being swept), 1 held, 2
+/// `KEYS` = [lease, swept]; `ARGV` = [ttl ms, the node's connections (the lease's value, for
+/// the API's `info`)]. Returns 0 swept (or being swept), 1 held, 2
 /// taken anew.
 const RENEW: &str = r#"
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local had = redis.call('EXISTS', KEYS[1])
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
 if had == 1 then return 1 end
 return 2
 "#;
@@ -188,6 +189,15 @@ fn texts(v: &Value) -> Result<Vec<String>, BusError> {
 }
 
 impl RedisBus {
+    /// The instances whose lease has not run out (at most 10 000).
+    async fn live(&self) -> Result<Vec<String>, BusError> {
+        let index = index_key(self.prefix());
+        let live = format!(
+            "{NOW} return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf', 'LIMIT', 0, 10000)"
+        );
+        texts(&self.query(&eval(&live, &[&index])).await?)
+    }
+
     /// Removes instance `dead`'s connections from every room it listed; returns, per room, the
     /// client ids left with none.
     async fn sweep_rooms(
@@ -241,6 +251,47 @@ impl Presence for RedisBus {
         Ok(int(&left).ok_or_else(|| bad("remove"))? == 0)
     }
 
+    async fn nodes(&self) -> Result<Vec<(String, u64)>, BusError> {
+        let instances = self.live().await?;
+        let mut nodes = Vec::with_capacity(instances.len());
+        for instance in instances {
+            let mut get = redis::cmd("GET");
+            get.arg(node_key(self.prefix(), &instance, "lease"));
+            if let Some(n) = int(&self.query(&get).await?) {
+                nodes.push((instance, n.max(0) as u64));
+            }
+        }
+        Ok(nodes)
+    }
+
+    async fn rooms(&self, max: usize) -> Result<(Vec<(String, u64)>, bool), BusError> {
+        // The live instances (timed by Redis's clock), then the rooms each lists, then each
+        // room's count: bounded by `max` rooms, never a scan of the keyspace.
+        let instances = self.live().await?;
+        let mut names = std::collections::BTreeSet::new();
+        for instance in &instances {
+            let mut smembers = redis::cmd("SMEMBERS");
+            smembers.arg(node_key(self.prefix(), instance, "rooms"));
+            names.extend(texts(&self.query(&smembers).await?)?);
+        }
+        let mut rooms = Vec::new();
+        let mut more = false;
+        for room in names {
+            let mut hlen = redis::cmd("HLEN");
+            hlen.arg(total_key(self.prefix(), &room));
+            let n = int(&self.query(&hlen).await?).unwrap_or(0).max(0) as u64;
+            if n == 0 {
+                continue;
+            }
+            if rooms.len() == max {
+                more = true;
+                break;
+            }
+            rooms.push((room, n));
+        }
+        Ok((rooms, more))
+    }
+
     async fn list(&self, room: &str, max: usize) -> Result<PresenceList, BusError> {
         let pr = total_key(self.prefix(), room);
         let v = self.query(eval(LIST, &[&pr]).arg(max)).await?;
@@ -261,14 +312,24 @@ impl Presence for RedisBus {
         true
     }
 
-    async fn renew(&self, instance: &str, ttl: Duration) -> Result<Renewal, BusError> {
+    async fn renew(
+        &self,
+        instance: &str,
+        ttl: Duration,
+        connections: usize,
+    ) -> Result<Renewal, BusError> {
         let prefix = self.prefix();
         let (lease, swept) = (
             node_key(prefix, instance, "lease"),
             node_key(prefix, instance, "swept"),
         );
         let mut pipe = redis::pipe();
-        pipe.add_command(eval(RENEW, &[&lease, &swept]).arg(ms(ttl)).to_owned());
+        pipe.add_command(
+            eval(RENEW, &[&lease, &swept])
+                .arg(ms(ttl))
+                .arg(connections)
+                .to_owned(),
+        );
         let index = index_key(prefix);
         pipe.add_command(
             eval(&index_script(), &[&index])
