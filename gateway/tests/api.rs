@@ -68,7 +68,7 @@ async fn cluster(gateway_args: &[&str]) -> Cluster {
             "k1,k2",
             "--announce-connections=false",
             "--room-options",
-            "nohist*:history=0",
+            "nohist*:history=0;quiet*:presence=off",
         ];
         nodes.push(NodeProcess::start_with(id, &args, None).await);
     }
@@ -295,6 +295,19 @@ async fn every_method_and_error_through_the_gateway() {
     // Errors.
     let (s, e) = call(gw, "nosuch", json!({})).await;
     assert_eq!((s, &e["error"]["code"]), (404, &json!("unknown_method")));
+    let (s, e) = call(gw, "presence", json!({"room":"quiet-1"})).await;
+    assert_eq!(
+        (s, &e["error"]["code"]),
+        (400, &json!("presence_disabled")),
+        "{e}"
+    );
+    let since = json!({"offset":999,"epoch":epoch});
+    let (s, e) = call(gw, "history", json!({"room":"news","since":since})).await;
+    assert_eq!(
+        (s, &e["error"]["code"]),
+        (400, &json!("bad_request")),
+        "{e}"
+    );
     let (s, e) = call(gw, "publish", json!({"room":"news"})).await;
     assert_eq!((s, &e["error"]["code"]), (400, &json!("bad_request")));
     assert!(
@@ -344,6 +357,15 @@ async fn no_key_means_no_api_and_api_listen_keeps_it_off_the_public_port() {
     assert_eq!(s, 200, "{v}");
     let (s, _) = call_with(api, "GET", "/healthz", None, "").await;
     assert_eq!(s, 404, "the API listener serves the API only");
+
+    // No node to take the call: 502, said to be the node side's fault.
+    let lonely = TestGateway::start(&["--node", "x=127.0.0.1:1", "--api-key", "k2"]).await;
+    let (s, e) = call(lonely.addr, "info", json!({})).await;
+    assert_eq!(
+        (s, &e["error"]["code"]),
+        (502, &json!("node_unavailable")),
+        "{e}"
+    );
     check_openapi();
 }
 
