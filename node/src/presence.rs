@@ -31,6 +31,12 @@ struct State {
     busy: HashSet<Key>,
     /// Too many dirty entries were dropped: write everything again.
     all_dirty: bool,
+    /// Entries in `local` per room, so a room this node no longer counts anything in is
+    /// found without a scan.
+    per_room: HashMap<String, usize>,
+    /// Rooms being taken off the instance's room list: joins of them wait for the next pass
+    /// (which lists the room again) instead of going to the bus now.
+    compacting: HashSet<String>,
 }
 
 /// What this node counts in presence.
@@ -80,6 +86,8 @@ impl Tracker {
                 dirty: HashSet::new(),
                 busy: HashSet::new(),
                 all_dirty: false,
+                per_room: HashMap::new(),
+                compacting: HashSet::new(),
             }),
             node_id,
         }
@@ -127,9 +135,9 @@ impl Tracker {
         let key = (room.to_owned(), client.clone());
         let instance = {
             let mut state = self.state.lock().unwrap_or_else(unpoison);
-            *state.local.entry(key.clone()).or_default() += 1;
+            increment(&mut state, &key);
             self.metrics.presence_entries.inc();
-            if state.busy.contains(&key) {
+            if state.busy.contains(&key) || state.compacting.contains(&key.0) {
                 // Being written again: that pass (or the next) counts this one too.
                 mark(&mut state, key);
                 return Ok(false);
@@ -156,7 +164,7 @@ impl Tracker {
                 // The caller undoes the join; the bus may or may not have counted it.
                 let mut state = self.state.lock().unwrap_or_else(unpoison);
                 if state.instance == instance {
-                    if decrement(&mut state.local, &key) {
+                    if decrement(&mut state, &key) {
                         self.metrics.presence_entries.dec();
                     }
                     mark(&mut state, key);
@@ -172,11 +180,11 @@ impl Tracker {
         let key = (room.to_owned(), client.clone());
         let instance = {
             let mut state = self.state.lock().unwrap_or_else(unpoison);
-            if !decrement(&mut state.local, &key) {
+            if !decrement(&mut state, &key) {
                 return Ok(false);
             }
             self.metrics.presence_entries.dec();
-            if state.busy.contains(&key) {
+            if state.busy.contains(&key) || state.compacting.contains(&key.0) {
                 mark(&mut state, key);
                 return Ok(false);
             }
@@ -199,7 +207,7 @@ impl Tracker {
     /// stay present until they reconnect elsewhere or the node's lease is swept.
     pub fn forget(&self, room: &str, client: &Arc<str>) {
         let key = (room.to_owned(), client.clone());
-        if decrement(&mut self.state.lock().unwrap_or_else(unpoison).local, &key) {
+        if decrement(&mut self.state.lock().unwrap_or_else(unpoison), &key) {
             self.metrics.presence_entries.dec();
         }
     }
@@ -245,9 +253,40 @@ impl Tracker {
         state.dirty.clear();
         state.busy.clear();
         state.all_dirty = false;
+        state.per_room.clear();
+        state.compacting.clear();
         self.metrics.presence_entries.set(0);
         let old = std::mem::replace(&mut state.instance, new_instance(&self.node_id));
         (old, state.instance.clone())
+    }
+
+    /// Of `listed` (rooms on the instance's room list), those this node counts nothing in and
+    /// has no write pending for, marked as being taken off the list; give them back with
+    /// [`Tracker::compacted`].
+    pub fn begin_compaction(&self, listed: Vec<String>) -> (Arc<str>, Vec<String>) {
+        let mut state = self.state.lock().unwrap_or_else(unpoison);
+        let pending: HashSet<&String> = state
+            .dirty
+            .iter()
+            .chain(state.busy.iter())
+            .map(|(room, _)| room)
+            .collect();
+        let idle: Vec<String> = listed
+            .into_iter()
+            .filter(|room| !state.per_room.contains_key(room) && !pending.contains(room))
+            .filter(|_| !state.all_dirty)
+            .collect();
+        drop(pending);
+        state.compacting.extend(idle.iter().cloned());
+        (state.instance.clone(), idle)
+    }
+
+    /// Ends taking `rooms` off the list (joins that came meanwhile are written by the next pass).
+    pub fn compacted(&self, rooms: &[String]) {
+        let mut state = self.state.lock().unwrap_or_else(unpoison);
+        for room in rooms {
+            state.compacting.remove(room);
+        }
     }
 
     /// Connections counted here.
@@ -275,12 +314,27 @@ fn take(state: &mut State, keys: Vec<Key>) -> (Arc<str>, Vec<Entry>) {
     (state.instance.clone(), entries)
 }
 
+/// One more for `key`.
+fn increment(state: &mut State, key: &Key) {
+    let n = state.local.entry(key.clone()).or_default();
+    *n += 1;
+    if *n == 1 {
+        *state.per_room.entry(key.0.clone()).or_default() += 1;
+    }
+}
+
 /// One fewer for `key`; false when there was none.
-fn decrement(local: &mut HashMap<Key, u32>, key: &Key) -> bool {
-    match local.get_mut(key) {
+fn decrement(state: &mut State, key: &Key) -> bool {
+    match state.local.get_mut(key) {
         None => false,
         Some(n) if *n <= 1 => {
-            local.remove(key);
+            state.local.remove(key);
+            if let Some(r) = state.per_room.get_mut(&key.0) {
+                *r -= 1;
+                if *r == 0 {
+                    state.per_room.remove(&key.0);
+                }
+            }
             true
         }
         Some(n) => {
@@ -345,5 +399,25 @@ mod tests {
             [("r".to_owned(), a.clone(), 1)],
             "the next pass writes 1"
         );
+        t.written(&instance, &again, true);
+    }
+
+    #[tokio::test]
+    async fn only_rooms_with_nothing_counted_or_pending_are_taken_off_the_list() {
+        let broker = MemoryBroker::new();
+        let bus: Arc<dyn Bus> = Arc::new(broker.attach(Arc::new(|_| {})));
+        let t = Tracker::new(bus, "n1".into(), Arc::new(Metrics::new()));
+        let a: Arc<str> = "a".into();
+        assert!(t.add("busy", &a).await.unwrap());
+        assert!(t.add("gone", &a).await.unwrap());
+        assert!(t.remove("gone", &a).await.unwrap());
+        let listed = vec!["busy".to_owned(), "gone".to_owned(), "old".to_owned()];
+        let (_, idle) = t.begin_compaction(listed);
+        assert_eq!(idle, ["gone", "old"]);
+        // A join of a room being taken off waits for the next pass, which lists it again.
+        assert!(!t.add("gone", &a).await.unwrap());
+        t.compacted(&idle);
+        let (_, dirty) = t.take_dirty().expect("a few");
+        assert_eq!(dirty, [("gone".to_owned(), a.clone(), 1)]);
     }
 }

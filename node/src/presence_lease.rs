@@ -126,12 +126,14 @@ async fn sweep_loop(shared: Arc<Shared>, bus: Arc<dyn Bus>, held: HeldSince) {
     let lease = shared.config.presence_lease();
     let mut tick = tokio::time::interval((lease / 6).max(Duration::from_millis(20)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cursor = 0;
     loop {
         tokio::select! {
             _ = shared.drain.stopped() => return,
             _ = tick.tick() => {}
         }
         rewrite_dirty(&shared, &bus).await;
+        cursor = compact(&shared, &bus, cursor).await;
         let since = *held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -139,6 +141,25 @@ async fn sweep_loop(shared: Arc<Shared>, bus: Arc<dyn Bus>, held: HeldSince) {
             sweep_dead(&shared, &bus).await;
         }
     }
+}
+
+/// Takes one page of rooms this node no longer counts anything in off its instance's room list,
+/// so the list (which a sweep of this node would read) stays as long as what it counts.
+/// Returns the cursor for the next page.
+async fn compact(shared: &Shared, bus: &Arc<dyn Bus>, cursor: u64) -> u64 {
+    let presence = bus.presence();
+    let instance = shared.presence.instance();
+    let Ok((next, listed)) = presence.listed_rooms(&instance, cursor).await else {
+        return 0;
+    };
+    let (counted_as, idle) = shared.presence.begin_compaction(listed);
+    if *counted_as == *instance {
+        if let Err(e) = presence.unlist_rooms(&instance, &idle).await {
+            warn!(error = %e, "rooms not taken off the presence list; next pass");
+        }
+    }
+    shared.presence.compacted(&idle);
+    next
 }
 
 /// Writes again the entries whose last write failed (all of them after an overflow), and

@@ -323,3 +323,55 @@ async fn a_node_that_finds_itself_swept_closes_its_clients_and_leaves_no_ghost()
     let got = presence_until(&mut m, "late", &["m"], Duration::from_secs(5)).await;
     assert_eq!(got, ["m"], "the join served after being swept did not stay");
 }
+
+#[tokio::test]
+async fn a_node_lists_only_the_rooms_it_still_counts_someone_in() {
+    let redis = RedisServer::start();
+    let nodes = support::start_with(&["n1"], |id| leased(id, &redis)).await;
+    let (mut a, _) = Client::connect_welcomed(&nodes[0].ws_url("a")).await;
+    for room in ["r1", "r2", "r3"] {
+        join(&mut a, "a", room).await;
+    }
+    for room in ["r1", "r2"] {
+        a.send_json(json!({"type":"leave_room","room":room})).await;
+        a.recv_event("user_left").await;
+    }
+    let listed = || {
+        let keys = redis
+            .cli(&["--scan", "--pattern", "{ringcast:node:n1.*}:rooms"])
+            .unwrap();
+        let key = keys
+            .lines()
+            .next()
+            .expect("the instance's room list")
+            .to_owned();
+        let mut rooms: Vec<String> = redis
+            .cli(&["SMEMBERS", &key])
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        rooms.sort();
+        rooms
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while listed() != ["r3"] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still listed: {:?}",
+            listed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And a room taken off the list is listed again when someone joins it.
+    join(&mut a, "a", "r1").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while listed() != ["r1", "r3"] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listed: {:?}",
+            listed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

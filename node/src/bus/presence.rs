@@ -100,6 +100,21 @@ pub trait Presence: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// A page of the rooms `instance` lists (`SSCAN` from `cursor`; 0 starts, a returned 0
+    /// ends).
+    async fn listed_rooms(
+        &self,
+        _instance: &str,
+        _cursor: u64,
+    ) -> Result<(u64, Vec<String>), BusError> {
+        Ok((0, Vec::new()))
+    }
+
+    /// Takes `rooms` off `instance`'s list (it counts nothing there any more).
+    async fn unlist_rooms(&self, _instance: &str, _rooms: &[String]) -> Result<(), BusError> {
+        Ok(())
+    }
+
     /// Removes every connection `instance` counted, in every room, without a claim (the node's
     /// own instance); `finished`: it is done with (swept), so its lease and index entry go too.
     /// Returns, per room, the client ids left with none.

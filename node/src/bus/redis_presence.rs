@@ -418,6 +418,39 @@ impl Presence for RedisBus {
         self.purge(dead, true).await.map(Some)
     }
 
+    async fn listed_rooms(
+        &self,
+        instance: &str,
+        cursor: u64,
+    ) -> Result<(u64, Vec<String>), BusError> {
+        let mut sscan = redis::cmd("SSCAN");
+        sscan
+            .arg(node_key(self.prefix(), instance, "rooms"))
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(100);
+        let Value::Array(parts) = self.query(&sscan).await? else {
+            return Err(bad("sscan"));
+        };
+        let [next, rooms] = parts.as_slice() else {
+            return Err(bad("sscan length"));
+        };
+        let next = text(next)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| bad("cursor"))?;
+        Ok((next, texts(rooms)?))
+    }
+
+    async fn unlist_rooms(&self, instance: &str, rooms: &[String]) -> Result<(), BusError> {
+        if rooms.is_empty() {
+            return Ok(());
+        }
+        let mut srem = redis::cmd("SREM");
+        srem.arg(node_key(self.prefix(), instance, "rooms"))
+            .arg(rooms);
+        self.query(&srem).await.map(|_| ())
+    }
+
     async fn purge(
         &self,
         instance: &str,
