@@ -163,26 +163,14 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
     pub max_header_bytes: usize,
 
-    /// A key the server API accepts (`Authorization: apikey KEY`); repeat it to rotate keys.
-    /// Without any, `/api/*` answers 404: the API is off, never open. Nodes check the same
-    /// keys (give them the same `RINGCAST_API_KEYS`); the embedded node gets these.
-    #[arg(
-        long = "api-key",
-        env = "RINGCAST_API_KEYS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub api_keys: Vec<String>,
+    /// The server API's keys and body limit.
+    #[command(flatten)]
+    pub api: ringcast_net::api_auth::ApiArgs,
 
     /// Serve the server API on this address only (not on `--listen`), to keep it off the
     /// internet.
     #[arg(long, env = "RINGCAST_API_LISTEN")]
     pub api_listen: Option<SocketAddr>,
-
-    /// Largest server API request body, in bytes (413 past it).
-    #[arg(long, env = "RINGCAST_API_MAX_BODY_BYTES", default_value_t = 1 << 20,
-          value_parser = clap::value_parser!(u64).range(1024..=(64 << 20)))]
-    pub api_max_body_bytes: u64,
 
     /// Most client connections held at once (tunnels and plain HTTP); past it new TCP
     /// connections wait in the kernel backlog.

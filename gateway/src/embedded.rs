@@ -33,7 +33,7 @@ impl EmbeddedNode {
         }
         config.redis_url = None;
         config.auth = auth.clone();
-        config.api_keys = api_keys.to_vec();
+        config.api.api_keys = api_keys.to_vec();
         config
             .validate()
             .map_err(|e| format!("embedded node configuration: {e}"))?;

@@ -85,7 +85,7 @@ pub async fn run(
     if config.embedded() {
         // It drains together with the gateway: its clients get 1012 through their tunnels and
         // reconnect once the process is back.
-        let node = EmbeddedNode::start(&config.auth, &config.api_keys, &drain)
+        let node = EmbeddedNode::start(&config.auth, &config.api.api_keys, &drain)
             .await
             .map_err(GatewayError::Embedded)?;
         membership.upsert(EMBEDDED_NODE_ID, &node.addr, 1, Source::Embedded);
@@ -142,8 +142,8 @@ pub async fn run(
         );
     }
     let api = Arc::new(api::Api::new(
-        config.api_keys.clone(),
-        config.api_max_body_bytes as usize,
+        config.api.api_keys.clone(),
+        config.api.api_max_body_bytes as usize,
         proxy.membership.clone(),
         config.connect_timeout(),
         Duration::from_secs(30),

@@ -24,7 +24,7 @@ async fn main() -> std::process::ExitCode {
     if config.check_config {
         if config.embedded() {
             if let Err(e) =
-                ringcast_gateway::embedded::EmbeddedNode::config(&config.auth, &config.api_keys)
+                ringcast_gateway::embedded::EmbeddedNode::config(&config.auth, &config.api.api_keys)
             {
                 eprintln!("error: {e}");
                 return std::process::ExitCode::from(2);

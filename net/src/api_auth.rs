@@ -3,9 +3,31 @@
 //! error body both answer with.
 
 use bytes::Bytes;
+use clap::Args;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Full;
+
+/// The server API's flags, shared by `ringcast-node` and `ringcast-gateway`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ApiArgs {
+    /// A key the server API accepts (`Authorization: apikey KEY`); repeat it to rotate keys.
+    /// Without any, `/api/*` answers 404: the API is off, never open. Gateways forward calls
+    /// with the caller's key, so give nodes and gateways the same keys (the embedded node gets
+    /// the gateway's).
+    #[arg(
+        long = "api-key",
+        env = "RINGCAST_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// Largest server API request body, in bytes (413 past it).
+    #[arg(long, env = "RINGCAST_API_MAX_BODY_BYTES", default_value_t = 1 << 20,
+          value_parser = clap::value_parser!(u64).range(1024..=(64 << 20)))]
+    pub api_max_body_bytes: u64,
+}
 
 /// Compares two keys in time that depends on their lengths only.
 pub fn same_key(a: &[u8], b: &[u8]) -> bool {

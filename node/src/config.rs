@@ -79,21 +79,9 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(300..=600_000))]
     pub presence_lease_ms: u64,
 
-    /// A key the server API accepts (`Authorization: apikey KEY`); repeat it to rotate keys.
-    /// Without any, `/api/*` answers 404: the API is off, never open. Gateways forward calls
-    /// with the caller's key, so give nodes the same keys as the gateways.
-    #[arg(
-        long = "api-key",
-        env = "RINGCAST_API_KEYS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub api_keys: Vec<String>,
-
-    /// Largest server API request body, in bytes (413 past it).
-    #[arg(long, env = "RINGCAST_API_MAX_BODY_BYTES", default_value_t = 1 << 20,
-          value_parser = clap::value_parser!(u64).range(1024..=(64 << 20)))]
-    pub api_max_body_bytes: u64,
+    /// The server API's keys and body limit.
+    #[command(flatten)]
+    pub api: ringcast_net::api_auth::ApiArgs,
 
     /// Most WebSocket connections this node holds; further upgrades get HTTP 503.
     #[arg(long, env = "RINGCAST_MAX_CONNECTIONS", default_value_t = 50_000)]

@@ -15,6 +15,7 @@ use ringcast_node::room_options::parse_entry;
 use ringcast_node::Config;
 use ringcast_testkit::{metric_sum, Client, RedisServer, TestNode};
 use serde_json::{json, Value};
+use support::join;
 
 fn config(id: &str, entries: &[&str]) -> Config {
     let mut c = Config::for_tests();
@@ -24,17 +25,6 @@ fn config(id: &str, entries: &[&str]) -> Config {
     c.rate_limit_burst = 1_000_000.0;
     c.room_options = entries.iter().map(|e| parse_entry(e).unwrap()).collect();
     c
-}
-
-/// Joins `room` and waits for the joiner's own `user_joined`.
-async fn join(c: &mut Client, me: &str, room: &str) {
-    c.send_json(json!({"type":"join_room","room":room})).await;
-    loop {
-        let v = c.recv().await;
-        if v["event"] == "user_joined" && v["user_id"] == me {
-            return;
-        }
-    }
 }
 
 async fn post_id(c: &mut Client, room: &str, content: Value, id: &str) {

@@ -11,6 +11,7 @@ use ringcast_node::{Config, MemoryBroker};
 use ringcast_protocol::auth::{mint_hs256, now_secs, Claims};
 use ringcast_testkit::{Client, RedisServer, TestNode};
 use serde_json::{json, Value};
+use support::join;
 
 fn config(id: &str) -> Config {
     let mut c = Config::for_tests();
@@ -18,16 +19,6 @@ fn config(id: &str) -> Config {
     c.announce_connections = false;
     c.room_options = vec![parse_entry("quiet*:presence=off").unwrap()];
     c
-}
-
-async fn join(c: &mut Client, me: &str, room: &str) {
-    c.send_json(json!({"type":"join_room","room":room})).await;
-    loop {
-        let v = c.recv().await;
-        if v["event"] == "user_joined" && v["user_id"] == me {
-            return;
-        }
-    }
 }
 
 /// Sends `msg` and returns the first frame with `event` (or an error).
@@ -50,6 +41,13 @@ fn sorted(v: &Value) -> Vec<String> {
         .collect();
     ids.sort();
     ids
+}
+
+/// `presence_stats` of `room`: (clients, connections).
+async fn stats(c: &mut Client, room: &str) -> (Value, Value) {
+    let msg = json!({"type":"presence_stats","room":room});
+    let s = ask(c, msg, "presence_stats").await;
+    (s["clients"].clone(), s["connections"].clone())
 }
 
 /// Every frame until `quiet` passes without one.
@@ -104,17 +102,7 @@ async fn presence_lists_every_client_id_once_with_counts_and_a_limit() {
     // Leaving takes a connection out; the client id stays while another tab is in.
     a1.send_json(json!({"type":"leave_room","room":"r"})).await;
     a1.recv_event("user_left").await;
-    let s = ask(
-        &mut b,
-        json!({"type":"presence_stats","room":"r"}),
-        "presence_stats",
-    )
-    .await;
-    assert_eq!(
-        (&s["clients"], &s["connections"]),
-        (&json!(3), &json!(3)),
-        "{s}"
-    );
+    assert_eq!(stats(&mut b, "r").await, (json!(3), json!(3)));
     a2.close().await;
     let p = ask(&mut b, json!({"type":"presence","room":"r"}), "presence").await;
     assert_eq!(sorted(&p), ["b", "c"], "{p}");
@@ -208,17 +196,7 @@ async fn on_redis_a_second_tab_on_another_node_joins_and_leaves_in_silence() {
     assert_eq!(left["user_id"], "a", "its last connection anywhere: {left}");
     let p = ask(&mut m, json!({"type":"presence","room":"r"}), "presence").await;
     assert_eq!(sorted(&p), ["m"]);
-    let s = ask(
-        &mut m,
-        json!({"type":"presence_stats","room":"r"}),
-        "presence_stats",
-    )
-    .await;
-    assert_eq!(
-        (&s["clients"], &s["connections"]),
-        (&json!(1), &json!(1)),
-        "{s}"
-    );
+    assert_eq!(stats(&mut m, "r").await, (json!(1), json!(1)));
 }
 
 /// A node config on `redis` with a short presence lease (the tests wait on it).

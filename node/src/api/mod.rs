@@ -65,7 +65,7 @@ fn error(e: &ApiError) -> Response<Body> {
 /// Serves one API request.
 pub async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let refused = api_auth::refuse(
-        &shared.config.api_keys,
+        &shared.config.api.api_keys,
         req.method(),
         req.headers().get(header::AUTHORIZATION),
     );
@@ -78,7 +78,7 @@ pub async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body
         .trim_start_matches("/api")
         .trim_start_matches('/');
     let method = method.to_owned();
-    let limit = shared.config.api_max_body_bytes as usize;
+    let limit = shared.config.api.api_max_body_bytes as usize;
     let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return api_auth::too_large(limit),

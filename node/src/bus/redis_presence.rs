@@ -147,6 +147,27 @@ fn index_key(prefix: &str) -> String {
     format!("{prefix}:presence:leases")
 }
 
+/// Lists `room` under `instance` in `pipe` (first: a sweep always finds what the instance may
+/// hold there) and returns `script` on the room's totals and the instance's counts, for the
+/// caller's arguments.
+fn listed_write(
+    pipe: &mut redis::Pipeline,
+    prefix: &str,
+    instance: &str,
+    room: &str,
+    script: &str,
+) -> redis::Cmd {
+    pipe.cmd("SADD")
+        .arg(node_key(prefix, instance, "rooms"))
+        .arg(room)
+        .ignore();
+    let (pr, pn) = (
+        total_key(prefix, room),
+        instance_key(prefix, room, instance),
+    );
+    eval(script, &[&pr, &pn])
+}
+
 fn eval(script: &str, keys: &[&str]) -> redis::Cmd {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(script).arg(keys.len()).arg(keys);
@@ -224,18 +245,9 @@ impl RedisBus {
 #[async_trait]
 impl Presence for RedisBus {
     async fn add(&self, room: &str, client: &str, instance: &str) -> Result<bool, BusError> {
-        let prefix = self.prefix();
         let mut pipe = redis::pipe();
-        // The room is listed under the instance first: a sweep always finds what it may hold.
-        pipe.cmd("SADD")
-            .arg(node_key(prefix, instance, "rooms"))
-            .arg(room)
-            .ignore();
-        let (pr, pn) = (
-            total_key(prefix, room),
-            instance_key(prefix, room, instance),
-        );
-        pipe.add_command(eval(ADD, &[&pr, &pn]).arg(client).to_owned());
+        let mut add = listed_write(&mut pipe, self.prefix(), instance, room, ADD);
+        pipe.add_command(add.arg(client).to_owned());
         let values = self.pipeline(&pipe).await?;
         let total = values.first().and_then(int).ok_or_else(|| bad("add"))?;
         Ok(total == 1)
@@ -357,15 +369,8 @@ impl Presence for RedisBus {
         for (c, chunk) in entries.chunks(256).enumerate() {
             let mut pipe = redis::pipe();
             for (room, client, n) in chunk {
-                pipe.cmd("SADD")
-                    .arg(node_key(prefix, instance, "rooms"))
-                    .arg(room)
-                    .ignore();
-                let (pr, pn) = (
-                    total_key(prefix, room),
-                    instance_key(prefix, room, instance),
-                );
-                pipe.add_command(eval(RESYNC, &[&pr, &pn]).arg(&**client).arg(*n).to_owned());
+                let mut resync = listed_write(&mut pipe, prefix, instance, room, RESYNC);
+                pipe.add_command(resync.arg(&**client).arg(*n).to_owned());
             }
             let answers = self.pipeline(&pipe).await?;
             for (i, v) in answers.iter().enumerate() {
