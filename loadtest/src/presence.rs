@@ -203,14 +203,21 @@ pub async fn run(
         bar.set_position((started.elapsed().as_millis() as u64).min(duration_ms));
     }
     let mut asked = Asked::new();
+    // An asker that is done stays connected until all are: leaving would change the count the
+    // others' last answers give.
+    let mut done = Vec::with_capacity(tasks.len());
     for task in tasks {
         match task.await {
-            Ok(a) => asked.merge(a),
+            Ok((a, ws)) => {
+                asked.merge(a);
+                done.push(ws);
+            }
             Err(e) => asked.ended.push(format!("asker task failed: {e}")),
         }
     }
     let elapsed = started.elapsed().as_secs_f64().max(1e-6);
     bar.finish_and_clear();
+    drop(done);
 
     let _ = stop_tx.send(true);
     let mut dropped = 0u64;
@@ -236,8 +243,9 @@ struct Timing {
     elapsed: f64,
 }
 
-/// One asker: requests `presence` of the room until the duration is over, one at a time.
-async fn ask(mut ws: Ws, q: Arc<Question>, start: Instant) -> Asked {
+/// One asker: requests `presence` of the room until the duration is over, one at a time;
+/// hands its connection back still open.
+async fn ask(mut ws: Ws, q: Arc<Question>, start: Instant) -> (Asked, Ws) {
     let frame = json!({"type": "presence", "room": q.room}).to_string();
     let end = start + q.duration;
     let mut asked = Asked::new();
@@ -274,7 +282,7 @@ async fn ask(mut ws: Ws, q: Arc<Question>, start: Instant) -> Asked {
             }
         }
     }
-    asked
+    (asked, ws)
 }
 
 /// How the server answered one request.
