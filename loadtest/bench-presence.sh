@@ -8,7 +8,8 @@
 #            answer latency, count, truncated
 # The bench rooms have `announce=off` in both modes (RINGCAST_ROOM_OPTIONS='bench*:announce=off'),
 # or M joins would send each other M²/2 `user_joined`; churn's rooms announce. Prints a Markdown
-# table (CPU s: what each server process used during the run), then on ÷ off per round.
+# table (CPU s: what each server process used from the start of a run until the nodes hold no
+# connection and Redis no presence hash), then on ÷ off per round.
 #
 #   loadtest/bench-presence.sh [--bin-dir DIR] [--rounds N] [--members M] [--duration-secs S]
 #                              [--workers W] [--cycles C]
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
         --duration-secs) SECS="$2"; shift ;;
         --workers) WORKERS="$2"; shift ;;
         --cycles) CYCLES="$2"; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -36,22 +37,23 @@ NAME=bench-presence
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
 
-settle() { # until both nodes hold no connection (the last run's members are gone), at most 30 s
+presence_keys() { # Redis presence hashes: per room, per room and node instance
+    local r n
+    r=$(redis-cli -p "$REDIS_PORT" --scan --pattern '*:pr' | wc -l)
+    n=$(redis-cli -p "$REDIS_PORT" --scan --pattern '*:pn:*' | wc -l)
+    echo "$r / $n"
+}
+settle() { # until the last run is gone: no connection on either node, no presence hash (the
+    # nodes remove a closed connection from presence just after they stop counting it), ≤ 30 s
     for _ in $(seq 1 300); do
         local busy=0
         for p in "${NODE_PORTS[@]}"; do
             curl -s --max-time 1 "http://127.0.0.1:$p/stats" | grep -q '"local_connections":0[,}]' || busy=1
         done
-        [ "$busy" = 0 ] && return 0
+        [ "$busy" = 0 ] && [ "$(presence_keys)" = "0 / 0" ] && return 0
         sleep 0.1
     done
-    echo "warning: the nodes still hold connections 30 s after a run" >&2
-}
-presence_keys() { # Redis presence hashes left: per room, per room and node instance
-    local r n
-    r=$(redis-cli -p "$REDIS_PORT" --scan --pattern '*:pr' | wc -l)
-    n=$(redis-cli -p "$REDIS_PORT" --scan --pattern '*:pn:*' | wc -l)
-    echo "$r / $n"
+    echo "warning: 30 s after a run the nodes still hold connections or Redis presence hashes" >&2
 }
 run() { # run KIND MODE ROUND LOADTEST-ARGS...: one loadtest run through the gateway, one table row
     local kind="$1" mode="$2" rnd="$3"; shift 3
@@ -59,8 +61,8 @@ run() { # run KIND MODE ROUND LOADTEST-ARGS...: one loadtest run through the gat
     before=$(cpu)
     "$BIN/ringcast-loadtest" --no-progress --json --url "ws://127.0.0.1:$GW_PORT/ws" "$@" \
         >"$WORK/out.json" 2>"$WORK/lt.log" || rc=$?
-    after=$(cpu)
     settle
+    after=$(cpu)
     python3 - "$kind" "$mode" "$rnd" "$rc" "$WORK/out.json" "$WORK/lt.log" "$before" "$after" \
         "$(presence_keys)" "$RESULTS" <<'PY'
 import json, sys
