@@ -2,7 +2,8 @@
 # Set BIN (empty: build the release binaries here) and NAME (names the work dir) before sourcing.
 # Gives: die, WORK (removed on exit), up ROOM_OPTIONS [NODE_FLAG...] (a fresh Redis, two nodes
 # and a gateway; sets REDIS_PORT, NODE_PORTS, GW_PORT, PIDS), down (stops what up started, by
-# PID, newest first), cpu (CPU seconds used so far by each process up started).
+# PID, newest first), cpu (CPU seconds used so far by each process up started), idle (waits
+# until those processes are quiet).
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 for c in redis-server redis-cli curl python3; do command -v "$c" >/dev/null || die "$c not found"; done
 if [ -z "$BIN" ]; then
@@ -54,4 +55,16 @@ cpu() { # CPU seconds (user + system) used so far by each started process, space
         out+="$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk -v t="$tick" '{printf "%.2f", ($12 + $13) / t}') "
     done
     echo "$out"
+}
+idle() { # until the started processes used < 0.05 CPU s in the last 0.5 s (background work of the
+    # last run done: closing tunnels, unsubscribing), at most 30 s
+    local before after
+    before=$(cpu)
+    for _ in $(seq 1 60); do
+        sleep 0.5
+        after=$(cpu)
+        python3 -c 'import sys; a, b = sys.argv[1:]; sys.exit(sum(float(x) - float(y) for x, y in zip(a.split(), b.split())) >= 0.05)' "$after" "$before" && return 0
+        before=$after
+    done
+    echo "warning: the servers were still busy 30 s after a run" >&2
 }
