@@ -137,10 +137,9 @@ async fn one_cycle(
     room: &str,
 ) -> Result<(), ConnectError> {
     let id = connector.client_id(&format!("w{worker}x"), cycle);
-    let (mut ws, my_id) = connector.connect::<Ws>(worker, &id).await?;
-    let addr = connector.target(worker).addr;
-    connector.join(&mut ws, addr, room, &my_id).await?;
+    let (mut ws, my_id) = connector.connect_joined::<Ws>(worker, &id, room).await?;
     if cycle & 1 == 0 {
+        let addr = connector.target(worker).addr;
         connector.leave(&mut ws, addr, room, &my_id).await?;
         let _ = tokio::time::timeout(connector.timeout(), ws.close(None)).await;
     }

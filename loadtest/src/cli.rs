@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "ringcast-loadtest",
     version,
-    about = "Load generator for ringcast (or any seed-protocol server): fanout, connections, direct, churn, faults, resume"
+    about = "Load generator for ringcast (or any seed-protocol server): fanout, connections, direct, churn, faults, resume, presence"
 )]
 pub struct Cli {
     /// Flags every scenario understands.
@@ -127,6 +127,10 @@ pub enum Scenario {
     /// with `since`; time to caught up (p50/p99/p99.9/max), wall time, and every client that
     /// did not get exactly the missed messages in order with `recovered:true`.
     Resume(ResumeArgs),
+    /// M members join one room, then askers send `presence` requests for D seconds; answer
+    /// latency (p50/p99/max), the `count` answered and whether `members` was truncated, each
+    /// answer checked against the ids that joined.
+    Presence(PresenceArgs),
 }
 
 impl Scenario {
@@ -327,6 +331,35 @@ pub struct ResumeArgs {
         default_value_t = 30.0
     )]
     pub catch_up_timeout_secs: f64,
+}
+
+/// Flags of `presence`.
+#[derive(Debug, Clone, Args)]
+pub struct PresenceArgs {
+    /// Members that join the room and then only listen.
+    #[arg(long, env = "RINGCAST_LOADTEST_MEMBERS", default_value_t = 10_000)]
+    pub members: usize,
+
+    /// Clients that join the room after the members, then ask `presence`, each waiting for its
+    /// answer before the next request. 0: the members join and leave again, and the join rate
+    /// is the figure (it works with presence off too).
+    #[arg(long, env = "RINGCAST_LOADTEST_ASKERS", default_value_t = 1)]
+    pub askers: usize,
+
+    /// Requests per second per asker, on a schedule (latency then counts from when a request
+    /// was due, so a slow answer also delays the ones after it); 0: back to back.
+    #[arg(long, env = "RINGCAST_LOADTEST_RATE", default_value_t = 0.0)]
+    pub rate: f64,
+
+    /// Seconds the askers ask.
+    #[arg(long, env = "RINGCAST_LOADTEST_DURATION_SECS", default_value_t = 10.0)]
+    pub duration_secs: f64,
+
+    /// The room. Default: `bench-` followed by this run's --id-prefix and `-presence`, so a node
+    /// started with `--room-options 'bench*:announce=off'` spares the members the O(M²)
+    /// `user_joined` frames of M joins.
+    #[arg(long, env = "RINGCAST_LOADTEST_ROOM")]
+    pub room: Option<String>,
 }
 
 /// Flags of `connections`.

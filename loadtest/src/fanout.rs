@@ -369,14 +369,9 @@ async fn join_as<C: Conn>(
     let _slot = shared.connect_slots.acquire().await;
     let c = &shared.connector;
     let id = c.client_id(role, index);
-    let (mut ws, my_id) = c.connect(index, &id).await?;
-    c.join(
-        &mut ws,
-        c.target(index).addr,
-        &shared.room_names[room],
-        &my_id,
-    )
-    .await?;
+    let (ws, _) = c
+        .connect_joined(index, &id, &shared.room_names[room])
+        .await?;
     Ok(ws)
 }
 

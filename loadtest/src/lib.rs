@@ -25,6 +25,7 @@ pub mod limits;
 pub mod outbox;
 pub mod pacer;
 pub mod placement;
+pub mod presence;
 pub mod progress;
 pub mod raw;
 pub mod receiver;
@@ -80,6 +81,7 @@ pub async fn run(cli: &Cli) -> Result<Outcome, RunError> {
         Scenario::Churn(a) => churn::run(a, connector, concurrency, progress).await,
         Scenario::Faults(a) => faults::run(a, connector, progress).await,
         Scenario::Resume(a) => resume::run(a, connector, concurrency, progress).await,
+        Scenario::Presence(a) => presence::run(a, connector, concurrency, progress).await,
     }?;
     if let Some(obj) = outcome.json.as_object_mut() {
         obj.insert("urls".into(), urls.into());

@@ -39,22 +39,23 @@ pub async fn report_ready<T, E>(
     }
 }
 
-/// Counts readiness reports from `total` clients on a bar labelled `phase`. On the first error it
-/// tells every client to stop and returns the error; a closed channel ends the wait early.
-pub async fn await_ready<E>(
+/// Counts readiness reports from `total` clients on a bar labelled `phase`, and returns what
+/// they reported (in arrival order). On the first error it tells every client to stop and
+/// returns the error; a closed channel ends the wait early.
+pub async fn await_ready<T, E>(
     enabled: bool,
     phase: &str,
     total: u64,
-    ready_rx: &mut mpsc::Receiver<Result<(), E>>,
+    ready_rx: &mut mpsc::Receiver<Result<T, E>>,
     stop_tx: &watch::Sender<bool>,
-) -> Result<(), E> {
+) -> Result<Vec<T>, E> {
     let bar = bar(enabled, total, phase);
-    let mut ready = 0u64;
-    while ready < total {
+    let mut ready = Vec::new();
+    while (ready.len() as u64) < total {
         match ready_rx.recv().await {
-            Some(Ok(())) => {
-                ready += 1;
-                bar.set_position(ready);
+            Some(Ok(what)) => {
+                ready.push(what);
+                bar.set_position(ready.len() as u64);
             }
             Some(Err(e)) => {
                 bar.finish_and_clear();
@@ -65,5 +66,5 @@ pub async fn await_ready<E>(
         }
     }
     bar.finish_and_clear();
-    Ok(())
+    Ok(ready)
 }
