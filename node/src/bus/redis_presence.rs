@@ -25,42 +25,52 @@ const SWEPT_MEMORY: Duration = Duration::from_secs(24 * 3600);
 /// another node (or itself) after this.
 const CLAIM: Duration = Duration::from_secs(30);
 
-/// `KEYS` = [pr, pn]; `ARGV` = [client]. Returns the client's connections in all.
+/// `KEYS` = [pr, pn, pc]; `ARGV` = [client]. Returns the client's connections in all.
 const ADD: &str = r#"
 redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('INCR', KEYS[3])
 return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 "#;
 
-/// `KEYS` = [pr, pn]; `ARGV` = [client]. Returns what is left in all, or -1 when the instance
-/// had no such connection (swept meanwhile).
+/// `KEYS` = [pr, pn, pc]; `ARGV` = [client]. Returns what is left in all, or -1 when the
+/// instance had no such connection (swept meanwhile).
 const REMOVE: &str = r#"
 local c = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
 if c <= 0 then redis.call('HDEL', KEYS[2], ARGV[1]) end
 if c < 0 then return -1 end
+if redis.call('DECR', KEYS[3]) <= 0 then redis.call('DEL', KEYS[3]) end
 local t = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
 if t <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) return 0 end
 return t
 "#;
 
-/// `KEYS` = [pr]; `ARGV` = [max]. Returns `{clients, connections, id...}`.
+/// `KEYS` = [pr, pc]; `ARGV` = [max]. Returns `{clients, connections, id...}`: the counts are
+/// one read each and the ids a bounded scan, so an answer costs what it lists, not the room's
+/// size.
 const LIST: &str = r#"
-local all = redis.call('HGETALL', KEYS[1])
-local out = {#all / 2, 0}
+local out = {redis.call('HLEN', KEYS[1]), tonumber(redis.call('GET', KEYS[2])) or 0}
 local max = tonumber(ARGV[1])
-for i = 1, #all, 2 do
-  out[2] = out[2] + tonumber(all[i + 1])
-  if (i + 1) / 2 <= max then out[#out + 1] = all[i] end
+local cursor = '0'
+while #out - 2 < max do
+  local page = redis.call('HSCAN', KEYS[1], cursor, 'COUNT', math.min(max - (#out - 2), 1000))
+  cursor = page[1]
+  local kv = page[2]
+  for i = 1, #kv, 2 do
+    if #out - 2 < max then out[#out + 1] = kv[i] end
+  end
+  if cursor == '0' then break end
 end
 return out
 "#;
 
-/// `KEYS` = [pr, pn]; `ARGV` = [client, connections]: sets the instance's count, and the total
-/// by the difference. Returns 1 when that left the client with no connection anywhere, 2 when
+/// `KEYS` = [pr, pn, pc]; `ARGV` = [client, connections]: sets the instance's count, and the
+/// totals by the difference. Returns 1 when that left the client with no connection anywhere, 2 when
 /// it gave a client that had none its first, else 0.
 const RESYNC: &str = r#"
 local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1])) or 0
 local new = tonumber(ARGV[2])
 if new > 0 then redis.call('HSET', KEYS[2], ARGV[1], new) else redis.call('HDEL', KEYS[2], ARGV[1]) end
+if redis.call('INCRBY', KEYS[3], new - old) <= 0 then redis.call('DEL', KEYS[3]) end
 local before = tonumber(redis.call('HGET', KEYS[1], ARGV[1])) or 0
 local t = redis.call('HINCRBY', KEYS[1], ARGV[1], new - old)
 if t <= 0 then
@@ -115,12 +125,13 @@ return 1"
     )
 }
 
-/// `KEYS` = [pr, pn]. Removes the instance's connections from the room; returns the client ids
+/// `KEYS` = [pr, pn, pc]. Removes the instance's connections from the room; returns the client ids
 /// left with none.
 const SWEEP: &str = r#"
 local e = redis.call('HGETALL', KEYS[2])
 local gone = {}
 for i = 1, #e, 2 do
+  if redis.call('DECRBY', KEYS[3], tonumber(e[i + 1])) <= 0 then redis.call('DEL', KEYS[3]) end
   local t = redis.call('HINCRBY', KEYS[1], e[i], -tonumber(e[i + 1]))
   if t <= 0 then
     redis.call('HDEL', KEYS[1], e[i])
@@ -133,6 +144,28 @@ return gone
 
 fn total_key(prefix: &str, room: &str) -> String {
     format!("{}:pr", room_channel(prefix, room))
+}
+
+/// A room's presence keys as one instance's scripts take them: totals, the instance's counts,
+/// the connections counter.
+struct RoomKeys([String; 3]);
+
+impl RoomKeys {
+    fn each(&self) -> [&str; 3] {
+        [&self.0[0], &self.0[1], &self.0[2]]
+    }
+}
+
+fn room_keys(prefix: &str, room: &str, instance: &str) -> RoomKeys {
+    RoomKeys([
+        total_key(prefix, room),
+        instance_key(prefix, room, instance),
+        connections_key(prefix, room),
+    ])
+}
+
+fn connections_key(prefix: &str, room: &str) -> String {
+    format!("{}:pc", room_channel(prefix, room))
 }
 
 fn instance_key(prefix: &str, room: &str, instance: &str) -> String {
@@ -161,11 +194,7 @@ fn listed_write(
         .arg(node_key(prefix, instance, "rooms"))
         .arg(room)
         .ignore();
-    let (pr, pn) = (
-        total_key(prefix, room),
-        instance_key(prefix, room, instance),
-    );
-    eval(script, &[&pr, &pn])
+    eval(script, &room_keys(prefix, room, instance).each())
 }
 
 fn eval(script: &str, keys: &[&str]) -> redis::Cmd {
@@ -232,8 +261,8 @@ impl RedisBus {
         let rooms = texts(&self.query(&smembers).await?)?;
         let mut gone_by_room = Vec::with_capacity(rooms.len());
         for room in rooms {
-            let (pr, pn) = (total_key(prefix, &room), instance_key(prefix, &room, dead));
-            let gone = texts(&self.query(&eval(SWEEP, &[&pr, &pn])).await?)?;
+            let keys = room_keys(prefix, &room, dead);
+            let gone = texts(&self.query(&eval(SWEEP, &keys.each())).await?)?;
             if !gone.is_empty() {
                 gone_by_room.push((room, gone));
             }
@@ -254,12 +283,8 @@ impl Presence for RedisBus {
     }
 
     async fn remove(&self, room: &str, client: &str, instance: &str) -> Result<bool, BusError> {
-        let prefix = self.prefix();
-        let (pr, pn) = (
-            total_key(prefix, room),
-            instance_key(prefix, room, instance),
-        );
-        let left = self.query(eval(REMOVE, &[&pr, &pn]).arg(client)).await?;
+        let keys = room_keys(self.prefix(), room, instance);
+        let left = self.query(eval(REMOVE, &keys.each()).arg(client)).await?;
         Ok(int(&left).ok_or_else(|| bad("remove"))? == 0)
     }
 
@@ -305,8 +330,11 @@ impl Presence for RedisBus {
     }
 
     async fn list(&self, room: &str, max: usize) -> Result<PresenceList, BusError> {
-        let pr = total_key(self.prefix(), room);
-        let v = self.query(eval(LIST, &[&pr]).arg(max)).await?;
+        let (pr, pc) = (
+            total_key(self.prefix(), room),
+            connections_key(self.prefix(), room),
+        );
+        let v = self.query(eval(LIST, &[&pr, &pc]).arg(max)).await?;
         let Value::Array(items) = v else {
             return Err(bad("list"));
         };
