@@ -2,25 +2,34 @@
 # What history costs on the standard fan-out bench: the same two scenarios through the gateway
 # with every room keeping history (the default, `history` 500) and with none
 # (RINGCAST_ROOM_OPTIONS='*:history=0'), alternating off, on, off, on… so both see the same
-# machine. Each pass starts a fresh Redis, two nodes and a gateway. Prints a Markdown table.
+# machine. A mode `+ids` also gives every message an id (`fanout --ids`: acks, dedupe), so
+# `--modes off,on,on+ids` prices issue 19's history and issue 20's acks in one run. Each pass
+# starts a fresh Redis, two nodes and a gateway. Prints a Markdown table.
 #
-#   loadtest/bench-history.sh [--bin-dir DIR] [--rounds N] [--duration-secs S]
-# Needs redis-server, curl and python3; builds the release binaries unless --bin-dir is given.
+#   loadtest/bench-history.sh [--bin-dir DIR] [--rounds N] [--duration-secs S] [--modes LIST]
+# LIST: comma-separated, each off, on, off+ids or on+ids, run in this order every round
+# (default off,on). Needs redis-server, curl and python3; builds the release binaries unless
+# --bin-dir is given.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-BIN="" ROUNDS=2 SECS=10
+BIN="" ROUNDS=2 SECS=10 MODES=off,on
 while [ $# -gt 0 ]; do
     case "$1" in
         --bin-dir) BIN="$2"; shift ;;
         --rounds) ROUNDS="$2"; shift ;;
         --duration-secs) SECS="$2"; shift ;;
-        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        --modes) MODES="$2"; shift ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+IFS=, read -r -a MODE_LIST <<<"$MODES"
+for mode in "${MODE_LIST[@]}"; do
+    case "$mode" in off|on|off+ids|on+ids) ;; *) die "unknown mode $mode (see --help)" ;; esac
+done
 for c in redis-server redis-cli curl python3; do command -v "$c" >/dev/null || die "$c not found"; done
 if [ -z "$BIN" ]; then
     cargo build --release --quiet -p ringcast-node -p ringcast-gateway -p ringcast-loadtest
@@ -63,36 +72,49 @@ SCENARIOS=(
     "fan-out 100 members, 4 pub × 2 500/s|fanout --subscribers 100 --rooms 1 --publishers 4 --rate 2500"
     "1 000 rooms × 2 members, 1 000 pub × 60/s|fanout --subscribers 2000 --rooms 1000 --publishers 1000 --rate 60"
 )
-cpu() { # CPU seconds used so far by each started process, space-separated
+TICK=$(getconf CLK_TCK)
+cpu() { # CPU clock ticks (user + system) used so far by each started process, space-separated
     local out=""
-    for p in "${PIDS[@]}"; do out+="$(ps -o times= -p "$p" 2>/dev/null | tr -d ' ') "; done
+    for p in "${PIDS[@]}"; do
+        out+="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0) "
+    done
     echo "$out"
 }
-echo "| scenario | history | run | result | loss | p50 | p99 | p99.9 | CPU s: redis, node1, node2, gateway |"
+echo "| scenario | mode | run | result | loss | p50 | p99 | p99.9 | CPU s: redis, node1, node2, gateway |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for round in $(seq 1 "$ROUNDS"); do
-    for mode in off on; do
-        if [ "$mode" = off ]; then opts='*:history=0'; else opts='*:history=500'; fi
+    for mode in "${MODE_LIST[@]}"; do
+        if [ "${mode%+ids}" = off ]; then opts='*:history=0'; else opts='*:history=500'; fi
+        ids=""
+        [ "$mode" = "${mode%+ids}" ] || ids=--ids
         up "$opts"
         for s in "${SCENARIOS[@]}"; do
-            label="${s%%|*}" args="${s#*|}"
+            label="${s%%|*}" args="${s#*|} $ids"
             before=$(cpu)
             # shellcheck disable=SC2086
             "$BIN/ringcast-loadtest" --no-progress --json --url "ws://127.0.0.1:$GW_PORT/ws" \
                 $args --duration-secs "$SECS" >"$WORK/out.json" 2>"$WORK/lt.log" || true
             after=$(cpu)
-            python3 - "$label" "$mode" "$round" "$WORK/out.json" "$before" "$after" <<'PY'
+            python3 - "$label" "$mode" "$round" "$WORK/out.json" "$before" "$after" "$TICK" <<'PY'
 import json, sys
-label, mode, rnd, path, before, after = sys.argv[1:]
-used = " / ".join(str(int(a) - int(b)) for a, b in zip(after.split(), before.split()))
+label, mode, rnd, path, before, after, tick = sys.argv[1:]
+used = " / ".join(f"{(int(a) - int(b)) / int(tick):.1f}" for a, b in zip(after.split(), before.split()))
 try:
     r = json.load(open(path))
 except Exception as e:
     print(f"| {label} | {mode} | {rnd} | failed: {e} | | | | | |"); sys.exit()
 lat = r.get("latency") or {}
 f = lambda k: "–" if lat.get(k) is None else f"{lat[k] / 1000:.1f} ms"
+acks = r.get("acks")
+answers = "" if acks is None else (
+    f"; acked {acks['acked']}, unacked {acks['unacked']}"
+    + "".join(f", {code} {n}" for code, n in acks["errors"].items()))
+# What else went wrong (a subscriber closed as slow, a publisher that failed…), in its words.
+counted = ("deliveries lost", "got neither an ack")
+answers += "".join(f"; {p}" for p in r.get("problems", []) if not any(c in p for c in counted))
 print(f"| {label} | {mode} | {rnd} | **{r['deliveries_per_sec']:,.0f} deliveries/s** "
-      f"(offered {r['expected'] / r['duration_secs']:,.0f}/s) | {r['lost']} of {r['expected']} "
+      f"({r['sent_per_sec']:,.0f} msg/s; offered {r['expected'] / r['duration_secs']:,.0f}/s) "
+      f"| {r['lost']} of {r['expected']}{answers} "
       f"| {f('p50_us')} | {f('p99_us')} | {f('p999_us')} | {used} |")
 PY
         done
