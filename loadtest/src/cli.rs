@@ -187,6 +187,12 @@ pub struct FanoutArgs {
     /// stored. Clients read on tungstenite, not the faster hand reader; needs a --rate.
     #[arg(long, env = "RINGCAST_LOADTEST_RECOVER")]
     pub recover: bool,
+
+    /// Give every room message a unique `id` (`PUBLISHER.SEQ`), which asks the server for an
+    /// `ack`; publishers count the acks and the errors naming an id, and a message answered by
+    /// neither when the run ends is reported as unacked.
+    #[arg(long, env = "RINGCAST_LOADTEST_IDS", conflicts_with = "recover")]
+    pub ids: bool,
 }
 
 /// A fault the `faults` scenario applies.
@@ -463,6 +469,18 @@ mod tests {
         assert!(matches!(
             cli.scenario,
             Scenario::Fanout(FanoutArgs { quick: true, .. })
+        ));
+    }
+
+    #[test]
+    fn ids_and_recover_do_not_mix() {
+        // --recover does not resend what a dying connection swallowed, so acks would go missing.
+        let r = Cli::try_parse_from(["x", "fanout", "--ids", "--recover"]);
+        assert!(r.is_err());
+        let cli = Cli::parse_from(["x", "fanout", "--ids"]);
+        assert!(matches!(
+            cli.scenario,
+            Scenario::Fanout(FanoutArgs { ids: true, .. })
         ));
     }
 }

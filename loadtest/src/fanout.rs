@@ -13,6 +13,9 @@
 //! reconnects and rejoins with `since`, and a publisher's accepted messages are those it saw
 //! stored (its own echoes, live or replayed), since a message sent into a dying connection may
 //! or may not have been. Everyone then reads on tungstenite.
+//!
+//! With `--ids` every room message carries an id and each publisher counts what it heard back
+//! ([`crate::acks`]); the run waits for the last answers after the last deliveries.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::ack_reader::{AckReader, AckTotals};
 use crate::cli::FanoutArgs;
 use crate::conn::{Conn, Ws};
 use crate::connect::Connector;
@@ -50,6 +54,7 @@ struct Plan {
     payload_bytes: usize,
     drain_timeout: Duration,
     recover: bool,
+    ids: bool,
 }
 
 impl Plan {
@@ -63,6 +68,7 @@ impl Plan {
             payload_bytes: a.payload_bytes,
             drain_timeout: secs(a.drain_timeout_secs, "--drain-timeout-secs")?,
             recover: a.recover,
+            ids: a.ids,
         };
         if a.quick {
             p.subscribers = 20;
@@ -158,6 +164,7 @@ pub async fn run(
     let received = Counters::default();
     let sent_counter = Counters::default();
     let echo_counter = Counters::default();
+    let answers = Counters::default();
 
     // Subscribers: connect, join, then receive until stopped.
     let (ready_tx, mut ready_rx) = mpsc::channel(plan.subscribers + plan.publishers);
@@ -205,12 +212,15 @@ pub async fn run(
         let done_tx = done_tx.clone();
         let stop_rx = stop_rx.clone();
         let mut start_rx = start_rx.clone();
-        let reader = Receiver::new(
+        let mut reader = Receiver::new(
             plan.subscribers + j,
             plan.publishers,
             None,
             echo_counter.clone(),
         );
+        if plan.ids {
+            reader.acks = Some(AckReader::new(j as u32, answers.clone()));
+        }
         let sent_counter = sent_counter.clone();
         let plan = plan.clone();
         if plan.recover {
@@ -263,8 +273,12 @@ pub async fn run(
             }
             let (mut sink, stream) = ws.split();
             let reader = tokio::spawn(receive_until(stream, reader, stop_rx));
-            let builder =
-                FrameBuilder::room_message(&shared.room_names[room], j as u32, plan.payload_bytes);
+            let room_name = &shared.room_names[room];
+            let builder = if plan.ids {
+                FrameBuilder::room_message_with_id(room_name, j as u32, plan.payload_bytes)
+            } else {
+                FrameBuilder::room_message(room_name, j as u32, plan.payload_bytes)
+            };
             let (sent, send_error) = send_paced(
                 &mut sink,
                 &builder,
@@ -312,6 +326,7 @@ pub async fn run(
         in_room[i % plan.rooms] += 1;
     }
     let mut expected_deliveries = 0u64;
+    let mut total_sent = 0u64;
     let mut done = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     while done < plan.publishers {
@@ -319,6 +334,7 @@ pub async fn run(
             d = done_rx.recv() => match d {
                 Some((room, sent)) => {
                     done += 1;
+                    total_sent += sent;
                     expected_deliveries += sent * in_room[room];
                 }
                 None => break,
@@ -337,6 +353,10 @@ pub async fn run(
     bar.finish_and_clear();
     let finished = drain(&received, expected_deliveries, plan.drain_timeout).await;
     let elapsed = (finished - started).as_secs_f64().max(1e-6);
+    if plan.ids {
+        // Deliveries can overtake their acks; give the answers the same grace.
+        drain(&answers, total_sent, plan.drain_timeout).await;
+    }
     let _ = stop_tx.send(true);
     halt.abort();
 
@@ -538,6 +558,15 @@ fn summarize(
         echo_counter.total(),
         latency.human(),
     );
+    if plan.ids {
+        let mut acks = AckTotals::default();
+        for p in publishers.iter().flatten() {
+            if let Some(reader) = &p.reader.acks {
+                acks.add(p.sent, reader);
+            }
+        }
+        acks.report(&mut json, &mut human, &mut problems);
+    }
     if plan.recover {
         if let Some(o) = json.as_object_mut() {
             o.insert("recover".into(), recovery.json());

@@ -4,6 +4,7 @@
 //!
 //! `main.rs` parses the [`cli::Cli`], builds a multi-threaded runtime and calls [`run`].
 
+pub mod ack_reader;
 pub mod acks;
 pub mod backoff;
 pub mod catchup;

@@ -8,6 +8,7 @@
 use memchr::memmem::Finder;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
+use crate::ack_reader::AckReader;
 use crate::counters::Counters;
 use crate::latency::Recorder;
 use crate::stamp::StampFinder;
@@ -34,6 +35,8 @@ pub struct Receiver {
     pub other_errors: u64,
     /// Why the connection ended before the run did, if it did.
     pub closed: Option<String>,
+    /// A publisher that sends ids (`fanout --ids`): what it heard back.
+    pub acks: Option<AckReader>,
 }
 
 impl Receiver {
@@ -53,6 +56,7 @@ impl Receiver {
             target_offline: 0,
             other_errors: 0,
             closed: None,
+            acks: None,
         }
     }
 
@@ -71,8 +75,13 @@ impl Receiver {
             if let Some(latency) = &mut self.latency {
                 latency.record(received_micros.saturating_sub(stamp.sent_micros));
             }
+        } else if self.acks.as_mut().is_some_and(|a| a.on_ack(frame)) {
+            // One answer per message sent: counted by the ack reader.
         } else if self.error_finder.find(frame).is_some() {
             // Rare: classify the error code the slow way.
+            if let Some(acks) = &mut self.acks {
+                acks.on_error(frame);
+            }
             if memchr::memmem::find(frame, b"rate_limited").is_some() {
                 self.rate_limited += 1;
             } else if memchr::memmem::find(frame, b"target_offline").is_some() {

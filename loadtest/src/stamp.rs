@@ -32,6 +32,8 @@ pub struct Stamp {
 #[derive(Debug, Clone)]
 pub struct FrameBuilder {
     head: String,
+    /// With a message id: the text between the id's sequence number and the stamp's.
+    mid: Option<String>,
     padding: String,
 }
 
@@ -43,6 +45,19 @@ impl FrameBuilder {
             format!(r#"{{"type":"room_message","room":{room},"content":"lt1 {sender} "#),
             padding,
         )
+    }
+
+    /// Frames `{"type":"room_message","room":ROOM,"id":"SENDER.SEQ","content":"lt1 …"}`: each
+    /// carries an id unique per sender, which asks the server for an `ack` (acks.rs reads the
+    /// answers).
+    pub fn room_message_with_id(room: &str, sender: u32, padding: usize) -> Self {
+        let room = serde_json::Value::from(room).to_string();
+        let mut b = Self::new(
+            format!(r#"{{"type":"room_message","room":{room},"id":"{sender}."#),
+            padding,
+        );
+        b.mid = Some(format!(r#"","content":"lt1 {sender} "#));
+        b
     }
 
     /// Frames `{"type":"direct_message","target":TARGET,"content":"lt1 …"}`.
@@ -60,13 +75,23 @@ impl FrameBuilder {
         } else {
             format!(" {}", "x".repeat(padding))
         };
-        FrameBuilder { head, padding }
+        FrameBuilder {
+            head,
+            mid: None,
+            padding,
+        }
     }
 
     /// The frame text for sequence number `seq`, stamped now.
     pub fn frame(&self, seq: u64) -> String {
-        let mut s = String::with_capacity(self.head.len() + self.padding.len() + 48);
+        let mid = self.mid.as_deref();
+        let extra = mid.map_or(0, |m| m.len() + 20);
+        let mut s = String::with_capacity(self.head.len() + extra + self.padding.len() + 48);
         s.push_str(&self.head);
+        if let Some(mid) = mid {
+            let _ = write!(s, "{seq}");
+            s.push_str(mid);
+        }
         let _ = write!(s, "{seq} {}{}\"}}", now_micros(), self.padding);
         s
     }
@@ -111,7 +136,7 @@ impl StampFinder {
 }
 
 /// A leading decimal number and what follows it.
-fn number(bytes: &[u8]) -> Option<(u64, &[u8])> {
+pub(crate) fn number(bytes: &[u8]) -> Option<(u64, &[u8])> {
     let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 || digits > 19 {
         return None;
@@ -148,6 +173,11 @@ mod tests {
             .find(with_id.to_string().as_bytes())
             .unwrap();
         assert_eq!((s.sender, s.seq), (7, 43));
+        let with_id = FrameBuilder::room_message_with_id("room-1", 7, 0).frame(42);
+        let v: serde_json::Value = serde_json::from_str(&with_id).unwrap();
+        assert_eq!(v["id"], "7.42");
+        let s = StampFinder::default().find(with_id.as_bytes()).unwrap();
+        assert_eq!((s.sender, s.seq), (7, 42));
         let d = FrameBuilder::direct_message("bob", 3, 0).frame(0);
         assert!(StampFinder::default().find(d.as_bytes()).is_some());
     }

@@ -80,6 +80,7 @@ async fn quick_fanout_with_recover_counts_the_same_and_reports_no_recovery_witho
     // Without --recover the JSON has no recovery section.
     let plain = loadtest(&["--url", &url, "--json", "fanout", "--quick"]).await;
     assert!(plain.ok_json().get("recover").is_none());
+    assert!(plain.ok_json().get("acks").is_none());
     node.stop().await.expect("node stops cleanly");
 }
 
@@ -156,4 +157,33 @@ async fn silent_subscribers_answer_pings_and_are_not_closed_as_idle() {
     let v = run.ok_json();
     assert_clean(&v);
     node.stop().await.expect("node stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_fanout_with_ids_gets_every_message_acked_with_and_without_history() {
+    // history 500: acked once stored (with offset); 0: acked once published.
+    for history in [500, 0] {
+        let (node, url) = node_with(|c| {
+            c.announce_connections = false;
+            c.history_size = history;
+        })
+        .await;
+        let run = loadtest(&["--url", &url, "--json", "fanout", "--quick", "--ids"]).await;
+        let v = run.ok_json();
+        assert_clean(&v);
+        let acks = &v["acks"];
+        assert_eq!(acks["sent_with_id"], v["sent"], "history {history}: {v}");
+        assert_eq!(acks["acked"], v["sent"], "history {history}: {v}");
+        assert_eq!(
+            acks["errors"],
+            serde_json::json!({}),
+            "history {history}: {v}"
+        );
+        for zero in ["unacked", "duplicate_acks", "foreign"] {
+            assert_eq!(acks[zero], 0, "acks.{zero}, history {history}: {v}");
+        }
+        // The ids do not disturb the echoes: one per message sent.
+        assert_eq!(v["publisher_echoes"], v["sent"], "{v}");
+        node.stop().await.expect("node stops cleanly");
+    }
 }
