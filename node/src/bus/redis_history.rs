@@ -52,8 +52,9 @@ fn ids_key(prefix: &str, room: &str) -> String {
 /// and its reply) is paid once for up to [`SCRIPT_RUN`] messages. An `XADD` refused because the
 /// log holds higher ids than the counter (restored from an older snapshot) starts a new epoch
 /// rather than fail or reuse offsets. The dedupe keys of a room sit in a sorted set scored by
-/// offset and trimmed with the log; a record counts only while the log still holds its offset
-/// (checked on a hit only), so a repeat is caught exactly while its first is kept. Every new
+/// offset; a record counts only while the log still holds its offset (checked on a hit only),
+/// so a repeat is caught exactly while its first is kept, and the set is trimmed every 32
+/// offsets (at most `size` + 32 records) and expires with the room's counter. Every new
 /// epoch (here and in [`READ_SCRIPT`]) deletes the records with the log.
 pub(super) const PUBLISH_SCRIPT: &str = r#"
 local out = {}
@@ -93,11 +94,15 @@ local function one(i)
   redis.call('PEXPIRE', log, ttl)
   redis.call('PEXPIRE', meta, mttl)
   if key ~= '' then
+    -- A record counts only while the log holds its offset (checked on a hit), so the set may
+    -- outlive the log and be trimmed now and then: it holds at most size + 32 records and
+    -- expires with the room's counter. Messages without ids touch it not at all.
     redis.call('ZADD', ids, top, key)
-    redis.call('ZREMRANGEBYSCORE', ids, '-inf', top - tonumber(size))
+    if top % 32 == 0 then
+      redis.call('ZREMRANGEBYSCORE', ids, '-inf', top - tonumber(size))
+    end
+    redis.call('PEXPIRE', ids, mttl)
   end
-  -- Every message keeps the records alive as long as the log (a no-op when there are none).
-  redis.call('PEXPIRE', ids, ttl)
   local n = redis.call('PUBLISH', ARGV[a + 5],
     '\2' .. top .. '\n' .. epoch .. '\n' .. ARGV[a + 6] .. '\n' .. ARGV[a + 7] .. '\n' .. frame)
   return {top, epoch, n, 0}
