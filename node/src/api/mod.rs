@@ -112,6 +112,12 @@ pub async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body
 
 /// One call: `body` is its params object.
 async fn one(shared: &Shared, method: &str, body: &[u8]) -> Result<Value, ApiError> {
+    // No body at all is no params (`info`, `rooms`), as `{}`.
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
     let params: &RawValue = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad(format!("the body must be a JSON object: {e}")))?;
     methods::start(shared, method, params).await?.finish().await
