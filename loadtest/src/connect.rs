@@ -150,6 +150,20 @@ impl Connector {
         Ok(C::upgraded(stream, read, self.config).await)
     }
 
+    /// Connects connection number `index` as `client_id` and joins `room` with it; returns the
+    /// connection and the client id the server confirmed.
+    pub async fn connect_joined<C: Conn>(
+        &self,
+        index: usize,
+        client_id: &str,
+        room: &str,
+    ) -> Result<(C, String), ConnectError> {
+        let (mut ws, my_id) = self.connect(index, client_id).await?;
+        self.join(&mut ws, self.target(index).addr, room, &my_id)
+            .await?;
+        Ok((ws, my_id))
+    }
+
     /// Sends `join_room` and waits (skipping unrelated events) for this client's own
     /// `user_joined`; an `error` event or a close fails the join.
     pub async fn join<C: Conn>(
