@@ -20,54 +20,13 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
-for c in redis-server redis-cli curl python3; do command -v "$c" >/dev/null || die "$c not found"; done
-if [ -z "$BIN" ]; then
-    cargo build --release --quiet -p ringcast-node -p ringcast-gateway -p ringcast-loadtest
-    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
-fi
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/ringcast-bench-history.XXXXXX")"
-PIDS=()
-down() {
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill "${PIDS[i]}" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    PIDS=()
-}
-trap 'down; rm -rf "$WORK"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {
-    for _ in $(seq 1 200); do curl -s -o /dev/null --max-time 1 "$1" && return 0; sleep 0.05; done
-    die "$1 did not answer within 10 s"
-}
-up() { # up OPTIONS: Redis, two nodes with RINGCAST_ROOM_OPTIONS=OPTIONS, a gateway
-    local rp; rp=$(free_port)
-    redis-server --port "$rp" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 &
-    PIDS+=("$!")
-    for _ in $(seq 1 100); do redis-cli -p "$rp" ping >/dev/null 2>&1 && break; sleep 0.05; done
-    local nodes=()
-    for i in 1 2; do
-        local p; p=$(free_port)
-        RINGCAST_ROOM_OPTIONS="$1" "$BIN/ringcast-node" --listen "127.0.0.1:$p" --node-id "node$i" \
-            --redis-url "redis://127.0.0.1:$rp" --announce-connections=false \
-            --rate-limit-per-sec 1000000 --rate-limit-burst 1000000 >"$WORK/node$i.log" 2>&1 &
-        PIDS+=("$!")
-        nodes+=(--node "node$i=127.0.0.1:$p")
-        wait_http "http://127.0.0.1:$p/healthz"
-    done
-    GW_PORT=$(free_port)
-    "$BIN/ringcast-gateway" --listen "127.0.0.1:$GW_PORT" "${nodes[@]}" >"$WORK/gateway.log" 2>&1 &
-    PIDS+=("$!")
-    wait_http "http://127.0.0.1:$GW_PORT/healthz"
-}
+NAME=bench-history
+# shellcheck source=loadtest/bench-lib.sh
+. "$ROOT/loadtest/bench-lib.sh"
 SCENARIOS=(
     "fan-out 100 members, 4 pub × 2 500/s|fanout --subscribers 100 --rooms 1 --publishers 4 --rate 2500"
     "1 000 rooms × 2 members, 1 000 pub × 60/s|fanout --subscribers 2000 --rooms 1000 --publishers 1000 --rate 60"
 )
-cpu() { # CPU seconds used so far by each started process, space-separated
-    local out=""
-    for p in "${PIDS[@]}"; do out+="$(ps -o times= -p "$p" 2>/dev/null | tr -d ' ') "; done
-    echo "$out"
-}
 echo "| scenario | history | run | result | loss | p50 | p99 | p99.9 | CPU s: redis, node1, node2, gateway |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for round in $(seq 1 "$ROUNDS"); do
@@ -84,7 +43,7 @@ for round in $(seq 1 "$ROUNDS"); do
             python3 - "$label" "$mode" "$round" "$WORK/out.json" "$before" "$after" <<'PY'
 import json, sys
 label, mode, rnd, path, before, after = sys.argv[1:]
-used = " / ".join(str(int(a) - int(b)) for a, b in zip(after.split(), before.split()))
+used = " / ".join(f"{float(a) - float(b):.1f}" for a, b in zip(after.split(), before.split()))
 try:
     r = json.load(open(path))
 except Exception as e:
