@@ -11,16 +11,17 @@
 #   batch B          one `batch` of B publishes per call, on the connections --batches gives it
 # Prints a Markdown table: API calls/s, messages/s accepted, deliveries/s at the members, loss,
 # answers other than 200, delivery and call latency, and the CPU seconds each process used
-# during the run (Redis, node1, node2, gateway, and the load generator itself).
+# during the run (Redis, node1, node2, gateway, and the load generator itself), and what the
+# rest of the machine used meanwhile (another user's work takes cores from the run).
 #
 #   loadtest/bench-api.sh [--bin-dir DIR] [--rounds N] [--duration-secs S] [--rooms R]
 #                         [--members M] [--connections C] [--batches B:C,B:C]
-# Defaults: 2 rounds of 10 s, 100 rooms × 10 members, 32 connections, --batches 100:8,1000:4.
+# Defaults: 2 rounds of 10 s, 100 rooms × 10 members, 64 connections, --batches 100:8,1000:4.
 # Needs redis-server, curl and python3; builds the release binaries unless --bin-dir is given.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-BIN="" ROUNDS=2 SECS=10 ROOMS=100 MEMBERS=10 CONNS=32 BATCHES="100:8,1000:4"
+BIN="" ROUNDS=2 SECS=10 ROOMS=100 MEMBERS=10 CONNS=64 BATCHES="100:8,1000:4"
 while [ $# -gt 0 ]; do
     case "$1" in
         --bin-dir) BIN="$2"; shift ;;
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
         --members) MEMBERS="$2"; shift ;;
         --connections) CONNS="$2"; shift ;;
         --batches) BATCHES="$2"; shift ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -45,6 +46,9 @@ ROWS=("publish|--connections $CONNS" "publish → node1|--connections $CONNS --a
 IFS=, read -ra PAIRS <<<"$BATCHES"
 for p in "${PAIRS[@]}"; do ROWS+=("batch ${p%%:*}|--batch ${p%%:*} --connections ${p#*:}"); done
 
+busy() { # CPU seconds the whole machine has been busy (user, nice, system, irq, softirq, steal)
+    awk -v t="$(getconf CLK_TCK)" '/^cpu / {printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / t}' /proc/stat
+}
 quiet() { # until neither node serves a client (the last run's members have gone), ≤ 10 s
     for _ in $(seq 1 100); do
         local n=0
@@ -59,19 +63,21 @@ run() { # run ROW MODE ROUND ARGS...: one loadtest run, one table row
     local row="$1" mode="$2" rnd="$3"; shift 3
     local prefix=hist; [ "$mode" = off ] && prefix=nohist
     local before after rc=0 TIMEFORMAT='%3U %3S'
-    before=$(cpu)
+    before="$(cpu)$(busy)"
     # `time` reports the load generator's own user and system CPU seconds.
     { time "$BIN/ringcast-loadtest" --no-progress --json --url "ws://127.0.0.1:$GW_PORT/ws" \
         --id-prefix "$prefix-r$rnd-$(tr -dc 'a-z0-9' <<<"$row")" api --rooms "$ROOMS" --members "$MEMBERS" \
         --duration-secs "$SECS" "$@" >"$WORK/out.json" 2>"$WORK/lt.log" || rc=$?; } 2>"$WORK/took"
-    after=$(cpu)
+    after="$(cpu)$(busy)"
     quiet
     python3 - "$row" "$mode" "$rnd" "$rc" "$WORK/out.json" "$WORK/lt.log" "$before" "$after" "$(cat "$WORK/took")" <<'PY'
 import json, sys
 row, mode, rnd, rc, path, log, before, after, took = sys.argv[1:]
 used = [float(a) - float(b) for a, b in zip(after.split(), before.split())]
+machine = used.pop()
 used.append(sum(float(t) for t in took.split()))
-cpu = " / ".join(f"{u:.1f}" for u in used)
+# What else ran meanwhile: the machine's busy time that none of this run's processes used.
+cpu = " / ".join(f"{u:.1f}" for u in used) + f" | {max(machine - sum(used), 0):.1f}"
 try:
     r = json.load(open(path))
 except Exception as e:
@@ -91,8 +97,8 @@ PY
 echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), load $(cut -d' ' -f1-3 /proc/loadavg) at $(date -u '+%Y-%m-%d %H:%M UTC'); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo "Each run: $ROOMS rooms × $MEMBERS members through the gateway, $SECS s of calls."
 echo
-echo "| row | history | round | API calls/s | messages/s accepted | deliveries/s | loss | not 200 | delivery p50 / p99 | call p50 / p99 | CPU s: Redis / node1 / node2 / gateway / loadtest |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| row | history | round | API calls/s | messages/s accepted | deliveries/s | loss | not 200 | delivery p50 / p99 | call p50 / p99 | CPU s: Redis / node1 / node2 / gateway / loadtest | CPU s: others |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for round in $(seq 1 "$ROUNDS"); do
     modes="off on"; [ $((round % 2)) = 0 ] && modes="on off"
     up 'nohist*:history=0'
