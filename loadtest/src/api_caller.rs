@@ -123,9 +123,31 @@ impl Bodies {
     }
 }
 
-/// Counts one kind of answer.
+/// Kinds kept apart per caller; a server answering with more codes than that has the rest
+/// counted as `other`.
+const MAX_KINDS: usize = 32;
+
+/// Counts one kind of answer; `first` describes the first of its kind (at most 200 bytes kept).
 fn count(kinds: &mut Kinds, kind: String, first: impl FnOnce() -> String) {
-    kinds.entry(kind).or_insert_with(|| (0, first())).0 += 1;
+    let kind = if kinds.len() >= MAX_KINDS && !kinds.contains_key(&kind) {
+        "other".to_owned()
+    } else {
+        kind
+    };
+    kinds
+        .entry(kind)
+        .or_insert_with(|| {
+            let mut first = first();
+            if first.len() > 200 {
+                let mut cut = 200;
+                while !first.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                first.truncate(cut);
+            }
+            (0, first)
+        })
+        .0 += 1;
 }
 
 /// The `{"code","message"}` of an `{"error":…}` object, if it is one.
@@ -144,10 +166,10 @@ impl Tally {
         let body = &answer.body[..];
         if answer.status != 200 {
             let parsed = serde_json::from_slice::<Value>(body).ok();
-            let (code, message) = parsed
-                .as_ref()
-                .and_then(error_of)
-                .unwrap_or_else(|| ("-".into(), String::from_utf8_lossy(body).into_owned()));
+            let (code, message) = parsed.as_ref().and_then(error_of).unwrap_or_else(|| {
+                let start = &body[..body.len().min(200)];
+                ("-".into(), String::from_utf8_lossy(start).into_owned())
+            });
             count(
                 &mut self.refused,
                 format!("{} {code}", answer.status),
@@ -344,5 +366,15 @@ mod tests {
         assert_eq!(t.command_errors["bus_unavailable"], (1, "down".into()));
         assert_eq!(t.refused["401 unauthorized"], (1, "no key".into()));
         assert_eq!(t.refused["502 -"], (1, "Bad Gateway".into()));
+        for code in 0..40 {
+            let body = format!(
+                r#"{{"error":{{"code":"c{code}","message":"{}"}}}}"#,
+                "é".repeat(300)
+            );
+            t.answered(&answer(400, &body), &[0], false);
+        }
+        assert_eq!(t.refused.len(), MAX_KINDS + 1, "{:?}", t.refused.keys());
+        assert_eq!(t.refused["other"].0, 40 - (MAX_KINDS as u64 - 2));
+        assert!(t.refused.values().all(|(_, first)| first.len() <= 200));
     }
 }
