@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "ringcast-loadtest",
     version,
-    about = "Load generator for ringcast (or any seed-protocol server): fanout, connections, direct, churn, faults, resume, presence"
+    about = "Load generator for ringcast (or any seed-protocol server): fanout, connections, direct, churn, faults, resume, presence, api"
 )]
 pub struct Cli {
     /// Flags every scenario understands.
@@ -131,6 +131,10 @@ pub enum Scenario {
     /// latency (p50/p99/max), the `count` answered and whether `members` was truncated, each
     /// answer checked against the ids that joined.
     Presence(PresenceArgs),
+    /// R rooms × M WebSocket members; C kept-alive HTTP/1.1 connections publish over the
+    /// server API (`publish`, or `batch` of B publishes) for D seconds; API calls/s, messages/s
+    /// accepted, answers other than 200 by code, deliveries/s at the members, latency, loss.
+    Api(ApiArgs),
 }
 
 impl Scenario {
@@ -339,6 +343,66 @@ pub struct ResumeArgs {
     pub catch_up_timeout_secs: f64,
 }
 
+/// Flags of `api`.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Base URL of the server API; calls go to URL/api/METHOD. Default: http:// and the
+    /// host:port of the first --url (a gateway or node serves the API on its public listener).
+    #[arg(long, env = "RINGCAST_LOADTEST_API_URL")]
+    pub api_url: Option<String>,
+
+    /// The key sent as `Authorization: apikey KEY` (the servers' --api-key).
+    #[arg(long, env = "RINGCAST_LOADTEST_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+
+    /// Rooms the messages go to; a connection's k-th message goes to room (its index + k) mod R.
+    #[arg(long, env = "RINGCAST_LOADTEST_ROOMS", default_value_t = 100)]
+    pub rooms: usize,
+
+    /// WebSocket members per room (they join through --url and only listen).
+    #[arg(long, env = "RINGCAST_LOADTEST_MEMBERS", default_value_t = 10)]
+    pub members: usize,
+
+    /// Kept-alive HTTP/1.1 connections calling the API, each one call at a time.
+    #[arg(long, env = "RINGCAST_LOADTEST_CONNECTIONS", default_value_t = 32)]
+    pub connections: usize,
+
+    /// Publishes per call, sent as one `batch` call (1 to 10 000); without it every call is
+    /// one `publish`.
+    #[arg(long, env = "RINGCAST_LOADTEST_BATCH", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch: Option<u32>,
+
+    /// API calls per second over all connections; 0: each connection calls again as soon as
+    /// it is answered.
+    #[arg(long, env = "RINGCAST_LOADTEST_RATE", default_value_t = 0.0)]
+    pub rate: f64,
+
+    /// Seconds the connections call.
+    #[arg(long, env = "RINGCAST_LOADTEST_DURATION_SECS", default_value_t = 10.0)]
+    pub duration_secs: f64,
+
+    /// Extra bytes of padding in each message's data.
+    #[arg(long, env = "RINGCAST_LOADTEST_PAYLOAD_BYTES", default_value_t = 0)]
+    pub payload_bytes: usize,
+
+    /// Seconds a call may take to connect or be answered; a connection whose call is not
+    /// answered in time stops calling (whether the server ran that call is unknown).
+    #[arg(
+        long,
+        env = "RINGCAST_LOADTEST_CALL_TIMEOUT_SECS",
+        default_value_t = 10.0
+    )]
+    pub call_timeout_secs: f64,
+
+    /// Seconds without any new delivery, after the calls stop, before giving up on the rest.
+    #[arg(
+        long,
+        env = "RINGCAST_LOADTEST_DRAIN_TIMEOUT_SECS",
+        default_value_t = 3.0
+    )]
+    pub drain_timeout_secs: f64,
+}
+
 /// Flags of `presence`.
 #[derive(Debug, Clone, Args)]
 pub struct PresenceArgs {
@@ -482,5 +546,21 @@ mod tests {
             cli.scenario,
             Scenario::Fanout(FanoutArgs { ids: true, .. })
         ));
+    }
+
+    #[test]
+    fn api_batch_is_bounded() {
+        let parse = |b: &str| {
+            Cli::try_parse_from(["x", "api", "--api-key", "k", "--batch", b]).map(|c| c.scenario)
+        };
+        assert!(matches!(
+            parse("100"),
+            Ok(Scenario::Api(ApiArgs {
+                batch: Some(100),
+                ..
+            }))
+        ));
+        assert!(parse("0").is_err());
+        assert!(parse("10001").is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! A minimal HTTP/1.1 GET, enough to read a server's `/stats` JSON after a run, on hyper's
-//! client connection (which takes any body framing apart: a length, chunks, or the close).
+//! client connection (which takes any body framing apart: a length, chunks, or the close); and
+//! the `http://` URLs it and the server API's callers ([`crate::api_client`]) accept.
 
 use std::time::Duration;
 
@@ -16,25 +17,53 @@ const MAX_RESPONSE: usize = 1 << 20;
 /// How long the whole GET may take, connecting included.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where an `http://` URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// The host to connect to.
+    pub host: String,
+    /// The port (80 when the URL names none).
+    pub port: u16,
+    /// host[:port] for the Host header.
+    pub authority: String,
+    /// Path and query (`/` when the URL has none).
+    pub path: String,
+}
+
+impl HttpUrl {
+    /// Parses `url`; only http:// is supported.
+    pub fn parse(url: &str) -> Result<HttpUrl, String> {
+        let uri: Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!("bad URL {url:?}: only http:// is supported"));
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("bad URL {url:?}: no host"))?;
+        Ok(HttpUrl {
+            host: host.to_owned(),
+            port: uri.port_u16().unwrap_or(80),
+            authority: uri.authority().map_or(host, |a| a.as_str()).to_owned(),
+            path: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+        })
+    }
+}
+
 /// GETs `url` (http:// only); returns the status and the body.
 pub async fn get(url: &str) -> Result<(u16, String), String> {
-    let uri: Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("bad URL {url:?}: only http:// is supported"));
-    }
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("bad URL {url:?}: no host"))?;
-    let port = uri.port_u16().unwrap_or(80);
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let authority = uri.authority().map_or(host, |a| a.as_str());
+    let HttpUrl {
+        host,
+        port,
+        authority,
+        path,
+    } = HttpUrl::parse(url)?;
     let request = Request::get(path)
         .header(HOST, authority)
         .header(CONNECTION, "close")
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("bad URL {url:?}: {e}"))?;
     let fetch = async {
-        let stream = TcpStream::connect((host, port))
+        let stream = TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| format!("GET {url}: {e}"))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -86,6 +115,24 @@ mod tests {
             s.write_all(answer).await.unwrap();
         });
         get(&format!("http://{addr}/stats")).await
+    }
+
+    #[test]
+    fn urls() {
+        let u = HttpUrl::parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!(
+            (
+                u.host.as_str(),
+                u.port,
+                u.authority.as_str(),
+                u.path.as_str()
+            ),
+            ("127.0.0.1", 8080, "127.0.0.1:8080", "/")
+        );
+        let u = HttpUrl::parse("http://gw/base/stats?x=1").unwrap();
+        assert_eq!((u.port, u.path.as_str()), (80, "/base/stats?x=1"));
+        assert!(HttpUrl::parse("https://gw").is_err());
+        assert!(HttpUrl::parse("http://").is_err());
     }
 
     #[tokio::test]

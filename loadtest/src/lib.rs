@@ -1,11 +1,15 @@
 //! ringcast-loadtest: a load generator that speaks only the public client protocol (JSON over
 //! WebSocket), so it can drive ringcast through its gateway, one node, nodes behind nginx, or
-//! any other server of the seed protocol.
+//! any other server of the seed protocol; `api` also calls ringcast's server API over HTTP.
 //!
 //! `main.rs` parses the [`cli::Cli`], builds a multi-threaded runtime and calls [`run`].
 
 pub mod ack_reader;
 pub mod acks;
+pub mod api;
+pub mod api_caller;
+pub mod api_client;
+pub mod api_report;
 pub mod backoff;
 pub mod catchup;
 pub mod churn;
@@ -83,6 +87,7 @@ pub async fn run(cli: &Cli) -> Result<Outcome, RunError> {
         Scenario::Faults(a) => faults::run(a, connector, progress).await,
         Scenario::Resume(a) => resume::run(a, connector, concurrency, progress).await,
         Scenario::Presence(a) => presence::run(a, connector, concurrency, progress).await,
+        Scenario::Api(a) => api::run(a, connector, concurrency, progress).await,
     }?;
     if let Some(obj) = outcome.json.as_object_mut() {
         obj.insert("urls".into(), urls.into());

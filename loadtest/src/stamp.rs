@@ -69,6 +69,13 @@ impl FrameBuilder {
         )
     }
 
+    /// Server API `publish` params `{"room":ROOM,"data":"lt1 …"}`: members get the `data` as
+    /// their `chat` event's `content`, so the stamp reaches them unchanged.
+    pub fn api_publish(room: &str, sender: u32, padding: usize) -> Self {
+        let room = serde_json::Value::from(room).to_string();
+        Self::new(format!(r#"{{"room":{room},"data":"lt1 {sender} "#), padding)
+    }
+
     fn new(head: String, padding: usize) -> Self {
         let padding = if padding == 0 {
             String::new()
@@ -84,16 +91,20 @@ impl FrameBuilder {
 
     /// The frame text for sequence number `seq`, stamped now.
     pub fn frame(&self, seq: u64) -> String {
-        let mid = self.mid.as_deref();
-        let extra = mid.map_or(0, |m| m.len() + 20);
+        let extra = self.mid.as_deref().map_or(0, |m| m.len() + 20);
         let mut s = String::with_capacity(self.head.len() + extra + self.padding.len() + 48);
-        s.push_str(&self.head);
-        if let Some(mid) = mid {
-            let _ = write!(s, "{seq}");
-            s.push_str(mid);
-        }
-        let _ = write!(s, "{seq} {}{}\"}}", now_micros(), self.padding);
+        self.push_frame(&mut s, seq);
         s
+    }
+
+    /// Appends [`FrameBuilder::frame`] to `out` (a `batch` body gathers many).
+    pub fn push_frame(&self, out: &mut String, seq: u64) {
+        out.push_str(&self.head);
+        if let Some(mid) = self.mid.as_deref() {
+            let _ = write!(out, "{seq}");
+            out.push_str(mid);
+        }
+        let _ = write!(out, "{seq} {}{}\"}}", now_micros(), self.padding);
     }
 
     /// [`FrameBuilder::frame`] with the message `"id"` a sender chooses to be acknowledged.
@@ -180,6 +191,26 @@ mod tests {
         assert_eq!((s.sender, s.seq), (7, 42));
         let d = FrameBuilder::direct_message("bob", 3, 0).frame(0);
         assert!(StampFinder::default().find(d.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn api_params_carry_the_stamp_in_data() {
+        let b = FrameBuilder::api_publish("r\"1", 5, 3);
+        let mut body = String::from("[");
+        b.push_frame(&mut body, 8);
+        body.push(',');
+        b.push_frame(&mut body, 9);
+        body.push(']');
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v[1]["room"], "r\"1");
+        // What a member gets: the node puts `data` in the event's `content` as it came.
+        let event = format!(
+            r#"{{"event":"chat","from":"server","room":"r","content":{}}}"#,
+            v[1]["data"]
+        );
+        let s = StampFinder::default().find(event.as_bytes()).unwrap();
+        assert_eq!((s.sender, s.seq), (5, 9));
+        assert!(v[1]["data"].as_str().unwrap().ends_with(" xxx"));
     }
 
     #[test]
