@@ -5,8 +5,8 @@
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::api::{MemberEnd, Plan};
 use crate::api_caller::{Kinds, Tally};
+use crate::api_plan::{MemberEnd, Plan};
 use crate::latency::LatencySummary;
 use crate::report::{per_sec, Outcome};
 use crate::tracker::SeqTracker;

@@ -1,6 +1,6 @@
 //! A minimal HTTP/1.1 GET, enough to read a server's `/stats` JSON after a run, on hyper's
 //! client connection (which takes any body framing apart: a length, chunks, or the close); and
-//! the `http://` URLs it and the server API's callers ([`crate::api_client`]) accept.
+//! the `http://` URLs it and the server API's callers (`api_client.rs`) accept.
 
 use std::time::Duration;
 

@@ -9,6 +9,7 @@ pub mod acks;
 pub mod api;
 pub mod api_caller;
 pub mod api_client;
+pub mod api_plan;
 pub mod api_report;
 pub mod backoff;
 pub mod catchup;
