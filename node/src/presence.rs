@@ -129,25 +129,40 @@ impl Tracker {
         }
     }
 
-    /// One more connection of `client` in `room`; true when it is the client's first there on
-    /// any node (announce it).
-    pub async fn add(&self, room: &str, client: &Arc<str>) -> Result<bool, BusError> {
-        let key = (room.to_owned(), client.clone());
-        let instance = {
-            let mut state = self.state.lock().unwrap_or_else(unpoison);
-            increment(&mut state, &key);
+    /// Counts one connection more (`up`) or fewer for `key` here, and says under which instance
+    /// to write that to the bus, with a guard that marks the entry for a retry should the
+    /// write be cut short. `None`: nothing to write now (nothing counted to remove, or the
+    /// entry is being written again, which takes this change into its next pass).
+    fn local_change(&self, key: &Key, up: bool) -> Option<(Arc<str>, Unfinished<'_>)> {
+        let mut state = self.state.lock().unwrap_or_else(unpoison);
+        if up {
+            increment(&mut state, key);
             self.metrics.presence_entries.inc();
-            if state.busy.contains(&key) || state.compacting.contains(&key.0) {
-                // Being written again: that pass (or the next) counts this one too.
-                mark(&mut state, key);
-                return Ok(false);
-            }
-            state.instance.clone()
-        };
+        } else if decrement(&mut state, key) {
+            self.metrics.presence_entries.dec();
+        } else {
+            return None;
+        }
+        if state.busy.contains(key) || state.compacting.contains(&key.0) {
+            mark(&mut state, key.clone());
+            return None;
+        }
+        let instance = state.instance.clone();
+        drop(state);
         let guard = Unfinished {
             tracker: self,
             key: Some(key.clone()),
             instance: instance.clone(),
+        };
+        Some((instance, guard))
+    }
+
+    /// One more connection of `client` in `room`; true when it is the client's first there on
+    /// any node (announce it).
+    pub async fn add(&self, room: &str, client: &Arc<str>) -> Result<bool, BusError> {
+        let key = (room.to_owned(), client.clone());
+        let Some((instance, guard)) = self.local_change(&key, true) else {
+            return Ok(false);
         };
         let added = self.bus.presence().add(room, client, &instance).await;
         guard.done();
@@ -178,22 +193,8 @@ impl Tracker {
     /// (announce it). Nothing for a connection counted under an instance that was swept.
     pub async fn remove(&self, room: &str, client: &Arc<str>) -> Result<bool, BusError> {
         let key = (room.to_owned(), client.clone());
-        let instance = {
-            let mut state = self.state.lock().unwrap_or_else(unpoison);
-            if !decrement(&mut state, &key) {
-                return Ok(false);
-            }
-            self.metrics.presence_entries.dec();
-            if state.busy.contains(&key) || state.compacting.contains(&key.0) {
-                mark(&mut state, key);
-                return Ok(false);
-            }
-            state.instance.clone()
-        };
-        let guard = Unfinished {
-            tracker: self,
-            key: Some(key.clone()),
-            instance: instance.clone(),
+        let Some((instance, guard)) = self.local_change(&key, false) else {
+            return Ok(false);
         };
         let removed = self.bus.presence().remove(room, client, &instance).await;
         guard.done();

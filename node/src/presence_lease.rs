@@ -7,7 +7,9 @@
 //!   rooms they left, so they reconnect and are counted anew — counts under a new instance, and
 //!   removes what the old one still had (joins it served between waking and finding out),
 //!   announcing those that leaves gone.
-//! - **sweep**, every sixth of the lease: writes again the entries whose last write failed, and
+//! - **sweep**, every sixth of the lease, once the lease has held for a whole lease (so the
+//!   other nodes are subscribed again after a Redis outage): writes again the entries whose
+//!   last write failed, and
 //!   polls the lease index (timed by Redis's clock) for instances whose lease ran out; one
 //!   survivor wins each claim, removes the dead instance's connections from every room and
 //!   tells each room `user_left` once per client id left with no connection anywhere. A node
@@ -132,14 +134,17 @@ async fn sweep_loop(shared: Arc<Shared>, bus: Arc<dyn Bus>, held: HeldSince) {
             _ = shared.drain.stopped() => return,
             _ = tick.tick() => {}
         }
-        rewrite_dirty(&shared, &bus).await;
-        cursor = compact(&shared, &bus, cursor).await;
         let since = *held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Settled: the lease has held for a whole lease since Redis was last away, so the
+        // other nodes have had the time to take their subscriptions back too, and what is
+        // announced now (a retried leave, a sweep) reaches them.
         if since.is_some_and(|since| since.elapsed() >= lease) {
+            rewrite_dirty(&shared, &bus).await;
             sweep_dead(&shared, &bus).await;
         }
+        cursor = compact(&shared, &bus, cursor).await;
     }
 }
 
