@@ -56,26 +56,15 @@ struct Cluster {
 
 async fn cluster(gateway_args: &[&str]) -> Cluster {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let mut nodes = Vec::new();
-    for id in ["a1", "a2"] {
-        let args = [
-            "--redis-url",
-            &url,
-            "--redis-reconnect-max-ms",
-            "250",
-            "--api-key",
-            "k1,k2",
-            "--announce-connections=false",
-            "--room-options",
-            "nohist*:history=0;quiet*:presence=off",
-        ];
-        nodes.push(NodeProcess::start_with(id, &args, None).await);
-    }
-    let specs: Vec<String> = nodes.iter().map(NodeProcess::spec).collect();
-    let mut args: Vec<&str> = specs.iter().flat_map(|s| ["--node", s.as_str()]).collect();
-    args.extend_from_slice(gateway_args);
-    let gw = TestGateway::start(&args).await;
+    let node_args = [
+        "--api-key",
+        "k1,k2",
+        "--announce-connections=false",
+        "--room-options",
+        "nohist*:history=0;quiet*:presence=off",
+    ];
+    let (nodes, gw) =
+        support::nodes_behind_gateway(&redis.url(), &["a1", "a2"], &node_args, gateway_args).await;
     Cluster {
         redis,
         _nodes: nodes,

@@ -128,25 +128,15 @@ struct Cluster {
 impl Cluster {
     async fn start() -> Self {
         let redis = RedisServer::start();
-        let url = redis.url();
-        let mut nodes = Vec::new();
-        for id in ["p1", "p2", "p3"] {
-            let args = [
-                "--redis-url",
-                &url,
-                "--redis-reconnect-max-ms",
-                "250",
-                "--redis-probe-interval-ms",
-                "200",
-                "--announce-connections=false",
-                "--presence-lease-ms",
-                "3000",
-            ];
-            nodes.push(NodeProcess::start_with(id, &args, None).await);
-        }
-        let specs: Vec<String> = nodes.iter().map(NodeProcess::spec).collect();
-        let args: Vec<&str> = specs.iter().flat_map(|s| ["--node", s.as_str()]).collect();
-        let gw = TestGateway::start(&args).await;
+        let node_args = [
+            "--redis-probe-interval-ms",
+            "200",
+            "--announce-connections=false",
+            "--presence-lease-ms",
+            "3000",
+        ];
+        let (nodes, gw) =
+            support::nodes_behind_gateway(&redis.url(), &["p1", "p2", "p3"], &node_args, &[]).await;
         let (stop, stop_rx) = watch::channel(false);
         let mut members = Vec::new();
         let mut tasks = Vec::new();

@@ -217,26 +217,16 @@ struct Cluster {
 
 async fn cluster(redis_args: &[&str]) -> Cluster {
     let redis = RedisServer::start_with_args(redis_args);
-    let url = redis.url();
-    let mut nodes = Vec::new();
-    for id in ["r1", "r2", "r3"] {
-        let args = [
-            "--redis-url",
-            &url,
-            "--redis-reconnect-max-ms",
-            "250",
-            "--redis-probe-interval-ms",
-            "200",
-            "--rate-limit-per-sec",
-            "10000",
-            "--rate-limit-burst",
-            "10000",
-        ];
-        nodes.push(NodeProcess::start_with(id, &args, None).await);
-    }
-    let specs: Vec<String> = nodes.iter().map(NodeProcess::spec).collect();
-    let args: Vec<&str> = specs.iter().flat_map(|s| ["--node", s.as_str()]).collect();
-    let gw = TestGateway::start(&args).await;
+    let node_args = [
+        "--redis-probe-interval-ms",
+        "200",
+        "--rate-limit-per-sec",
+        "10000",
+        "--rate-limit-burst",
+        "10000",
+    ];
+    let (nodes, gw) =
+        support::nodes_behind_gateway(&redis.url(), &["r1", "r2", "r3"], &node_args, &[]).await;
     Cluster { redis, nodes, gw }
 }
 

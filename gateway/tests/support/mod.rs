@@ -344,3 +344,24 @@ pub fn signal(pid: u32, signal: &str) {
         .success();
     assert!(ok, "kill {signal} {pid}");
 }
+
+/// Node processes `ids` on the Redis at `redis_url` (fast reconnects, and `node_args`), and an
+/// in-process gateway over them with `gateway_args`.
+pub async fn nodes_behind_gateway(
+    redis_url: &str,
+    ids: &[&str],
+    node_args: &[&str],
+    gateway_args: &[&str],
+) -> (Vec<NodeProcess>, TestGateway) {
+    let mut nodes = Vec::new();
+    for id in ids {
+        let mut args = vec!["--redis-url", redis_url, "--redis-reconnect-max-ms", "250"];
+        args.extend_from_slice(node_args);
+        nodes.push(NodeProcess::start_with(id, &args, None).await);
+    }
+    let specs: Vec<String> = nodes.iter().map(NodeProcess::spec).collect();
+    let mut args: Vec<&str> = specs.iter().flat_map(|s| ["--node", s.as_str()]).collect();
+    args.extend_from_slice(gateway_args);
+    let gw = TestGateway::start(&args).await;
+    (nodes, gw)
+}
