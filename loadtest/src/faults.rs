@@ -44,21 +44,41 @@ use crate::seqcounts::SeqCounts;
 use crate::stamp::{FrameBuilder, StampFinder};
 use cluster::Cluster;
 
-/// Stamps of the one publisher (sender 0), counted per number.
+/// Stamps of the one publisher (sender 0), counted per number and per epoch of the room's
+/// history they came in.
 pub(crate) struct Record {
     finder: StampFinder,
     counts: SeqCounts,
     received: Counters,
     index: usize,
+    /// The epoch of the last room message, and how many different epochs came before it.
+    epoch: Vec<u8>,
+    generation: u16,
 }
 
 impl Frames for Record {
     fn on_text(&mut self, frame: &[u8], _received_micros: u64) {
         if let Some(stamp) = self.finder.find(frame).filter(|s| s.sender == 0) {
-            self.counts.record(stamp.seq);
+            if let Some(epoch) = epoch_of(frame).filter(|e| *e != self.epoch.as_slice()) {
+                if !self.epoch.is_empty() {
+                    self.generation = self.generation.saturating_add(1);
+                }
+                self.epoch = epoch.to_vec();
+            }
+            self.counts.record_in(stamp.seq, self.generation);
             self.received.add(self.index, 1);
         }
     }
+}
+
+/// The `epoch` of a room `chat` event (the server writes it after the content, so the last
+/// occurrence is the event's own).
+fn epoch_of(frame: &[u8]) -> Option<&[u8]> {
+    const KEY: &[u8] = b"\"epoch\":\"";
+    let at = frame.windows(KEY.len()).rposition(|w| w == KEY)? + KEY.len();
+    let rest = &frame[at..];
+    let end = rest.iter().position(|b| *b == b'"')?;
+    Some(&rest[..end])
 }
 
 /// Runs the scenario.
@@ -118,6 +138,8 @@ pub async fn run(
         counts: SeqCounts::with_capacity(capacity),
         received: received.clone(),
         index,
+        epoch: Vec::new(),
+        generation: 0,
     };
     let mut subs: Vec<JoinHandle<Option<Stayed<Record>>>> = Vec::new();
     for i in 0..args.subscribers {
@@ -241,5 +263,18 @@ async fn publisher_node(placement: &Placement, index: usize, limit: Duration) ->
             return "node-1".into();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::epoch_of;
+
+    #[test]
+    fn the_epoch_is_the_events_own_not_one_in_the_content() {
+        let frame = br#"{"event":"chat","from":"p","room":"r","content":{"x":"\"epoch\":\"no"},"offset":3,"epoch":"E-1"}"#;
+        assert_eq!(epoch_of(frame), Some(&b"E-1"[..]));
+        assert_eq!(epoch_of(br#"{"event":"chat","from":"p","content":1}"#), None);
+        assert_eq!(epoch_of(br#"{"epoch":"cut"#), None);
     }
 }

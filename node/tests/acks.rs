@@ -44,10 +44,18 @@ async fn answer(c: &mut Client) -> Value {
 
 /// Every chat a member reads until `quiet` passes without a frame: (offset, content).
 async fn chats(c: &mut Client, quiet: Duration) -> Vec<(u64, Value)> {
+    let got = chat_events(c, quiet).await;
+    got.iter()
+        .map(|v| (v["offset"].as_u64().unwrap(), v["content"].clone()))
+        .collect()
+}
+
+/// Every chat event a member reads until `quiet` passes without a frame.
+async fn chat_events(c: &mut Client, quiet: Duration) -> Vec<Value> {
     let mut got = Vec::new();
     while let Ok(v) = c.next_json(quiet).await {
         if v["event"] == "chat" {
-            got.push((v["offset"].as_u64().unwrap(), v["content"].clone()));
+            got.push(v);
         }
     }
     got
@@ -92,15 +100,20 @@ async fn an_id_gets_an_ack_with_its_offset_and_a_retry_is_stored_and_delivered_o
         (Some("x-2"), Some(4))
     );
 
+    let got = chat_events(&mut m, Duration::from_millis(500)).await;
+    let seen: Vec<_> = got
+        .iter()
+        .map(|v| (v["offset"].as_u64(), &v["content"], &v["from"], &v["id"]))
+        .collect();
     assert_eq!(
-        chats(&mut m, Duration::from_millis(500)).await,
+        seen,
         [
-            (1, json!("first")),
-            (2, json!("b's")),
-            (3, json!("plain")),
-            (4, json!("last"))
+            (Some(1), &json!("first"), &json!("a"), &json!("x-1")),
+            (Some(2), &json!("b's"), &json!("b"), &json!("x-1")),
+            (Some(3), &json!("plain"), &json!("a"), &Value::Null),
+            (Some(4), &json!("last"), &json!("a"), &json!("x-2"))
         ],
-        "each message once, the retry not at all"
+        "each message once, the retry not at all; each carries its sender's id, if it had one"
     );
     let metrics = node.get("/metrics").await.1;
     assert_eq!(

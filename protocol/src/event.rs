@@ -34,6 +34,9 @@ pub enum ServerEvent<'a> {
         room: Option<&'a str>,
         /// The sender's content, verbatim.
         content: &'a RawValue,
+        /// The sender's message id, when it gave one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
     },
     /// Someone joined a room (the joiner receives it too: it is the join's acknowledgement,
     /// and for a room that keeps history it carries `recovered`, `offset` and `epoch`).
@@ -289,7 +292,8 @@ mod tests {
             text(&ServerEvent::Chat {
                 from: "a",
                 room: None,
-                content: &content
+                content: &content,
+                id: None,
             }),
             r#"{"event":"chat","from":"a","content":"hi"}"#
         );
@@ -297,9 +301,19 @@ mod tests {
             text(&ServerEvent::Chat {
                 from: "a",
                 room: Some("r"),
-                content: &content
+                content: &content,
+                id: None,
             }),
             r#"{"event":"chat","from":"a","room":"r","content":"hi"}"#
+        );
+        assert_eq!(
+            text(&ServerEvent::Chat {
+                from: "a",
+                room: Some("r"),
+                content: &content,
+                id: Some("m-1"),
+            }),
+            r#"{"event":"chat","from":"a","room":"r","content":"hi","id":"m-1"}"#
         );
         assert_eq!(
             text(&ServerEvent::UserJoined {

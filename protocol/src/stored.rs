@@ -109,17 +109,21 @@ struct ChatHead<'a> {
     from: &'a str,
     room: &'a str,
     content: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
 }
 
 /// The head of a room `chat` event that history will number: the JSON object up to and
 /// including `"offset":`, to which [`finish_chat`] (or the publish script) appends the offset
-/// and the epoch.
-pub fn chat_head(from: &str, room: &str, content: &RawValue) -> Vec<u8> {
+/// and the epoch. A message sent with an `id` carries it, so receivers can tell a message
+/// delivered again after a history reset (which loses the dedupe record) by `from` + `id`.
+pub fn chat_head(from: &str, room: &str, content: &RawValue, id: Option<&str>) -> Vec<u8> {
     let head = ChatHead {
         event: "chat",
         from,
         room,
         content,
+        id,
     };
     let mut out = serde_json::to_vec(&head).expect("serializing strings and raw JSON cannot fail");
     // Replace the closing brace with the offset field's start.
@@ -163,7 +167,7 @@ mod tests {
     #[test]
     fn a_chat_head_finished_is_the_chat_event_with_offset_and_epoch() {
         let content = RawValue::from_string(r#"{"n":1,"s":"a\"b"}"#.into()).unwrap();
-        let head = chat_head("al\"ice", "r:1", &content);
+        let head = chat_head("al\"ice", "r:1", &content, None);
         let frame = finish_chat(&head, 42, "E1");
         let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
         assert_eq!(

@@ -40,6 +40,8 @@ pub(super) struct PhaseReport {
     stored: u64,
     tally: Tally,
     subscribers_missing: u64,
+    /// Subscribers whose counts were added up.
+    subscribers: u64,
     recovery: RecoverStats,
     acks: Option<Acks>,
     /// Why the fault could not be applied.
@@ -86,8 +88,10 @@ pub(super) fn account(
             let t = tally(stored, &s.frames.counts, range.clone());
             r.tally.missing += t.missing;
             r.tally.duplicated += t.duplicated;
+            r.tally.redelivered += t.redelivered;
             r.tally.unconfirmed += t.unconfirmed;
             r.subscribers_missing += u64::from(t.missing > 0);
+            r.subscribers += 1;
             r.recovery.add(&s.stats[k]);
         }
         reports.push(r);
@@ -122,6 +126,21 @@ fn problems(
             problems.push(format!(
                 "{}: {} duplicate deliveries",
                 r.name, r.tally.duplicated
+            ));
+        }
+        // A message whose store was never acknowledged (Redis died mid-call) is sent again; if
+        // Redis lost the room meanwhile, so did the dedupe record, and the resend is stored in
+        // the new epoch — receivers that got the first copy get it again, after being told
+        // (`history_reset`). Anything else arriving in a second epoch is a defect.
+        let resent = r.acks.as_ref().map_or(0, |a| a.outbox.resent);
+        if r.tally.redelivered > 0
+            && (r.recovery.history_resets == 0
+                || r.tally.redelivered > resent * r.subscribers)
+        {
+            problems.push(format!(
+                "{}: {} deliveries again in a later epoch, beyond what {} resends after {} \
+                 history resets explain",
+                r.name, r.tally.redelivered, resent, r.recovery.history_resets
             ));
         }
         if let Some(a) = &r.acks {
@@ -173,6 +192,7 @@ fn phase_json(r: &PhaseReport) -> serde_json::Value {
         "publisher_reconnects": a.map(|a| a.reconnects),
         "missing": r.tally.missing,
         "duplicated": r.tally.duplicated,
+        "redelivered_after_reset": r.tally.redelivered,
         "received_unconfirmed": r.tally.unconfirmed,
         "subscribers_missing": r.subscribers_missing,
         "error": r.error,
@@ -206,11 +226,11 @@ pub(super) fn summarize(
         "down_secs": args.down_secs,
         "phases": reports.iter().map(phase_json).collect::<Vec<_>>(),
     });
-    let row = |cells: [&str; 14]| {
+    let row = |cells: [&str; 15]| {
         let mut line = format!("{:<22}", cells[0]);
         for (c, w) in cells[1..]
             .iter()
-            .zip([6, 6, 6, 4, 7, 6, 6, 7, 7, 4, 10, 11, 6])
+            .zip([6, 6, 6, 4, 7, 6, 6, 7, 7, 4, 7, 10, 11, 6])
         {
             line.push_str(&format!(" {c:>w$}"));
         }
@@ -233,6 +253,7 @@ pub(super) fn summarize(
             "repeats",
             "missing",
             "dup",
+            "redeliv",
             "reconnects",
             "recov:false",
             "resets"
@@ -258,6 +279,7 @@ pub(super) fn summarize(
             opt(|a| a.outbox.repeat_acks),
             r.tally.missing.to_string(),
             r.tally.duplicated.to_string(),
+            r.tally.redelivered.to_string(),
             r.recovery.reconnects.to_string(),
             r.recovery.not_recovered.to_string(),
             r.recovery.history_resets.to_string(),

@@ -212,6 +212,7 @@ pub async fn start(shared: &Shared, method: &str, raw: &RawValue) -> Result<Pend
                 from: &from,
                 room: None,
                 content: p.data,
+                id: None,
             }
             .encode();
             let target = Target::AllExcept(None);
@@ -314,6 +315,7 @@ async fn publish(shared: &Shared, p: PublishParams<'_>) -> Result<Pending, ApiEr
             from: &from,
             room: Some(&p.room),
             content: p.data,
+            id: p.id.as_deref(),
         }
         .encode();
         let (channel, target) = (
@@ -330,7 +332,7 @@ async fn publish(shared: &Shared, p: PublishParams<'_>) -> Result<Pending, ApiEr
             Err(_) => Err(unavailable()),
         });
     });
-    let head = chat_head(&from, &p.room, p.data);
+    let head = chat_head(&from, &p.room, p.data, p.id.as_deref());
     let dedupe = p.id.map(|id| dedupe_key(&from, &id));
     shared
         .publisher

@@ -107,6 +107,7 @@ impl Session {
                 from: &me,
                 room: Some(room),
                 content,
+                id,
             }
             .encode();
             let ack = id.map(|id| (id.to_owned(), room.to_owned()));
@@ -115,7 +116,7 @@ impl Session {
                 .publish_queued(channel, target, &frame, false, ack)
                 .await;
         };
-        let head = chat_head(&me, room, content);
+        let head = chat_head(&me, room, content, id);
         let (shared, out) = (self.shared.clone(), self.out.clone());
         let ack = id.map(|id| (id.to_owned(), room.to_owned()));
         let then: crate::publisher::Then = Box::new(move |result| {
@@ -183,6 +184,7 @@ impl Session {
                     from: &me,
                     room: None,
                     content,
+                    id: None,
                 }
                 .encode();
                 self.publish_queued(
