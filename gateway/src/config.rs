@@ -100,6 +100,16 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Redis Cluster seed node URLs for dynamic membership instead of one Redis (repeat the
+    /// flag, or comma-separate them in the variable); the nodes use the same cluster.
+    #[arg(
+        long,
+        env = "RINGCAST_REDIS_CLUSTER",
+        value_delimiter = ',',
+        conflicts_with = "redis_url"
+    )]
+    pub redis_cluster: Vec<String>,
+
     /// Prefix of the Redis keys nodes register under (must match the nodes' `--redis-prefix`).
     #[arg(long, env = "RINGCAST_REDIS_PREFIX", default_value = "ringcast")]
     pub redis_prefix: String,
@@ -227,9 +237,17 @@ impl Config {
         Config::parse_from(["ringcast-gateway"])
     }
 
+    /// Where the node registry is: `--redis-url` or `--redis-cluster`.
+    pub fn redis_target(&self) -> Option<ringcast_net::redis_target::RedisTarget> {
+        ringcast_net::redis_target::RedisTarget::from_flags(
+            self.redis_url.as_deref(),
+            &self.redis_cluster,
+        )
+    }
+
     /// Whether the gateway must run its own node (nothing else to route to).
     pub fn embedded(&self) -> bool {
-        self.nodes.is_empty() && self.redis_url.is_none()
+        self.nodes.is_empty() && self.redis_target().is_none()
     }
 
     pub(crate) fn health_interval(&self) -> Duration {

@@ -32,6 +32,7 @@ impl EmbeddedNode {
             config.node_id = Some(EMBEDDED_NODE_ID.to_owned());
         }
         config.redis_url = None;
+        config.redis_cluster.clear();
         config.auth = auth.clone();
         config.api.api_keys = api_keys.to_vec();
         config

@@ -99,9 +99,9 @@ pub async fn run(
         via.clone(),
         drain.clone(),
     ));
-    if let Some(url) = config.redis_url.clone() {
+    if let Some(target) = config.redis_target() {
         drain.spawn(registry::run(
-            url,
+            target,
             config.redis_prefix.clone(),
             config.poll_interval(),
             membership.clone(),

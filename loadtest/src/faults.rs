@@ -274,7 +274,10 @@ mod tests {
     fn the_epoch_is_the_events_own_not_one_in_the_content() {
         let frame = br#"{"event":"chat","from":"p","room":"r","content":{"x":"\"epoch\":\"no"},"offset":3,"epoch":"E-1"}"#;
         assert_eq!(epoch_of(frame), Some(&b"E-1"[..]));
-        assert_eq!(epoch_of(br#"{"event":"chat","from":"p","content":1}"#), None);
+        assert_eq!(
+            epoch_of(br#"{"event":"chat","from":"p","content":1}"#),
+            None
+        );
         assert_eq!(epoch_of(br#"{"epoch":"cut"#), None);
     }
 }

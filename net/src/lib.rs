@@ -10,6 +10,7 @@
 //!   them on.
 //! - [`health`]: what a node's `/healthz` tells a gateway beyond its status.
 //! - [`registry`]: the layout of the node registry in Redis (written by nodes, read by gateways).
+//! - [`redis_target`]: one Redis or a Redis Cluster, and a command connection to either.
 //! - [`drain`]: a process's two-phase shutdown, the one value both binaries pass down.
 //! - [`cork`], [`split`], [`process`]: small transport and process helpers both binaries use.
 
@@ -22,6 +23,7 @@ pub mod http1;
 pub mod http1_io;
 pub mod link;
 pub mod process;
+pub mod redis_target;
 pub mod registry;
 pub mod split;
 pub mod ws_handshake;

@@ -29,8 +29,20 @@ pub struct Config {
 
     /// Redis URL (redis:// or rediss://, with user:password@ if needed). Absent: in-memory bus,
     /// one process only.
-    #[arg(long, env = "RINGCAST_REDIS_URL")]
+    #[arg(long, env = "RINGCAST_REDIS_URL", group = "redis")]
     pub redis_url: Option<String>,
+
+    /// Redis Cluster seed node URLs instead of one Redis (repeat the flag, or comma-separate
+    /// them in the variable; `redis://` or `rediss://`, with user:password@ if needed). Rooms
+    /// and clients then use sharded pub/sub, one subscriber connection per shard.
+    #[arg(
+        long,
+        env = "RINGCAST_REDIS_CLUSTER",
+        value_delimiter = ',',
+        group = "redis",
+        conflicts_with = "redis_url"
+    )]
+    pub redis_cluster: Vec<String>,
 
     /// Prefix of every Redis channel name this node uses.
     #[arg(long, env = "RINGCAST_REDIS_PREFIX", default_value = "ringcast")]
@@ -186,9 +198,10 @@ pub struct Config {
     /// Authentication (JWT) settings.
     #[command(flatten)]
     pub auth: ringcast_protocol::auth::AuthArgs,
-    /// `HOST:PORT` gateways should use to reach this node. With `--redis-url`, the node
-    /// registers itself there (TTL heartbeat) so gateways with the same Redis route to it.
-    #[arg(long, env = "RINGCAST_ADVERTISE", requires = "redis_url",
+    /// `HOST:PORT` gateways should use to reach this node. With `--redis-url` (or
+    /// `--redis-cluster`), the node registers itself there (TTL heartbeat) so gateways with the
+    /// same Redis route to it.
+    #[arg(long, env = "RINGCAST_ADVERTISE", requires = "redis",
           value_parser = ringcast_net::registry::parse_advertise)]
     pub advertise: Option<String>,
 
@@ -242,10 +255,18 @@ impl Config {
         Duration::from_secs(self.idle_timeout_secs.clamp(1, MAX_SECS))
     }
 
-    /// The Redis registration this node keeps, when `--redis-url` and `--advertise` are set.
+    /// Where Redis is: `--redis-url` or `--redis-cluster`; `None`: the in-memory bus.
+    pub fn redis_target(&self) -> Option<ringcast_net::redis_target::RedisTarget> {
+        ringcast_net::redis_target::RedisTarget::from_flags(
+            self.redis_url.as_deref(),
+            &self.redis_cluster,
+        )
+    }
+
+    /// The Redis registration this node keeps, when Redis and `--advertise` are set.
     pub fn registration(&self) -> Option<crate::registration::Registration> {
         Some(crate::registration::Registration {
-            redis_url: self.redis_url.clone()?,
+            target: self.redis_target()?,
             prefix: self.redis_prefix.clone(),
             node_id: self.resolved_node_id(),
             advertise: self.advertise.clone()?,

@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
+use ringcast_net::redis_target::{RedisConn, RedisTarget};
 use ringcast_net::registry::{
     addrs_key, eval, index_key, legacy_key, registry_value, DEREGISTER_SCRIPT, PRUNE_BATCH,
     REGISTER_SCRIPT,
@@ -18,8 +17,8 @@ use ringcast_net::drain::Drain;
 /// What a node registers, and how often.
 #[derive(Debug, Clone)]
 pub struct Registration {
-    /// Redis URL.
-    pub redis_url: String,
+    /// Where Redis is.
+    pub target: RedisTarget,
     /// Key prefix.
     pub prefix: String,
     /// The node id.
@@ -41,19 +40,13 @@ pub async fn run(reg: Registration, drain: Drain) {
     let index = index_key(&reg.prefix);
     let addrs = addrs_key(&reg.prefix);
     let value = registry_value(&reg.advertise, reg.weight);
-    let client = match redis::Client::open(reg.redis_url.as_str()) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(error = %e, "registration disabled: bad Redis URL");
-            return;
-        }
-    };
+    if let Err(e) = reg.target.validate() {
+        warn!(error = %e, "registration disabled: bad Redis URL");
+        return;
+    }
     let io_timeout = reg.interval.max(Duration::from_millis(200));
-    let conn_config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(io_timeout))
-        .set_response_timeout(Some(io_timeout));
     let ttl_ms = reg.ttl.as_millis().clamp(100, u128::from(u32::MAX)) as u64;
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<RedisConn> = None;
     let mut registered = false;
     let mut tick = tokio::time::interval(reg.interval.max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -66,8 +59,9 @@ pub async fn run(reg: Registration, drain: Drain) {
             break;
         }
         if conn.is_none() {
-            conn = client
-                .get_multiplexed_async_connection_with_config(&conn_config)
+            conn = reg
+                .target
+                .connect(io_timeout)
                 .await
                 .map_err(|e| warn!(error = %e, "registration: cannot reach Redis"))
                 .ok();
@@ -87,8 +81,8 @@ pub async fn run(reg: Registration, drain: Drain) {
         }
     }
     deregister(
-        &client,
-        &conn_config,
+        &reg.target,
+        io_timeout,
         conn,
         &index,
         &addrs,
@@ -101,7 +95,7 @@ pub async fn run(reg: Registration, drain: Drain) {
 /// One heartbeat: the lease in the index, then the key older gateways read.
 #[allow(clippy::too_many_arguments)]
 async fn heartbeat(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
     index: &str,
     addrs: &str,
     node_id: &str,
@@ -126,9 +120,9 @@ async fn heartbeat(
 }
 
 async fn deregister(
-    client: &redis::Client,
-    config: &AsyncConnectionConfig,
-    conn: Option<MultiplexedConnection>,
+    target: &RedisTarget,
+    io_timeout: Duration,
+    conn: Option<RedisConn>,
     index: &str,
     addrs: &str,
     node_id: &str,
@@ -136,10 +130,7 @@ async fn deregister(
 ) {
     let conn = match conn {
         Some(c) => Some(c),
-        None => client
-            .get_multiplexed_async_connection_with_config(config)
-            .await
-            .ok(),
+        None => target.connect(io_timeout).await.ok(),
     };
     let Some(mut conn) = conn else {
         warn!(

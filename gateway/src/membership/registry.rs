@@ -13,9 +13,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
 use ringcast_net::drain::Drain;
+use ringcast_net::redis_target::{RedisConn, RedisTarget};
 use ringcast_net::registry::{addrs_key, eval, index_key, READ_SCRIPT};
 use tracing::{info, warn};
 
@@ -27,27 +26,21 @@ const MAX_NODES: usize = 1024;
 
 /// Polls the registry every `interval` until the gateway's drain is over (`drain` stops).
 pub async fn run(
-    redis_url: String,
+    target: RedisTarget,
     prefix: String,
     interval: Duration,
     membership: Arc<Membership>,
     metrics: Arc<Metrics>,
     drain: Drain,
 ) {
-    let client = match redis::Client::open(redis_url.as_str()) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(error = %e, "dynamic membership disabled: bad Redis URL");
-            return;
-        }
-    };
+    if let Err(e) = target.validate() {
+        warn!(error = %e, "dynamic membership disabled: bad Redis URL");
+        return;
+    }
     let timeout = Duration::from_secs(1);
-    let conn_config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout));
     let index = index_key(&prefix);
     let addrs = addrs_key(&prefix);
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<RedisConn> = None;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut healthy = true;
@@ -57,10 +50,7 @@ pub async fn run(
             _ = drain.stopped() => return,
         }
         if conn.is_none() {
-            conn = client
-                .get_multiplexed_async_connection_with_config(&conn_config)
-                .await
-                .ok();
+            conn = target.connect(timeout).await.ok();
         }
         let result = match conn.as_mut() {
             Some(c) => read_registry(c, &index, &addrs).await,
@@ -91,7 +81,7 @@ pub async fn run(
 
 /// Every live lease: (id, addr, weight), at most [`MAX_NODES`].
 async fn read_registry(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
     index: &str,
     addrs: &str,
 ) -> redis::RedisResult<Vec<(String, String, usize)>> {

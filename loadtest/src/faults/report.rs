@@ -134,8 +134,7 @@ fn problems(
         // (`history_reset`). Anything else arriving in a second epoch is a defect.
         let resent = r.acks.as_ref().map_or(0, |a| a.outbox.resent);
         if r.tally.redelivered > 0
-            && (r.recovery.history_resets == 0
-                || r.tally.redelivered > resent * r.subscribers)
+            && (r.recovery.history_resets == 0 || r.tally.redelivered > resent * r.subscribers)
         {
             problems.push(format!(
                 "{}: {} deliveries again in a later epoch, beyond what {} resends after {} \

@@ -22,10 +22,13 @@ mod memory_presence;
 pub mod presence;
 mod probe;
 pub mod redis;
+mod redis_batch;
 pub mod redis_config;
 mod redis_conn;
 mod redis_history;
 mod redis_presence;
+mod redis_shards;
+mod redis_topology;
 
 /// A bus channel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

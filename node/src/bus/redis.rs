@@ -11,6 +11,13 @@
 //! from the moment the subscriber connection is lost (its reader reports the disconnect) until a
 //! new one has resubscribed everything, so the hub holds back join acks meanwhile. `healthy()` is
 //! false while either connection is down (the subscriber counts as down until resubscribed).
+//!
+//! On a Redis Cluster (`--redis-cluster`) the command connection is a cluster connection that
+//! routes each command by its key's slot, publishes are `SPUBLISH` (broadcast too: a fixed
+//! sharded channel, so it costs one shard what a room does, instead of classic `PUBLISH`,
+//! which every shard would forward to every other), a batch is cut into one pipeline per slot
+//! (sent concurrently; a room's messages stay in order because a room is one slot), and the
+//! subscriber is one connection per shard (`redis_shards.rs`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,17 +25,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::{Client, IntoConnectionInfo, ProtocolVersion};
+use ringcast_net::redis_target::{single_client, slot_of, RedisTarget};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use ringcast_protocol::stored::new_epoch;
 
+use super::redis_batch::Batch;
 use super::redis_config::RedisBusConfig;
 use super::redis_conn::{supervise_publisher, supervise_subscriber, unavailable, Inner};
 use super::redis_history::{
-    parse_page, parse_stored, publish_cmd, read_cmd, room_channel, PUBLISH_SCRIPT, SCRIPT_RUN,
+    parse_page, parse_stored, publish_cmd, read_cmd, room_channel, Mode, PUBLISH_SCRIPT, SCRIPT_RUN,
 };
+use super::redis_shards;
 use super::{
     Bus, BusError, Channel, HistoryPage, HistoryQuery, Inbox, Publish, Published, Stored,
     StoredPublish,
@@ -51,17 +60,17 @@ impl RedisBus {
     ) -> Result<Self, BusError> {
         // rediss:// needs a rustls crypto provider; ignore "already installed".
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let info = settings
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| unavailable("invalid Redis URL", e))?;
-        let redis_settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(redis_settings))
-            .map_err(|e| unavailable("invalid Redis URL", e))?;
+        settings
+            .target
+            .validate()
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let client = match &settings.target {
+            RedisTarget::Single(url) => {
+                Some(single_client(url).map_err(|e| unavailable("invalid Redis URL", e))?)
+            }
+            RedisTarget::Cluster(_) => None,
+        };
+        let cluster = settings.target.is_cluster();
         let probe_channel = format!(
             "{}:probe:{}:{:016x}",
             settings.prefix,
@@ -77,10 +86,12 @@ impl RedisBus {
             inbox,
             metrics,
         ));
-        let tasks = vec![
-            tokio::spawn(supervise_publisher(inner.clone())),
-            tokio::spawn(supervise_subscriber(inner.clone())),
-        ];
+        let subscriber = if cluster {
+            tokio::spawn(redis_shards::supervise(inner.clone()))
+        } else {
+            tokio::spawn(supervise_subscriber(inner.clone()))
+        };
+        let tasks = vec![tokio::spawn(supervise_publisher(inner.clone())), subscriber];
         Ok(RedisBus { inner, tasks })
     }
 
@@ -96,12 +107,18 @@ impl RedisBus {
         self.inner.prefix()
     }
 
-    /// Sends a pipeline on the command connection.
-    pub(super) async fn pipeline(
-        &self,
-        pipe: &redis::Pipeline,
-    ) -> Result<Vec<redis::Value>, BusError> {
-        self.inner.pipeline(pipe).await
+    /// Sends a batch that may span slots on the command connection (`redis_batch.rs`).
+    pub(super) async fn batch(&self, batch: &Batch) -> Result<Vec<redis::Value>, BusError> {
+        self.inner.batch(batch).await
+    }
+
+    /// The scripts' mode.
+    fn mode(&self) -> Mode {
+        if self.inner.is_cluster() {
+            Mode::Cluster
+        } else {
+            Mode::Single
+        }
     }
 
     /// Sends one command on the command connection.
@@ -115,6 +132,85 @@ impl RedisBus {
         match channel {
             Channel::Room(room) => room_channel(self.inner.prefix(), room),
             _ => format!("{}:{channel}", self.inner.prefix()),
+        }
+    }
+}
+
+impl RedisBus {
+    /// Sends `batch` as one pipeline (on a cluster: all of one slot), in order: plain publishes
+    /// as they are, runs of stored messages as script calls.
+    async fn publish_pipeline(&self, batch: &[Publish]) -> Vec<Result<Published, BusError>> {
+        let steps = plan(batch);
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        // The script goes by its SHA; loading it first in the same pipeline (one `SCRIPT LOAD`
+        // per batch, not per message) means Redis has it for every `EVALSHA` after, even just
+        // after a restart or a `SCRIPT FLUSH` — and a NOSCRIPT can never reorder a batch.
+        if steps.iter().any(|s| matches!(s, Step::Script(_))) {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(PUBLISH_SCRIPT).ignore();
+        }
+        let epoch = new_epoch(rand::random::<u8>);
+        for step in &steps {
+            match step {
+                Step::Plain(i) => {
+                    let Publish::Plain(channel, payload) = &batch[*i] else {
+                        unreachable!("plan() makes a Plain step of a plain publish only")
+                    };
+                    let command = match self.mode() {
+                        Mode::Single => "PUBLISH",
+                        Mode::Cluster => "SPUBLISH",
+                    };
+                    pipe.cmd(command)
+                        .arg(self.name(channel))
+                        .arg(payload.as_ref());
+                }
+                Step::Script(run) => {
+                    let msgs: Vec<&StoredPublish> = batch[run.clone()]
+                        .iter()
+                        .filter_map(|p| match p {
+                            Publish::Stored(m) => Some(m),
+                            Publish::Plain(..) => None,
+                        })
+                        .collect();
+                    pipe.add_command(publish_cmd(self.inner.prefix(), &msgs, &epoch, self.mode()));
+                }
+            }
+        }
+        let err = match self.inner.pipeline(&pipe).await {
+            Ok(values) if values.len() == steps.len() => {
+                let mut out = Vec::with_capacity(batch.len());
+                for (step, value) in steps.iter().zip(values) {
+                    match step {
+                        Step::Plain(_) => out.push(match value {
+                            redis::Value::Int(n) => Ok(Published::Plain(n.max(0) as usize)),
+                            other => Err(BusError::Unavailable(format!(
+                                "Redis answered a PUBLISH with {other:?}"
+                            ))),
+                        }),
+                        Step::Script(run) => out.extend(
+                            parse_stored(&value, run.len())
+                                .into_iter()
+                                .map(|r| r.map(Published::Stored)),
+                        ),
+                    }
+                }
+                return out;
+            }
+            Ok(values) => BusError::Unavailable(format!(
+                "Redis answered {} commands with {} replies",
+                steps.len(),
+                values.len()
+            )),
+            Err(e) => e,
+        };
+        batch.iter().map(|_| Err(err.clone())).collect()
+    }
+
+    /// The name whose slot an item goes to: its channel's, or its room's.
+    fn slot_name(&self, item: &Publish) -> String {
+        match item {
+            Publish::Plain(channel, _) => self.name(channel),
+            Publish::Stored(m) => room_channel(self.inner.prefix(), &m.room),
         }
     }
 }
@@ -151,66 +247,32 @@ impl Bus for RedisBus {
     }
 
     async fn publish_all(&self, batch: &[Publish]) -> Vec<Result<Published, BusError>> {
-        let steps = plan(batch);
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        // The script goes by its SHA; loading it first in the same pipeline (one `SCRIPT LOAD`
-        // per batch, not per message) means Redis has it for every `EVALSHA` after, even just
-        // after a restart or a `SCRIPT FLUSH` — and a NOSCRIPT can never reorder a batch.
-        if steps.iter().any(|s| matches!(s, Step::Script(_))) {
-            pipe.cmd("SCRIPT").arg("LOAD").arg(PUBLISH_SCRIPT).ignore();
+        if !self.inner.is_cluster() {
+            return self.publish_pipeline(batch).await;
         }
-        let epoch = new_epoch(rand::random::<u8>);
-        for step in &steps {
-            match step {
-                Step::Plain(i) => {
-                    let Publish::Plain(channel, payload) = &batch[*i] else {
-                        unreachable!("plan() makes a Plain step of a plain publish only")
-                    };
-                    pipe.cmd("PUBLISH")
-                        .arg(self.name(channel))
-                        .arg(payload.as_ref());
-                }
-                Step::Script(run) => {
-                    let msgs: Vec<&StoredPublish> = batch[run.clone()]
-                        .iter()
-                        .filter_map(|p| match p {
-                            Publish::Stored(m) => Some(m),
-                            Publish::Plain(..) => None,
-                        })
-                        .collect();
-                    pipe.add_command(publish_cmd(self.inner.prefix(), &msgs, &epoch));
-                }
+        // One pipeline per slot, all at once; each item's result back at its place.
+        let mut by_slot: Vec<(u16, Vec<usize>)> = Vec::new();
+        for (i, item) in batch.iter().enumerate() {
+            let slot = slot_of(self.slot_name(item).as_bytes());
+            match by_slot.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, group)) => group.push(i),
+                None => by_slot.push((slot, vec![i])),
             }
         }
-        let err = match self.inner.pipeline(&pipe).await {
-            Ok(values) if values.len() == steps.len() => {
-                let mut out = Vec::with_capacity(batch.len());
-                for (step, value) in steps.iter().zip(values) {
-                    match step {
-                        Step::Plain(_) => out.push(match value {
-                            redis::Value::Int(n) => Ok(Published::Plain(n.max(0) as usize)),
-                            other => Err(BusError::Unavailable(format!(
-                                "Redis answered a PUBLISH with {other:?}"
-                            ))),
-                        }),
-                        Step::Script(run) => out.extend(
-                            parse_stored(&value, run.len())
-                                .into_iter()
-                                .map(|r| r.map(Published::Stored)),
-                        ),
-                    }
-                }
-                return out;
+        let sends = by_slot.iter().map(|(_, group)| {
+            let part: Vec<Publish> = group.iter().map(|i| batch[*i].clone()).collect();
+            async move { self.publish_pipeline(&part).await }
+        });
+        let results = futures_util::future::join_all(sends).await;
+        let mut out: Vec<Option<Result<Published, BusError>>> = vec![None; batch.len()];
+        for ((_, group), part) in by_slot.iter().zip(results) {
+            for (i, r) in group.iter().zip(part) {
+                out[*i] = Some(r);
             }
-            Ok(values) => BusError::Unavailable(format!(
-                "Redis answered {} commands with {} replies",
-                steps.len(),
-                values.len()
-            )),
-            Err(e) => e,
-        };
-        batch.iter().map(|_| Err(err.clone())).collect()
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(BusError::Unavailable("no reply".into()))))
+            .collect()
     }
 
     async fn history(
@@ -221,12 +283,23 @@ impl Bus for RedisBus {
         meta_ttl: Duration,
     ) -> Result<HistoryPage, BusError> {
         let epoch = new_epoch(rand::random::<u8>);
-        let cmd = read_cmd(self.inner.prefix(), room, query, limit, &epoch, meta_ttl);
+        let cmd = read_cmd(
+            self.inner.prefix(),
+            room,
+            query,
+            limit,
+            &epoch,
+            meta_ttl,
+            self.mode(),
+        );
         parse_page(&self.inner.query(&cmd).await?, query)
     }
 
     async fn subscribe(&self, channels: &[Channel]) -> Result<(), BusError> {
         let names: Vec<String> = channels.iter().map(|c| self.name(c)).collect();
+        if self.inner.is_cluster() {
+            return redis_shards::command(&self.inner, &names, true).await;
+        }
         self.inner.subscriber_command(&names, true).await
     }
 
@@ -236,6 +309,9 @@ impl Bus for RedisBus {
             .filter(|c| **c != Channel::Broadcast)
             .map(|c| self.name(c))
             .collect();
+        if self.inner.is_cluster() {
+            return redis_shards::command(&self.inner, &names, false).await;
+        }
         self.inner.subscriber_command(&names, false).await
     }
 

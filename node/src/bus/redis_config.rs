@@ -1,15 +1,17 @@
 //! The settings of the Redis bus, taken from a node's configuration; shared by the bus
-//! (`redis.rs`) and its connections (`redis_conn.rs`).
+//! (`redis.rs`) and its connections (`redis_conn.rs`, `redis_shards.rs`).
 
 use std::time::Duration;
 
+use ringcast_net::redis_target::RedisTarget;
+
 use crate::config::Config;
 
-/// Settings of the Redis bus (`RedisBus`). Its `Debug` output hides the URL's credentials.
-#[derive(Clone)]
+/// Settings of the Redis bus (`RedisBus`). Its `Debug` output hides the URLs' credentials.
+#[derive(Debug, Clone)]
 pub struct RedisBusConfig {
-    /// `redis://` or `rediss://` URL, with credentials if needed.
-    pub url: String,
+    /// One Redis or a Redis Cluster.
+    pub target: RedisTarget,
     /// Prefix of every channel name.
     pub prefix: String,
     /// This node's id (part of its probe channel's name).
@@ -25,10 +27,11 @@ pub struct RedisBusConfig {
 }
 
 impl RedisBusConfig {
-    /// The Redis settings of a node configuration; `None` without `--redis-url`.
+    /// The Redis settings of a node configuration; `None` without `--redis-url` or
+    /// `--redis-cluster`.
     pub fn from_config(config: &Config) -> Option<Self> {
         Some(RedisBusConfig {
-            url: config.redis_url.clone()?,
+            target: config.redis_target()?,
             prefix: config.redis_prefix.clone(),
             node_id: config.resolved_node_id(),
             probe_interval: Duration::from_millis(config.redis_probe_interval_ms.max(10)),
@@ -36,30 +39,6 @@ impl RedisBusConfig {
             reconnect_max: Duration::from_millis(config.redis_reconnect_max_ms.max(50)),
             command_timeout: Duration::from_millis(config.redis_command_timeout_ms.max(10)),
         })
-    }
-}
-
-impl std::fmt::Debug for RedisBusConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisBusConfig")
-            .field("url", &redacted(&self.url))
-            .field("prefix", &self.prefix)
-            .field("node_id", &self.node_id)
-            .field("probe_interval", &self.probe_interval)
-            .field("probe_timeout", &self.probe_timeout)
-            .field("reconnect_max", &self.reconnect_max)
-            .field("command_timeout", &self.command_timeout)
-            .finish()
-    }
-}
-
-/// The URL with any `user:password@` replaced by `***@`.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
-        }
-        _ => url.to_owned(),
     }
 }
 
@@ -88,6 +67,40 @@ mod tests {
             shown.contains("rediss://***@redis.example:6380/0"),
             "{shown}"
         );
-        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn cluster_seeds_come_from_the_flag_or_the_variable() {
+        use clap::Parser;
+        let c = Config::try_parse_from([
+            "n",
+            "--redis-cluster",
+            "redis://a:1",
+            "--redis-cluster",
+            "redis://b:2,redis://c:3",
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.redis_target(),
+            Some(RedisTarget::Cluster(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into(),
+                "redis://c:3".into()
+            ]))
+        );
+        let both = Config::try_parse_from([
+            "n",
+            "--redis-cluster",
+            "redis://a:1",
+            "--redis-url",
+            "redis://b:2",
+        ]);
+        assert!(
+            both.is_err(),
+            "--redis-url and --redis-cluster exclude each other"
+        );
+        let advertised =
+            Config::try_parse_from(["n", "--redis-cluster", "redis://a:1", "--advertise", "h:1"]);
+        assert!(advertised.is_ok(), "--advertise works with a cluster");
     }
 }

@@ -1,4 +1,6 @@
-//! The Redis bus's two connections and the supervisors that keep them up.
+//! The Redis bus's two connections and the supervisors that keep them up (on a Redis Cluster
+//! the command connection is a cluster connection and the subscriber is per shard:
+//! `redis_shards.rs`).
 //!
 //! Each connection carries a generation number; failure reports (a disconnect pushed by the
 //! connection's reader, a failed command, a failed probe) name the generation they concern, so a
@@ -13,12 +15,15 @@ use std::sync::{Arc, RwLock, Weak};
 use bytes::Bytes;
 use redis::aio::{MultiplexedConnection, SendError};
 use redis::{AsyncConnectionConfig, Client, ErrorKind, PushInfo, PushKind, RedisError, Value};
+use ringcast_net::redis_target::RedisConn;
 use tokio::sync::{watch, Mutex};
 use tracing::{info, warn};
 
 use super::liveness::Liveness;
 use super::probe::{self, Backoff};
+use super::redis_batch::Batch;
 use super::redis_config::RedisBusConfig;
+use super::redis_shards::Shards;
 use super::{BusError, Inbox};
 use crate::metrics::Metrics;
 
@@ -28,14 +33,14 @@ const CHANNELS_PER_COMMAND: usize = 1000;
 /// One live connection, tagged with the generation that tells its failure reports apart from
 /// those of connections it replaced.
 #[derive(Clone)]
-struct Link {
+struct Link<C = RedisConn> {
     generation: u64,
-    conn: MultiplexedConnection,
+    conn: C,
 }
 
-/// The subscriber connection and what it must follow.
+/// The subscriber connection (one Redis) and what it must follow.
 struct Subscriber {
-    link: Option<Link>,
+    link: Option<Link<MultiplexedConnection>>,
     /// Redis channel names to follow (the broadcast channel from the start, plus what was
     /// subscribed and not unsubscribed since). Bounded by the hub's rooms and clients.
     wanted: BTreeSet<String>,
@@ -43,7 +48,8 @@ struct Subscriber {
 
 /// Everything the bus and its supervisors share.
 pub(super) struct Inner {
-    client: Client,
+    /// One Redis's client (`None` on a cluster, whose connections `settings.target` makes).
+    client: Option<Client>,
     settings: RedisBusConfig,
     probe_channel: Arc<[u8]>,
     inbox: Inbox,
@@ -51,8 +57,10 @@ pub(super) struct Inner {
     next_generation: AtomicU64,
     publisher: RwLock<Option<Link>>,
     /// Held across SUBSCRIBE round trips (a tokio mutex), so commands and resubscription after a
-    /// reconnect never interleave.
+    /// reconnect never interleave. One Redis only.
     subscriber: Mutex<Subscriber>,
+    /// The per-shard subscribers of a cluster.
+    pub(super) shards: Shards,
     /// Highest failed generation of each connection.
     publisher_failed_tx: watch::Sender<u64>,
     subscriber_failed_tx: watch::Sender<u64>,
@@ -79,7 +87,7 @@ fn poisoned<T>(e: std::sync::PoisonError<T>) -> T {
 }
 
 /// Records a failed generation in a "highest failed" watch.
-fn report_failure(tx: &watch::Sender<u64>, generation: u64) {
+pub(super) fn report_failure(tx: &watch::Sender<u64>, generation: u64) {
     tx.send_if_modified(|failed| {
         let newer = generation > *failed;
         if newer {
@@ -93,13 +101,14 @@ impl Inner {
     /// The state of a bus that has not connected yet; `wanted` starts with the channels it always
     /// follows.
     pub(super) fn new(
-        client: Client,
+        client: Option<Client>,
         settings: RedisBusConfig,
         probe_channel: String,
         wanted: BTreeSet<String>,
         inbox: Inbox,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let probe_base = probe_channel.clone();
         Inner {
             client,
             probe_channel: probe_channel.into_bytes().into(),
@@ -107,6 +116,7 @@ impl Inner {
             metrics,
             next_generation: AtomicU64::new(1),
             publisher: RwLock::new(None),
+            shards: Shards::new(wanted.clone()).with_probe_base(probe_base),
             subscriber: Mutex::new(Subscriber { link: None, wanted }),
             publisher_failed_tx: watch::channel(0).0,
             subscriber_failed_tx: watch::channel(0).0,
@@ -130,15 +140,35 @@ impl Inner {
         self.live_tx.subscribe()
     }
 
+    /// Whether Redis is a cluster.
+    pub(super) fn is_cluster(&self) -> bool {
+        self.settings.target.is_cluster()
+    }
+
+    /// The settings.
+    pub(super) fn settings(&self) -> &RedisBusConfig {
+        &self.settings
+    }
+
+    /// The inbox every received payload goes to.
+    pub(super) fn inbox(&self) -> &Inbox {
+        &self.inbox
+    }
+
+    /// The metrics.
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The subscriber of `generation` has every wanted channel subscribed (believed only if
     /// that generation was not reported lost meanwhile: see `liveness.rs`).
-    fn subscriptions_restored(&self, generation: u64) {
+    pub(super) fn subscriptions_restored(&self, generation: u64) {
         self.update_liveness(|l| l.restored(generation));
     }
 
     /// The subscriber of `generation` is lost (or judged so): until a new one has resubscribed,
     /// nothing published reaches this node. A report about a replaced generation changes nothing.
-    fn subscriptions_lost(&self, generation: u64) {
+    pub(super) fn subscriptions_lost(&self, generation: u64) {
         self.update_liveness(|l| l.lost(generation));
     }
 
@@ -156,8 +186,13 @@ impl Inner {
         &self.settings.prefix
     }
 
-    fn generation(&self) -> u64 {
+    pub(super) fn generation(&self) -> u64 {
         self.next_generation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Marks the subscriber side up or down (health is both sides up).
+    pub(super) fn set_subscriber_up(&self, up: bool) {
+        self.set_up(&self.subscriber_up, up);
     }
 
     fn set_up(&self, flag: &AtomicBool, up: bool) {
@@ -175,8 +210,11 @@ impl Inner {
         self.publisher.read().unwrap_or_else(poisoned).clone()
     }
 
-    async fn connect(
+    /// A connection to one server of `client` (one Redis's, or a shard's) whose pushes go to
+    /// `push`.
+    pub(super) async fn connect_to(
         &self,
+        client: &Client,
         push: impl redis::aio::AsyncPushSender,
     ) -> Result<MultiplexedConnection, RedisError> {
         let limit = Some(self.settings.command_timeout);
@@ -184,13 +222,40 @@ impl Inner {
             .set_connection_timeout(limit)
             .set_response_timeout(limit)
             .set_push_sender(push);
-        let connecting = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config);
+        let connecting = client.get_multiplexed_async_connection_with_config(&config);
         match tokio::time::timeout(self.settings.command_timeout * 2, connecting).await {
             Ok(result) => result,
             Err(_) => Err(RedisError::from((ErrorKind::Io, "connect timed out"))),
         }
+    }
+
+    /// A connection to the one Redis.
+    async fn connect(
+        &self,
+        push: impl redis::aio::AsyncPushSender,
+    ) -> Result<MultiplexedConnection, RedisError> {
+        let Some(client) = &self.client else {
+            return Err(RedisError::from((
+                ErrorKind::Client,
+                "no single-server client on a cluster",
+            )));
+        };
+        self.connect_to(client, push).await
+    }
+
+    /// The command connection: to the one Redis (its disconnects go to `push`), or to the
+    /// cluster.
+    async fn connect_commands(
+        &self,
+        push: impl redis::aio::AsyncPushSender,
+    ) -> Result<RedisConn, RedisError> {
+        if self.client.is_some() {
+            return self.connect(push).await.map(RedisConn::Single);
+        }
+        self.settings
+            .target
+            .connect(self.settings.command_timeout)
+            .await
     }
 
     /// Publishes on the current publisher connection; a failure that may have broken the
@@ -205,7 +270,12 @@ impl Inner {
                 "Redis publisher is reconnecting".into(),
             ));
         };
-        let result: Result<usize, RedisError> = redis::cmd("PUBLISH")
+        let command = if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let result: Result<usize, RedisError> = redis::cmd(command)
             .arg(channel)
             .arg(payload)
             .query_async(&mut link.conn)
@@ -236,6 +306,22 @@ impl Inner {
         })
     }
 
+    /// Sends a batch that may span hash slots (see `redis_batch.rs`); the replies of the
+    /// commands not ignored, in the batch's order.
+    pub(super) async fn batch(&self, batch: &Batch) -> Result<Vec<Value>, BusError> {
+        if !self.is_cluster() {
+            return self.pipeline(&batch.pipeline()).await;
+        }
+        let groups = batch.slot_groups();
+        let mut replies = Vec::with_capacity(groups.len());
+        for group in &groups {
+            replies.push(self.pipeline(&batch.pipeline_of(group)).await?);
+        }
+        batch
+            .merge(&groups, replies)
+            .ok_or_else(|| BusError::Unavailable("Redis answered a batch short".into()))
+    }
+
     /// Runs one command on the publisher connection (as [`Inner::pipeline`]).
     pub(super) async fn query(&self, cmd: &redis::Cmd) -> Result<Value, BusError> {
         let Some(mut link) = self.publisher() else {
@@ -257,14 +343,24 @@ impl Inner {
             .ok()
             .and_then(|s| s.parse::<u64>().ok());
         if let Some(token) = token {
-            self.probe_seen_tx.send_if_modified(|seen| {
-                let newer = token > *seen;
-                if newer {
-                    *seen = token;
-                }
-                newer
-            });
+            self.probe_seen(token);
         }
+    }
+
+    /// Probe `token` came back (on a cluster: on every shard).
+    pub(super) fn probe_seen(&self, token: u64) {
+        self.probe_seen_tx.send_if_modified(|seen| {
+            let newer = token > *seen;
+            if newer {
+                *seen = token;
+            }
+            newer
+        });
+    }
+
+    /// Follows the highest probe token that came back.
+    pub(super) fn probe_seen_rx(&self) -> watch::Receiver<u64> {
+        self.probe_seen_tx.subscribe()
     }
 }
 
@@ -330,7 +426,7 @@ pub(super) async fn supervise_publisher(inner: Arc<Inner>) {
             }
             Ok::<(), SendError>(())
         };
-        let conn = match inner.connect(push).await {
+        let conn = match inner.connect_commands(push).await {
             Ok(conn) => conn,
             Err(e) => {
                 let pause = backoff.next_delay();

@@ -14,6 +14,13 @@
 //! `recovered:true`. When the meta hash is gone (expired, or Redis lost it) the next publish
 //! or read starts a new epoch with a fresh log, so offsets are never reissued under an epoch a
 //! client already holds — as long as Redis keeps what it acknowledged (README: persistence).
+//!
+//! On Redis Cluster ([`Mode::Cluster`]) a failover can lose what the old primary acknowledged
+//! but had not replicated, so the epoch follows the shard's replication id: the meta hash also
+//! keeps `rid`, the `master_replid` of the primary that last wrote it. A meta written under the
+//! id the current primary took over from (its `master_replid2`: a failover since) starts a new
+//! epoch; one written under an unknown id came with its keys from another shard (a slot
+//! migration, which loses nothing) and is adopted. Publishes use `SPUBLISH` there.
 
 use std::sync::Arc;
 
@@ -40,9 +47,10 @@ fn ids_key(prefix: &str, room: &str) -> String {
 }
 
 /// Stores and publishes a run of room messages, in order. Message `i` (from 0) has `KEYS` meta,
-/// log, ids at `3i+1..=3i+3` and `ARGV` [`ARGS_PER_MESSAGE`] values from `2+8i`: frame head,
+/// log, ids at `3i+1..=3i+3` and `ARGV` [`ARGS_PER_MESSAGE`] values from `3+8i`: frame head,
 /// size, ttl ms, meta ttl ms, channel, sent-at micros, room, dedupe key or `''`; `ARGV[1]` is
-/// a random candidate epoch (suffixed with `i`, so no two fresh starts in one call share one).
+/// a random candidate epoch (suffixed with `i`, so no two fresh starts in one call share one),
+/// `ARGV[2]` the [`Mode`] (`c` on a cluster: see the module's note on failovers).
 /// Returns `{offset, epoch, subscribers, outcome}` per message, flattened; outcome 0 stored,
 /// 1 a duplicate (`offset` the first one's), 2 failed (`epoch` holds Redis's error). Each
 /// message runs under `pcall`: Redis does not undo a script, so one that fails (a key of the
@@ -58,18 +66,35 @@ fn ids_key(prefix: &str, room: &str) -> String {
 /// epoch (here and in [`READ_SCRIPT`]) deletes the records with the log.
 pub(super) const PUBLISH_SCRIPT: &str = r#"
 local out = {}
+local cluster = ARGV[2] == 'c'
+local rid, rid2 = '', ''
+if cluster then
+  local info = redis.call('INFO', 'replication')
+  rid = string.match(info, 'master_replid:(%w+)') or ''
+  rid2 = string.match(info, 'master_replid2:(%w+)') or ''
+end
+local pub = cluster and 'SPUBLISH' or 'PUBLISH'
 local function one(i)
   local meta, log, ids = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local a = 8 * i + 1
+  local a = 8 * i + 2
   local head, size, ttl, mttl = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local key = ARGV[a + 8]
   local function fresh()
     redis.call('DEL', log, ids)
     local e = ARGV[1] .. i
     redis.call('HSET', meta, 'epoch', e, 'top', 0)
+    if cluster then redis.call('HSET', meta, 'rid', rid) end
     return e
   end
-  local epoch = redis.call('HGET', meta, 'epoch')
+  local m = redis.call('HMGET', meta, 'epoch', 'rid')
+  local epoch = m[1]
+  if epoch and cluster and m[2] ~= rid then
+    if not m[2] or m[2] == rid2 then
+      epoch = false
+    else
+      redis.call('HSET', meta, 'rid', rid)
+    end
+  end
   if not epoch then epoch = fresh() end
   if key ~= '' then
     local first = redis.call('ZSCORE', ids, key)
@@ -103,7 +128,7 @@ local function one(i)
     end
     redis.call('PEXPIRE', ids, mttl)
   end
-  local n = redis.call('PUBLISH', ARGV[a + 5],
+  local n = redis.call(pub, ARGV[a + 5],
     '\2' .. top .. '\n' .. epoch .. '\n' .. ARGV[a + 6] .. '\n' .. ARGV[a + 7] .. '\n' .. frame)
   return {top, epoch, n, 0}
 end
@@ -118,6 +143,25 @@ end
 return out
 "#;
 
+/// Whether the scripts run on one Redis or on a Redis Cluster (`SPUBLISH`, and the epoch follows
+/// the shard's replication id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// One Redis.
+    Single,
+    /// A Redis Cluster.
+    Cluster,
+}
+
+impl Mode {
+    fn arg(self) -> &'static str {
+        match self {
+            Mode::Single => "",
+            Mode::Cluster => "c",
+        }
+    }
+}
+
 /// Values of `ARGV` per message in [`PUBLISH_SCRIPT`].
 const ARGS_PER_MESSAGE: usize = 8;
 
@@ -126,16 +170,31 @@ const ARGS_PER_MESSAGE: usize = 8;
 pub(super) const SCRIPT_RUN: usize = 64;
 
 /// `KEYS` = [meta, log, ids]; `ARGV` = [`after` or `newest`, offset, limit, candidate epoch, meta
-/// ttl ms]. Returns `{top, epoch, oldest id or '', id1, frame1, …}` (newest: descending).
+/// ttl ms, [`Mode`]]. Returns `{top, epoch, oldest id or '', id1, frame1, …}` (newest:
+/// descending). On a cluster it checks the meta's `rid` as [`PUBLISH_SCRIPT`] does.
 pub(super) const READ_SCRIPT: &str = r#"
-local meta = redis.call('HMGET', KEYS[1], 'epoch', 'top')
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'top', 'rid')
 local epoch = meta[1]
 local top = tonumber(meta[2]) or 0
+local rid = ''
+if ARGV[6] == 'c' then
+  local info = redis.call('INFO', 'replication')
+  rid = string.match(info, 'master_replid:(%w+)') or ''
+  local rid2 = string.match(info, 'master_replid2:(%w+)') or ''
+  if epoch and meta[3] ~= rid then
+    if not meta[3] or meta[3] == rid2 then
+      epoch = false
+    else
+      redis.call('HSET', KEYS[1], 'rid', rid)
+    end
+  end
+end
 if not epoch then
   epoch = ARGV[4]
   top = 0
   redis.call('DEL', KEYS[2], KEYS[3])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)
+  if rid ~= '' then redis.call('HSET', KEYS[1], 'rid', rid) end
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
 end
 local entries = {}
@@ -161,10 +220,16 @@ fn ms(d: std::time::Duration) -> u64 {
 
 /// The `EVALSHA` that stores and publishes a run of messages, in order (the script must be
 /// loaded: see `redis.rs`).
-pub(super) fn publish_cmd(prefix: &str, run: &[&StoredPublish], epoch: &str) -> redis::Cmd {
+pub(super) fn publish_cmd(
+    prefix: &str,
+    run: &[&StoredPublish],
+    epoch: &str,
+    mode: Mode,
+) -> redis::Cmd {
     let mut keys = Vec::with_capacity(3 * run.len());
-    let mut args: Vec<Vec<u8>> = Vec::with_capacity(ARGS_PER_MESSAGE * run.len() + 1);
+    let mut args: Vec<Vec<u8>> = Vec::with_capacity(ARGS_PER_MESSAGE * run.len() + 2);
     args.push(epoch.as_bytes().to_vec());
+    args.push(mode.arg().as_bytes().to_vec());
     for msg in run {
         let Keep {
             size,
@@ -204,8 +269,9 @@ pub(super) fn read_cmd(
     limit: usize,
     epoch: &str,
     meta_ttl: std::time::Duration,
+    mode: Mode,
 ) -> redis::Cmd {
-    let (mode, after) = match query {
+    let (how, after) = match query {
         HistoryQuery::After(n) => ("after", n),
         HistoryQuery::Newest => ("newest", 0),
     };
@@ -215,11 +281,12 @@ pub(super) fn read_cmd(
         .arg(meta_key(prefix, room))
         .arg(log_key(prefix, room))
         .arg(ids_key(prefix, room))
-        .arg(mode)
+        .arg(how)
         .arg(after)
         .arg(limit)
         .arg(epoch)
-        .arg(ms(meta_ttl));
+        .arg(ms(meta_ttl))
+        .arg(mode.arg());
     cmd
 }
 

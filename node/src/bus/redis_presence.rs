@@ -15,6 +15,7 @@ use redis::Value;
 
 use super::presence::{Change, Entry, Presence, PresenceList, Renewal};
 use super::redis::RedisBus;
+use super::redis_batch::Batch;
 use super::redis_history::room_channel;
 use super::BusError;
 
@@ -184,16 +185,15 @@ fn index_key(prefix: &str) -> String {
 /// hold there) and returns `script` on the room's totals and the instance's counts, for the
 /// caller's arguments.
 fn listed_write(
-    pipe: &mut redis::Pipeline,
+    batch: &mut Batch,
     prefix: &str,
     instance: &str,
     room: &str,
     script: &str,
 ) -> redis::Cmd {
-    pipe.cmd("SADD")
-        .arg(node_key(prefix, instance, "rooms"))
-        .arg(room)
-        .ignore();
+    let mut sadd = redis::cmd("SADD");
+    sadd.arg(node_key(prefix, instance, "rooms")).arg(room);
+    batch.add(sadd).ignore();
     eval(script, &room_keys(prefix, room, instance).each())
 }
 
@@ -274,10 +274,10 @@ impl RedisBus {
 #[async_trait]
 impl Presence for RedisBus {
     async fn add(&self, room: &str, client: &str, instance: &str) -> Result<bool, BusError> {
-        let mut pipe = redis::pipe();
-        let mut add = listed_write(&mut pipe, self.prefix(), instance, room, ADD);
-        pipe.add_command(add.arg(client).to_owned());
-        let values = self.pipeline(&pipe).await?;
+        let mut batch = Batch::new();
+        let mut add = listed_write(&mut batch, self.prefix(), instance, room, ADD);
+        batch.add(add.arg(client).to_owned());
+        let values = self.batch(&batch).await?;
         let total = values.first().and_then(int).ok_or_else(|| bad("add"))?;
         Ok(total == 1)
     }
@@ -363,22 +363,23 @@ impl Presence for RedisBus {
             node_key(prefix, instance, "lease"),
             node_key(prefix, instance, "swept"),
         );
-        let mut pipe = redis::pipe();
-        pipe.add_command(
+        let mut batch = Batch::new();
+        batch.add(
             eval(RENEW, &[&lease, &swept])
                 .arg(ms(ttl))
                 .arg(connections)
                 .to_owned(),
         );
         let index = index_key(prefix);
-        pipe.add_command(
-            eval(&index_script(), &[&index])
-                .arg(instance)
-                .arg(ms(ttl))
-                .to_owned(),
-        )
-        .ignore();
-        let values = self.pipeline(&pipe).await?;
+        batch
+            .add(
+                eval(&index_script(), &[&index])
+                    .arg(instance)
+                    .arg(ms(ttl))
+                    .to_owned(),
+            )
+            .ignore();
+        let values = self.batch(&batch).await?;
         match values.first().and_then(int) {
             Some(0) => Ok(Renewal::Swept),
             Some(1) => Ok(Renewal::Held),
@@ -395,12 +396,12 @@ impl Presence for RedisBus {
         let prefix = self.prefix();
         let mut changed = Vec::new();
         for (c, chunk) in entries.chunks(256).enumerate() {
-            let mut pipe = redis::pipe();
+            let mut batch = Batch::new();
             for (room, client, n) in chunk {
-                let mut resync = listed_write(&mut pipe, prefix, instance, room, RESYNC);
-                pipe.add_command(resync.arg(&**client).arg(*n).to_owned());
+                let mut resync = listed_write(&mut batch, prefix, instance, room, RESYNC);
+                batch.add(resync.arg(&**client).arg(*n).to_owned());
             }
-            let answers = self.pipeline(&pipe).await?;
+            let answers = self.batch(&batch).await?;
             for (i, v) in answers.iter().enumerate() {
                 match int(v) {
                     Some(1) => changed.push((c * 256 + i, Change::Gone)),
@@ -493,22 +494,32 @@ impl Presence for RedisBus {
         let rooms_key = node_key(prefix, instance, "rooms");
         let gone = self.sweep_rooms(instance, &rooms_key).await?;
         if finished {
-            let mut pipe = redis::pipe();
-            pipe.cmd("SET")
-                .arg(node_key(prefix, instance, "swept"))
+            let mut batch = Batch::new();
+            let mut set = redis::cmd("SET");
+            set.arg(node_key(prefix, instance, "swept"))
                 .arg("done")
                 .arg("PX")
-                .arg(ms(SWEPT_MEMORY))
+                .arg(ms(SWEPT_MEMORY));
+            batch.add(set).ignore();
+            batch
+                .add(redis::cmd("DEL").arg(&rooms_key).to_owned())
                 .ignore();
-            pipe.cmd("DEL").arg(&rooms_key).ignore();
-            pipe.cmd("DEL")
-                .arg(node_key(prefix, instance, "lease"))
+            batch
+                .add(
+                    redis::cmd("DEL")
+                        .arg(node_key(prefix, instance, "lease"))
+                        .to_owned(),
+                )
                 .ignore();
-            pipe.cmd("ZREM")
-                .arg(index_key(prefix))
-                .arg(instance)
+            batch
+                .add(
+                    redis::cmd("ZREM")
+                        .arg(index_key(prefix))
+                        .arg(instance)
+                        .to_owned(),
+                )
                 .ignore();
-            self.pipeline(&pipe).await?;
+            self.batch(&batch).await?;
         }
         Ok(gone)
     }
