@@ -2,18 +2,21 @@
 //!
 //! Real parts only: [`RedisServer`] runs a real `redis-server` on a free port and kills it by PID;
 //! [`Client`] is a real WebSocket client; [`TestNode`] runs `ringcast_node::run` on port 0;
-//! [`FreezableProxy`] stands between a node and Redis to starve a connection without closing it.
+//! [`FreezableProxy`] stands between a node and Redis to starve a connection without closing it;
+//! [`RedisCluster`] runs a real 3 + 3 Redis Cluster.
 //! Helpers panic with a clear message on failure: they are for tests.
 
 mod client;
 mod node;
 mod proxy;
 mod redis;
+mod redis_cluster;
 
 pub use client::Client;
 pub use node::TestNode;
 pub use proxy::FreezableProxy;
 pub use redis::RedisServer;
+pub use redis_cluster::RedisCluster;
 
 use std::time::Duration;
 
