@@ -313,7 +313,7 @@ impl RedisCluster {
     fn agreed_view(&self, limit: Duration) -> Vec<ClusterNode> {
         let deadline = Instant::now() + limit;
         loop {
-            let views: Vec<Vec<(u16, Vec<(u16, u16)>)>> = self
+            let views: Vec<Vec<Owner>> = self
                 .live_ports()
                 .iter()
                 .filter_map(|&p| self.nodes_seen_by(p))
@@ -356,6 +356,9 @@ impl Drop for RedisCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A primary's port and the slot ranges it owns.
+type Owner = (u16, Vec<(u16, u16)>);
 
 /// One line of `CLUSTER NODES`, reduced to what the helpers need.
 #[derive(Debug, Clone)]
