@@ -1,6 +1,8 @@
 //! Static checks of the deploy manifests against the real binaries: every YAML parses; every
 //! flag and `RINGCAST_*` variable compose and Kubernetes pass is one the binary reads and accepts
-//! (`--check-config`); drain timings fit the grace periods; ports agree across files.
+//! (`--check-config`); drain timings fit the grace periods; ports agree across files. Kubernetes
+//! is checked as `kubectl kustomize` renders the base and every overlay; compose, in every
+//! `docker-compose*.yml` (the stack and its Redis Cluster variant).
 
 mod support;
 
@@ -8,6 +10,25 @@ use std::collections::BTreeSet;
 
 use serde_norway::Value;
 use support::manifests::{self, Bin, Launch};
+
+/// Every compose file's launches, then every k8s rendering's.
+fn all_launches() -> Vec<Vec<Launch>> {
+    let compose = manifests::compose_files()
+        .into_iter()
+        .map(|f| manifests::compose_launches_of(&f));
+    let k8s = manifests::k8s_renderings()
+        .into_iter()
+        .map(|(name, docs)| manifests::launches_in(&format!("k8s {name}"), &docs));
+    compose.chain(k8s).collect()
+}
+
+/// Whether a k8s container runs the ringcast image (`ringcast`, or `ringcast:TAG` once
+/// kustomize has applied the base's `images`).
+fn runs_ringcast(container: &Value) -> bool {
+    container["image"]
+        .as_str()
+        .is_some_and(|i| i.split(':').next() == Some("ringcast"))
+}
 
 fn num(v: &Value) -> u64 {
     v.as_u64()
@@ -62,8 +83,31 @@ fn assert_launch_accepted(l: &Launch, known: &BTreeSet<String>) {
 }
 
 #[test]
+fn every_kustomization_renders_into_the_ringcast_namespace() {
+    let renderings = manifests::k8s_renderings();
+    assert!(
+        renderings.len() >= 4,
+        "base and the overlays: {renderings:?}"
+    );
+    for (name, docs) in &renderings {
+        for d in docs {
+            let what = format!("{name}: {:?} {:?}", d["kind"], d["metadata"]["name"]);
+            if d["kind"].as_str() == Some("Namespace") {
+                assert_eq!(d["metadata"]["name"].as_str(), Some("ringcast"), "{what}");
+            } else {
+                assert_eq!(
+                    d["metadata"]["namespace"].as_str(),
+                    Some("ringcast"),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn nodes_and_gateways_share_one_link_secret_kept_in_a_k8s_secret() {
-    for launches in [manifests::compose_launches(), manifests::k8s_launches()] {
+    for launches in all_launches() {
         let secrets: BTreeSet<&str> = launches
             .iter()
             .map(|l| {
@@ -74,7 +118,12 @@ fn nodes_and_gateways_share_one_link_secret_kept_in_a_k8s_secret() {
         assert_eq!(secrets.len(), 1, "one secret on every side: {secrets:?}");
     }
     // On Kubernetes it comes from a Secret, never a literal in the workload.
-    for (name, w) in manifests::k8s_workloads() {
+    let renderings = manifests::k8s_renderings();
+    for (name, w) in renderings.iter().flat_map(|(rendering, docs)| {
+        manifests::workloads_in(docs)
+            .into_iter()
+            .map(move |(n, w)| (format!("{rendering} {n}"), w))
+    }) {
         for c in w["spec"]["template"]["spec"]["containers"]
             .as_sequence()
             .into_iter()
@@ -100,8 +149,27 @@ fn with_the_operators_link_secret(l: &Launch) -> Launch {
 
 #[test]
 fn the_shipped_link_secret_is_a_placeholder_both_binaries_refuse_and_compose_requires_one() {
-    let k8s = manifests::k8s_launches();
-    for l in &k8s {
+    for (name, docs) in manifests::k8s_renderings() {
+        let k8s = manifests::launches_in(&format!("k8s {name}"), &docs);
+        assert_eq!(k8s.len(), 2, "{name}");
+        the_shipped_placeholder_is_refused(&k8s);
+    }
+    // Compose has no default for it: `docker compose up` stops and says to set it.
+    for file in manifests::compose_files() {
+        let compose = manifests::compose_at(&file);
+        let raw = compose["services"]["gateway"]["environment"]["RINGCAST_LINK_SECRET"]
+            .as_str()
+            .expect("the gateway's link secret");
+        assert!(raw.starts_with("${RINGCAST_LINK_SECRET:?"), "{raw}");
+        for name in ["node1", "node2", "node3"] {
+            let node = &compose["services"][name]["environment"]["RINGCAST_LINK_SECRET"];
+            assert_eq!(node.as_str(), Some(raw), "{} {name}", file.display());
+        }
+    }
+}
+
+fn the_shipped_placeholder_is_refused(k8s: &[Launch]) {
+    for l in k8s {
         let shipped = l.var("RINGCAST_LINK_SECRET").expect("set from the Secret");
         assert!(shipped.starts_with("replace-me"), "{}: {shipped}", l.origin);
         let (ok, out) = l.check_config();
@@ -119,17 +187,6 @@ fn the_shipped_link_secret_is_a_placeholder_both_binaries_refuse_and_compose_req
             l.origin
         );
     }
-    assert_eq!(k8s.len(), 2);
-    // Compose has no default for it: `docker compose up` stops and says to set it.
-    let compose = manifests::compose();
-    let raw = compose["services"]["gateway"]["environment"]["RINGCAST_LINK_SECRET"]
-        .as_str()
-        .expect("the gateway's link secret");
-    assert!(raw.starts_with("${RINGCAST_LINK_SECRET:?"), "{raw}");
-    for name in ["node1", "node2", "node3"] {
-        let node = &compose["services"][name]["environment"]["RINGCAST_LINK_SECRET"];
-        assert_eq!(node.as_str(), Some(raw), "{name}");
-    }
 }
 
 #[test]
@@ -137,15 +194,19 @@ fn compose_and_k8s_configure_the_binaries_with_flags_and_variables_they_accept()
     let node_envs = Bin::Node.known_envs();
     let gateway_envs = Bin::Gateway.known_envs();
     assert!(node_envs.contains("RINGCAST_ADVERTISE") && gateway_envs.contains("RINGCAST_NODES"));
-    let compose = manifests::compose_launches();
-    let k8s = manifests::k8s_launches();
     let count = |ls: &[Launch], b: Bin| ls.iter().filter(|l| l.bin == b).count();
-    assert_eq!(
-        (count(&compose, Bin::Node), count(&compose, Bin::Gateway)),
-        (3, 1)
-    );
-    assert_eq!((count(&k8s, Bin::Node), count(&k8s, Bin::Gateway)), (1, 1));
-    for l in compose.iter().chain(&k8s) {
+    let compose_files = manifests::compose_files();
+    assert_eq!(compose_files.len(), 2, "{compose_files:?}");
+    for f in &compose_files {
+        let compose = manifests::compose_launches_of(f);
+        let counts = (count(&compose, Bin::Node), count(&compose, Bin::Gateway));
+        assert_eq!(counts, (3, 1), "{}", f.display());
+    }
+    for (name, docs) in manifests::k8s_renderings() {
+        let k8s = manifests::launches_in(&name, &docs);
+        assert_eq!((count(&k8s, Bin::Node), count(&k8s, Bin::Gateway)), (1, 1));
+    }
+    for l in all_launches().iter().flatten() {
         // The Secret as the operator creates it: the shipped one is a placeholder.
         let l = &with_the_operators_link_secret(l);
         let known = match l.bin {
@@ -153,8 +214,10 @@ fn compose_and_k8s_configure_the_binaries_with_flags_and_variables_they_accept()
             Bin::Gateway => &gateway_envs,
         };
         assert_launch_accepted(l, known);
-        // Both must reach each other through Redis; nodes must register where gateways look.
-        assert!(l.var("RINGCAST_REDIS_URL").is_some(), "{}", l.origin);
+        // Both must reach each other through Redis (one, or a Redis Cluster: never both, which
+        // the binaries refuse); nodes must register where gateways look.
+        let redis = ["RINGCAST_REDIS_URL", "RINGCAST_REDIS_CLUSTER"].map(|k| l.var(k).is_some());
+        assert!(redis[0] != redis[1], "{}: {:?}", l.origin, l.env);
         if l.bin == Bin::Node {
             let advertise = l.var("RINGCAST_ADVERTISE").expect("nodes advertise");
             let listen = l.var("RINGCAST_LISTEN").expect("nodes listen");
@@ -163,7 +226,7 @@ fn compose_and_k8s_configure_the_binaries_with_flags_and_variables_they_accept()
         }
     }
     // The check is real: a misspelt value is refused.
-    let mut bad = with_the_operators_link_secret(&k8s[0]);
+    let mut bad = with_the_operators_link_secret(&manifests::k8s_launches()[0]);
     bad.env
         .push(("RINGCAST_DRAIN_DELAY_SECS".into(), "five".into()));
     bad.env
@@ -199,11 +262,16 @@ fn the_image_environment_is_read_by_both_binaries() {
 
 #[test]
 fn grace_periods_cover_the_drain() {
-    for (name, w) in manifests::k8s_workloads() {
+    let renderings = manifests::k8s_renderings();
+    for (name, w) in renderings.iter().flat_map(|(rendering, docs)| {
+        manifests::workloads_in(docs)
+            .into_iter()
+            .map(move |(n, w)| (format!("{rendering} {n}"), w))
+    }) {
         let pod = &w["spec"]["template"]["spec"];
         let Some(c) = pod["containers"]
             .as_sequence()
-            .and_then(|cs| cs.iter().find(|c| c["image"].as_str() == Some("ringcast")))
+            .and_then(|cs| cs.iter().find(|c| runs_ringcast(c)))
         else {
             continue;
         };
@@ -231,8 +299,14 @@ fn grace_periods_cover_the_drain() {
             assert!(drain >= 2, "{name}: nodes need a drain delay before 1012");
         }
     }
-    let compose = manifests::compose();
-    for l in manifests::compose_launches() {
+    for file in manifests::compose_files() {
+        compose_grace_periods_cover_the_drain(&file);
+    }
+}
+
+fn compose_grace_periods_cover_the_drain(file: &std::path::Path) {
+    let compose = manifests::compose_at(file);
+    for l in manifests::compose_launches_of(file) {
         let service = l.origin.rsplit(' ').next().expect("service name");
         let stop = num(&compose["services"][service]["stop_grace_period"]);
         let drain = l
@@ -269,25 +343,35 @@ fn ports_agree_across_services_scrape_configs_and_annotations() {
         .flat_map(|s| s["targets"].as_sequence().cloned().unwrap_or_default())
         .filter_map(|t| t.as_str().map(str::to_owned))
         .collect();
-    let mut expected = BTreeSet::new();
-    for l in manifests::compose_launches() {
-        let service = l.origin.rsplit(' ').next().expect("service name");
-        let port = port_of(l.var("RINGCAST_LISTEN").expect("listen"));
-        expected.insert(format!("{service}:{port}"));
-        if l.bin == Bin::Gateway {
-            assert_eq!(port, 8080);
-            let published = manifests::compose()["services"][service]["ports"][0].clone();
-            assert_eq!(published.as_str(), Some("8080:8080"));
+    // Every compose file mounts that one prometheus.yml, so all run the same services.
+    for file in manifests::compose_files() {
+        let mut expected = BTreeSet::new();
+        for l in manifests::compose_launches_of(&file) {
+            let service = l.origin.rsplit(' ').next().expect("service name");
+            let port = port_of(l.var("RINGCAST_LISTEN").expect("listen"));
+            expected.insert(format!("{service}:{port}"));
+            if l.bin == Bin::Gateway {
+                assert_eq!(port, 8080);
+                let compose = manifests::compose_at(&file);
+                let published = compose["services"][service]["ports"][0].clone();
+                assert_eq!(published.as_str(), Some("8080:8080"));
+            }
         }
+        assert_eq!(targets, expected, "{}", file.display());
     }
-    assert_eq!(targets, expected);
 
     // Kubernetes: probes, annotations and Services point at the port the container listens on.
-    for (name, w) in manifests::k8s_workloads() {
+    for (rendering, docs) in manifests::k8s_renderings() {
+        k8s_ports_agree(&rendering, &docs);
+    }
+}
+
+fn k8s_ports_agree(rendering: &str, docs: &[Value]) {
+    for (name, w) in manifests::workloads_in(docs) {
         let template = &w["spec"]["template"];
         let Some(c) = template["spec"]["containers"]
             .as_sequence()
-            .and_then(|cs| cs.iter().find(|c| c["image"].as_str() == Some("ringcast")))
+            .and_then(|cs| cs.iter().find(|c| runs_ringcast(c)))
         else {
             continue;
         };
@@ -315,17 +399,20 @@ fn ports_agree_across_services_scrape_configs_and_annotations() {
             Some("/metrics"),
             "{name}"
         );
-        let service = manifests::k8s_base_docs().into_iter().find(|d| {
+        let service = docs.iter().find(|d| {
             d["kind"].as_str() == Some("Service")
                 && d["spec"]["selector"] == template["metadata"]["labels"]
         });
-        let service = service.unwrap_or_else(|| panic!("no Service selects {name}"));
+        let service = service.unwrap_or_else(|| panic!("{rendering}: no Service selects {name}"));
         assert_eq!(
             service["spec"]["ports"][0]["targetPort"].as_str(),
             Some(port_name)
         );
     }
+}
 
+#[test]
+fn the_scaled_overlay_scales_workloads_of_the_base() {
     // The overlay scales workloads that exist in the base.
     let overlay = manifests::load_docs(
         &manifests::deploy_dir().join("k8s/overlays/scaled/kustomization.yaml"),
@@ -392,4 +479,228 @@ fn a_bad_link_secret_is_refused_without_being_printed_and_a_files_newline_is_dro
             assert!(ok, "{}: {value:?} refused:\n{out}", l.origin);
         }
     }
+}
+
+/// `args`' value after `flag` (`--flag value` as two items).
+fn arg_after<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Checks one launch of a Redis Cluster variant: the seeds, and no single-Redis URL.
+fn uses_exactly_these_seeds(l: &Launch, seeds: &[String]) {
+    assert!(
+        l.env.iter().all(|(k, _)| k != "RINGCAST_REDIS_URL"),
+        "{}: RINGCAST_REDIS_URL is still set (refused next to RINGCAST_REDIS_CLUSTER)",
+        l.origin
+    );
+    let got: Vec<String> = l
+        .var("RINGCAST_REDIS_CLUSTER")
+        .unwrap_or_else(|| panic!("{}: no RINGCAST_REDIS_CLUSTER", l.origin))
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(got, seeds, "{}", l.origin);
+}
+
+#[test]
+fn the_redis_cluster_variants_run_six_redis_nodes_made_into_a_cluster_and_give_ringcast_their_seeds(
+) {
+    // The flag and variable the variants rely on exist in both binaries.
+    for bin in [Bin::Node, Bin::Gateway] {
+        let help = bin.help();
+        for needle in ["--redis-cluster", "[env: RINGCAST_REDIS_CLUSTER="] {
+            assert!(help.contains(needle), "{bin:?} --help lacks {needle}");
+        }
+    }
+    let overlay_dir = manifests::deploy_dir().join("k8s/overlays/redis-cluster");
+    let script_path = overlay_dir.join("create-cluster.sh");
+    let script = std::fs::read_to_string(&script_path).expect("create-cluster.sh");
+    for needle in [
+        "redis-cli --cluster create \"$@\" --cluster-replicas 1 --cluster-yes",
+        "cluster_state)\" = ok",
+        "RINGCAST_REDIS_CLUSTER",
+    ] {
+        assert!(script.contains(needle), "create-cluster.sh lacks {needle}");
+    }
+
+    // Kubernetes: the overlay as kubectl renders it.
+    let docs = manifests::kustomize(&overlay_dir);
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| {
+                d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name)
+            })
+            .unwrap_or_else(|| panic!("the overlay has no {kind} {name}"))
+    };
+    assert!(
+        docs.iter()
+            .all(|d| d["metadata"]["name"].as_str() != Some("ringcast-redis")),
+        "the single Redis is gone"
+    );
+    let sts = find("StatefulSet", "redis-cluster");
+    assert_eq!(num(&sts["spec"]["replicas"]), 6, "3 primaries + 3 replicas");
+    let service = sts["spec"]["serviceName"].as_str().expect("serviceName");
+    let headless = find("Service", service);
+    assert_eq!(headless["spec"]["clusterIP"].as_str(), Some("None"));
+    assert_eq!(
+        headless["spec"]["publishNotReadyAddresses"].as_bool(),
+        Some(true)
+    );
+    let labels = &sts["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(&headless["spec"]["selector"], labels);
+    let pdb = docs
+        .iter()
+        .find(|d| {
+            d["kind"].as_str() == Some("PodDisruptionBudget")
+                && &d["spec"]["selector"]["matchLabels"] == labels
+        })
+        .expect("a PodDisruptionBudget for the Redis pods");
+    assert_eq!(num(&pdb["spec"]["maxUnavailable"]), 1);
+    let redis = &sts["spec"]["template"]["spec"]["containers"][0];
+    let args = strings(&redis["args"]);
+    assert_eq!(
+        arg_after(&args, "--cluster-enabled"),
+        Some("yes"),
+        "{args:?}"
+    );
+    assert_eq!(
+        arg_after(&args, "--cluster-announce-hostname"),
+        Some(format!("$(POD_NAME).{service}").as_str())
+    );
+    // nodes.conf on the pod's own volume, which outlives the pod.
+    let conf = arg_after(&args, "--cluster-config-file").expect("--cluster-config-file");
+    let mount = redis["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|m| m["mountPath"].as_str().is_some_and(|p| conf.starts_with(p)))
+        .unwrap_or_else(|| panic!("{conf} is on no volume"));
+    let claims = sts["spec"]["volumeClaimTemplates"]
+        .as_sequence()
+        .expect("claims");
+    assert!(
+        claims
+            .iter()
+            .any(|c| c["metadata"]["name"] == mount["name"]),
+        "{conf} is not on a volume claim"
+    );
+    let redis_port = redis["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"].as_str() == Some("redis"))
+        .map(|p| num(&p["containerPort"]))
+        .expect("redis port");
+    let seeds: Vec<String> = (0..6)
+        .map(|i| format!("redis://redis-cluster-{i}.{service}:{redis_port}"))
+        .collect();
+    let launches = manifests::launches_in("k8s overlays/redis-cluster", &docs);
+    assert_eq!(launches.len(), 2);
+    for l in &launches {
+        uses_exactly_these_seeds(l, &seeds);
+    }
+    // The Job runs the overlay's script, given the same seeds (the ConfigMap nodes read).
+    let job = find("Job", "redis-cluster-create");
+    let pod = &job["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(
+        c["envFrom"][0]["configMapRef"]["name"].as_str(),
+        Some("ringcast-config")
+    );
+    let command = strings(&c["command"]);
+    let run = command.last().expect("a command");
+    let mount = c["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|m| m["mountPath"].as_str().is_some_and(|p| run.starts_with(p)))
+        .unwrap_or_else(|| panic!("{run} is on no volume"));
+    let volume = pod["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the script's volume");
+    let config_map = volume["configMap"]["name"].as_str().expect("a ConfigMap");
+    assert_eq!(
+        find("ConfigMap", config_map)["data"]["create-cluster.sh"].as_str(),
+        Some(script.as_str())
+    );
+
+    // Compose: six Redis services, the create service running the same script, nodes and
+    // gateway waiting for it.
+    let file = manifests::deploy_dir().join("compose/docker-compose.redis-cluster.yml");
+    let compose = manifests::compose_at(&file);
+    let services = compose["services"].as_mapping().expect("services");
+    let mut redis_names = Vec::new();
+    for (name, svc) in services {
+        let command = strings(&svc["command"]).join(" ");
+        if !command.contains("redis-server") {
+            continue;
+        }
+        let name = name.as_str().expect("service name");
+        assert!(
+            command.contains("--cluster-enabled yes"),
+            "{name}: {command}"
+        );
+        assert!(command.contains("--cluster-config-file /data/"), "{name}");
+        // It announces its hostname, which is its service name.
+        assert_eq!(svc["hostname"].as_str(), Some(name));
+        redis_names.push(name.to_owned());
+    }
+    assert_eq!(redis_names.len(), 6, "{redis_names:?}");
+    let seeds: Vec<String> = redis_names
+        .iter()
+        .map(|n| format!("redis://{n}:6379"))
+        .collect();
+    let launches = manifests::compose_launches_of(&file);
+    assert_eq!(launches.len(), 4);
+    for l in &launches {
+        uses_exactly_these_seeds(l, &seeds);
+        let service = l.origin.rsplit(' ').next().expect("service name");
+        let after = &compose["services"][service]["depends_on"]["redis-cluster-create"];
+        assert_eq!(
+            after["condition"].as_str(),
+            Some("service_completed_successfully"),
+            "{}",
+            l.origin
+        );
+    }
+    let create = &compose["services"]["redis-cluster-create"];
+    assert_eq!(
+        create["environment"]["RINGCAST_REDIS_CLUSTER"].as_str(),
+        Some(seeds.join(",").as_str())
+    );
+    for n in &redis_names {
+        assert_eq!(
+            create["depends_on"][n.as_str()]["condition"].as_str(),
+            Some("service_healthy"),
+            "{n}"
+        );
+    }
+    let command = strings(&create["command"]);
+    let run = command.last().expect("a command");
+    let mounted = strings(&create["volumes"])
+        .into_iter()
+        .find_map(|v| {
+            let mut parts = v.split(':');
+            let (host, inside) = (parts.next()?, parts.next()?);
+            (inside == run).then(|| file.parent().expect("compose dir").join(host))
+        })
+        .unwrap_or_else(|| panic!("{run} is not mounted"));
+    assert_eq!(
+        std::fs::canonicalize(&mounted).expect("mounted script exists"),
+        std::fs::canonicalize(&script_path).expect("script")
+    );
 }

@@ -1,7 +1,9 @@
 //! The manifests against running binaries: a node and a gateway started with the Kubernetes
 //! base's own environment (addresses moved to loopback) and a real redis-server; every probe
 //! path and the image's HEALTHCHECK answer 200, and every metric the Grafana dashboard queries is
-//! exported by the node or the gateway once a little traffic has flowed.
+//! exported by the node or the gateway once a little traffic has flowed. And the Redis Cluster
+//! variant: its create script makes six real redis-servers one cluster, once, and the overlay's
+//! node and gateway carry messages over it.
 
 mod support;
 
@@ -171,6 +173,135 @@ async fn probes_healthcheck_and_dashboard_metrics_match_the_running_binaries() {
         missing.is_empty(),
         "dashboard queries metrics nobody exports: {missing:?}\nexported: {exported:?}"
     );
+    a.close().await;
+    b.close().await;
+}
+
+/// `sh create-cluster.sh` (the redis-cluster overlay's Job and compose service) with `seeds`;
+/// returns (success, stdout + stderr).
+fn create_cluster(seeds: &str) -> (bool, String) {
+    let script = manifests::deploy_dir().join("k8s/overlays/redis-cluster/create-cluster.sh");
+    let out = Command::new("sh")
+        .arg(script)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RINGCAST_REDIS_CLUSTER", seeds)
+        .env("RINGCAST_CLUSTER_WAIT_SECS", "60")
+        .output()
+        .expect("run create-cluster.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Node ids and roles (`master` / `slave`) the cluster has, from `CLUSTER NODES` at `redis`.
+fn cluster_nodes(redis: &RedisServer) -> BTreeSet<(String, String)> {
+    let nodes = redis.cli(&["CLUSTER", "NODES"]).expect("CLUSTER NODES");
+    nodes
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let role = f
+                .get(2)?
+                .split(',')
+                .find(|r| *r == "master" || *r == "slave")?;
+            Some((f[0].to_owned(), role.to_owned()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_redis_cluster_script_makes_one_cluster_once_and_the_overlays_ringcast_runs_on_it() {
+    let servers: Vec<RedisServer> = (0..6)
+        .map(|_| {
+            RedisServer::start_with_args(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ])
+        })
+        .collect();
+    let seeds = servers
+        .iter()
+        .map(RedisServer::url)
+        .collect::<Vec<_>>()
+        .join(",");
+
+    let (ok, out) = create_cluster(&seeds);
+    assert!(ok, "create-cluster.sh failed:\n{out}");
+    // Roles reach every node's view by gossip, a moment after cluster_state:ok.
+    let roles = |nodes: &BTreeSet<(String, String)>| {
+        let count = |role: &str| nodes.iter().filter(|(_, r)| r == role).count();
+        (count("master"), count("slave"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let made = loop {
+        let views: Vec<_> = servers.iter().map(cluster_nodes).collect();
+        if views.iter().all(|v| v == &views[0] && roles(v) == (3, 3)) {
+            break views[0].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not 3 primaries + 3 replicas in every view: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for s in &servers {
+        let info = s.cli(&["CLUSTER", "INFO"]).expect("CLUSTER INFO");
+        assert!(info.contains("cluster_state:ok"), "{}: {info}", s.port);
+    }
+    // Run again (the Job after its TTL, the next `docker compose up`): the same cluster.
+    let (ok, again) = create_cluster(&seeds);
+    assert!(ok && again.contains("nothing to do"), "{again}");
+    assert_eq!(cluster_nodes(&servers[0]), made);
+
+    // The overlay's node and gateway, as Kubernetes would start them, on this cluster.
+    let docs = manifests::kustomize(&manifests::deploy_dir().join("k8s/overlays/redis-cluster"));
+    let launches = manifests::launches_in("redis-cluster", &docs);
+    let of = |b: Bin| launches.iter().find(|l| l.bin == b).expect("both").clone();
+    let secret = manifests::operator_value("RINGCAST_LINK_SECRET");
+    let (_node, node_addr) = spawn(
+        &of(Bin::Node),
+        &[
+            ("RINGCAST_REDIS_CLUSTER", seeds.clone()),
+            ("RINGCAST_LINK_SECRET", secret.clone()),
+        ],
+    );
+    let (_gateway, gateway_addr) = spawn(
+        &of(Bin::Gateway),
+        &[
+            ("RINGCAST_REDIS_CLUSTER", seeds.clone()),
+            ("RINGCAST_HEALTH_INTERVAL_MS", "100".into()),
+            ("RINGCAST_LINK_SECRET", secret),
+        ],
+    );
+    wait_until(Duration::from_secs(20), "node /healthz", || {
+        healthz_ok(node_addr)
+    })
+    .await;
+    // Healthy once the node registered through the cluster is on the gateway's ring.
+    wait_until(Duration::from_secs(20), "gateway /healthz", || {
+        healthz_ok(gateway_addr)
+    })
+    .await;
+    let url = |id: &str| format!("ws://{gateway_addr}/ws?client_id={id}");
+    let (mut a, _) = Client::connect_welcomed(&url("cluster-a")).await;
+    let (mut b, _) = Client::connect_welcomed(&url("cluster-b")).await;
+    for c in [&mut a, &mut b] {
+        c.send_json(serde_json::json!({"type": "join_room", "room": "sharded"}))
+            .await;
+        c.recv_event("user_joined").await;
+    }
+    a.send_json(serde_json::json!({"type": "room_message", "room": "sharded", "content": "hi"}))
+        .await;
+    let got = b.recv_event("chat").await;
+    assert_eq!(got["content"], "hi", "{got}");
     a.close().await;
     b.close().await;
 }

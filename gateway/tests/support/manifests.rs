@@ -34,12 +34,14 @@ pub fn yaml_files() -> Vec<PathBuf> {
 /// Every document of a YAML file, with `<<` merge keys applied (as docker compose does).
 pub fn load_docs(path: &Path) -> Result<Vec<Value>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_docs(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn parse_docs(text: &str) -> Result<Vec<Value>, String> {
     let mut docs = Vec::new();
-    for de in serde_norway::Deserializer::from_str(&text) {
-        let mut v: Value =
-            serde::Deserialize::deserialize(de).map_err(|e| format!("{}: {e}", path.display()))?;
-        v.apply_merge()
-            .map_err(|e| format!("{}: merge: {e}", path.display()))?;
+    for de in serde_norway::Deserializer::from_str(text) {
+        let mut v: Value = serde::Deserialize::deserialize(de).map_err(|e| e.to_string())?;
+        v.apply_merge().map_err(|e| format!("merge: {e}"))?;
         if !v.is_null() {
             docs.push(v);
         }
@@ -73,14 +75,19 @@ impl Bin {
         }
     }
 
-    /// Every `RINGCAST_*` variable the binary reads, from its `--help` (`[env: NAME=…]`).
-    pub fn known_envs(self) -> BTreeSet<String> {
+    /// The binary's `--help` output.
+    pub fn help(self) -> String {
         let out = Command::new(self.path())
             .arg("--help")
             .output()
             .expect("run --help");
-        let help = String::from_utf8_lossy(&out.stdout);
-        help.split("[env: ")
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every `RINGCAST_*` variable the binary reads, from its `--help` (`[env: NAME=…]`).
+    pub fn known_envs(self) -> BTreeSet<String> {
+        self.help()
+            .split("[env: ")
             .skip(1)
             .filter_map(|rest| rest.split(['=', ']']).next().map(str::to_owned))
             .collect()
@@ -152,13 +159,38 @@ fn scalar(v: &Value) -> String {
 
 /// The compose file's parsed document.
 pub fn compose() -> Value {
-    let path = deploy_dir().join("compose/docker-compose.yml");
-    load_docs(&path).expect("compose parses").remove(0)
+    compose_at(&deploy_dir().join("compose/docker-compose.yml"))
+}
+
+/// Every compose file (`deploy/compose/docker-compose*.yml`: the stack and its variants), sorted.
+pub fn compose_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = yaml_files()
+        .into_iter()
+        .filter(|p| {
+            p.parent() == Some(&deploy_dir().join("compose"))
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("docker-compose"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// A compose file's parsed document.
+pub fn compose_at(path: &Path) -> Value {
+    load_docs(path).expect("compose parses").remove(0)
 }
 
 /// Services of the compose file that run a ringcast binary.
 pub fn compose_launches() -> Vec<Launch> {
-    let doc = compose();
+    compose_launches_of(&deploy_dir().join("compose/docker-compose.yml"))
+}
+
+/// Services of the compose file at `path` that run a ringcast binary.
+pub fn compose_launches_of(path: &Path) -> Vec<Launch> {
+    let file = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let file = file.unwrap_or_default();
+    let doc = compose_at(path);
     let services = doc["services"].as_mapping().expect("services");
     let mut launches = Vec::new();
     for (name, svc) in services {
@@ -176,7 +208,7 @@ pub fn compose_launches() -> Vec<Launch> {
             })
             .unwrap_or_default();
         launches.push(Launch {
-            origin: format!("compose service {}", scalar(name)),
+            origin: format!("{file} service {}", scalar(name)),
             bin,
             args: command[1..].to_vec(),
             env,
@@ -197,12 +229,60 @@ pub fn k8s_base_docs() -> Vec<Value> {
         .collect()
 }
 
+/// What `kubectl kustomize DIR` (or `kustomize build DIR`) renders: what `kubectl apply -k`
+/// would send.
+pub fn kustomize(dir: &Path) -> Vec<Value> {
+    let runs = [("kubectl", vec!["kustomize"]), ("kustomize", vec!["build"])];
+    for (program, args) in runs {
+        let Ok(out) = Command::new(program).args(&args).arg(dir).output() else {
+            continue;
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{program} {args:?} {}: {stderr}",
+            dir.display()
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        return parse_docs(&text).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    }
+    panic!(
+        "rendering {} needs kubectl (kubectl kustomize) or kustomize on PATH",
+        dir.display()
+    )
+}
+
+/// The k8s base and each overlay under `deploy/k8s/overlays`, rendered by [`kustomize`], by
+/// name (`base`, `overlays/NAME`).
+pub fn k8s_renderings() -> Vec<(String, Vec<Value>)> {
+    let k8s = deploy_dir().join("k8s");
+    let mut dirs = vec!["base".to_owned()];
+    let mut overlays: Vec<String> = std::fs::read_dir(k8s.join("overlays"))
+        .expect("read overlays")
+        .flatten()
+        .filter(|e| e.path().join("kustomization.yaml").is_file())
+        .map(|e| format!("overlays/{}", e.file_name().to_string_lossy()))
+        .collect();
+    overlays.sort();
+    dirs.extend(overlays);
+    dirs.into_iter()
+        .map(|d| {
+            let docs = kustomize(&k8s.join(&d));
+            (d, docs)
+        })
+        .collect()
+}
+
 /// Workloads (Deployment / StatefulSet) of the k8s base, by name.
 pub fn k8s_workloads() -> Vec<(String, Value)> {
-    k8s_base_docs()
-        .into_iter()
+    workloads_in(&k8s_base_docs())
+}
+
+/// Workloads (Deployment / StatefulSet) among `docs`, by name.
+pub fn workloads_in(docs: &[Value]) -> Vec<(String, Value)> {
+    docs.iter()
         .filter(|d| matches!(d["kind"].as_str(), Some("Deployment" | "StatefulSet")))
-        .map(|d| (scalar(&d["metadata"]["name"]), d))
+        .map(|d| (scalar(&d["metadata"]["name"]), d.clone()))
         .collect()
 }
 
@@ -210,7 +290,12 @@ pub fn k8s_workloads() -> Vec<(String, Value)> {
 /// give them: ConfigMap `envFrom`, then `env` (downward-API fields filled with sample values,
 /// `$(VAR)` references expanded as the kubelet does).
 pub fn k8s_launches() -> Vec<Launch> {
-    let docs = k8s_base_docs();
+    launches_in("k8s", &k8s_base_docs())
+}
+
+/// Like [`k8s_launches`], for the containers among `docs` (e.g. one of [`k8s_renderings`]);
+/// each launch's origin starts with `label`.
+pub fn launches_in(label: &str, docs: &[Value]) -> Vec<Launch> {
     let config_maps: Vec<&Value> = docs
         .iter()
         .filter(|d| d["kind"].as_str() == Some("ConfigMap"))
@@ -220,7 +305,7 @@ pub fn k8s_launches() -> Vec<Launch> {
         .filter(|d| d["kind"].as_str() == Some("Secret"))
         .collect();
     let mut launches = Vec::new();
-    for (name, workload) in k8s_workloads() {
+    for (name, workload) in workloads_in(docs) {
         let containers = workload["spec"]["template"]["spec"]["containers"]
             .as_sequence()
             .cloned()
@@ -236,7 +321,7 @@ pub fn k8s_launches() -> Vec<Launch> {
                 let cm = config_maps
                     .iter()
                     .find(|cm| cm["metadata"]["name"].as_str() == Some(cm_name))
-                    .unwrap_or_else(|| panic!("{name}: ConfigMap {cm_name} not in the base"));
+                    .unwrap_or_else(|| panic!("{label} {name}: no ConfigMap {cm_name}"));
                 for (k, v) in cm["data"].as_mapping().into_iter().flatten() {
                     env.push((scalar(k), scalar(v)));
                 }
@@ -253,7 +338,7 @@ pub fn k8s_launches() -> Vec<Launch> {
                         let secret = secrets
                             .iter()
                             .find(|d| scalar(&d["metadata"]["name"]) == s)
-                            .unwrap_or_else(|| panic!("{name}: Secret {s} not in the base"));
+                            .unwrap_or_else(|| panic!("{label} {name}: no Secret {s}"));
                         scalar(&secret["stringData"][k.as_str()])
                     }
                     None => expand(&scalar(&e["value"]), &env),
@@ -263,7 +348,7 @@ pub fn k8s_launches() -> Vec<Launch> {
             let mut args = command[1..].to_vec();
             args.extend(str_list(c.get("args")));
             launches.push(Launch {
-                origin: format!("k8s {name}/{}", scalar(&c["name"])),
+                origin: format!("{label} {name}/{}", scalar(&c["name"])),
                 bin,
                 args,
                 env,
