@@ -22,6 +22,10 @@ async fn main() -> std::process::ExitCode {
         };
     }
     if config.check_config {
+        if let Some(Err(e)) = config.redis_target().map(|t| t.validate()) {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
         if config.embedded() {
             if let Err(e) =
                 ringcast_gateway::embedded::EmbeddedNode::config(&config.auth, &config.api.api_keys)

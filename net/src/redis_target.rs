@@ -55,7 +55,21 @@ impl RedisTarget {
 
     /// Checks every URL parses; the error names the bad one (redacted).
     pub fn validate(&self) -> Result<(), String> {
+        // redis-rs reads some other schemes (`http://…`) as a host: refuse them here, so a
+        // typo fails at startup rather than as a connection error much later. A cluster is
+        // reached over TCP only.
+        let schemes: &[&str] = match self {
+            RedisTarget::Single(_) => &["redis://", "rediss://", "unix://", "redis+unix://"],
+            RedisTarget::Cluster(_) => &["redis://", "rediss://"],
+        };
         for url in self.urls() {
+            if !schemes.iter().any(|s| url.starts_with(s)) {
+                return Err(format!(
+                    "invalid Redis URL {}: the scheme must be one of {}",
+                    redacted(url),
+                    schemes.join(" ")
+                ));
+            }
             url.as_str()
                 .into_connection_info()
                 .map_err(|e| format!("invalid Redis URL {}: {e}", redacted(url)))?;
@@ -230,5 +244,23 @@ mod tests {
         let bad = RedisTarget::Cluster(vec!["redis://a:1".into(), "http://x".into()]);
         let err = bad.validate().unwrap_err();
         assert!(err.contains("http://x"), "{err}");
+    }
+
+    #[test]
+    fn urls_of_other_schemes_are_refused() {
+        let cluster = |u: &str| RedisTarget::Cluster(vec!["redis://a:1".into(), u.into()]);
+        assert!(cluster("rediss://u:p@b:2").validate().is_ok());
+        let err = cluster("http://u:secret@b:2").validate().unwrap_err();
+        assert!(err.contains("scheme") && !err.contains("secret"), "{err}");
+        assert!(cluster("unix:///tmp/r.sock").validate().is_err());
+        assert!(RedisTarget::Single("unix:///tmp/r.sock".into())
+            .validate()
+            .is_ok());
+        assert!(RedisTarget::Single("redis://a:1/0".into())
+            .validate()
+            .is_ok());
+        assert!(RedisTarget::Single("127.0.0.1:6379".into())
+            .validate()
+            .is_err());
     }
 }

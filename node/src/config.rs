@@ -283,6 +283,9 @@ impl Config {
 
     /// Checks what clap cannot check entry by entry; `--check-config` and `run` both call it.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(target) = self.redis_target() {
+            target.validate()?;
+        }
         self.room_options().map(|_| ())
     }
 
