@@ -171,7 +171,32 @@ impl Metrics {
         let _ = r.register(Box::new(m.rejected.clone()));
         let _ = r.register(Box::new(m.membership_errors.clone()));
         let _ = r.register(Box::new(m.edge_refusals.clone()));
+        m.init_labels();
         m
+    }
+
+    /// Creates the label sets alerts and the dashboard read, at 0, so each series exists from
+    /// the first scrape (per-node series appear with their node).
+    fn init_labels(&self) {
+        for status in ["400", "401", "403", "429", "502", "503"] {
+            self.rejected.with_label_values(&[status]);
+        }
+        let edge = ringcast_protocol::auth::AuthError::CODES
+            .into_iter()
+            .chain(ringcast_net::ws_handshake::Refusal::CODES)
+            .chain(["origin_not_allowed", "too_many_connections_from_ip"]);
+        for code in edge {
+            self.edge_refusals.with_label_values(&[code]);
+        }
+        for code in [
+            "link_unauthorized",
+            "link_forbidden",
+            "not_http",
+            "link_version_unsupported",
+            "other",
+        ] {
+            self.link_refusals.with_label_values(&[code]);
+        }
     }
 
     /// Drops every per-node series (`node` label) of a node `is_member` no longer knows, so

@@ -74,6 +74,19 @@ impl Refusal {
         }
     }
 
+    /// Every [`Refusal::code`], for metrics whose labels exist before the first refusal.
+    pub const CODES: [&'static str; 9] = [
+        "bad_request",
+        "headers_too_large",
+        "bad_http_version",
+        "method_not_allowed",
+        "upgrade_required",
+        "bad_websocket_version",
+        "bad_websocket_key",
+        "invalid_client_id",
+        "unsupported_upgrade",
+    ];
+
     /// The stable, machine-readable code of the JSON body (also a metrics label).
     pub fn code(&self) -> &'static str {
         match self {
@@ -209,6 +222,24 @@ pub fn check<B>(req: &Request<B>) -> Result<Accepted, Refusal> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn codes_lists_every_refusal_once() {
+        use super::Refusal::*;
+        let all = [
+            MalformedHead("x"),
+            HeadTooLarge,
+            BadHttpVersion,
+            MethodNotAllowed,
+            UpgradeRequired,
+            BadWebSocketVersion,
+            BadWebSocketKey,
+            InvalidClientId("x"),
+            UnsupportedUpgrade,
+        ];
+        let codes: Vec<&str> = all.iter().map(|r| r.code()).collect();
+        assert_eq!(codes, super::Refusal::CODES);
+    }
+
     use super::*;
 
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";

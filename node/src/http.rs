@@ -110,7 +110,11 @@ fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         "/healthz" => admin::health(&shared),
         "/stats" => admin::stats(&shared),
         "/rooms" => admin::rooms(&shared, req.uri().query()),
-        "/metrics" => metrics_text(shared.metrics.render()),
+        "/metrics" => {
+            let up = *shared.bus_healthy.borrow();
+            shared.metrics.bus_up.set(i64::from(up));
+            metrics_text(shared.metrics.render())
+        }
         _ => json_error(
             StatusCode::NOT_FOUND,
             "not_found",

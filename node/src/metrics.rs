@@ -74,6 +74,8 @@ pub struct Metrics {
     pub presence_sweep_announcements: IntCounter,
     /// Times this node found itself swept (it was unresponsive past its lease).
     pub presence_swept_self: IntCounter,
+    /// 1 while the bus (Redis) is healthy, 0 while it is not (set when scraped).
+    pub bus_up: IntGauge,
 }
 
 impl Metrics {
@@ -104,7 +106,7 @@ impl Metrics {
                 IntGauge::new(name, help).expect("static metric options are valid"),
             )
         };
-        Metrics {
+        let metrics = Metrics {
             connections: gauge("ringcast_node_connections", "Open WebSocket connections"),
             links: gauge(
                 "ringcast_node_links",
@@ -266,7 +268,49 @@ impl Metrics {
                 "ringcast_node_presence_swept_self_total",
                 "Times this node found it had been swept (unresponsive past its lease)",
             ),
+            bus_up: gauge(
+                "ringcast_node_bus_up",
+                "1 while the message bus (Redis) is healthy on this node, 0 while it is not",
+            ),
             registry,
+        };
+        metrics.init_labels();
+        metrics
+    }
+
+    /// Creates every label set an alert or a dashboard panel reads, at 0, so that a series
+    /// exists from the first scrape, not only after its first event (`rate()` of a series that
+    /// appears at 1 shows nothing).
+    fn init_labels(&self) {
+        for code in ringcast_protocol::ErrorCode::ALL {
+            self.errors.with_label_values(&[code.as_str()]);
+        }
+        let refusals = ringcast_net::ws_handshake::Refusal::CODES
+            .into_iter()
+            .chain(
+                ringcast_protocol::auth::AuthError::CODES
+                    .into_iter()
+                    .chain(["draining", "too_many_connections"]),
+            );
+        for code in refusals {
+            self.upgrades_refused.with_label_values(&[code]);
+        }
+        for outcome in ["recovered", "not_recovered"] {
+            self.recoveries.with_label_values(&[outcome]);
+        }
+        for reason in [
+            "flood",
+            "idle",
+            "protocol",
+            "token_expired",
+            "too_big",
+            "api_disconnect",
+        ] {
+            self.closes.with_label_values(&[reason]);
+        }
+        for method in crate::api::methods::METHODS {
+            self.api_calls.with_label_values(&[method, "ok"]);
+            self.api_latency.with_label_values(&[method]);
         }
     }
 

@@ -24,7 +24,7 @@ use crate::history_request::{self, HistoryError};
 use crate::state::Shared;
 
 /// Every method but `batch`.
-const METHODS: [&str; 11] = [
+pub(crate) const METHODS: [&str; 11] = [
     "publish",
     "broadcast",
     "send",

@@ -6,7 +6,7 @@
 //! outcomes awaited after, so a batch of publishes costs one bus round trip per publisher batch,
 //! not per command, and keeps their order.
 
-mod methods;
+pub(crate) mod methods;
 
 use std::sync::Arc;
 

@@ -63,6 +63,14 @@ impl AuthError {
         }
     }
 
+    /// Every [`AuthError::code`], for metrics whose labels exist before the first refusal.
+    pub const CODES: [&'static str; 4] = [
+        "missing_token",
+        "invalid_token",
+        "token_expired",
+        "client_id_mismatch",
+    ];
+
     /// Stable reason code for JSON bodies and metrics labels.
     pub fn code(self) -> &'static str {
         match self {
@@ -246,6 +254,16 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn codes_lists_every_auth_error_once() {
+        use super::AuthError::*;
+        let codes: Vec<&str> = [Missing, Invalid("x"), Expired, SubjectMismatch]
+            .iter()
+            .map(|e| e.code())
+            .collect();
+        assert_eq!(codes, super::AuthError::CODES);
+    }
+
     use super::*;
     use crate::auth::claims::mint_hs256;
 
