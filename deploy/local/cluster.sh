@@ -274,12 +274,15 @@ cluster_ok() { redis-cli -p "$1" cluster info 2>/dev/null | grep -q '^cluster_st
 
 # start_cluster_member NAME PORT: one cluster-enabled redis-server without persistence; its
 # nodes-PORT.conf (the cluster's view: its id, its peers) stays in the state folder, so a
-# restarted member rejoins with the same identity.
+# restarted member rejoins with the same identity. A replica writes what it syncs from its
+# primary to an RDB file even without `save`: each member has its own, removed before a start,
+# so no member (nor the single Redis, whose file is dump.rdb) ever loads another's data.
 start_cluster_member() {
     local name="$1" port="$2" pid
     keep_log "$name"
+    rm -f "$STATE/dump-$port.rdb"
     redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
-        --cluster-enabled yes --cluster-config-file "nodes-$port.conf" --cluster-node-timeout 5000 \
+        --dbfilename "dump-$port.rdb" --cluster-enabled yes --cluster-config-file "nodes-$port.conf" --cluster-node-timeout 5000 \
         --dir "$STATE" --daemonize no > "$STATE/$name.log" 2>&1 < /dev/null &
     pid=$!
     record "$name" "$pid" "?"
