@@ -72,6 +72,16 @@ roles() { # the role (master/slave) of each Redis process up started, space-sepa
     done
     echo "$out"
 }
+cmdstats() { # per Redis process: calls and usec of the commands the bus runs, as JSON
+    local p
+    for p in "${REDIS_PORTS[@]}"; do
+        redis-cli -p "$p" info commandstats | tr -d '\r' | grep -E '^cmdstat_(evalsha|eval|publish|spublish):' | tr '\n' ' '
+        echo
+    done | python3 -c '
+import json, re, sys
+print(json.dumps([{m[0]: {"calls": int(m[1]), "usec": int(m[2])}
+                   for m in re.findall(r"cmdstat_(\w+):calls=(\d+),usec=(\d+)", line)} for line in sys.stdin]))'
+}
 rooms_per_primary() { # how many rooms (history meta keys) each Redis process holds
     local p out=""
     for p in "${REDIS_PORTS[@]}"; do
@@ -101,9 +111,9 @@ if [ "$FANOUT" = 1 ]; then
             waited; after=$(cpu) busy1=$(busy) waited1=$WAITED t1=$(date +%s.%N)
             python3 - "$mode" "$round" "$rc" "$WORK/out.json" "$before" "$after" "$TICK" "$t0" "$t1" \
                 "$((waited1 - waited0))" "$((busy1 - busy0))" "${#REDIS_PIDS[@]}" "$(roles)" \
-                "$(rooms_per_primary)" >>"$RESULTS" <<'PY'
+                "$(rooms_per_primary)" "$(cmdstats)" >>"$RESULTS" <<'PY'
 import json, sys
-mode, rnd, rc, path, before, after, tick, t0, t1, lt, machine, nredis, roles, rooms = sys.argv[1:]
+mode, rnd, rc, path, before, after, tick, t0, t1, lt, machine, nredis, roles, rooms, stats = sys.argv[1:]
 tick, nredis = int(tick), int(nredis)
 used = [round(float(a) - float(b), 2) for a, b in zip(after.split(), before.split())]
 try:
@@ -114,6 +124,7 @@ print(json.dumps({
     "kind": "fanout", "mode": mode, "round": int(rnd), "exit": int(rc), "result": r,
     "wall_secs": float(t1) - float(t0),
     "redis_cpu": used[:nredis], "roles": roles.split(), "rooms": [int(x) for x in rooms.split()],
+    "cmdstats": json.loads(stats),
     "node_cpu": used[nredis:nredis + 2], "gateway_cpu": used[nredis + 2],
     "loadtest_cpu": int(lt) / tick,
     "others_cpu": max(0.0, int(machine) / tick - sum(used) - int(lt) / tick),
@@ -218,6 +229,22 @@ if fan:
               f"| {' / '.join(f'{c:.1f}' for c in prim)} | {' / '.join(f'{c:.1f}' for c in repl) or '–'} | {spread} "
               f"| {r['node_cpu'][0]:.1f} / {r['node_cpu'][1]:.1f} / {r['gateway_cpu']:.1f} "
               f"| {r['loadtest_cpu']:.1f}; {r['others_cpu']:.1f} | {r['wall_secs']:.1f} |")
+    print()
+    print("Redis commands behind each pass (`INFO commandstats`, summed over the primaries; fresh servers per pass, so")
+    print("this includes the joins): the publish script runs as EVALSHA, presence scripts as EVAL.")
+    print()
+    print("| Redis | round | messages sent | EVALSHA calls | messages per call | µs per EVALSHA | Redis µs per message (EVALSHA) | EVAL calls, µs per call |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in fan:
+        res = r["result"]
+        if "sent" not in res:
+            continue
+        st = [x for x, role in zip(r["cmdstats"], r["roles"]) if role == "master"]
+        tot = lambda c, k: sum(x.get(c, {}).get(k, 0) for x in st)  # noqa: E731
+        calls, usec = tot("evalsha", "calls"), tot("evalsha", "usec")
+        ecalls, eusec = tot("eval", "calls"), tot("eval", "usec")
+        print(f"| {r['mode']} | {r['round']} | {res['sent']:,} | {calls:,} | {res['sent'] / max(calls, 1):.1f} "
+              f"| {usec / max(calls, 1):.1f} | {usec / max(res['sent'], 1):.1f} | {ecalls:,}, {eusec / max(ecalls, 1):.1f} |")
     if by["single"] and by["cluster"]:
         s = sum(by["single"]) / len(by["single"])
         c = sum(by["cluster"]) / len(by["cluster"])
