@@ -185,8 +185,8 @@ if [ "$RBENCH" = 1 ]; then
                     sleep 0.05
                 done
                 line=$(timeout 120 redis-benchmark -p "$port" -n 200000 -P 16 -q "$cmd" ch msg 2>&1 | tr '\r' '\n' | grep 'requests per second' | tail -1)
-                printf '{"kind": "redis-benchmark", "mode": "%s", "subscribers": %s, "command": "%s", "line": "%s"}\n' \
-                    "$mode" "$subs" "$cmd" "${line# }" >>"$RESULTS"
+                printf '{"kind": "redis-benchmark", "mode": "%s", "replicas": %s, "subscribers": %s, "command": "%s", "line": "%s"}\n' \
+                    "$mode" "$REPLICAS" "$subs" "$cmd" "${line# }" >>"$RESULTS"
                 for p in "${sub_pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
             done
         done
@@ -261,7 +261,8 @@ if rb:
         for subs in (0, 2):
             got = {r["command"]: r["line"].split(": ", 1)[-1] for r in rb if r["mode"] == mode and r["subscribers"] == subs}
             if got:
-                where = "one Redis" if mode == "single" else "the cluster primary owning `ch` (1 replica)"
+                reps = next(r["replicas"] for r in rb if r["mode"] == mode)
+                where = "one Redis" if mode == "single" else f"the cluster primary owning `ch` ({reps} replica{'s' if reps != 1 else ''})"
                 print(f"| {where} | {subs} | {got.get('PUBLISH', '–')} | {got.get('SPUBLISH', '–')} |")
     print()
 for r in mig:
