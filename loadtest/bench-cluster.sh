@@ -44,7 +44,7 @@ while [ $# -gt 0 ]; do
         --no-fanout) FANOUT=0 ;;
         --no-migrate) MIGRATE=0 ;;
         --no-redis-benchmark) RBENCH=0 ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
