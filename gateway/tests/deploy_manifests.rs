@@ -704,3 +704,173 @@ fn the_redis_cluster_variants_run_six_redis_nodes_made_into_a_cluster_and_give_r
         std::fs::canonicalize(&script_path).expect("script")
     );
 }
+
+/// Runs `program args…`; panics with `what` and the tool's output when it fails (or is missing:
+/// the README's test command installs it).
+fn tool(program: &str, args: &[&str], what: &str) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{what}: cannot run {program} ({e}); the README's test command installs it")
+        });
+    assert!(
+        out.status.success(),
+        "{what}: {program} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_kustomization_is_valid_against_the_kubernetes_schemas_strictly() {
+    let dir = std::env::temp_dir().join(format!("ringcast-k8s-schema-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for (name, path) in manifests::k8s_dirs() {
+        // kustomize's own text: a YAML round trip could unquote a string such as "no", which
+        // the validator (YAML 1.1) would then read as a boolean.
+        let file = dir.join(format!("{}.yaml", name.replace('/', "-")));
+        let out = format!("--output={}", file.display());
+        let dir_arg = path.display().to_string();
+        tool(
+            "kubectl",
+            &["kustomize", &dir_arg, &out],
+            &format!("render {name}"),
+        );
+        let file = file.display().to_string();
+        tool(
+            "kubernetes-validate",
+            &["--strict", "--quiet", &file],
+            &format!("{name} against the Kubernetes schemas"),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_compose_file_is_valid_against_the_compose_spec() {
+    for file in manifests::compose_files() {
+        let path = file.display().to_string();
+        tool(
+            "check-jsonschema",
+            &["--builtin-schema", "vendor.compose-spec", &path],
+            &format!("{path} against the compose spec"),
+        );
+    }
+}
+
+#[test]
+fn the_dashboard_has_a_stable_uid_and_every_query_uses_its_datasource_variable() {
+    let path = manifests::deploy_dir().join("compose/grafana/dashboards/ringcast.json");
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    assert_eq!(
+        d["uid"], "ringcast",
+        "links and provisioning rely on the uid"
+    );
+    let vars = d["templating"]["list"].as_array().expect("templating");
+    assert!(
+        vars.iter().any(|v| v["type"] == "datasource"
+            && v["name"] == "datasource"
+            && v["query"] == "prometheus"),
+        "a Prometheus datasource variable: {vars:?}"
+    );
+    for panel in d["panels"].as_array().expect("panels") {
+        let title = &panel["title"];
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "panel {title}");
+        for t in panel["targets"].as_array().expect("targets") {
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "panel {title}");
+            let expr = t["expr"].as_str().unwrap_or_default();
+            assert!(
+                !expr.contains("[1m]") && !expr.contains("[5m]"),
+                "panel {title}: use $__rate_interval, not a fixed range: {expr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_and_each_has_a_for_a_severity_a_summary_and_a_runbook() {
+    let dir = manifests::deploy_dir().join("prometheus");
+    let rules = dir.join("alerts.yml").display().to_string();
+    tool("promtool", &["check", "rules", &rules], "alerts.yml");
+    let tests = dir.join("alerts.test.yml").display().to_string();
+    tool("promtool", &["test", "rules", &tests], "alerts.test.yml");
+    let alerts: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(&rules).expect("alerts.yml"))
+            .expect("YAML");
+    let runbook = std::fs::read_to_string(manifests::deploy_dir().join("../docs/runbook.md"))
+        .expect("docs/runbook.md");
+    let tested = std::fs::read_to_string(&tests).expect("alerts.test.yml");
+    let mut names = Vec::new();
+    for group in alerts["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let name = rule["alert"].as_str().expect("alerting rules only");
+            assert!(rule["for"].as_str().is_some(), "{name}: a for:");
+            assert!(
+                matches!(
+                    rule["labels"]["severity"].as_str(),
+                    Some("critical" | "warning")
+                ),
+                "{name}: severity critical or warning"
+            );
+            assert!(
+                rule["annotations"]["summary"].as_str().is_some(),
+                "{name}: a summary"
+            );
+            let anchor = format!("docs/runbook.md#{}", name.to_lowercase());
+            assert_eq!(
+                rule["annotations"]["runbook"].as_str(),
+                Some(anchor.as_str())
+            );
+            assert!(
+                runbook.contains(&format!("\n## {name}\n")),
+                "docs/runbook.md has no section for {name}"
+            );
+            assert!(
+                tested.contains(&format!("alertname: {name}\n")),
+                "alerts.test.yml does not test {name}"
+            );
+            names.push(name.to_owned());
+        }
+    }
+    assert!(names.len() >= 12, "{names:?}");
+}
+
+#[test]
+fn prometheus_gets_the_alert_rules_in_compose_and_in_kubernetes() {
+    let alerts = std::fs::read_to_string(manifests::deploy_dir().join("prometheus/alerts.yml"))
+        .expect("alerts.yml");
+    for (name, docs) in manifests::k8s_renderings() {
+        let cm = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == "ConfigMap" && d["metadata"]["name"] == "ringcast-prometheus-rules"
+            })
+            .unwrap_or_else(|| panic!("{name}: no ringcast-prometheus-rules ConfigMap"));
+        assert!(
+            cm["data"]["ringcast-alerts.yml"].as_str() == Some(alerts.as_str()),
+            "{name}: the rules ConfigMap differs from deploy/prometheus/alerts.yml; run \
+             python3 deploy/prometheus/sync-configmap.py"
+        );
+    }
+    let config: serde_norway::Value = serde_norway::from_str(
+        &std::fs::read_to_string(manifests::deploy_dir().join("compose/prometheus.yml"))
+            .expect("prometheus.yml"),
+    )
+    .expect("YAML");
+    assert_eq!(config["rule_files"][0], "/etc/prometheus/alerts.yml");
+    for file in manifests::compose_files() {
+        let compose = manifests::compose_at(&file);
+        if compose["services"]["prometheus"].is_null() {
+            continue;
+        }
+        let mounts =
+            serde_norway::to_string(&compose["services"]["prometheus"]["volumes"]).expect("YAML");
+        assert!(
+            mounts.contains("../prometheus/alerts.yml:/etc/prometheus/alerts.yml"),
+            "{}: Prometheus does not mount the alert rules: {mounts}",
+            file.display()
+        );
+    }
+}

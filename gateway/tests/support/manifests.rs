@@ -237,6 +237,7 @@ pub fn kustomize(dir: &Path) -> Vec<Value> {
         let Ok(out) = Command::new(program).args(&args).arg(dir).output() else {
             continue;
         };
+        check_kustomize_version(program);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             out.status.success(),
@@ -252,9 +253,48 @@ pub fn kustomize(dir: &Path) -> Vec<Value> {
     )
 }
 
+/// Fails clearly when the kustomize inside `program` is older than v4: Debian's
+/// `kubernetes-client` (kubectl 1.20, kustomize v2) cannot render our overlays.
+fn check_kustomize_version(program: &str) {
+    let args: &[&str] = if program == "kubectl" {
+        &["version", "--client"]
+    } else {
+        &["version"]
+    };
+    let Ok(out) = Command::new(program).args(args).output() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Kustomize Version: "))
+        .or_else(|| (program == "kustomize").then_some(text.trim()))
+        .unwrap_or("");
+    let major: Option<u32> = version
+        .trim()
+        .trim_start_matches("kustomize/")
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok());
+    assert!(
+        major.is_some_and(|m| m >= 4),
+        "{program}'s kustomize is {version:?}; rendering the overlays needs kustomize v4 or newer \
+         (install a current kubectl, e.g. from the Kubernetes apt repository, or kustomize v5)"
+    );
+}
+
 /// The k8s base and each overlay under `deploy/k8s/overlays`, rendered by [`kustomize`], by
 /// name (`base`, `overlays/NAME`).
 pub fn k8s_renderings() -> Vec<(String, Vec<Value>)> {
+    k8s_dirs()
+        .into_iter()
+        .map(|(name, dir)| (name, kustomize(&dir)))
+        .collect()
+}
+
+/// The k8s base and each overlay directory, by name (`base`, `overlays/NAME`).
+pub fn k8s_dirs() -> Vec<(String, PathBuf)> {
     let k8s = deploy_dir().join("k8s");
     let mut dirs = vec!["base".to_owned()];
     let mut overlays: Vec<String> = std::fs::read_dir(k8s.join("overlays"))
@@ -265,12 +305,7 @@ pub fn k8s_renderings() -> Vec<(String, Vec<Value>)> {
         .collect();
     overlays.sort();
     dirs.extend(overlays);
-    dirs.into_iter()
-        .map(|d| {
-            let docs = kustomize(&k8s.join(&d));
-            (d, docs)
-        })
-        .collect()
+    dirs.into_iter().map(|d| (d.clone(), k8s.join(d))).collect()
 }
 
 /// Workloads (Deployment / StatefulSet) of the k8s base, by name.
