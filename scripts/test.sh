@@ -24,8 +24,15 @@ apt_install() {
 command -v redis-server >/dev/null && command -v redis-cli >/dev/null || apt_install redis-server
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx  # loadtest/bench.sh --quick
 command -v curl >/dev/null || apt_install curl
-# The manifest tests render every kustomization with `kubectl kustomize`.
-command -v kubectl >/dev/null || command -v kustomize >/dev/null || apt_install kubernetes-client
+# The manifest tests render every kustomization with `kubectl kustomize` (kustomize v4 or newer:
+# Debian's kubernetes-client is kubectl 1.20 and too old, so it is no fallback; the `kubectl`
+# package comes from the Kubernetes apt repository, when configured).
+if ! command -v kubectl >/dev/null; then
+    (apt_install kubectl) || true
+    command -v kubectl >/dev/null || die "kubectl (with kustomize v4+) is needed: install it from https://kubernetes.io/docs/tasks/tools/ and run again"
+fi
+# A real Prometheus and promtool check the dashboard and the alerts.
+command -v prometheus >/dev/null && command -v promtool >/dev/null || apt_install prometheus
 command -v python3 >/dev/null || apt_install python3 python3-websockets
 if ! python3 -c 'import websockets' 2>/dev/null; then
     log "installing python websockets (pip)"
@@ -33,6 +40,15 @@ if ! python3 -c 'import websockets' 2>/dev/null; then
         || python3 -m pip install --quiet --break-system-packages 'websockets>=12' 2>/dev/null \
         || apt_install python3-websockets
     python3 -c 'import websockets' || die "python3 cannot import websockets after installing it"
+fi
+# Manifests are validated against the Kubernetes schemas and the compose spec.
+if ! command -v kubernetes-validate >/dev/null || ! command -v check-jsonschema >/dev/null; then
+    log "installing kubernetes-validate and check-jsonschema (pip)"
+    python3 -m pip install --quiet kubernetes-validate check-jsonschema 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages kubernetes-validate check-jsonschema 2>/dev/null \
+        || die "could not install kubernetes-validate and check-jsonschema with pip"
+    command -v kubernetes-validate >/dev/null && command -v check-jsonschema >/dev/null \
+        || die "kubernetes-validate or check-jsonschema is not on PATH after installing it (pip's bin directory?)"
 fi
 # The server API tests check every answer against docs/api/openapi.json with a real validator.
 if ! python3 -c 'import openapi_spec_validator, openapi_schema_validator' 2>/dev/null; then
@@ -44,6 +60,10 @@ if ! python3 -c 'import openapi_spec_validator, openapi_schema_validator' 2>/dev
     python3 -c 'import openapi_spec_validator, openapi_schema_validator' \
         || die "python3 cannot import openapi_spec_validator after installing it"
 fi
+
+log "promtool check rules / test rules"
+promtool check rules deploy/prometheus/alerts.yml >/dev/null || die "deploy/prometheus/alerts.yml does not pass promtool check rules"
+promtool test rules deploy/prometheus/alerts.test.yml || die "the alert unit tests (deploy/prometheus/alerts.test.yml) fail"
 
 log "cargo fmt --check"
 cargo fmt --all -- --check || die "code is not formatted: run 'cargo fmt --all'"
