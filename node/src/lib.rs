@@ -107,6 +107,7 @@ async fn run_on_bus(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
+    metrics.init_api_labels(&api::methods::METHODS);
     let auth = Authenticator::from_args(&config.auth).map_err(NodeError::Config)?;
     let room_options = config.room_options().map_err(NodeError::Config)?;
     // Bounded: a bus that is down must not keep the node from serving. A bus that can fail keeps

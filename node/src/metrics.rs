@@ -308,7 +308,11 @@ impl Metrics {
         ] {
             self.closes.with_label_values(&[reason]);
         }
-        for method in crate::api::methods::METHODS {
+    }
+
+    /// Creates the server API's series for `methods` at 0 (the API module names them).
+    pub fn init_api_labels(&self, methods: &[&str]) {
+        for method in methods {
             self.api_calls.with_label_values(&[method, "ok"]);
             self.api_latency.with_label_values(&[method]);
         }

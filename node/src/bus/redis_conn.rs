@@ -23,7 +23,7 @@ use super::liveness::Liveness;
 use super::probe::{self, Backoff};
 use super::redis_batch::Batch;
 use super::redis_config::RedisBusConfig;
-use super::redis_shards::Shards;
+use super::redis_shard_set::Shards;
 use super::{BusError, Inbox};
 use crate::metrics::Metrics;
 

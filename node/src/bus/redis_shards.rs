@@ -13,116 +13,23 @@
 //! subscriptions count as lost, which is what makes the hub fill each room's gap from history.
 //! A probe channel per shard, hash-tagged into a slot that shard owns, finds a starved one.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use redis::aio::{MultiplexedConnection, SendError};
 use redis::{PushInfo, PushKind, Value};
 use ringcast_net::redis_target::{single_client, slot_of, RedisTarget};
-use tokio::sync::{watch, Mutex};
 use tracing::{info, warn};
 
 use super::probe::{self, Backoff};
 use super::redis_conn::{report_failure, unavailable, Inner};
+use super::redis_shard_set::{poisoned, State};
 use super::redis_topology::{shard_url, Topology};
 use super::BusError;
 
 /// Most `SSUBSCRIBE`s in one pipeline.
 const PER_PIPELINE: usize = 1000;
-
-/// The per-shard subscribers and what they must follow.
-pub(super) struct Shards {
-    state: Mutex<State>,
-    /// The wanted channels, readable from the connections' push handlers (which cannot wait
-    /// for `state`): a pushed `sunsubscribe` for one of these is a slot that moved.
-    wanted_now: std::sync::Mutex<HashSet<String>>,
-    /// Highest failed generation.
-    failed_tx: watch::Sender<u64>,
-    /// Probe channels of the current generation and the last token each gave back.
-    probes: std::sync::Mutex<HashMap<Vec<u8>, u64>>,
-    /// Probe channels are `{BASE:K}` for a K that hashes into the shard's slots.
-    probe_base: String,
-}
-
-struct State {
-    /// Redis channel names to follow (bounded by the hub's rooms and clients).
-    wanted: BTreeSet<String>,
-    /// The generation whose connections `conns` are, while `live`.
-    generation: u64,
-    live: bool,
-    topology: Topology,
-    /// Connections by primary address.
-    conns: BTreeMap<String, MultiplexedConnection>,
-}
-
-fn poisoned<T>(e: std::sync::PoisonError<T>) -> T {
-    // Plain sets and maps, consistent after any panic.
-    e.into_inner()
-}
-
-impl Shards {
-    /// No connections yet; `wanted` starts with the channels the bus always follows.
-    pub(super) fn new(wanted: BTreeSet<String>) -> Self {
-        Shards {
-            wanted_now: std::sync::Mutex::new(wanted.iter().cloned().collect()),
-            state: Mutex::new(State {
-                wanted,
-                generation: 0,
-                live: false,
-                topology: Topology::default(),
-                conns: BTreeMap::new(),
-            }),
-            failed_tx: watch::channel(0).0,
-            probes: std::sync::Mutex::new(HashMap::new()),
-            probe_base: String::new(),
-        }
-    }
-
-    /// Names the probe channels after `base` (set once, before the supervisor starts).
-    pub(super) fn with_probe_base(mut self, base: String) -> Self {
-        self.probe_base = base;
-        self
-    }
-
-    fn is_wanted(&self, channel: &[u8]) -> bool {
-        let wanted = self.wanted_now.lock().unwrap_or_else(poisoned);
-        std::str::from_utf8(channel).is_ok_and(|c| wanted.contains(c))
-    }
-
-    /// A probe token came back on `channel`; returns the lowest token every probe channel has
-    /// given back, when `channel` is one of them.
-    fn probe_echoed(&self, channel: &[u8], payload: &[u8]) -> Option<u64> {
-        let token: u64 = std::str::from_utf8(payload).ok()?.parse().ok()?;
-        let mut probes = self.probes.lock().unwrap_or_else(poisoned);
-        let seen = probes.get_mut(channel)?;
-        *seen = (*seen).max(token);
-        probes.values().min().copied()
-    }
-
-    fn is_probe(&self, channel: &[u8]) -> bool {
-        self.probes
-            .lock()
-            .unwrap_or_else(poisoned)
-            .contains_key(channel)
-    }
-
-    fn probe_channels(&self) -> Vec<Vec<u8>> {
-        self.probes
-            .lock()
-            .unwrap_or_else(poisoned)
-            .keys()
-            .cloned()
-            .collect()
-    }
-
-    /// A channel name for `addr`'s probe: `{BASE:K}` for the first K whose slot it owns.
-    fn probe_channel(&self, topology: &Topology, addr: &str) -> Option<String> {
-        (0..100_000u32)
-            .map(|k| format!("{{{}:{k}}}", self.probe_base))
-            .find(|name| topology.owner(slot_of(name.as_bytes())) == Some(addr))
-    }
-}
 
 /// Subscribes (or unsubscribes) channels at runtime, on the shards that own them. Any failure
 /// leaves the server's view of a connection unknown, so the whole set is rebuilt.
