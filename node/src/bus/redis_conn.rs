@@ -312,11 +312,16 @@ impl Inner {
         if !self.is_cluster() {
             return self.pipeline(&batch.pipeline()).await;
         }
+        // One pipeline per slot, all in flight at once (the cluster connection multiplexes
+        // them over its connection to each shard): the batch costs one round trip, not one per
+        // slot. Replies come back in the groups' order.
         let groups = batch.slot_groups();
-        let mut replies = Vec::with_capacity(groups.len());
-        for group in &groups {
-            replies.push(self.pipeline(&batch.pipeline_of(group)).await?);
-        }
+        let pipelines: Vec<redis::Pipeline> =
+            groups.iter().map(|group| batch.pipeline_of(group)).collect();
+        let replies = futures_util::future::join_all(pipelines.iter().map(|p| self.pipeline(p)))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         batch
             .merge(&groups, replies)
             .ok_or_else(|| BusError::Unavailable("Redis answered a batch short".into()))
