@@ -87,26 +87,35 @@ async fn nodes_register_and_talk_through_a_cluster_and_the_gateway_finds_them() 
     }
 }
 
-/// A seed that is no Redis URL fails `--check-config` (and startup) naming it, password hidden.
+/// A seed that is no Redis URL fails `--check-config` (and startup) of both binaries, naming it
+/// with its password hidden.
 #[test]
 fn a_seed_of_another_scheme_is_refused_at_startup() {
-    let check = |seeds: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast-gateway"))
-            .arg("--check-config")
-            .env_remove("RINGCAST_REDIS_URL")
-            .env("RINGCAST_REDIS_CLUSTER", seeds)
-            .output()
-            .expect("run ringcast-gateway");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let (code, err) = check("redis://a:7000,http://u:hunter2@b:7001");
-    assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("http://***@b:7001") && !err.contains("hunter2"),
-        "{err}"
-    );
-    assert_eq!(check("redis://a:7000,rediss://b:7001").0, Some(0));
+    let gateway = std::path::PathBuf::from(env!("CARGO_BIN_EXE_ringcast-gateway"));
+    for bin in [gateway, support::node_binary()] {
+        let check = |seeds: &str| {
+            let out = std::process::Command::new(&bin)
+                .arg("--check-config")
+                .env_remove("RINGCAST_REDIS_URL")
+                .env("RINGCAST_REDIS_CLUSTER", seeds)
+                .output()
+                .expect("run the binary");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (code, err) = check("redis://a:7000,http://u:hunter2@b:7001");
+        assert_eq!(code, Some(2), "{}: {err}", bin.display());
+        assert!(
+            err.contains("http://***@b:7001") && !err.contains("hunter2"),
+            "{err}"
+        );
+        assert_eq!(
+            check("redis://a:7000,rediss://b:7001").0,
+            Some(0),
+            "{}",
+            bin.display()
+        );
+    }
 }

@@ -316,8 +316,10 @@ impl Inner {
         // them over its connection to each shard): the batch costs one round trip, not one per
         // slot. Replies come back in the groups' order.
         let groups = batch.slot_groups();
-        let pipelines: Vec<redis::Pipeline> =
-            groups.iter().map(|group| batch.pipeline_of(group)).collect();
+        let pipelines: Vec<redis::Pipeline> = groups
+            .iter()
+            .map(|group| batch.pipeline_of(group))
+            .collect();
         let replies = futures_util::future::join_all(pipelines.iter().map(|p| self.pipeline(p)))
             .await
             .into_iter()
