@@ -88,4 +88,26 @@ describe('tokens', { timeout: 60_000 }, () => {
     c.close();
     writer.close();
   });
+
+  it('reports a room a refreshed token no longer allows as room_revoked', async () => {
+    let narrow = false;
+    const getToken = async () => {
+      const exp = Math.floor(Date.now() / 1000) + 4;
+      const rooms = narrow ? ['keep'] : ['keep', 'lose'];
+      return mintToken(SECRET, { sub: 'vera', exp, rooms });
+    };
+    const c = new RingcastClient({ url: cluster.url, WebSocket, getToken, pingIntervalMs: 0 });
+    clients.push(c);
+    const revoked = [];
+    c.on('room_revoked', (r) => revoked.push(r));
+    await c.connect();
+    await c.join('keep');
+    await c.join('lose');
+    narrow = true; // the next refresh (about 2 s from now) takes `lose` away
+    await waitFor('room_revoked', () => revoked.length === 1, 10_000);
+    assert.deepEqual(revoked, [{ room: 'lose', reason: 'token' }]);
+    assert.deepEqual(c.rooms, ['keep']);
+    assert.equal((await c.send('keep', 'still allowed')).room, 'keep');
+    c.close();
+  });
 });

@@ -50,6 +50,8 @@ describe('against a gateway and three nodes', { timeout: 120_000 }, () => {
     const received = clients.map((c) => recorder(c, room));
     const states = clients.map(() => []);
     clients.forEach((c, i) => c.on('state', (s) => states[i].push(s)));
+    const unrecovered = [];
+    for (const c of clients) c.on('recovery_failed', (j) => unrecovered.push(j));
     await Promise.all(clients.map((c) => c.connect()));
     await Promise.all(clients.map((c) => c.join(room)));
 
@@ -110,6 +112,7 @@ describe('against a gateway and three nodes', { timeout: 120_000 }, () => {
       }
     }
     // The drained node's clients were told 1012; the killed node's saw the connection drop.
+    assert.deepEqual(unrecovered, [], 'every rejoin recovered');
     const codes = new Set(states.flat().filter((s) => s.state === 'reconnecting').map((s) => s.code));
     assert.ok(codes.has(1012), `a 1012 was seen: ${[...codes]}`);
     for (const c of clients) c.close();

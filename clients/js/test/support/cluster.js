@@ -235,3 +235,28 @@ export function mintToken(secret, claims) {
   const sig = createHmac('sha256', secret).update(head).digest('base64url');
   return `${head}.${sig}`;
 }
+
+/** Sends one command to the test's redis-server and resolves with the first reply line. */
+export function redisCommand(port, ...args) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, '127.0.0.1');
+    let got = '';
+    sock.setTimeout(2000, () => {
+      sock.destroy();
+      reject(new Error(`redis ${args[0]}: no answer`));
+    });
+    sock.on('error', reject);
+    sock.on('connect', () => {
+      let cmd = `*${args.length}\r\n`;
+      for (const a of args) cmd += `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`;
+      sock.write(cmd);
+    });
+    sock.on('data', (d) => {
+      got += d;
+      if (got.includes('\r\n')) {
+        sock.end();
+        resolve(got.split('\r\n')[0]);
+      }
+    });
+  });
+}
