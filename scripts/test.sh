@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need (redis-server, nginx, curl, kubectl,
-# python3 + websockets), then checks formatting and lints and runs every test of the workspace. Fails
-# loudly; never skips a test because something is missing.
+# python3 + websockets, node + npm, chromium), then checks formatting and lints and runs every test
+# of the workspace, then the JS client's and the demo chat's tests (clients/js: npm ci, node --test
+# against the binaries cargo built). Fails loudly; never skips a test because something is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +62,12 @@ if ! python3 -c 'import openapi_spec_validator, openapi_schema_validator' 2>/dev
         || die "python3 cannot import openapi_spec_validator after installing it"
 fi
 
+# The JS client's tests (clients/js) run on Node >= 20 and drive the demo chat in a headless Chromium.
+command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' \
+    || die "node $(node --version) is too old for clients/js: install Node 20 or later"
+command -v chromium >/dev/null || apt_install chromium
+
 log "promtool check rules / test rules"
 promtool check rules deploy/prometheus/alerts.yml >/dev/null || die "deploy/prometheus/alerts.yml does not pass promtool check rules"
 promtool test rules deploy/prometheus/alerts.test.yml || die "the alert unit tests (deploy/prometheus/alerts.test.yml) fail"
@@ -72,3 +79,14 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 log "cargo test"
 cargo test --workspace --all-targets
 cargo test --workspace --doc --quiet
+
+# The binaries `cargo test` just built (all targets include them): the JS tests start real Redis,
+# nodes and a gateway from there.
+target_dir="${CARGO_TARGET_DIR:-target}"
+case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+[ -x "$target_dir/debug/ringcast-node" ] && [ -x "$target_dir/debug/ringcast-gateway" ] \
+    || die "no ringcast-node / ringcast-gateway in $target_dir/debug after cargo test"
+log "npm ci (clients/js)"
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed in clients/js"
+log "node --test (clients/js: client, demo chat in chromium)"
+(cd clients/js && RINGCAST_BIN_DIR="$target_dir/debug" npm test) || die "clients/js tests failed"

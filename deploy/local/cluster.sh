@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # deploy/local/cluster.sh: a ringcast cluster as plain processes on 127.0.0.1, no Docker.
 #
-#   cluster.sh up [--nodes N] [--gateway-port P] [--redis-port P] [--redis-cluster] [--build] [--release]
+#   cluster.sh up [--nodes N] [--gateway-port P] [--redis-port P] [--redis-cluster] [--build] [--release] [--demo]
 #   cluster.sh add             one more node, registering through the same Redis
 #   cluster.sh drain NAME      SIGTERM one node (e.g. node-2): /healthz 503, 1012 to its clients
 #   cluster.sh kill NAME       SIGKILL one node or redis (redis-N in cluster mode); nothing restarted
 #   cluster.sh restart NAME    start a stopped node or redis again: same port, same flags
 #   cluster.sh status          each process, its URL and health
 #   cluster.sh down            stops exactly what `up`/`add` started (by PID, identity checked)
+#
+# `up --demo` starts the gateway with --demo: the demo chat at http://127.0.0.1:8080/demo/.
 #
 # Redis (a private redis-server), N nodes started with --redis-url and --advertise (so they
 # register themselves), and one gateway reading that registry. Logs, PIDs and the ports in use
@@ -44,7 +46,7 @@ NODE_ARGS=(${RINGCAST_LOCAL_NODE_ARGS:-})
 log() { printf '%s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-usage() { sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 # --- processes ------------------------------------------------------------------------------
 
@@ -319,7 +321,7 @@ node_names() { local f; for f in "$STATE"/node-*.pid; do [ -e "$f" ] && basename
 running_nodes() { local n c=0; for n in $(node_names); do ours "$n" >/dev/null && c=$((c + 1)); done; printf '%s\n' "$c"; }
 
 cmd_up() {
-    local nodes=3 gateway_port=8080 redis_port="" build=0 release=0
+    local nodes=3 gateway_port=8080 redis_port="" build=0 release=0 gateway_args=()
     local redis_cluster="${RINGCAST_LOCAL_REDIS_CLUSTER:-0}"
     while [ $# -gt 0 ]; do
         case "$1" in
@@ -329,6 +331,7 @@ cmd_up() {
             --redis-cluster) redis_cluster=1; shift ;;
             --build) build=1; shift ;;
             --release) release=1; shift ;;
+            --demo) gateway_args+=(--demo); shift ;;
             *) die "up: unknown argument $1" ;;
         esac
     done
@@ -375,7 +378,7 @@ cmd_up() {
 
     env "${CLEAN_ENV[@]}" "$BIN/ringcast-gateway" --listen "127.0.0.1:$gateway_port" \
         "${redis[@]}" --shutdown-grace-secs "$SHUTDOWN_GRACE_SECS" \
-        > "$STATE/gateway.log" 2>&1 < /dev/null &
+        ${gateway_args[@]+"${gateway_args[@]}"} > "$STATE/gateway.log" 2>&1 < /dev/null &
     pid=$!
     record gateway "$pid" "?"
     printf '%s\n' "$gateway_port" > "$STATE/gateway.port"
@@ -385,6 +388,7 @@ cmd_up() {
     trap - ERR EXIT
     log "state, logs and PIDs: $STATE"
     printf 'ws://127.0.0.1:%s/ws\n' "$gateway_port"
+    [ ${#gateway_args[@]} -eq 0 ] || log "demo chat: http://127.0.0.1:$gateway_port/demo/"
 }
 
 # The node flags `up` was given (not the caller's $RINGCAST_LOCAL_NODE_ARGS now).

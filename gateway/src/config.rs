@@ -221,6 +221,11 @@ pub struct Config {
     #[command(flatten)]
     pub auth: AuthArgs,
 
+    /// Serve the demo chat page at `/demo/` (off by default: a public edge should serve no
+    /// pages it does not need).
+    #[arg(long, env = "RINGCAST_DEMO")]
+    pub demo: bool,
+
     /// Log format.
     #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

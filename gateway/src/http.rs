@@ -1,4 +1,5 @@
-//! HTTP on the gateway's port, served by hyper: `/healthz`, `/metrics`, `/nodes`. Connections
+//! HTTP on the gateway's port, served by hyper: `/healthz`, `/metrics`, `/nodes` (and `/demo/`
+//! with `--demo`). Connections
 //! reach it from the `connection` module, which sends those that open with `GET /ws ` or
 //! `GET /ws?` down the upgrade path (the `direct` module) instead; hyper upgrades nothing. A
 //! `/ws` request that reaches hyper anyway (another method, an absolute-form target, a second
@@ -33,6 +34,8 @@ pub struct Http {
     pub max_header_bytes: usize,
     /// The server API when it is served here (not on `--api-listen`).
     pub api: Option<Arc<crate::api::Api>>,
+    /// Whether `/demo/` serves the demo chat (`--demo`).
+    pub demo: bool,
 }
 
 impl Http {
@@ -116,6 +119,8 @@ fn route(http: &Arc<Http>, req: Request<Incoming>) -> Response<Body> {
             }),
         ),
         "/metrics" => metrics_text(proxy.metrics.render()),
+        path if http.demo && crate::demo::is_demo(path) => crate::demo::serve(path)
+            .unwrap_or_else(|| json_error(StatusCode::NOT_FOUND, "not_found", "no such path")),
         path if crate::api::is_api(path) => ringcast_net::api_auth::error(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod api;
 pub mod config;
 pub mod connection;
+pub mod demo;
 pub mod direct;
 pub mod embedded;
 pub mod http;
@@ -159,6 +160,7 @@ pub async fn run(
         handshake_timeout: config.handshake_timeout(),
         max_header_bytes: config.max_header_bytes(),
         api: config.api_listen.is_none().then_some(api),
+        demo: config.demo,
     });
     let begin = async {
         let _ = shutdown.wait_for(|stop| *stop).await;

@@ -289,6 +289,7 @@ impl Session {
             ServerEvent::Welcome {
                 client_id: &client_id,
                 node: &shared.node_id,
+                expires_at: identity.as_ref().map(|i| i.expires_at),
             }
             .encode(),
         ));

@@ -433,3 +433,21 @@ async fn a_configured_audience_or_issuer_is_required() {
         assert_eq!(refusal(&url).await, (401, "invalid_token".to_owned()));
     }
 }
+
+/// With authentication on, `welcome` says when the token runs out, so a client can refresh in
+/// time without decoding the token; without authentication it says nothing of the sort.
+#[tokio::test]
+async fn the_welcome_carries_the_token_expiry() {
+    let node = TestNode::start(config()).await;
+    let c = claims("alice", 1800);
+    let url = format!("ws://{}/ws?token={}", node.addr, token(&c));
+    let (mut alice, _) = Client::try_connect_with(&url, &[]).await.expect("connect");
+    let welcome = alice.recv_event("welcome").await;
+    assert_eq!(welcome["expires_at"].as_u64(), Some(c.exp));
+
+    let open = TestNode::start(Config::for_tests()).await;
+    let url = format!("ws://{}/ws?client_id=bob", open.addr);
+    let (mut bob, _) = Client::try_connect_with(&url, &[]).await.expect("connect");
+    let welcome = bob.recv_event("welcome").await;
+    assert!(welcome.get("expires_at").is_none(), "{welcome}");
+}

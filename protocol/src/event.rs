@@ -14,6 +14,10 @@ pub enum ServerEvent<'a> {
         client_id: &'a str,
         /// The node that holds the connection.
         node: &'a str,
+        /// When authentication is on: when the connection's token expires (seconds since the
+        /// Unix epoch), so a client knows when to `refresh` without decoding the token.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
     },
     /// A client id got its first connection.
     UserConnected {
@@ -284,9 +288,18 @@ mod tests {
         assert_eq!(
             text(&ServerEvent::Welcome {
                 client_id: "a",
-                node: "n1"
+                node: "n1",
+                expires_at: None,
             }),
             r#"{"event":"welcome","client_id":"a","node":"n1"}"#
+        );
+        assert_eq!(
+            text(&ServerEvent::Welcome {
+                client_id: "a",
+                node: "n1",
+                expires_at: Some(1_700_000_000),
+            }),
+            r#"{"event":"welcome","client_id":"a","node":"n1","expires_at":1700000000}"#
         );
         assert_eq!(
             text(&ServerEvent::Chat {
