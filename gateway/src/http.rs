@@ -14,9 +14,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::client_io::ClientIo;
 use crate::limits::ConnectionPermit;
 use crate::proxy::Proxy;
 use ringcast_net::detect::Prefixed;
@@ -46,7 +46,7 @@ impl Http {
 /// read) until it closes or the gateway's drain is over; `permit` is held as long.
 pub async fn serve(
     http: Arc<Http>,
-    stream: Prefixed<TcpStream>,
+    stream: Prefixed<ClientIo>,
     peer: SocketAddr,
     permit: ConnectionPermit,
 ) {
