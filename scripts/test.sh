@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's test command: installs what the tests need (redis-server, nginx, curl, kubectl,
-# python3 + websockets), then checks formatting and lints and runs every test of the workspace. Fails
+# The README's test command: installs what the tests need (redis-server, nginx, curl, chromium,
+# kubectl, python3 + websockets), then checks formatting and lints and runs every test of the workspace. Fails
 # loudly; never skips a test because something is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,8 @@ apt_install() {
 command -v redis-server >/dev/null && command -v redis-cli >/dev/null || apt_install redis-server
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx  # loadtest/bench.sh --quick
 command -v curl >/dev/null || apt_install curl
+# The TLS tests check that a real browser opens wss:// to the gateway.
+command -v chromium >/dev/null || apt_install chromium
 # The manifest tests render every kustomization with `kubectl kustomize`.
 command -v kubectl >/dev/null || command -v kustomize >/dev/null || apt_install kubernetes-client
 command -v python3 >/dev/null || apt_install python3 python3-websockets

@@ -748,6 +748,7 @@ fn tls_launch_loads_its_mounted_pair(l: &Launch) {
         cert_pem: one.cert_pem,
         key_pem: other.key_pem,
         serial: one.serial,
+        spki: one.spki,
     };
     let (ok, out) = l.check_config_with(&mismatched);
     assert!(

@@ -322,3 +322,85 @@ fn a_bad_pair_stops_the_start_and_fails_check_config() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--tls-key"), "{err}");
 }
+
+/// base64(SHA-256(`spki`)), the form Chromium's `--ignore-certificate-errors-spki-list`
+/// takes (computed by python's hashlib, independent of our code).
+fn spki_hash(spki: &[u8], dir: &Scratch) -> String {
+    let file = dir.path("spki.der");
+    std::fs::write(&file, spki).unwrap();
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import base64,hashlib,sys; print(base64.b64encode(hashlib.sha256(open(sys.argv[1],'rb').read()).digest()).decode())",
+        ])
+        .arg(&file)
+        .output()
+        .expect("python3");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_chromium_opens_wss_with_the_test_certificate_trusted_by_a_flag() {
+    let dir = Scratch::new("tls-browser");
+    let ca = TestCa::new();
+    let (cert, key) = (dir.path("tls.crt"), dir.path("tls.key"));
+    let pair = ca.issue("browser", 0x81, false);
+    pair.write(&cert, &key);
+    let gw = TlsGateway::start(&cert, &key, dir.path("gateway.log"), &[]);
+    let tls = connector(&ca.der());
+    // Someone for the browser to talk to: it gets the browser's chat.
+    let (_, mut listener) = rust_client(&tls, gw.addr, "listener").await;
+
+    let page = dir.path("page.html");
+    std::fs::write(
+        &page,
+        format!(
+            r#"<html><body><script>
+const ws = new WebSocket("wss://{}/ws?client_id=chromium");
+ws.onopen = () => ws.send(JSON.stringify({{type: "chat", content: "hello from chromium"}}));
+</script></body></html>"#,
+            gw.addr
+        ),
+    )
+    .unwrap();
+    // Trusted by the hash of the certificate's key, the one exception the flag makes. Run by
+    // browser.py, which reaps every process the browser starts once its stdin closes.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser.py");
+    let mut browser = std::process::Command::new("python3")
+        .arg(script)
+        .arg(spki_hash(&pair.spki, &dir))
+        .arg(dir.path("profile"))
+        .arg(format!("file://{}", page.display()))
+        .arg("40")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start browser.py (scripts/test.sh installs chromium)");
+    let got = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let msg = next_json(&mut listener).await;
+            if msg["event"] == "chat" {
+                return msg;
+            }
+        }
+    })
+    .await;
+    drop(browser.stdin.take());
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Ok(Some(status)) = browser.try_wait() {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = browser.kill();
+            let _ = browser.wait();
+            panic!("browser.py did not end the browser within 40 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "browser.py: {status:?}");
+    let got = got.expect("the browser's message within 30 s");
+    assert_eq!(got["from"], "chromium", "{got}");
+    assert_eq!(got["content"], "hello from chromium", "{got}");
+    drop(gw);
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rcgen::{
     date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-    SanType, SerialNumber,
+    PublicKeyData, SanType, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,6 +53,9 @@ pub struct ServerPair {
     pub key_pem: String,
     /// Its serial number in lowercase hex without leading zeros.
     pub serial: String,
+    /// Its SubjectPublicKeyInfo (DER), what a browser's `--ignore-certificate-errors-spki-list`
+    /// names by hash.
+    pub spki: Vec<u8>,
 }
 
 impl ServerPair {
@@ -123,6 +126,7 @@ impl TestCa {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
             serial: format!("{serial:x}"),
+            spki: key.subject_public_key_info(),
         }
     }
 }
