@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # What TLS at the gateway costs (issue 25): the same Redis and two nodes behind two gateways on
 # the same binary, one plain (ws://) and one with --tls-cert/--tls-key (wss://, an ECDSA P-256
-# certificate from a CA made here with openssl), measured in the same run, passes alternating
-# ws, wss, ws, wss…:
+# certificate from a CA made here with openssl), and nginx terminating TLS with the same
+# certificate (loadtest/nginx.conf, `listen … ssl`), measured in the same run, passes
+# alternating ws, wss, nginx-wss, ws, wss, nginx-wss…:
 #   connect  N connections, 64 in flight, held 1 s: connects/s and connect latency (a full TLS
-#            handshake each: the load generator never resumes a session)
+#            handshake each: the load generator never resumes a session), and the gateway's
+#            memory per held connection (RSS growth; first round only: later rounds meet a heap
+#            already grown)
 #   fanout   1 000 members of one room, 4 publishers × R msg/s for 10 s: delivery latency
 # Prints a Markdown table; with --out FILE also writes it between the bench-tls markers there.
 #
 #   loadtest/bench-tls.sh [--bin-dir DIR] [--rounds N] [--connections N] [--fanout-rate R]
 #                         [--out FILE]
-# Needs redis-server, curl, openssl and python3; builds the release binaries unless --bin-dir.
+# Needs redis-server, nginx, curl, openssl and python3; builds the release binaries unless
+# --bin-dir.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -28,6 +32,9 @@ while [ $# -gt 0 ]; do
     shift
 done
 command -v openssl >/dev/null || { echo "error: openssl not found (apt-get install -y openssl)" >&2; exit 1; }
+NGINX="$(command -v nginx || true)"
+[ -n "$NGINX" ] || { [ -x /usr/sbin/nginx ] && NGINX=/usr/sbin/nginx; } || true
+[ -n "$NGINX" ] || { echo "error: nginx not found (apt-get install -y nginx)" >&2; exit 1; }
 NAME=bench-tls
 # shellcheck source=loadtest/bench-lib.sh
 . "$ROOT/loadtest/bench-lib.sh"
@@ -64,19 +71,39 @@ for i in 1 2; do nodes+=(--node "node$i=127.0.0.1:${NODE_PORTS[$((i - 1))]}"); d
 "$BIN/ringcast-gateway" --listen "127.0.0.1:$TLS_PORT" --tls-cert "$WORK/tls.crt" \
     --tls-key "$WORK/tls.key" "${nodes[@]}" >"$WORK/gateway-tls.log" 2>&1 &
 PIDS+=("$!")
+# bench-lib's up started Redis, node1, node2 and the plain gateway, in that order.
+WS_PID=${PIDS[3]} WSS_PID=${PIDS[4]}
 for _ in $(seq 1 200); do
     curl -s -o /dev/null --max-time 1 --cacert "$WORK/ca.pem" "https://127.0.0.1:$TLS_PORT/healthz" && break
     sleep 0.05
 done
+# nginx with the same certificate in front of the same nodes.
+NGINX_PORT=$(free_port)
+mkdir -p "$WORK/nginx"
+sed -e "s|@PREFIX@|$WORK/nginx|g" \
+    -e "s|@LISTEN@ backlog=4096;|127.0.0.1:$NGINX_PORT ssl backlog=4096; ssl_certificate $WORK/tls.crt; ssl_certificate_key $WORK/tls.key; ssl_protocols TLSv1.2 TLSv1.3;|" \
+    -e "s|@SERVERS@|server 127.0.0.1:${NODE_PORTS[0]}; server 127.0.0.1:${NODE_PORTS[1]};|" \
+    loadtest/nginx.conf >"$WORK/nginx/nginx.conf"
+"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" &
+PIDS+=("$!")
+for _ in $(seq 1 200); do
+    curl -s -o /dev/null --max-time 1 --cacert "$WORK/ca.pem" "https://127.0.0.1:$NGINX_PORT/healthz" && break
+    sleep 0.05
+done
 WS="ws://127.0.0.1:$GW_PORT/ws"
 WSS="wss://127.0.0.1:$TLS_PORT/ws"
+NGINX_WSS="wss://127.0.0.1:$NGINX_PORT/ws"
 STARTED=$(date -u '+%Y-%m-%d %H:%M UTC')
 for round in $(seq 1 "$ROUNDS"); do
-    for mode in ws wss; do
-        url=$WS; [ "$mode" = wss ] && url=$WSS
+    for mode in ws wss nginx-wss; do
+        case "$mode" in
+            ws) url=$WS pid=(--server-pid "$WS_PID") ;;
+            wss) url=$WSS pid=(--server-pid "$WSS_PID") ;;
+            nginx-wss) url=$NGINX_WSS pid=() ;; # its workers are other processes
+        esac
         idle
         run "$mode" connect "$url" "$round" --connect-concurrency 64 \
-            connections --connections "$CONNS" --connect-rate 0 --hold-secs 1
+            connections --connections "$CONNS" --connect-rate 0 --hold-secs 1 "${pid[@]}"
         idle
         run "$mode" fanout "$url" "$round" \
             fanout --subscribers 1000 --rooms 1 --publishers 4 --rate "$RATE" --duration-secs 10
@@ -109,8 +136,9 @@ def num(x):
 
 out = [
     f"Run {os.environ['STARTED']} on {os.environ['MACHINE']}, commit {os.environ['COMMIT']}: "
-    "Redis, two nodes, a plain gateway and a TLS gateway (same binary, ECDSA P-256), passes "
-    "alternating ws / wss; command `loadtest/bench-tls.sh`.",
+    "Redis, two nodes, a plain gateway, a TLS gateway (same binary, ECDSA P-256) and nginx "
+    "terminating TLS with the same certificate, passes alternating; command "
+    "`loadtest/bench-tls.sh`.",
     "",
     "| scenario | over | result | lost / failed | p50 | p99 | p99.9 | max |",
     "|---|---|---|---|---|---|---|---|",
@@ -119,6 +147,9 @@ for mode, kind, v in rows:
     if kind == "connect":
         lat = v.get("connect_latency")
         result = f"**{num(v['connects_per_sec'])} connects/s**, {num(v['opened'])} opened"
+        per = v.get("server_bytes_per_connection")
+        if per is not None:
+            result += f"; gateway {num(per)} B/conn"
         loss = f"{v['failed']} failed, {v['dropped_while_held']} dropped"
         what = f"{num(int(os.environ['CONNS']))} connects, 64 in flight"
     else:
@@ -126,7 +157,8 @@ for mode, kind, v in rows:
         result = f"{num(v['deliveries_per_sec'])} deliveries/s"
         loss = f"{num(v['lost'])} of {num(v['expected'])}"
         what = f"fan-out 1 000 members, 4 pub × {os.environ['RATE']}/s"
-    out.append(f"| {what} | {mode}:// | {result} | {loss} | {ms(lat, 'p50_us')} | "
+    over = "nginx, wss://" if mode == "nginx-wss" else f"gateway, {mode}://"
+    out.append(f"| {what} | {over} | {result} | {loss} | {ms(lat, 'p50_us')} | "
                f"{ms(lat, 'p99_us')} | {ms(lat, 'p999_us')} | {ms(lat, 'max_us')} |")
 if failed:
     out += ["", "Failed runs: " + "; ".join(failed)]
