@@ -66,5 +66,12 @@ pub async fn serve(
         }
         Ok(None) | Err(_) => return, // closed or silent through the handshake timeout
     };
-    http::serve(http, Prefixed::new(prefix, stream), peer, permit).await;
+    http::serve(
+        http,
+        Prefixed::new(prefix, stream),
+        peer,
+        permit,
+        edge.upgrades,
+    )
+    .await;
 }

@@ -43,12 +43,14 @@ impl Http {
 }
 
 /// Serves HTTP/1.1 with hyper on one client connection (`stream` replays the bytes detection
-/// read) until it closes or the gateway's drain is over; `permit` is held as long.
+/// read) until it closes or the gateway's drain is over; `permit` is held as long. `upgrades`:
+/// whether the listener serves `/ws` at all (the plain in-cluster listener does not).
 pub async fn serve(
     http: Arc<Http>,
     stream: Prefixed<ClientIo>,
     peer: SocketAddr,
     permit: ConnectionPermit,
+    upgrades: bool,
 ) {
     let io = TokioIo::new(stream);
     let svc_http = http.clone();
@@ -60,7 +62,7 @@ pub async fn serve(
                     return Ok::<_, Infallible>(api.serve(req).await);
                 }
             }
-            Ok::<_, Infallible>(route(&http, req))
+            Ok::<_, Infallible>(route(&http, req, upgrades))
         }
     });
     let conn = http1::Builder::new()
@@ -77,10 +79,15 @@ pub async fn serve(
     drop(permit);
 }
 
-fn route(http: &Arc<Http>, req: Request<Incoming>) -> Response<Body> {
+fn route(http: &Arc<Http>, req: Request<Incoming>, upgrades: bool) -> Response<Body> {
     let draining = http.is_draining();
     let proxy = &http.proxy;
     match req.uri().path() {
+        "/ws" if !upgrades => proxy.reject(
+            StatusCode::BAD_REQUEST,
+            "no_upgrades_here",
+            "this listener (--plain-listen) serves /healthz, /metrics and /nodes only; connect to the public TLS listener for /ws",
+        ),
         "/ws" => {
             let refusal = ws_handshake::check(&req).err();
             proxy.refuse_handshake(refusal.unwrap_or(Refusal::UnsupportedUpgrade))

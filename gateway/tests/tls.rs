@@ -109,6 +109,12 @@ async fn wss_and_a_sighup_reload_that_keeps_open_connections() {
         );
     }
     assert_eq!(gw.sample(EXPIRY).await, 2_366_841_600.0, "2045-01-01");
+    // The plain listener serves probes and scrapes, never an upgrade.
+    let upgrade = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let (status, body) = ringcast_testkit::http_raw(gw.plain, upgrade).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("no_upgrades_here"), "{body}");
 
     // python websockets over wss://, and HTTP over the same TLS listener.
     let seen = python(gw.addr, &ca_file, "py-one").await;
