@@ -182,6 +182,15 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_API_LISTEN")]
     pub api_listen: Option<SocketAddr>,
 
+    /// TLS on `--listen`: the certificate pair and its reload.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
+
+    /// A second listener without TLS, for `/healthz`, `/metrics` and `/nodes` inside the
+    /// cluster (probes, scrapers) when `--listen` speaks TLS; it serves no `/ws` upgrades.
+    #[arg(long, env = "RINGCAST_PLAIN_LISTEN")]
+    pub plain_listen: Option<SocketAddr>,
+
     /// Most client connections held at once (tunnels and plain HTTP); past it new TCP
     /// connections wait in the kernel backlog.
     #[arg(long, env = "RINGCAST_MAX_CONNECTIONS", default_value_t = 100_000)]

@@ -21,9 +21,9 @@ use ringcast_net::http1::response::{push_response_head, Body};
 use ringcast_net::http1_io::{self, read_head_after};
 use ringcast_net::ws_handshake::{self, Refusal};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::client_io::ClientIo;
 use crate::http::Http;
 use crate::limits::ConnectionPermit;
 use crate::tunnel;
@@ -33,7 +33,7 @@ use crate::upstream::Switched;
 /// its head must be in by `deadline`.
 pub async fn serve(
     http: Arc<Http>,
-    mut stream: TcpStream,
+    mut stream: ClientIo,
     prefix: Vec<u8>,
     peer: SocketAddr,
     permit: ConnectionPermit,
@@ -81,7 +81,12 @@ pub async fn serve(
     let mut out = Vec::with_capacity(256 + early.len());
     push_response_head(&mut out, StatusCode::SWITCHING_PROTOCOLS, &headers);
     out.extend_from_slice(&early);
-    let written = tokio::time::timeout(http.handshake_timeout, stream.write_all(&out)).await;
+    // Flushed too: over TLS the answer is a record rustls may hold until then.
+    let written = tokio::time::timeout(http.handshake_timeout, async {
+        stream.write_all(&out).await?;
+        stream.flush().await
+    })
+    .await;
     if !matches!(written, Ok(Ok(()))) {
         debug!(%peer, "client gone before its 101 was written");
         return;
@@ -101,6 +106,6 @@ pub async fn serve(
 }
 
 /// Writes a refusal and ends the connection.
-async fn answer(http: &Http, stream: &mut TcpStream, resp: Response<Body>) {
+async fn answer(http: &Http, stream: &mut ClientIo, resp: Response<Body>) {
     http1_io::answer(stream, resp, http.handshake_timeout).await;
 }

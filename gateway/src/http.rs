@@ -15,9 +15,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::client_io::ClientIo;
 use crate::limits::ConnectionPermit;
 use crate::proxy::Proxy;
 use ringcast_net::detect::Prefixed;
@@ -46,12 +46,14 @@ impl Http {
 }
 
 /// Serves HTTP/1.1 with hyper on one client connection (`stream` replays the bytes detection
-/// read) until it closes or the gateway's drain is over; `permit` is held as long.
+/// read) until it closes or the gateway's drain is over; `permit` is held as long. `upgrades`:
+/// whether the listener serves `/ws` at all (the plain in-cluster listener does not).
 pub async fn serve(
     http: Arc<Http>,
-    stream: Prefixed<TcpStream>,
+    stream: Prefixed<ClientIo>,
     peer: SocketAddr,
     permit: ConnectionPermit,
+    upgrades: bool,
 ) {
     let io = TokioIo::new(stream);
     let svc_http = http.clone();
@@ -63,7 +65,7 @@ pub async fn serve(
                     return Ok::<_, Infallible>(api.serve(req).await);
                 }
             }
-            Ok::<_, Infallible>(route(&http, req))
+            Ok::<_, Infallible>(route(&http, req, upgrades))
         }
     });
     let conn = http1::Builder::new()
@@ -80,10 +82,15 @@ pub async fn serve(
     drop(permit);
 }
 
-fn route(http: &Arc<Http>, req: Request<Incoming>) -> Response<Body> {
+fn route(http: &Arc<Http>, req: Request<Incoming>, upgrades: bool) -> Response<Body> {
     let draining = http.is_draining();
     let proxy = &http.proxy;
     match req.uri().path() {
+        "/ws" if !upgrades => proxy.reject(
+            StatusCode::BAD_REQUEST,
+            "no_upgrades_here",
+            "this listener (--plain-listen) serves /healthz, /metrics and /nodes only; connect to the public TLS listener for /ws",
+        ),
         "/ws" => {
             let refusal = ws_handshake::check(&req).err();
             proxy.refuse_handshake(refusal.unwrap_or(Refusal::UnsupportedUpgrade))

@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod client_io;
 pub mod config;
 pub mod connection;
 pub mod demo;
@@ -22,6 +23,7 @@ pub mod origin;
 pub mod proxy;
 pub mod server;
 pub mod shutdown;
+pub mod tls;
 pub mod token;
 pub mod tunnel;
 pub mod upstream;
@@ -83,6 +85,9 @@ pub async fn run(
     }
     // The one shutdown value every part gets and every task runs on; `shutdown` only begins it.
     let drain = Drain::new();
+    // Before anything listens: a pair that cannot be served stops the start.
+    let tls = tls::Tls::start(&config.tls, &metrics, &drain)
+        .map_err(|e| GatewayError::Config(format!("TLS: {e}")))?;
     if config.embedded() {
         // It drains together with the gateway: its clients get 1012 through their tunnels and
         // reconnect once the process is back.
@@ -170,7 +175,32 @@ pub async fn run(
         max_connections: config.max_connections,
         max_connections_per_ip: config.max_connections_per_ip,
     };
-    let serve = server::serve(listener, http, limits, drain.clone());
+    if let Some(addr) = config.plain_listen {
+        let plain = TcpListener::bind(addr)
+            .await
+            .map_err(|e| GatewayError::Config(format!("--plain-listen {addr}: {e}")))?;
+        let edge = connection::Edge {
+            tls: None,
+            upgrades: false,
+        };
+        // Probes and scrapes only: a small bound of its own, apart from the clients' limit.
+        let limits = server::Limits {
+            max_connections: 1024,
+            max_connections_per_ip: 0,
+        };
+        drain.spawn(server::serve(
+            plain,
+            http.clone(),
+            edge,
+            limits,
+            drain.clone(),
+        ));
+    }
+    let edge = connection::Edge {
+        tls,
+        upgrades: true,
+    };
+    let serve = server::serve(listener, http, edge, limits, drain.clone());
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     tokio::join!(begin, serve, shutdown::drain(&drain, grace));
     Ok(())

@@ -21,6 +21,14 @@ async fn main() -> std::process::ExitCode {
             }
         };
     }
+    // A certificate pair that cannot be served stops the start (and --check-config) with the
+    // file and the reason on stderr, before anything listens.
+    if let Some(files) = config.tls.files() {
+        if let Err(e) = ringcast_gateway::tls::load(&files) {
+            eprintln!("error: TLS: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    }
     if config.check_config {
         if let Some(Err(e)) = config.redis_target().map(|t| t.validate()) {
             eprintln!("error: {e}");

@@ -47,6 +47,15 @@ pub struct Metrics {
     /// Requests refused before any node was contacted (origin, token, client id, per-address
     /// limit), by reason code.
     pub edge_refusals: IntCounterVec,
+    /// TLS handshakes on the public listener, by result (`ok`, `failed`, `timeout`, `closed`);
+    /// exported only with TLS on.
+    pub tls_handshakes: IntCounterVec,
+    /// Certificate reloads, by result (`ok`, `error`: refused, the old pair stays); exported
+    /// only with TLS on.
+    pub tls_reloads: IntCounterVec,
+    /// `notAfter` of the certificate served, in Unix seconds; exported only with TLS on, so
+    /// an alert on it never fires for a gateway without TLS.
+    pub tls_cert_expiry: IntGauge,
 }
 
 impl Metrics {
@@ -150,6 +159,27 @@ impl Metrics {
                 &["reason"],
             )
             .expect("static metric definition"),
+            tls_handshakes: IntCounterVec::new(
+                Opts::new(
+                    "tls_handshakes_total",
+                    "TLS handshakes on the public listener, by result",
+                ),
+                &["result"],
+            )
+            .expect("static metric definition"),
+            tls_reloads: IntCounterVec::new(
+                Opts::new(
+                    "tls_reloads_total",
+                    "Certificate reloads, by result (error: refused, the previous pair stays)",
+                ),
+                &["result"],
+            )
+            .expect("static metric definition"),
+            tls_cert_expiry: IntGauge::new(
+                "tls_cert_expiry_timestamp_seconds",
+                "notAfter of the TLS certificate served, in Unix seconds",
+            )
+            .expect("static metric definition"),
             registry,
         };
         let r = &m.registry;
@@ -196,6 +226,20 @@ impl Metrics {
             "other",
         ] {
             self.link_refusals.with_label_values(&[code]);
+        }
+    }
+
+    /// Exports the TLS metrics, every label at zero, once TLS is configured.
+    pub fn enable_tls(&self) {
+        let r = &self.registry;
+        let _ = r.register(Box::new(self.tls_handshakes.clone()));
+        let _ = r.register(Box::new(self.tls_reloads.clone()));
+        let _ = r.register(Box::new(self.tls_cert_expiry.clone()));
+        for result in ["ok", "failed", "timeout", "closed"] {
+            self.tls_handshakes.with_label_values(&[result]);
+        }
+        for result in ["ok", "error"] {
+            self.tls_reloads.with_label_values(&[result]);
         }
     }
 

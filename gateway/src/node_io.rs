@@ -31,6 +31,12 @@ pub trait ReadReady: AsyncRead + AsyncWrite + Unpin {
         false
     }
 
+    /// Whether writes may stay in a buffer of the stream's own (TLS records) until a flush, so
+    /// a tunnel flushes before it waits.
+    fn buffers_writes(&self) -> bool {
+        false
+    }
+
     /// Reads what arrived into `buf`, taking room for up to `size` bytes; ready with the number
     /// of bytes read (0 at the end of the stream).
     fn poll_read_into(

@@ -5,6 +5,10 @@
 //! but only to tell the client "503 gateway_full" and close, so clients learn to back off
 //! instead of hanging in the kernel's backlog. A client address at its own limit
 //! (`--max-connections-per-ip`) is told "429 too_many_connections_from_ip" the same way.
+//!
+//! On a TLS listener both limits are checked here too, before any TLS work (a flood of
+//! handshakes is what they guard against), and a refused connection is simply closed: an
+//! answer would have to be sent in plain HTTP, which a TLS client cannot read.
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -17,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use crate::connection::Edge;
 use crate::http::Http;
 use crate::limits::{ConnectionPermit, IpLimiter};
 
@@ -100,11 +105,22 @@ pub struct Limits {
 
 /// Accepts until `drain` begins, each connection a session of it (an upgrade's tunnel too), each
 /// refusal a task of it; then closes the listener and returns.
-pub async fn serve(listener: TcpListener, http: Arc<Http>, limits: Limits, drain: Drain) {
+pub async fn serve(
+    listener: TcpListener,
+    http: Arc<Http>,
+    edge: Edge,
+    limits: Limits,
+    drain: Drain,
+) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let per_ip = IpLimiter::new(limits.max_connections_per_ip);
     let overflow = Arc::new(Semaphore::new(OVERFLOW));
-    info!(addr = ?listener.local_addr().ok(), "gateway listening");
+    info!(
+        addr = ?listener.local_addr().ok(),
+        tls = edge.tls.is_some(),
+        upgrades = edge.upgrades,
+        "gateway listening"
+    );
     loop {
         // Wait while refusals are in flight, so the overflow stays bounded too.
         let spare = tokio::select! {
@@ -126,10 +142,12 @@ pub async fn serve(listener: TcpListener, http: Arc<Http>, limits: Limits, drain
                         .rejected
                         .with_label_values(&["503"])
                         .inc();
-                    drain.spawn(async move {
-                        refuse(&mut stream, Full::Gateway).await;
-                        drop(spare);
-                    });
+                    if edge.tls.is_none() {
+                        drain.spawn(async move {
+                            refuse(&mut stream, Full::Gateway).await;
+                            drop(spare);
+                        });
+                    }
                     continue;
                 };
                 let Ok(ip_slot) = per_ip.acquire(peer.ip()) else {
@@ -141,17 +159,25 @@ pub async fn serve(listener: TcpListener, http: Arc<Http>, limits: Limits, drain
                         .with_label_values(&["too_many_connections_from_ip"])
                         .inc();
                     debug!(peer = %peer.ip(), "connection refused: per-address limit");
-                    drain.spawn(async move {
-                        refuse(&mut stream, Full::Address).await;
-                        drop(spare);
-                    });
+                    if edge.tls.is_none() {
+                        drain.spawn(async move {
+                            refuse(&mut stream, Full::Address).await;
+                            drop(spare);
+                        });
+                    }
                     continue;
                 };
                 let permit = ConnectionPermit::new(permit, ip_slot);
                 drop(spare);
                 let _ = stream.set_nodelay(true);
                 // An upgrade moves the permit into its tunnel, so tunnels count against the limit.
-                drain.spawn_session(crate::connection::serve(http.clone(), stream, peer, permit));
+                drain.spawn_session(crate::connection::serve(
+                    http.clone(),
+                    edge.clone(),
+                    stream,
+                    peer,
+                    permit,
+                ));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

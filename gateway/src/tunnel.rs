@@ -21,18 +21,17 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use prometheus::IntCounter;
-use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::debug;
 
+use crate::client_io::ClientIo;
 use crate::metrics::Metrics;
 use crate::node_io::{NodeIo, ReadReady};
 
-/// The client's end of a tunnel: its socket, and what it sent behind its request head.
+/// The client's end of a tunnel: its connection, and what it sent behind its request head.
 pub struct Client {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The connection (TCP or TLS).
+    pub stream: ClientIo,
     /// Bytes read past the request head (a frame sent right behind the upgrade), for the node.
     pub early: Bytes,
 }
@@ -88,7 +87,7 @@ pub fn run(
 
 /// Both sockets and both directions of one tunnel.
 struct Tunnel {
-    client: TcpStream,
+    client: ClientIo,
     node: NodeIo,
     /// Client → node.
     up: Pipe,
@@ -140,6 +139,8 @@ struct Pipe {
     eof: bool,
     /// EOF was passed on: this direction is finished (and polling it does nothing).
     ended: bool,
+    /// Bytes written to a destination that buffers writes (TLS) and not flushed since.
+    unflushed: bool,
     counter: IntCounter,
 }
 
@@ -150,6 +151,7 @@ impl Pipe {
             buf: BytesMut::from(&early[..]),
             eof: false,
             ended: false,
+            unflushed: false,
             counter,
         }
     }
@@ -157,7 +159,7 @@ impl Pipe {
     /// Copies from `from` to `to` until `from` has nothing more for now (`Pending`, holding no
     /// buffer unless `to` is the one that is full), its EOF was passed on (`Ready(Ok)`), or an
     /// error.
-    fn poll_copy<F: ReadReady, T: AsyncWrite + Unpin>(
+    fn poll_copy<F: ReadReady, T: ReadReady>(
         &mut self,
         cx: &mut Context<'_>,
         from: &mut F,
@@ -175,6 +177,7 @@ impl Pipe {
                 }
                 self.counter.inc_by(n as u64);
                 self.buf.advance(n);
+                self.unflushed = to.buffers_writes();
             }
             if self.eof {
                 // A peer that is already gone cannot take the half-close; the other direction
@@ -196,8 +199,15 @@ impl Pipe {
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    // Drained: give the buffer back until the next bytes arrive.
+                    // Drained: give the buffer back until the next bytes arrive, and push out
+                    // what the destination holds (a TLS record) before waiting.
                     self.buf = BytesMut::new();
+                    if self.unflushed {
+                        if let Poll::Ready(r) = Pin::new(&mut *to).poll_flush(cx) {
+                            r?;
+                            self.unflushed = false;
+                        }
+                    }
                     return Poll::Pending;
                 }
             }
@@ -210,7 +220,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     /// Two connected loopback sockets.
     async fn pair() -> (TcpStream, TcpStream) {

@@ -386,14 +386,34 @@ fn k8s_ports_agree(rendering: &str, docs: &[Value]) {
         let named = &c["ports"][0];
         assert_eq!(num(&named["containerPort"]), port, "{name}");
         let port_name = named["name"].as_str().expect("named port");
+        // With TLS on the public port, probes and scrapes use the plain listener beside it.
+        let plain = c["env"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"].as_str() == Some("RINGCAST_PLAIN_LISTEN"))
+            .and_then(|e| e["value"].as_str())
+            .map(|addr| u64::from(port_of(addr)));
+        let (probe_port, probe_name) = match plain {
+            Some(plain) => {
+                let p = c["ports"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| num(&p["containerPort"]) == plain)
+                    .unwrap_or_else(|| panic!("{rendering} {name}: plain port {plain} unnamed"));
+                (plain, p["name"].as_str().expect("named port"))
+            }
+            None => (port, port_name),
+        };
         for probe in ["readinessProbe", "livenessProbe"] {
             let p = &c[probe]["httpGet"];
-            assert_eq!(p["port"].as_str(), Some(port_name), "{name} {probe}");
+            assert_eq!(p["port"].as_str(), Some(probe_name), "{name} {probe}");
             assert!(p["path"].as_str().is_some(), "{name} {probe} path");
         }
         let ann = &template["metadata"]["annotations"];
         assert_eq!(ann["prometheus.io/scrape"].as_str(), Some("true"), "{name}");
-        assert_eq!(num(&ann["prometheus.io/port"]), port, "{name}");
+        assert_eq!(num(&ann["prometheus.io/port"]), probe_port, "{name}");
         assert_eq!(
             ann["prometheus.io/path"].as_str(),
             Some("/metrics"),
@@ -441,6 +461,7 @@ fn launch(bin: Bin, args: &[&str], env: &[(&str, &str)]) -> Launch {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        mounts: Vec::new(),
     }
 }
 
@@ -702,6 +723,91 @@ fn the_redis_cluster_variants_run_six_redis_nodes_made_into_a_cluster_and_give_r
     assert_eq!(
         std::fs::canonicalize(&mounted).expect("mounted script exists"),
         std::fs::canonicalize(&script_path).expect("script")
+    );
+}
+
+/// The gateway of a TLS variant reads its pair from a mount, and `--check-config` with the
+/// manifest's exact arguments loads it: a good pair passes, a key of another certificate fails.
+fn tls_launch_loads_its_mounted_pair(l: &Launch) {
+    let l = &with_the_operators_link_secret(l);
+    let cert = l.var("RINGCAST_TLS_CERT").expect("RINGCAST_TLS_CERT");
+    let key = l.var("RINGCAST_TLS_KEY").expect("RINGCAST_TLS_KEY");
+    for file in [cert, key] {
+        assert!(
+            l.mounts.iter().any(|m| file.starts_with(&format!("{m}/"))),
+            "{}: {file} is not under a mount ({:?})",
+            l.origin,
+            l.mounts
+        );
+    }
+    let (ok, out) = l.check_config();
+    assert!(ok, "{}: {out}", l.origin);
+    let ca = support::tls::TestCa::new();
+    let (one, other) = (ca.issue("one", 1, false), ca.issue("other", 2, false));
+    let mismatched = support::tls::ServerPair {
+        cert_pem: one.cert_pem,
+        key_pem: other.key_pem,
+        serial: one.serial,
+        spki: one.spki,
+    };
+    let (ok, out) = l.check_config_with(&mismatched);
+    assert!(
+        !ok && out.contains("is not the private key"),
+        "{}: {out}",
+        l.origin
+    );
+}
+
+#[test]
+fn the_tls_variants_mount_a_certificate_pair_the_gateway_loads() {
+    // Kubernetes: the tls overlay mounts the operator's kubernetes.io/tls Secret.
+    let (_, docs) = manifests::k8s_renderings()
+        .into_iter()
+        .find(|(name, _)| name == "overlays/tls")
+        .expect("overlays/tls");
+    let gateway = manifests::launches_in("k8s overlays/tls", &docs)
+        .into_iter()
+        .find(|l| l.bin == Bin::Gateway)
+        .expect("a gateway");
+    tls_launch_loads_its_mounted_pair(&gateway);
+    assert!(
+        !docs.iter().any(|d| d["kind"].as_str() == Some("Secret")
+            && d["metadata"]["name"].as_str() == Some("ringcast-tls")),
+        "the certificate Secret is the operator's, never shipped"
+    );
+    let (_, deployment) = manifests::workloads_in(&docs)
+        .into_iter()
+        .find(|(n, _)| n == "ringcast-gateway")
+        .expect("gateway Deployment");
+    let volumes = &deployment["spec"]["template"]["spec"]["volumes"];
+    assert_eq!(
+        volumes[0]["secret"]["secretName"].as_str(),
+        Some("ringcast-tls")
+    );
+    let service = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Service") && d["metadata"]["name"] == "ringcast")
+        .expect("Service ringcast");
+    assert_eq!(num(&service["spec"]["ports"][0]["port"]), 443);
+
+    // Compose: the override on top of each stack.
+    let over = manifests::deploy_dir().join("compose/compose.tls.yml");
+    for base in manifests::compose_files() {
+        let gateway = manifests::compose_launches_with(&base, &over)
+            .into_iter()
+            .find(|l| l.bin == Bin::Gateway)
+            .expect("a gateway");
+        tls_launch_loads_its_mounted_pair(&gateway);
+        // Prometheus (prometheus.yml) still scrapes gateway:8080, now the plain listener.
+        let plain = gateway
+            .var("RINGCAST_PLAIN_LISTEN")
+            .expect("plain listener");
+        assert_eq!(port_of(plain), 8080, "{}", gateway.origin);
+    }
+    let text = std::fs::read_to_string(&over).expect("read compose.tls.yml");
+    assert!(
+        text.contains("ports: !override\n      - \"8443:8443\""),
+        "{text}"
     );
 }
 

@@ -36,6 +36,11 @@ pub struct Common {
     )]
     pub urls: Vec<String>,
 
+    /// PEM file with the CA certificate(s) to trust for `wss://` URLs (each connect is a full
+    /// TLS handshake: no session resumption).
+    #[arg(long, env = "RINGCAST_LOADTEST_TLS_CA", global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
+
     /// Print one JSON object with the results on stdout instead of the human summary.
     #[arg(long, env = "RINGCAST_LOADTEST_JSON", global = true)]
     pub json: bool,

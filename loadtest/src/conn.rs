@@ -8,13 +8,14 @@
 use std::future::Future;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::stream::Stream;
+
 /// A connected client, on tungstenite.
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<Stream>;
 
 /// What a connection being set up received next; pings are answered and pongs skipped on the
 /// way.
@@ -37,7 +38,7 @@ pub trait Conn: Sized + Send {
     /// Wraps a stream whose upgrade succeeded; `read` holds what the server sent after the
     /// response head, in a buffer of the configured read-buffer size.
     fn upgraded(
-        stream: TcpStream,
+        stream: Stream,
         read: Vec<u8>,
         config: WebSocketConfig,
     ) -> impl Future<Output = Self> + Send;
@@ -50,7 +51,7 @@ pub trait Conn: Sized + Send {
 }
 
 impl Conn for Ws {
-    async fn upgraded(stream: TcpStream, read: Vec<u8>, config: WebSocketConfig) -> Self {
+    async fn upgraded(stream: Stream, read: Vec<u8>, config: WebSocketConfig) -> Self {
         WebSocketStream::from_partially_read(stream, read, Role::Client, Some(config)).await
     }
 

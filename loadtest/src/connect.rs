@@ -18,7 +18,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::conn::{Conn, Incoming};
 use crate::error::ConnectError;
 use crate::handshake::client_handshake;
+use crate::stream::{Stream, TlsClient};
 use crate::target::Target;
+use rustls::pki_types::ServerName;
 
 /// Opens connections to the targets, spread over the source addresses.
 #[derive(Debug)]
@@ -29,6 +31,7 @@ pub struct Connector {
     timeout: Duration,
     id_prefix: String,
     require_welcome: bool,
+    tls: Option<TlsClient>,
 }
 
 impl Connector {
@@ -53,7 +56,14 @@ impl Connector {
             timeout,
             id_prefix,
             require_welcome,
+            tls: None,
         }
+    }
+
+    /// The TLS client for `wss://` targets (a connector without one refuses them).
+    pub fn with_tls(mut self, tls: Option<TlsClient>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The target used by connection number `index`.
@@ -143,7 +153,32 @@ impl Connector {
             let spread = index / self.targets.len();
             Some(self.sources[spread % self.sources.len()])
         };
-        let stream = tcp_connect(addr, source).await?;
+        let tcp = tcp_connect(addr, source).await?;
+        let stream = if target.tls {
+            let Some(TlsClient(tls)) = &self.tls else {
+                return Err(ConnectError::Handshake {
+                    addr,
+                    detail:
+                        "a wss:// URL needs --tls-ca (the CA that signed the server's certificate)"
+                            .into(),
+                });
+            };
+            let name =
+                ServerName::try_from(target.host.clone()).map_err(|e| ConnectError::Handshake {
+                    addr,
+                    detail: format!("{}: not a TLS server name: {e}", target.host),
+                })?;
+            let tls = tls
+                .connect(name, tcp)
+                .await
+                .map_err(|e| ConnectError::Handshake {
+                    addr,
+                    detail: format!("TLS handshake: {e}"),
+                })?;
+            Stream::Tls(Box::new(tls))
+        } else {
+            Stream::Plain(tcp)
+        };
         let path = target.client_path(client_id);
         let (stream, read) =
             client_handshake(stream, addr, &target.authority, &path, self.config).await?;

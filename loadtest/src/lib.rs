@@ -41,6 +41,7 @@ pub mod report;
 pub mod resume;
 pub mod seqcounts;
 pub mod stamp;
+pub mod stream;
 pub mod target;
 pub mod tracker;
 pub mod traffic;
@@ -66,16 +67,30 @@ pub async fn run(cli: &Cli) -> Result<Outcome, RunError> {
         .unwrap_or_else(|| format!("lt{}", std::process::id()));
     ringcast_protocol::validate_client_id(&format!("{prefix}-probe0"))
         .map_err(|e| RunError::Usage(format!("--id-prefix {prefix:?}: {e}")))?;
-    let connector = Arc::new(Connector::new(
-        targets,
-        sources,
-        common
-            .read_buffer_bytes
-            .unwrap_or_else(|| cli.scenario.default_read_buffer_bytes()),
-        timeout,
-        prefix,
-        common.require_welcome,
-    ));
+    let tls =
+        match &common.tls_ca {
+            Some(ca) => {
+                Some(stream::connector(ca).map_err(|e| RunError::Usage(format!("--tls-ca {e}")))?)
+            }
+            None if targets.iter().any(|t| t.tls) => return Err(RunError::Usage(
+                "a wss:// --url needs --tls-ca PEM (the CA that signed the server's certificate)"
+                    .into(),
+            )),
+            None => None,
+        };
+    let connector = Arc::new(
+        Connector::new(
+            targets,
+            sources,
+            common
+                .read_buffer_bytes
+                .unwrap_or_else(|| cli.scenario.default_read_buffer_bytes()),
+            timeout,
+            prefix,
+            common.require_welcome,
+        )
+        .with_tls(tls),
+    );
     probe(&connector).await?;
     let progress = !common.no_progress;
     let concurrency = common.connect_concurrency.max(1);

@@ -14,7 +14,6 @@
 use std::ops::ControlFlow;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -22,12 +21,13 @@ use crate::conn::{Conn, Incoming};
 use crate::frame::{client_frame, FrameError, Message, Parsed, Parser, CLOSE, PONG, TEXT};
 use crate::receiver::{closed_by_server, Receiver};
 use crate::stamp::now_micros;
+use crate::stream::Stream;
 
 /// A client connection that reads and parses frames itself; writes only what a listener needs
 /// (its join, pongs, a close reply).
 #[derive(Debug)]
 pub struct RawWs {
-    stream: TcpStream,
+    stream: Stream,
     input: Input,
 }
 
@@ -178,7 +178,7 @@ impl RawWs {
 }
 
 impl Conn for RawWs {
-    async fn upgraded(stream: TcpStream, read: Vec<u8>, config: WebSocketConfig) -> Self {
+    async fn upgraded(stream: Stream, read: Vec<u8>, config: WebSocketConfig) -> Self {
         let base = config.read_buffer_size.max(read.capacity()).max(1024);
         let mut buf = read;
         buf.reserve_exact(base - buf.len());
@@ -304,7 +304,10 @@ mod tests {
         let mut read = Vec::with_capacity(1024);
         read.extend_from_slice(leftover);
         let config = WebSocketConfig::default().read_buffer_size(1024);
-        (RawWs::upgraded(client, read, config).await, server)
+        (
+            RawWs::upgraded(Stream::Plain(client), read, config).await,
+            server,
+        )
     }
 
     /// The reader's result once it ends; fails the test if it has not within 5 s.

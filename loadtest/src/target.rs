@@ -17,28 +17,28 @@ pub struct Target {
     pub path_and_query: String,
     /// Where to connect.
     pub addr: SocketAddr,
+    /// `wss://`: TLS first (trusting `--tls-ca`).
+    pub tls: bool,
+    /// The host name (or address) the TLS certificate must name.
+    pub host: String,
 }
 
 impl Target {
-    /// Parses and resolves a `ws://host[:port]/path` URL.
+    /// Parses and resolves a `ws://host[:port]/path` or `wss://host[:port]/path` URL.
     pub async fn resolve(url: &str) -> Result<Target, RunError> {
         let bad = |reason: &str| RunError::BadUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
         let uri: Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
-        match uri.scheme_str() {
-            Some("ws") => {}
-            Some("wss") => {
-                return Err(bad(
-                    "wss:// is not supported; point at a plain ws:// listener",
-                ))
-            }
-            Some(other) => return Err(bad(&format!("scheme {other}:// is not ws://"))),
+        let tls = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            Some(other) => return Err(bad(&format!("scheme {other}:// is not ws:// or wss://"))),
             None => return Err(bad("missing scheme: expected ws://host:port/path")),
-        }
+        };
         let host = uri.host().ok_or_else(|| bad("missing host"))?;
-        let port = uri.port_u16().unwrap_or(80);
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let host_for_lookup = host.trim_start_matches('[').trim_end_matches(']');
         let addr = tokio::net::lookup_host((host_for_lookup, port))
             .await
@@ -61,12 +61,19 @@ impl Target {
             authority,
             path_and_query,
             addr,
+            tls,
+            host: host_for_lookup.to_owned(),
         })
     }
 
     /// The URL a client with `client_id` connects to.
     pub fn client_url(&self, client_id: &str) -> String {
-        format!("ws://{}{}", self.authority, self.client_path(client_id))
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!(
+            "{scheme}://{}{}",
+            self.authority,
+            self.client_path(client_id)
+        )
     }
 
     /// Path and query of the upgrade request of a client with `client_id`.
@@ -149,13 +156,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn wss_urls_go_over_tls_on_443_by_default() {
+        let t = Target::resolve("wss://127.0.0.1/ws").await.unwrap();
+        assert!(t.tls);
+        assert_eq!((t.addr.port(), t.host.as_str()), (443, "127.0.0.1"));
+        assert_eq!(t.client_url("a"), "wss://127.0.0.1/ws?client_id=a");
+        let t = Target::resolve("ws://127.0.0.1/ws").await.unwrap();
+        assert!(!t.tls);
+        assert_eq!(t.addr.port(), 80);
+    }
+
+    #[tokio::test]
     async fn rejects_bad_urls() {
-        for url in [
-            "http://127.0.0.1:1/ws",
-            "wss://127.0.0.1/ws",
-            "not a url",
-            "127.0.0.1:9001",
-        ] {
+        for url in ["http://127.0.0.1:1/ws", "not a url", "127.0.0.1:9001"] {
             assert!(
                 matches!(Target::resolve(url).await, Err(RunError::BadUrl { .. })),
                 "{url}"

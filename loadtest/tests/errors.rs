@@ -17,11 +17,15 @@ async fn refused_connection() {
 
 #[tokio::test]
 async fn bad_url() {
-    for url in ["http://127.0.0.1:9/ws", "nonsense", "wss://127.0.0.1:9/ws"] {
+    for url in ["http://127.0.0.1:9/ws", "nonsense"] {
         let run = loadtest(&["--url", url, "fanout", "--quick"]).await;
         assert_eq!(run.code, 1, "{url}: {}", run.stderr);
         assert!(run.stderr.contains("bad URL"), "{url}: {}", run.stderr);
     }
+    // wss:// needs the CA to trust.
+    let run = loadtest(&["--url", "wss://127.0.0.1:9/ws", "fanout", "--quick"]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("needs --tls-ca"), "{}", run.stderr);
 }
 
 #[tokio::test]

@@ -12,6 +12,8 @@
 //! - [`registry`]: the layout of the node registry in Redis (written by nodes, read by gateways).
 //! - [`redis_target`]: one Redis or a Redis Cluster, and a command connection to either.
 //! - [`drain`]: a process's two-phase shutdown, the one value both binaries pass down.
+//! - [`x509`]: a certificate's serial and validity, read from its DER (the gateway reports
+//!   them for its TLS certificate).
 //! - [`cork`], [`split`], [`process`]: small transport and process helpers both binaries use.
 
 pub mod api_auth;
@@ -27,6 +29,7 @@ pub mod redis_target;
 pub mod registry;
 pub mod split;
 pub mod ws_handshake;
+pub mod x509;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -105,6 +105,9 @@ pub struct Launch {
     pub args: Vec<String>,
     /// The environment the manifest gives it.
     pub env: Vec<(String, String)>,
+    /// Where the manifest mounts files the operator provides (a k8s Secret volume, a compose
+    /// bind mount): [`Launch::check_config`] puts a certificate pair made for the test there.
+    pub mounts: Vec<String>,
 }
 
 impl Launch {
@@ -118,15 +121,40 @@ impl Launch {
     }
 
     /// Runs the binary with the launch's arguments and environment (nothing else of ours) plus
-    /// `--check-config`; returns (success, stdout + stderr).
+    /// `--check-config`; returns (success, stdout + stderr). Paths under a mount are redirected
+    /// to a directory holding what a `kubernetes.io/tls` Secret holds, `tls.crt` and `tls.key`
+    /// (a valid pair made here), so the binary loads and checks a real pair.
     pub fn check_config(&self) -> (bool, String) {
+        self.check_config_with(&super::tls::TestCa::new().issue("manifest", 0x42, false))
+    }
+
+    /// [`Launch::check_config`] with `pair` as the mounted `tls.crt` / `tls.key`.
+    pub fn check_config_with(&self, pair: &super::tls::ServerPair) -> (bool, String) {
+        let files = super::tls::Scratch::new(&format!(
+            "mounted-{}",
+            std::thread::current()
+                .name()
+                .unwrap_or("t")
+                .replace("::", "-")
+        ));
+        pair.write(&files.path("tls.crt"), &files.path("tls.key"));
+        let redirect = |v: &str| {
+            for m in &self.mounts {
+                if let Some(rest) = v.strip_prefix(m.as_str()) {
+                    if rest.starts_with('/') {
+                        return format!("{}{rest}", files.0.display());
+                    }
+                }
+            }
+            v.to_owned()
+        };
         let mut cmd = Command::new(self.bin.path());
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .args(&self.args)
+            .args(self.args.iter().map(|a| redirect(a)))
             .arg("--check-config");
         for (k, v) in &self.env {
-            cmd.env(k, v);
+            cmd.env(k, redirect(v));
         }
         let out = cmd.output().expect("run binary with --check-config");
         let text = format!(
@@ -212,7 +240,39 @@ pub fn compose_launches_of(path: &Path) -> Vec<Launch> {
             bin,
             args: command[1..].to_vec(),
             env,
+            mounts: compose_mounts(svc),
         });
+    }
+    launches
+}
+
+/// The container paths of a compose service's bind mounts (`HOST:CONTAINER[:MODE]`).
+fn compose_mounts(svc: &Value) -> Vec<String> {
+    str_list(svc.get("volumes"))
+        .iter()
+        .filter_map(|v| v.split(':').nth(1).map(str::to_owned))
+        .collect()
+}
+
+/// The launches of compose file `base` with the override file `over` applied to them, as
+/// `docker compose -f base -f over` merges them: environment entries replaced or added, mounts
+/// added.
+pub fn compose_launches_with(base: &Path, over: &Path) -> Vec<Launch> {
+    let over_doc = compose_at(over);
+    let mut launches = compose_launches_of(base);
+    for l in &mut launches {
+        let service = l.origin.rsplit(' ').next().unwrap_or_default().to_owned();
+        let svc = &over_doc["services"][service.as_str()];
+        if svc.is_null() {
+            continue;
+        }
+        l.origin = format!("{} + {}", l.origin, over.display());
+        for (k, v) in svc["environment"].as_mapping().into_iter().flatten() {
+            let (k, v) = (scalar(k), interpolate(&scalar(v)));
+            l.env.retain(|(name, _)| *name != k);
+            l.env.push((k, v));
+        }
+        l.mounts.extend(compose_mounts(svc));
     }
     launches
 }
@@ -382,11 +442,27 @@ pub fn launches_in(label: &str, docs: &[Value]) -> Vec<Launch> {
             }
             let mut args = command[1..].to_vec();
             args.extend(str_list(c.get("args")));
+            // Secret volumes: what the operator creates (the certificate pair).
+            let volumes = &workload["spec"]["template"]["spec"]["volumes"];
+            let mounts = c["volumeMounts"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter(|m| {
+                    volumes
+                        .as_sequence()
+                        .into_iter()
+                        .flatten()
+                        .any(|v| v["name"] == m["name"] && v["secret"].is_mapping())
+                })
+                .map(|m| scalar(&m["mountPath"]))
+                .collect();
             launches.push(Launch {
                 origin: format!("{label} {name}/{}", scalar(&c["name"])),
                 bin,
                 args,
                 env,
+                mounts,
             });
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod manifests;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
