@@ -60,7 +60,9 @@ pub async fn serve(
     let svc = service_fn(move |req: Request<Incoming>| {
         let http = svc_http.clone();
         async move {
-            if crate::api::is_api(req.uri().path()) {
+            // The plain listener beside a TLS one (`upgrades` false) serves no API: its keys
+            // would cross the network in cleartext there.
+            if upgrades && crate::api::is_api(req.uri().path()) {
                 if let Some(api) = &http.api {
                     return Ok::<_, Infallible>(api.serve(req).await);
                 }
@@ -126,7 +128,7 @@ fn route(http: &Arc<Http>, req: Request<Incoming>, upgrades: bool) -> Response<B
             }),
         ),
         "/metrics" => metrics_text(proxy.metrics.render()),
-        path if http.demo && crate::demo::is_demo(path) => crate::demo::serve(path)
+        path if upgrades && http.demo && crate::demo::is_demo(path) => crate::demo::serve(path)
             .unwrap_or_else(|| json_error(StatusCode::NOT_FOUND, "not_found", "no such path")),
         path if crate::api::is_api(path) => ringcast_net::api_auth::error(
             StatusCode::NOT_FOUND,

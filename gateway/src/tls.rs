@@ -214,7 +214,7 @@ pub fn load(files: &PairFiles) -> Result<Pair, TlsError> {
             })
         }
     }
-    let now = unix_now();
+    let now = i64::try_from(ringcast_protocol::auth::now_secs()).unwrap_or(i64::MAX);
     if leaf.not_after < now {
         return Err(TlsError::Expired {
             path: files.cert.clone(),
@@ -235,16 +235,10 @@ pub fn load(files: &PairFiles) -> Result<Pair, TlsError> {
     })
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// `secs` since the epoch as an HTTP date (the form logs and errors print).
 fn http_date(secs: i64) -> String {
-    let at = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    // httpdate panics past 9999-12-31T23:59:59 (a `notAfter` of 99991231235960Z is legal DER).
+    let at = UNIX_EPOCH + Duration::from_secs(secs.clamp(0, 253_402_300_799) as u64);
     httpdate::fmt_http_date(at)
 }
 

@@ -95,7 +95,7 @@ async fn wss_and_a_sighup_reload_that_keeps_open_connections() {
         &cert,
         &key,
         dir.path("gateway.log"),
-        &["--tls-reload-secs", "0"],
+        &["--tls-reload-secs", "0", "--api-key", "plain-key"],
     );
     let tls = connector(&ca.der());
 
@@ -115,6 +115,11 @@ async fn wss_and_a_sighup_reload_that_keeps_open_connections() {
     let (status, body) = ringcast_testkit::http_raw(gw.plain, upgrade).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("no_upgrades_here"), "{body}");
+    // Nor the server API: its key would cross the network in cleartext.
+    let call = "POST /api/info HTTP/1.1\r\nHost: x\r\nAuthorization: apikey plain-key\r\n\
+                Content-Length: 2\r\nConnection: close\r\n\r\n{}";
+    let (status, body) = ringcast_testkit::http_raw(gw.plain, call).await;
+    assert_eq!(status, 404, "the API on the plain listener: {body}");
 
     // python websockets over wss://, and HTTP over the same TLS listener.
     let seen = python(gw.addr, &ca_file, "py-one").await;

@@ -141,6 +141,8 @@ pub fn redacted(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             format!("{}***{}", &url[..scheme_end + 3], &url[at..])
         }
+        // No scheme before the credentials (a malformed URL): hide everything before the `@`.
+        (_, Some(at)) => format!("***{}", &url[at..]),
         _ => url.to_owned(),
     }
 }
@@ -262,5 +264,21 @@ mod tests {
         assert!(RedisTarget::Single("127.0.0.1:6379".into())
             .validate()
             .is_err());
+    }
+
+    #[test]
+    fn a_malformed_url_with_credentials_is_redacted_whole() {
+        for url in [
+            ":s3cret@redis:6379",
+            "redis:/:s3cret@h:1",
+            "user:s3cret@h:1",
+        ] {
+            let shown = redacted(url);
+            assert!(!shown.contains("s3cret"), "{shown}");
+            let err = RedisTarget::Cluster(vec![url.into()])
+                .validate()
+                .unwrap_err();
+            assert!(!err.contains("s3cret"), "{err}");
+        }
     }
 }

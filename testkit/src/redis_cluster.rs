@@ -3,8 +3,8 @@
 //! create`.
 //!
 //! Cluster nodes talk to each other on their port + 10000 (the cluster bus), so ports are
-//! picked in 20000–45535 with both the port and its bus port free, below the kernel's
-//! ephemeral range so no outgoing connection lands on them. The helpers read the topology with
+//! picked in 10000–22767 with both the port and its bus port free, below the kernel's default
+//! ephemeral range (32768–60999) so no outgoing connection lands on them. The helpers read the topology with
 //! `CLUSTER NODES` and move slots the way an operator does (`CLUSTER SETSLOT` + `MIGRATE`).
 
 use std::path::PathBuf;
@@ -401,7 +401,8 @@ fn owner_in(view: &[ClusterNode], slot: u16) -> Option<u16> {
         .map(|n| n.port)
 }
 
-/// A port in 20000–45535 that is free, as is its cluster bus port (+10000), a moment ago.
+/// A port in 10000–22767 that is free, as is its cluster bus port (+10000, so 20000–32767), a
+/// moment ago: both below Linux's default ephemeral range (32768–60999).
 fn cluster_port(attempt: u32) -> u16 {
     let seed = std::process::id()
         .wrapping_mul(2_654_435_761)
@@ -413,14 +414,14 @@ fn cluster_port(attempt: u32) -> u16 {
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0),
         );
-    for i in 0..25_536u32 {
-        let port = 20_000 + ((seed.wrapping_add(i.wrapping_mul(37))) % 25_536) as u16;
+    for i in 0..12_768u32 {
+        let port = 10_000 + ((seed.wrapping_add(i.wrapping_mul(37))) % 12_768) as u16;
         let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
         if free(port) && free(port + 10_000) {
             return port;
         }
     }
-    panic!("no free port pair (p, p+10000) in 20000–45535");
+    panic!("no free port pair (p, p+10000) in 10000–22767");
 }
 
 #[cfg(test)]

@@ -312,18 +312,25 @@ impl Inner {
         if !self.is_cluster() {
             return self.pipeline(&batch.pipeline()).await;
         }
-        // One pipeline per slot, all in flight at once (the cluster connection multiplexes
-        // them over its connection to each shard): the batch costs one round trip, not one per
-        // slot. Replies come back in the groups' order.
+        // The group of the batch's first command goes first and alone: callers put there what
+        // must be in place before the rest runs (presence lists a room under the node's key
+        // before it adds members to the room, so that a sweep finds every room a dead node may
+        // hold). The other groups, one pipeline per slot, then go all at once (the cluster
+        // connection multiplexes them over its connection to each shard): two round trips,
+        // not one per slot. Replies come back in the groups' order.
         let groups = batch.slot_groups();
         let pipelines: Vec<redis::Pipeline> = groups
             .iter()
             .map(|group| batch.pipeline_of(group))
             .collect();
-        let replies = futures_util::future::join_all(pipelines.iter().map(|p| self.pipeline(p)))
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut replies = Vec::with_capacity(groups.len());
+        if let Some((first, rest)) = pipelines.split_first() {
+            replies.push(self.pipeline(first).await?);
+            let others = futures_util::future::join_all(rest.iter().map(|p| self.pipeline(p)));
+            for reply in others.await {
+                replies.push(reply?);
+            }
+        }
         batch
             .merge(&groups, replies)
             .ok_or_else(|| BusError::Unavailable("Redis answered a batch short".into()))
