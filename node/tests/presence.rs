@@ -259,7 +259,10 @@ async fn a_leave_while_redis_is_down_is_written_and_announced_once_it_is_back() 
     a.close().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     redis.restart();
-    let left = m.recv_event("user_left").await;
+    // The restart replays an fsync-always AOF, slow on a busy disk: a generous limit.
+    let left = m
+        .recv_event_within("user_left", Duration::from_secs(20))
+        .await;
     assert_eq!(left["user_id"], "a", "{left}");
     let got = presence_until(&mut m, "r", &["m"], Duration::from_secs(10)).await;
     assert_eq!(got, ["m"]);

@@ -113,7 +113,12 @@ impl Client {
 
     /// Reads until an event named `event` arrives (skipping others); returns it.
     pub async fn recv_event(&mut self, event: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+        self.recv_event_within(event, RECV_TIMEOUT).await
+    }
+
+    /// [`Client::recv_event`] with its own time limit, for events that wait on a restart.
+    pub async fn recv_event_within(&mut self, event: &str, limit: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_json(left).await {
