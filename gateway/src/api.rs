@@ -20,10 +20,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::membership::Membership;
+use crate::node_io::{ConnectError, Connector};
 use ringcast_net::api_auth;
 use ringcast_net::drain::Drain;
 use ringcast_net::http1::response::Body;
@@ -52,6 +53,8 @@ pub struct Api {
     pub call_timeout: Duration,
     idle: Mutex<HashMap<Arc<str>, Vec<Sender>>>,
     next: AtomicUsize,
+    /// TCP, or TLS with `--node-tls`.
+    connector: Connector,
 }
 
 impl Api {
@@ -71,7 +74,14 @@ impl Api {
             call_timeout,
             idle: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
+            connector: Connector::plain(),
         }
+    }
+
+    /// Calls made over connections from `connector` (TLS with `--node-tls`).
+    pub fn with_connector(mut self, connector: Connector) -> Self {
+        self.connector = connector;
+        self
     }
 
     /// Serves one API request.
@@ -151,12 +161,14 @@ impl Api {
                 None => break,
             }
         }
-        let connect = TcpStream::connect(&**addr);
-        let stream = tokio::time::timeout(self.connect_timeout, connect)
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let stream = self
+            .connector
+            .connect(addr, deadline)
             .await
-            .map_err(|_| "connect timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
+            .map_err(|e| match e {
+                ConnectError::Refused(e) | ConnectError::Unreachable(e) => e,
+            })?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| e.to_string())?;

@@ -159,6 +159,17 @@ pub struct Config {
           value_parser = ringcast_net::link::secret::SecretParser)]
     pub link_secret: Option<ringcast_net::link::LinkSecret>,
 
+    /// Every connection to nodes (links, tunnels, health checks, API calls) speaks TLS, verified
+    /// against `--node-ca`: each node's certificate must name the host of its address (an IP
+    /// SAN for an IP). The nodes serve TLS with their own `--tls-cert`/`--tls-key`.
+    #[arg(long, env = "RINGCAST_NODE_TLS", requires = "node_ca")]
+    pub node_tls: bool,
+
+    /// PEM file with the certificate authorities that sign the nodes' certificates (with
+    /// `--node-tls`; only these are trusted).
+    #[arg(long, env = "RINGCAST_NODE_CA")]
+    pub node_ca: Option<std::path::PathBuf>,
+
     /// Most nodes tried for one upgrade (the owner, then the ring's replica order).
     #[arg(long, env = "RINGCAST_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: usize,
@@ -270,6 +281,22 @@ impl Config {
 
     pub(crate) fn health_timeout(&self) -> Duration {
         Duration::from_millis(self.health_timeout_ms.max(10))
+    }
+
+    /// How the gateway connects to nodes: TLS verified against `--node-ca` with `--node-tls`
+    /// (an error when the CA file cannot be used, or when there are no nodes but the embedded
+    /// one, which serves no TLS), else TCP. `--node-ca` alone changes nothing.
+    pub fn node_connector(&self) -> Result<crate::node_io::Connector, String> {
+        match (&self.node_tls, &self.node_ca) {
+            (true, _) if self.embedded() => Err(
+                "--node-tls needs nodes (--node, --redis-url or --redis-cluster): the embedded node serves no TLS"
+                    .into(),
+            ),
+            (true, Some(ca)) => {
+                crate::node_io::Connector::tls(ca).map_err(|e| format!("--node-ca: {e}"))
+            }
+            _ => Ok(crate::node_io::Connector::plain()),
+        }
     }
 
     pub(crate) fn connect_timeout(&self) -> Duration {

@@ -88,6 +88,11 @@ pub async fn run(
     // Before anything listens: a pair that cannot be served stops the start.
     let tls = tls::Tls::start(&config.tls, &metrics, &drain)
         .map_err(|e| GatewayError::Config(format!("TLS: {e}")))?;
+    // Before the embedded node starts: --node-tls with no other node stops the start.
+    let connector = config.node_connector().map_err(GatewayError::Config)?;
+    if connector.is_tls() {
+        info!("--node-tls: connections to nodes are TLS, verified against --node-ca");
+    }
     if config.embedded() {
         // It drains together with the gateway: its clients get 1012 through their tunnels and
         // reconnect once the process is back.
@@ -103,6 +108,7 @@ pub async fn run(
         config.health_interval(),
         config.health_timeout(),
         via.clone(),
+        connector.clone(),
         drain.clone(),
     ));
     if let Some(target) = config.redis_target() {
@@ -126,6 +132,7 @@ pub async fn run(
             &metrics,
             drain.clone(),
         )
+        .with_connector(connector.clone())
     });
     let proxy = Arc::new(Proxy {
         membership,
@@ -137,6 +144,7 @@ pub async fn run(
         max_attempts: config.max_attempts,
         copy_buffer_bytes: config.copy_buffer_bytes,
         tunnel_linger: Duration::from_secs(config.tunnel_linger_secs),
+        connector: connector.clone(),
         links,
         via,
     });
@@ -147,13 +155,16 @@ pub async fn run(
             "--max-header-bytes is 8192..=16384 (what a node accepts); using the nearest"
         );
     }
-    let api = Arc::new(api::Api::new(
-        config.api.api_keys.clone(),
-        config.api.api_max_body_bytes as usize,
-        proxy.membership.clone(),
-        config.connect_timeout(),
-        Duration::from_secs(30),
-    ));
+    let api = Arc::new(
+        api::Api::new(
+            config.api.api_keys.clone(),
+            config.api.api_max_body_bytes as usize,
+            proxy.membership.clone(),
+            config.connect_timeout(),
+            Duration::from_secs(30),
+        )
+        .with_connector(connector),
+    );
     if let Some(addr) = config.api_listen {
         let listener = TcpListener::bind(addr)
             .await

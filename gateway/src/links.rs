@@ -35,6 +35,8 @@
 
 use std::collections::HashMap;
 use std::io;
+
+use futures_util::future::BoxFuture;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,11 +46,10 @@ use ringcast_net::http1::client::push_request_head;
 use ringcast_net::link::frame::GoAwayReason;
 use ringcast_net::link::upgrade::Version;
 use ringcast_net::link::{self, Link, LinkSecret, LinkStream, Role, MAX_STREAMS};
-use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::node_io::NodeIo;
+use crate::node_io::{ConnectError, Connector, NodeIo};
 use crate::upstream::{self, Answer, ExchangeError};
 
 /// How long a node that refused a link is reached without one before it is asked again.
@@ -95,6 +96,8 @@ pub struct Links {
     connect_timeout: Duration,
     /// Presented in every link request.
     secret: Option<LinkSecret>,
+    /// TCP, or TLS with `--node-tls`.
+    connector: Connector,
     /// Links open.
     gauge: IntGauge,
     /// Link requests refused by nodes, by code.
@@ -184,7 +187,14 @@ impl Links {
             drain,
             connect_timeout,
             secret,
+            connector: Connector::plain(),
         }
+    }
+
+    /// Links made with `connector` (TLS with `--node-tls`).
+    pub fn with_connector(mut self, connector: Connector) -> Self {
+        self.connector = connector;
+        self
     }
 
     /// A new stream to the node at `addr`, making its link first if need be.
@@ -302,14 +312,14 @@ impl Links {
         version: Version,
         deadline: tokio::time::Instant,
     ) -> Result<Made, LinkError> {
-        let socket = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
+        let socket = self
+            .connector
+            .connect(addr, deadline)
             .await
-            .map_err(|_| LinkError::Unreachable("connect timed out".into()))?
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::ConnectionRefused => LinkError::Refused(e.to_string()),
-                _ => LinkError::Unreachable(e.to_string()),
+            .map_err(|e| match e {
+                ConnectError::Refused(e) => LinkError::Refused(e),
+                ConnectError::Unreachable(e) => LinkError::Unreachable(e),
             })?;
-        let _ = socket.set_nodelay(true);
         let authorization = self.secret.as_ref().map(LinkSecret::authorization);
         let mut headers = vec![
             ("Host", addr),
@@ -322,12 +332,9 @@ impl Links {
         let mut head = Vec::with_capacity(256);
         push_request_head(&mut head, "GET", link::PATH, None, headers)
             .map_err(|e| LinkError::Unreachable(format!("cannot write the link request: {e}")))?;
-        let answer =
-            tokio::time::timeout_at(deadline, upstream::exchange(NodeIo::Tcp(socket), &head))
-                .await
-                .map_err(|_| {
-                    LinkError::Unreachable("no answer to the link request in time".into())
-                })?;
+        let answer = tokio::time::timeout_at(deadline, upstream::exchange(socket, &head))
+            .await
+            .map_err(|_| LinkError::Unreachable("no answer to the link request in time".into()))?;
         let switched = match answer {
             Ok(Answer::Switched(switched)) => switched,
             // It answered, but not in HTTP: a server that does not speak links.
@@ -356,10 +363,22 @@ impl Links {
                 return Ok(Made::Unsupported(code));
             }
         };
-        let NodeIo::Tcp(socket) = switched.stream else {
-            return Err(LinkError::Unreachable("a link inside a link".into()));
+        // One boxed driver type for a TCP and a TLS link: a link is made once per node.
+        let early = switched.early;
+        let (link, driver): (Link, BoxFuture<'static, io::Result<()>>) = match switched.stream {
+            NodeIo::Tcp(socket) => {
+                let (link, driver) = Link::new(socket, early, Role::Opener, MAX_STREAMS, |_| {});
+                (link, Box::pin(driver))
+            }
+            NodeIo::Tls(socket) => {
+                let (rd, wr) = tokio::io::split(*socket);
+                let (link, driver) = Link::over(rd, wr, early, Role::Opener, MAX_STREAMS, |_| {});
+                (link, Box::pin(driver))
+            }
+            NodeIo::Link(_) => {
+                return Err(LinkError::Unreachable("a link inside a link".into()));
+            }
         };
-        let (link, driver) = Link::new(socket, switched.early, Role::Opener, MAX_STREAMS, |_| {});
         let addr_owned = addr.to_string();
         let gauge = self.gauge.clone();
         let goaways = self.goaways.clone();

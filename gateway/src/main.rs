@@ -29,6 +29,12 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     }
+    // So does a --node-ca that holds no usable certificate authority, or --node-tls with only
+    // the embedded node.
+    if let Err(e) = config.node_connector() {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::from(2);
+    }
     if config.check_config {
         if let Some(Err(e)) = config.redis_target().map(|t| t.validate()) {
             eprintln!("error: {e}");

@@ -16,7 +16,6 @@ use hyper::{Request, Response, StatusCode};
 use ringcast_net::drain::Drain;
 use ringcast_net::http1::response::{json_error, Body};
 use ringcast_net::ws_handshake::{self, Accepted};
-use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Refusal};
@@ -25,7 +24,7 @@ use crate::links::{LinkError, Links, Route};
 use crate::membership::ring::RingNode;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
-use crate::node_io::NodeIo;
+use crate::node_io::{ConnectError, Connector, NodeIo};
 use crate::tunnel;
 use crate::upstream::{self, Answer, Rejection, Switched};
 
@@ -50,6 +49,8 @@ pub struct Proxy {
     pub copy_buffer_bytes: usize,
     /// How long a tunnel's second direction may outlive the first.
     pub tunnel_linger: Duration,
+    /// How connections of their own to nodes are made (TCP, or TLS with `--node-tls`).
+    pub connector: Connector,
     /// The nodes' links, when clients reach nodes over links (else one TCP connection each).
     pub links: Option<Links>,
     /// This gateway's `Via` entry ([`upstream::own_via`]), added to what it forwards.
@@ -265,7 +266,7 @@ impl Proxy {
                 }
             }
             Route::Direct => {
-                let stream = NodeIo::Tcp(self.connect(node).await?);
+                let stream = self.connect(node).await?;
                 upstream::exchange(stream, head).await
             }
         };
@@ -277,17 +278,16 @@ impl Proxy {
         }
     }
 
-    /// A TCP connection of its own to `node`.
-    async fn connect(&self, node: &RingNode) -> Result<TcpStream, Attempt> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*node.addr))
+    /// A connection of its own to `node` (TCP, or TLS with `--node-tls`).
+    async fn connect(&self, node: &RingNode) -> Result<NodeIo, Attempt> {
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        self.connector
+            .connect(&node.addr, deadline)
             .await
-            .map_err(|_| Attempt::Unreachable("connect timed out".into()))?
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::ConnectionRefused => Attempt::Refused(e.to_string()),
-                _ => Attempt::Unreachable(e.to_string()),
-            })?;
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+            .map_err(|e| match e {
+                ConnectError::Refused(e) => Attempt::Refused(e),
+                ConnectError::Unreachable(e) => Attempt::Unreachable(e),
+            })
     }
 
     /// A node refused with a 4xx (say, it rejects the client_id): the client sees that answer.

@@ -28,11 +28,30 @@ pub fn cork(stream: &TcpStream) {
 pub trait Uncork {
     /// Sends whatever the cork held and stops holding.
     fn uncork(&self);
+
+    /// Holds small writes back until [`Uncork::uncork`] (see [`cork`]); nothing on a stream
+    /// that is not a TCP connection.
+    fn cork(&self) {}
 }
 
 impl Uncork for TcpStream {
     fn uncork(&self) {
         let _ = SockRef::from(self).set_tcp_cork(false);
+    }
+
+    fn cork(&self) {
+        cork(self);
+    }
+}
+
+/// TLS records travel on the TCP connection underneath: it is the one corked.
+impl Uncork for tokio_rustls::server::TlsStream<TcpStream> {
+    fn uncork(&self) {
+        self.get_ref().0.uncork();
+    }
+
+    fn cork(&self) {
+        cork(self.get_ref().0);
     }
 }
 

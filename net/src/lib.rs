@@ -28,6 +28,7 @@ pub mod process;
 pub mod redis_target;
 pub mod registry;
 pub mod split;
+pub mod tls;
 pub mod ws_handshake;
 pub mod x509;
 

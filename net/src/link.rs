@@ -152,9 +152,7 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use frame::{
@@ -466,13 +464,13 @@ fn invalid(why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Erro
 }
 
 impl Link {
-    /// A link over `socket`, and the future that moves its bytes: spawn it (it ends when the
-    /// link dies). `early` holds bytes already read from the socket. On the accepting end,
-    /// `on_open` gets each stream the peer opens, from the link's reader: it must not block.
-    /// At most `max_streams` (capped at [`MAX_STREAMS`]) are open at once; the peer's streams
-    /// past that are closed at once.
+    /// A link over the TCP connection `socket`, and the future that moves its bytes: spawn it
+    /// (it ends when the link dies). `early` holds bytes already read from the socket. On the
+    /// accepting end, `on_open` gets each stream the peer opens, from the link's reader: it must
+    /// not block. At most `max_streams` (capped at [`MAX_STREAMS`]) are open at once; the peer's
+    /// streams past that are closed at once.
     pub fn new<F>(
-        socket: TcpStream,
+        socket: tokio::net::TcpStream,
         early: Bytes,
         role: Role,
         max_streams: usize,
@@ -482,6 +480,28 @@ impl Link {
         impl std::future::Future<Output = io::Result<()>> + Send,
     )
     where
+        F: FnMut(LinkStream) + Send + 'static,
+    {
+        let (rd, wr) = socket.into_split();
+        Link::over(rd, wr, early, role, max_streams, on_open)
+    }
+
+    /// A link over a connection taken apart into `rd` and `wr` (a TLS connection's halves, say),
+    /// as [`Link::new`] makes one over TCP.
+    pub fn over<R, W, F>(
+        rd: R,
+        wr: W,
+        early: Bytes,
+        role: Role,
+        max_streams: usize,
+        on_open: F,
+    ) -> (
+        Link,
+        impl std::future::Future<Output = io::Result<()>> + Send,
+    )
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
         F: FnMut(LinkStream) + Send + 'static,
     {
         let link = Link {
@@ -494,7 +514,6 @@ impl Link {
                 }),
             }),
         };
-        let (rd, wr) = socket.into_split();
         let shared = link.shared.clone();
         let driver = async move {
             let mut reading = std::pin::pin!(read_loop(&shared, rd, early, role, on_open));
@@ -636,14 +655,15 @@ impl Shared {
 /// reads may make the link reply, and a peer that does not read those replies must not make
 /// them pile up. (The opening end always reads, so the acceptor's wait always ends with a
 /// peer that follows the protocol.)
-async fn read_loop<F>(
+async fn read_loop<R, F>(
     shared: &Arc<Shared>,
-    mut rd: OwnedReadHalf,
+    mut rd: R,
     early: Bytes,
     role: Role,
     mut on_open: F,
 ) -> io::Result<()>
 where
+    R: AsyncRead + Unpin,
     F: FnMut(LinkStream),
 {
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -735,7 +755,7 @@ async fn keepalive(shared: &Arc<Shared>) -> io::Result<()> {
 }
 
 /// Writes whatever frames are waiting, in one write per batch, until the link dies.
-async fn write_loop(shared: &Arc<Shared>, mut wr: OwnedWriteHalf) -> io::Result<()> {
+async fn write_loop<W: AsyncWrite + Unpin>(shared: &Arc<Shared>, mut wr: W) -> io::Result<()> {
     let mut batch = Vec::new();
     let mut wake = Vec::new();
     loop {
@@ -777,6 +797,8 @@ async fn write_loop(shared: &Arc<Shared>, mut wr: OwnedWriteHalf) -> io::Result<
             return Ok(());
         }
         wr.write_all(&batch).await?;
+        // A TLS connection may keep the last records until flushed (TCP has nothing to flush).
+        wr.flush().await?;
         batch.clear();
         if batch.capacity() > 2 * OUT_CAP {
             batch = Vec::new();

@@ -95,6 +95,11 @@ pub struct Config {
     #[command(flatten)]
     pub api: ringcast_net::api_auth::ApiArgs,
 
+    /// TLS on the listener (`--tls-cert`, `--tls-key`): gateways then reach this node with
+    /// `--node-tls`.
+    #[command(flatten)]
+    pub tls: ringcast_net::tls::TlsArgs,
+
     /// Most WebSocket connections this node holds; further upgrades get HTTP 503.
     #[arg(long, env = "RINGCAST_MAX_CONNECTIONS", default_value_t = 50_000)]
     pub max_connections: usize,
@@ -285,6 +290,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(target) = self.redis_target() {
             target.validate()?;
+        }
+        // A certificate pair that cannot be served stops the start, naming the file and why.
+        if let Some(files) = self.tls.files() {
+            ringcast_net::tls::load(&files).map_err(|e| format!("TLS: {e}"))?;
         }
         self.room_options().map(|_| ())
     }

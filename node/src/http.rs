@@ -20,7 +20,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use ringcast_net::cork::{self, Uncork};
+use ringcast_net::cork::Uncork;
 use ringcast_net::detect::{detect, Opening, Prefixed};
 use ringcast_net::http1::request::{HeadError, HeadLimits};
 use ringcast_net::http1::response::{self, json_error, metrics_text, push_response_head, Body};
@@ -32,7 +32,6 @@ use ringcast_net::split::SplitIo;
 use ringcast_net::ws_handshake::{self, Refusal};
 use ringcast_protocol::auth::Identity;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::admin;
@@ -43,8 +42,12 @@ use crate::state::{SessionSlot, Shared};
 /// a client's limit plus the room a gateway needs to forward a head it accepted.
 const MAX_HEAD_BYTES: usize = HeadLimits::NODE.bytes;
 
-/// Serves HTTP/1.1 on one TCP connection, handing upgraded ones to a session.
-pub async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+/// Serves HTTP/1.1 on one connection (TCP, or TLS with `--tls-cert`), handing upgraded ones to a
+/// session.
+pub async fn serve_connection<S>(shared: Arc<Shared>, mut stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Uncork + SplitIo + Unpin + Send + 'static,
+{
     let handshake_timeout = shared.config.handshake_timeout();
     // One deadline for the first bytes and the whole head, as hyper had.
     let deadline = tokio::time::Instant::now() + handshake_timeout;
@@ -56,7 +59,7 @@ pub async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: 
     let prefix = match opening {
         Ok(Some((Opening::WsUpgrade, prefix))) => {
             // The 101 waits for the welcome (see `cork`); the session uncorks.
-            cork::cork(&stream);
+            stream.cork();
             let serve = serve_upgrade(shared, stream, prefix, None, deadline, handshake_timeout);
             return serve.await;
         }
@@ -323,14 +326,16 @@ where
 /// is a connection from the moment it opens: it takes a session slot then, and one opened at
 /// `--max-connections` is refused at once with a 503 `too_many_connections`, as a connection
 /// would be.
-async fn serve_link(
+async fn serve_link<S>(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    mut stream: S,
     prefix: Vec<u8>,
     peer: SocketAddr,
     deadline: tokio::time::Instant,
     timeout: Duration,
-) {
+) where
+    S: AsyncRead + AsyncWrite + SplitIo + Unpin + Send + 'static,
+{
     let bad = |why| json_error(StatusCode::BAD_REQUEST, "bad_request", why);
     let head = head_or_answer(&mut stream, prefix, deadline, timeout, bad).await;
     let Some((req, early)) = head else {
@@ -433,7 +438,8 @@ async fn serve_link(
             drain.spawn(serve);
         }
     };
-    let (link, driver) = Link::new(stream, early, link::Role::Acceptor, max_streams, on_open);
+    let (rd, wr) = stream.split_io();
+    let (link, driver) = Link::over(rd, wr, early, link::Role::Acceptor, max_streams, on_open);
     // Past the table's own bound a stream is refused as one at the connection limit is.
     link.set_full_reply(&full_reply);
     let mut driver = std::pin::pin!(driver);

@@ -133,6 +133,7 @@ async fn run_on_bus(
         let _ = shutdown.wait_for(|stop| *stop).await;
         drain.begin();
     };
+    let tls = server::tls(&config.tls, &drain).map_err(NodeError::Config)?;
     let shared = Arc::new(Shared::new(
         config,
         room_options,
@@ -152,7 +153,7 @@ async fn run_on_bus(
             registration::run(reg, drain.clone()).await;
         }
     };
-    let serve = server::serve(listener, shared.clone());
+    let serve = server::serve(listener, shared.clone(), tls);
     tokio::join!(begin, register, serve, shutdown::drain(&shared));
     Ok(())
 }

@@ -10,11 +10,11 @@ use ringcast_net::drain::Drain;
 use ringcast_net::health::{parse_room_options, ROOM_OPTIONS_HEADER};
 use ringcast_net::http1::client::push_request_head;
 use ringcast_net::http1_io;
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::membership::Membership;
+use crate::node_io::Connector;
 
 /// Checks every member every `interval` until the gateway's drain is over (`drain` stops). Each check carries the
 /// gateway's `via` entry, so a "node" that is really a gateway answers 508 and is taken out of
@@ -24,6 +24,7 @@ pub async fn run(
     interval: Duration,
     timeout: Duration,
     via: HeaderValue,
+    connector: Connector,
     drain: Drain,
 ) {
     let mut tick = tokio::time::interval(interval);
@@ -36,8 +37,9 @@ pub async fn run(
         let mut checks = JoinSet::new();
         for (id, addr) in membership.targets() {
             let via = via.clone();
+            let connector = connector.clone();
             checks.spawn(async move {
-                let checked = check(&addr, timeout, &via).await;
+                let checked = check(&addr, timeout, &via, &connector).await;
                 (id, addr, checked)
             });
         }
@@ -67,8 +69,14 @@ pub struct Checked {
 
 /// One `GET /healthz` from the gateway whose `Via` entry is `via`: healthy when the node
 /// answers 200 within `timeout`.
-pub async fn check(addr: &str, timeout: Duration, via: &HeaderValue) -> Checked {
-    match tokio::time::timeout(timeout, get_status(addr, via)).await {
+pub async fn check(
+    addr: &str,
+    timeout: Duration,
+    via: &HeaderValue,
+    connector: &Connector,
+) -> Checked {
+    let deadline = tokio::time::Instant::now() + timeout;
+    match tokio::time::timeout_at(deadline, get_status(addr, via, connector, deadline)).await {
         Ok(Some((200, room_options))) => Checked {
             healthy: true,
             room_options,
@@ -80,7 +88,12 @@ pub async fn check(addr: &str, timeout: Duration, via: &HeaderValue) -> Checked 
     }
 }
 
-async fn get_status(addr: &str, via: &HeaderValue) -> Option<(u16, Option<String>)> {
+async fn get_status(
+    addr: &str,
+    via: &HeaderValue,
+    connector: &Connector,
+    deadline: tokio::time::Instant,
+) -> Option<(u16, Option<String>)> {
     let mut request = Vec::with_capacity(256);
     let headers = [
         ("Host", addr.as_bytes()),
@@ -89,7 +102,7 @@ async fn get_status(addr: &str, via: &HeaderValue) -> Option<(u16, Option<String
         ("Via", via.as_bytes()),
     ];
     push_request_head(&mut request, "GET", "/healthz", None, headers).ok()?;
-    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let mut stream = connector.connect(addr, deadline).await.ok()?;
     // The head is all we need: the body is left unread.
     let mut buf = Vec::with_capacity(512);
     let (answer, _) = http1_io::exchange(&mut stream, &request, &mut buf, |head| {
@@ -134,7 +147,7 @@ mod tests {
         )
         .await;
         assert_eq!(
-            check(&addr, Duration::from_secs(5), &via).await,
+            check(&addr, Duration::from_secs(5), &via, &Connector::plain()).await,
             Checked {
                 healthy: true,
                 room_options: Some("00112233aabbccdd".into())
@@ -161,7 +174,9 @@ mod tests {
         ] {
             let (addr, _node) = answering(answer).await;
             assert!(
-                !check(&addr, Duration::from_secs(5), &via).await.healthy,
+                !check(&addr, Duration::from_secs(5), &via, &Connector::plain())
+                    .await
+                    .healthy,
                 "{:?}",
                 String::from_utf8_lossy(answer)
             );
