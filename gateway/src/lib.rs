@@ -85,6 +85,9 @@ pub async fn run(
     }
     // The one shutdown value every part gets and every task runs on; `shutdown` only begins it.
     let drain = Drain::new();
+    // Whatever `run` returns with, early (a flag that fails past this point) or after the drain,
+    // every task it spawned is told to stop.
+    let _stop_on_return = drain.stop_on_drop();
     // Before anything listens: a pair that cannot be served stops the start.
     let tls = tls::Tls::start(&config.tls, &metrics, &drain)
         .map_err(|e| GatewayError::Config(format!("TLS: {e}")))?;

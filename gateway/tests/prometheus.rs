@@ -13,7 +13,7 @@ use std::time::Duration;
 use ringcast_testkit::{http_raw, spawn_listening, wait_until, Client, RedisServer};
 use serde_json::{json, Value};
 use support::manifests;
-use support::{nodes_behind_gateway, TestGateway};
+use support::nodes_behind_gateway;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Prometheus, killed by PID on drop, with its data in a temporary directory.
@@ -261,9 +261,8 @@ async fn every_dashboard_query_returns_data_and_every_alert_evaluates_on_a_real_
 
     // A failover: p2 dies unseen (no health checks); upgrades routed to it move on to p1.
     nodes[1].kill();
-    let gw_ref: &TestGateway = &gw;
     for i in 0..20 {
-        let _ = Client::connect_welcomed(&gw_ref.ws_url(&format!("after-{i}"))).await;
+        let _ = Client::connect_welcomed(&gw.ws_url(&format!("after-{i}"))).await;
     }
     assert!(
         gw.metric("ringcast_gateway_failovers_total").await > 0.0,

@@ -61,6 +61,13 @@ impl Drain {
         self.stopped.cancel();
     }
 
+    /// A guard that stops this drain when dropped: held by a `run` from its first spawn on, so
+    /// that a start that fails half-way (a listener that cannot bind) leaves no task running.
+    /// Stopping a drain that already stopped changes nothing.
+    pub fn stop_on_drop(&self) -> StopOnDrop {
+        StopOnDrop(self.clone())
+    }
+
     /// Whether the process has drained.
     pub fn is_stopped(&self) -> bool {
         self.stopped.is_cancelled()
@@ -121,8 +128,27 @@ impl Drain {
     }
 }
 
+/// Stops its [`Drain`] when dropped (see [`Drain::stop_on_drop`]).
+#[derive(Debug)]
+pub struct StopOnDrop(Drain);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_dropped_guard_stops_its_drain() {
+        let drain = super::Drain::new();
+        let guard = drain.stop_on_drop();
+        assert!(!drain.is_stopped());
+        drop(guard);
+        assert!(drain.is_stopped() && drain.is_draining());
+    }
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
