@@ -187,16 +187,28 @@ fn reply_error_for(
     message: &str,
     id: Option<&str>,
 ) {
-    shared
-        .metrics
-        .errors
-        .with_label_values(&[code.as_str()])
-        .inc();
-    reply(
+    send_error(
         shared,
         out,
-        ServerEvent::Error { code, message, id }.encode(),
+        ServerEvent::Error {
+            code,
+            message,
+            id,
+            room: None,
+        },
     );
+}
+
+/// Sends an `error` event (`ServerEvent::Error`) and counts it by code.
+fn send_error(shared: &Shared, out: &Outbound, error: ServerEvent<'_>) {
+    if let ServerEvent::Error { code, .. } = &error {
+        shared
+            .metrics
+            .errors
+            .with_label_values(&[code.as_str()])
+            .inc();
+    }
+    reply(shared, out, error.encode());
 }
 
 /// Why the read loop ended.
@@ -541,6 +553,21 @@ impl Session {
     /// An error caused by the message with `id` (when it had one), naming it.
     fn error_for(&self, code: ErrorCode, message: &str, id: Option<&str>) {
         reply_error_for(&self.shared, &self.out, code, message, id);
+    }
+
+    /// An error answering a request about `room` (a join, leave, history or presence request),
+    /// naming the room.
+    fn error_in(&self, room: &str, code: ErrorCode, message: &str) {
+        send_error(
+            &self.shared,
+            &self.out,
+            ServerEvent::Error {
+                code,
+                message,
+                id: None,
+                room: Some(room),
+            },
+        );
     }
 }
 

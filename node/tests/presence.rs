@@ -115,11 +115,13 @@ async fn asking_about_a_room_you_are_not_in_or_without_presence_is_an_error() {
     for kind in ["presence", "presence_stats"] {
         let e = ask(&mut a, json!({"type":kind,"room":"r"}), kind).await;
         assert_eq!(e["code"], "not_in_room", "{e}");
+        assert_eq!(e["room"], "r", "the error names the room asked about: {e}");
     }
     join(&mut a, "a", "quiet-1").await;
     for kind in ["presence", "presence_stats"] {
         let e = ask(&mut a, json!({"type":kind,"room":"quiet-1"}), kind).await;
         assert_eq!(e["code"], "presence_disabled", "{e}");
+        assert_eq!(e["room"], "quiet-1", "{e}");
     }
     let e = ask(&mut a, json!({"type":"presence"}), "presence").await;
     assert_eq!(e["code"], "missing_field", "{e}");

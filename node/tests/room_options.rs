@@ -188,6 +188,10 @@ async fn max_members_refuses_joins_past_it_with_room_full_until_a_place_frees() 
     let refused = join(&mut clients[2], "small:1").await;
     assert_eq!(refused["event"], "error");
     assert_eq!(refused["code"], "room_full", "{refused}");
+    assert_eq!(
+        refused["room"], "small:1",
+        "a refused join names its room: {refused}"
+    );
     // A member joining again is not a new member.
     assert_eq!(
         join(&mut clients[1], "small:1").await["event"],
@@ -229,7 +233,12 @@ async fn the_first_matching_entry_wins_whole_and_unmatched_rooms_get_the_default
     assert_eq!(join(&mut a, "vip:gold").await["event"], "user_joined");
     assert_eq!(join(&mut b, "vip:gold").await["code"], "room_full");
     post(&mut b, "vip:gold", "x").await;
-    assert_eq!(b.recv().await["code"], "not_in_room");
+    let refused = b.recv().await;
+    assert_eq!(refused["code"], "not_in_room");
+    assert!(
+        refused.get("room").is_none(),
+        "a post's error is named by its id, not its room: {refused}"
+    );
     // team:1 matches the second entry: no announcement reaches a when b joins.
     assert_eq!(join(&mut a, "team:1").await["event"], "user_joined");
     assert_eq!(join(&mut b, "team:1").await["event"], "user_joined");

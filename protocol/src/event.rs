@@ -139,6 +139,10 @@ pub enum ServerEvent<'a> {
         /// The `id` of the message that caused it, when it had one.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a str>,
+        /// The room a room request (`join_room`, `leave_room`, `history`, `presence`,
+        /// `presence_stats`) was about, so a client can tell which of its requests failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
     },
 }
 
@@ -388,6 +392,7 @@ mod tests {
                 code: ErrorCode::NotInRoom,
                 message: "m\"x",
                 id: None,
+                room: None,
             }),
             r#"{"event":"error","code":"not_in_room","message":"m\"x"}"#
         );
@@ -396,8 +401,18 @@ mod tests {
                 code: ErrorCode::BusUnavailable,
                 message: "down",
                 id: Some("m-1"),
+                room: None,
             }),
             r#"{"event":"error","code":"bus_unavailable","message":"down","id":"m-1"}"#
+        );
+        assert_eq!(
+            text(&ServerEvent::Error {
+                code: ErrorCode::RoomFull,
+                message: "full",
+                id: None,
+                room: Some("lobby"),
+            }),
+            r#"{"event":"error","code":"room_full","message":"full","room":"lobby"}"#
         );
         assert_eq!(
             text(&ServerEvent::Ack {

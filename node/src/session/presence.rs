@@ -10,13 +10,22 @@ impl Session {
     /// Answers `presence` (or `presence_stats` when `stats`) for a member of `room`.
     pub(super) async fn presence(&mut self, room: &str, stats: bool) {
         if !self.may_use_room(room) {
-            return self.error(ErrorCode::Forbidden, "your token does not allow this room");
+            return self.error_in(
+                room,
+                ErrorCode::Forbidden,
+                "your token does not allow this room",
+            );
         }
         if !self.rooms.contains_key(room) {
-            return self.error(ErrorCode::NotInRoom, "join the room to ask who is in it");
+            return self.error_in(
+                room,
+                ErrorCode::NotInRoom,
+                "join the room to ask who is in it",
+            );
         }
         if !self.keeps_presence(room) {
-            return self.error(
+            return self.error_in(
+                room,
                 ErrorCode::PresenceDisabled,
                 "this room keeps no presence (presence=off)",
             );
@@ -28,7 +37,11 @@ impl Session {
         };
         let list = self.shared.presence.list(room, max);
         let Ok(Ok(list)) = timeout(self.shared.config.bus_timeout(), list).await else {
-            return self.error(ErrorCode::BusUnavailable, "presence unavailable: bus down");
+            return self.error_in(
+                room,
+                ErrorCode::BusUnavailable,
+                "presence unavailable: bus down",
+            );
         };
         let event = if stats {
             ServerEvent::PresenceStats {

@@ -49,17 +49,22 @@ impl Session {
             return reply(&self.shared, &self.out, joined);
         }
         if !trusted && !self.may_use_room(room) {
-            return self.error(ErrorCode::Forbidden, "your token does not allow this room");
+            return self.error_in(
+                room,
+                ErrorCode::Forbidden,
+                "your token does not allow this room",
+            );
         }
         if self.rooms.len() >= self.shared.config.max_rooms_per_connection {
-            return self.error(
+            return self.error_in(
+                room,
                 ErrorCode::TooManyRooms,
                 "rooms-per-connection limit reached",
             );
         }
         let since = match since {
             Some(Err(why)) => {
-                self.error(ErrorCode::InvalidSince, &why);
+                self.error_in(room, ErrorCode::InvalidSince, &why);
                 Some(None)
             }
             Some(Ok(s)) => Some(Some(s)),
@@ -76,7 +81,11 @@ impl Session {
             hub.join(room, &self.out, max_members)
         };
         let Ok(ready) = joined else {
-            return self.error(ErrorCode::RoomFull, "the room has all the members it takes");
+            return self.error_in(
+                room,
+                ErrorCode::RoomFull,
+                "the room has all the members it takes",
+            );
         };
         if let Some(ready) = ready {
             if !matches!(
@@ -84,7 +93,11 @@ impl Session {
                 Ok(Ok(()))
             ) {
                 hub.leave(room, self.out.id);
-                return self.error(ErrorCode::BusUnavailable, "could not join: bus unavailable");
+                return self.error_in(
+                    room,
+                    ErrorCode::BusUnavailable,
+                    "could not join: bus unavailable",
+                );
             }
         }
         // The room's channel is active: everything published from now on reaches this client
@@ -162,10 +175,13 @@ impl Session {
             }
         }
         match why {
-            JoinFailed::Bus => {
-                self.error(ErrorCode::BusUnavailable, "could not join: bus unavailable")
-            }
-            JoinFailed::Stalled => self.error(
+            JoinFailed::Bus => self.error_in(
+                room,
+                ErrorCode::BusUnavailable,
+                "could not join: bus unavailable",
+            ),
+            JoinFailed::Stalled => self.error_in(
+                room,
                 ErrorCode::BusUnavailable,
                 "could not join: the replay was not read in time",
             ),
@@ -216,7 +232,8 @@ impl Session {
             None => false,
             Some(s) if *s.epoch != *epoch => false,
             Some(s) if s.offset > page.top => {
-                self.error(
+                self.error_in(
+                    room,
                     ErrorCode::InvalidSince,
                     "since.offset is beyond the room's last offset",
                 );
@@ -327,7 +344,7 @@ impl Session {
 
     pub(super) async fn leave(&mut self, room: &str) {
         if self.rooms.remove(room).is_none() {
-            return self.error(ErrorCode::NotInRoom, "not a member of that room");
+            return self.error_in(room, ErrorCode::NotInRoom, "not a member of that room");
         }
         self.shared.hub.leave(room, self.out.id);
         let me = self.out.client_id.clone();
@@ -377,10 +394,14 @@ impl Session {
         limit: usize,
     ) {
         let Some(keep) = self.rooms.get(room).copied() else {
-            return self.error(ErrorCode::NotInRoom, "join the room to read its history");
+            return self.error_in(
+                room,
+                ErrorCode::NotInRoom,
+                "join the room to read its history",
+            );
         };
         let since = match since {
-            Some(Err(why)) => return self.error(ErrorCode::InvalidSince, &why),
+            Some(Err(why)) => return self.error_in(room, ErrorCode::InvalidSince, &why),
             Some(Ok(s)) => Some(s),
             None => None,
         };
@@ -398,10 +419,15 @@ impl Session {
         let answer = match answer {
             Ok(answer) => answer,
             Err(HistoryError::Bus) => {
-                return self.error(ErrorCode::BusUnavailable, "history unavailable: bus down")
+                return self.error_in(
+                    room,
+                    ErrorCode::BusUnavailable,
+                    "history unavailable: bus down",
+                )
             }
             Err(HistoryError::BeyondTop) => {
-                return self.error(
+                return self.error_in(
+                    room,
                     ErrorCode::InvalidSince,
                     "since.offset is beyond the room's last offset",
                 )
