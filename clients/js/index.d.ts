@@ -73,7 +73,14 @@ export interface HistoryResetEvent { room: string; epoch: string }
 export interface RoomRevokedEvent { room: string; reason: string }
 export interface TokenRefreshedEvent { expiresAt: number }
 export interface DisconnectedEvent { code: number; reason: string; willReconnect: boolean }
-export interface ErrorEvent { code: string; message?: string; id?: string; closeCode?: number }
+export interface ErrorEvent {
+  code: string;
+  message?: string;
+  id?: string;
+  /** The room a refused join, leave or presence request was about. */
+  room?: string;
+  closeCode?: number;
+}
 export interface UserEvent { userId: string }
 
 export interface RingcastEvents {

@@ -26,6 +26,13 @@ export class RingcastError extends Error {
 // Errors after which an unacknowledged message is sent again (after `retryDelayMs`): the server
 // refused it for now, not for good.
 const RETRYABLE = new Set(['bus_unavailable', 'rate_limited']);
+// Codes with which the server refuses a join for good (`bus_unavailable` is tried again).
+const JOIN_REFUSED = new Set(['forbidden', 'too_many_rooms', 'room_full']);
+// Codes with which the server answers a `presence` it cannot serve.
+const PRESENCE_REFUSED = new Set(['forbidden', 'not_in_room', 'presence_disabled', 'bus_unavailable']);
+// The server's room names: 1–128 characters, none of them whitespace or a control character.
+const MAX_ROOM_CHARS = 128;
+const ROOM_BAD_CHAR = /[\p{White_Space}\p{Cc}]/u;
 // How many `from` + `id` pairs per room are remembered to drop a message redelivered after a
 // history reset (see the server README, "Publish acknowledgements").
 const SEEN_IDS_PER_ROOM = 4096;
@@ -148,9 +155,13 @@ export class RingcastClient extends Emitter {
 
   /**
    * Joins `room` (and rejoins it after every reconnect, with `since`). Resolves with the first
-   * acknowledgement.
+   * acknowledgement; rejects with the server's code when it refuses the join (`forbidden`,
+   * `too_many_rooms`, `room_full`: the room is then forgotten), and tries again while the
+   * server answers `bus_unavailable`.
+   * @throws {TypeError} for a name the server would refuse as `invalid_room`
    */
   join(room) {
+    this._checkRoom(room, 'join');
     let r = this._rooms.get(room);
     if (!r) {
       r = {
@@ -178,6 +189,7 @@ export class RingcastClient extends Emitter {
     const r = this._rooms.get(room);
     if (!r) return;
     this._rooms.delete(room);
+    clearTimeout(r.retry);
     const err = new RingcastError('left_room', `left ${room}`, { room });
     for (const w of r.waiters) w.reject(err);
     this._rejectPending((m) => m.room === room, err);
@@ -568,7 +580,8 @@ export class RingcastClient extends Emitter {
   }
 
   _onError(ev) {
-    const err = { code: ev.code, message: ev.message, id: ev.id };
+    const err = { code: ev.code, message: ev.message, id: ev.id, room: ev.room };
+    if (typeof ev.room === 'string' && ev.id === undefined) this._onRoomError(ev);
     const m = ev.id === undefined ? undefined : this._pending.get(ev.id);
     if (m) {
       if (RETRYABLE.has(ev.code)) {
@@ -586,6 +599,44 @@ export class RingcastClient extends Emitter {
     this.emit('error', err);
   }
 
+  /** An error answering a request about a room (the server names the room). */
+  _onRoomError(ev) {
+    const room = ev.room;
+    const r = this._rooms.get(room);
+    const err = new RingcastError(ev.code, ev.message ?? ev.code, { room });
+    const joining = r !== undefined && !r.joined;
+    if (joining && JOIN_REFUSED.has(ev.code)) {
+      // Refused for good: forget the room (no rejoin after a reconnect) and fail what waits on it.
+      this._rooms.delete(room);
+      for (const w of r.waiters) w.reject(err);
+      r.waiters = [];
+      this._rejectPending((m) => m.room === room, err);
+      this._rejectPresenceOf(room, err);
+      return;
+    }
+    if (joining && ev.code === 'bus_unavailable') {
+      // The join did not happen; ask again while the room is still wanted.
+      clearTimeout(r.retry);
+      r.retry = setTimeout(() => {
+        r.retry = null;
+        if (this._rooms.get(room) === r && !r.joined && this._state === 'open') this._sendJoin(room, r);
+      }, this._retryDelayMs);
+      return;
+    }
+    if (PRESENCE_REFUSED.has(ev.code)) {
+      const list = this._presenceWaiters.get(room);
+      if (list?.length) list.shift().reject(err);
+      if (list && !list.length) this._presenceWaiters.delete(room);
+    }
+  }
+
+  _rejectPresenceOf(room, err) {
+    const list = this._presenceWaiters.get(room);
+    if (!list) return;
+    this._presenceWaiters.delete(room);
+    for (const w of list) w.reject(err);
+  }
+
   _onRoomRevoked(ev) {
     const r = this._rooms.get(ev.room);
     this._rooms.delete(ev.room);
@@ -600,6 +651,11 @@ export class RingcastClient extends Emitter {
   _checkRoom(room, what) {
     if (typeof room !== 'string' || room === '') {
       throw new TypeError(`${what}: room must be a non-empty string`);
+    }
+    if ([...room].length > MAX_ROOM_CHARS || ROOM_BAD_CHAR.test(room)) {
+      throw new TypeError(
+        `${what}: room must be at most ${MAX_ROOM_CHARS} characters, none of them whitespace or control characters`,
+      );
     }
   }
 
