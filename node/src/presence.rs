@@ -9,9 +9,20 @@
 //! One writer per entry: while an entry is being written again from the table (`busy`), joins
 //! and leaves of it only change the table and leave the entry for the next pass, so an
 //! absolute write never lands on top of a newer relative one.
+//!
+//! Rooms that do not announce need no answer from the bus to serve a join or a leave (nobody
+//! is told whether it was the client id's first or last connection), so with leases (Redis)
+//! their changes are written behind ([`Tracker::add_quiet`], [`Tracker::remove_quiet`]): the
+//! table changes at once, the entry is queued, and one writer task writes the queued entries
+//! from the table, many per round trip (`presence_lease.rs`). A `presence` asked on this node
+//! waits for what was queued before it ([`Tracker::list`]), so a client's own join is always in
+//! the answer it gets after its ack.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
 
 use crate::bus::presence::{new_instance, Entry};
 use crate::bus::{Bus, BusError};
@@ -37,6 +48,10 @@ struct State {
     /// Rooms being taken off the instance's room list: joins of them wait for the next pass
     /// (which lists the room again) instead of going to the bus now.
     compacting: HashSet<String>,
+    /// Entries of rooms that do not announce, queued for the writer ([`Tracker::take_quiet`]).
+    quiet: HashSet<Key>,
+    /// Changes queued behind so far (a sequence number; see [`Tracker::list`]).
+    queued: u64,
 }
 
 /// What this node counts in presence.
@@ -45,6 +60,10 @@ pub struct Tracker {
     node_id: Arc<str>,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
+    /// Wakes the writer of queued entries.
+    wake: Notify,
+    /// Up to which [`State::queued`] the writer has been through.
+    written_tx: watch::Sender<u64>,
 }
 
 fn unpoison<T>(e: std::sync::PoisonError<T>) -> T {
@@ -88,9 +107,88 @@ impl Tracker {
                 all_dirty: false,
                 per_room: HashMap::new(),
                 compacting: HashSet::new(),
+                quiet: HashSet::new(),
+                queued: 0,
             }),
             node_id,
+            wake: Notify::new(),
+            written_tx: watch::Sender::new(0),
         }
+    }
+
+    /// Whether a room with these announcements has its changes written behind (see the
+    /// module's note): it does not announce, and the bus has leases (Redis; the in-memory
+    /// bus answers at once anyway).
+    pub fn writes_behind(&self, announce: bool) -> bool {
+        !announce && self.has_leases()
+    }
+
+    /// One more connection of `client` in `room`, written behind.
+    pub fn add_quiet(&self, room: &str, client: &Arc<str>) {
+        let key = (room.to_owned(), client.clone());
+        let mut state = self.state.lock().unwrap_or_else(unpoison);
+        increment(&mut state, &key);
+        self.metrics.presence_entries.inc();
+        queue_quiet(&mut state, key);
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// One connection fewer of `client` in `room`, written behind (nothing when none was
+    /// counted, e.g. under an instance that was swept).
+    pub fn remove_quiet(&self, room: &str, client: &Arc<str>) {
+        let key = (room.to_owned(), client.clone());
+        let mut state = self.state.lock().unwrap_or_else(unpoison);
+        if !decrement(&mut state, &key) {
+            return;
+        }
+        self.metrics.presence_entries.dec();
+        queue_quiet(&mut state, key);
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Waits until something is queued behind.
+    pub async fn quiet_queued(&self) {
+        self.wake.notified().await
+    }
+
+    /// Up to `max` queued entries with what this node counts for each now, marked busy (give
+    /// them back with [`Tracker::quiet_written`]), and the sequence number they cover. Entries
+    /// being written already or of a room being taken off the list stay queued.
+    pub fn take_quiet(&self, max: usize) -> (Arc<str>, Vec<Entry>, u64) {
+        let mut state = self.state.lock().unwrap_or_else(unpoison);
+        let keys: Vec<Key> = state
+            .quiet
+            .iter()
+            .filter(|k| !state.busy.contains(*k) && !state.compacting.contains(&k.0))
+            .take(max)
+            .cloned()
+            .collect();
+        for key in &keys {
+            state.quiet.remove(key);
+        }
+        // What was queued up to now is taken (or waits behind an entry in flight, whose next
+        // write covers it).
+        let covers = state.queued;
+        let (instance, entries) = take(&mut state, keys);
+        (instance, entries, covers)
+    }
+
+    /// Ends writing entries taken by [`Tracker::take_quiet`]: as [`Tracker::written`], and
+    /// `presence` asked before `covers` was queued may answer now.
+    pub fn quiet_written(&self, instance: &str, entries: &[Entry], ok: bool, covers: u64) {
+        self.written(instance, entries, ok);
+        self.written_tx.send_if_modified(|w| {
+            let newer = covers > *w;
+            *w = (*w).max(covers);
+            newer
+        });
+    }
+
+    /// Whether entries wait to be written behind.
+    pub fn quiet_pending(&self) -> bool {
+        !self.state.lock().unwrap_or_else(unpoison).quiet.is_empty()
     }
 
     /// Whether the bus sweeps the presence of nodes that die (Redis: leases).
@@ -98,12 +196,20 @@ impl Tracker {
         self.bus.presence().has_leases()
     }
 
-    /// Up to `max` members of `room` on every node, with the totals.
+    /// Up to `max` members of `room` on every node, with the totals; first waits (at most
+    /// `wait`) for the writer to be through what this node queued behind before the call.
     pub async fn list(
         &self,
         room: &str,
         max: usize,
+        wait: Duration,
     ) -> Result<crate::bus::presence::PresenceList, BusError> {
+        let queued = self.state.lock().unwrap_or_else(unpoison).queued;
+        let mut written = self.written_tx.subscribe();
+        if *written.borrow() < queued {
+            self.wake.notify_one();
+            let _ = tokio::time::timeout(wait, written.wait_for(|w| *w >= queued)).await;
+        }
         self.bus.presence().list(room, max).await
     }
 
@@ -244,6 +350,11 @@ impl Tracker {
                 mark(&mut state, key);
             }
         }
+        let held_back = !state.quiet.is_empty();
+        drop(state);
+        if held_back {
+            self.wake.notify_one();
+        }
     }
 
     /// This node was swept: forget everything and count under a new instance from now on.
@@ -256,6 +367,7 @@ impl Tracker {
         state.all_dirty = false;
         state.per_room.clear();
         state.compacting.clear();
+        state.quiet.clear();
         self.metrics.presence_entries.set(0);
         let old = std::mem::replace(&mut state.instance, new_instance(&self.node_id));
         (old, state.instance.clone())
@@ -270,6 +382,7 @@ impl Tracker {
             .dirty
             .iter()
             .chain(state.busy.iter())
+            .chain(state.quiet.iter())
             .map(|(room, _)| room)
             .collect();
         let idle: Vec<String> = listed
@@ -287,6 +400,11 @@ impl Tracker {
         let mut state = self.state.lock().unwrap_or_else(unpoison);
         for room in rooms {
             state.compacting.remove(room);
+        }
+        let held_back = !state.quiet.is_empty();
+        drop(state);
+        if held_back {
+            self.wake.notify_one();
         }
     }
 
@@ -345,6 +463,17 @@ fn decrement(state: &mut State, key: &Key) -> bool {
     }
 }
 
+/// Queues `key` for the writer behind; past [`MAX_DIRTY`] queued, everything is written again
+/// by the next retry pass instead.
+fn queue_quiet(state: &mut State, key: Key) {
+    state.queued += 1;
+    if state.quiet.len() < MAX_DIRTY {
+        state.quiet.insert(key);
+    } else {
+        state.all_dirty = true;
+    }
+}
+
 fn mark(state: &mut State, key: Key) {
     if state.dirty.len() < MAX_DIRTY {
         state.dirty.insert(key);
@@ -357,6 +486,47 @@ fn mark(state: &mut State, key: Key) {
 mod tests {
     use super::*;
     use crate::bus::memory::MemoryBroker;
+
+    #[tokio::test]
+    async fn a_list_waits_for_what_this_node_queued_behind_before_it() {
+        let broker = MemoryBroker::new();
+        let bus: Arc<dyn Bus> = Arc::new(broker.attach(Arc::new(|_| {})));
+        let metrics = Arc::new(Metrics::new());
+        let t = Arc::new(Tracker::new(bus.clone(), "n1".into(), metrics.clone()));
+        let a: Arc<str> = "a".into();
+        t.add_quiet("r", &a);
+        assert_eq!(metrics.presence_entries.get(), 1);
+        assert!(t.quiet_pending());
+        // A slow writer: the entry reaches the bus 300 ms from now.
+        let writer = {
+            let (t, bus) = (t.clone(), bus.clone());
+            tokio::spawn(async move {
+                t.quiet_queued().await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let (instance, entries, covers) = t.take_quiet(10);
+                assert_eq!(entries.len(), 1);
+                for (room, client, _) in &entries {
+                    bus.presence().add(room, client, &instance).await.unwrap();
+                }
+                t.quiet_written(&instance, &entries, true, covers);
+            })
+        };
+        let listed = t.list("r", 10, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            listed.members,
+            ["a"],
+            "answered before the queued join was written"
+        );
+        writer.await.unwrap();
+        assert!(!t.quiet_pending());
+        // Nothing queued: no wait, even with no writer at all.
+        let at = tokio::time::Instant::now();
+        t.list("r", 10, Duration::from_secs(5)).await.unwrap();
+        assert!(at.elapsed() < Duration::from_secs(1));
+        // A removal of nothing counted queues nothing.
+        t.remove_quiet("r", &"b".into());
+        assert!(!t.quiet_pending());
+    }
 
     #[tokio::test]
     async fn a_swept_node_counts_anew_and_old_removals_change_nothing() {

@@ -1,5 +1,6 @@
-//! The node's presence lease, and the sweep of nodes whose lease ran out. Two tasks, so a long
-//! sweep never delays the node's own renewal:
+//! The node's presence lease, the sweep of nodes whose lease ran out, and the writer of what
+//! rooms without announcements change. Three tasks, so a long sweep never delays the node's own
+//! renewal, nor a burst of joins either:
 //!
 //! - **renew**, every third of the lease: renews it. Found gone (Redis lost it, or the first
 //!   one), the node removes what its instance had and writes its table again. Found swept (it
@@ -15,6 +16,10 @@
 //!   tells each room `user_left` once per client id left with no connection anywhere. A node
 //!   only sweeps others once its own lease has held for a whole lease: after Redis was away
 //!   everyone's lease has lapsed, and the others must get the chance to renew first.
+//! - **write behind**, whenever joins or leaves of rooms that do not announce were queued
+//!   (`presence.rs`): writes the queued entries from the node's table, up to
+//!   [`WRITE_BEHIND_BATCH`] per round trip, until none is left. A failed write leaves them to
+//!   the sweep task's retry pass.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +35,9 @@ use crate::state::Shared;
 
 /// Dead instances looked at per poll.
 const SWEEPS_PER_POLL: usize = 16;
+
+/// Most queued entries one write-behind pass takes.
+const WRITE_BEHIND_BATCH: usize = 1024;
 
 /// A node that was swept while it was frozen closes its clients with this.
 const SWEPT: Closing = Closing::Server {
@@ -49,8 +57,43 @@ pub async fn run(shared: Arc<Shared>, bus: Arc<dyn Bus>) {
     let held: HeldSince = Arc::new(Mutex::new(None));
     tokio::join!(
         renew_loop(shared.clone(), bus.clone(), held.clone()),
-        sweep_loop(shared, bus, held),
+        sweep_loop(shared.clone(), bus.clone(), held),
+        write_behind_loop(shared, bus),
     );
+}
+
+async fn write_behind_loop(shared: Arc<Shared>, bus: Arc<dyn Bus>) {
+    loop {
+        tokio::select! {
+            _ = shared.drain.stopped() => return,
+            _ = shared.presence.quiet_queued() => {}
+        }
+        write_behind(&shared, &bus).await;
+    }
+}
+
+/// Writes what is queued behind until nothing is left (or a write fails: the retry pass of
+/// the sweep task takes those entries on).
+async fn write_behind(shared: &Shared, bus: &Arc<dyn Bus>) {
+    let tracker = &shared.presence;
+    loop {
+        let (instance, entries, covers) = tracker.take_quiet(WRITE_BEHIND_BATCH);
+        if entries.is_empty() {
+            tracker.quiet_written(&instance, &entries, true, covers);
+            return;
+        }
+        let written = bus.presence().resync(&instance, &entries).await;
+        tracker.quiet_written(&instance, &entries, written.is_ok(), covers);
+        if *tracker.instance() != *instance {
+            // Swept while this was on its way: what it wrote under the old instance, which no
+            // one sweeps again, comes back out (no announcements: these rooms make none).
+            let _ = bus.presence().purge(&instance, true).await;
+        }
+        if let Err(e) = written {
+            warn!(error = %e, "presence not written behind; left to the retry pass");
+            return;
+        }
+    }
 }
 
 fn set_held(held: &HeldSince, value: Option<Instant>, keep: bool) {

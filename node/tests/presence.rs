@@ -358,3 +358,100 @@ async fn a_node_lists_only_the_rooms_it_still_counts_someone_in() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Counts in Redis for `room`: client ids in the totals hash, and the connections counter.
+fn redis_counts(redis: &RedisServer, room: &str) -> (usize, i64) {
+    let hlen = redis
+        .cli(&["HLEN", &format!("{{ringcast:room:{room}}}:pr")])
+        .unwrap();
+    let pc = redis
+        .cli(&["GET", &format!("{{ringcast:room:{room}}}:pc")])
+        .unwrap();
+    (hlen.trim().parse().unwrap(), pc.trim().parse().unwrap_or(0))
+}
+
+#[tokio::test]
+async fn on_redis_rooms_without_announcements_are_written_behind_and_read_back_at_once() {
+    let redis = RedisServer::start();
+    let nodes = support::start_with(&["n1", "n2"], |id| {
+        let mut c = leased(id, &redis);
+        c.room_options = vec![parse_entry("big*:announce=off,history=0").unwrap()];
+        c
+    })
+    .await;
+    // Each member's first question after its ack already lists it: the node waits for what it
+    // queued behind before answering.
+    let mut members = Vec::new();
+    for i in 0..30 {
+        let id = format!("m{i:02}");
+        let (mut c, _) = Client::connect_welcomed(&nodes[i % 2].ws_url(&id)).await;
+        // Sent back to back: the question is read right after the join is served.
+        c.send_json(json!({"type":"join_room","room":"big-1"}))
+            .await;
+        let p = ask(
+            &mut c,
+            json!({"type":"presence","room":"big-1"}),
+            "presence",
+        )
+        .await;
+        assert!(sorted(&p).contains(&id), "{id} not in its own answer: {p}");
+        members.push((id, c));
+    }
+    // A second tab of m00 on the other node, which leaves again: one client id, counted once.
+    let (mut tab, _) = Client::connect_welcomed(&nodes[1].ws_url("m00")).await;
+    join(&mut tab, "m00", "big-1").await;
+    let all: Vec<String> = members.iter().map(|(id, _)| id.clone()).collect();
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let asker = &mut members[1].1;
+    assert_eq!(
+        presence_until(asker, "big-1", &all, Duration::from_secs(5)).await,
+        all
+    );
+    assert_eq!(stats(asker, "big-1").await, (json!(30), json!(31)));
+    tab.send_json(json!({"type":"leave_room","room":"big-1"}))
+        .await;
+    tab.recv_event("user_left").await;
+    // Half of them go (closed, or leaving): the rest is what presence and Redis say.
+    let mut kept = Vec::new();
+    for (i, (id, mut c)) in members.into_iter().enumerate() {
+        match i % 4 {
+            0 => c.close().await,
+            2 => {
+                c.send_json(json!({"type":"leave_room","room":"big-1"}))
+                    .await;
+                c.recv_event("user_left").await;
+            }
+            _ => kept.push((id, c)),
+        }
+    }
+    let rest: Vec<String> = kept.iter().map(|(id, _)| id.clone()).collect();
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let asker = &mut kept[0].1;
+    assert_eq!(
+        presence_until(asker, "big-1", &rest, Duration::from_secs(5)).await,
+        rest
+    );
+    assert_eq!(stats(asker, "big-1").await, (json!(15), json!(15)));
+    assert_eq!(redis_counts(&redis, "big-1"), (15, 15));
+    // And nobody was told anything: the room does not announce.
+    let heard = frames(asker, Duration::from_millis(300)).await;
+    assert!(
+        heard
+            .iter()
+            .all(|v| v["event"] != "user_joined" && v["event"] != "user_left"),
+        "{heard:?}"
+    );
+    // Everyone gone: nothing left in Redis.
+    for (_, c) in kept {
+        c.close().await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while redis_counts(&redis, "big-1") != (0, 0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "left in Redis: {:?}",
+            redis_counts(&redis, "big-1")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -432,7 +432,13 @@ async fn presence(shared: &Shared, room: &str, stats: bool) -> Result<Value, Api
     } else {
         shared.config.presence_max_members as usize
     };
-    let list = timeout(shared.config.bus_timeout(), shared.presence.list(room, max)).await;
+    let list = timeout(
+        shared.config.bus_timeout(),
+        shared
+            .presence
+            .list(room, max, shared.config.bus_timeout() / 2),
+    )
+    .await;
     let Ok(Ok(list)) = list else {
         return Err(unavailable());
     };

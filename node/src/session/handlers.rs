@@ -327,6 +327,10 @@ pub(super) async fn announce_gone(
                 shared.presence.forget(&room, &me);
                 continue;
             }
+            if shared.presence.writes_behind(settings.announce) {
+                shared.presence.remove_quiet(&room, &me);
+                continue;
+            }
             let gone = Box::pin(shared.presence.remove(&room, &me)).await;
             if !gone.unwrap_or(false) {
                 continue;

@@ -35,7 +35,8 @@ impl Session {
         } else {
             self.shared.config.presence_max_members as usize
         };
-        let list = self.shared.presence.list(room, max);
+        let wait = self.shared.config.bus_timeout() / 2;
+        let list = self.shared.presence.list(room, max, wait);
         let Ok(Ok(list)) = timeout(self.shared.config.bus_timeout(), list).await else {
             return self.error_in(
                 room,

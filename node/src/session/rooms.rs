@@ -104,14 +104,19 @@ impl Session {
         // (or, paused, is held back from it until its replay is done).
         self.rooms.insert(room.to_owned(), keep);
         // With presence, the others hear of a client id's first connection in the room only.
-        let first = if self.shared.config.keeps_presence(&settings) {
-            let added = self.shared.presence.add(room, &self.out.client_id);
+        let presence = &self.shared.presence;
+        let first = if !self.shared.config.keeps_presence(&settings) {
+            true
+        } else if presence.writes_behind(settings.announce) {
+            // Nobody is told of it: no need to wait for the bus (the module note of presence.rs).
+            presence.add_quiet(room, &self.out.client_id);
+            true
+        } else {
+            let added = presence.add(room, &self.out.client_id);
             match timeout(self.shared.config.bus_timeout(), added).await {
                 Ok(Ok(first)) => first,
                 _ => return self.join_failed(room, JoinFailed::Bus).await,
             }
-        } else {
-            true
         };
         if settings.announce && first {
             // The others are told through the bus; the joiner's own copy is its ack, queued
@@ -161,7 +166,10 @@ impl Session {
     async fn join_failed(&mut self, room: &str, why: JoinFailed) {
         self.rooms.remove(room);
         self.shared.hub.leave(room, self.out.id);
-        if self.keeps_presence(room) {
+        let announce = self.shared.room_options.resolve(room).settings.announce;
+        if self.keeps_presence(room) && self.shared.presence.writes_behind(announce) {
+            self.shared.presence.remove_quiet(room, &self.out.client_id);
+        } else if self.keeps_presence(room) {
             let removed = self.shared.presence.remove(room, &self.out.client_id);
             let last = timeout(self.shared.config.bus_timeout(), removed).await;
             // The others may have been told of the join: tell them it is undone.
@@ -354,7 +362,11 @@ impl Session {
         reply(&self.shared, &self.out, left.clone());
         if !self.shared.room_options.resolve(room).settings.announce {
             if self.keeps_presence(room) {
-                let _ = self.shared.presence.remove(room, &me).await;
+                if self.shared.presence.writes_behind(false) {
+                    self.shared.presence.remove_quiet(room, &me);
+                } else {
+                    let _ = self.shared.presence.remove(room, &me).await;
+                }
             }
             return;
         }
