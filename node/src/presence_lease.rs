@@ -82,7 +82,7 @@ async fn write_behind(shared: &Shared, bus: &Arc<dyn Bus>) {
             tracker.quiet_written(&instance, &entries, true, covers);
             return;
         }
-        let written = bus.presence().resync(&instance, &entries).await;
+        let written = bus.presence().write_quiet(&instance, &entries).await;
         tracker.quiet_written(&instance, &entries, written.is_ok(), covers);
         if *tracker.instance() != *instance {
             // Swept while this was on its way: what it wrote under the old instance, which no

@@ -100,6 +100,12 @@ pub trait Presence: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Writes entries of rooms that do not announce as absolute numbers, as [`Presence::resync`]
+    /// does, without finding out what to announce (so it can cost less per entry).
+    async fn write_quiet(&self, instance: &str, entries: &[Entry]) -> Result<(), BusError> {
+        self.resync(instance, entries).await.map(|_| ())
+    }
+
     /// A page of the rooms `instance` lists (`SSCAN` from `cursor`; 0 starts, a returned 0
     /// ends).
     async fn listed_rooms(

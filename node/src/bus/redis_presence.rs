@@ -83,6 +83,25 @@ end
 return 0
 "#;
 
+/// `KEYS` = [pr, pn, pc] of one room; `ARGV` = [client, connections] per entry: as [`RESYNC`]
+/// for each, without the reads that only tell what to announce. Returns nothing.
+const WRITE_QUIET: &str = r#"
+local pr, pn, pc = KEYS[1], KEYS[2], KEYS[3]
+for i = 0, #ARGV / 2 - 1 do
+  local client, new = ARGV[2 * i + 1], tonumber(ARGV[2 * i + 2])
+  local old = tonumber(redis.call('HGET', pn, client)) or 0
+  if new ~= old then
+    if new > 0 then redis.call('HSET', pn, client, new) else redis.call('HDEL', pn, client) end
+    if redis.call('INCRBY', pc, new - old) <= 0 then redis.call('DEL', pc) end
+    if redis.call('HINCRBY', pr, client, new - old) <= 0 then redis.call('HDEL', pr, client) end
+  end
+end
+return 0
+"#;
+
+/// Most entries one [`WRITE_QUIET`] call writes: Redis serves no one else while a script runs.
+const WRITE_QUIET_RUN: usize = 256;
+
 /// Milliseconds on Redis's clock, in a script (every node's lease is timed by the same clock).
 const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)";
 
@@ -411,6 +430,36 @@ impl Presence for RedisBus {
             }
         }
         Ok(changed)
+    }
+
+    async fn write_quiet(&self, instance: &str, entries: &[Entry]) -> Result<(), BusError> {
+        let prefix = self.prefix();
+        // One script call per room (one slot) and run; each room listed under the instance
+        // first, as every presence write does.
+        let mut by_room: Vec<(&str, Vec<&Entry>)> = Vec::new();
+        for entry in entries {
+            match by_room.iter_mut().find(|(room, _)| *room == entry.0) {
+                Some((_, list)) => list.push(entry),
+                None => by_room.push((&entry.0, vec![entry])),
+            }
+        }
+        let mut batch = Batch::new();
+        for (room, _) in &by_room {
+            let mut sadd = redis::cmd("SADD");
+            sadd.arg(node_key(prefix, instance, "rooms")).arg(*room);
+            batch.add(sadd).ignore();
+        }
+        for (room, list) in &by_room {
+            for run in list.chunks(WRITE_QUIET_RUN) {
+                let keys = room_keys(prefix, room, instance);
+                let mut cmd = eval(WRITE_QUIET, &keys.each());
+                for (_, client, n) in run.iter() {
+                    cmd.arg(&**client).arg(*n);
+                }
+                batch.add(cmd);
+            }
+        }
+        self.batch(&batch).await.map(|_| ())
     }
 
     async fn expired(&self, limit: usize) -> Result<Vec<String>, BusError> {
