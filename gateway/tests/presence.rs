@@ -400,3 +400,57 @@ async fn a_drain_announces_only_the_clients_that_do_not_come_back() {
     }
     c.stop().await;
 }
+
+/// Rooms without announcements write presence behind (node/src/presence.rs): what a killed node
+/// had written is swept the same way, and the survivors' clients stay listed.
+#[tokio::test]
+async fn a_killed_node_s_clients_leave_a_room_without_announcements_within_5_s() {
+    let redis = RedisServer::start();
+    let node_args = [
+        "--redis-probe-interval-ms",
+        "200",
+        "--announce-connections=false",
+        "--presence-lease-ms",
+        "3000",
+        "--room-options",
+        "quiet-*:announce=off",
+    ];
+    let (mut nodes, gw) =
+        support::nodes_behind_gateway(&redis.url(), &["q1", "q2", "q3"], &node_args, &[]).await;
+    let room = "quiet-big";
+    let mut by_node: HashMap<String, Vec<String>> = HashMap::new();
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let id = format!("q{i}");
+        let mut c = Client::connect(&gw.ws_url(&id)).await;
+        let welcome = c.recv_event("welcome").await;
+        c.send_json(json!({"type":"join_room","room":room})).await;
+        c.recv_event("user_joined").await;
+        let node = welcome["node"].as_str().unwrap().to_owned();
+        by_node.entry(node).or_default().push(id.clone());
+        clients.push(c);
+    }
+    let all: BTreeSet<String> = by_node.values().flatten().cloned().collect();
+    assert_eq!(
+        presence_of(&gw, room, &all, Duration::from_secs(5)).await,
+        all
+    );
+    let (victim, lost) = by_node
+        .iter()
+        .max_by_key(|(_, ids)| ids.len())
+        .map(|(n, ids)| (n.clone(), ids.clone()))
+        .unwrap();
+    let killed = Instant::now();
+    nodes.iter_mut().find(|n| n.id == victim).unwrap().kill();
+    let expect: BTreeSet<String> = all
+        .iter()
+        .filter(|id| !lost.contains(id))
+        .cloned()
+        .collect();
+    assert_eq!(
+        presence_of(&gw, room, &expect, Duration::from_secs(5)).await,
+        expect,
+        "presence 5 s after killing {victim} (which held {lost:?})"
+    );
+    assert!(killed.elapsed() < Duration::from_secs(6));
+}

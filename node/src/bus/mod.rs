@@ -27,6 +27,7 @@ pub mod redis_config;
 mod redis_conn;
 mod redis_history;
 mod redis_presence;
+mod redis_presence_batch;
 mod redis_shard_set;
 mod redis_shards;
 mod redis_topology;

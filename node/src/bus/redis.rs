@@ -37,6 +37,7 @@ use super::redis_conn::{supervise_publisher, supervise_subscriber, unavailable, 
 use super::redis_history::{
     parse_page, parse_stored, publish_cmd, read_cmd, room_channel, Mode, PUBLISH_SCRIPT, SCRIPT_RUN,
 };
+use super::redis_presence_batch;
 use super::redis_shards;
 use super::{
     Bus, BusError, Channel, HistoryPage, HistoryQuery, Inbox, Publish, Published, Stored,
@@ -48,6 +49,8 @@ use crate::metrics::Metrics;
 pub struct RedisBus {
     inner: Arc<Inner>,
     tasks: Vec<JoinHandle<()>>,
+    /// Presence changes waiting for their batch (`redis_presence_batch.rs`).
+    presence_tx: tokio::sync::mpsc::Sender<redis_presence_batch::Change>,
 }
 
 impl RedisBus {
@@ -91,8 +94,17 @@ impl RedisBus {
         } else {
             tokio::spawn(supervise_subscriber(inner.clone()))
         };
-        let tasks = vec![tokio::spawn(supervise_publisher(inner.clone())), subscriber];
-        Ok(RedisBus { inner, tasks })
+        let (presence_tx, presence_writer) = redis_presence_batch::start(inner.clone());
+        let tasks = vec![
+            tokio::spawn(supervise_publisher(inner.clone())),
+            subscriber,
+            presence_writer,
+        ];
+        Ok(RedisBus {
+            inner,
+            tasks,
+            presence_tx,
+        })
     }
 
     /// Waits up to `limit` for both connections; returns whether the bus is healthy.
@@ -110,6 +122,31 @@ impl RedisBus {
     /// Sends a batch that may span slots on the command connection (`redis_batch.rs`).
     pub(super) async fn batch(&self, batch: &Batch) -> Result<Vec<redis::Value>, BusError> {
         self.inner.batch(batch).await
+    }
+
+    /// One connection more (`add`) or fewer of `client` in `room` under `instance`, written with
+    /// whatever else is queued (`redis_presence_batch.rs`); the script's answer for it.
+    pub(super) async fn presence_change(
+        &self,
+        add: bool,
+        room: &str,
+        client: &str,
+        instance: &str,
+    ) -> Result<i64, BusError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let change = redis_presence_batch::Change {
+            add,
+            room: room.to_owned(),
+            client: client.to_owned(),
+            instance: instance.to_owned(),
+            reply,
+        };
+        if self.presence_tx.send(change).await.is_err() {
+            return Err(BusError::Unavailable("the bus is shutting down".into()));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(BusError::Unavailable("the bus is shutting down".into())))
     }
 
     /// The scripts' mode.

@@ -26,25 +26,6 @@ const SWEPT_MEMORY: Duration = Duration::from_secs(24 * 3600);
 /// another node (or itself) after this.
 const CLAIM: Duration = Duration::from_secs(30);
 
-/// `KEYS` = [pr, pn, pc]; `ARGV` = [client]. Returns the client's connections in all.
-const ADD: &str = r#"
-redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-redis.call('INCR', KEYS[3])
-return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-"#;
-
-/// `KEYS` = [pr, pn, pc]; `ARGV` = [client]. Returns what is left in all, or -1 when the
-/// instance had no such connection (swept meanwhile).
-const REMOVE: &str = r#"
-local c = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
-if c <= 0 then redis.call('HDEL', KEYS[2], ARGV[1]) end
-if c < 0 then return -1 end
-if redis.call('DECR', KEYS[3]) <= 0 then redis.call('DEL', KEYS[3]) end
-local t = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
-if t <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) return 0 end
-return t
-"#;
-
 /// `KEYS` = [pr, pc]; `ARGV` = [max]. Returns `{clients, connections, id...}`: the counts are
 /// one read each and the ids a bounded scan, so an answer costs what it lists, not the room's
 /// size.
@@ -168,15 +149,15 @@ fn total_key(prefix: &str, room: &str) -> String {
 
 /// A room's presence keys as one instance's scripts take them: totals, the instance's counts,
 /// the connections counter.
-struct RoomKeys([String; 3]);
+pub(super) struct RoomKeys([String; 3]);
 
 impl RoomKeys {
-    fn each(&self) -> [&str; 3] {
+    pub(super) fn each(&self) -> [&str; 3] {
         [&self.0[0], &self.0[1], &self.0[2]]
     }
 }
 
-fn room_keys(prefix: &str, room: &str, instance: &str) -> RoomKeys {
+pub(super) fn room_keys(prefix: &str, room: &str, instance: &str) -> RoomKeys {
     RoomKeys([
         total_key(prefix, room),
         instance_key(prefix, room, instance),
@@ -192,7 +173,7 @@ fn instance_key(prefix: &str, room: &str, instance: &str) -> String {
     format!("{}:pn:{instance}", room_channel(prefix, room))
 }
 
-fn node_key(prefix: &str, instance: &str, what: &str) -> String {
+pub(super) fn node_key(prefix: &str, instance: &str, what: &str) -> String {
     format!("{{{prefix}:node:{instance}}}:{what}")
 }
 
@@ -216,7 +197,7 @@ fn listed_write(
     eval(script, &room_keys(prefix, room, instance).each())
 }
 
-fn eval(script: &str, keys: &[&str]) -> redis::Cmd {
+pub(super) fn eval(script: &str, keys: &[&str]) -> redis::Cmd {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(script).arg(keys.len()).arg(keys);
     cmd
@@ -293,18 +274,11 @@ impl RedisBus {
 #[async_trait]
 impl Presence for RedisBus {
     async fn add(&self, room: &str, client: &str, instance: &str) -> Result<bool, BusError> {
-        let mut batch = Batch::new();
-        let mut add = listed_write(&mut batch, self.prefix(), instance, room, ADD);
-        batch.add(add.arg(client).to_owned());
-        let values = self.batch(&batch).await?;
-        let total = values.first().and_then(int).ok_or_else(|| bad("add"))?;
-        Ok(total == 1)
+        Ok(self.presence_change(true, room, client, instance).await? == 1)
     }
 
     async fn remove(&self, room: &str, client: &str, instance: &str) -> Result<bool, BusError> {
-        let keys = room_keys(self.prefix(), room, instance);
-        let left = self.query(eval(REMOVE, &keys.each()).arg(client)).await?;
-        Ok(int(&left).ok_or_else(|| bad("remove"))? == 0)
+        Ok(self.presence_change(false, room, client, instance).await? == 0)
     }
 
     async fn nodes(&self) -> Result<Vec<(String, u64)>, BusError> {

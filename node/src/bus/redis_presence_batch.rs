@@ -1,0 +1,145 @@
+//! Presence changes whose answer someone waits for (joins and leaves of rooms that announce: was
+//! it the client id's first or last connection?), batched: each caller queues its change and
+//! waits for its own answer, and one task writes whatever is queued as one pipeline — one
+//! script call per room and instance, the rooms listed under their instances first — while the
+//! callers' changes of a room keep their order. A burst of joins then costs Redis one call per
+//! room instead of two commands per join, and the node one request instead of one each.
+
+use std::sync::Arc;
+
+use redis::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::redis_batch::Batch;
+use super::redis_conn::Inner;
+use super::redis_presence::{eval, node_key, room_keys};
+use super::BusError;
+
+/// `KEYS` = [pr, pn, pc] of one room and instance; `ARGV` = [op, client] per change, op `+` (one
+/// connection more) or `-` (one fewer). Returns per change, in order: after a `+` the client's
+/// connections in all; after a `-` what is left in all, or -1 when the instance had no such
+/// connection (swept meanwhile).
+const CHANGES: &str = r#"
+local pr, pn, pc = KEYS[1], KEYS[2], KEYS[3]
+local out = {}
+for i = 0, #ARGV / 2 - 1 do
+  local op, client = ARGV[2 * i + 1], ARGV[2 * i + 2]
+  if op == '+' then
+    redis.call('HINCRBY', pn, client, 1)
+    redis.call('INCR', pc)
+    out[#out + 1] = redis.call('HINCRBY', pr, client, 1)
+  else
+    local c = redis.call('HINCRBY', pn, client, -1)
+    if c <= 0 then redis.call('HDEL', pn, client) end
+    if c < 0 then
+      out[#out + 1] = -1
+    else
+      if redis.call('DECR', pc) <= 0 then redis.call('DEL', pc) end
+      local t = redis.call('HINCRBY', pr, client, -1)
+      if t <= 0 then
+        redis.call('HDEL', pr, client)
+        t = 0
+      end
+      out[#out + 1] = t
+    end
+  end
+end
+return out
+"#;
+
+/// Most changes one pipeline carries (and one script call, at most).
+const BATCH: usize = 256;
+/// Most changes waiting; callers wait beyond it.
+const QUEUE: usize = 4096;
+
+/// One queued change and where its answer goes.
+pub(super) struct Change {
+    /// One connection more (`true`) or fewer.
+    pub add: bool,
+    pub room: String,
+    pub client: String,
+    pub instance: String,
+    pub reply: oneshot::Sender<Result<i64, BusError>>,
+}
+
+/// Starts the writer; it ends when every sender is gone.
+pub(super) fn start(inner: Arc<Inner>) -> (mpsc::Sender<Change>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (tx, tokio::spawn(run(inner, rx)))
+}
+
+async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Change>) {
+    let mut changes = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut changes, BATCH).await > 0 {
+        let batch: Vec<Change> = std::mem::take(&mut changes);
+        let answers = write(&inner, &batch).await;
+        for (change, answer) in batch.into_iter().zip(answers) {
+            let _ = change.reply.send(answer);
+        }
+    }
+}
+
+/// Writes `changes` as one pipeline; an answer per change, in order.
+async fn write(inner: &Inner, changes: &[Change]) -> Vec<Result<i64, BusError>> {
+    // Groups of one room and instance, in first-seen order; each keeps its changes' order.
+    let mut groups: Vec<((&str, &str), Vec<usize>)> = Vec::new();
+    for (i, c) in changes.iter().enumerate() {
+        let key = (c.room.as_str(), c.instance.as_str());
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, list)) => list.push(i),
+            None => groups.push((key, vec![i])),
+        }
+    }
+    let prefix = inner.prefix();
+    let mut batch = Batch::new();
+    // Listed first (on a cluster the first command's slot group runs first): a sweep finds
+    // every room an instance may hold entries in.
+    for ((room, instance), list) in &groups {
+        if list.iter().any(|i| changes[*i].add) {
+            let mut sadd = redis::cmd("SADD");
+            sadd.arg(node_key(prefix, instance, "rooms")).arg(*room);
+            batch.add(sadd).ignore();
+        }
+    }
+    for ((room, instance), list) in &groups {
+        let keys = room_keys(prefix, room, instance);
+        let mut cmd = eval(CHANGES, &keys.each());
+        for i in list {
+            let c = &changes[*i];
+            cmd.arg(if c.add { "+" } else { "-" }).arg(&c.client);
+        }
+        batch.add(cmd);
+    }
+    let mut out: Vec<Option<Result<i64, BusError>>> = (0..changes.len()).map(|_| None).collect();
+    match inner.batch(&batch).await {
+        Ok(replies) if replies.len() == groups.len() => {
+            for ((_, list), reply) in groups.iter().zip(replies) {
+                let values: &[Value] = match &reply {
+                    Value::Array(v) => v,
+                    _ => &[],
+                };
+                for (k, i) in list.iter().enumerate() {
+                    out[*i] = Some(match values.get(k) {
+                        Some(Value::Int(n)) => Ok(*n),
+                        _ => Err(BusError::Unavailable(format!(
+                            "unexpected answer from the presence script: {reply:?}"
+                        ))),
+                    });
+                }
+            }
+        }
+        Ok(replies) => {
+            let e = BusError::Unavailable(format!(
+                "Redis answered {} presence calls with {} replies",
+                groups.len(),
+                replies.len()
+            ));
+            return changes.iter().map(|_| Err(e.clone())).collect();
+        }
+        Err(e) => return changes.iter().map(|_| Err(e.clone())).collect(),
+    }
+    out.into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(BusError::Unavailable("no answer".into()))))
+        .collect()
+}
