@@ -455,3 +455,71 @@ async fn on_redis_rooms_without_announcements_are_written_behind_and_read_back_a
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Many concurrent presence changes over several rooms and instances, on one Redis: each
+/// caller gets its own answer (first connection anywhere, last one gone), whatever batch it
+/// shared, and Redis ends with exactly the counts.
+#[tokio::test]
+async fn concurrent_presence_changes_are_batched_and_each_gets_its_own_answer() {
+    use ringcast_node::bus::presence::Presence as _;
+    use ringcast_node::bus::redis::RedisBus;
+    use ringcast_node::bus::redis_config::RedisBusConfig;
+    use ringcast_node::metrics::Metrics;
+    use std::sync::Arc;
+
+    let redis = RedisServer::start();
+    let settings = RedisBusConfig::from_config(&support::config("n1", &redis.url())).unwrap();
+    let bus =
+        Arc::new(RedisBus::start(settings, Arc::new(|_| {}), Arc::new(Metrics::new())).unwrap());
+    assert!(bus.wait_healthy(Duration::from_secs(5)).await);
+    // 5 rooms × 40 clients, each client added under two instances: exactly one of the two
+    // adds of a client is its first anywhere.
+    let mut adds = Vec::new();
+    for room in 0..5 {
+        for client in 0..40 {
+            for instance in ["i1", "i2"] {
+                let bus = bus.clone();
+                adds.push(tokio::spawn(async move {
+                    let (room, client) = (format!("b{room}"), format!("c{client}"));
+                    let first = bus.add(&room, &client, instance).await.unwrap();
+                    ((room, client), first)
+                }));
+            }
+        }
+    }
+    let mut firsts = std::collections::HashMap::new();
+    for a in adds {
+        let (key, first) = a.await.unwrap();
+        *firsts.entry(key).or_insert(0) += usize::from(first);
+    }
+    assert_eq!(firsts.len(), 200);
+    assert!(
+        firsts.values().all(|n| *n == 1),
+        "one first add each: {firsts:?}"
+    );
+    for room in 0..5 {
+        assert_eq!(redis_counts(&redis, &format!("b{room}")), (40, 80));
+    }
+    // Remove under i1: nobody's last; then under i2: everybody's last. And a removal under an
+    // instance that holds nothing says so without touching the counts.
+    for (instance, last) in [("i1", false), ("i2", true)] {
+        let mut removes = Vec::new();
+        for room in 0..5 {
+            for client in 0..40 {
+                let bus = bus.clone();
+                removes.push(tokio::spawn(async move {
+                    bus.remove(&format!("b{room}"), &format!("c{client}"), instance)
+                        .await
+                        .unwrap()
+                }));
+            }
+        }
+        for r in removes {
+            assert_eq!(r.await.unwrap(), last, "removed under {instance}");
+        }
+    }
+    assert!(!bus.remove("b0", "c0", "i3").await.unwrap());
+    for room in 0..5 {
+        assert_eq!(redis_counts(&redis, &format!("b{room}")), (0, 0));
+    }
+}

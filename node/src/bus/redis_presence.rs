@@ -155,6 +155,10 @@ impl RoomKeys {
     pub(super) fn each(&self) -> [&str; 3] {
         [&self.0[0], &self.0[1], &self.0[2]]
     }
+
+    pub(super) fn into_array(self) -> [String; 3] {
+        self.0
+    }
 }
 
 pub(super) fn room_keys(prefix: &str, room: &str, instance: &str) -> RoomKeys {

@@ -1,9 +1,10 @@
 //! Presence changes whose answer someone waits for (joins and leaves of rooms that announce: was
 //! it the client id's first or last connection?), batched: each caller queues its change and
-//! waits for its own answer, and one task writes whatever is queued as one pipeline — one
-//! script call per room and instance, the rooms listed under their instances first — while the
-//! callers' changes of a room keep their order. A burst of joins then costs Redis one call per
-//! room instead of two commands per join, and the node one request instead of one each.
+//! waits for its own answer, and one task writes whatever is queued as one pipeline — the rooms
+//! listed under their instances first, then one script call for all of them on one Redis, one
+//! per room (slot) on a cluster — while the callers' changes of a room keep their order. A
+//! burst of joins then costs Redis one call instead of two commands per join, and the node one
+//! request instead of one each.
 
 use std::sync::Arc;
 
@@ -16,15 +17,16 @@ use super::redis_conn::Inner;
 use super::redis_presence::{eval, node_key, room_keys};
 use super::BusError;
 
-/// `KEYS` = [pr, pn, pc] of one room and instance; `ARGV` = [op, client] per change, op `+` (one
-/// connection more) or `-` (one fewer). Returns per change, in order: after a `+` the client's
-/// connections in all; after a `-` what is left in all, or -1 when the instance had no such
-/// connection (swept meanwhile).
+/// `KEYS` = [pr, pn, pc] per group (a room and instance); `ARGV` = [group, op, client] per
+/// change: the group's number (from 0), op `+` (one connection more) or `-` (one fewer).
+/// Returns per change, in order: after a `+` the client's connections in all; after a `-` what
+/// is left in all, or -1 when the instance had no such connection (swept meanwhile).
 const CHANGES: &str = r#"
-local pr, pn, pc = KEYS[1], KEYS[2], KEYS[3]
 local out = {}
-for i = 0, #ARGV / 2 - 1 do
-  local op, client = ARGV[2 * i + 1], ARGV[2 * i + 2]
+for i = 0, #ARGV / 3 - 1 do
+  local g = 3 * tonumber(ARGV[3 * i + 1])
+  local pr, pn, pc = KEYS[g + 1], KEYS[g + 2], KEYS[g + 3]
+  local op, client = ARGV[3 * i + 2], ARGV[3 * i + 3]
   if op == '+' then
     redis.call('HINCRBY', pn, client, 1)
     redis.call('INCR', pc)
@@ -102,24 +104,39 @@ async fn write(inner: &Inner, changes: &[Change]) -> Vec<Result<i64, BusError>> 
             batch.add(sadd).ignore();
         }
     }
-    for ((room, instance), list) in &groups {
-        let keys = room_keys(prefix, room, instance);
-        let mut cmd = eval(CHANGES, &keys.each());
-        for i in list {
-            let c = &changes[*i];
-            cmd.arg(if c.add { "+" } else { "-" }).arg(&c.client);
+    // One call for every group on one Redis; on a cluster one per group (a room is one slot).
+    let calls: Vec<Vec<usize>> = if inner.is_cluster() {
+        (0..groups.len()).map(|g| vec![g]).collect()
+    } else {
+        vec![(0..groups.len()).collect()]
+    };
+    for call in &calls {
+        let mut keys = Vec::with_capacity(3 * call.len());
+        for g in call {
+            let ((room, instance), _) = &groups[*g];
+            keys.extend(room_keys(prefix, room, instance).into_array());
+        }
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut cmd = eval(CHANGES, &key_refs);
+        for (n, g) in call.iter().enumerate() {
+            for i in &groups[*g].1 {
+                let c = &changes[*i];
+                cmd.arg(n).arg(if c.add { "+" } else { "-" }).arg(&c.client);
+            }
         }
         batch.add(cmd);
     }
+    // Each call answers its changes group by group, as they were passed.
     let mut out: Vec<Option<Result<i64, BusError>>> = (0..changes.len()).map(|_| None).collect();
     match inner.batch(&batch).await {
-        Ok(replies) if replies.len() == groups.len() => {
-            for ((_, list), reply) in groups.iter().zip(replies) {
+        Ok(replies) if replies.len() == calls.len() => {
+            for (call, reply) in calls.iter().zip(replies) {
                 let values: &[Value] = match &reply {
                     Value::Array(v) => v,
                     _ => &[],
                 };
-                for (k, i) in list.iter().enumerate() {
+                let order = call.iter().flat_map(|g| groups[*g].1.iter());
+                for (k, i) in order.enumerate() {
                     out[*i] = Some(match values.get(k) {
                         Some(Value::Int(n)) => Ok(*n),
                         _ => Err(BusError::Unavailable(format!(
@@ -132,7 +149,7 @@ async fn write(inner: &Inner, changes: &[Change]) -> Vec<Result<i64, BusError>> 
         Ok(replies) => {
             let e = BusError::Unavailable(format!(
                 "Redis answered {} presence calls with {} replies",
-                groups.len(),
+                calls.len(),
                 replies.len()
             ));
             return changes.iter().map(|_| Err(e.clone())).collect();
