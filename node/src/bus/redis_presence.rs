@@ -68,15 +68,17 @@ return 0
 /// for each, without the reads that only tell what to announce. Returns nothing.
 const WRITE_QUIET: &str = r#"
 local pr, pn, pc = KEYS[1], KEYS[2], KEYS[3]
+local moved = 0
 for i = 0, #ARGV / 2 - 1 do
   local client, new = ARGV[2 * i + 1], tonumber(ARGV[2 * i + 2])
   local old = tonumber(redis.call('HGET', pn, client)) or 0
   if new ~= old then
     if new > 0 then redis.call('HSET', pn, client, new) else redis.call('HDEL', pn, client) end
-    if redis.call('INCRBY', pc, new - old) <= 0 then redis.call('DEL', pc) end
+    moved = moved + new - old
     if redis.call('HINCRBY', pr, client, new - old) <= 0 then redis.call('HDEL', pr, client) end
   end
 end
+if moved ~= 0 and redis.call('INCRBY', pc, moved) <= 0 then redis.call('DEL', pc) end
 return 0
 "#;
 

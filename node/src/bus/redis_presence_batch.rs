@@ -23,13 +23,15 @@ use super::BusError;
 /// is left in all, or -1 when the instance had no such connection (swept meanwhile).
 const CHANGES: &str = r#"
 local out = {}
+-- The connections counters move once per group, by the sum of its changes.
+local moved = {}
 for i = 0, #ARGV / 3 - 1 do
   local g = 3 * tonumber(ARGV[3 * i + 1])
-  local pr, pn, pc = KEYS[g + 1], KEYS[g + 2], KEYS[g + 3]
+  local pr, pn = KEYS[g + 1], KEYS[g + 2]
   local op, client = ARGV[3 * i + 2], ARGV[3 * i + 3]
   if op == '+' then
     redis.call('HINCRBY', pn, client, 1)
-    redis.call('INCR', pc)
+    moved[g] = (moved[g] or 0) + 1
     out[#out + 1] = redis.call('HINCRBY', pr, client, 1)
   else
     local c = redis.call('HINCRBY', pn, client, -1)
@@ -37,7 +39,7 @@ for i = 0, #ARGV / 3 - 1 do
     if c < 0 then
       out[#out + 1] = -1
     else
-      if redis.call('DECR', pc) <= 0 then redis.call('DEL', pc) end
+      moved[g] = (moved[g] or 0) - 1
       local t = redis.call('HINCRBY', pr, client, -1)
       if t <= 0 then
         redis.call('HDEL', pr, client)
@@ -46,6 +48,9 @@ for i = 0, #ARGV / 3 - 1 do
       out[#out + 1] = t
     end
   end
+end
+for g, n in pairs(moved) do
+  if n ~= 0 and redis.call('INCRBY', KEYS[g + 3], n) <= 0 then redis.call('DEL', KEYS[g + 3]) end
 end
 return out
 "#;
