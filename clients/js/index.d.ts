@@ -77,7 +77,7 @@ export interface ErrorEvent {
   code: string;
   message?: string;
   id?: string;
-  /** The room a refused join, leave or presence request was about. */
+  /** The room a refused join, leave, history, presence or presence_stats request was about. */
   room?: string;
   closeCode?: number;
 }
@@ -133,6 +133,12 @@ export class RingcastClient {
   expiresAt: number | null;
   connect(): Promise<WelcomeEvent>;
   close(): void;
+  /**
+   * Resolves with the first acknowledgement; rejects with the server's code when it refuses the
+   * join for good (`forbidden`, `too_many_rooms`, `room_full`: the room is forgotten). A join
+   * answered `bus_unavailable` is sent again every `retryDelayMs`.
+   * @throws TypeError for a room name the server would refuse (also from `send` and `presence`).
+   */
   join(room: string): Promise<JoinedEvent>;
   leave(room: string): void;
   /** @throws RingcastError `queue_full` */

@@ -48,10 +48,17 @@ struct State {
     /// Rooms being taken off the instance's room list: joins of them wait for the next pass
     /// (which lists the room again) instead of going to the bus now.
     compacting: HashSet<String>,
-    /// Entries of rooms that do not announce, queued for the writer ([`Tracker::take_quiet`]).
-    quiet: HashSet<Key>,
+    /// Entries of rooms that do not announce, queued for the writer ([`Tracker::take_quiet`]),
+    /// each with the sequence number of its latest change.
+    quiet: HashMap<Key, u64>,
     /// Changes queued behind so far (a sequence number; see [`Tracker::list`]).
     queued: u64,
+    /// The first change that did not fit in `quiet` (left to the retry pass, which writes
+    /// everything); the writer covers nothing from it on until that pass took the table.
+    overflow_at: Option<u64>,
+    /// Relative writes on their way to the bus, per entry: an absolute rewrite of the entry
+    /// waits for them (it could land first, and they on top of it).
+    in_flight: HashMap<Key, u32>,
 }
 
 /// What this node counts in presence.
@@ -75,7 +82,10 @@ fn unpoison<T>(e: std::sync::PoisonError<T>) -> T {
 /// may or may not have reached the bus.
 struct Unfinished<'a> {
     tracker: &'a Tracker,
+    /// Marked dirty on drop unless disarmed.
     key: Option<Key>,
+    /// Counted in `in_flight` until dropped.
+    flight: Key,
     instance: Arc<str>,
 }
 
@@ -89,6 +99,13 @@ impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
             self.tracker.mark_dirty(&self.instance, key);
+        }
+        let mut state = self.tracker.state.lock().unwrap_or_else(unpoison);
+        if let Some(n) = state.in_flight.get_mut(&self.flight) {
+            *n -= 1;
+            if *n == 0 {
+                state.in_flight.remove(&self.flight);
+            }
         }
     }
 }
@@ -107,8 +124,10 @@ impl Tracker {
                 all_dirty: false,
                 per_room: HashMap::new(),
                 compacting: HashSet::new(),
-                quiet: HashSet::new(),
+                quiet: HashMap::new(),
                 queued: 0,
+                overflow_at: None,
+                in_flight: HashMap::new(),
             }),
             node_id,
             wake: Notify::new(),
@@ -154,23 +173,34 @@ impl Tracker {
     }
 
     /// Up to `max` queued entries with what this node counts for each now, marked busy (give
-    /// them back with [`Tracker::quiet_written`]), and the sequence number they cover. Entries
-    /// being written already or of a room being taken off the list stay queued.
+    /// them back with [`Tracker::quiet_written`]), and the sequence number up to which every
+    /// change is in them or written before. Entries being written already or of a room being
+    /// taken off the list stay queued (the pass that holds them wakes the writer when done).
     pub fn take_quiet(&self, max: usize) -> (Arc<str>, Vec<Entry>, u64) {
         let mut state = self.state.lock().unwrap_or_else(unpoison);
         let keys: Vec<Key> = state
             .quiet
-            .iter()
-            .filter(|k| !state.busy.contains(*k) && !state.compacting.contains(&k.0))
+            .keys()
+            .filter(|k| {
+                !state.busy.contains(*k)
+                    && !state.compacting.contains(&k.0)
+                    && !state.in_flight.contains_key(*k)
+            })
             .take(max)
             .cloned()
             .collect();
         for key in &keys {
             state.quiet.remove(key);
         }
-        // What was queued up to now is taken (or waits behind an entry in flight, whose next
-        // write covers it).
-        let covers = state.queued;
+        // Covered: every change before the oldest one still queued (held back, or past `max`).
+        let mut covers = state
+            .quiet
+            .values()
+            .min()
+            .map_or(state.queued, |oldest| oldest - 1);
+        if let Some(at) = state.overflow_at {
+            covers = covers.min(at - 1);
+        }
         let (instance, entries) = take(&mut state, keys);
         (instance, entries, covers)
     }
@@ -178,7 +208,9 @@ impl Tracker {
     /// Ends writing entries taken by [`Tracker::take_quiet`]: as [`Tracker::written`], and
     /// `presence` asked before `covers` was queued may answer now.
     pub fn quiet_written(&self, instance: &str, entries: &[Entry], ok: bool, covers: u64) {
-        self.written(instance, entries, ok);
+        if !entries.is_empty() {
+            self.written(instance, entries, ok);
+        }
         self.written_tx.send_if_modified(|w| {
             let newer = covers > *w;
             *w = (*w).max(covers);
@@ -254,10 +286,12 @@ impl Tracker {
             return None;
         }
         let instance = state.instance.clone();
+        *state.in_flight.entry(key.clone()).or_default() += 1;
         drop(state);
         let guard = Unfinished {
             tracker: self,
             key: Some(key.clone()),
+            flight: key.clone(),
             instance: instance.clone(),
         };
         Some((instance, guard))
@@ -325,7 +359,9 @@ impl Tracker {
         let mut state = self.state.lock().unwrap_or_else(unpoison);
         state.dirty.clear();
         state.all_dirty = false;
+        state.overflow_at = None;
         let keys: Vec<Key> = state.local.keys().cloned().collect();
+        let keys = settled(&mut state, keys);
         take(&mut state, keys)
     }
 
@@ -337,6 +373,7 @@ impl Tracker {
             return None;
         }
         let keys: Vec<Key> = std::mem::take(&mut state.dirty).into_iter().collect();
+        let keys = settled(&mut state, keys);
         Some(take(&mut state, keys))
     }
 
@@ -350,7 +387,10 @@ impl Tracker {
                 mark(&mut state, key);
             }
         }
-        let held_back = !state.quiet.is_empty();
+        // Queued again while this pass held them: the writer takes them now.
+        let held_back = entries
+            .iter()
+            .any(|(room, client, _)| state.quiet.contains_key(&(room.clone(), client.clone())));
         drop(state);
         if held_back {
             self.wake.notify_one();
@@ -368,6 +408,8 @@ impl Tracker {
         state.per_room.clear();
         state.compacting.clear();
         state.quiet.clear();
+        state.overflow_at = None;
+        state.in_flight.clear();
         self.metrics.presence_entries.set(0);
         let old = std::mem::replace(&mut state.instance, new_instance(&self.node_id));
         (old, state.instance.clone())
@@ -382,7 +424,7 @@ impl Tracker {
             .dirty
             .iter()
             .chain(state.busy.iter())
-            .chain(state.quiet.iter())
+            .chain(state.quiet.keys())
             .map(|(room, _)| room)
             .collect();
         let idle: Vec<String> = listed
@@ -401,7 +443,8 @@ impl Tracker {
         for room in rooms {
             state.compacting.remove(room);
         }
-        let held_back = !state.quiet.is_empty();
+        let held_back =
+            !rooms.is_empty() && state.quiet.keys().any(|(room, _)| rooms.contains(room));
         drop(state);
         if held_back {
             self.wake.notify_one();
@@ -418,6 +461,18 @@ impl Tracker {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Of `keys`, those with no relative write on its way (an absolute rewrite must not land
+/// before one); the others stay dirty for the next pass.
+fn settled(state: &mut State, keys: Vec<Key>) -> Vec<Key> {
+    let (ready, later): (Vec<Key>, Vec<Key>) = keys
+        .into_iter()
+        .partition(|k| !state.in_flight.contains_key(k));
+    for key in later {
+        mark(state, key);
+    }
+    ready
 }
 
 /// Marks `keys` busy and returns them with their counts.
@@ -467,10 +522,13 @@ fn decrement(state: &mut State, key: &Key) -> bool {
 /// by the next retry pass instead.
 fn queue_quiet(state: &mut State, key: Key) {
     state.queued += 1;
-    if state.quiet.len() < MAX_DIRTY {
-        state.quiet.insert(key);
+    let seq = state.queued;
+    if state.quiet.len() < MAX_DIRTY || state.quiet.contains_key(&key) {
+        // The oldest change not yet written is what a wait must cover.
+        state.quiet.entry(key).or_insert(seq);
     } else {
         state.all_dirty = true;
+        state.overflow_at.get_or_insert(seq);
     }
 }
 
@@ -526,6 +584,84 @@ mod tests {
         // A removal of nothing counted queues nothing.
         t.remove_quiet("r", &"b".into());
         assert!(!t.quiet_pending());
+    }
+
+    fn tracker() -> (Arc<Tracker>, Arc<dyn Bus>) {
+        let broker = MemoryBroker::new();
+        let bus: Arc<dyn Bus> = Arc::new(broker.attach(Arc::new(|_| {})));
+        let t = Arc::new(Tracker::new(
+            bus.clone(),
+            "n1".into(),
+            Arc::new(Metrics::new()),
+        ));
+        (t, bus)
+    }
+
+    async fn woken(t: &Tracker) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), t.quiet_queued())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_queued_entry_held_by_another_pass_wakes_the_writer_once_that_pass_ends() {
+        let (t, _) = tracker();
+        let a: Arc<str> = "a".into();
+        t.add_quiet("r", &a);
+        assert!(woken(&t).await);
+        // The retry pass holds every entry (Redis lost its data) and a change comes meanwhile.
+        let (instance, all) = t.take_all();
+        t.add_quiet("r", &a);
+        assert!(woken(&t).await);
+        let (_, entries, covers) = t.take_quiet(10);
+        assert!(entries.is_empty(), "held by the other pass");
+        assert!(covers < 2, "the held change is not covered: {covers}");
+        t.quiet_written(&instance, &entries, true, covers);
+        assert!(
+            !woken(&t).await,
+            "nothing to do until the other pass ends: no spinning"
+        );
+        t.written(&instance, &all, true);
+        assert!(
+            woken(&t).await,
+            "the pass ended: the writer takes the entry now"
+        );
+        let (_, entries, covers) = t.take_quiet(10);
+        assert_eq!(entries, [("r".to_owned(), a.clone(), 2)]);
+        assert_eq!(covers, 2);
+    }
+
+    #[tokio::test]
+    async fn the_writer_covers_only_what_it_took_or_wrote_before() {
+        let (t, _) = tracker();
+        for c in ["a", "b", "c"] {
+            t.add_quiet("r", &c.into());
+        }
+        let (_, first, covers) = t.take_quiet(1);
+        assert_eq!(first.len(), 1);
+        assert!(covers < 3, "two changes still queued: {covers}");
+        let (_, rest, covers) = t.take_quiet(10);
+        assert_eq!(rest.len(), 2);
+        assert_eq!(covers, 3);
+    }
+
+    #[tokio::test]
+    async fn an_entry_with_a_relative_write_on_its_way_is_not_rewritten_before_it_lands() {
+        let (t, _) = tracker();
+        let key: Key = ("r".to_owned(), "a".into());
+        let (_, guard) = t.local_change(&key, true).expect("a write to make");
+        let (_, all) = t.take_all();
+        assert!(
+            all.is_empty(),
+            "rewritten while its relative write is in flight: {all:?}"
+        );
+        guard.done();
+        let (_, again) = t.take_dirty().expect("a few");
+        assert_eq!(
+            again,
+            [("r".to_owned(), key.1.clone(), 1)],
+            "left for the next pass"
+        );
     }
 
     #[tokio::test]

@@ -55,10 +55,14 @@ pub async fn run(shared: Arc<Shared>, bus: Arc<dyn Bus>) {
         return;
     }
     let held: HeldSince = Arc::new(Mutex::new(None));
+    // Its own task: however busy the writer gets, renewals and sweeps are polled.
+    let writer = tokio::spawn(write_behind_loop(shared.clone(), bus.clone()));
     tokio::join!(
         renew_loop(shared.clone(), bus.clone(), held.clone()),
-        sweep_loop(shared.clone(), bus.clone(), held),
-        write_behind_loop(shared, bus),
+        sweep_loop(shared, bus, held),
+        async {
+            let _ = writer.await;
+        },
     );
 }
 
@@ -84,10 +88,15 @@ async fn write_behind(shared: &Shared, bus: &Arc<dyn Bus>) {
         }
         let written = bus.presence().write_quiet(&instance, &entries).await;
         tracker.quiet_written(&instance, &entries, written.is_ok(), covers);
-        if *tracker.instance() != *instance {
+        if written.is_ok() && *tracker.instance() != *instance {
             // Swept while this was on its way: what it wrote under the old instance, which no
-            // one sweeps again, comes back out (no announcements: these rooms make none).
-            let _ = bus.presence().purge(&instance, true).await;
+            // one sweeps again, comes back out — these entries only (these rooms announce
+            // nothing).
+            let zeroed: Vec<Entry> = entries
+                .iter()
+                .map(|(room, client, _)| (room.clone(), client.clone(), 0))
+                .collect();
+            let _ = bus.presence().write_quiet(&instance, &zeroed).await;
         }
         if let Err(e) = written {
             warn!(error = %e, "presence not written behind; left to the retry pass");

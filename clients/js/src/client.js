@@ -104,6 +104,9 @@ export class RingcastClient extends Emitter {
     this._queue = [];
     /** room → presence answers waited for */
     this._presenceWaiters = new Map();
+    // `leave_room`s sent and not yet answered, per room: a `not_in_room` for the room is
+    // theirs, not a `presence` call's.
+    this._leaving = new Map();
     this._welcomeWaiters = [];
   }
 
@@ -193,7 +196,19 @@ export class RingcastClient extends Emitter {
     const err = new RingcastError('left_room', `left ${room}`, { room });
     for (const w of r.waiters) w.reject(err);
     this._rejectPending((m) => m.room === room, err);
-    if (this._state === 'open') this._write({ type: 'leave_room', room });
+    if (this._state === 'open') {
+      this._leaving.set(room, (this._leaving.get(room) ?? 0) + 1);
+      this._write({ type: 'leave_room', room });
+    }
+  }
+
+  /** One `leave_room` of `room` answered; whether there was one waiting. */
+  _leaveAnswered(room) {
+    const n = this._leaving.get(room);
+    if (!n) return false;
+    if (n === 1) this._leaving.delete(room);
+    else this._leaving.set(room, n - 1);
+    return true;
   }
 
   /**
@@ -329,7 +344,13 @@ export class RingcastClient extends Emitter {
 
   _onClose(code, reason, detached = false) {
     if (!detached) this._detach();
-    for (const r of this._rooms.values()) r.joined = false;
+    this._leaving.clear();
+    for (const r of this._rooms.values()) {
+      r.joined = false;
+      // The reconnect rejoins every room; no retry of an earlier refusal on top of it.
+      clearTimeout(r.retry);
+      r.retry = null;
+    }
     for (const m of this._pending.values()) {
       m.written = false;
       clearTimeout(m.retry);
@@ -384,6 +405,8 @@ export class RingcastClient extends Emitter {
     for (const r of this._rooms.values()) {
       for (const w of r.waiters) w.reject(err);
       r.waiters = [];
+      clearTimeout(r.retry);
+      r.retry = null;
     }
     this._rejectPending(() => true, err);
     this._queue = [];
@@ -545,7 +568,10 @@ export class RingcastClient extends Emitter {
 
   _onUserLeft(ev) {
     const r = this._rooms.get(ev.room);
-    if (ev.user_id === this.clientId && (!r || !r.joined)) return; // our own leave's ack
+    if (ev.user_id === this.clientId && (!r || !r.joined)) {
+      this._leaveAnswered(ev.room); // our own leave's ack
+      return;
+    }
     if (r && r.members) {
       r.members.delete(ev.user_id);
       this._emitMembers(ev.room, r);
@@ -608,6 +634,7 @@ export class RingcastClient extends Emitter {
     if (joining && JOIN_REFUSED.has(ev.code)) {
       // Refused for good: forget the room (no rejoin after a reconnect) and fail what waits on it.
       this._rooms.delete(room);
+      clearTimeout(r.retry);
       for (const w of r.waiters) w.reject(err);
       r.waiters = [];
       this._rejectPending((m) => m.room === room, err);
@@ -623,6 +650,7 @@ export class RingcastClient extends Emitter {
       }, this._retryDelayMs);
       return;
     }
+    if (ev.code === 'not_in_room' && this._leaveAnswered(room)) return; // a leave's answer
     if (PRESENCE_REFUSED.has(ev.code)) {
       const list = this._presenceWaiters.get(room);
       if (list?.length) list.shift().reject(err);

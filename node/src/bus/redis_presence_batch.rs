@@ -99,14 +99,14 @@ async fn write(inner: &Inner, changes: &[Change]) -> Vec<Result<i64, BusError>> 
         }
     }
     let prefix = inner.prefix();
-    let mut batch = Batch::new();
+    let mut listing = Batch::new();
     // Listed first (on a cluster the first command's slot group runs first): a sweep finds
     // every room an instance may hold entries in.
     for ((room, instance), list) in &groups {
         if list.iter().any(|i| changes[*i].add) {
             let mut sadd = redis::cmd("SADD");
             sadd.arg(node_key(prefix, instance, "rooms")).arg(*room);
-            batch.add(sadd).ignore();
+            listing.add(sadd).ignore();
         }
     }
     // One call for every group on one Redis; on a cluster one per group (a room is one slot).
@@ -115,51 +115,83 @@ async fn write(inner: &Inner, changes: &[Change]) -> Vec<Result<i64, BusError>> 
     } else {
         vec![(0..groups.len()).collect()]
     };
-    for call in &calls {
-        let mut keys = Vec::with_capacity(3 * call.len());
-        for g in call {
-            let ((room, instance), _) = &groups[*g];
-            keys.extend(room_keys(prefix, room, instance).into_array());
-        }
-        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let mut cmd = eval(CHANGES, &key_refs);
-        for (n, g) in call.iter().enumerate() {
-            for i in &groups[*g].1 {
-                let c = &changes[*i];
-                cmd.arg(n).arg(if c.add { "+" } else { "-" }).arg(&c.client);
+    let scripts: Vec<redis::Cmd> = calls
+        .iter()
+        .map(|call| {
+            let mut keys = Vec::with_capacity(3 * call.len());
+            for g in call {
+                let ((room, instance), _) = &groups[*g];
+                keys.extend(room_keys(prefix, room, instance).into_array());
             }
-        }
-        batch.add(cmd);
-    }
-    // Each call answers its changes group by group, as they were passed.
-    let mut out: Vec<Option<Result<i64, BusError>>> = (0..changes.len()).map(|_| None).collect();
-    match inner.batch(&batch).await {
-        Ok(replies) if replies.len() == calls.len() => {
-            for (call, reply) in calls.iter().zip(replies) {
-                let values: &[Value] = match &reply {
-                    Value::Array(v) => v,
-                    _ => &[],
-                };
-                let order = call.iter().flat_map(|g| groups[*g].1.iter());
-                for (k, i) in order.enumerate() {
-                    out[*i] = Some(match values.get(k) {
-                        Some(Value::Int(n)) => Ok(*n),
-                        _ => Err(BusError::Unavailable(format!(
-                            "unexpected answer from the presence script: {reply:?}"
-                        ))),
-                    });
+            let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let mut cmd = eval(CHANGES, &key_refs);
+            for (n, g) in call.iter().enumerate() {
+                for i in &groups[*g].1 {
+                    let c = &changes[*i];
+                    cmd.arg(n).arg(if c.add { "+" } else { "-" }).arg(&c.client);
                 }
             }
-        }
-        Ok(replies) => {
-            let e = BusError::Unavailable(format!(
-                "Redis answered {} presence calls with {} replies",
-                calls.len(),
-                replies.len()
-            ));
+            cmd
+        })
+        .collect();
+    let replies: Vec<Result<Value, BusError>> = if inner.is_cluster() {
+        // The listing first, then each room on its own: a shard that fails fails only the
+        // changes of its rooms.
+        if let Err(e) = inner.batch(&listing).await {
             return changes.iter().map(|_| Err(e.clone())).collect();
         }
-        Err(e) => return changes.iter().map(|_| Err(e.clone())).collect(),
+        let sends = scripts.into_iter().map(|cmd| async move {
+            let mut one = Batch::new();
+            one.add(cmd);
+            inner.batch(&one).await.and_then(|mut v| {
+                v.pop()
+                    .ok_or_else(|| BusError::Unavailable("no presence answer".into()))
+            })
+        });
+        futures_util::future::join_all(sends).await
+    } else {
+        let mut batch = listing;
+        for cmd in scripts {
+            batch.add(cmd);
+        }
+        match inner.batch(&batch).await {
+            Ok(values) if values.len() == calls.len() => values.into_iter().map(Ok).collect(),
+            Ok(values) => {
+                let e = BusError::Unavailable(format!(
+                    "Redis answered {} presence calls with {} replies",
+                    calls.len(),
+                    values.len()
+                ));
+                return changes.iter().map(|_| Err(e.clone())).collect();
+            }
+            Err(e) => return changes.iter().map(|_| Err(e.clone())).collect(),
+        }
+    };
+    // Each call answers its changes group by group, as they were passed.
+    let mut out: Vec<Option<Result<i64, BusError>>> = (0..changes.len()).map(|_| None).collect();
+    for (call, reply) in calls.iter().zip(replies) {
+        let order = call.iter().flat_map(|g| groups[*g].1.iter());
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                for i in order {
+                    out[*i] = Some(Err(e.clone()));
+                }
+                continue;
+            }
+        };
+        let values: &[Value] = match &reply {
+            Value::Array(v) => v,
+            _ => &[],
+        };
+        for (k, i) in order.enumerate() {
+            out[*i] = Some(match values.get(k) {
+                Some(Value::Int(n)) => Ok(*n),
+                _ => Err(BusError::Unavailable(format!(
+                    "unexpected answer from the presence script: {reply:?}"
+                ))),
+            });
+        }
     }
     out.into_iter()
         .map(|a| a.unwrap_or_else(|| Err(BusError::Unavailable("no answer".into()))))
