@@ -28,6 +28,7 @@ mod redis_conn;
 mod redis_history;
 mod redis_presence;
 mod redis_presence_batch;
+mod redis_presence_keys;
 mod redis_shard_set;
 mod redis_shards;
 mod redis_topology;

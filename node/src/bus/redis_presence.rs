@@ -16,7 +16,9 @@ use redis::Value;
 use super::presence::{Change, Entry, Presence, PresenceList, Renewal};
 use super::redis::RedisBus;
 use super::redis_batch::Batch;
-use super::redis_history::room_channel;
+use super::redis_presence_keys::{
+    connections_key, eval, index_key, node_key, room_keys, total_key,
+};
 use super::BusError;
 
 /// How long a finished sweep is remembered: a node frozen for less than this finds out, when
@@ -145,48 +147,6 @@ redis.call('DEL', KEYS[2])
 return gone
 "#;
 
-fn total_key(prefix: &str, room: &str) -> String {
-    format!("{}:pr", room_channel(prefix, room))
-}
-
-/// A room's presence keys as one instance's scripts take them: totals, the instance's counts,
-/// the connections counter.
-pub(super) struct RoomKeys([String; 3]);
-
-impl RoomKeys {
-    pub(super) fn each(&self) -> [&str; 3] {
-        [&self.0[0], &self.0[1], &self.0[2]]
-    }
-
-    pub(super) fn into_array(self) -> [String; 3] {
-        self.0
-    }
-}
-
-pub(super) fn room_keys(prefix: &str, room: &str, instance: &str) -> RoomKeys {
-    RoomKeys([
-        total_key(prefix, room),
-        instance_key(prefix, room, instance),
-        connections_key(prefix, room),
-    ])
-}
-
-fn connections_key(prefix: &str, room: &str) -> String {
-    format!("{}:pc", room_channel(prefix, room))
-}
-
-fn instance_key(prefix: &str, room: &str, instance: &str) -> String {
-    format!("{}:pn:{instance}", room_channel(prefix, room))
-}
-
-pub(super) fn node_key(prefix: &str, instance: &str, what: &str) -> String {
-    format!("{{{prefix}:node:{instance}}}:{what}")
-}
-
-fn index_key(prefix: &str) -> String {
-    format!("{prefix}:presence:leases")
-}
-
 /// Lists `room` under `instance` in `pipe` (first: a sweep always finds what the instance may
 /// hold there) and returns `script` on the room's totals and the instance's counts, for the
 /// caller's arguments.
@@ -201,12 +161,6 @@ fn listed_write(
     sadd.arg(node_key(prefix, instance, "rooms")).arg(room);
     batch.add(sadd).ignore();
     eval(script, &room_keys(prefix, room, instance).each())
-}
-
-pub(super) fn eval(script: &str, keys: &[&str]) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(script).arg(keys.len()).arg(keys);
-    cmd
 }
 
 fn ms(d: Duration) -> u64 {

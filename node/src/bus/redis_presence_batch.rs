@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::redis_batch::Batch;
 use super::redis_conn::Inner;
-use super::redis_presence::{eval, node_key, room_keys};
+use super::redis_presence_keys::{eval, node_key, room_keys};
 use super::BusError;
 
 /// `KEYS` = [pr, pn, pc] per group (a room and instance); `ARGV` = [group, op, client] per
