@@ -23,6 +23,14 @@ use tokio_tungstenite::tungstenite::Message;
 
 const ROOM: &str = "lobby";
 const CLIENTS: usize = 12;
+/// Every node's flags: quick probes, no connection announcements, a 3 s presence lease.
+const NODE_ARGS: [&str; 5] = [
+    "--redis-probe-interval-ms",
+    "200",
+    "--announce-connections=false",
+    "--presence-lease-ms",
+    "3000",
+];
 
 /// What one client saw, over all its connections.
 #[derive(Debug, Default)]
@@ -128,15 +136,8 @@ struct Cluster {
 impl Cluster {
     async fn start() -> Self {
         let redis = RedisServer::start();
-        let node_args = [
-            "--redis-probe-interval-ms",
-            "200",
-            "--announce-connections=false",
-            "--presence-lease-ms",
-            "3000",
-        ];
         let (nodes, gw) =
-            support::nodes_behind_gateway(&redis.url(), &["p1", "p2", "p3"], &node_args, &[]).await;
+            support::nodes_behind_gateway(&redis.url(), &["p1", "p2", "p3"], &NODE_ARGS, &[]).await;
         let (stop, stop_rx) = watch::channel(false);
         let mut members = Vec::new();
         let mut tasks = Vec::new();
@@ -406,15 +407,7 @@ async fn a_drain_announces_only_the_clients_that_do_not_come_back() {
 #[tokio::test]
 async fn a_killed_node_s_clients_leave_a_room_without_announcements_within_5_s() {
     let redis = RedisServer::start();
-    let node_args = [
-        "--redis-probe-interval-ms",
-        "200",
-        "--announce-connections=false",
-        "--presence-lease-ms",
-        "3000",
-        "--room-options",
-        "quiet-*:announce=off",
-    ];
+    let node_args = [&NODE_ARGS[..], &["--room-options", "quiet-*:announce=off"]].concat();
     let (mut nodes, gw) =
         support::nodes_behind_gateway(&redis.url(), &["q1", "q2", "q3"], &node_args, &[]).await;
     let room = "quiet-big";
