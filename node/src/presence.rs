@@ -49,7 +49,7 @@ struct State {
     /// (which lists the room again) instead of going to the bus now.
     compacting: HashSet<String>,
     /// Entries of rooms that do not announce, queued for the writer ([`Tracker::take_quiet`]),
-    /// each with the sequence number of its latest change.
+    /// each with the sequence number of its oldest change not yet written.
     quiet: HashMap<Key, u64>,
     /// Changes queued behind so far (a sequence number; see [`Tracker::list`]).
     queued: u64,
@@ -97,10 +97,12 @@ impl Unfinished<'_> {
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            self.tracker.mark_dirty(&self.instance, key);
-        }
         let mut state = self.tracker.state.lock().unwrap_or_else(unpoison);
+        if let Some(key) = self.key.take() {
+            if *state.instance == *self.instance {
+                mark(&mut state, key);
+            }
+        }
         if let Some(n) = state.in_flight.get_mut(&self.flight) {
             *n -= 1;
             if *n == 0 {
@@ -219,7 +221,8 @@ impl Tracker {
     }
 
     /// Whether entries wait to be written behind.
-    pub fn quiet_pending(&self) -> bool {
+    #[cfg(test)]
+    fn quiet_pending(&self) -> bool {
         !self.state.lock().unwrap_or_else(unpoison).quiet.is_empty()
     }
 
@@ -380,17 +383,16 @@ impl Tracker {
     /// Ends a pass of writing `entries` again; when it failed they wait for the next.
     pub fn written(&self, instance: &str, entries: &[Entry], ok: bool) {
         let mut state = self.state.lock().unwrap_or_else(unpoison);
+        // Some queued again while this pass held them: the writer takes them now.
+        let mut held_back = false;
         for (room, client, _) in entries {
             let key = (room.clone(), client.clone());
             state.busy.remove(&key);
+            held_back |= state.quiet.contains_key(&key);
             if !ok && *state.instance == *instance {
                 mark(&mut state, key);
             }
         }
-        // Queued again while this pass held them: the writer takes them now.
-        let held_back = entries
-            .iter()
-            .any(|(room, client, _)| state.quiet.contains_key(&(room.clone(), client.clone())));
         drop(state);
         if held_back {
             self.wake.notify_one();

@@ -67,10 +67,14 @@ pub async fn run(shared: Arc<Shared>, bus: Arc<dyn Bus>) {
 }
 
 async fn write_behind_loop(shared: Arc<Shared>, bus: Arc<dyn Bus>) {
+    // Woken by each change queued; the tick takes up what a failed pass left queued.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shared.drain.stopped() => return,
             _ = shared.presence.quiet_queued() => {}
+            _ = tick.tick() => {}
         }
         write_behind(&shared, &bus).await;
     }
