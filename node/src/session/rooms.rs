@@ -166,16 +166,16 @@ impl Session {
     async fn join_failed(&mut self, room: &str, why: JoinFailed) {
         self.rooms.remove(room);
         self.shared.hub.leave(room, self.out.id);
-        let announce = self.shared.room_options.resolve(room).settings.announce;
-        if self.keeps_presence(room) && self.shared.presence.writes_behind(announce) {
-            self.shared.presence.remove_quiet(room, &self.out.client_id);
-        } else if self.keeps_presence(room) {
-            let removed = self.shared.presence.remove(room, &self.out.client_id);
+        let settings = self.shared.room_options.resolve(room).settings;
+        let presence = &self.shared.presence;
+        let keeps = self.shared.config.keeps_presence(&settings);
+        if keeps && presence.writes_behind(settings.announce) {
+            presence.remove_quiet(room, &self.out.client_id);
+        } else if keeps {
+            let removed = presence.remove(room, &self.out.client_id);
             let last = timeout(self.shared.config.bus_timeout(), removed).await;
             // The others may have been told of the join: tell them it is undone.
-            if matches!(last, Ok(Ok(true)))
-                && self.shared.room_options.resolve(room).settings.announce
-            {
+            if matches!(last, Ok(Ok(true))) && settings.announce {
                 let me = self.out.client_id.clone();
                 let left = ServerEvent::UserLeft { user_id: &me, room }.encode();
                 let (channel, target) = (Channel::Room(room.into()), Target::Room(room.into()));
