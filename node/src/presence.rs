@@ -24,9 +24,13 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
+use bytes::Bytes;
+use ringcast_protocol::{ServerEvent, Target};
+
 use crate::bus::presence::{new_instance, Entry};
-use crate::bus::{Bus, BusError};
+use crate::bus::{Bus, BusError, PresenceChange};
 use crate::metrics::Metrics;
+use crate::publisher::Publisher;
 
 /// Most entries waiting to be written again; past it the next pass writes every entry.
 const MAX_DIRTY: usize = 65_536;
@@ -300,21 +304,40 @@ impl Tracker {
         Some((instance, guard))
     }
 
-    /// One more connection of `client` in `room`; true when it is the client's first there on
-    /// any node (announce it).
-    pub async fn add(&self, room: &str, client: &Arc<str>) -> Result<bool, BusError> {
+    /// One more connection of `client` in `room`, written by `via` after what it queued before;
+    /// true when it is the client's first there on any node, in which case `announce` (a
+    /// frame for its target) went out with it.
+    pub async fn add(
+        &self,
+        via: &Publisher,
+        room: &str,
+        client: &Arc<str>,
+        announce: Option<(Target, &Bytes)>,
+    ) -> Result<bool, BusError> {
         let key = (room.to_owned(), client.clone());
         let Some((instance, guard)) = self.local_change(&key, true) else {
             return Ok(false);
         };
-        let added = self.bus.presence().add(room, client, &instance).await;
+        let announces = announce.is_some();
+        let added = via
+            .presence(change(true, room, client, &instance), announce)
+            .await;
         guard.done();
         let rotated = *self.instance() != *instance;
         match added {
-            Ok(_) if rotated => {
+            Ok(first) if rotated => {
                 // Swept while this was on its way: it was written under the old instance,
-                // which no one will sweep again. Take it back out.
-                let _ = self.bus.presence().remove(room, client, &instance).await;
+                // which no one will sweep again. Take it back out (and, when its join was
+                // announced, say it is gone again).
+                let left = ServerEvent::UserLeft {
+                    user_id: client,
+                    room,
+                }
+                .encode();
+                let announce = (first && announces).then(|| (Target::Room(room.into()), &left));
+                let _ = via
+                    .presence(change(false, room, client, &instance), announce)
+                    .await;
                 Ok(false)
             }
             Ok(first) => Ok(first),
@@ -332,14 +355,23 @@ impl Tracker {
         }
     }
 
-    /// One connection fewer; true when it was the client's last one there on any node
-    /// (announce it). Nothing for a connection counted under an instance that was swept.
-    pub async fn remove(&self, room: &str, client: &Arc<str>) -> Result<bool, BusError> {
+    /// One connection fewer, written by `via` after what it queued before; true when it was the
+    /// client's last one there on any node, in which case `announce` went out with it.
+    /// Nothing for a connection counted under an instance that was swept.
+    pub async fn remove(
+        &self,
+        via: &Publisher,
+        room: &str,
+        client: &Arc<str>,
+        announce: Option<(Target, &Bytes)>,
+    ) -> Result<bool, BusError> {
         let key = (room.to_owned(), client.clone());
         let Some((instance, guard)) = self.local_change(&key, false) else {
             return Ok(false);
         };
-        let removed = self.bus.presence().remove(room, client, &instance).await;
+        let removed = via
+            .presence(change(false, room, client, &instance), announce)
+            .await;
         guard.done();
         if removed.is_err() {
             self.mark_dirty(&instance, key);
@@ -467,6 +499,18 @@ impl Tracker {
 
 /// Of `keys`, those with no relative write on its way (an absolute rewrite must not land
 /// before one); the others stay dirty for the next pass.
+/// A change of `client`'s connections in `room` under `instance`, its announcement not yet
+/// attached.
+fn change(add: bool, room: &str, client: &Arc<str>, instance: &Arc<str>) -> PresenceChange {
+    PresenceChange {
+        add,
+        room: room.to_owned(),
+        client: client.clone(),
+        instance: instance.clone(),
+        announce: None,
+    }
+}
+
 fn settled(state: &mut State, keys: Vec<Key>) -> Vec<Key> {
     let (ready, later): (Vec<Key>, Vec<Key>) = keys
         .into_iter()
@@ -672,9 +716,13 @@ mod tests {
         let bus: Arc<dyn Bus> = Arc::new(broker.attach(Arc::new(|_| {})));
         let metrics = Arc::new(Metrics::new());
         let t = Tracker::new(bus.clone(), "n1".into(), metrics.clone());
+        let p = Publisher::start("n1".into(), bus, metrics.clone());
         let a: Arc<str> = "a".into();
-        assert!(t.add("r", &a).await.unwrap());
-        assert!(!t.add("r", &a).await.unwrap(), "a second connection");
+        assert!(t.add(&p, "r", &a, None).await.unwrap());
+        assert!(
+            !t.add(&p, "r", &a, None).await.unwrap(),
+            "a second connection"
+        );
         assert_eq!(t.len(), 2);
         assert_eq!(metrics.presence_entries.get(), 2);
         let (old, new) = t.swept();
@@ -682,7 +730,7 @@ mod tests {
         assert!(t.is_empty());
         assert_eq!(metrics.presence_entries.get(), 0);
         assert!(
-            !t.remove("r", &a).await.unwrap(),
+            !t.remove(&p, "r", &a, None).await.unwrap(),
             "counted under the swept instance"
         );
         t.forget("r", &a);
@@ -693,14 +741,15 @@ mod tests {
     async fn an_entry_being_written_again_takes_joins_and_leaves_into_the_next_pass() {
         let broker = MemoryBroker::new();
         let bus: Arc<dyn Bus> = Arc::new(broker.attach(Arc::new(|_| {})));
-        let t = Tracker::new(bus, "n1".into(), Arc::new(Metrics::new()));
+        let t = Tracker::new(bus.clone(), "n1".into(), Arc::new(Metrics::new()));
+        let p = Publisher::start("n1".into(), bus, Arc::new(Metrics::new()));
         let a: Arc<str> = "a".into();
-        assert!(t.add("r", &a).await.unwrap());
+        assert!(t.add(&p, "r", &a, None).await.unwrap());
         let (instance, entries) = t.take_all();
         assert_eq!(entries, [("r".to_owned(), a.clone(), 1)]);
         // Busy: neither goes to the bus now, and neither is announced now.
-        assert!(!t.add("r", &a).await.unwrap());
-        assert!(!t.remove("r", &a).await.unwrap());
+        assert!(!t.add(&p, "r", &a, None).await.unwrap());
+        assert!(!t.remove(&p, "r", &a, None).await.unwrap());
         t.written(&instance, &entries, true);
         let (_, again) = t.take_dirty().expect("a few");
         assert_eq!(
@@ -715,16 +764,17 @@ mod tests {
     async fn only_rooms_with_nothing_counted_or_pending_are_taken_off_the_list() {
         let broker = MemoryBroker::new();
         let bus: Arc<dyn Bus> = Arc::new(broker.attach(Arc::new(|_| {})));
-        let t = Tracker::new(bus, "n1".into(), Arc::new(Metrics::new()));
+        let t = Tracker::new(bus.clone(), "n1".into(), Arc::new(Metrics::new()));
+        let p = Publisher::start("n1".into(), bus, Arc::new(Metrics::new()));
         let a: Arc<str> = "a".into();
-        assert!(t.add("busy", &a).await.unwrap());
-        assert!(t.add("gone", &a).await.unwrap());
-        assert!(t.remove("gone", &a).await.unwrap());
+        assert!(t.add(&p, "busy", &a, None).await.unwrap());
+        assert!(t.add(&p, "gone", &a, None).await.unwrap());
+        assert!(t.remove(&p, "gone", &a, None).await.unwrap());
         let listed = vec!["busy".to_owned(), "gone".to_owned(), "old".to_owned()];
         let (_, idle) = t.begin_compaction(listed);
         assert_eq!(idle, ["gone", "old"]);
         // A join of a room being taken off waits for the next pass, which lists it again.
-        assert!(!t.add("gone", &a).await.unwrap());
+        assert!(!t.add(&p, "gone", &a, None).await.unwrap());
         t.compacted(&idle);
         let (_, dirty) = t.take_dirty().expect("a few");
         assert_eq!(dirty, [("gone".to_owned(), a.clone(), 1)]);

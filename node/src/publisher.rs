@@ -17,7 +17,7 @@ use ringcast_protocol::{Envelope, Target};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::bus::{Bus, BusError, Channel, Keep, Publish, Published, StoredPublish};
+use crate::bus::{Bus, BusError, Channel, Keep, PresenceChange, Publish, Published, StoredPublish};
 use crate::hub::now_micros;
 use crate::metrics::Metrics;
 
@@ -146,6 +146,39 @@ impl Publisher {
         }
     }
 
+    /// Writes a presence change after everything queued before it, and publishes `announce`
+    /// (a frame for `target`, in an envelope from this node) on the room's channel when it was
+    /// the client id's first (add) or last (remove) connection in the room anywhere; whether
+    /// it was. One step on the bus: the announcement costs no round trip of its own.
+    pub async fn presence(
+        &self,
+        mut change: PresenceChange,
+        announce: Option<(Target, &Bytes)>,
+    ) -> Result<bool, BusError> {
+        if let Some((target, frame)) = announce {
+            let envelope = Envelope::new(&self.node_id, now_micros(), target, frame);
+            let payload = envelope
+                .encode()
+                .map_err(|e| BusError::Unavailable(e.to_string()))?;
+            change.announce = Some(payload);
+        }
+        let publish = Publish::Presence(change);
+        let published = if self.bus.batches_publishes() {
+            let (tx, rx) = oneshot::channel();
+            self.enqueue(publish, Done::Reply(tx)).await?;
+            rx.await
+                .unwrap_or_else(|_| Err(BusError::Unavailable("node is shutting down".into())))
+        } else {
+            self.publish_now(publish).await
+        };
+        match published? {
+            Published::Presence(changed) => Ok(changed),
+            other => Err(BusError::Unavailable(format!(
+                "a presence change answered {other:?}"
+            ))),
+        }
+    }
+
     /// Wraps a frame in an envelope from this node.
     fn plain(&self, channel: Channel, target: Target, frame: &Bytes) -> Result<Publish, BusError> {
         let envelope = Envelope::new(&self.node_id, now_micros(), target, frame);
@@ -164,6 +197,11 @@ impl Publisher {
                 .await
                 .map(Published::Plain),
             Publish::Stored(msg) => self.bus.publish_stored(msg).await.map(Published::Stored),
+            Publish::Presence(change) => self
+                .bus
+                .change_presence(change)
+                .await
+                .map(Published::Presence),
         };
         count(&self.metrics, &publish, &result);
         result
@@ -185,6 +223,14 @@ impl Publisher {
 /// Counts a publish's outcome (and logs a failure).
 fn count(metrics: &Metrics, publish: &Publish, result: &Result<Published, BusError>) {
     match result {
+        // A presence change is a publish when its announcement went out.
+        Ok(Published::Presence(changed)) => {
+            if let (true, Publish::Presence(c)) = (changed, publish) {
+                if c.announce.is_some() {
+                    metrics.bus_published.inc();
+                }
+            }
+        }
         Ok(_) => metrics.bus_published.inc(),
         Err(e) => {
             metrics.bus_publish_failures.inc();
@@ -193,6 +239,9 @@ fn count(metrics: &Metrics, publish: &Publish, result: &Result<Published, BusErr
                     warn!(error = %e, channel = %channel, "publish failed")
                 }
                 Publish::Stored(msg) => warn!(error = %e, room = %msg.room, "publish failed"),
+                Publish::Presence(c) => {
+                    warn!(error = %e, room = %c.room, "presence change failed")
+                }
             }
         }
     }

@@ -456,34 +456,74 @@ async fn on_redis_rooms_without_announcements_are_written_behind_and_read_back_a
     }
 }
 
-/// Many concurrent presence changes over several rooms and instances, on one Redis: each
-/// caller gets its own answer (first connection anywhere, last one gone), whatever batch it
-/// shared, and Redis ends with exactly the counts.
+/// Many concurrent presence changes over several rooms and instances, on one Redis, queued
+/// through one publisher as the sessions do: each caller gets its own answer (first connection
+/// anywhere, last one gone), whatever batch it shared; Redis ends with exactly the counts; and
+/// exactly the first adds and the last removals published their announcements, once each.
 #[tokio::test]
 async fn concurrent_presence_changes_are_batched_and_each_gets_its_own_answer() {
-    use ringcast_node::bus::presence::Presence as _;
+    use bytes::Bytes;
     use ringcast_node::bus::redis::RedisBus;
     use ringcast_node::bus::redis_config::RedisBusConfig;
+    use ringcast_node::bus::{Bus, Channel, PresenceChange};
     use ringcast_node::metrics::Metrics;
-    use std::sync::Arc;
+    use ringcast_node::publisher::Publisher;
+    use ringcast_protocol::{Envelope, Target};
+    use std::sync::{Arc, Mutex};
 
     let redis = RedisServer::start();
     let settings = RedisBusConfig::from_config(&support::config("n1", &redis.url())).unwrap();
-    let bus =
-        Arc::new(RedisBus::start(settings, Arc::new(|_| {}), Arc::new(Metrics::new())).unwrap());
-    assert!(bus.wait_healthy(Duration::from_secs(5)).await);
+    // Every announcement this node hears: its frame.
+    let heard: Arc<Mutex<Vec<String>>> = Arc::default();
+    let inbox = {
+        let heard = heard.clone();
+        Arc::new(move |payload: Bytes| {
+            let envelope = Envelope::decode(&payload).expect("an envelope");
+            let frame = String::from_utf8(envelope.frame).unwrap();
+            heard.lock().unwrap().push(frame);
+        })
+    };
+    let metrics = Arc::new(Metrics::new());
+    let bus: Arc<dyn Bus> = Arc::new(RedisBus::start(settings, inbox, metrics.clone()).unwrap());
+    let mut healthy = bus.healthy();
+    tokio::time::timeout(Duration::from_secs(5), healthy.wait_for(|up| *up))
+        .await
+        .expect("Redis up")
+        .unwrap();
+    let rooms: Vec<Channel> = (0..5).map(|r| Channel::Room(format!("b{r}"))).collect();
+    bus.subscribe(&rooms).await.unwrap();
+    let publisher = Arc::new(Publisher::start("n1".into(), bus.clone(), metrics));
+    let change = |add: bool, room: &str, client: &str, instance: &str| PresenceChange {
+        add,
+        room: room.to_owned(),
+        client: client.into(),
+        instance: instance.into(),
+        announce: None,
+    };
+    let spawn = |add: bool, room: String, client: String, instance: &'static str| {
+        let (publisher, change) = (publisher.clone(), change(add, &room, &client, instance));
+        tokio::spawn(async move {
+            let frame = Bytes::from(format!("{}:{room}:{client}", if add { "+" } else { "-" }));
+            let target = Target::Room(room.clone());
+            let changed = publisher
+                .presence(change, Some((target, &frame)))
+                .await
+                .unwrap();
+            ((room, client), changed)
+        })
+    };
     // 5 rooms × 40 clients, each client added under two instances: exactly one of the two
     // adds of a client is its first anywhere.
     let mut adds = Vec::new();
     for room in 0..5 {
         for client in 0..40 {
             for instance in ["i1", "i2"] {
-                let bus = bus.clone();
-                adds.push(tokio::spawn(async move {
-                    let (room, client) = (format!("b{room}"), format!("c{client}"));
-                    let first = bus.add(&room, &client, instance).await.unwrap();
-                    ((room, client), first)
-                }));
+                adds.push(spawn(
+                    true,
+                    format!("b{room}"),
+                    format!("c{client}"),
+                    instance,
+                ));
             }
         }
     }
@@ -506,20 +546,41 @@ async fn concurrent_presence_changes_are_batched_and_each_gets_its_own_answer() 
         let mut removes = Vec::new();
         for room in 0..5 {
             for client in 0..40 {
-                let bus = bus.clone();
-                removes.push(tokio::spawn(async move {
-                    bus.remove(&format!("b{room}"), &format!("c{client}"), instance)
-                        .await
-                        .unwrap()
-                }));
+                removes.push(spawn(
+                    false,
+                    format!("b{room}"),
+                    format!("c{client}"),
+                    instance,
+                ));
             }
         }
         for r in removes {
-            assert_eq!(r.await.unwrap(), last, "removed under {instance}");
+            assert_eq!(r.await.unwrap().1, last, "removed under {instance}");
         }
     }
-    assert!(!bus.remove("b0", "c0", "i3").await.unwrap());
+    assert!(
+        !spawn(false, "b0".into(), "c0".into(), "i3")
+            .await
+            .unwrap()
+            .1
+    );
     for room in 0..5 {
         assert_eq!(redis_counts(&redis, &format!("b{room}")), (0, 0));
     }
+    // One announcement per first add and per last removal, each on its room's channel.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while heard.lock().unwrap().len() < 400 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut heard = heard.lock().unwrap().clone();
+    heard.sort();
+    let mut expected: Vec<String> = (0..5)
+        .flat_map(|r| (0..40).flat_map(move |c| ["+", "-"].map(|op| format!("{op}:b{r}:c{c}"))))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        heard, expected,
+        "exactly one announcement per first add and last removal"
+    );
 }

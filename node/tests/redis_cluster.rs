@@ -66,7 +66,18 @@ async fn rooms_directs_broadcasts_presence_and_history_cross_nodes_on_a_cluster(
     assert_eq!(rooms.len(), 3, "a room on each of the 3 shards: {rooms:?}");
     for room in &rooms {
         join(&mut a, "alice", room).await;
+    }
+    for room in &rooms {
         join(&mut b, "bob", room).await;
+    }
+    // Bob's joins are announced to alice on the other node: each from the presence script on
+    // its room's shard (`SPUBLISH` from within it).
+    for room in &rooms {
+        let joined = until(&mut a, Duration::from_secs(5), |v| {
+            v["event"] == "user_joined" && v["user_id"] == "bob"
+        })
+        .await;
+        assert_eq!(joined["room"], json!(room), "{joined}");
     }
     let mut epochs = Vec::new();
     for (i, room) in rooms.iter().enumerate() {
@@ -143,6 +154,15 @@ async fn rooms_directs_broadcasts_presence_and_history_cross_nodes_on_a_cluster(
     .await;
     assert_eq!(h["event"], "history", "{h}");
     assert_eq!(h["messages"][0]["content"], 1, "{h}");
+    // Bob leaves each room: alice hears it once per room, from the room's shard.
+    for room in &rooms {
+        b.send_json(json!({"type":"leave_room","room":room})).await;
+        let left = until(&mut a, Duration::from_secs(5), |v| {
+            v["event"] == "user_left" && v["user_id"] == "bob"
+        })
+        .await;
+        assert_eq!(left["room"], json!(room), "{left}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -328,7 +328,7 @@ async fn publish(shared: &Shared, p: PublishParams<'_>) -> Result<Pending, ApiEr
     let then: crate::publisher::Then = Box::new(move |result| {
         let _ = tx.send(match result {
             Ok(Published::Stored(s)) => Ok(json!({"offset": s.offset, "epoch": &*s.epoch})),
-            Ok(Published::Plain(_)) => Ok(json!({})),
+            Ok(Published::Plain(_) | Published::Presence(_)) => Ok(json!({})),
             Err(_) => Err(unavailable()),
         });
     });

@@ -27,7 +27,7 @@ pub mod redis_config;
 mod redis_conn;
 mod redis_history;
 mod redis_presence;
-mod redis_presence_batch;
+mod redis_presence_changes;
 mod redis_presence_keys;
 mod redis_shard_set;
 mod redis_shards;
@@ -104,6 +104,26 @@ pub struct Stored {
     pub duplicate: bool,
 }
 
+/// One connection more or fewer of a client id in a room's presence, with what to announce
+/// when that was the client id's first connection there anywhere (a join) or its last (a
+/// leave). Queued with the node's publishes, so an announcement keeps its place among what
+/// the same session published before it, and the bus writes the change and publishes the
+/// announcement in one step (on Redis: one script, no second round trip).
+#[derive(Debug, Clone)]
+pub struct PresenceChange {
+    /// One connection more (`true`) or fewer.
+    pub add: bool,
+    /// The room.
+    pub room: String,
+    /// The client id.
+    pub client: Arc<str>,
+    /// The node instance the connection is counted under (`presence.rs`).
+    pub instance: Arc<str>,
+    /// An envelope for the room's channel, published only when the change was the client id's
+    /// first (add) or last (remove) connection in the room anywhere.
+    pub announce: Option<Bytes>,
+}
+
 /// One publish of a batch.
 #[derive(Debug, Clone)]
 pub enum Publish {
@@ -111,6 +131,8 @@ pub enum Publish {
     Plain(Channel, Bytes),
     /// A room message to number, keep and publish.
     Stored(StoredPublish),
+    /// A presence change and its announcement.
+    Presence(PresenceChange),
 }
 
 /// The outcome of one [`Publish`].
@@ -120,14 +142,19 @@ pub enum Published {
     Plain(usize),
     /// What storing gave the message.
     Stored(Stored),
+    /// Whether the change was the client id's first (add) or last (remove) connection in the
+    /// room anywhere, i.e. whether its announcement went out. A removal under an instance
+    /// that was swept meanwhile changes nothing and says false.
+    Presence(bool),
 }
 
 impl Published {
-    /// Nodes that were subscribed.
+    /// Nodes that were subscribed (0 for a presence change).
     pub fn subscribers(&self) -> usize {
         match self {
             Published::Plain(n) => *n,
             Published::Stored(s) => s.subscribers,
+            Published::Presence(_) => 0,
         }
     }
 }
@@ -186,9 +213,33 @@ pub trait Bus: Send + Sync + 'static {
                     .await
                     .map(Published::Plain),
                 Publish::Stored(msg) => self.publish_stored(msg).await.map(Published::Stored),
+                Publish::Presence(change) => {
+                    self.change_presence(change).await.map(Published::Presence)
+                }
             });
         }
         results
+    }
+
+    /// Writes a presence change to [`Bus::presence`], then publishes its announcement when it
+    /// was the client id's first or last connection in the room; whether it was. A bus that
+    /// batches publishes does both in one step of [`Bus::publish_all`] instead.
+    async fn change_presence(&self, change: &PresenceChange) -> Result<bool, BusError> {
+        let presence = self.presence();
+        let (room, client, instance) = (&change.room, &*change.client, &*change.instance);
+        let changed = if change.add {
+            presence.add(room, client, instance).await?
+        } else {
+            presence.remove(room, client, instance).await?
+        };
+        if let (true, Some(payload)) = (changed, &change.announce) {
+            // The change stands: a failed announcement is the publisher's to log, not a
+            // failed change (the caller would undo a join that Redis counted).
+            let _ = self
+                .publish(&Channel::Room(room.clone()), payload.clone())
+                .await;
+        }
+        Ok(changed)
     }
 
     /// Reads up to `limit` messages of a room's history, with its top offset and epoch (a room

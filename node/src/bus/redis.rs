@@ -37,11 +37,11 @@ use super::redis_conn::{supervise_publisher, supervise_subscriber, unavailable, 
 use super::redis_history::{
     parse_page, parse_stored, publish_cmd, read_cmd, room_channel, Mode, PUBLISH_SCRIPT, SCRIPT_RUN,
 };
-use super::redis_presence_batch;
+use super::redis_presence_changes::{changes_cmd, listing, parse_changes, CHANGES_RUN};
 use super::redis_shards;
 use super::{
-    Bus, BusError, Channel, HistoryPage, HistoryQuery, Inbox, Publish, Published, Stored,
-    StoredPublish,
+    Bus, BusError, Channel, HistoryPage, HistoryQuery, Inbox, PresenceChange, Publish, Published,
+    Stored, StoredPublish,
 };
 use crate::metrics::Metrics;
 
@@ -49,8 +49,6 @@ use crate::metrics::Metrics;
 pub struct RedisBus {
     inner: Arc<Inner>,
     tasks: Vec<JoinHandle<()>>,
-    /// Presence changes waiting for their batch (`redis_presence_batch.rs`).
-    presence_tx: tokio::sync::mpsc::Sender<redis_presence_batch::Change>,
 }
 
 impl RedisBus {
@@ -94,17 +92,8 @@ impl RedisBus {
         } else {
             tokio::spawn(supervise_subscriber(inner.clone()))
         };
-        let (presence_tx, presence_writer) = redis_presence_batch::start(inner.clone());
-        let tasks = vec![
-            tokio::spawn(supervise_publisher(inner.clone())),
-            subscriber,
-            presence_writer,
-        ];
-        Ok(RedisBus {
-            inner,
-            tasks,
-            presence_tx,
-        })
+        let tasks = vec![tokio::spawn(supervise_publisher(inner.clone())), subscriber];
+        Ok(RedisBus { inner, tasks })
     }
 
     /// Waits up to `limit` for both connections; returns whether the bus is healthy.
@@ -122,31 +111,6 @@ impl RedisBus {
     /// Sends a batch that may span slots on the command connection (`redis_batch.rs`).
     pub(super) async fn batch(&self, batch: &Batch) -> Result<Vec<redis::Value>, BusError> {
         self.inner.batch(batch).await
-    }
-
-    /// One connection more (`add`) or fewer of `client` in `room` under `instance`, written with
-    /// whatever else is queued (`redis_presence_batch.rs`); the script's answer for it.
-    pub(super) async fn presence_change(
-        &self,
-        add: bool,
-        room: &str,
-        client: &str,
-        instance: &str,
-    ) -> Result<i64, BusError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let change = redis_presence_batch::Change {
-            add,
-            room: room.to_owned(),
-            client: client.to_owned(),
-            instance: instance.to_owned(),
-            reply,
-        };
-        if self.presence_tx.send(change).await.is_err() {
-            return Err(BusError::Unavailable("the bus is shutting down".into()));
-        }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(BusError::Unavailable("the bus is shutting down".into())))
     }
 
     /// The scripts' mode.
@@ -175,11 +139,20 @@ impl RedisBus {
 
 impl RedisBus {
     /// Sends `batch` as one pipeline (on a cluster: all of one slot), in order: plain publishes
-    /// as they are, runs of stored messages as script calls.
-    async fn publish_pipeline(&self, batch: &[Publish]) -> Vec<Result<Published, BusError>> {
+    /// as they are, runs of stored messages and runs of presence changes as script calls. With
+    /// `list`, the rooms presence changes add to are listed under their instances first, in the
+    /// same pipeline (on a cluster the caller lists them before: another slot).
+    async fn publish_pipeline(
+        &self,
+        batch: &[Publish],
+        list: bool,
+    ) -> Vec<Result<Published, BusError>> {
         let steps = plan(batch);
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        if list {
+            listing(self.inner.prefix(), presence_changes(batch)).add_to(&mut pipe);
+        }
         // The script goes by its SHA; loading it first in the same pipeline (one `SCRIPT LOAD`
         // per batch, not per message) means Redis has it for every `EVALSHA` after, even just
         // after a restart or a `SCRIPT FLUSH` — and a NOSCRIPT can never reorder a batch.
@@ -206,10 +179,19 @@ impl RedisBus {
                         .iter()
                         .filter_map(|p| match p {
                             Publish::Stored(m) => Some(m),
-                            Publish::Plain(..) => None,
+                            _ => None,
                         })
                         .collect();
                     pipe.add_command(publish_cmd(self.inner.prefix(), &msgs, &epoch, self.mode()));
+                }
+                Step::Presence(run) => {
+                    let changes: Vec<&PresenceChange> =
+                        presence_changes(&batch[run.clone()]).collect();
+                    let publish = match self.mode() {
+                        Mode::Single => "PUBLISH",
+                        Mode::Cluster => "SPUBLISH",
+                    };
+                    pipe.add_command(changes_cmd(self.inner.prefix(), &changes, publish));
                 }
             }
         }
@@ -229,6 +211,15 @@ impl RedisBus {
                                 .into_iter()
                                 .map(|r| r.map(Published::Stored)),
                         ),
+                        Step::Presence(run) => {
+                            let changes: Vec<&PresenceChange> =
+                                presence_changes(&batch[run.clone()]).collect();
+                            out.extend(
+                                parse_changes(&value, &changes)
+                                    .into_iter()
+                                    .map(|r| r.map(Published::Presence)),
+                            )
+                        }
                     }
                 }
                 return out;
@@ -248,6 +239,7 @@ impl RedisBus {
         match item {
             Publish::Plain(channel, _) => self.name(channel),
             Publish::Stored(m) => room_channel(self.inner.prefix(), &m.room),
+            Publish::Presence(c) => room_channel(self.inner.prefix(), &c.room),
         }
     }
 }
@@ -279,17 +271,29 @@ impl Bus for RedisBus {
             .unwrap_or_else(|| Err(BusError::Unavailable("no reply".into())))
             .and_then(|p| match p {
                 Published::Stored(s) => Ok(s),
-                Published::Plain(_) => Err(BusError::Unavailable("not a stored reply".into())),
+                _ => Err(BusError::Unavailable("not a stored reply".into())),
             })
     }
 
     async fn publish_all(&self, batch: &[Publish]) -> Vec<Result<Published, BusError>> {
         if !self.inner.is_cluster() {
-            return self.publish_pipeline(batch).await;
+            return self.publish_pipeline(batch, true).await;
         }
+        // The rooms presence changes add to are listed first (the instances' slots); if that
+        // fails, those changes fail and the rest goes on.
+        let listed = listing(self.inner.prefix(), presence_changes(batch));
+        let unlisted = match listed.is_empty() {
+            true => None,
+            false => self.inner.batch(&listed).await.err(),
+        };
         // One pipeline per slot, all at once; each item's result back at its place.
+        let mut out: Vec<Option<Result<Published, BusError>>> = vec![None; batch.len()];
         let mut by_slot: Vec<(u16, Vec<usize>)> = Vec::new();
         for (i, item) in batch.iter().enumerate() {
+            if let (Some(e), Publish::Presence(_)) = (&unlisted, item) {
+                out[i] = Some(Err(e.clone()));
+                continue;
+            }
             let slot = slot_of(self.slot_name(item).as_bytes());
             match by_slot.iter_mut().find(|(s, _)| *s == slot) {
                 Some((_, group)) => group.push(i),
@@ -298,10 +302,9 @@ impl Bus for RedisBus {
         }
         let sends = by_slot.iter().map(|(_, group)| {
             let part: Vec<Publish> = group.iter().map(|i| batch[*i].clone()).collect();
-            async move { self.publish_pipeline(&part).await }
+            async move { self.publish_pipeline(&part, false).await }
         });
         let results = futures_util::future::join_all(sends).await;
-        let mut out: Vec<Option<Result<Published, BusError>>> = vec![None; batch.len()];
         for ((_, group), part) in by_slot.iter().zip(results) {
             for (i, r) in group.iter().zip(part) {
                 out[*i] = Some(r);
@@ -365,16 +368,19 @@ impl Bus for RedisBus {
     }
 }
 
-/// One command of a publish pipeline: a plain `PUBLISH` of the batch's item `i`, or one
-/// script call for a run of consecutive stored messages (never across a plain publish, so the
-/// pipeline keeps the batch's order exactly).
+/// One command of a publish pipeline: a plain `PUBLISH` of the batch's item `i`, one script
+/// call for a run of consecutive stored messages, or one for a run of consecutive presence
+/// changes (a run never crosses another kind of item, so the pipeline keeps the batch's order
+/// exactly).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Step {
     Plain(usize),
     Script(std::ops::Range<usize>),
+    Presence(std::ops::Range<usize>),
 }
 
-/// Cuts a batch into [`Step`]s: runs of stored messages of at most [`SCRIPT_RUN`].
+/// Cuts a batch into [`Step`]s: runs of stored messages of at most [`SCRIPT_RUN`], runs of
+/// presence changes of at most [`CHANGES_RUN`].
 fn plan(batch: &[Publish]) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
     for (i, item) in batch.iter().enumerate() {
@@ -384,9 +390,21 @@ fn plan(batch: &[Publish]) -> Vec<Step> {
                 run.end = i + 1
             }
             (Publish::Stored(_), _) => steps.push(Step::Script(i..i + 1)),
+            (Publish::Presence(_), Some(Step::Presence(run))) if run.len() < CHANGES_RUN => {
+                run.end = i + 1
+            }
+            (Publish::Presence(_), _) => steps.push(Step::Presence(i..i + 1)),
         }
     }
     steps
+}
+
+/// The presence changes among `items`, in order.
+fn presence_changes(items: &[Publish]) -> impl Iterator<Item = &PresenceChange> {
+    items.iter().filter_map(|p| match p {
+        Publish::Presence(c) => Some(c),
+        _ => None,
+    })
 }
 
 #[cfg(test)]

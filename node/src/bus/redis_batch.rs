@@ -37,6 +37,21 @@ impl Batch {
         self
     }
 
+    /// Whether it holds no command.
+    pub(super) fn is_empty(&self) -> bool {
+        self.cmds.is_empty()
+    }
+
+    /// Appends the batch's commands to `pipe` (one Redis), ignored replies ignored.
+    pub(super) fn add_to(&self, pipe: &mut Pipeline) {
+        for (cmd, ignored) in self.cmds.iter().zip(&self.ignored) {
+            pipe.add_command(cmd.clone());
+            if *ignored {
+                pipe.ignore();
+            }
+        }
+    }
+
     /// The whole batch as one pipeline (one Redis).
     pub(super) fn pipeline(&self) -> Pipeline {
         self.pipeline_of(&(0..self.cmds.len()).collect::<Vec<_>>())

@@ -19,7 +19,7 @@ use super::redis_batch::Batch;
 use super::redis_presence_keys::{
     connections_key, eval, index_key, node_key, room_keys, total_key,
 };
-use super::BusError;
+use super::{Bus, BusError, PresenceChange, Publish, Published};
 
 /// How long a finished sweep is remembered: a node frozen for less than this finds out, when
 /// it wakes, that its clients were removed.
@@ -199,6 +199,29 @@ fn texts(v: &Value) -> Result<Vec<String>, BusError> {
 }
 
 impl RedisBus {
+    /// One presence change, announcing nothing, as a pipeline of its own (the node's sessions
+    /// queue theirs with their publishes instead: `publisher.rs`).
+    async fn change_alone(
+        &self,
+        add: bool,
+        room: &str,
+        client: &str,
+        instance: &str,
+    ) -> Result<bool, BusError> {
+        let change = PresenceChange {
+            add,
+            room: room.to_owned(),
+            client: client.into(),
+            instance: instance.into(),
+            announce: None,
+        };
+        match self.publish_all(&[Publish::Presence(change)]).await.pop() {
+            Some(Ok(Published::Presence(changed))) => Ok(changed),
+            Some(Err(e)) => Err(e),
+            _ => Err(bad("presence change")),
+        }
+    }
+
     /// The instances whose lease has not run out (at most 10 000).
     async fn live(&self) -> Result<Vec<String>, BusError> {
         let index = index_key(self.prefix());
@@ -234,11 +257,11 @@ impl RedisBus {
 #[async_trait]
 impl Presence for RedisBus {
     async fn add(&self, room: &str, client: &str, instance: &str) -> Result<bool, BusError> {
-        Ok(self.presence_change(true, room, client, instance).await? == 1)
+        self.change_alone(true, room, client, instance).await
     }
 
     async fn remove(&self, room: &str, client: &str, instance: &str) -> Result<bool, BusError> {
-        Ok(self.presence_change(false, room, client, instance).await? == 0)
+        self.change_alone(false, room, client, instance).await
     }
 
     async fn nodes(&self) -> Result<Vec<(String, u64)>, BusError> {

@@ -325,16 +325,24 @@ pub(super) async fn announce_gone(
         if shared.config.keeps_presence(&settings) {
             if keep_for_sweep {
                 shared.presence.forget(&room, &me);
-                continue;
-            }
-            if shared.presence.writes_behind(settings.announce) {
+            } else if shared.presence.writes_behind(settings.announce) {
                 shared.presence.remove_quiet(&room, &me);
-                continue;
+            } else {
+                // The bus announces it with the change when it was the last connection.
+                let left = ServerEvent::UserLeft {
+                    user_id: &me,
+                    room: &room,
+                }
+                .encode();
+                let announce = settings
+                    .announce
+                    .then(|| (Target::Room(room.clone()), &left));
+                let removed = shared
+                    .presence
+                    .remove(&shared.publisher, &room, &me, announce);
+                let _ = Box::pin(removed).await;
             }
-            let gone = Box::pin(shared.presence.remove(&room, &me)).await;
-            if !gone.unwrap_or(false) {
-                continue;
-            }
+            continue;
         }
         if !settings.announce {
             continue;

@@ -104,28 +104,32 @@ impl Session {
         // (or, paused, is held back from it until its replay is done).
         self.rooms.insert(room.to_owned(), keep);
         // With presence, the others hear of a client id's first connection in the room only.
+        // They are told through the bus; the joiner's own copy is its ack, queued directly (the
+        // echo skips it: a pipelined leave could remove it before the echo).
         let presence = &self.shared.presence;
-        let first = if !self.shared.config.keeps_presence(&settings) {
-            true
-        } else if presence.writes_behind(settings.announce) {
-            // Nobody is told of it: no need to wait for the bus (the module note of presence.rs).
-            presence.add_quiet(room, &self.out.client_id);
-            true
-        } else {
-            let added = presence.add(room, &self.out.client_id);
-            match timeout(self.shared.config.bus_timeout(), added).await {
-                Ok(Ok(first)) => first,
-                _ => return self.join_failed(room, JoinFailed::Bus).await,
-            }
-        };
-        if settings.announce && first {
-            // The others are told through the bus; the joiner's own copy is its ack, queued
-            // directly (the echo skips it: a pipelined leave could remove it before the echo).
-            let others = self.joined(room, None, None);
+        let others = settings.announce.then(|| {
             let target = Target::RoomExcept {
                 room: room.to_owned(),
                 conn: self.out.id,
             };
+            (target, self.joined(room, None, None))
+        });
+        let announce_here = if !self.shared.config.keeps_presence(&settings) {
+            others
+        } else if presence.writes_behind(settings.announce) {
+            // Nobody is told of it: no need to wait for the bus (the module note of presence.rs).
+            presence.add_quiet(room, &self.out.client_id);
+            None
+        } else {
+            // The bus announces it with the change, when it was the first.
+            let announce = others.as_ref().map(|(target, f)| (target.clone(), f));
+            let added = presence.add(&self.shared.publisher, room, &self.out.client_id, announce);
+            match timeout(self.shared.config.bus_timeout(), added).await {
+                Ok(Ok(_)) => None,
+                _ => return self.join_failed(room, JoinFailed::Bus).await,
+            }
+        };
+        if let Some((target, others)) = announce_here {
             let published = self
                 .shared
                 .publisher
@@ -172,15 +176,14 @@ impl Session {
         if keeps && presence.writes_behind(settings.announce) {
             presence.remove_quiet(room, &self.out.client_id);
         } else if keeps {
-            let removed = presence.remove(room, &self.out.client_id);
-            let last = timeout(self.shared.config.bus_timeout(), removed).await;
             // The others may have been told of the join: tell them it is undone.
-            if matches!(last, Ok(Ok(true))) && settings.announce {
-                let me = self.out.client_id.clone();
-                let left = ServerEvent::UserLeft { user_id: &me, room }.encode();
-                let (channel, target) = (Channel::Room(room.into()), Target::Room(room.into()));
-                let _ = self.shared.publisher.publish(channel, target, &left).await;
-            }
+            let me = self.out.client_id.clone();
+            let left = ServerEvent::UserLeft { user_id: &me, room }.encode();
+            let announce = settings
+                .announce
+                .then(|| (Target::Room(room.into()), &left));
+            let removed = presence.remove(&self.shared.publisher, room, &me, announce);
+            let _ = timeout(self.shared.config.bus_timeout(), removed).await;
         }
         match why {
             JoinFailed::Bus => self.error_in(
@@ -360,25 +363,23 @@ impl Session {
         // The leaver is no longer routed to: tell it directly, and the remaining members via the
         // bus when this was the client id's last connection in the room.
         reply(&self.shared, &self.out, left.clone());
-        if !self.shared.room_options.resolve(room).settings.announce {
-            if self.keeps_presence(room) {
-                if self.shared.presence.writes_behind(false) {
-                    self.shared.presence.remove_quiet(room, &me);
-                } else {
-                    let _ = self.shared.presence.remove(room, &me).await;
-                }
+        let settings = self.shared.room_options.resolve(room).settings;
+        let announces = settings.announce;
+        if self.shared.config.keeps_presence(&settings) {
+            let presence = &self.shared.presence;
+            if presence.writes_behind(announces) {
+                presence.remove_quiet(room, &me);
+            } else {
+                // The bus announces it with the change when it was the last connection; if
+                // the bus failed, the presence retry announces it.
+                let announce = announces.then(|| (Target::Room(room.to_owned()), &left));
+                let _ = presence
+                    .remove(&self.shared.publisher, room, &me, announce)
+                    .await;
             }
             return;
         }
-        if self.keeps_presence(room)
-            && !self
-                .shared
-                .presence
-                .remove(room, &me)
-                .await
-                .unwrap_or(false)
-        {
-            // Not its last connection; or the bus failed, and the presence retry announces it.
+        if !announces {
             return;
         }
         let _ = self
