@@ -450,7 +450,7 @@ impl Tracker {
     }
 
     /// Of `listed` (rooms on the instance's room list), those this node counts nothing in and
-    /// has no write pending for, marked as being taken off the list; give them back with
+    /// has no write pending or on its way for, marked as being taken off the list; give them back with
     /// [`Tracker::compacted`].
     pub fn begin_compaction(&self, listed: Vec<String>) -> (Arc<str>, Vec<String>) {
         let mut state = self.state.lock().unwrap_or_else(unpoison);
@@ -459,6 +459,7 @@ impl Tracker {
             .iter()
             .chain(state.busy.iter())
             .chain(state.quiet.keys())
+            .chain(state.in_flight.keys())
             .map(|(room, _)| room)
             .collect();
         let idle: Vec<String> = listed

@@ -359,15 +359,19 @@ async fn a_node_lists_only_the_rooms_it_still_counts_someone_in() {
     }
 }
 
-/// Counts in Redis for `room`: client ids in the totals hash, and the connections counter.
+/// Counts in Redis for `room`: client ids in the totals hash, and the connections (one per
+/// client id plus the extra-connections counter).
 fn redis_counts(redis: &RedisServer, room: &str) -> (usize, i64) {
-    let hlen = redis
+    let hlen: usize = redis
         .cli(&["HLEN", &format!("{{ringcast:room:{room}}}:pr")])
+        .unwrap()
+        .trim()
+        .parse()
         .unwrap();
-    let pc = redis
-        .cli(&["GET", &format!("{{ringcast:room:{room}}}:pc")])
+    let px = redis
+        .cli(&["GET", &format!("{{ringcast:room:{room}}}:px")])
         .unwrap();
-    (hlen.trim().parse().unwrap(), pc.trim().parse().unwrap_or(0))
+    (hlen, hlen as i64 + px.trim().parse::<i64>().unwrap_or(0))
 }
 
 #[tokio::test]
@@ -583,4 +587,109 @@ async fn concurrent_presence_changes_are_batched_and_each_gets_its_own_answer() 
         heard, expected,
         "exactly one announcement per first add and last removal"
     );
+}
+
+/// The room's connections are its client ids plus an extra-connections counter that only a
+/// client id's second (third…) connection moves: every presence script keeps it exact — joins
+/// and leaves, written-behind entries, rewrites after Redis lost its data, and sweeps — and it
+/// is gone once nobody is left.
+#[tokio::test]
+async fn every_presence_script_keeps_the_connections_count_exact() {
+    use ringcast_node::bus::presence::Presence;
+    use ringcast_node::bus::redis::RedisBus;
+    use ringcast_node::bus::redis_config::RedisBusConfig;
+    use ringcast_node::metrics::Metrics;
+    use std::sync::Arc;
+
+    let redis = RedisServer::start();
+    let settings = RedisBusConfig::from_config(&support::config("n1", &redis.url())).unwrap();
+    let bus = RedisBus::start(settings, Arc::new(|_| {}), Arc::new(Metrics::new())).unwrap();
+    assert!(bus.wait_healthy(Duration::from_secs(5)).await);
+    let entry = |client: &str, n: u32| ("r".to_owned(), Arc::<str>::from(client), n);
+    async fn counts(bus: &RedisBus) -> (u64, u64) {
+        let l = bus.list("r", 10).await.unwrap();
+        (l.clients, l.connections)
+    }
+    assert!(bus.add("r", "a", "i1").await.unwrap());
+    assert!(!bus.add("r", "a", "i1").await.unwrap());
+    assert_eq!(counts(&bus).await, (1, 2));
+    assert!(!bus.add("r", "a", "i2").await.unwrap());
+    assert!(bus.add("r", "b", "i2").await.unwrap());
+    assert_eq!(counts(&bus).await, (2, 4));
+    bus.write_quiet("i3", &[entry("a", 2), entry("c", 1)])
+        .await
+        .unwrap();
+    assert_eq!(counts(&bus).await, (3, 7), "a 5, b 1, c 1");
+    bus.resync("i4", &[entry("b", 3)]).await.unwrap();
+    assert_eq!(counts(&bus).await, (3, 10), "a 5, b 4, c 1");
+    bus.write_quiet("i3", &[entry("a", 0)]).await.unwrap();
+    assert_eq!(counts(&bus).await, (3, 8), "a 3, b 4, c 1");
+    // i1 and i4 die (no lease ever taken here): their connections go.
+    assert!(bus.sweep("i1", "n2").await.unwrap().is_some());
+    assert_eq!(counts(&bus).await, (3, 6), "a 1, b 4, c 1");
+    assert!(bus.sweep("i4", "n2").await.unwrap().is_some());
+    assert_eq!(counts(&bus).await, (3, 3), "a 1, b 1, c 1");
+    assert_eq!(redis_counts(&redis, "r"), (3, 3));
+    assert!(bus.remove("r", "a", "i2").await.unwrap());
+    assert!(bus.remove("r", "b", "i2").await.unwrap());
+    bus.write_quiet("i3", &[entry("c", 0)]).await.unwrap();
+    assert_eq!(counts(&bus).await, (0, 0));
+    let keys = redis
+        .cli(&["--scan", "--pattern", "{ringcast:room:r}*"])
+        .unwrap();
+    assert_eq!(keys.trim(), "", "nothing left of the room's presence");
+}
+
+/// A room is listed under the node's instance once, not per join; once taken off the list
+/// (nothing counted there) or after Redis lost its data, the next join lists it again — a
+/// sweep of the instance always finds the rooms it holds entries in.
+#[tokio::test]
+async fn a_room_is_listed_once_and_again_after_it_was_taken_off() {
+    use ringcast_node::bus::presence::Presence;
+    use ringcast_node::bus::redis::RedisBus;
+    use ringcast_node::bus::redis_config::RedisBusConfig;
+    use ringcast_node::metrics::Metrics;
+    use std::sync::Arc;
+
+    let redis = RedisServer::start();
+    let settings = RedisBusConfig::from_config(&support::config("n1", &redis.url())).unwrap();
+    let bus = RedisBus::start(settings, Arc::new(|_| {}), Arc::new(Metrics::new())).unwrap();
+    assert!(bus.wait_healthy(Duration::from_secs(5)).await);
+    let listed = || {
+        let mut rooms: Vec<String> = redis
+            .cli(&["SMEMBERS", "{ringcast:node:i1}:rooms"])
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        rooms.sort();
+        rooms
+    };
+    let sadds = || {
+        let stats = redis.cli(&["INFO", "commandstats"]).unwrap();
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_sadd:calls="))
+            .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    for client in ["a", "b", "c"] {
+        bus.add("r", client, "i1").await.unwrap();
+    }
+    assert_eq!(listed(), ["r"]);
+    assert_eq!(sadds(), 1, "listed once for three joins");
+    for client in ["a", "b", "c"] {
+        bus.remove("r", client, "i1").await.unwrap();
+    }
+    bus.unlist_rooms("i1", &["r".to_owned()]).await.unwrap();
+    assert!(listed().is_empty());
+    bus.add("r", "a", "i1").await.unwrap();
+    assert_eq!(listed(), ["r"], "listed again after it was taken off");
+    // Redis loses everything; the renewal finds the lease gone, and joins list again.
+    redis.cli(&["FLUSHALL"]).unwrap();
+    let renewal = bus.renew("i1", Duration::from_secs(5), 1).await.unwrap();
+    assert_eq!(renewal, ringcast_node::bus::presence::Renewal::Taken);
+    bus.add("r", "b", "i1").await.unwrap();
+    assert_eq!(listed(), ["r"], "listed again after Redis lost its data");
 }

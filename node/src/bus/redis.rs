@@ -37,7 +37,9 @@ use super::redis_conn::{supervise_publisher, supervise_subscriber, unavailable, 
 use super::redis_history::{
     parse_page, parse_stored, publish_cmd, read_cmd, room_channel, Mode, PUBLISH_SCRIPT, SCRIPT_RUN,
 };
-use super::redis_presence_changes::{changes_cmd, listing, parse_changes, CHANGES_RUN};
+use super::redis_presence_changes::{
+    changes_cmd, parse_changes, ListedRooms, Listing, CHANGES_RUN,
+};
 use super::redis_shards;
 use super::{
     Bus, BusError, Channel, HistoryPage, HistoryQuery, Inbox, PresenceChange, Publish, Published,
@@ -49,6 +51,8 @@ use crate::metrics::Metrics;
 pub struct RedisBus {
     inner: Arc<Inner>,
     tasks: Vec<JoinHandle<()>>,
+    /// Rooms the node's instance has listed for presence (`redis_presence_changes.rs`).
+    listed: std::sync::Mutex<ListedRooms>,
 }
 
 impl RedisBus {
@@ -93,7 +97,11 @@ impl RedisBus {
             tokio::spawn(supervise_subscriber(inner.clone()))
         };
         let tasks = vec![tokio::spawn(supervise_publisher(inner.clone())), subscriber];
-        Ok(RedisBus { inner, tasks })
+        Ok(RedisBus {
+            inner,
+            tasks,
+            listed: Default::default(),
+        })
     }
 
     /// Waits up to `limit` for both connections; returns whether the bus is healthy.
@@ -150,8 +158,9 @@ impl RedisBus {
         let steps = plan(batch);
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        if list {
-            listing(self.inner.prefix(), presence_changes(batch)).add_to(&mut pipe);
+        let listing = list.then(|| self.listing(presence_adds(batch)));
+        if let Some(listing) = &listing {
+            listing.batch.add_to(&mut pipe);
         }
         // The script goes by its SHA; loading it first in the same pipeline (one `SCRIPT LOAD`
         // per batch, not per message) means Redis has it for every `EVALSHA` after, even just
@@ -197,6 +206,13 @@ impl RedisBus {
         }
         let err = match self.inner.pipeline(&pipe).await {
             Ok(values) if values.len() == steps.len() => {
+                // Redis took the listing with the changes when the changes stand.
+                let changed = steps.iter().zip(&values).all(|(step, value)| {
+                    !matches!(step, Step::Presence(_)) || matches!(value, redis::Value::Array(_))
+                });
+                if let (Some(listing), true) = (listing, changed) {
+                    self.listed_ok(listing);
+                }
                 let mut out = Vec::with_capacity(batch.len());
                 for (step, value) in steps.iter().zip(values) {
                     match step {
@@ -232,6 +248,30 @@ impl RedisBus {
             Err(e) => e,
         };
         batch.iter().map(|_| Err(err.clone())).collect()
+    }
+
+    /// The `SADD`s that list the rooms of `adds` (instance, room) the node has not listed yet.
+    pub(super) fn listing<'a>(
+        &self,
+        adds: impl IntoIterator<Item = (&'a Arc<str>, &'a str)>,
+    ) -> Listing {
+        let listed = self.listed.lock().unwrap_or_else(|e| e.into_inner());
+        listed.listing(self.inner.prefix(), adds)
+    }
+
+    /// Remembers a listing Redis took.
+    pub(super) fn listed_ok(&self, listing: Listing) {
+        let mut listed = self.listed.lock().unwrap_or_else(|e| e.into_inner());
+        listed.listed(listing);
+    }
+
+    /// Forgets listed rooms: `Some(rooms)` about to be taken off the list, `None` all of them.
+    pub(super) fn forget_listed(&self, rooms: Option<&[String]>) {
+        let mut listed = self.listed.lock().unwrap_or_else(|e| e.into_inner());
+        match rooms {
+            Some(rooms) => listed.forget(rooms),
+            None => listed.clear(),
+        }
     }
 
     /// The name whose slot an item goes to: its channel's, or its room's.
@@ -281,11 +321,14 @@ impl Bus for RedisBus {
         }
         // The rooms presence changes add to are listed first (the instances' slots); if that
         // fails, those changes fail and the rest goes on.
-        let listed = listing(self.inner.prefix(), presence_changes(batch));
-        let unlisted = match listed.is_empty() {
+        let listing = self.listing(presence_adds(batch));
+        let unlisted = match listing.batch.is_empty() {
             true => None,
-            false => self.inner.batch(&listed).await.err(),
+            false => self.inner.batch(&listing.batch).await.err(),
         };
+        if unlisted.is_none() {
+            self.listed_ok(listing);
+        }
         // One pipeline per slot, all at once; each item's result back at its place.
         let mut out: Vec<Option<Result<Published, BusError>>> = vec![None; batch.len()];
         let mut by_slot: Vec<(u16, Vec<usize>)> = Vec::new();
@@ -397,6 +440,13 @@ fn plan(batch: &[Publish]) -> Vec<Step> {
         }
     }
     steps
+}
+
+/// The (instance, room) of each presence add among `items`.
+fn presence_adds(items: &[Publish]) -> impl Iterator<Item = (&Arc<str>, &str)> {
+    presence_changes(items)
+        .filter(|c| c.add)
+        .map(|c| (&c.instance, c.room.as_str()))
 }
 
 /// The presence changes among `items`, in order.

@@ -2,7 +2,9 @@
 //!
 //! A room `R` under prefix `P` has a hash `{P:room:R}:pr` (client id → connections in all) and,
 //! per node instance `I` with members there, `{P:room:R}:pn:I` (client id → connections on
-//! `I`): both in the room's slot, so each script touches one slot. An instance has
+//! `I`) and `{P:room:R}:px` (connections beyond each client id's first, so the room's
+//! connections are `HLEN` of the totals plus it): all in the room's slot, so each script
+//! touches one slot. An instance has
 //! `{P:node:I}:lease` (refreshed by its heartbeat), `{P:node:I}:swept` (the sweep claim, then
 //! `done`) and `{P:node:I}:rooms` (rooms it may have entries in), in the instance's slot; the
 //! index `P:presence:leases` (instance → lease expiry, ms) is what survivors poll. Keyspace
@@ -16,9 +18,7 @@ use redis::Value;
 use super::presence::{Change, Entry, Presence, PresenceList, Renewal};
 use super::redis::RedisBus;
 use super::redis_batch::Batch;
-use super::redis_presence_keys::{
-    connections_key, eval, index_key, node_key, room_keys, total_key,
-};
+use super::redis_presence_keys::{eval, extra_key, index_key, node_key, room_keys, total_key};
 use super::{Bus, BusError, PresenceChange, Publish, Published};
 
 /// How long a finished sweep is remembered: a node frozen for less than this finds out, when
@@ -28,11 +28,12 @@ const SWEPT_MEMORY: Duration = Duration::from_secs(24 * 3600);
 /// another node (or itself) after this.
 const CLAIM: Duration = Duration::from_secs(30);
 
-/// `KEYS` = [pr, pc]; `ARGV` = [max]. Returns `{clients, connections, id...}`: the counts are
+/// `KEYS` = [pr, px]; `ARGV` = [max]. Returns `{clients, connections, id...}`: the counts are
 /// one read each and the ids a bounded scan, so an answer costs what it lists, not the room's
 /// size.
 const LIST: &str = r#"
-local out = {redis.call('HLEN', KEYS[1]), tonumber(redis.call('GET', KEYS[2])) or 0}
+local clients = redis.call('HLEN', KEYS[1])
+local out = {clients, clients + (tonumber(redis.call('GET', KEYS[2])) or 0)}
 local max = tonumber(ARGV[1])
 local cursor = '0'
 while #out - 2 < max do
@@ -47,16 +48,17 @@ end
 return out
 "#;
 
-/// `KEYS` = [pr, pn, pc]; `ARGV` = [client, connections]: sets the instance's count, and the
+/// `KEYS` = [pr, pn, px]; `ARGV` = [client, connections]: sets the instance's count, and the
 /// totals by the difference. Returns 1 when that left the client with no connection anywhere, 2 when
 /// it gave a client that had none its first, else 0.
 const RESYNC: &str = r#"
 local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1])) or 0
 local new = tonumber(ARGV[2])
 if new > 0 then redis.call('HSET', KEYS[2], ARGV[1], new) else redis.call('HDEL', KEYS[2], ARGV[1]) end
-if redis.call('INCRBY', KEYS[3], new - old) <= 0 then redis.call('DEL', KEYS[3]) end
 local before = tonumber(redis.call('HGET', KEYS[1], ARGV[1])) or 0
 local t = redis.call('HINCRBY', KEYS[1], ARGV[1], new - old)
+local x = math.max(t - 1, 0) - math.max(before - 1, 0)
+if x ~= 0 and redis.call('INCRBY', KEYS[3], x) <= 0 then redis.call('DEL', KEYS[3]) end
 if t <= 0 then
   redis.call('HDEL', KEYS[1], ARGV[1])
   if before > 0 then return 1 end
@@ -66,21 +68,22 @@ end
 return 0
 "#;
 
-/// `KEYS` = [pr, pn, pc] of one room; `ARGV` = [client, connections] per entry: as [`RESYNC`]
+/// `KEYS` = [pr, pn, px] of one room; `ARGV` = [client, connections] per entry: as [`RESYNC`]
 /// for each, without the reads that only tell what to announce. Returns nothing.
 const WRITE_QUIET: &str = r#"
-local pr, pn, pc = KEYS[1], KEYS[2], KEYS[3]
-local moved = 0
+local pr, pn, px = KEYS[1], KEYS[2], KEYS[3]
+local extra = 0
 for i = 0, #ARGV / 2 - 1 do
   local client, new = ARGV[2 * i + 1], tonumber(ARGV[2 * i + 2])
   local old = tonumber(redis.call('HGET', pn, client)) or 0
   if new ~= old then
     if new > 0 then redis.call('HSET', pn, client, new) else redis.call('HDEL', pn, client) end
-    moved = moved + new - old
-    if redis.call('HINCRBY', pr, client, new - old) <= 0 then redis.call('HDEL', pr, client) end
+    local t = redis.call('HINCRBY', pr, client, new - old)
+    extra = extra + math.max(t - 1, 0) - math.max(t - (new - old) - 1, 0)
+    if t <= 0 then redis.call('HDEL', pr, client) end
   end
 end
-if moved ~= 0 and redis.call('INCRBY', pc, moved) <= 0 then redis.call('DEL', pc) end
+if extra ~= 0 and redis.call('INCRBY', px, extra) <= 0 then redis.call('DEL', px) end
 return 0
 "#;
 
@@ -130,14 +133,16 @@ return 1"
     )
 }
 
-/// `KEYS` = [pr, pn, pc]. Removes the instance's connections from the room; returns the client ids
+/// `KEYS` = [pr, pn, px]. Removes the instance's connections from the room; returns the client ids
 /// left with none.
 const SWEEP: &str = r#"
 local e = redis.call('HGETALL', KEYS[2])
 local gone = {}
 for i = 1, #e, 2 do
-  if redis.call('DECRBY', KEYS[3], tonumber(e[i + 1])) <= 0 then redis.call('DEL', KEYS[3]) end
-  local t = redis.call('HINCRBY', KEYS[1], e[i], -tonumber(e[i + 1]))
+  local n = tonumber(e[i + 1])
+  local t = redis.call('HINCRBY', KEYS[1], e[i], -n)
+  local x = math.max(t - 1, 0) - math.max(t + n - 1, 0)
+  if x ~= 0 and redis.call('INCRBY', KEYS[3], x) <= 0 then redis.call('DEL', KEYS[3]) end
   if t <= 0 then
     redis.call('HDEL', KEYS[1], e[i])
     gone[#gone + 1] = e[i]
@@ -308,7 +313,7 @@ impl Presence for RedisBus {
     async fn list(&self, room: &str, max: usize) -> Result<PresenceList, BusError> {
         let (pr, pc) = (
             total_key(self.prefix(), room),
-            connections_key(self.prefix(), room),
+            extra_key(self.prefix(), room),
         );
         let v = self.query(eval(LIST, &[&pr, &pc]).arg(max)).await?;
         let Value::Array(items) = v else {
@@ -359,7 +364,11 @@ impl Presence for RedisBus {
         match values.first().and_then(int) {
             Some(0) => Ok(Renewal::Swept),
             Some(1) => Ok(Renewal::Held),
-            Some(2) => Ok(Renewal::Taken),
+            Some(2) => {
+                // Redis may have lost the room lists with the lease.
+                self.forget_listed(None);
+                Ok(Renewal::Taken)
+            }
             _ => Err(bad("renew")),
         }
     }
@@ -400,12 +409,13 @@ impl Presence for RedisBus {
                 None => by_room.push((&entry.0, vec![entry])),
             }
         }
-        let mut batch = Batch::new();
-        for (room, _) in &by_room {
-            let mut sadd = redis::cmd("SADD");
-            sadd.arg(node_key(prefix, instance, "rooms")).arg(*room);
-            batch.add(sadd).ignore();
-        }
+        let instance_id: std::sync::Arc<str> = instance.into();
+        let adds = by_room
+            .iter()
+            .filter(|(_, list)| list.iter().any(|(_, _, n)| *n > 0))
+            .map(|(room, _)| (&instance_id, *room));
+        let mut listing = self.listing(adds);
+        let mut batch = std::mem::take(&mut listing.batch);
         for (room, list) in &by_room {
             for run in list.chunks(WRITE_QUIET_RUN) {
                 let keys = room_keys(prefix, room, instance);
@@ -416,7 +426,9 @@ impl Presence for RedisBus {
                 batch.add(cmd);
             }
         }
-        self.batch(&batch).await.map(|_| ())
+        self.batch(&batch).await?;
+        self.listed_ok(listing);
+        Ok(())
     }
 
     async fn expired(&self, limit: usize) -> Result<Vec<String>, BusError> {
@@ -485,6 +497,8 @@ impl Presence for RedisBus {
         if rooms.is_empty() {
             return Ok(());
         }
+        // Forgotten first: an add from now on lists its room again.
+        self.forget_listed(Some(rooms));
         let mut srem = redis::cmd("SREM");
         srem.arg(node_key(self.prefix(), instance, "rooms"))
             .arg(rooms);
@@ -500,6 +514,8 @@ impl Presence for RedisBus {
         let rooms_key = node_key(prefix, instance, "rooms");
         let gone = self.sweep_rooms(instance, &rooms_key).await?;
         if finished {
+            // The instance's list goes (whichever instance it is: forgetting is safe).
+            self.forget_listed(None);
             let mut batch = Batch::new();
             let mut set = redis::cmd("SET");
             set.arg(node_key(prefix, instance, "swept"))

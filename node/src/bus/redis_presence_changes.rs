@@ -7,7 +7,11 @@
 //! A room is listed under the instance (`SADD` to the instance's room set) before its counts
 //! change, so a sweep always finds what the instance may hold: in the same pipeline on one
 //! Redis, as a batch of its own before the rooms' pipelines on a cluster (the set lives in the
-//! instance's slot, not the room's).
+//! instance's slot, not the room's). [`ListedRooms`] remembers what is listed already, so a
+//! busy room is listed once, not once per join.
+
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use redis::Value;
 
@@ -16,7 +20,7 @@ use super::redis_history::room_channel;
 use super::redis_presence_keys::{node_key, room_keys};
 use super::{BusError, PresenceChange};
 
-/// `KEYS` = [pr, pn, pc, channel] per group (a room and instance); `ARGV[1]` the publish
+/// `KEYS` = [pr, pn, px, channel] per group (a room and instance); `ARGV[1]` the publish
 /// command (`PUBLISH`, or `SPUBLISH` on a cluster), then [group, op, client, announcement] per
 /// change: the group's number (from 0), op `+` (one connection more) or `-` (one fewer), the
 /// envelope to publish on the group's channel when the change was the client's first (`+`) or
@@ -26,8 +30,9 @@ use super::{BusError, PresenceChange};
 const CHANGES: &str = r#"
 local pub = ARGV[1]
 local out = {}
--- The connections counters move once per group, by the sum of its changes.
-local moved = {}
+-- The extra-connections counters move once per group, by the sum of its changes; a client
+-- id's first connection coming or its only one going moves none.
+local extra = {}
 for i = 0, (#ARGV - 1) / 4 - 1 do
   local a = 4 * i + 1
   local g = 4 * tonumber(ARGV[a + 1])
@@ -35,9 +40,12 @@ for i = 0, (#ARGV - 1) / 4 - 1 do
   local op, client, say = ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   if op == '+' then
     redis.call('HINCRBY', pn, client, 1)
-    moved[g] = (moved[g] or 0) + 1
     local t = redis.call('HINCRBY', pr, client, 1)
-    if t == 1 and say ~= '' then redis.call(pub, KEYS[g + 4], say) end
+    if t == 1 then
+      if say ~= '' then redis.call(pub, KEYS[g + 4], say) end
+    elseif t > 1 then
+      extra[g] = (extra[g] or 0) + 1
+    end
     out[#out + 1] = t
   else
     local c = redis.call('HINCRBY', pn, client, -1)
@@ -45,18 +53,19 @@ for i = 0, (#ARGV - 1) / 4 - 1 do
     if c < 0 then
       out[#out + 1] = -1
     else
-      moved[g] = (moved[g] or 0) - 1
       local t = redis.call('HINCRBY', pr, client, -1)
       if t <= 0 then
         redis.call('HDEL', pr, client)
         t = 0
         if say ~= '' then redis.call(pub, KEYS[g + 4], say) end
+      else
+        extra[g] = (extra[g] or 0) - 1
       end
       out[#out + 1] = t
     end
   end
 end
-for g, n in pairs(moved) do
+for g, n in pairs(extra) do
   if n ~= 0 and redis.call('INCRBY', KEYS[g + 3], n) <= 0 then redis.call('DEL', KEYS[g + 3]) end
 end
 return out
@@ -65,25 +74,85 @@ return out
 /// Most changes one script call carries: Redis serves no one else while a script runs.
 pub(super) const CHANGES_RUN: usize = 256;
 
-/// The `SADD`s that list the rooms `changes` add to under their instances (one per room and
-/// instance), to send before the changes.
-pub(super) fn listing<'a>(
-    prefix: &str,
-    changes: impl IntoIterator<Item = &'a PresenceChange>,
-) -> Batch {
-    let mut listed: Vec<(&str, &str)> = Vec::new();
-    let mut batch = Batch::new();
-    for c in changes {
-        let key = (c.instance.as_ref(), c.room.as_str());
-        if !c.add || listed.contains(&key) {
-            continue;
+/// Most rooms [`ListedRooms`] remembers; past it, it starts over (and lists again).
+const LISTED_MAX: usize = 100_000;
+
+/// The rooms this node's current instance has listed in Redis and not taken off since: an add
+/// to one of them needs no `SADD`. Forgetting is the safe direction (a room is listed again),
+/// so anything that may have unlisted a room — a compaction, Redis losing its data — forgets,
+/// and bumps the epoch: a listing that was on its way meanwhile is not remembered.
+#[derive(Default)]
+pub(super) struct ListedRooms {
+    instance: Option<Arc<str>>,
+    rooms: HashSet<String>,
+    epoch: u64,
+}
+
+/// What a listing sent: the epoch it saw, and the (instance, room)s it listed.
+pub(super) struct Listing {
+    pub batch: Batch,
+    epoch: u64,
+    listed: Vec<(Arc<str>, String)>,
+}
+
+impl ListedRooms {
+    /// The `SADD`s that list `adds`' rooms under their instances, those not listed already
+    /// (one per room and instance), to send before the adds.
+    pub(super) fn listing<'a>(
+        &self,
+        prefix: &str,
+        adds: impl IntoIterator<Item = (&'a Arc<str>, &'a str)>,
+    ) -> Listing {
+        let mut listed: Vec<(Arc<str>, String)> = Vec::new();
+        let mut batch = Batch::new();
+        for (instance, room) in adds {
+            let known = self.instance.as_deref() == Some(&**instance) && self.rooms.contains(room);
+            if known || listed.iter().any(|(i, r)| *i == *instance && r == room) {
+                continue;
+            }
+            let mut sadd = redis::cmd("SADD");
+            sadd.arg(node_key(prefix, instance, "rooms")).arg(room);
+            batch.add(sadd).ignore();
+            listed.push((instance.clone(), room.to_owned()));
         }
-        listed.push(key);
-        let mut sadd = redis::cmd("SADD");
-        sadd.arg(node_key(prefix, key.0, "rooms")).arg(key.1);
-        batch.add(sadd).ignore();
+        Listing {
+            batch,
+            epoch: self.epoch,
+            listed,
+        }
     }
-    batch
+
+    /// Remembers what `listing` listed, once Redis took it — unless something was forgotten
+    /// since it was made.
+    pub(super) fn listed(&mut self, listing: Listing) {
+        if listing.epoch != self.epoch {
+            return;
+        }
+        for (instance, room) in listing.listed {
+            if self.instance.as_deref() != Some(&*instance) {
+                self.instance = Some(instance);
+                self.rooms.clear();
+            }
+            if self.rooms.len() >= LISTED_MAX {
+                self.rooms.clear();
+            }
+            self.rooms.insert(room);
+        }
+    }
+
+    /// Forgets `rooms` (about to be taken off the list).
+    pub(super) fn forget(&mut self, rooms: &[String]) {
+        self.epoch += 1;
+        for room in rooms {
+            self.rooms.remove(room);
+        }
+    }
+
+    /// Forgets everything (Redis may have lost the lists).
+    pub(super) fn clear(&mut self) {
+        self.epoch += 1;
+        self.rooms.clear();
+    }
 }
 
 /// The script call that writes a run of changes, in order, and publishes their announcements
@@ -136,4 +205,53 @@ pub(super) fn parse_changes(value: &Value, run: &[&PresenceChange]) -> Vec<Resul
             ))),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adds<'a>(pairs: &'a [(Arc<str>, &'a str)]) -> impl Iterator<Item = (&'a Arc<str>, &'a str)> {
+        pairs.iter().map(|(i, r)| (i, *r))
+    }
+
+    #[test]
+    fn a_room_is_listed_once_until_it_may_have_been_taken_off() {
+        let (i1, i2): (Arc<str>, Arc<str>) = ("i1".into(), "i2".into());
+        let mut rooms = ListedRooms::default();
+        let first = rooms.listing("p", adds(&[(i1.clone(), "r"), (i1.clone(), "r")]));
+        assert_eq!(first.listed.len(), 1, "one SADD per room and instance");
+        // Not remembered until Redis took it.
+        assert_eq!(
+            rooms.listing("p", adds(&[(i1.clone(), "r")])).listed.len(),
+            1
+        );
+        rooms.listed(first);
+        assert!(rooms
+            .listing("p", adds(&[(i1.clone(), "r")]))
+            .batch
+            .is_empty());
+        // Another instance (the node was swept) lists again.
+        assert_eq!(
+            rooms.listing("p", adds(&[(i2.clone(), "r")])).listed.len(),
+            1
+        );
+        // A listing on its way while the room was taken off is not remembered.
+        let late = rooms.listing("p", adds(&[(i1.clone(), "s")]));
+        rooms.forget(&["r".to_owned()]);
+        rooms.listed(late);
+        assert_eq!(
+            rooms.listing("p", adds(&[(i1.clone(), "s")])).listed.len(),
+            1
+        );
+        assert_eq!(
+            rooms.listing("p", adds(&[(i1.clone(), "r")])).listed.len(),
+            1
+        );
+        // Forgetting everything (Redis lost its data).
+        let again = rooms.listing("p", adds(&[(i1.clone(), "r")]));
+        rooms.listed(again);
+        rooms.clear();
+        assert_eq!(rooms.listing("p", adds(&[(i1, "r")])).listed.len(), 1);
+    }
 }

@@ -9,7 +9,7 @@ pub(super) fn total_key(prefix: &str, room: &str) -> String {
 }
 
 /// A room's presence keys as one instance's scripts take them: totals, the instance's counts,
-/// the connections counter.
+/// the extra-connections counter.
 pub(super) struct RoomKeys([String; 3]);
 
 impl RoomKeys {
@@ -26,12 +26,15 @@ pub(super) fn room_keys(prefix: &str, room: &str, instance: &str) -> RoomKeys {
     RoomKeys([
         total_key(prefix, room),
         instance_key(prefix, room, instance),
-        connections_key(prefix, room),
+        extra_key(prefix, room),
     ])
 }
 
-pub(super) fn connections_key(prefix: &str, room: &str) -> String {
-    format!("{}:pc", room_channel(prefix, room))
+/// The room's connections beyond each client id's first: Σ (connections − 1) over its client
+/// ids, absent at 0. The connections in all are the totals hash's length plus this, so a
+/// client id's only connection joining or leaving — the common case — moves no counter.
+pub(super) fn extra_key(prefix: &str, room: &str) -> String {
+    format!("{}:px", room_channel(prefix, room))
 }
 
 fn instance_key(prefix: &str, room: &str, instance: &str) -> String {
