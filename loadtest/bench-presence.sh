@@ -2,7 +2,8 @@
 # What presence costs (issue 21), through the gateway to two nodes on Redis. Passes alternate
 # presence off (`--presence=false` on the nodes) and on (the default): off, on, off, on…, each
 # on a fresh Redis, two nodes and a gateway, so both modes see the same machine. Per pass:
-#   join     M members connect and join one room (256 in flight), then leave: joins/s
+#   join     M members connect and join one room (256 in flight), then leave: joins/s; J times
+#            per pass (a run lasts ~1 s, so one alone cannot resolve a few per cent)
 #   churn    W workers × C cycles of connect → join → leave+close or drop, over 10 rooms: cycles/s
 #   presence (on only) M members join, then one client asks `presence` back to back for S s:
 #            answer latency, count, truncated
@@ -13,12 +14,13 @@
 # server CPU per cycle/join.
 #
 #   loadtest/bench-presence.sh [--bin-dir DIR] [--rounds N] [--members M] [--duration-secs S]
-#                              [--workers W] [--cycles C] [--on-first]   (on, off, on, off…)
+#                              [--workers W] [--cycles C] [--join-repeats J] [--on-first]
+#                              (--on-first: on, off, on, off…; J defaults to 5)
 # Needs redis-server, curl and python3; builds the release binaries unless --bin-dir is given.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-BIN="" ROUNDS=2 MEMBERS=10000 SECS=10 WORKERS=100 CYCLES=300 MODES="off on"
+BIN="" ROUNDS=2 MEMBERS=10000 SECS=10 WORKERS=100 CYCLES=300 MODES="off on" REPEATS=5
 while [ $# -gt 0 ]; do
     case "$1" in
         --bin-dir) BIN="$2"; shift ;;
@@ -27,8 +29,9 @@ while [ $# -gt 0 ]; do
         --duration-secs) SECS="$2"; shift ;;
         --workers) WORKERS="$2"; shift ;;
         --cycles) CYCLES="$2"; shift ;;
+        --join-repeats) REPEATS="$2"; shift ;;
         --on-first) MODES="on off" ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -58,6 +61,7 @@ settle() { # until the last run is gone: no connection on either node, no presen
     echo "warning: 30 s after a run the nodes still hold connections or Redis presence hashes" >&2
 }
 run() { # run KIND MODE ROUND LOADTEST-ARGS...: one loadtest run through the gateway, one table row
+    # (ROUND may carry the repeat: 2.3 is round 2's third run of its kind)
     local kind="$1" mode="$2" rnd="$3"; shift 3
     local before after rc=0
     before=$(cpu)
@@ -109,7 +113,9 @@ for round in $(seq 1 "$ROUNDS"); do
         flags=(); if [ "$mode" = off ]; then flags=(--presence=false); fi
         up 'bench*:announce=off' "${flags[@]}"
         stats=$(printf 'http://127.0.0.1:%s/stats,' "${NODE_PORTS[@]}")
-        run join "$mode" "$round" presence --members "$MEMBERS" --askers 0
+        for rep in $(seq 1 "$REPEATS"); do
+            run join "$mode" "$round.$rep" presence --members "$MEMBERS" --askers 0
+        done
         run churn "$mode" "$round" churn --workers "$WORKERS" --cycles "$CYCLES" --rooms 10 \
             --stats-url "${stats%,}"
         if [ "$mode" = on ]; then
@@ -124,9 +130,15 @@ import statistics
 rows = [json.loads(l) for l in open(sys.argv[1])]
 print()
 for kind, what, unit in (("churn", "churn cycles/s", "cycle"), ("join", "joins/s", "join")):
+    # Per pass (a round's runs of one mode): everything done over the time it took.
     pairs = []
-    for rnd in sorted({r["round"] for r in rows}, key=int):
-        got = {r["mode"]: r["figure"] for r in rows if r["kind"] == kind and r["round"] == rnd}
+    for rnd in sorted({r["round"].split(".")[0] for r in rows}, key=int):
+        got = {}
+        for mode in ("off", "on"):
+            runs = [r for r in rows if r["kind"] == kind and r["mode"] == mode
+                    and r["round"].split(".")[0] == rnd and r["figure"]]
+            if runs:
+                got[mode] = sum(r["units"] for r in runs) / sum(r["units"] / r["figure"] for r in runs)
         if got.get("off") and got.get("on"):
             pairs.append(got["on"] / got["off"])
     if pairs:
