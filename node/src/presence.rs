@@ -498,8 +498,6 @@ impl Tracker {
     }
 }
 
-/// Of `keys`, those with no relative write on its way (an absolute rewrite must not land
-/// before one); the others stay dirty for the next pass.
 /// A change of `client`'s connections in `room` under `instance`, its announcement not yet
 /// attached.
 fn change(add: bool, room: &str, client: &Arc<str>, instance: &Arc<str>) -> PresenceChange {
@@ -512,6 +510,8 @@ fn change(add: bool, room: &str, client: &Arc<str>, instance: &Arc<str>) -> Pres
     }
 }
 
+/// Of `keys`, those with no relative write on its way (an absolute rewrite must not land
+/// before one); the others stay dirty for the next pass.
 fn settled(state: &mut State, keys: Vec<Key>) -> Vec<Key> {
     let (ready, later): (Vec<Key>, Vec<Key>) = keys
         .into_iter()

@@ -220,6 +220,9 @@ async fn compact(shared: &Shared, bus: &Arc<dyn Bus>, cursor: u64) -> u64 {
         }
     }
     shared.presence.compacted(&idle);
+    if next == 0 {
+        presence.relist();
+    }
     next
 }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ringcast_protocol::{Envelope, Target};
 use tokio::sync::{mpsc, oneshot};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::bus::{Bus, BusError, Channel, Keep, PresenceChange, Publish, Published, StoredPublish};
 use crate::hub::now_micros;
@@ -223,6 +223,11 @@ impl Publisher {
 /// Counts a publish's outcome (and logs a failure).
 fn count(metrics: &Metrics, publish: &Publish, result: &Result<Published, BusError>) {
     match result {
+        // A failed presence change is its caller's to answer (a refused join, a retried
+        // leave): not a failed publish.
+        Err(e) if matches!(publish, Publish::Presence(_)) => {
+            debug!(error = %e, "presence change failed")
+        }
         // A presence change is a publish when its announcement went out.
         Ok(Published::Presence(changed)) => {
             if let (true, Publish::Presence(c)) = (changed, publish) {
@@ -239,9 +244,7 @@ fn count(metrics: &Metrics, publish: &Publish, result: &Result<Published, BusErr
                     warn!(error = %e, channel = %channel, "publish failed")
                 }
                 Publish::Stored(msg) => warn!(error = %e, room = %msg.room, "publish failed"),
-                Publish::Presence(c) => {
-                    warn!(error = %e, room = %c.room, "presence change failed")
-                }
+                Publish::Presence(_) => {}
             }
         }
     }

@@ -692,4 +692,91 @@ async fn a_room_is_listed_once_and_again_after_it_was_taken_off() {
     assert_eq!(renewal, ringcast_node::bus::presence::Renewal::Taken);
     bus.add("r", "b", "i1").await.unwrap();
     assert_eq!(listed(), ["r"], "listed again after Redis lost its data");
+    // A listing lost while the lease survived (a failover, a restart from a snapshot): once
+    // the bus has connected anew, joins list the room again.
+    redis
+        .cli(&["SREM", "{ringcast:node:i1}:rooms", "r"])
+        .unwrap();
+    redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    while listed().is_empty() && tokio::time::Instant::now() < deadline {
+        n += 1;
+        let _ = bus.add("r", &format!("late{n}"), "i1").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(listed(), ["r"], "listed again after the bus reconnected");
+}
+
+/// One script call can carry changes of one room under several instances (a node's old
+/// instance and its new one): the extra-connections counter moves once by their sum, never
+/// clamped at 0 half-way — whichever order the changes come in.
+#[tokio::test]
+async fn changes_of_one_room_under_several_instances_in_one_call_keep_the_count_exact() {
+    use ringcast_node::bus::redis::RedisBus;
+    use ringcast_node::bus::redis_config::RedisBusConfig;
+    use ringcast_node::bus::{Bus, PresenceChange, Publish, Published};
+    use ringcast_node::metrics::Metrics;
+    use std::sync::Arc;
+
+    let redis = RedisServer::start();
+    let settings = RedisBusConfig::from_config(&support::config("n1", &redis.url())).unwrap();
+    let bus = RedisBus::start(settings, Arc::new(|_| {}), Arc::new(Metrics::new())).unwrap();
+    assert!(bus.wait_healthy(Duration::from_secs(5)).await);
+    let change = |add: bool, room: &str, instance: &str| {
+        Publish::Presence(PresenceChange {
+            add,
+            room: room.into(),
+            client: "x".into(),
+            instance: instance.into(),
+            announce: None,
+        })
+    };
+    // x has one connection under i1 and one under i2 (2 in all: one extra); in one call it
+    // gets one under i3 and loses those under i1 and i2, the add at each place in turn.
+    for at in 0..3 {
+        let room = format!("r{at}");
+        for instance in ["i1", "i2"] {
+            bus.publish_all(&[change(true, &room, instance)]).await[0]
+                .as_ref()
+                .unwrap();
+        }
+        assert_eq!(redis_counts(&redis, &room), (1, 2));
+        let mut call = vec![change(false, &room, "i1"), change(false, &room, "i2")];
+        call.insert(at, change(true, &room, "i3"));
+        let got: Vec<Published> = bus
+            .publish_all(&call)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        // Last, the add comes after both removals: x had none in between.
+        let expected = match at {
+            2 => [false, true, true],
+            _ => [false; 3],
+        };
+        assert_eq!(
+            got,
+            expected.map(Published::Presence),
+            "first or last connection (the add at {at})"
+        );
+        assert_eq!(redis_counts(&redis, &room), (1, 1), "the add at {at}");
+    }
+    // x has two connections under i1; in one call one goes, one comes under i2, the other
+    // under i1 goes: i1's two removals sum to −2 before i2's +1 is counted.
+    for _ in 0..2 {
+        bus.publish_all(&[change(true, "s", "i1")]).await[0]
+            .as_ref()
+            .unwrap();
+    }
+    assert_eq!(redis_counts(&redis, "s"), (1, 2));
+    let call = [
+        change(false, "s", "i1"),
+        change(true, "s", "i2"),
+        change(false, "s", "i1"),
+    ];
+    for answer in bus.publish_all(&call).await {
+        assert_eq!(answer.unwrap(), Published::Presence(false));
+    }
+    assert_eq!(redis_counts(&redis, "s"), (1, 1));
 }

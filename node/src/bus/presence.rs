@@ -106,6 +106,11 @@ pub trait Presence: Send + Sync {
         self.resync(instance, entries).await.map(|_| ())
     }
 
+    /// Forgets which rooms this node knows to be on its instance's room list, so the next
+    /// joins list them again: called after each full pass over the list, so a room taken off
+    /// it by anything the node did not see is listed again within a pass.
+    fn relist(&self) {}
+
     /// A page of the rooms `instance` lists (`SSCAN` from `cursor`; 0 starts, a returned 0
     /// ends).
     async fn listed_rooms(

@@ -159,6 +159,7 @@ impl RedisBus {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let listing = list.then(|| self.listing(presence_adds(batch)));
+        let listed = listing.as_ref().map_or(0, Listing::len);
         if let Some(listing) = &listing {
             listing.batch.add_to(&mut pipe);
         }
@@ -205,16 +206,24 @@ impl RedisBus {
             }
         }
         let err = match self.inner.pipeline(&pipe).await {
-            Ok(values) if values.len() == steps.len() => {
-                // Redis took the listing with the changes when the changes stand.
-                let changed = steps.iter().zip(&values).all(|(step, value)| {
-                    !matches!(step, Step::Presence(_)) || matches!(value, redis::Value::Array(_))
+            Ok(mut values) if values.len() == listed + steps.len() => {
+                // A room Redis did not list fails its changes (they are written again, listed,
+                // by the retry pass); one it listed is remembered.
+                let unlisted = values.drain(..listed).find_map(|v| match v {
+                    redis::Value::Int(_) => None,
+                    other => Some(BusError::Unavailable(format!(
+                        "Redis answered a presence listing with {other:?}"
+                    ))),
                 });
-                if let (Some(listing), true) = (listing, changed) {
+                if let (Some(listing), None) = (listing, &unlisted) {
                     self.listed_ok(listing);
                 }
                 let mut out = Vec::with_capacity(batch.len());
                 for (step, value) in steps.iter().zip(values) {
+                    if let (Step::Presence(run), Some(e)) = (step, &unlisted) {
+                        out.extend(run.clone().map(|_| Err(e.clone())));
+                        continue;
+                    }
                     match step {
                         Step::Plain(_) => out.push(match value {
                             redis::Value::Int(n) => Ok(Published::Plain(n.max(0) as usize)),
@@ -242,7 +251,7 @@ impl RedisBus {
             }
             Ok(values) => BusError::Unavailable(format!(
                 "Redis answered {} commands with {} replies",
-                steps.len(),
+                listed + steps.len(),
                 values.len()
             )),
             Err(e) => e,
@@ -256,13 +265,13 @@ impl RedisBus {
         adds: impl IntoIterator<Item = (&'a Arc<str>, &'a str)>,
     ) -> Listing {
         let listed = self.listed.lock().unwrap_or_else(|e| e.into_inner());
-        listed.listing(self.inner.prefix(), adds)
+        listed.listing(self.inner.prefix(), adds, self.inner.generations_made())
     }
 
     /// Remembers a listing Redis took.
     pub(super) fn listed_ok(&self, listing: Listing) {
         let mut listed = self.listed.lock().unwrap_or_else(|e| e.into_inner());
-        listed.listed(listing);
+        listed.listed(listing, self.inner.generations_made());
     }
 
     /// Forgets listed rooms: `Some(rooms)` about to be taken off the list, `None` all of them.
@@ -320,7 +329,7 @@ impl Bus for RedisBus {
             return self.publish_pipeline(batch, true).await;
         }
         // The rooms presence changes add to are listed first (the instances' slots); if that
-        // fails, those changes fail and the rest goes on.
+        // fails, the adds fail and the rest goes on.
         let listing = self.listing(presence_adds(batch));
         let unlisted = match listing.batch.is_empty() {
             true => None,
@@ -333,9 +342,11 @@ impl Bus for RedisBus {
         let mut out: Vec<Option<Result<Published, BusError>>> = vec![None; batch.len()];
         let mut by_slot: Vec<(u16, Vec<usize>)> = Vec::new();
         for (i, item) in batch.iter().enumerate() {
-            if let (Some(e), Publish::Presence(_)) = (&unlisted, item) {
-                out[i] = Some(Err(e.clone()));
-                continue;
+            if let (Some(e), Publish::Presence(change)) = (&unlisted, item) {
+                if change.add {
+                    out[i] = Some(Err(e.clone()));
+                    continue;
+                }
             }
             let slot = slot_of(self.slot_name(item).as_bytes());
             match by_slot.iter_mut().find(|(s, _)| *s == slot) {

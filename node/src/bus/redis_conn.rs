@@ -190,6 +190,12 @@ impl Inner {
         self.next_generation.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The generation the next connection will get: it changes whenever any connection to
+    /// Redis was made anew (after a restart, a failover, a lost connection).
+    pub(super) fn generations_made(&self) -> u64 {
+        self.next_generation.load(Ordering::Relaxed)
+    }
+
     /// Marks the subscriber side up or down (health is both sides up).
     pub(super) fn set_subscriber_up(&self, up: bool) {
         self.set_up(&self.subscriber_up, up);

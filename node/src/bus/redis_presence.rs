@@ -415,6 +415,7 @@ impl Presence for RedisBus {
             .filter(|(_, list)| list.iter().any(|(_, _, n)| *n > 0))
             .map(|(room, _)| (&instance_id, *room));
         let mut listing = self.listing(adds);
+        // (The listing's replies come back with the scripts'; any error fails the batch.)
         let mut batch = std::mem::take(&mut listing.batch);
         for (room, list) in &by_room {
             for run in list.chunks(WRITE_QUIET_RUN) {
@@ -491,6 +492,10 @@ impl Presence for RedisBus {
             .and_then(|c| c.parse().ok())
             .ok_or_else(|| bad("cursor"))?;
         Ok((next, texts(rooms)?))
+    }
+
+    fn relist(&self) {
+        self.forget_listed(None);
     }
 
     async fn unlist_rooms(&self, instance: &str, rooms: &[String]) -> Result<(), BusError> {

@@ -30,8 +30,8 @@ use super::{BusError, PresenceChange};
 const CHANGES: &str = r#"
 local pub = ARGV[1]
 local out = {}
--- The extra-connections counters move once per group, by the sum of its changes; a client
--- id's first connection coming or its only one going moves none.
+-- Each extra-connections counter moves once, by the sum of its room's changes (over all the
+-- room's groups); a client id's first connection coming or its only one going moves none.
 local extra = {}
 for i = 0, (#ARGV - 1) / 4 - 1 do
   local a = 4 * i + 1
@@ -44,7 +44,7 @@ for i = 0, (#ARGV - 1) / 4 - 1 do
     if t == 1 then
       if say ~= '' then redis.call(pub, KEYS[g + 4], say) end
     elseif t > 1 then
-      extra[g] = (extra[g] or 0) + 1
+      extra[KEYS[g + 3]] = (extra[KEYS[g + 3]] or 0) + 1
     end
     out[#out + 1] = t
   else
@@ -59,14 +59,14 @@ for i = 0, (#ARGV - 1) / 4 - 1 do
         t = 0
         if say ~= '' then redis.call(pub, KEYS[g + 4], say) end
       else
-        extra[g] = (extra[g] or 0) - 1
+        extra[KEYS[g + 3]] = (extra[KEYS[g + 3]] or 0) - 1
       end
       out[#out + 1] = t
     end
   end
 end
-for g, n in pairs(extra) do
-  if n ~= 0 and redis.call('INCRBY', KEYS[g + 3], n) <= 0 then redis.call('DEL', KEYS[g + 3]) end
+for px, n in pairs(extra) do
+  if n ~= 0 and redis.call('INCRBY', px, n) <= 0 then redis.call('DEL', px) end
 end
 return out
 "#;
@@ -79,54 +79,78 @@ const LISTED_MAX: usize = 100_000;
 
 /// The rooms this node's current instance has listed in Redis and not taken off since: an add
 /// to one of them needs no `SADD`. Forgetting is the safe direction (a room is listed again),
-/// so anything that may have unlisted a room — a compaction, Redis losing its data — forgets,
-/// and bumps the epoch: a listing that was on its way meanwhile is not remembered.
+/// so anything that may have unlisted a room forgets, and bumps the epoch (a listing that was
+/// on its way meanwhile is not remembered): a compaction; Redis losing its data (the lease was
+/// gone); any new connection to Redis (a restart or a failover may have lost the last writes
+/// while the lease survived), told by the bus's connection generation; and each full pass of
+/// the compaction over the list, so whatever else took a room off heals within a pass.
 #[derive(Default)]
 pub(super) struct ListedRooms {
     instance: Option<Arc<str>>,
     rooms: HashSet<String>,
     epoch: u64,
+    /// The connection generation the rooms were listed under.
+    generation: u64,
 }
 
-/// What a listing sent: the epoch it saw, and the (instance, room)s it listed.
+/// What a listing sent: the epoch and connection generation it saw, and the (instance, room)s
+/// it listed, one `SADD` each in `batch`, in order.
 pub(super) struct Listing {
     pub batch: Batch,
     epoch: u64,
+    generation: u64,
     listed: Vec<(Arc<str>, String)>,
+}
+
+impl Listing {
+    /// How many `SADD`s it holds (each with a reply).
+    pub(super) fn len(&self) -> usize {
+        self.listed.len()
+    }
 }
 
 impl ListedRooms {
     /// The `SADD`s that list `adds`' rooms under their instances, those not listed already
-    /// (one per room and instance), to send before the adds.
+    /// (one per room and instance), to send before the adds; `generation` is the bus's
+    /// connection generation now.
     pub(super) fn listing<'a>(
         &self,
         prefix: &str,
         adds: impl IntoIterator<Item = (&'a Arc<str>, &'a str)>,
+        generation: u64,
     ) -> Listing {
         let mut listed: Vec<(Arc<str>, String)> = Vec::new();
         let mut batch = Batch::new();
+        let current = self.generation == generation;
         for (instance, room) in adds {
-            let known = self.instance.as_deref() == Some(&**instance) && self.rooms.contains(room);
+            let known = current
+                && self.instance.as_deref() == Some(&**instance)
+                && self.rooms.contains(room);
             if known || listed.iter().any(|(i, r)| *i == *instance && r == room) {
                 continue;
             }
             let mut sadd = redis::cmd("SADD");
             sadd.arg(node_key(prefix, instance, "rooms")).arg(room);
-            batch.add(sadd).ignore();
+            batch.add(sadd);
             listed.push((instance.clone(), room.to_owned()));
         }
         Listing {
             batch,
             epoch: self.epoch,
+            generation,
             listed,
         }
     }
 
     /// Remembers what `listing` listed, once Redis took it — unless something was forgotten
-    /// since it was made.
-    pub(super) fn listed(&mut self, listing: Listing) {
-        if listing.epoch != self.epoch {
+    /// since it was made, or the bus connected anew meanwhile (`generation`: now).
+    pub(super) fn listed(&mut self, listing: Listing, generation: u64) {
+        if listing.epoch != self.epoch || listing.generation != generation {
             return;
+        }
+        if self.generation != generation {
+            self.generation = generation;
+            self.rooms.clear();
         }
         for (instance, room) in listing.listed {
             if self.instance.as_deref() != Some(&*instance) {
@@ -219,39 +243,92 @@ mod tests {
     fn a_room_is_listed_once_until_it_may_have_been_taken_off() {
         let (i1, i2): (Arc<str>, Arc<str>) = ("i1".into(), "i2".into());
         let mut rooms = ListedRooms::default();
-        let first = rooms.listing("p", adds(&[(i1.clone(), "r"), (i1.clone(), "r")]));
+        let first = rooms.listing("p", adds(&[(i1.clone(), "r"), (i1.clone(), "r")]), 1);
         assert_eq!(first.listed.len(), 1, "one SADD per room and instance");
         // Not remembered until Redis took it.
         assert_eq!(
-            rooms.listing("p", adds(&[(i1.clone(), "r")])).listed.len(),
+            rooms
+                .listing("p", adds(&[(i1.clone(), "r")]), 1)
+                .listed
+                .len(),
             1
         );
-        rooms.listed(first);
+        rooms.listed(first, 1);
         assert!(rooms
-            .listing("p", adds(&[(i1.clone(), "r")]))
+            .listing("p", adds(&[(i1.clone(), "r")]), 1)
             .batch
             .is_empty());
         // Another instance (the node was swept) lists again.
         assert_eq!(
-            rooms.listing("p", adds(&[(i2.clone(), "r")])).listed.len(),
+            rooms
+                .listing("p", adds(&[(i2.clone(), "r")]), 1)
+                .listed
+                .len(),
             1
         );
         // A listing on its way while the room was taken off is not remembered.
-        let late = rooms.listing("p", adds(&[(i1.clone(), "s")]));
+        let late = rooms.listing("p", adds(&[(i1.clone(), "s")]), 1);
         rooms.forget(&["r".to_owned()]);
-        rooms.listed(late);
+        rooms.listed(late, 1);
         assert_eq!(
-            rooms.listing("p", adds(&[(i1.clone(), "s")])).listed.len(),
+            rooms
+                .listing("p", adds(&[(i1.clone(), "s")]), 1)
+                .listed
+                .len(),
             1
         );
         assert_eq!(
-            rooms.listing("p", adds(&[(i1.clone(), "r")])).listed.len(),
+            rooms
+                .listing("p", adds(&[(i1.clone(), "r")]), 1)
+                .listed
+                .len(),
             1
         );
         // Forgetting everything (Redis lost its data).
-        let again = rooms.listing("p", adds(&[(i1.clone(), "r")]));
-        rooms.listed(again);
+        let again = rooms.listing("p", adds(&[(i1.clone(), "r")]), 1);
+        rooms.listed(again, 1);
         rooms.clear();
-        assert_eq!(rooms.listing("p", adds(&[(i1, "r")])).listed.len(), 1);
+        assert_eq!(
+            rooms
+                .listing("p", adds(&[(i1.clone(), "r")]), 1)
+                .listed
+                .len(),
+            1
+        );
+        // A new connection to Redis (generation 2): what was listed before may be lost.
+        let before = rooms.listing("p", adds(&[(i1.clone(), "r")]), 1);
+        rooms.listed(before, 1);
+        assert!(rooms
+            .listing("p", adds(&[(i1.clone(), "r")]), 1)
+            .batch
+            .is_empty());
+        assert_eq!(
+            rooms
+                .listing("p", adds(&[(i1.clone(), "r")]), 2)
+                .listed
+                .len(),
+            1
+        );
+        // A listing made before the reconnection and answered after it is not remembered.
+        let stale = rooms.listing("p", adds(&[(i1.clone(), "t")]), 1);
+        rooms.listed(stale, 2);
+        assert_eq!(
+            rooms
+                .listing("p", adds(&[(i1.clone(), "t")]), 2)
+                .listed
+                .len(),
+            1
+        );
+        let fresh = rooms.listing("p", adds(&[(i1.clone(), "t")]), 2);
+        rooms.listed(fresh, 2);
+        assert!(rooms
+            .listing("p", adds(&[(i1.clone(), "t")]), 2)
+            .batch
+            .is_empty());
+        assert_eq!(
+            rooms.listing("p", adds(&[(i1, "r")]), 2).listed.len(),
+            1,
+            "listed under the old connection: forgotten"
+        );
     }
 }
