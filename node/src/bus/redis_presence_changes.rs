@@ -235,98 +235,60 @@ pub(super) fn parse_changes(value: &Value, run: &[&PresenceChange]) -> Vec<Resul
 mod tests {
     use super::*;
 
-    fn adds<'a>(pairs: &'a [(Arc<str>, &'a str)]) -> impl Iterator<Item = (&'a Arc<str>, &'a str)> {
-        pairs.iter().map(|(i, r)| (i, *r))
+    /// How many `SADD`s a listing of (instance, room) would send under `generation`.
+    fn sadds(rooms: &ListedRooms, instance: &Arc<str>, room: &str, generation: u64) -> usize {
+        let pair = [(instance.clone(), room)];
+        rooms
+            .listing("p", pair.iter().map(|(i, r)| (i, *r)), generation)
+            .len()
+    }
+
+    fn listing(rooms: &ListedRooms, instance: &Arc<str>, room: &str, generation: u64) -> Listing {
+        let pair = [(instance.clone(), room)];
+        rooms.listing("p", pair.iter().map(|(i, r)| (i, *r)), generation)
     }
 
     #[test]
     fn a_room_is_listed_once_until_it_may_have_been_taken_off() {
         let (i1, i2): (Arc<str>, Arc<str>) = ("i1".into(), "i2".into());
         let mut rooms = ListedRooms::default();
-        let first = rooms.listing("p", adds(&[(i1.clone(), "r"), (i1.clone(), "r")]), 1);
-        assert_eq!(first.listed.len(), 1, "one SADD per room and instance");
-        // Not remembered until Redis took it.
+        let twice = [(i1.clone(), "r"), (i1.clone(), "r")];
+        let first = rooms.listing("p", twice.iter().map(|(i, r)| (i, *r)), 1);
+        assert_eq!(first.len(), 1, "one SADD per room and instance");
         assert_eq!(
-            rooms
-                .listing("p", adds(&[(i1.clone(), "r")]), 1)
-                .listed
-                .len(),
-            1
+            sadds(&rooms, &i1, "r", 1),
+            1,
+            "not remembered until Redis took it"
         );
         rooms.listed(first, 1);
-        assert!(rooms
-            .listing("p", adds(&[(i1.clone(), "r")]), 1)
-            .batch
-            .is_empty());
-        // Another instance (the node was swept) lists again.
+        assert_eq!(sadds(&rooms, &i1, "r", 1), 0);
         assert_eq!(
-            rooms
-                .listing("p", adds(&[(i2.clone(), "r")]), 1)
-                .listed
-                .len(),
-            1
+            sadds(&rooms, &i2, "r", 1),
+            1,
+            "another instance (the node was swept)"
         );
         // A listing on its way while the room was taken off is not remembered.
-        let late = rooms.listing("p", adds(&[(i1.clone(), "s")]), 1);
+        let late = listing(&rooms, &i1, "s", 1);
         rooms.forget(&["r".to_owned()]);
         rooms.listed(late, 1);
-        assert_eq!(
-            rooms
-                .listing("p", adds(&[(i1.clone(), "s")]), 1)
-                .listed
-                .len(),
-            1
-        );
-        assert_eq!(
-            rooms
-                .listing("p", adds(&[(i1.clone(), "r")]), 1)
-                .listed
-                .len(),
-            1
-        );
+        assert_eq!(sadds(&rooms, &i1, "s", 1), 1);
+        assert_eq!(sadds(&rooms, &i1, "r", 1), 1);
         // Forgetting everything (Redis lost its data).
-        let again = rooms.listing("p", adds(&[(i1.clone(), "r")]), 1);
-        rooms.listed(again, 1);
+        rooms.listed(listing(&rooms, &i1, "r", 1), 1);
         rooms.clear();
-        assert_eq!(
-            rooms
-                .listing("p", adds(&[(i1.clone(), "r")]), 1)
-                .listed
-                .len(),
-            1
-        );
+        assert_eq!(sadds(&rooms, &i1, "r", 1), 1);
         // A new connection to Redis (generation 2): what was listed before may be lost.
-        let before = rooms.listing("p", adds(&[(i1.clone(), "r")]), 1);
-        rooms.listed(before, 1);
-        assert!(rooms
-            .listing("p", adds(&[(i1.clone(), "r")]), 1)
-            .batch
-            .is_empty());
-        assert_eq!(
-            rooms
-                .listing("p", adds(&[(i1.clone(), "r")]), 2)
-                .listed
-                .len(),
-            1
-        );
+        rooms.listed(listing(&rooms, &i1, "r", 1), 1);
+        assert_eq!(sadds(&rooms, &i1, "r", 1), 0);
+        assert_eq!(sadds(&rooms, &i1, "r", 2), 1);
         // A listing made before the reconnection and answered after it is not remembered.
-        let stale = rooms.listing("p", adds(&[(i1.clone(), "t")]), 1);
+        let stale = listing(&rooms, &i1, "t", 1);
         rooms.listed(stale, 2);
+        assert_eq!(sadds(&rooms, &i1, "t", 2), 1);
+        rooms.listed(listing(&rooms, &i1, "t", 2), 2);
+        assert_eq!(sadds(&rooms, &i1, "t", 2), 0);
         assert_eq!(
-            rooms
-                .listing("p", adds(&[(i1.clone(), "t")]), 2)
-                .listed
-                .len(),
-            1
-        );
-        let fresh = rooms.listing("p", adds(&[(i1.clone(), "t")]), 2);
-        rooms.listed(fresh, 2);
-        assert!(rooms
-            .listing("p", adds(&[(i1.clone(), "t")]), 2)
-            .batch
-            .is_empty());
-        assert_eq!(
-            rooms.listing("p", adds(&[(i1, "r")]), 2).listed.len(),
+            sadds(&rooms, &i1, "r", 2),
             1,
             "listed under the old connection: forgotten"
         );
