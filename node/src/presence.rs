@@ -63,6 +63,9 @@ struct State {
     /// Relative writes on their way to the bus, per entry: an absolute rewrite of the entry
     /// waits for them (it could land first, and they on top of it).
     in_flight: HashMap<Key, u32>,
+    /// Client ids a purge of this node's own instance left with no connection anywhere (they
+    /// left while the node's lease had lapsed), to announce once the lease has settled.
+    gone: Vec<Key>,
 }
 
 /// What this node counts in presence.
@@ -134,6 +137,7 @@ impl Tracker {
                 queued: 0,
                 overflow_at: None,
                 in_flight: HashMap::new(),
+                gone: Vec::new(),
             }),
             node_id,
             wake: Notify::new(),
@@ -388,6 +392,30 @@ impl Tracker {
         }
     }
 
+    /// Notes what a purge of this node's own instance left gone (per room, client ids), but
+    /// those the node still counts there (its rewrite brings them back): they left while the
+    /// node's lease had lapsed, and nobody has told their rooms yet. At most [`MAX_DIRTY`].
+    pub fn note_gone(&self, gone: Vec<(String, Vec<String>)>) {
+        let mut state = self.state.lock().unwrap_or_else(unpoison);
+        for (room, ids) in gone {
+            for id in ids {
+                let key: Key = (room.clone(), id.into());
+                if !state.local.contains_key(&key) && state.gone.len() < MAX_DIRTY {
+                    state.gone.push(key);
+                }
+            }
+        }
+    }
+
+    /// What [`Tracker::note_gone`] noted, but those that came back to this node since.
+    pub fn take_gone(&self) -> Vec<Key> {
+        let mut state = self.state.lock().unwrap_or_else(unpoison);
+        let gone = std::mem::take(&mut state.gone);
+        gone.into_iter()
+            .filter(|key| !state.local.contains_key(key))
+            .collect()
+    }
+
     /// Everything this node counts, under its instance, marked busy (to write it again);
     /// give it back with [`Tracker::written`].
     pub fn take_all(&self) -> (Arc<str>, Vec<Entry>) {
@@ -444,6 +472,7 @@ impl Tracker {
         state.quiet.clear();
         state.overflow_at = None;
         state.in_flight.clear();
+        state.gone.clear();
         self.metrics.presence_entries.set(0);
         let old = std::mem::replace(&mut state.instance, new_instance(&self.node_id));
         (old, state.instance.clone())

@@ -3,7 +3,9 @@
 //! renewal, nor a burst of joins either:
 //!
 //! - **renew**, every third of the lease: renews it. Found gone (Redis lost it, or the first
-//!   one), the node removes what its instance had and writes its table again. Found swept (it
+//!   one), the node removes what its instance had and writes its table again; the client ids
+//!   that removal left gone (they left while the lease had lapsed, e.g. during a Redis outage
+//!   longer than the lease) are announced by the sweep task once the lease has settled. Found swept (it
 //!   froze past its lease), it closes every client with 1012 — survivors already told the
 //!   rooms they left, so they reconnect and are counted anew — counts under a new instance, and
 //!   removes what the old one still had (joins it served between waking and finding out),
@@ -149,6 +151,10 @@ async fn renew(shared: &Shared, bus: &Arc<dyn Bus>, lease: Duration) -> Option<b
             // first one: what the instance had there goes, and the table is written again.
             let (instance, entries) = tracker.take_all();
             let purged = presence.purge(&instance, false).await;
+            if let Ok(gone) = &purged {
+                // Who left while the lease had lapsed: told once the lease has settled.
+                tracker.note_gone(gone.clone());
+            }
             let ok = purged.is_ok() && presence.resync(&instance, &entries).await.is_ok();
             tracker.written(&instance, &entries, ok);
             if !ok {
@@ -197,6 +203,9 @@ async fn sweep_loop(shared: Arc<Shared>, bus: Arc<dyn Bus>, held: HeldSince) {
         // other nodes have had the time to take their subscriptions back too, and what is
         // announced now (a retried leave, a sweep) reaches them.
         if since.is_some_and(|since| since.elapsed() >= lease) {
+            for (room, client) in shared.presence.take_gone() {
+                announce(&shared, &room, &client, Change::Gone).await;
+            }
             rewrite_dirty(&shared, &bus).await;
             sweep_dead(&shared, &bus).await;
         }

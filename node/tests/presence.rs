@@ -275,6 +275,43 @@ async fn a_leave_while_redis_is_down_is_written_and_announced_once_it_is_back() 
     );
 }
 
+/// As above, with Redis away for longer than the lease: the node finds its lease gone, removes
+/// what its instance had and writes its table again — and the client id that left meanwhile is
+/// still announced gone, once.
+#[tokio::test]
+async fn a_leave_during_an_outage_longer_than_the_lease_is_announced_once_redis_is_back() {
+    let mut redis =
+        RedisServer::start_with_args(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let nodes = support::start_with(&["n1", "n2"], |id| leased(id, &redis)).await;
+    let (mut m, _) = Client::connect_welcomed(&nodes[0].ws_url("m")).await;
+    join(&mut m, "m", "r").await;
+    let (mut a, _) = Client::connect_welcomed(&nodes[1].ws_url("a")).await;
+    join(&mut a, "a", "r").await;
+    let (mut b, _) = Client::connect_welcomed(&nodes[1].ws_url("b")).await;
+    join(&mut b, "b", "r").await;
+    for _ in 0..2 {
+        m.recv_event("user_joined").await;
+    }
+    redis.kill();
+    a.close().await;
+    // Twice the lease (600 ms): every lease has lapsed when Redis is back.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    redis.restart();
+    let left = m
+        .recv_event_within("user_left", Duration::from_secs(20))
+        .await;
+    assert_eq!(left["user_id"], "a", "{left}");
+    let got = presence_until(&mut m, "r", &["b", "m"], Duration::from_secs(10)).await;
+    assert_eq!(got, ["b", "m"], "b stays: n2 wrote it again");
+    let seen = frames(&mut m, Duration::from_millis(1500)).await;
+    assert!(
+        !seen
+            .iter()
+            .any(|v| v["user_id"] == "a" || v["event"] == "user_left"),
+        "one user_left, nothing more: {seen:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_node_that_finds_itself_swept_closes_its_clients_and_leaves_no_ghost() {
     let redis = RedisServer::start();
@@ -467,8 +504,6 @@ async fn on_redis_rooms_without_announcements_are_written_behind_and_read_back_a
 #[tokio::test]
 async fn concurrent_presence_changes_are_batched_and_each_gets_its_own_answer() {
     use bytes::Bytes;
-    use ringcast_node::bus::redis::RedisBus;
-    use ringcast_node::bus::redis_config::RedisBusConfig;
     use ringcast_node::bus::{Bus, Channel, PresenceChange};
     use ringcast_node::metrics::Metrics;
     use ringcast_node::publisher::Publisher;
@@ -476,7 +511,6 @@ async fn concurrent_presence_changes_are_batched_and_each_gets_its_own_answer() 
     use std::sync::{Arc, Mutex};
 
     let redis = RedisServer::start();
-    let settings = RedisBusConfig::from_config(&support::config("n1", &redis.url())).unwrap();
     // Every announcement this node hears: its frame.
     let heard: Arc<Mutex<Vec<String>>> = Arc::default();
     let inbox = {
@@ -487,16 +521,14 @@ async fn concurrent_presence_changes_are_batched_and_each_gets_its_own_answer() 
             heard.lock().unwrap().push(frame);
         })
     };
-    let metrics = Arc::new(Metrics::new());
-    let bus: Arc<dyn Bus> = Arc::new(RedisBus::start(settings, inbox, metrics.clone()).unwrap());
-    let mut healthy = bus.healthy();
-    tokio::time::timeout(Duration::from_secs(5), healthy.wait_for(|up| *up))
-        .await
-        .expect("Redis up")
-        .unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(redis_bus(&redis, inbox).await);
     let rooms: Vec<Channel> = (0..5).map(|r| Channel::Room(format!("b{r}"))).collect();
     bus.subscribe(&rooms).await.unwrap();
-    let publisher = Arc::new(Publisher::start("n1".into(), bus.clone(), metrics));
+    let publisher = Arc::new(Publisher::start(
+        "n1".into(),
+        bus.clone(),
+        Arc::new(Metrics::new()),
+    ));
     let change = |add: bool, room: &str, client: &str, instance: &str| PresenceChange {
         add,
         room: room.to_owned(),
@@ -597,14 +629,10 @@ async fn concurrent_presence_changes_are_batched_and_each_gets_its_own_answer() 
 async fn every_presence_script_keeps_the_connections_count_exact() {
     use ringcast_node::bus::presence::Presence;
     use ringcast_node::bus::redis::RedisBus;
-    use ringcast_node::bus::redis_config::RedisBusConfig;
-    use ringcast_node::metrics::Metrics;
     use std::sync::Arc;
 
     let redis = RedisServer::start();
-    let settings = RedisBusConfig::from_config(&support::config("n1", &redis.url())).unwrap();
-    let bus = RedisBus::start(settings, Arc::new(|_| {}), Arc::new(Metrics::new())).unwrap();
-    assert!(bus.wait_healthy(Duration::from_secs(5)).await);
+    let bus = redis_bus(&redis, Arc::new(|_| {})).await;
     let entry = |client: &str, n: u32| ("r".to_owned(), Arc::<str>::from(client), n);
     async fn counts(bus: &RedisBus) -> (u64, u64) {
         let l = bus.list("r", 10).await.unwrap();
@@ -646,15 +674,10 @@ async fn every_presence_script_keeps_the_connections_count_exact() {
 #[tokio::test]
 async fn a_room_is_listed_once_and_again_after_it_was_taken_off() {
     use ringcast_node::bus::presence::Presence;
-    use ringcast_node::bus::redis::RedisBus;
-    use ringcast_node::bus::redis_config::RedisBusConfig;
-    use ringcast_node::metrics::Metrics;
     use std::sync::Arc;
 
     let redis = RedisServer::start();
-    let settings = RedisBusConfig::from_config(&support::config("n1", &redis.url())).unwrap();
-    let bus = RedisBus::start(settings, Arc::new(|_| {}), Arc::new(Metrics::new())).unwrap();
-    assert!(bus.wait_healthy(Duration::from_secs(5)).await);
+    let bus = redis_bus(&redis, Arc::new(|_| {})).await;
     let listed = || {
         let mut rooms: Vec<String> = redis
             .cli(&["SMEMBERS", "{ringcast:node:i1}:rooms"])
@@ -713,16 +736,11 @@ async fn a_room_is_listed_once_and_again_after_it_was_taken_off() {
 /// clamped at 0 half-way — whichever order the changes come in.
 #[tokio::test]
 async fn changes_of_one_room_under_several_instances_in_one_call_keep_the_count_exact() {
-    use ringcast_node::bus::redis::RedisBus;
-    use ringcast_node::bus::redis_config::RedisBusConfig;
     use ringcast_node::bus::{Bus, PresenceChange, Publish, Published};
-    use ringcast_node::metrics::Metrics;
     use std::sync::Arc;
 
     let redis = RedisServer::start();
-    let settings = RedisBusConfig::from_config(&support::config("n1", &redis.url())).unwrap();
-    let bus = RedisBus::start(settings, Arc::new(|_| {}), Arc::new(Metrics::new())).unwrap();
-    assert!(bus.wait_healthy(Duration::from_secs(5)).await);
+    let bus = redis_bus(&redis, Arc::new(|_| {})).await;
     let change = |add: bool, room: &str, instance: &str| {
         Publish::Presence(PresenceChange {
             add,
@@ -779,4 +797,20 @@ async fn changes_of_one_room_under_several_instances_in_one_call_keep_the_count_
         assert_eq!(answer.unwrap(), Published::Presence(false));
     }
     assert_eq!(redis_counts(&redis, "s"), (1, 1));
+}
+
+/// A Redis bus of node n1 on `redis`, healthy, handing what it hears to `inbox`.
+async fn redis_bus(
+    redis: &RedisServer,
+    inbox: ringcast_node::bus::Inbox,
+) -> ringcast_node::bus::redis::RedisBus {
+    use ringcast_node::bus::redis::RedisBus;
+    use ringcast_node::bus::redis_config::RedisBusConfig;
+    use ringcast_node::metrics::Metrics;
+    use std::sync::Arc;
+
+    let settings = RedisBusConfig::from_config(&support::config("n1", &redis.url())).unwrap();
+    let bus = RedisBus::start(settings, inbox, Arc::new(Metrics::new())).unwrap();
+    assert!(bus.wait_healthy(Duration::from_secs(5)).await, "Redis up");
+    bus
 }
