@@ -249,60 +249,46 @@ async fn after_redis_lost_its_data_every_node_writes_its_presence_again() {
 
 #[tokio::test]
 async fn a_leave_while_redis_is_down_is_written_and_announced_once_it_is_back() {
+    leave_during_outage(Duration::from_millis(300), &[]).await;
+}
+
+/// As above, with Redis away for longer than the lease (twice its 600 ms): the node finds its
+/// lease gone, removes what its instance had and writes its table again — and the client id
+/// that left meanwhile is still announced gone, once; one that stayed stays.
+#[tokio::test]
+async fn a_leave_during_an_outage_longer_than_the_lease_is_announced_once_redis_is_back() {
+    leave_during_outage(Duration::from_millis(1200), &["b"]).await;
+}
+
+/// m on n1, `a` and `stays` on n2, all in room r; Redis goes away for `down`, `a` leaves
+/// meanwhile: once Redis is back, m hears one `user_left` of `a` and nothing more, and
+/// presence lists m and `stays`.
+async fn leave_during_outage(down: Duration, stays: &[&str]) {
     let mut redis =
         RedisServer::start_with_args(&["--appendonly", "yes", "--appendfsync", "always"]);
     let nodes = support::start_with(&["n1", "n2"], |id| leased(id, &redis)).await;
     let (mut m, _) = Client::connect_welcomed(&nodes[0].ws_url("m")).await;
     join(&mut m, "m", "r").await;
-    let (mut a, _) = Client::connect_welcomed(&nodes[1].ws_url("a")).await;
-    join(&mut a, "a", "r").await;
-    m.recv_event("user_joined").await;
+    let mut others = Vec::new();
+    for id in std::iter::once(&"a").chain(stays) {
+        let (mut c, _) = Client::connect_welcomed(&nodes[1].ws_url(id)).await;
+        join(&mut c, id, "r").await;
+        m.recv_event("user_joined").await;
+        others.push(c);
+    }
     redis.kill();
-    a.close().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    others.remove(0).close().await;
+    tokio::time::sleep(down).await;
     redis.restart();
     // The restart replays an fsync-always AOF, slow on a busy disk: a generous limit.
     let left = m
         .recv_event_within("user_left", Duration::from_secs(20))
         .await;
     assert_eq!(left["user_id"], "a", "{left}");
-    let got = presence_until(&mut m, "r", &["m"], Duration::from_secs(10)).await;
-    assert_eq!(got, ["m"]);
-    let seen = frames(&mut m, Duration::from_millis(1500)).await;
-    assert!(
-        !seen.iter().any(|v| v["user_id"] == "a"),
-        "one user_left, nothing more: {seen:?}"
-    );
-}
-
-/// As above, with Redis away for longer than the lease: the node finds its lease gone, removes
-/// what its instance had and writes its table again — and the client id that left meanwhile is
-/// still announced gone, once.
-#[tokio::test]
-async fn a_leave_during_an_outage_longer_than_the_lease_is_announced_once_redis_is_back() {
-    let mut redis =
-        RedisServer::start_with_args(&["--appendonly", "yes", "--appendfsync", "always"]);
-    let nodes = support::start_with(&["n1", "n2"], |id| leased(id, &redis)).await;
-    let (mut m, _) = Client::connect_welcomed(&nodes[0].ws_url("m")).await;
-    join(&mut m, "m", "r").await;
-    let (mut a, _) = Client::connect_welcomed(&nodes[1].ws_url("a")).await;
-    join(&mut a, "a", "r").await;
-    let (mut b, _) = Client::connect_welcomed(&nodes[1].ws_url("b")).await;
-    join(&mut b, "b", "r").await;
-    for _ in 0..2 {
-        m.recv_event("user_joined").await;
-    }
-    redis.kill();
-    a.close().await;
-    // Twice the lease (600 ms): every lease has lapsed when Redis is back.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    redis.restart();
-    let left = m
-        .recv_event_within("user_left", Duration::from_secs(20))
-        .await;
-    assert_eq!(left["user_id"], "a", "{left}");
-    let got = presence_until(&mut m, "r", &["b", "m"], Duration::from_secs(10)).await;
-    assert_eq!(got, ["b", "m"], "b stays: n2 wrote it again");
+    let mut expect: Vec<&str> = stays.iter().copied().chain(["m"]).collect();
+    expect.sort_unstable();
+    let got = presence_until(&mut m, "r", &expect, Duration::from_secs(10)).await;
+    assert_eq!(got, expect);
     let seen = frames(&mut m, Duration::from_millis(1500)).await;
     assert!(
         !seen

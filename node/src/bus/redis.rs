@@ -158,7 +158,9 @@ impl RedisBus {
         let steps = plan(batch);
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        let listing = list.then(|| self.listing(presence_adds(batch)));
+        // (Only a batch with presence adds looks at the listed rooms: most batches are messages.)
+        let listing = (list && presence_adds(batch).next().is_some())
+            .then(|| self.listing(presence_adds(batch)));
         let listed = listing.as_ref().map_or(0, Listing::len);
         if let Some(listing) = &listing {
             listing.batch.add_to(&mut pipe);
@@ -330,13 +332,15 @@ impl Bus for RedisBus {
         }
         // The rooms presence changes add to are listed first (the instances' slots); if that
         // fails, the adds fail and the rest goes on.
-        let listing = self.listing(presence_adds(batch));
-        let unlisted = match listing.batch.is_empty() {
-            true => None,
-            false => self.inner.batch(&listing.batch).await.err(),
-        };
-        if unlisted.is_none() {
-            self.listed_ok(listing);
+        let mut unlisted = None;
+        if presence_adds(batch).next().is_some() {
+            let listing = self.listing(presence_adds(batch));
+            if !listing.batch.is_empty() {
+                unlisted = self.inner.batch(&listing.batch).await.err();
+            }
+            if unlisted.is_none() {
+                self.listed_ok(listing);
+            }
         }
         // One pipeline per slot, all at once; each item's result back at its place.
         let mut out: Vec<Option<Result<Published, BusError>>> = vec![None; batch.len()];
