@@ -308,6 +308,43 @@ impl Session {
     }
 }
 
+/// `me` has one connection fewer in `room` here: it leaves the room's presence, and the room
+/// hears `user_left` when it announces — with presence when this was the client id's last
+/// connection anywhere (the bus publishes it with the change; if the bus failed, the presence
+/// retry does), without presence every time. `frame`: the `user_left` when the caller has it
+/// encoded already. With `keep_for_sweep` (a draining node, presence with leases) the node
+/// only stops counting it.
+pub(super) async fn leave_presence(
+    shared: &Shared,
+    room: &str,
+    me: &Arc<str>,
+    frame: Option<Bytes>,
+    keep_for_sweep: bool,
+) {
+    let settings = shared.room_options.resolve(room).settings;
+    let left = || frame.unwrap_or_else(|| ServerEvent::UserLeft { user_id: me, room }.encode());
+    let presence = &shared.presence;
+    if shared.config.keeps_presence(&settings) {
+        if keep_for_sweep {
+            presence.forget(room, me);
+        } else if presence.writes_behind(settings.announce) {
+            presence.remove_quiet(room, me);
+        } else {
+            let left = settings.announce.then(left);
+            let announce = left.as_ref().map(|f| (Target::Room(room.to_owned()), f));
+            let _ = presence.remove(&shared.publisher, room, me, announce).await;
+        }
+        return;
+    }
+    if settings.announce {
+        let (channel, target) = (
+            Channel::Room(room.to_owned()),
+            Target::Room(room.to_owned()),
+        );
+        let _ = shared.publisher.publish(channel, target, &left()).await;
+    }
+}
+
 /// Takes `me` out of the presence of `rooms` and publishes `user_left` to each that announces
 /// (room options) where this was its last connection anywhere (with presence; every time
 /// without) and, when `last`, `user_disconnected` (with `--announce-connections`): `me` is gone
@@ -321,43 +358,7 @@ pub(super) async fn announce_gone(
 ) {
     let keep_for_sweep = shared.drain.is_draining() && shared.presence.has_leases();
     for room in rooms {
-        let settings = shared.room_options.resolve(&room).settings;
-        if shared.config.keeps_presence(&settings) {
-            if keep_for_sweep {
-                shared.presence.forget(&room, &me);
-            } else if shared.presence.writes_behind(settings.announce) {
-                shared.presence.remove_quiet(&room, &me);
-            } else {
-                // The bus announces it with the change when it was the last connection.
-                let left = ServerEvent::UserLeft {
-                    user_id: &me,
-                    room: &room,
-                }
-                .encode();
-                let announce = settings
-                    .announce
-                    .then(|| (Target::Room(room.clone()), &left));
-                let removed = shared
-                    .presence
-                    .remove(&shared.publisher, &room, &me, announce);
-                let _ = Box::pin(removed).await;
-            }
-            continue;
-        }
-        if !settings.announce {
-            continue;
-        }
-        let left = ServerEvent::UserLeft {
-            user_id: &me,
-            room: &room,
-        }
-        .encode();
-        let _ = Box::pin(shared.publisher.publish(
-            Channel::Room(room.clone()),
-            Target::Room(room),
-            &left,
-        ))
-        .await;
+        Box::pin(leave_presence(&shared, &room, &me, None, keep_for_sweep)).await;
     }
     if last && shared.config.announce_connections {
         let frame = ServerEvent::UserDisconnected { user_id: &me }.encode();

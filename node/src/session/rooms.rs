@@ -363,34 +363,7 @@ impl Session {
         // The leaver is no longer routed to: tell it directly, and the remaining members via the
         // bus when this was the client id's last connection in the room.
         reply(&self.shared, &self.out, left.clone());
-        let settings = self.shared.room_options.resolve(room).settings;
-        let announces = settings.announce;
-        if self.shared.config.keeps_presence(&settings) {
-            let presence = &self.shared.presence;
-            if presence.writes_behind(announces) {
-                presence.remove_quiet(room, &me);
-            } else {
-                // The bus announces it with the change when it was the last connection; if
-                // the bus failed, the presence retry announces it.
-                let announce = announces.then(|| (Target::Room(room.to_owned()), &left));
-                let _ = presence
-                    .remove(&self.shared.publisher, room, &me, announce)
-                    .await;
-            }
-            return;
-        }
-        if !announces {
-            return;
-        }
-        let _ = self
-            .shared
-            .publisher
-            .publish(
-                Channel::Room(room.to_owned()),
-                Target::Room(room.to_owned()),
-                &left,
-            )
-            .await;
+        super::handlers::leave_presence(&self.shared, room, &me, Some(left), false).await;
     }
 
     /// Whether `room` keeps presence (its options, else the node's default).
