@@ -36,6 +36,8 @@ const ROOM_BAD_CHAR = /[\p{White_Space}\p{Cc}]/u;
 // How many `from` + `id` pairs per room are remembered to drop a message redelivered after a
 // history reset (see the server README, "Publish acknowledgements").
 const SEEN_IDS_PER_ROOM = 4096;
+/** Most joins and leaves of a room kept while a presence answer is on its way. */
+const MAX_HEARD = 4096;
 
 const DEFAULTS = {
   reconnect: { initialMs: 500, maxMs: 30_000 },
@@ -96,7 +98,7 @@ export class RingcastClient extends Emitter {
     this.node = null;
     this.expiresAt = null;
 
-    /** room → {joined, offset, epoch, waiters, members, seen} */
+    /** room → {joined, offset, epoch, waiters, members, seen, asked, heard} */
     this._rooms = new Map();
     /** message id → {room, content, written, resolve, reject, retry} (insertion = send order) */
     this._pending = new Map();
@@ -174,6 +176,10 @@ export class RingcastClient extends Emitter {
         waiters: [],
         members: null,
         seen: new Set(),
+        // Presence requests not answered yet, and the joins and leaves heard since the oldest
+        // of them: an answer may predate them, so they are applied on top of it.
+        asked: 0,
+        heard: null,
       };
       this._rooms.set(room, r);
     }
@@ -254,7 +260,7 @@ export class RingcastClient extends Emitter {
     const p = new Promise((resolve, reject) => list.push({ resolve, reject }));
     p.catch(() => {});
     if (this._state === 'open') {
-      this._write({ type: 'presence', room });
+      this._askPresence(room);
     } else {
       // Asked again once connected (see _onWelcome).
     }
@@ -474,6 +480,11 @@ export class RingcastClient extends Emitter {
 
   _onWelcome(ev) {
     this._welcomed = true;
+    // Presence asked on a lost connection is never answered.
+    for (const r of this._rooms.values()) {
+      r.asked = 0;
+      r.heard = null;
+    }
     clearTimeout(this._timers.connect);
     this._timers.connect = null;
     // The backoff starts over once a connection has held for a while: a server that welcomes
@@ -499,7 +510,7 @@ export class RingcastClient extends Emitter {
     // their room's join is acknowledged, so the server never sees them before the join.
     for (const [id, m] of this._pending) if (this._canPost(m.room)) this._writeMessage(id, m);
     for (const room of this._presenceWaiters.keys()) {
-      if (this._presenceWaiters.get(room).length) this._write({ type: 'presence', room });
+      if (this._presenceWaiters.get(room).length) this._askPresence(room);
     }
   }
 
@@ -550,9 +561,10 @@ export class RingcastClient extends Emitter {
       if (!recovered) this.emit('recovery_failed', joined);
       this._settleJoin(ev.room, r, joined);
       for (const [id, m] of this._pending) if (m.room === ev.room) this._writeMessage(id, m);
-      this._write({ type: 'presence', room: ev.room });
+      this._askPresence(ev.room);
       return;
     }
+    if (r && ev.user_id !== this.clientId) this._heard(r, true, ev.user_id);
     if (r && r.members && ev.user_id !== this.clientId) {
       r.members.add(ev.user_id);
       this._emitMembers(ev.room, r);
@@ -572,6 +584,7 @@ export class RingcastClient extends Emitter {
       this._leaveAnswered(ev.room); // our own leave's ack
       return;
     }
+    if (r) this._heard(r, false, ev.user_id);
     if (r && r.members) {
       r.members.delete(ev.user_id);
       this._emitMembers(ev.room, r);
@@ -583,12 +596,34 @@ export class RingcastClient extends Emitter {
     const r = this._rooms.get(ev.room);
     const answer = { room: ev.room, members: ev.members, count: ev.count, truncated: ev.truncated };
     if (r) {
+      // The answer, then what was heard while it was on its way (it may predate that).
       r.members = new Set(ev.members);
+      for (const [joined, id] of r.heard ?? []) {
+        if (joined) r.members.add(id);
+        else r.members.delete(id);
+      }
+      r.asked = Math.max(0, r.asked - 1);
+      r.heard = r.asked > 0 ? [] : null;
       this._emitMembers(ev.room, r);
     }
     const list = this._presenceWaiters.get(ev.room);
     if (list?.length) list.shift().resolve(answer);
     if (list && !list.length) this._presenceWaiters.delete(ev.room);
+  }
+
+  /** Asks for `room`'s presence, noting that an answer is on its way. */
+  _askPresence(room) {
+    const r = this._rooms.get(room);
+    if (r) {
+      r.asked += 1;
+      r.heard ??= [];
+    }
+    this._write({ type: 'presence', room });
+  }
+
+  /** Notes a join (`joined`) or leave of `id` heard while a presence answer is on its way. */
+  _heard(r, joined, id) {
+    if (r.heard && r.heard.length < MAX_HEARD) r.heard.push([joined, id]);
   }
 
   _emitMembers(room, r) {
