@@ -68,6 +68,13 @@ node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)
     || die "node $(node --version) is too old for clients/js: install Node 20 or later"
 command -v chromium >/dev/null || apt_install chromium
 
+# A clean build of every test target takes about 5 GB under target/ (measured on a clean clone,
+# profile.dev in Cargo.toml); say so up front rather than as a linker crash half-way through.
+avail_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ -n "$avail_kb" ] && [ "$avail_kb" -lt $((6 * 1024 * 1024)) ] && [ ! -d "${CARGO_TARGET_DIR:-target}/debug/deps" ]; then
+    log "warning: only $((avail_kb / 1024)) MB free here; a clean build of the tests needs about 5 GB"
+fi
+
 log "promtool check rules / test rules"
 promtool check rules deploy/prometheus/alerts.yml >/dev/null || die "deploy/prometheus/alerts.yml does not pass promtool check rules"
 promtool test rules deploy/prometheus/alerts.test.yml || die "the alert unit tests (deploy/prometheus/alerts.test.yml) fail"
