@@ -66,6 +66,11 @@ struct State {
     /// Client ids a purge of this node's own instance left with no connection anywhere (they
     /// left while the node's lease had lapsed), to announce once the lease has settled.
     gone: Vec<Key>,
+    /// This node is purging its own instance (its lease was found gone) and writing its table
+    /// again. The purge removes the instance's counts room by room, so a change sent now could
+    /// land before its room's turn and be wiped: changes only change the table, and are
+    /// written (and announced) by the retry pass after it ([`Tracker::purged`]).
+    purging: bool,
 }
 
 /// What this node counts in presence.
@@ -138,6 +143,7 @@ impl Tracker {
                 overflow_at: None,
                 in_flight: HashMap::new(),
                 gone: Vec::new(),
+                purging: false,
             }),
             node_id,
             wake: Notify::new(),
@@ -191,6 +197,7 @@ impl Tracker {
         let keys: Vec<Key> = state
             .quiet
             .keys()
+            .filter(|_| !state.purging)
             .filter(|k| {
                 !state.busy.contains(*k)
                     && !state.compacting.contains(&k.0)
@@ -292,7 +299,7 @@ impl Tracker {
         } else {
             return None;
         }
-        if state.busy.contains(key) || state.compacting.contains(&key.0) {
+        if state.busy.contains(key) || state.compacting.contains(&key.0) || state.purging {
             mark(&mut state, key.clone());
             return None;
         }
@@ -419,19 +426,32 @@ impl Tracker {
     /// Everything this node counts, under its instance, marked busy (to write it again);
     /// give it back with [`Tracker::written`].
     pub fn take_all(&self) -> (Arc<str>, Vec<Entry>) {
+        take_everything(&mut self.state.lock().unwrap_or_else(unpoison))
+    }
+
+    /// As [`Tracker::take_all`], for a purge of this node's own instance: until
+    /// [`Tracker::purged`], changes only change the table (see [`State::purging`]).
+    pub fn take_all_to_purge(&self) -> (Arc<str>, Vec<Entry>) {
         let mut state = self.state.lock().unwrap_or_else(unpoison);
-        state.dirty.clear();
-        state.all_dirty = false;
-        state.overflow_at = None;
-        let keys: Vec<Key> = state.local.keys().cloned().collect();
-        let keys = settled(&mut state, keys);
-        take(&mut state, keys)
+        state.purging = true;
+        take_everything(&mut state)
+    }
+
+    /// Ends a purge begun by [`Tracker::take_all_to_purge`]: the changes held meanwhile wait
+    /// for the retry pass, the writer behind takes up its queue again.
+    pub fn purged(&self) {
+        self.state.lock().unwrap_or_else(unpoison).purging = false;
+        self.wake.notify_one();
     }
 
     /// The entries waiting to be written again, with what this node counts for each now,
-    /// marked busy; `None` when everything must be written ([`Tracker::take_all`]).
+    /// marked busy; `None` when everything must be written ([`Tracker::take_all`]). Nothing
+    /// while the node purges its instance (it would land under the purge).
     pub fn take_dirty(&self) -> Option<(Arc<str>, Vec<Entry>)> {
         let mut state = self.state.lock().unwrap_or_else(unpoison);
+        if state.purging {
+            return Some((state.instance.clone(), Vec::new()));
+        }
         if state.all_dirty {
             return None;
         }
@@ -473,6 +493,7 @@ impl Tracker {
         state.overflow_at = None;
         state.in_flight.clear();
         state.gone.clear();
+        state.purging = false;
         self.metrics.presence_entries.set(0);
         let old = std::mem::replace(&mut state.instance, new_instance(&self.node_id));
         (old, state.instance.clone())
@@ -549,6 +570,16 @@ fn settled(state: &mut State, keys: Vec<Key>) -> Vec<Key> {
         mark(state, key);
     }
     ready
+}
+
+/// Every entry with no relative write on its way, marked busy; the others are left dirty.
+fn take_everything(state: &mut State) -> (Arc<str>, Vec<Entry>) {
+    state.dirty.clear();
+    state.all_dirty = false;
+    state.overflow_at = None;
+    let keys: Vec<Key> = state.local.keys().cloned().collect();
+    let keys = settled(state, keys);
+    take(state, keys)
 }
 
 /// Marks `keys` busy and returns them with their counts.

@@ -2,10 +2,12 @@
 //! rooms without announcements change. Three tasks, so a long sweep never delays the node's own
 //! renewal, nor a burst of joins either:
 //!
-//! - **renew**, every third of the lease: renews it. Found gone (Redis lost it, or the first
-//!   one), the node removes what its instance had and writes its table again; the client ids
-//!   that removal left gone (they left while the lease had lapsed, e.g. during a Redis outage
-//!   longer than the lease) are announced by the sweep task once the lease has settled. Found swept (it
+//! - **renew**, every third of the lease: renews it. Found gone, the node writes its table
+//!   again; when Redis lost it (not the instance's first lease) it first removes what its
+//!   instance still had there, holding changes back from the bus meanwhile (they would land
+//!   under the removal) for the retry pass, and renewing the lease while that runs. The client
+//!   ids that removal left gone (they left while the lease had lapsed, e.g. during a Redis
+//!   outage longer than the lease) are announced by the sweep task once the lease has settled. Found swept (it
 //!   froze past its lease), it closes every client with 1012 — survivors already told the
 //!   rooms they left, so they reconnect and are counted anew — counts under a new instance, and
 //!   removes what the old one still had (joins it served between waking and finding out),
@@ -122,13 +124,21 @@ async fn renew_loop(shared: Arc<Shared>, bus: Arc<dyn Bus>, held: HeldSince) {
     let lease = shared.config.presence_lease();
     let mut tick = tokio::time::interval((lease / 3).max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The instance that has had a lease: its next one taken anew means Redis lost it.
+    let mut leased: Option<Arc<str>> = None;
     loop {
         tokio::select! {
             _ = shared.drain.stopped() => return,
             _ = tick.tick() => {}
         }
         let now = Instant::now();
-        match renew(&shared, &bus, lease).await {
+        let instance = shared.presence.instance();
+        let lost = leased.as_deref() == Some(&*instance);
+        let renewed = renew(&shared, &bus, lease, lost).await;
+        if renewed.is_some() {
+            leased = Some(shared.presence.instance());
+        }
+        match renewed {
             Some(true) => set_held(&held, Some(now), true),
             Some(false) => set_held(&held, Some(now), false),
             None => set_held(&held, None, false),
@@ -136,8 +146,9 @@ async fn renew_loop(shared: Arc<Shared>, bus: Arc<dyn Bus>, held: HeldSince) {
     }
 }
 
-/// Renews the lease: `Some(true)` held, `Some(false)` taken anew, `None` failed.
-async fn renew(shared: &Shared, bus: &Arc<dyn Bus>, lease: Duration) -> Option<bool> {
+/// Renews the lease: `Some(true)` held, `Some(false)` taken anew, `None` failed. `lost`: the
+/// instance has had a lease before, so one taken anew was lost.
+async fn renew(shared: &Shared, bus: &Arc<dyn Bus>, lease: Duration, lost: bool) -> Option<bool> {
     let presence = bus.presence();
     let tracker = &shared.presence;
     let connections = shared.hub.connection_count();
@@ -147,15 +158,32 @@ async fn renew(shared: &Shared, bus: &Arc<dyn Bus>, lease: Duration) -> Option<b
     {
         Ok(Renewal::Held) => Some(true),
         Ok(Renewal::Taken) => {
-            // Redis lost the lease (a restart, maybe from an older snapshot) or this is the
-            // first one: what the instance had there goes, and the table is written again.
-            let (instance, entries) = tracker.take_all();
-            let purged = presence.purge(&instance, false).await;
-            if let Ok(gone) = &purged {
-                // Who left while the lease had lapsed: told once the lease has settled.
-                tracker.note_gone(gone.clone());
-            }
-            let ok = purged.is_ok() && presence.resync(&instance, &entries).await.is_ok();
+            // The table is written again: Redis may have lost it with the lease (a restart,
+            // maybe from an older snapshot). Lost, not the instance's first: what the instance
+            // still had there goes first, changes meanwhile waiting for the retry pass (a new
+            // instance has nothing older to remove, and its first joins are not held up).
+            let (instance, entries) = if lost {
+                tracker.take_all_to_purge()
+            } else {
+                tracker.take_all()
+            };
+            // One round trip per room listed, and per 256 entries: on a big node that can
+            // outlast the lease, which is renewed meanwhile (else a survivor sweeps this node).
+            let rewrite = async {
+                let purged = if lost {
+                    let purged = presence.purge(&instance, false).await;
+                    tracker.purged();
+                    purged
+                } else {
+                    Ok(Vec::new())
+                };
+                if let Ok(gone) = &purged {
+                    // Who left while the lease had lapsed: told once the lease has settled.
+                    tracker.note_gone(gone.clone());
+                }
+                purged.is_ok() && presence.resync(&instance, &entries).await.is_ok()
+            };
+            let ok = renewing(shared, bus, lease, &instance, rewrite).await;
             tracker.written(&instance, &entries, ok);
             if !ok {
                 warn!("presence not written again; retrying");
@@ -182,6 +210,32 @@ async fn renew(shared: &Shared, bus: &Arc<dyn Bus>, lease: Duration) -> Option<b
         Err(e) => {
             warn!(error = %e, "presence lease not renewed");
             None
+        }
+    }
+}
+
+/// Runs `work`, renewing `instance`'s lease every third of it until `work` is done.
+async fn renewing<T>(
+    shared: &Shared,
+    bus: &Arc<dyn Bus>,
+    lease: Duration,
+    instance: &str,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let every = (lease / 3).max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => {
+                // Held, or found swept: the renewal after this work sees that too.
+                let connections = shared.hub.connection_count();
+                if let Err(e) = bus.presence().renew(instance, lease, connections).await {
+                    warn!(error = %e, "presence lease not renewed");
+                }
+            }
         }
     }
 }

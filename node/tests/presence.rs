@@ -800,3 +800,130 @@ async fn redis_bus(
     assert!(bus.wait_healthy(Duration::from_secs(5)).await, "Redis up");
     bus
 }
+
+/// Redis lost the node's lease but not its rooms (a restart from an older snapshot, say): the
+/// node takes the lease anew, removes what its instance had there room by room, and writes its
+/// table again. Joins it serves meanwhile land between those removals — in rooms that announce
+/// and in rooms written behind — and must end up in presence all the same. And the purge, longer
+/// than the lease here, must not cost the node its lease: n2 would sweep it.
+#[tokio::test]
+async fn joins_served_while_the_node_purges_its_own_instance_are_kept() {
+    let redis = RedisServer::start();
+    let nodes = support::start_with(&["n1", "n2"], |id| {
+        let mut c = leased(id, &redis);
+        c.room_options = vec![parse_entry("q*:announce=off").unwrap()];
+        c
+    })
+    .await;
+    let (mut w, _) = Client::connect_welcomed(&nodes[1].ws_url("w")).await;
+    join(&mut w, "w", "home").await;
+    let (mut a, _) = Client::connect_welcomed(&nodes[0].ws_url("a")).await;
+    join(&mut a, "a", "home").await;
+    join(&mut a, "a", "x0").await;
+    let leases = redis
+        .cli(&["--scan", "--pattern", "{ringcast:node:n1.*}:lease"])
+        .unwrap();
+    let lease = leases.lines().next().expect("n1 holds a lease").to_owned();
+    let rooms_key = lease.replace(":lease", ":rooms");
+    // The purge takes one round trip per listed room: 10 000 more keep it busy for a while
+    // (longer than the 600 ms lease), and the rooms b joins are among them.
+    let targets: Vec<String> = (0..40)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("x{i}")
+            } else {
+                format!("q{i}")
+            }
+        })
+        .collect();
+    let listed: Vec<String> = (0..10_000)
+        .map(|i| format!("filler{i}"))
+        .chain(targets.iter().cloned())
+        .collect();
+    let mut con = support::inspector(&redis).await;
+    let before = scripts_run(&redis);
+    let _: i64 = redis::cmd("SADD")
+        .arg(&rooms_key)
+        .arg(&listed)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(&lease)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    // The next renewal finds the lease gone and takes it again; the purge starts right after.
+    ringcast_testkit::wait_until(Duration::from_secs(5), "the lease taken anew", || {
+        let (redis, lease) = (&redis, &lease);
+        async move { redis.cli(&["EXISTS", lease]).unwrap().trim() == "1" }
+    })
+    .await;
+    let (mut b, _) = Client::connect_welcomed(&nodes[0].ws_url("b")).await;
+    for room in &targets {
+        join(&mut b, "b", room).await;
+    }
+    // The purge runs one script per listed room: once those stop, it is over.
+    let mut last = scripts_run(&redis);
+    assert!(last < before + 4_000, "the purge was over before b joined");
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = scripts_run(&redis);
+        if now < last + 50 {
+            break;
+        }
+        last = now;
+    }
+    assert!(
+        last > before + 4_000,
+        "the purge did not run: {before} → {last}"
+    );
+    for room in &targets {
+        let want: &[&str] = if room == "x0" { &["a", "b"] } else { &["b"] };
+        let got = presence_until(&mut b, room, want, Duration::from_secs(10)).await;
+        assert_eq!(got, want, "b's join of {room} was wiped by the purge");
+    }
+    // a, in x0 since before, hears b join it: once, whether b's join went out with the change
+    // or with the retry pass after the purge.
+    loop {
+        let v = a
+            .recv_event_within("user_joined", Duration::from_secs(10))
+            .await;
+        if v["room"] == "x0" && v["user_id"] == "b" {
+            break;
+        }
+    }
+    let again: Vec<Value> = frames(&mut a, Duration::from_millis(1000))
+        .await
+        .into_iter()
+        .filter(|v| v["room"] == "x0" && v["user_id"] == "b")
+        .collect();
+    assert!(
+        again.is_empty(),
+        "b's join of x0 announced twice: {again:?}"
+    );
+    let got = presence_until(&mut a, "home", &["a", "w"], Duration::from_secs(5)).await;
+    assert_eq!(got, ["a", "w"], "the table was written again");
+    let seen = frames(&mut w, Duration::from_millis(500)).await;
+    assert!(
+        !seen.iter().any(|v| v["event"] == "user_left"),
+        "n1 was swept during its purge: {seen:?}"
+    );
+}
+
+/// Scripts Redis has run so far (`EVAL` and `EVALSHA`).
+fn scripts_run(redis: &RedisServer) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]).unwrap();
+    stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_eval:") || l.starts_with("cmdstat_evalsha:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
