@@ -414,13 +414,18 @@ impl Tracker {
         }
     }
 
-    /// What [`Tracker::note_gone`] noted, but those that came back to this node since.
-    pub fn take_gone(&self) -> Vec<Key> {
+    /// What [`Tracker::note_gone`] noted, per room, but those that came back to this node since.
+    pub fn take_gone(&self) -> Vec<(String, Vec<String>)> {
         let mut state = self.state.lock().unwrap_or_else(unpoison);
         let gone = std::mem::take(&mut state.gone);
-        gone.into_iter()
+        let mut by_room: HashMap<String, Vec<String>> = HashMap::new();
+        for key in gone
+            .into_iter()
             .filter(|key| !state.local.contains_key(key))
-            .collect()
+        {
+            by_room.entry(key.0).or_default().push(key.1.to_string());
+        }
+        by_room.into_iter().collect()
     }
 
     /// Everything this node counts, under its instance, marked busy (to write it again);

@@ -257,13 +257,30 @@ async fn sweep_loop(shared: Arc<Shared>, bus: Arc<dyn Bus>, held: HeldSince) {
         // other nodes have had the time to take their subscriptions back too, and what is
         // announced now (a retried leave, a sweep) reaches them.
         if since.is_some_and(|since| since.elapsed() >= lease) {
-            for (room, client) in shared.presence.take_gone() {
-                announce(&shared, &room, &client, Change::Gone).await;
-            }
+            announce_noted_gone(&shared, &bus).await;
             rewrite_dirty(&shared, &bus).await;
             sweep_dead(&shared, &bus).await;
         }
         cursor = compact(&shared, &bus, cursor).await;
+    }
+}
+
+/// Announces the client ids a purge of this node's own instance left gone, but those that came
+/// back meanwhile, here or on another node (which announced them joined: a `user_left` now
+/// would be false).
+async fn announce_noted_gone(shared: &Shared, bus: &Arc<dyn Bus>) {
+    for (room, ids) in shared.presence.take_gone() {
+        match bus.presence().absent(&room, &ids).await {
+            Ok(absent) => {
+                for client in absent {
+                    announce(shared, &room, &client, Change::Gone).await;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "presence not read; leaves announced on the next pass");
+                shared.presence.note_gone(vec![(room, ids)]);
+            }
+        }
     }
 }
 

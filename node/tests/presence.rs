@@ -298,6 +298,60 @@ async fn leave_during_outage(down: Duration, stays: &[&str]) {
     );
 }
 
+/// As above, but `a` comes back (on the other node) before the node it left from has announced
+/// it gone: m must not be told it left, nor end up thinking so.
+#[tokio::test]
+async fn a_client_back_before_its_outage_leave_is_announced_is_not_announced_gone() {
+    let mut redis =
+        RedisServer::start_with_args(&["--appendonly", "yes", "--appendfsync", "always"]);
+    // A lease long enough that the rejoin below comes before n2 announces what it noted.
+    let nodes = support::start_with(&["n1", "n2"], |id| {
+        let mut c = leased(id, &redis);
+        c.presence_lease_ms = 3000;
+        c
+    })
+    .await;
+    let (mut m, _) = Client::connect_welcomed(&nodes[0].ws_url("m")).await;
+    join(&mut m, "m", "r").await;
+    let (mut a, _) = Client::connect_welcomed(&nodes[1].ws_url("a")).await;
+    join(&mut a, "a", "r").await;
+    m.recv_event("user_joined").await;
+    redis.kill();
+    a.close().await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    redis.restart();
+    // n2 found its lease gone and removed what its instance had: a is noted gone.
+    let pattern = "{ringcast:room:r}:pn:n2.*";
+    ringcast_testkit::wait_until(Duration::from_secs(20), "n2 purged", || {
+        let redis = &redis;
+        async move {
+            redis
+                .cli(&["--scan", "--pattern", pattern])
+                .is_some_and(|keys| keys.trim().is_empty())
+        }
+    })
+    .await;
+    let (mut a, _) = Client::connect_welcomed(&nodes[0].ws_url("a")).await;
+    join(&mut a, "a", "r").await;
+    // Past n2's settling (a lease after it took its lease anew), with room to spare.
+    let mut heard = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
+    while tokio::time::Instant::now() < until {
+        if let Ok(v) = m.next_json(Duration::from_millis(200)).await {
+            if v["user_id"] == "a" {
+                heard.push(v["event"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    assert_eq!(
+        heard.last().map(String::as_str),
+        Some("user_joined"),
+        "m was last told a left, while a is back: {heard:?}"
+    );
+    let got = presence_until(&mut m, "r", &["a", "m"], Duration::from_secs(5)).await;
+    assert_eq!(got, ["a", "m"]);
+}
+
 #[tokio::test]
 async fn a_node_that_finds_itself_swept_closes_its_clients_and_leaves_no_ghost() {
     let redis = RedisServer::start();

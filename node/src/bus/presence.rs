@@ -137,6 +137,12 @@ pub trait Presence: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Of `ids`, those with no connection in `room` on any node now (a `user_left` noted a while
+    /// ago is still true for them). Without leases nothing is noted, and all are.
+    async fn absent(&self, _room: &str, ids: &[String]) -> Result<Vec<String>, BusError> {
+        Ok(ids.to_vec())
+    }
+
     /// Instances whose lease ran out, at most `limit`.
     async fn expired(&self, _limit: usize) -> Result<Vec<String>, BusError> {
         Ok(Vec::new())

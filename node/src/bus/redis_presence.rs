@@ -269,6 +269,23 @@ impl Presence for RedisBus {
         self.change_alone(false, room, client, instance).await
     }
 
+    async fn absent(&self, room: &str, ids: &[String]) -> Result<Vec<String>, BusError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut hmget = redis::cmd("HMGET");
+        hmget.arg(total_key(self.prefix(), room)).arg(ids);
+        match self.query(&hmget).await? {
+            Value::Array(counts) if counts.len() == ids.len() => Ok(ids
+                .iter()
+                .zip(counts)
+                .filter(|(_, n)| matches!(n, Value::Nil))
+                .map(|(id, _)| id.clone())
+                .collect()),
+            other => Err(bad(&format!("HMGET: {other:?}"))),
+        }
+    }
+
     async fn nodes(&self) -> Result<Vec<(String, u64)>, BusError> {
         let instances = self.live().await?;
         let mut nodes = Vec::with_capacity(instances.len());
