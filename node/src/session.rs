@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use ringcast_protocol::auth::{now_secs, Identity};
-use ringcast_protocol::client::frame_message_id;
+use ringcast_protocol::client::{frame_message_id, frame_request_room};
 use ringcast_protocol::{ClientCommand, ErrorCode, ServerEvent, Target};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::task::JoinHandle;
@@ -279,6 +279,14 @@ struct Session {
     registered: bool,
 }
 
+/// What a dropped frame is answered naming.
+enum Dropped {
+    /// Its message id.
+    Id(String),
+    /// The room it was a request about.
+    Room(String),
+}
+
 impl Session {
     /// Registers a new connection with its welcome queued; returns the session, the writer's end
     /// of its queue, and whether it is the client's first connection here and when its channel
@@ -505,11 +513,16 @@ impl Session {
         }
     }
 
-    /// [`Session::admit`] for a text frame: a dropped message with an `id` is always answered
-    /// with a `rate_limited` error naming it (its sender must know which ones to send again);
-    /// a sustained flood still ends in 1008, which bounds those answers.
+    /// [`Session::admit`] for a text frame: a dropped message with an `id`, or a dropped
+    /// request about a room (a join, say), is always answered with a `rate_limited` error
+    /// naming the id or the room (its sender must know which ones to send again); a sustained
+    /// flood still ends in 1008, which bounds those answers.
     fn admit_text(&mut self, now: Instant, frame: &str) -> bool {
-        self.admit_with(now, || frame_message_id(frame))
+        self.admit_with(now, || {
+            frame_message_id(frame)
+                .map(Dropped::Id)
+                .or_else(|| frame_request_room(frame).map(Dropped::Room))
+        })
     }
 
     /// Applies the rate limit; returns whether to serve the message.
@@ -517,24 +530,25 @@ impl Session {
         self.admit_with(now, || None)
     }
 
-    fn admit_with(&mut self, now: Instant, id: impl FnOnce() -> Option<String>) -> bool {
+    fn admit_with(&mut self, now: Instant, named: impl FnOnce() -> Option<Dropped>) -> bool {
+        const SLOW_DOWN: &str = "too many messages; slow down";
         match self.limiter.check(now) {
             Verdict::Allow => true,
             Verdict::Limited { notify } => {
-                if let Some(id) = id() {
-                    self.error_for(
-                        ErrorCode::RateLimited,
-                        "too many messages; slow down",
-                        Some(&id),
-                    );
-                } else if notify {
-                    self.error(ErrorCode::RateLimited, "too many messages; slow down");
-                } else {
-                    self.shared
+                match named() {
+                    Some(Dropped::Id(id)) => {
+                        self.error_for(ErrorCode::RateLimited, SLOW_DOWN, Some(&id))
+                    }
+                    Some(Dropped::Room(room)) => {
+                        self.error_in(&room, ErrorCode::RateLimited, SLOW_DOWN)
+                    }
+                    None if notify => self.error(ErrorCode::RateLimited, SLOW_DOWN),
+                    None => self
+                        .shared
                         .metrics
                         .errors
                         .with_label_values(&[ErrorCode::RateLimited.as_str()])
-                        .inc();
+                        .inc(),
                 }
                 false
             }

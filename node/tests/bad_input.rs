@@ -185,6 +185,52 @@ async fn a_flood_gets_rate_limited_then_closed_with_1008() {
     }
 }
 
+/// A client that sends more joins than its burst allows (a reconnect rejoining every room, say)
+/// hears, for each join dropped, a `rate_limited` error naming the room: it knows which to send
+/// again, and a join sent again later is served.
+#[tokio::test]
+async fn each_dropped_join_is_answered_naming_its_room() {
+    let mut c = config();
+    c.rate_limit_burst = 5.0;
+    c.rate_limit_per_sec = 2.0;
+    let node = TestNode::start(c).await;
+    let mut by = Bystanders::new(&node).await;
+    let (mut eager, _) = Client::connect_welcomed(&node.ws_url("eager")).await;
+    let rooms: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
+    for room in &rooms {
+        eager
+            .send_json(json!({"type":"join_room","room":room}))
+            .await;
+    }
+    let (mut joined, mut dropped) = (Vec::new(), Vec::new());
+    while joined.len() + dropped.len() < rooms.len() {
+        let v = eager.recv().await;
+        match v["event"].as_str() {
+            Some("user_joined") => joined.push(v["room"].as_str().unwrap().to_owned()),
+            Some("error") => {
+                assert_eq!(v["code"], "rate_limited", "{v}");
+                dropped.push(v["room"].as_str().expect("the room named").to_owned());
+            }
+            _ => {}
+        }
+    }
+    assert!(!dropped.is_empty(), "nothing was rate limited");
+    let mut all: Vec<String> = joined.iter().chain(&dropped).cloned().collect();
+    all.sort_by_key(|r| r[1..].parse::<u32>().unwrap());
+    assert_eq!(
+        all, rooms,
+        "each join answered once, by a join or by its room's error"
+    );
+    // Sent again once the bucket refilled, a dropped join is served.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    eager
+        .send_json(json!({"type":"join_room","room":dropped[0]}))
+        .await;
+    let v = eager.recv_event("user_joined").await;
+    assert_eq!(v["room"], dropped[0].as_str());
+    by.still_served().await;
+}
+
 #[tokio::test]
 async fn a_ping_flood_is_rate_limited_like_messages() {
     let node = TestNode::start(config()).await;

@@ -163,6 +163,27 @@ pub fn frame_message_id(text: &str) -> Option<String> {
     Some(id.into_owned())
 }
 
+/// The room a frame asks about, when it is a request about a room (`join_room`, `leave_room`,
+/// `presence`, `presence_stats`, `history`) with a valid one, whatever else is wrong with it: a
+/// dropped request is answered naming its room, so the sender knows which to send again.
+pub fn frame_request_room(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct RoomOnly<'a> {
+        #[serde(borrow, rename = "type")]
+        kind: Cow<'a, str>,
+        #[serde(borrow, default)]
+        room: Option<Cow<'a, str>>,
+    }
+    let frame = serde_json::from_str::<RoomOnly>(text).ok()?;
+    let request = matches!(
+        &*frame.kind,
+        "join_room" | "leave_room" | "presence" | "presence_stats" | "history"
+    );
+    let room = frame.room.filter(|_| request)?;
+    validate_room(&room).ok()?;
+    Some(room.into_owned())
+}
+
 impl<'a> ClientMessage<'a> {
     /// Parses one text frame. Never panics, whatever the input.
     pub fn parse(text: &'a str) -> Result<Self, ParseError> {
@@ -362,6 +383,30 @@ mod tests {
         ));
         assert!(ClientMessage::parse(r#"{"type":"join_room","room":"r","id":{"x":1}}"#).is_ok());
         assert_eq!(frame_message_id(r#"{"type":"ping"}"#), None);
+    }
+
+    #[test]
+    fn a_request_about_a_room_names_it() {
+        for kind in [
+            "join_room",
+            "leave_room",
+            "presence",
+            "presence_stats",
+            "history",
+        ] {
+            let frame = format!(r#"{{"type":"{kind}","room":"r1","since":"bad"}}"#);
+            assert_eq!(frame_request_room(&frame), Some("r1".to_owned()), "{frame}");
+        }
+        for frame in [
+            r#"{"type":"room_message","room":"r1","content":1}"#,
+            r#"{"type":"join_room","room":"a b"}"#,
+            r#"{"type":"join_room","room":7}"#,
+            r#"{"type":"join_room"}"#,
+            r#"{"room":"r1"}"#,
+            "not json",
+        ] {
+            assert_eq!(frame_request_room(frame), None, "{frame}");
+        }
     }
 
     #[test]
