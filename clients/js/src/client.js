@@ -686,11 +686,36 @@ export class RingcastClient extends Emitter {
       return;
     }
     if (ev.code === 'not_in_room' && this._leaveAnswered(room)) return; // a leave's answer
+    if (ev.code === 'rate_limited') {
+      this._resendDropped(room);
+      return;
+    }
     if (PRESENCE_REFUSED.has(ev.code)) {
       const list = this._presenceWaiters.get(room);
       if (list?.length) list.shift().reject(err);
       if (list && !list.length) this._presenceWaiters.delete(room);
     }
+  }
+
+  /**
+   * A request about `room` was dropped by the server's rate limit (the error names the room,
+   * not the request): after `retryDelayMs`, sends again what this client still waits for there —
+   * its join, else its leave, else a presence answer. Not after a reconnect, which sends joins
+   * and presence requests again itself.
+   */
+  _resendDropped(room) {
+    const ws = this._ws;
+    setTimeout(() => {
+      if (this._ws !== ws || this._state !== 'open') return;
+      const r = this._rooms.get(room);
+      if (r && !r.joined) {
+        if (!r.retry) this._sendJoin(room, r);
+      } else if (!r && this._leaving.get(room)) {
+        this._write({ type: 'leave_room', room });
+      } else if ((r && r.asked > 0) || this._presenceWaiters.get(room)?.length) {
+        this._write({ type: 'presence', room });
+      }
+    }, this._retryDelayMs);
   }
 
   _rejectPresenceOf(room, err) {
