@@ -124,21 +124,14 @@ async fn renew_loop(shared: Arc<Shared>, bus: Arc<dyn Bus>, held: HeldSince) {
     let lease = shared.config.presence_lease();
     let mut tick = tokio::time::interval((lease / 3).max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The instance that has had a lease: its next one taken anew means Redis lost it.
-    let mut leased: Option<Arc<str>> = None;
+    let mut memo = Memo::default();
     loop {
         tokio::select! {
             _ = shared.drain.stopped() => return,
             _ = tick.tick() => {}
         }
         let now = Instant::now();
-        let instance = shared.presence.instance();
-        let lost = leased.as_deref() == Some(&*instance);
-        let renewed = renew(&shared, &bus, lease, lost).await;
-        if renewed.is_some() {
-            leased = Some(shared.presence.instance());
-        }
-        match renewed {
+        match renew(&shared, &bus, lease, &held, &mut memo).await {
             Some(true) => set_held(&held, Some(now), true),
             Some(false) => set_held(&held, Some(now), false),
             None => set_held(&held, None, false),
@@ -146,94 +139,151 @@ async fn renew_loop(shared: Arc<Shared>, bus: Arc<dyn Bus>, held: HeldSince) {
     }
 }
 
-/// Renews the lease: `Some(true)` held, `Some(false)` taken anew, `None` failed. `lost`: the
-/// instance has had a lease before, so one taken anew was lost.
-async fn renew(shared: &Shared, bus: &Arc<dyn Bus>, lease: Duration, lost: bool) -> Option<bool> {
-    let presence = bus.presence();
-    let tracker = &shared.presence;
+/// What the renew task remembers from one renewal to the next.
+#[derive(Default)]
+struct Memo {
+    /// The instance Redis has answered a renewal for: its lease taken anew after that was lost.
+    leased: Option<Arc<str>>,
+    /// The table is still to be written again (`Some(true)`: after removing what the instance
+    /// had), because the last try did not finish.
+    redo: Option<bool>,
+}
+
+/// Renews the lease: `Some(true)` held, `Some(false)` taken anew (and the table written again),
+/// `None` failed.
+async fn renew(
+    shared: &Shared,
+    bus: &Arc<dyn Bus>,
+    lease: Duration,
+    held: &HeldSince,
+    memo: &mut Memo,
+) -> Option<bool> {
+    let instance = shared.presence.instance();
     let connections = shared.hub.connection_count();
-    match presence
-        .renew(&tracker.instance(), lease, connections)
-        .await
-    {
-        Ok(Renewal::Held) => Some(true),
-        Ok(Renewal::Taken) => {
-            // The table is written again: Redis may have lost it with the lease (a restart,
-            // maybe from an older snapshot). Lost, not the instance's first: what the instance
-            // still had there goes first, changes meanwhile waiting for the retry pass (a new
-            // instance has nothing older to remove, and its first joins are not held up).
-            let (instance, entries) = if lost {
-                tracker.take_all_to_purge()
-            } else {
-                tracker.take_all()
-            };
-            // One round trip per room listed, and per 256 entries: on a big node that can
-            // outlast the lease, which is renewed meanwhile (else a survivor sweeps this node).
-            let rewrite = async {
-                let purged = if lost {
-                    let purged = presence.purge(&instance, false).await;
-                    tracker.purged();
-                    purged
-                } else {
-                    Ok(Vec::new())
-                };
-                if let Ok(gone) = &purged {
-                    // Who left while the lease had lapsed: told once the lease has settled.
-                    tracker.note_gone(gone.clone());
-                }
-                purged.is_ok() && presence.resync(&instance, &entries).await.is_ok()
-            };
-            let ok = renewing(shared, bus, lease, &instance, rewrite).await;
-            tracker.written(&instance, &entries, ok);
-            if !ok {
-                warn!("presence not written again; retrying");
-                return None;
-            }
+    let answer = bus.presence().renew(&instance, lease, connections).await;
+    let lost = matches!(answer, Ok(Renewal::Taken)) && memo.leased.as_ref() == Some(&instance);
+    if matches!(answer, Ok(Renewal::Held | Renewal::Taken)) {
+        memo.leased = Some(instance);
+    }
+    let purge = match (answer, memo.redo) {
+        (Ok(Renewal::Held), None) => return Some(true),
+        (Ok(Renewal::Held | Renewal::Taken), redo) => lost || redo == Some(true),
+        (Ok(Renewal::Swept), _) => {
+            memo.redo = None;
+            return swept(shared, bus, lease).await;
+        }
+        (Err(e), _) => {
+            warn!(error = %e, "presence lease not renewed");
+            return None;
+        }
+    };
+    // Nothing is announced (nor retried) until the lease has held for a whole lease again.
+    set_held(held, None, false);
+    match rewrite(shared, bus, lease, purge).await {
+        Ok(()) => {
+            memo.redo = None;
             Some(false)
         }
-        Ok(Renewal::Swept) => {
-            let (old, new) = tracker.swept();
-            shared.metrics.presence_swept_self.inc();
-            warn!(
-                old = %old,
-                new = %new,
-                "this node was swept while unresponsive; closing its clients so they reconnect"
-            );
-            shared.hub.close_all(SWEPT);
-            let renewed = presence.renew(&new, lease, 0).await.is_ok();
-            match presence.purge(&old, true).await {
-                Ok(gone) => announce_all(shared, gone).await,
-                Err(e) => warn!(error = %e, "the old instance's presence is left to a sweep"),
-            }
-            renewed.then_some(false)
-        }
-        Err(e) => {
-            warn!(error = %e, "presence lease not renewed");
+        Err(lost_again) => {
+            memo.redo = Some(purge || lost_again);
             None
         }
     }
 }
 
-/// Runs `work`, renewing `instance`'s lease every third of it until `work` is done.
+/// Writes the node's table again: Redis may have lost it with the lease (a restart, maybe
+/// from an older snapshot). With `purge` (the lease was lost, not the instance's first), what
+/// the instance still had there is removed first, changes meanwhile only changing the table
+/// until the table is written (the retry pass writes and announces them; a new instance has
+/// nothing older to remove, and its first joins are not held up). `Err(true)`: the lease was
+/// lost again or swept meanwhile; `Err(false)`: a write failed.
+async fn rewrite(
+    shared: &Shared,
+    bus: &Arc<dyn Bus>,
+    lease: Duration,
+    purge: bool,
+) -> Result<(), bool> {
+    let tracker = &shared.presence;
+    let presence = bus.presence();
+    let (instance, entries) = if purge {
+        tracker.take_all_to_purge()
+    } else {
+        tracker.take_all()
+    };
+    let work = async {
+        if purge {
+            let gone = presence.purge(&instance, false).await?;
+            // Who left while the lease had lapsed: told once the lease has settled.
+            tracker.note_gone(gone);
+        }
+        presence.resync(&instance, &entries).await.map(|_| ())
+    };
+    // One round trip per room listed, and per 256 entries: on a big node that can outlast
+    // the lease, which is renewed meanwhile (else a survivor sweeps this node).
+    let done = renewing(shared, bus, lease, &instance, work).await;
+    tracker.written(&instance, &entries, matches!(done, Ok(Ok(()))));
+    if purge {
+        tracker.purged();
+    }
+    match done {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            warn!(error = %e, "presence not written again; retrying");
+            Err(false)
+        }
+        Err(renewal) => {
+            warn!(
+                ?renewal,
+                "presence lease lost again while writing it again; retrying"
+            );
+            Err(true)
+        }
+    }
+}
+
+/// This node was swept while it was frozen: its clients are closed, it counts under a new
+/// instance, and what the old one still had is removed (joins served between waking and
+/// finding out), announcing those that leaves gone.
+async fn swept(shared: &Shared, bus: &Arc<dyn Bus>, lease: Duration) -> Option<bool> {
+    let presence = bus.presence();
+    let (old, new) = shared.presence.swept();
+    shared.metrics.presence_swept_self.inc();
+    warn!(
+        old = %old,
+        new = %new,
+        "this node was swept while unresponsive; closing its clients so they reconnect"
+    );
+    shared.hub.close_all(SWEPT);
+    let renewed = presence.renew(&new, lease, 0).await.is_ok();
+    match presence.purge(&old, true).await {
+        Ok(gone) => announce_all(shared, gone).await,
+        Err(e) => warn!(error = %e, "the old instance's presence is left to a sweep"),
+    }
+    renewed.then_some(false)
+}
+
+/// Runs `work`, renewing `instance`'s lease every third of it until `work` is done; gives up on
+/// `work` when a renewal finds the lease taken anew or swept (and returns that).
 async fn renewing<T>(
     shared: &Shared,
     bus: &Arc<dyn Bus>,
     lease: Duration,
     instance: &str,
     work: impl std::future::Future<Output = T>,
-) -> T {
+) -> Result<T, Renewal> {
     let every = (lease / 3).max(Duration::from_millis(50));
     let mut tick = tokio::time::interval_at(Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(work);
     loop {
         tokio::select! {
-            out = &mut work => return out,
+            out = &mut work => return Ok(out),
             _ = tick.tick() => {
-                // Held, or found swept: the renewal after this work sees that too.
                 let connections = shared.hub.connection_count();
-                if let Err(e) = bus.presence().renew(instance, lease, connections).await {
-                    warn!(error = %e, "presence lease not renewed");
+                match bus.presence().renew(instance, lease, connections).await {
+                    Ok(Renewal::Held) => {}
+                    Ok(other) => return Err(other),
+                    Err(e) => warn!(error = %e, "presence lease not renewed"),
                 }
             }
         }
@@ -257,6 +307,8 @@ async fn sweep_loop(shared: Arc<Shared>, bus: Arc<dyn Bus>, held: HeldSince) {
         // other nodes have had the time to take their subscriptions back too, and what is
         // announced now (a retried leave, a sweep) reaches them.
         if since.is_some_and(|since| since.elapsed() >= lease) {
+            // First: it asks Redis whether those noted gone are absent before the rewrite
+            // changes what Redis has (see `Tracker::take_gone`).
             announce_noted_gone(&shared, &bus).await;
             rewrite_dirty(&shared, &bus).await;
             sweep_dead(&shared, &bus).await;
