@@ -197,9 +197,9 @@ impl Tracker {
         let keys: Vec<Key> = state
             .quiet
             .keys()
-            .filter(|_| !state.purging)
             .filter(|k| {
-                !state.busy.contains(*k)
+                !state.purging
+                    && !state.busy.contains(*k)
                     && !state.compacting.contains(&k.0)
                     && !state.in_flight.contains_key(*k)
             })

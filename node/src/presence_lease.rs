@@ -7,11 +7,11 @@
 //!   instance still had there, holding changes back from the bus meanwhile (they would land
 //!   under the removal) for the retry pass, and renewing the lease while that runs. The client
 //!   ids that removal left gone (they left while the lease had lapsed, e.g. during a Redis
-//!   outage longer than the lease) are announced by the sweep task once the lease has settled. Found swept (it
-//!   froze past its lease), it closes every client with 1012 — survivors already told the
-//!   rooms they left, so they reconnect and are counted anew — counts under a new instance, and
-//!   removes what the old one still had (joins it served between waking and finding out),
-//!   announcing those that leaves gone.
+//!   outage longer than the lease) are announced by the sweep task once the lease has
+//!   settled. Found swept (it froze past its lease), it closes every client with 1012 —
+//!   survivors already told the rooms they left, so they reconnect and are counted anew —
+//!   counts under a new instance, and removes what the old one still had (joins it served
+//!   between waking and finding out), announcing those that leaves gone.
 //! - **sweep**, every sixth of the lease, once the lease has held for a whole lease (so the
 //!   other nodes are subscribed again after a Redis outage): writes again the entries whose
 //!   last write failed, and

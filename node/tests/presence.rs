@@ -203,9 +203,14 @@ async fn on_redis_a_second_tab_on_another_node_joins_and_leaves_in_silence() {
 
 /// A node config on `redis` with a short presence lease (the tests wait on it).
 fn leased(id: &str, redis: &RedisServer) -> Config {
+    leased_for(id, redis, 600)
+}
+
+/// A node config on `redis` with a presence lease of `ms`.
+fn leased_for(id: &str, redis: &RedisServer, ms: u64) -> Config {
     let mut c = support::config(id, &redis.url());
     c.announce_connections = false;
-    c.presence_lease_ms = 600;
+    c.presence_lease_ms = ms;
     c
 }
 
@@ -305,12 +310,7 @@ async fn a_client_back_before_its_outage_leave_is_announced_is_not_announced_gon
     let mut redis =
         RedisServer::start_with_args(&["--appendonly", "yes", "--appendfsync", "always"]);
     // A lease long enough that the rejoin below comes before n2 announces what it noted.
-    let nodes = support::start_with(&["n1", "n2"], |id| {
-        let mut c = leased(id, &redis);
-        c.presence_lease_ms = 3000;
-        c
-    })
-    .await;
+    let nodes = support::start_with(&["n1", "n2"], |id| leased_for(id, &redis, 3000)).await;
     let (mut m, _) = Client::connect_welcomed(&nodes[0].ws_url("m")).await;
     join(&mut m, "m", "r").await;
     let (mut a, _) = Client::connect_welcomed(&nodes[1].ws_url("a")).await;
@@ -355,12 +355,7 @@ async fn a_client_back_before_its_outage_leave_is_announced_is_not_announced_gon
 #[tokio::test]
 async fn a_node_that_finds_itself_swept_closes_its_clients_and_leaves_no_ghost() {
     let redis = RedisServer::start();
-    let nodes = support::start_with(&["n1", "n2"], |id| {
-        let mut c = leased(id, &redis);
-        c.presence_lease_ms = 3000;
-        c
-    })
-    .await;
+    let nodes = support::start_with(&["n1", "n2"], |id| leased_for(id, &redis, 3000)).await;
     let (mut m, _) = Client::connect_welcomed(&nodes[1].ws_url("m")).await;
     join(&mut m, "m", "r").await;
     let (mut a, _) = Client::connect_welcomed(&nodes[0].ws_url("a")).await;
@@ -977,13 +972,8 @@ async fn joins_served_while_the_node_purges_its_own_instance_are_kept() {
 async fn a_purge_cut_short_by_redis_dying_is_started_over() {
     let mut redis =
         RedisServer::start_with_args(&["--appendonly", "yes", "--appendfsync", "always"]);
-    let nodes = support::start_with(&["n1"], |id| {
-        let mut c = leased(id, &redis);
-        // Outlives the restart below, so the renewal after it finds the lease held.
-        c.presence_lease_ms = 10_000;
-        c
-    })
-    .await;
+    // Outlives the restart below, so the renewal after it finds the lease held.
+    let nodes = support::start_with(&["n1"], |id| leased_for(id, &redis, 10_000)).await;
     let (mut a, _) = Client::connect_welcomed(&nodes[0].ws_url("a")).await;
     let rooms: Vec<String> = (0..40).map(|i| format!("x{i}")).collect();
     for room in &rooms {
