@@ -104,8 +104,11 @@ export class RingcastClient extends Emitter {
     this._pending = new Map();
     /** frames other than room messages, waiting for a connection */
     this._queue = [];
-    /** room → presence answers waited for */
+    /** room → the presence requests sent on this connection and not answered yet, in order:
+     * the app's `presence()` waiter each answers, or null for one the client asked itself */
     this._presenceWaiters = new Map();
+    /** room → `presence()` waiters asked for before the connection was open */
+    this._presenceHeld = new Map();
     // `leave_room`s sent and not yet answered, per room: a `not_in_room` for the room is
     // theirs, not a `presence` call's.
     this._leaving = new Map();
@@ -252,17 +255,18 @@ export class RingcastClient extends Emitter {
   /** Asks who is in `room` on every node; also refreshes {@link members}. */
   presence(room) {
     this._checkRoom(room, 'presence');
-    let list = this._presenceWaiters.get(room);
-    if (!list) {
-      list = [];
-      this._presenceWaiters.set(room, list);
-    }
-    const p = new Promise((resolve, reject) => list.push({ resolve, reject }));
+    let waiter;
+    const p = new Promise((resolve, reject) => {
+      waiter = { resolve, reject };
+    });
     p.catch(() => {});
     if (this._state === 'open') {
-      this._askPresence(room);
+      this._askPresence(room, waiter);
     } else {
-      // Asked again once connected (see _onWelcome).
+      // Asked once connected (see _onWelcome).
+      const held = this._presenceHeld.get(room) ?? [];
+      held.push(waiter);
+      this._presenceHeld.set(room, held);
     }
     return p;
   }
@@ -509,9 +513,9 @@ export class RingcastClient extends Emitter {
     // Messages to rooms this client is not in (`post=anyone`) go at once; the others once
     // their room's join is acknowledged, so the server never sees them before the join.
     for (const [id, m] of this._pending) if (this._canPost(m.room)) this._writeMessage(id, m);
-    for (const room of this._presenceWaiters.keys()) {
-      if (this._presenceWaiters.get(room).length) this._askPresence(room);
-    }
+    const held = this._presenceHeld;
+    this._presenceHeld = new Map();
+    for (const [room, waiters] of held) for (const w of waiters) this._askPresence(room, w);
   }
 
   _settleWelcome(welcome) {
@@ -602,23 +606,37 @@ export class RingcastClient extends Emitter {
         if (joined) r.members.add(id);
         else r.members.delete(id);
       }
-      r.asked = Math.max(0, r.asked - 1);
-      r.heard = r.asked > 0 ? [] : null;
       this._emitMembers(ev.room, r);
     }
-    const list = this._presenceWaiters.get(ev.room);
-    if (list?.length) list.shift().resolve(answer);
-    if (list && !list.length) this._presenceWaiters.delete(ev.room);
+    this._presenceAnswered(ev.room)?.resolve(answer);
   }
 
-  /** Asks for `room`'s presence, noting that an answer is on its way. */
-  _askPresence(room) {
+  /** Asks for `room`'s presence, for `waiter` (or for the member list only), noting that an
+   * answer is on its way. */
+  _askPresence(room, waiter = null) {
     const r = this._rooms.get(room);
     if (r) {
       r.asked += 1;
       r.heard ??= [];
     }
+    const list = this._presenceWaiters.get(room) ?? [];
+    list.push(waiter);
+    this._presenceWaiters.set(room, list);
     this._write({ type: 'presence', room });
+  }
+
+  /** The oldest presence request on `room` got its answer (or error): its waiter, if the app
+   * asked it. */
+  _presenceAnswered(room) {
+    const r = this._rooms.get(room);
+    if (r) {
+      r.asked = Math.max(0, r.asked - 1);
+      r.heard = r.asked > 0 ? [] : null;
+    }
+    const list = this._presenceWaiters.get(room);
+    const waiter = list?.shift();
+    if (list && !list.length) this._presenceWaiters.delete(room);
+    return waiter ?? null;
   }
 
   /** Notes a join (`joined`) or leave of `id` heard while a presence answer is on its way. */
@@ -690,10 +708,8 @@ export class RingcastClient extends Emitter {
       this._resendDropped(room);
       return;
     }
-    if (PRESENCE_REFUSED.has(ev.code)) {
-      const list = this._presenceWaiters.get(room);
-      if (list?.length) list.shift().reject(err);
-      if (list && !list.length) this._presenceWaiters.delete(room);
+    if (PRESENCE_REFUSED.has(ev.code) && this._presenceWaiters.get(room)?.length) {
+      this._presenceAnswered(room)?.reject(err);
     }
   }
 
@@ -712,17 +728,21 @@ export class RingcastClient extends Emitter {
         if (!r.retry) this._sendJoin(room, r);
       } else if (!r && this._leaving.get(room)) {
         this._write({ type: 'leave_room', room });
-      } else if ((r && r.asked > 0) || this._presenceWaiters.get(room)?.length) {
+      } else if (this._presenceWaiters.get(room)?.length) {
         this._write({ type: 'presence', room });
       }
     }, this._retryDelayMs);
   }
 
   _rejectPresenceOf(room, err) {
-    const list = this._presenceWaiters.get(room);
-    if (!list) return;
-    this._presenceWaiters.delete(room);
-    for (const w of list) w.reject(err);
+    // The requests stay in line (their answers still come), their waiters fail now.
+    const list = this._presenceWaiters.get(room) ?? [];
+    for (const [i, w] of list.entries()) {
+      w?.reject(err);
+      list[i] = null;
+    }
+    for (const w of this._presenceHeld.get(room) ?? []) w.reject(err);
+    this._presenceHeld.delete(room);
   }
 
   _onRoomRevoked(ev) {
@@ -807,8 +827,10 @@ export class RingcastClient extends Emitter {
   }
 
   _rejectPresence(err) {
-    for (const list of this._presenceWaiters.values()) for (const w of list) w.reject(err);
+    for (const list of this._presenceWaiters.values()) for (const w of list) w?.reject(err);
     this._presenceWaiters.clear();
+    for (const list of this._presenceHeld.values()) for (const w of list) w.reject(err);
+    this._presenceHeld.clear();
   }
 
   // --- timers --------------------------------------------------------------------------------

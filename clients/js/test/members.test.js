@@ -70,3 +70,75 @@ describe('members of a room', () => {
     assert.deepEqual(await membersAfterJoin(['alice', 'dan'], heard), ['alice', 'dan']);
   });
 });
+
+/** Greets as `alice`, acks joins, and answers the `presence` requests in the order they came,
+ * each with a member naming it (`asked-1`, `asked-2`, …) — only once `hold` of them came. */
+async function numberingPeer(hold) {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await once(wss, 'listening');
+  wss.on('connection', (ws) => {
+    ws.send(JSON.stringify({ event: 'welcome', client_id: 'alice', node: 'scripted' }));
+    const asked = [];
+    let answered = 0;
+    ws.on('message', (data) => {
+      const m = JSON.parse(String(data));
+      if (m.type === 'join_room') {
+        ws.send(JSON.stringify({ event: 'user_joined', user_id: 'alice', room: m.room }));
+      } else if (m.type === 'presence') {
+        asked.push(m.room);
+        if (answered + asked.length < hold) return;
+        for (const room of asked) {
+          answered += 1;
+          const members = ['alice', `asked-${answered}`];
+          ws.send(JSON.stringify({ event: 'presence', room, members, count: 2, truncated: false }));
+        }
+        asked.length = 0;
+      }
+    });
+  });
+  return { wss, url: `ws://127.0.0.1:${wss.address().port}/ws` };
+}
+
+async function withPeer(hold, body) {
+  const p = await numberingPeer(hold);
+  const client = new RingcastClient({ url: p.url, WebSocket, pingIntervalMs: 0 });
+  try {
+    return await body(client);
+  } finally {
+    client.close();
+    for (const c of p.wss.clients) c.terminate();
+    await new Promise((resolve) => p.wss.close(resolve));
+  }
+}
+
+function within(ms, promise, what) {
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
+describe('presence requests', () => {
+  it('a presence() call gets the answer to its own request, not to the one its join asked', async () => {
+    const got = await withPeer(2, async (client) => {
+      await client.connect();
+      await client.join('hall'); // the client asks presence itself (request 1)
+      return within(5000, client.presence('hall'), 'presence'); // request 2
+    });
+    assert.deepEqual(got.members, ['alice', 'asked-2']);
+  });
+
+  it('each presence() asked before the connection opened is asked, and answered, once', async () => {
+    const got = await withPeer(0, async (client) => {
+      const first = client.presence('lobby');
+      const second = client.presence('lobby');
+      await client.connect();
+      return within(5000, Promise.all([first, second]), 'both presence calls');
+    });
+    assert.deepEqual(
+      got.map((a) => a.members[1]),
+      ['asked-1', 'asked-2'],
+    );
+  });
+});
