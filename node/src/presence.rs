@@ -319,6 +319,26 @@ impl Tracker {
         Some((instance, guard))
     }
 
+    /// Counts one connection more (`up`) or fewer of `client` in `room` here and sends that
+    /// through `via` ([`Tracker::local_change`]): the entry, the instance it was sent under and
+    /// the bus's answer; `None` when there was nothing to send.
+    async fn send(
+        &self,
+        via: &Publisher,
+        up: bool,
+        room: &str,
+        client: &Arc<str>,
+        announce: Option<(Target, &Bytes)>,
+    ) -> Option<(Key, Arc<str>, Result<bool, BusError>)> {
+        let key = (room.to_owned(), client.clone());
+        let (instance, guard) = self.local_change(&key, up)?;
+        let sent = via
+            .presence(change(up, room, client, &instance), announce)
+            .await;
+        guard.done();
+        Some((key, instance, sent))
+    }
+
     /// One more connection of `client` in `room`, written by `via` after what it queued before;
     /// true when it is the client's first there on any node, in which case `announce` (a
     /// frame for its target) went out with it.
@@ -329,15 +349,11 @@ impl Tracker {
         client: &Arc<str>,
         announce: Option<(Target, &Bytes)>,
     ) -> Result<bool, BusError> {
-        let key = (room.to_owned(), client.clone());
-        let Some((instance, guard)) = self.local_change(&key, true) else {
+        let announces = announce.is_some();
+        let Some((key, instance, added)) = self.send(via, true, room, client, announce).await
+        else {
             return Ok(false);
         };
-        let announces = announce.is_some();
-        let added = via
-            .presence(change(true, room, client, &instance), announce)
-            .await;
-        guard.done();
         let rotated = *self.instance() != *instance;
         match added {
             Ok(first) if rotated => {
@@ -380,14 +396,10 @@ impl Tracker {
         client: &Arc<str>,
         announce: Option<(Target, &Bytes)>,
     ) -> Result<bool, BusError> {
-        let key = (room.to_owned(), client.clone());
-        let Some((instance, guard)) = self.local_change(&key, false) else {
+        let Some((key, instance, removed)) = self.send(via, false, room, client, announce).await
+        else {
             return Ok(false);
         };
-        let removed = via
-            .presence(change(false, room, client, &instance), announce)
-            .await;
-        guard.done();
         if removed.is_err() {
             self.mark_dirty(&instance, key);
         }
